@@ -1,0 +1,28 @@
+# The two commands a newcomer needs: `make test` (and, with the demo issue, `make demo`).
+# Each sets up .venv itself: Python >= 3.10 is all a fresh machine needs.
+
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.streamcap-dev-installed
+PYTEST_ARGS ?=
+
+export NO_ALBUMENTATIONS_UPDATE := 1
+export WANDB_MODE ?= disabled
+
+.PHONY: test venv clean-venv
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	@touch $(STAMP)
+
+## test: install everything into .venv (once) and run unit, integration and e2e tests
+test: $(STAMP)
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+clean-venv:
+	rm -rf $(VENV)

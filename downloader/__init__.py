@@ -1,0 +1,1 @@
+"""The download service: URL sources, part claiming, async fetching, image processing."""

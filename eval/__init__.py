@@ -1,0 +1,1 @@
+"""The evaluator: captioning metrics, eval-set loaders, the checkpoint watcher and reports."""

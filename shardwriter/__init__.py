@@ -1,0 +1,1 @@
+"""Rolling WebDataset tar shards, the atomic part commit, retention/GC and shard verification."""

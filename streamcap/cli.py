@@ -1,0 +1,131 @@
+"""The `streamcap` command: the composition root of the CLI.
+
+Core commands live here; each service adds its own (sub-)commands through `register(app)` in
+its `cli.py`. Those modules import only typer and their settings at import time and load the
+service (and torch, for the trainer) inside the command body, so `streamcap --help` and the
+downloader image never import torch.
+
+    streamcap --help
+    streamcap redis                      # a local redis-server; prints the REDIS_URL to export
+    REDIS_URL=redis://127.0.0.1:6379/0 streamcap status --json
+"""
+
+from __future__ import annotations
+
+import importlib
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.live import Live
+
+from streamcap import __version__
+from streamcap.cliutil import JsonFlag, LogLevel, Namespace, RedisUrl, ShardDir, print_json, run_app
+from streamcap.settings import CommonSettings, build
+
+app = typer.Typer(
+    name="streamcap",
+    help="Train image-captioning models on web-scale (url, caption) data while it downloads.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+# Service CLI modules, each exposing register(app). Import order is help order.
+SERVICE_CLIS: tuple[str, ...] = ()
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"streamcap {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def root(
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                                    help="Print the version and exit.")] = False,
+) -> None:
+    """streamcap: a decoupled download → shards → train → evaluate pipeline."""
+
+
+@app.command("redis")
+def redis_command(
+    data_dir: Annotated[Path, typer.Option("--data-dir", help="Where the server keeps its AOF.")] = Path(".streamcap/redis"),
+    port: Annotated[Optional[int], typer.Option("--port", help="Port on 127.0.0.1 (default: a free one).")] = None,
+) -> int:
+    """Run a local redis-server in the foreground (AOF on) and print the REDIS_URL to export."""
+    from streamcap.embedded_redis import EmbeddedRedis
+
+    server = EmbeddedRedis(data_dir=data_dir, port=port)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    server.start()
+    try:
+        typer.echo(f"redis-server {server.binary} listening on 127.0.0.1:{server.port}, data in {data_dir}")
+        typer.echo(f"export REDIS_URL={server.url}")
+        sys.stdout.flush()
+        while not stop.is_set() and server.running:
+            stop.wait(0.5)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.stop()
+    if not stop.is_set() and not server.running and server.process and server.process.returncode not in (0, None):
+        typer.echo(f"redis-server exited with code {server.process.returncode}; see {server.log_path}", err=True)
+        return 1
+    typer.echo("redis-server stopped")
+    return 0
+
+
+@app.command("status")
+def status_command(
+    redis_url: RedisUrl = None,
+    namespace: Namespace = None,
+    shard_dir: ShardDir = None,
+    log_level: LogLevel = None,
+    as_json: JsonFlag = False,
+    watch: Annotated[bool, typer.Option("--watch", help="Refresh live until Ctrl-C.")] = False,
+    interval: Annotated[float, typer.Option("--interval", help="Seconds between refreshes with --watch.")] = 2.0,
+) -> int:
+    """Show the Redis server, the size of every key of the schema and live workers."""
+    from streamcap import bus, status
+
+    cfg = build(CommonSettings, redis_url=redis_url, namespace=namespace, shard_dir=shard_dir, log_level=log_level)
+    r = bus.connect(cfg.require_redis(), retries=2)
+    if as_json:
+        print_json(status.collect(r, cfg.keys))
+        return 0
+    console = Console()
+    if not watch:
+        console.print(status.render(status.collect(r, cfg.keys)))
+        return 0
+    with Live(status.render(status.collect(r, cfg.keys)), console=console, auto_refresh=False) as live:
+        try:
+            while True:
+                time.sleep(interval)
+                live.update(status.render(status.collect(r, cfg.keys)), refresh=True)
+        except KeyboardInterrupt:
+            return 0
+
+
+def _register_services() -> None:
+    for module in SERVICE_CLIS:
+        importlib.import_module(module).register(app)
+
+
+_register_services()
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console-script entry point."""
+    sys.exit(run_app(app, argv))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,169 @@
+"""Typed settings: defaults < environment variable < CLI flag.
+
+Every service declares one frozen dataclass deriving from `CommonSettings`, with each field
+declared through `setting()`: its default, CLI flag, environment variable, one line of help and
+an optional check. The typer commands build their options from the same declaration
+(`streamcap.cli_options.option`), so a flag, its variable and its error message cannot drift
+apart, and the README's settings table is checked against it by a test.
+
+    >>> cfg = CommonSettings(redis_url="redis://localhost:6379/0")
+    >>> CommonSettings(namespace="has space")
+    Traceback (most recent call last):
+    ...
+    streamcap.settings.ConfigError: --namespace / STREAMCAP_NAMESPACE: expected letters, digits, '_', '-', '.' or ':', got 'has space'
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+# A check returns None when the value is fine, else what was expected ("an integer >= 1").
+Check = Callable[[Any], "str | None"]
+
+
+class ConfigError(ValueError):
+    """A setting has a wrong value. The message is one line naming the setting."""
+
+
+def setting(default: Any, *, flag: str, env: str | None, help: str, check: Check | None = None) -> Any:
+    """Declare a settings field with its CLI flag, environment variable and help line."""
+    meta = {"flag": flag, "env": env, "help": help, "check": check}
+    if isinstance(default, (list, dict, set)):
+        return dataclasses.field(default_factory=lambda: type(default)(default), metadata=meta)
+    return dataclasses.field(default=default, metadata=meta)
+
+
+def describe(cls_or_obj: Any, name: str) -> str:
+    """'--flag / ENV_VAR' for one field, as users spell it."""
+    meta = _field(cls_or_obj, name).metadata
+    return f"{meta['flag']} / {meta['env']}" if meta.get("env") else meta["flag"]
+
+
+def fail(cls_or_obj: Any, name: str, expected: str, got: Any) -> None:
+    """Raise the one-line ConfigError for field `name`."""
+    raise ConfigError(f"{describe(cls_or_obj, name)}: expected {expected}, got {got!r}")
+
+
+def build(cls: type, **given: Any) -> Any:
+    """Construct settings from CLI values; None means 'not given' and keeps the default."""
+    return cls(**{k: v for k, v in given.items() if v is not None})
+
+
+def to_json(cfg: Any) -> str:
+    """The resolved settings as JSON, for logs and for saving beside outputs."""
+    return json.dumps(dataclasses.asdict(cfg), default=str, sort_keys=True)
+
+
+def _field(cls_or_obj: Any, name: str) -> dataclasses.Field:
+    for f in dataclasses.fields(cls_or_obj):
+        if f.name == name:
+            return f
+    raise KeyError(name)
+
+
+# --- reusable checks ---------------------------------------------------------------------------
+
+
+def at_least(minimum: float) -> Check:
+    def check(v: Any) -> str | None:
+        return None if isinstance(v, (int, float)) and v >= minimum else f"a number >= {minimum}"
+
+    return check
+
+
+def between(lo: float, hi: float) -> Check:
+    def check(v: Any) -> str | None:
+        return None if isinstance(v, (int, float)) and lo <= v <= hi else f"a number from {lo} to {hi}"
+
+    return check
+
+
+def one_of(*choices: str) -> Check:
+    def check(v: Any) -> str | None:
+        return None if v in choices else "one of " + ", ".join(choices)
+
+    return check
+
+
+def optional(inner: Check) -> Check:
+    def check(v: Any) -> str | None:
+        return None if v is None else inner(v)
+
+    return check
+
+
+def redis_url(v: Any) -> str | None:
+    if v is None or re.match(r"^(redis|rediss|unix)://\S+$", str(v)):
+        return None
+    return "a URL like redis://host:6379/0 (or rediss://, unix://)"
+
+
+def namespace(v: Any) -> str | None:
+    return None if re.fullmatch(r"[A-Za-z0-9_.:-]+", str(v)) else "letters, digits, '_', '-', '.' or ':'"
+
+
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+
+# --- the settings every command shares ---------------------------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True)
+class CommonSettings:
+    """Settings shared by every command. Services derive their own settings from this."""
+
+    redis_url: str | None = setting(
+        None, flag="--redis-url", env="REDIS_URL", check=redis_url,
+        help="Redis server URL, e.g. redis://localhost:6379/0 (`streamcap redis` prints one).",
+    )
+    namespace: str = setting(
+        "streamcap", flag="--namespace", env="STREAMCAP_NAMESPACE", check=namespace,
+        help="Prefix of every Redis key, so several pipelines can share one server.",
+    )
+    shard_dir: Path = setting(
+        Path("shards"), flag="--shard-dir", env="STREAMCAP_SHARD_DIR",
+        help="Directory of the WebDataset tar shards (a shared volume in compose).",
+    )
+    log_level: str = setting(
+        "INFO", flag="--log-level", env="STREAMCAP_LOG_LEVEL", check=one_of(*LOG_LEVELS),
+        help="Log verbosity.",
+    )
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            check = f.metadata.get("check")
+            value = getattr(self, f.name)
+            expected = check(value) if check else None
+            if expected:
+                fail(self, f.name, expected, value)
+        if not isinstance(self.shard_dir, Path):
+            object.__setattr__(self, "shard_dir", Path(self.shard_dir))
+        self.validate()
+
+    def validate(self) -> None:
+        """Cross-field checks; subclasses extend this and raise through `fail`."""
+
+    def require_redis(self) -> str:
+        """The Redis URL, or a ConfigError telling the user how to get one."""
+        if not self.redis_url:
+            raise ConfigError(
+                "REDIS_URL is not set: run `streamcap redis` in another shell and export the "
+                "REDIS_URL it prints, or pass --redis-url"
+            )
+        return self.redis_url
+
+    @property
+    def keys(self):  # -> streamcap.bus.Keys (imported here to keep settings import-light)
+        from streamcap.bus import Keys
+
+        return Keys(self.namespace)
+
+
+def all_settings_fields(cls: type) -> list[dataclasses.Field]:
+    """Fields of a settings class in declaration order, for docs and tests."""
+    return [f for f in dataclasses.fields(cls) if "flag" in f.metadata]

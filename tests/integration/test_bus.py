@@ -1,0 +1,95 @@
+"""The Redis bus against a real redis-server: reconnects, groups, claims, heartbeats."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from streamcap import bus
+
+
+def test_client_recovers_when_the_server_is_killed_and_restarted(r, keys, redis_server):
+    r.set(keys.key("before"), "1")
+    redis_server.kill()
+    redis_server.start()
+    # Nothing special: the stale connection fails, the client's retry reconnects.
+    assert r.get(keys.key("before")) == "1"  # the AOF kept the write
+    r.set(keys.key("after"), "2")
+    assert r.get(keys.key("after")) == "2"
+
+
+def test_client_rides_out_an_outage_shorter_than_its_retries(r, keys, redis_server):
+    redis_server.kill()
+    restarter = threading.Timer(1.5, redis_server.start)
+    restarter.start()
+    try:
+        r.incr(keys.key("counter"))  # issued while the server is down
+    finally:
+        restarter.join()
+    assert r.get(keys.key("counter")) == "1"
+
+
+def test_wait_for_redis_gives_one_readable_line_when_nothing_listens(redis_url):
+    from streamcap.embedded_redis import free_port
+
+    dead = bus.connect(f"redis://127.0.0.1:{free_port()}/0", retries=0, connect_timeout=0.5)
+    with pytest.raises(bus.RedisUnavailable) as e:
+        bus.wait_for_redis(dead, timeout_s=0.5)
+    assert "cannot reach Redis at 127.0.0.1:" in str(e.value) and "\n" not in str(e.value)
+
+
+def test_wait_for_redis_returns_once_the_server_comes_up(r, redis_server):
+    redis_server.kill()
+    threading.Timer(1.0, redis_server.start).start()
+    bus.wait_for_redis(bus.connect(redis_server.url, retries=0), timeout_s=20)
+    assert r.ping()
+
+
+def test_ensure_group_is_idempotent(r, keys):
+    assert bus.ensure_group(r, keys.parts, bus.GROUP_DOWNLOADERS) is True
+    assert bus.ensure_group(r, keys.parts, bus.GROUP_DOWNLOADERS) is False
+    assert bus.group_info(r, keys.parts, bus.GROUP_DOWNLOADERS)["pending"] == 0
+
+
+def test_claim_stale_takes_over_idle_entries_and_drops_trimmed_ones(r, keys):
+    bus.ensure_group(r, keys.parts, bus.GROUP_DOWNLOADERS)
+    ids = [r.xadd(keys.parts, bus.encode({"part": i})) for i in range(3)]
+    r.xreadgroup(bus.GROUP_DOWNLOADERS, "dead-worker", {keys.parts: ">"}, count=3)
+    r.xdel(keys.parts, ids[1])  # trimmed away while pending
+    time.sleep(0.05)
+    claimed = bus.claim_stale(r, keys.parts, bus.GROUP_DOWNLOADERS, "alive", min_idle_ms=10, count=5)
+    assert [entry_id for entry_id, _ in claimed] == [ids[0], ids[2]]
+    assert [bus.decode(fields)["part"] for _, fields in claimed] == [0, 2]
+    pending = r.xpending_range(keys.parts, bus.GROUP_DOWNLOADERS, "-", "+", 10)
+    assert {p["message_id"] for p in pending} == {ids[0], ids[2]}
+    assert all(p["consumer"] == "alive" for p in pending)
+    assert bus.delivery_count(r, keys.parts, bus.GROUP_DOWNLOADERS, ids[0]) == 2
+
+
+def test_claim_stale_leaves_fresh_claims_alone(r, keys):
+    bus.ensure_group(r, keys.parts, bus.GROUP_DOWNLOADERS)
+    r.xadd(keys.parts, bus.encode({"part": 0}))
+    r.xreadgroup(bus.GROUP_DOWNLOADERS, "busy-worker", {keys.parts: ">"}, count=1)
+    assert bus.claim_stale(r, keys.parts, bus.GROUP_DOWNLOADERS, "thief", min_idle_ms=60_000) == []
+
+
+def test_heartbeats_are_read_back_and_expire(r, keys):
+    bus.write_heartbeat(r, keys, bus.ROLE_DOWNLOADER, "host-1", {"urls_per_s": 12.5, "failures": {"timeout": 3}}, ttl_s=1)
+    bus.write_heartbeat(r, keys, bus.ROLE_TRAINER, "rank-0", {"step": 10}, ttl_s=30)
+    beats = bus.read_heartbeats(r, keys, bus.ROLE_DOWNLOADER)
+    assert len(beats) == 1
+    beat = beats[0]
+    assert (beat["role"], beat["id"], beat["urls_per_s"], beat["failures"]) == ("downloader", "host-1", 12.5, {"timeout": 3})
+    assert beat["stale"] is False
+    assert {b["role"] for b in bus.read_heartbeats(r, keys)} == {"downloader", "trainer"}
+    time.sleep(1.6)
+    assert bus.read_heartbeats(r, keys, bus.ROLE_DOWNLOADER) == []
+    assert [b["role"] for b in bus.read_heartbeats(r, keys)] == ["trainer"]
+
+
+def test_a_heartbeat_not_refreshed_is_flagged_stale(r, keys):
+    bus.write_heartbeat(r, keys, bus.ROLE_EVALUATOR, "e1", {"state": "idle"})
+    r.hset(keys.heartbeat(bus.ROLE_EVALUATOR, "e1"), "ts", time.time() - bus.HEARTBEAT_STALE_S - 5)
+    assert bus.read_heartbeats(r, keys, bus.ROLE_EVALUATOR)[0]["stale"] is True

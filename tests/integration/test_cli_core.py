@@ -1,0 +1,91 @@
+"""`streamcap redis` and `streamcap status` as a user runs them: real processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from streamcap import bus
+from streamcap.embedded_redis import free_port
+
+STREAMCAP = [sys.executable, "-m", "streamcap"]
+
+
+def run_cli(*args: str, env: dict | None = None, timeout: float = 60) -> subprocess.CompletedProcess:
+    full_env = {**os.environ, **(env or {})}
+    return subprocess.run([*STREAMCAP, *args], capture_output=True, text=True, env=full_env, timeout=timeout)
+
+
+def test_status_json_reports_server_and_key_sizes(r, keys, redis_url):
+    r.xadd(keys.parts, bus.encode({"part": 0}))
+    r.sadd(keys.parts_done, "s:0")
+    bus.write_heartbeat(r, keys, bus.ROLE_DOWNLOADER, "w1", {"urls_per_s": 1})
+    out = run_cli("status", "--json", "--namespace", keys.namespace, env={"REDIS_URL": redis_url})
+    assert out.returncode == 0, out.stderr
+    report = json.loads(out.stdout)
+    assert report["redis"]["version"].startswith(("6.", "7.", "8."))
+    assert report["redis"]["persistence"] == "aof"
+    assert report["keys"]["parts"]["size"] == 1
+    assert report["keys"]["parts:done"]["size"] == 1
+    assert report["keys"]["shards"]["size"] == 0
+    assert [w["id"] for w in report["workers"]] == ["w1"]
+
+
+def test_status_table_for_people(redis_url, keys):
+    out = run_cli("status", "--namespace", keys.namespace, env={"REDIS_URL": redis_url, "COLUMNS": "120"})
+    assert out.returncode == 0, out.stderr
+    assert "persistence" in out.stdout and "parts:dead" in out.stdout
+
+
+def test_status_without_redis_url_says_what_to_do():
+    env = {k: v for k, v in os.environ.items() if k != "REDIS_URL"}
+    out = subprocess.run([*STREAMCAP, "status"], capture_output=True, text=True, env=env, timeout=60)
+    assert out.returncode == 1
+    assert out.stderr.strip().splitlines() == [
+        "streamcap: error: REDIS_URL is not set: run `streamcap redis` in another shell and export the "
+        "REDIS_URL it prints, or pass --redis-url"
+    ]
+
+
+def test_status_with_redis_down_is_one_line_not_a_traceback():
+    out = run_cli("status", env={"REDIS_URL": f"redis://127.0.0.1:{free_port()}/0"})
+    assert out.returncode == 1
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and "cannot reach Redis" in lines[0] and "Traceback" not in out.stderr
+
+
+def test_wrong_setting_from_the_environment_names_it():
+    out = run_cli("status", env={"REDIS_URL": "localhost:6379"})
+    assert out.returncode == 1
+    assert out.stderr.startswith("streamcap: error: --redis-url / REDIS_URL: expected a URL like redis://")
+
+
+def test_version_and_help():
+    assert run_cli("--version").stdout.strip().startswith("streamcap ")
+    out = run_cli("--help", env={"COLUMNS": "120"})
+    assert out.returncode == 0 and "status" in out.stdout and "redis" in out.stdout
+
+
+def test_streamcap_redis_runs_a_server_in_the_foreground(tmp_path: Path):
+    proc = subprocess.Popen([*STREAMCAP, "redis", "--data-dir", str(tmp_path / "data")],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        url = None
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and url is None:
+            line = proc.stdout.readline()
+            if line.startswith("export REDIS_URL="):
+                url = line.strip().split("=", 1)[1]
+        assert url, proc.stderr.read()
+        out = run_cli("status", "--json", env={"REDIS_URL": url})
+        assert out.returncode == 0, out.stderr
+        assert json.loads(out.stdout)["redis"]["persistence"] == "aof"
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+    assert (tmp_path / "data").exists()

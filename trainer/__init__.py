@@ -1,0 +1,1 @@
+"""The DDP trainer: streaming dataset over the shard registry, augmentation, losses, loop."""
