@@ -51,6 +51,20 @@ ROLE_EVALUATOR = "evaluator"
 # Part states as `streamcap status` and the audit name them.
 PART_STATES = ("pending", "in_flight", "done", "dead")
 
+# Counters of the `stats` hash. Failures are counted per reason as STAT_FAIL_PREFIX + reason
+# (reasons: streamcap.records.FAILURE_REASONS). All are added by the part commit, so they
+# count committed work only and never twice.
+STAT_ROWS = "rows"                        # samples + failures of committed parts
+STAT_SAMPLES = "samples"
+STAT_FAILURES = "failures"
+STAT_FAIL_PREFIX = "fail:"
+STAT_BYTES_DOWNLOADED = "bytes_downloaded"
+STAT_SHARDS = "shards"
+STAT_SHARD_BYTES = "shard_bytes"
+STAT_PARTS_COMMITTED = "parts_committed"
+STAT_COMMITS_WASTED = "commits_wasted"    # commits of parts another worker had already committed
+STAT_PARTS_DEAD = "parts_dead"
+
 
 class RedisUnavailable(RuntimeError):
     """Redis could not be reached; the message is one line saying where and why."""

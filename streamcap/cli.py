@@ -13,6 +13,7 @@ downloader image never import torch.
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import signal
 import sys
 import threading
@@ -36,8 +37,14 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-# Service CLI modules, each exposing register(app). Import order is help order.
-SERVICE_CLIS: tuple[str, ...] = ()
+# CLI modules, each exposing register(app). Import order is help order.
+SERVICE_CLIS: tuple[str, ...] = (
+    "downloader.cli",
+    "shardwriter.cli",
+    "trainer.cli",
+    "eval.cli",
+    "streamcap.model_cli",
+)
 
 
 def _version(value: bool) -> None:
@@ -116,7 +123,8 @@ def status_command(
 
 def _register_services() -> None:
     for module in SERVICE_CLIS:
-        importlib.import_module(module).register(app)
+        if importlib.util.find_spec(module) is not None:  # services land one by one
+            importlib.import_module(module).register(app)
 
 
 _register_services()
