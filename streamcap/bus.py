@@ -65,6 +65,11 @@ STAT_PARTS_COMMITTED = "parts_committed"
 STAT_COMMITS_WASTED = "commits_wasted"    # commits of parts another worker had already committed
 STAT_PARTS_DEAD = "parts_dead"
 
+# Fields of the `control` hash. Downloaders set CONTROL_DISK_PAUSED (a one-line reason) while
+# the shard disk is over its budget and delete it when they resume; `streamcap status` shows it.
+CONTROL_DISK_PAUSED = "disk_paused"
+CONTROL_DISK_PAUSED_SINCE = "disk_paused_since"
+
 
 class RedisUnavailable(RuntimeError):
     """Redis could not be reached; the message is one line saying where and why."""
@@ -133,6 +138,16 @@ class Keys:
 
     # --- keys the services add to the schema ---
     @property
+    def parts_commits(self) -> str:
+        """hash: part id -> token of the attempt whose commit was applied (a retried commit stays a no-op)."""
+        return self.key("parts", "commits")
+
+    @property
+    def parts_errors(self) -> str:
+        """hash: part id -> JSON {error, consumer, ts} of its last failed attempt (for parts:dead)."""
+        return self.key("parts", "errors")
+
+    @property
     def shards_deleted(self) -> str:
         """set: shard names removed by `streamcap shards gc`, so trainers stop replaying them."""
         return self.key("shards", "deleted")
@@ -168,6 +183,8 @@ class Keys:
             "parts": (self.parts, "stream"),
             "parts:dead": (self.parts_dead, "stream"),
             "parts:done": (self.parts_done, "set"),
+            "parts:commits": (self.parts_commits, "hash"),
+            "parts:errors": (self.parts_errors, "hash"),
             "shards": (self.shards, "stream"),
             "shards:deleted": (self.shards_deleted, "set"),
             "stats": (self.stats, "hash"),

@@ -34,7 +34,7 @@ MAX_MEMBER_BYTES = 32 * 1024 * 1024
 #   url, caption_raw (as in the source), caption (processed, == <key>.txt),
 #   captions (extra caption columns kept raw: {column: text}, may be empty),
 #   width, height (stored image), orig_width, orig_height, sha256 (downloaded bytes),
-#   source, row
+#   source, row, image_crc32 (CRC-32 of the stored image member: verification catches flipped bytes)
 
 
 def sample_key(source: str, row: int) -> str:

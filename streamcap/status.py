@@ -68,6 +68,7 @@ def collect(r: redis.Redis, keys: bus.Keys) -> dict[str, Any]:
         "namespace": keys.namespace,
         "redis": redis_info(r),
         "keys": key_sizes(r, keys),
+        "control": r.hgetall(keys.control),  # e.g. downloads paused for disk, and why
         "workers": [
             {k: beat.get(k) for k in ("role", "id", "age_s", "stale")} for beat in bus.read_heartbeats(r, keys)
         ],
@@ -89,6 +90,11 @@ def render(report: dict[str, Any]) -> Group:
         flag = " (WRONG TYPE)" if entry["wrong_type"] else ""
         sizes.add_row(name, entry["type"] + flag, str(entry["size"]))
     parts: list[Any] = [head, sizes]
+    if report.get("control"):
+        control = Table(title="Control", show_header=False, title_justify="left")
+        for name, value in sorted(report["control"].items()):
+            control.add_row(name, str(value))
+        parts.append(control)
     if report["workers"]:
         workers = Table(title="Workers (heartbeats)", title_justify="left")
         for col in ("role", "id", "age s", "state"):

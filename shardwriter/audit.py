@@ -1,0 +1,282 @@
+"""The accounting check: Redis, the stats files and the shard contents must tell one story.
+
+    report = audit(r, keys, shard_dir)
+    report.lost, report.duplicates, report.parts, report.discrepancies, report.ok
+
+Checked (ARCHITECTURE.md's invariant, row by row):
+- every enqueued part (from the source definitions) is in exactly one state: pending, in
+  flight, done (`parts:done`) or dead (`parts:dead`, acknowledged), and enqueued once;
+- every row of a done part is exactly one sample in its registered shards or one recorded
+  failure with a reason (the part's stats file); rows of dead parts are counted as dead;
+- every registered shard is registered once, exists (or was deleted by gc), verifies, and
+  matches its part's stats file; no sample key appears twice anywhere;
+- the `stats` counters equal the sums of the done parts' stats files;
+- no temporary file is left, no finalized shard of a done part is unregistered.
+
+`lost` counts rows that are in no state; `duplicates` counts samples (or rows) present twice.
+Rows of pending and in-flight parts are `unfinished`, not lost: audit a running pipeline
+freely, and pass `expect_done=True` to also require that every part is done or dead.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import redis
+
+from shardwriter import registry, tempfiles
+from shardwriter.commit import part_counters
+from shardwriter.partqueue import PartQueue, read_part_queue
+from shardwriter.verify import check_shard
+from streamcap import bus
+from streamcap.records import PartRecord, PartStats, ShardRecord, source_slug
+from streamcap.shardformat import sample_key
+
+MAX_LISTED = 50  # per kind of discrepancy, so a broken run still prints a readable report
+
+
+@dataclass
+class AuditReport:
+    rows_enqueued: int = 0
+    samples: int = 0
+    failures: int = 0
+    failures_by_reason: dict[str, int] = field(default_factory=dict)
+    dead_rows: int = 0
+    unfinished_rows: int = 0
+    lost: int = 0
+    duplicates: int = 0
+    parts: dict[str, int] = field(default_factory=lambda: dict.fromkeys(bus.PART_STATES, 0))
+    shards: int = 0
+    shards_deleted: int = 0
+    discrepancies: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def complete(self) -> bool:
+        return self.parts["pending"] == 0 and self.parts["in_flight"] == 0
+
+    @property
+    def ok(self) -> bool:
+        return self.lost == 0 and self.duplicates == 0 and not self.discrepancies
+
+    def to_json(self) -> dict:
+        return {
+            "ok": self.ok, "complete": self.complete, "rows_enqueued": self.rows_enqueued, "samples": self.samples,
+            "failures": self.failures, "failures_by_reason": self.failures_by_reason, "dead_rows": self.dead_rows,
+            "unfinished_rows": self.unfinished_rows, "lost": self.lost, "duplicates": self.duplicates,
+            "parts": self.parts, "shards": self.shards, "shards_deleted": self.shards_deleted,
+            "discrepancies": self.discrepancies, "notes": self.notes,
+        }
+
+    def summary(self) -> str:
+        reasons = ", ".join(f"{k} {v}" for k, v in sorted(self.failures_by_reason.items(), key=lambda kv: -kv[1]))
+        parts = ", ".join(f"{k} {v}" for k, v in self.parts.items())
+        return (f"audit: {self.rows_enqueued} rows -> {self.samples} samples + {self.failures} failures"
+                f"{f' ({reasons})' if reasons else ''}, dead rows {self.dead_rows}, unfinished rows "
+                f"{self.unfinished_rows}; parts: {parts}; lost={self.lost}, duplicates={self.duplicates}, "
+                f"discrepancies={len(self.discrepancies)}")
+
+
+class _Findings:
+    """Discrepancies grouped by kind, each kind listed up to MAX_LISTED times."""
+
+    def __init__(self, report: AuditReport) -> None:
+        self.report, self.counts = report, Counter()
+
+    def add(self, kind: str, message: str) -> None:
+        self.counts[kind] += 1
+        if self.counts[kind] <= MAX_LISTED:
+            self.report.discrepancies.append(message)
+        elif self.counts[kind] == MAX_LISTED + 1:
+            self.report.discrepancies.append(f"... more of: {kind} (not listed)")
+
+
+def _part_states(parts: dict[str, PartRecord], q: PartQueue, report: AuditReport, found: _Findings) -> dict[str, str]:
+    """The one state of every expected part; lost parts and double states are discrepancies."""
+    states: dict[str, str] = {}
+    for pid, part in parts.items():
+        ids = q.entries.get(pid, [])
+        if len(ids) > 1:
+            found.add("enqueued twice", f"part {pid} is enqueued {len(ids)} times ({', '.join(ids)})")
+        have = q.states(pid)
+        if not have:
+            found.add("lost part", f"part {pid} (rows {part.start}-{part.end - 1}) is in no state: not done, "
+                                   "dead, pending or in flight")
+            report.lost += part.rows
+            continue
+        if len(have) > 1:
+            found.add("two states", f"part {pid} is {' and '.join(have)} at once")
+        states[pid] = have[0]
+        report.parts[have[0]] += 1
+        if have[0] == "dead":
+            report.dead_rows += part.rows
+        elif have[0] != "done":
+            report.unfinished_rows += part.rows
+    for pid in sorted((q.done | q.dead) - set(parts)):
+        found.add("unknown part", f"part {pid} is done or dead but belongs to no enqueued source")
+    return states
+
+
+def audit(r: redis.Redis, keys: bus.Keys, shard_dir: Path, *, expect_done: bool = False,
+          decode_images: bool = True) -> AuditReport:
+    """Reconcile Redis, the stats files and the shard contents (see the module docstring)."""
+    shard_dir = Path(shard_dir)
+    report = AuditReport()
+    found = _Findings(report)
+    parts = _expected_parts(r, keys, shard_dir, report, found)
+    problems: list[str] = []
+    queue = read_part_queue(r, keys, problems)
+    states = _part_states(parts, queue, report, found)
+    if expect_done and not report.complete:
+        found.add("not complete", f"{report.parts['pending']} parts pending and {report.parts['in_flight']} "
+                                  "in flight, but every part should be done or dead")
+    all_stats = registry.load_part_stats(shard_dir, problems)
+    for problem in problems:
+        found.add("unreadable", problem)
+    done = {pid: all_stats.get(pid) for pid, state in states.items() if state == "done"}
+    registered = registry.registered_shards(r, keys)
+    deleted = set(r.smembers(keys.shards_deleted))
+    keys_seen = _check_registry(registered, deleted, done, shard_dir, report, found, decode_images)
+    registered_names = {s.name for _, s in registered}
+    for pid, stats in done.items():
+        _check_done_part(parts[pid], stats, keys_seen, registered_names, deleted, report, found)
+    _check_counters(r, keys, [s for s in done.values() if s], len(queue.done), found)
+    _check_disk(shard_dir, registered, states, found, report)
+    return report
+
+
+def _expected_parts(r: redis.Redis, keys: bus.Keys, shard_dir: Path, report: AuditReport,
+                    found: _Findings) -> dict[str, PartRecord]:
+    in_redis = {s.id for s in registry.redis_sources(r, keys)}
+    in_dir = {s.id for s in registry.load_sources(shard_dir)}
+    for sid in sorted(in_dir - in_redis):
+        found.add("source", f"source {sid} is recorded in the shard dir but not in Redis (run `streamcap shards reconcile`)")
+    for sid in sorted(in_redis - in_dir):
+        found.add("source", f"source {sid} is in Redis but has no definition in {shard_dir / registry.SOURCES_DIR}")
+    parts = {}
+    for source in registry.all_sources(r, keys, shard_dir):
+        for index in range(source.parts):
+            part = source.part(index)
+            parts[part.part_id] = part
+            report.rows_enqueued += part.rows
+    return parts
+
+
+def _check_registry(registered: list[tuple[str, ShardRecord]], deleted: set[str], done: dict[str, PartStats | None],
+                    shard_dir: Path, report: AuditReport, found: _Findings, decode_images: bool) -> dict[str, str]:
+    """Verify every registered shard once; returns sample key -> shard name of every sample read."""
+    keys_seen: dict[str, str] = {}
+    names = Counter(s.name for _, s in registered)
+    report.shards = len(names)
+    for name, n in names.items():
+        if n > 1:
+            found.add("registered twice", f"shard {name} is registered {n} times")
+    checked: set[str] = set()
+    for _entry_id, shard in registered:
+        if shard.name in checked:
+            report.duplicates += shard.samples
+            continue
+        checked.add(shard.name)
+        if shard.part_id not in done:
+            found.add("uncommitted", f"shard {shard.name} is registered but part {shard.part_id} is not done")
+        elif done[shard.part_id] is not None and shard not in done[shard.part_id].shards:
+            found.add("stale registration", f"registered shard {shard.name} differs from (or is missing in) the "
+                                            f"stats file of part {shard.part_id}")
+        if shard.name in deleted:
+            report.shards_deleted += 1
+            continue
+        path = shard_dir / shard.name
+        if not path.exists():
+            found.add("missing shard", f"registered shard {shard.name} does not exist (and was not deleted by gc)")
+            continue
+        check = check_shard(path, decode_images=decode_images)
+        for problem in check.problems:
+            found.add("bad shard", f"shard {problem}")
+        if check.samples != shard.samples:
+            found.add("sample count", f"shard {shard.name} holds {check.samples} samples, registered with {shard.samples}")
+        for key in check.keys:
+            if key in keys_seen:
+                report.duplicates += 1
+                found.add("duplicate key", f"sample {key} is in {keys_seen[key]} and {shard.name}")
+            else:
+                keys_seen[key] = shard.name
+    return keys_seen
+
+
+def _check_done_part(part: PartRecord, stats: PartStats | None, keys_seen: dict[str, str], registered: set[str],
+                     deleted: set[str], report: AuditReport, found: _Findings) -> None:
+    """Every row of a done part: exactly one sample or one failure."""
+    pid = part.part_id
+    if stats is None:
+        found.add("no stats", f"part {pid} is done but has no stats file in the shard dir")
+        report.lost += part.rows
+        return
+    if (stats.start, stats.end) != (part.start, part.end):
+        found.add("stats range", f"stats file of {pid} covers rows {stats.start}-{stats.end - 1}, "
+                                 f"the part is {part.start}-{part.end - 1}")
+    failed = Counter(f.row for f in stats.failures)
+    report.failures += len(stats.failures)
+    for f in stats.failures:
+        report.failures_by_reason[f.reason] = report.failures_by_reason.get(f.reason, 0) + 1
+    listed = {s.name for s in stats.shards}
+    for name in sorted(listed - registered - deleted):
+        found.add("unregistered", f"shard {name} of done part {pid} is in its stats file but not registered")
+    sample_rows = {row for row in range(part.start, part.end)
+                   if keys_seen.get(sample_key(part.source, row)) in listed}
+    deleted_samples = sum(s.samples for s in stats.shards if s.name in deleted)
+    report.samples += len(sample_rows) + deleted_samples
+    twice = [row for row, n in failed.items() if n > 1] + sorted(sample_rows & set(failed))
+    if twice:
+        report.duplicates += len(twice)
+        found.add("row twice", f"part {pid}: rows {twice[:10]} are recorded twice (sample and/or failure)")
+    covered = len(sample_rows | set(failed)) + deleted_samples
+    if covered < part.rows:
+        report.lost += part.rows - covered
+        found.add("lost rows", f"part {pid}: {part.rows - covered} of {part.rows} rows are neither a sample nor a failure")
+    if stats.samples + len(stats.failures) != part.rows:
+        found.add("stats sum", f"stats file of {pid}: {stats.samples} samples + {len(stats.failures)} failures "
+                               f"!= {part.rows} rows")
+
+
+_COMMIT_COUNTERS = {bus.STAT_ROWS, bus.STAT_SAMPLES, bus.STAT_FAILURES, bus.STAT_BYTES_DOWNLOADED, bus.STAT_SHARDS,
+                    bus.STAT_SHARD_BYTES, bus.STAT_PARTS_COMMITTED}
+
+
+def _check_counters(r: redis.Redis, keys: bus.Keys, done_stats: list[PartStats], done_parts: int,
+                    found: _Findings) -> None:
+    """The counters the commits add must equal the sums of the done parts' stats files."""
+    expected: Counter = Counter()
+    for stats in done_stats:
+        expected.update(dict(part_counters(stats)))
+    expected[bus.STAT_PARTS_COMMITTED] = done_parts
+    actual = {k: int(v) for k, v in r.hgetall(keys.stats).items()
+              if k in _COMMIT_COUNTERS or k.startswith(bus.STAT_FAIL_PREFIX)}
+    for name in sorted(set(expected) | set(actual)):
+        if expected.get(name, 0) != actual.get(name, 0):
+            found.add("counter", f"stats counter {name} is {actual.get(name, 0)}, the done parts' stats files sum to "
+                                 f"{expected.get(name, 0)}")
+
+
+def _check_disk(shard_dir: Path, registered: list[tuple[str, ShardRecord]], states: dict[str, str],
+                found: _Findings, report: AuditReport) -> None:
+    """Unregistered shard files of done parts and temporary files are leftovers."""
+    names = {s.name for _, s in registered}
+    part_by_prefix = {}
+    for pid in states:
+        source, _, index = pid.rpartition(":")
+        part_by_prefix[f"{source_slug(source)}-{int(index):06d}"] = pid
+    for path in registry.shard_files(shard_dir):
+        if path.name in names:
+            continue
+        pid = part_by_prefix.get(path.name.rsplit("-", 1)[0])
+        if pid is not None and states[pid] != "done":
+            report.notes.append(f"unregistered shard {path.name} of unfinished part {pid} (its redelivery overwrites it)")
+        else:
+            found.add("orphan", f"shard file {path.name} is not registered{f' (part {pid} is done)' if pid else ''}")
+    for path in tempfiles.temp_files(shard_dir):
+        parsed = tempfiles.parse_temp_name(path.name)
+        alive = parsed[0].alive() if parsed else None
+        state = {True: "its writer is running", False: "its writer is gone", None: "written by another host"}[alive]
+        found.add("temp file", f"temporary file {path.name} is left ({state})")

@@ -1,0 +1,97 @@
+"""Settings of the shard writer and the shard tools (defaults < env var < CLI flag).
+
+    cfg = ShardWriterSettings(shard_max_samples=1000, shard_max_bytes="256MiB", max_disk_bytes="200G")
+    cfg.max_disk_bytes       # 200_000_000_000
+
+Byte sizes accept a plain integer or a number with a unit (K, M, G, T = powers of 1000;
+KiB, MiB, GiB, TiB = powers of 1024), so `--max-disk-bytes 200G` reads as people write it.
+The downloader writes the shards, so its settings derive from these.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from streamcap.settings import CommonSettings, at_least, fail, optional, setting
+
+_UNITS = {"": 1, "b": 1, "k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12,
+          "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
+_SIZE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*")
+SIZE_FIELDS = ("shard_max_bytes", "max_disk_bytes", "min_free_bytes")
+
+
+def parse_size(value: object) -> int | None:
+    """Bytes from 123, '123', '1.5G', '256MiB'; None when the text is no size."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    match = _SIZE.fullmatch(str(value))
+    if not match or match.group(2).lower() not in _UNITS:
+        return None
+    return int(float(match.group(1)) * _UNITS[match.group(2).lower()])
+
+
+def format_size(n: float) -> str:
+    """1234567 -> '1.2 MB' (powers of 1000, as disks are sold)."""
+    for unit in ("B", "kB", "MB", "GB", "TB"):
+        if abs(n) < 1000 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    raise AssertionError("unreachable")
+
+
+@dataclass(frozen=True, kw_only=True)
+class ShardWriterSettings(CommonSettings):
+    """Shard roll-over, the disk budget and the shard tools' knobs."""
+
+    shard_max_samples: int = setting(
+        1000, flag="--shard-max-samples", env="STREAMCAP_SHARD_MAX_SAMPLES", check=at_least(1),
+        help="A shard rolls over to the next one after this many samples.",
+    )
+    shard_max_bytes: int = setting(
+        256 * 2**20, flag="--shard-max-bytes", env="STREAMCAP_SHARD_MAX_BYTES", check=at_least(4096),
+        help="A shard rolls over before it would grow past this size (e.g. 256MiB).",
+    )
+    max_disk_bytes: int = setting(
+        0, flag="--max-disk-bytes", env="STREAMCAP_MAX_DISK_BYTES", check=at_least(0),
+        help="Disk budget for shards (e.g. 200G): downloaders pause above it, gc deletes read shards; 0 = none.",
+    )
+    min_free_bytes: int = setting(
+        0, flag="--min-free-bytes", env="STREAMCAP_MIN_FREE_BYTES", check=at_least(0),
+        help="Free-space floor of the shard filesystem (e.g. 5G): downloaders pause below it; 0 = none.",
+    )
+    min_reads: int = setting(
+        1, flag="--min-reads", env="STREAMCAP_MIN_READS", check=at_least(1),
+        help="gc deletes a shard only once every running training run has read it this many times.",
+    )
+    quarantine_dir: Path | None = setting(
+        None, flag="--quarantine-dir", env="STREAMCAP_QUARANTINE_DIR",
+        help="Where `shards verify --quarantine` moves bad shards (default: <shard-dir>/quarantine).",
+    )
+    temp_stale_seconds: float = setting(
+        3600.0, flag="--temp-stale-seconds", env="STREAMCAP_TEMP_STALE_SECONDS", check=optional(at_least(1)),
+        help="A temporary shard file of a writer on another host is swept after this long untouched.",
+    )
+
+    def __post_init__(self) -> None:
+        for name in SIZE_FIELDS:
+            raw = getattr(self, name)
+            size = parse_size(raw)
+            if size is None:
+                fail(self, name, "a byte size like 1000000, 500M or 2GiB", raw)
+            object.__setattr__(self, name, size)
+        if self.quarantine_dir is not None and not isinstance(self.quarantine_dir, Path):
+            object.__setattr__(self, "quarantine_dir", Path(self.quarantine_dir))
+        super().__post_init__()
+
+    @property
+    def quarantine_path(self) -> Path:
+        return self.quarantine_dir if self.quarantine_dir is not None else self.shard_dir / "quarantine"
+
+    @property
+    def has_disk_budget(self) -> bool:
+        return bool(self.max_disk_bytes or self.min_free_bytes)
+

@@ -1,0 +1,89 @@
+"""A snapshot of the part queue: which entries exist, which are in flight, done or dead.
+
+    q = read_part_queue(r, keys, problems=[])
+    q.states("relaion:3")     # e.g. ['in_flight'] or ['done'] -- more than one is a discrepancy
+
+Read by the audit and by reconcile. States (bus.PART_STATES): `pending` (an entry not yet
+delivered to any downloader), `in_flight` (delivered, not acknowledged), `done` (in
+`parts:done`), `dead` (in `parts:dead`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import redis
+
+from streamcap import bus
+from streamcap.records import PartRecord
+
+_BATCH = 1000
+
+
+def stream_id(entry_id: str) -> tuple[int, int]:
+    ms, _, seq = entry_id.partition("-")
+    return int(ms), int(seq or 0)
+
+
+@dataclass
+class PartQueue:
+    entries: dict[str, list[str]]   # part id -> its entry ids in `parts`
+    pending: dict[str, str]         # entry id -> consumer, for delivered, unacknowledged entries
+    last_delivered: tuple[int, int]
+    done: set[str]
+    dead: set[str]
+
+    def in_flight(self, part_id: str) -> list[str]:
+        return [i for i in self.entries.get(part_id, []) if i in self.pending]
+
+    def queued(self, part_id: str) -> list[str]:
+        return [i for i in self.entries.get(part_id, []) if i not in self.pending and stream_id(i) > self.last_delivered]
+
+    def states(self, part_id: str) -> list[str]:
+        flags = (
+            ("done", part_id in self.done), ("dead", part_id in self.dead),
+            ("in_flight", bool(self.in_flight(part_id))), ("pending", bool(self.queued(part_id))),
+        )
+        return [state for state, present in flags if present]
+
+
+def _decode_parts(entries: list, problems: list[str], stream_name: str) -> list[tuple[str, PartRecord]]:
+    decoded = []
+    for entry_id, fields in entries:
+        try:
+            decoded.append((entry_id, PartRecord.from_message(bus.decode(fields))))
+        except (bus.MessageError, KeyError, TypeError, ValueError) as e:
+            problems.append(f"{stream_name} entry {entry_id} is unreadable: {e}")
+    return decoded
+
+
+def _xrange_all(r: redis.Redis, key: str) -> list:
+    out, start = [], "-"
+    while True:
+        batch = r.xrange(key, min=start, max="+", count=_BATCH)
+        out += batch
+        if len(batch) < _BATCH:
+            return out
+        start = "(" + batch[-1][0]
+
+
+def read_part_queue(r: redis.Redis, keys: bus.Keys, problems: list[str]) -> PartQueue:
+    """The queue as it is now; unreadable entries are described in `problems`."""
+    entries: dict[str, list[str]] = {}
+    for entry_id, part in _decode_parts(_xrange_all(r, keys.parts), problems, "parts"):
+        entries.setdefault(part.part_id, []).append(entry_id)
+    group = bus.group_info(r, keys.parts, bus.GROUP_DOWNLOADERS)
+    pending: dict[str, str] = {}
+    if group:
+        last = stream_id(group["last-delivered-id"])
+        start = "-"
+        while True:
+            batch = r.xpending_range(keys.parts, bus.GROUP_DOWNLOADERS, start, "+", _BATCH)
+            pending.update({p["message_id"]: p["consumer"] for p in batch})
+            if len(batch) < _BATCH:
+                break
+            start = "(" + batch[-1]["message_id"]
+    else:
+        last = (0, 0)
+    dead = {part.part_id for _, part in _decode_parts(_xrange_all(r, keys.parts_dead), problems, "parts:dead")}
+    return PartQueue(entries, pending, last, set(r.smembers(keys.parts_done)), dead)

@@ -1,0 +1,137 @@
+"""Rebuild the registry from the shard directory after Redis lost data.
+
+    streamcap shards reconcile            # after a FLUSHALL, a fresh server, a torn AOF tail
+    report = reconcile(r, keys, shard_dir)
+
+The shard dir is the source of truth: a stats file is written only after all of its part's
+shards are finalized, and deleted before any later attempt touches them, so a stats file on
+disk is a committed-or-committable part. Reconcile then, safely while downloaders run:
+
+1. sweeps temporary files of dead writers;
+2. restores source definitions (shard dir -> Redis and back);
+3. for every stats file whose part is not in `parts:done`: registers its shards, adds its
+   counters, marks it done and acknowledges its entries, through the commit script (so a
+   worker committing the same part at the same moment cannot double it); shards that are gone
+   from disk (gc'd, quarantined) are marked deleted instead of being trainer-visible;
+4. for done parts, registers shards missing from the `shards` stream;
+5. re-enqueues every part that has no committed output and is neither queued, in flight nor
+   dead.
+After this, `streamcap audit` passes again.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import redis
+
+from shardwriter import registry, tempfiles
+from shardwriter.commit import commit_part
+from shardwriter.partqueue import PartQueue, read_part_queue
+from streamcap import bus
+from streamcap.records import PartStats
+
+log = logging.getLogger(__name__)
+
+RECONCILE_TOKEN = "reconcile"
+
+
+@dataclass
+class ReconcileReport:
+    temp_files_swept: list[str] = field(default_factory=list)
+    sources_restored: list[str] = field(default_factory=list)
+    parts_restored: list[str] = field(default_factory=list)
+    shards_registered: list[str] = field(default_factory=list)
+    shards_marked_deleted: list[str] = field(default_factory=list)
+    parts_requeued: list[str] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict:
+        return dict(self.__dict__)
+
+    def summary(self) -> str:
+        return (f"reconcile: {len(self.parts_restored)} parts restored from stats files, "
+                f"{len(self.shards_registered)} shards registered, {len(self.shards_marked_deleted)} marked deleted, "
+                f"{len(self.parts_requeued)} parts re-enqueued, {len(self.sources_restored)} sources restored, "
+                f"{len(self.temp_files_swept)} temporary files swept, {len(self.problems)} problems")
+
+
+def reconcile(r: redis.Redis, keys: bus.Keys, shard_dir: Path, *, temp_stale_s: float = 3600.0) -> ReconcileReport:
+    shard_dir = Path(shard_dir)
+    report = ReconcileReport()
+    report.temp_files_swept = [p.name for p in tempfiles.sweep(shard_dir, temp_stale_s)]
+    _restore_sources(r, keys, shard_dir, report)
+    bus.ensure_group(r, keys.parts, bus.GROUP_DOWNLOADERS)
+    all_stats = registry.load_part_stats(shard_dir, report.problems)
+    queue = read_part_queue(r, keys, report.problems)
+    registered = {s.name for _, s in registry.iter_registered(r, keys)}
+    deleted = set(r.smembers(keys.shards_deleted))
+    for pid, stats in sorted(all_stats.items()):
+        if queue.in_flight(pid) and pid not in queue.done:
+            # A worker holds it (or held it and its lease will run out): the part is its to
+            # finish, or the downloaders' to reclaim.
+            report.problems.append(f"part {pid} is in flight with {queue.pending[queue.in_flight(pid)[0]]}; left to it")
+            continue
+        _restore_part(r, keys, shard_dir, stats, queue, registered, deleted, report)
+    _requeue_missing(r, keys, shard_dir, read_part_queue(r, keys, []), report)
+    return report
+
+
+def _restore_sources(r: redis.Redis, keys: bus.Keys, shard_dir: Path, report: ReconcileReport) -> None:
+    in_redis = {s.id for s in registry.redis_sources(r, keys)}
+    for source in registry.load_sources(shard_dir):
+        if source.id not in in_redis and r.hsetnx(keys.sources, source.id, json.dumps(source.to_message())):
+            report.sources_restored.append(source.id)
+    for source in registry.redis_sources(r, keys):
+        if registry.load_source(shard_dir, source.id) is None:
+            registry.save_source(shard_dir, source)
+
+
+def _restore_part(r: redis.Redis, keys: bus.Keys, shard_dir: Path, stats: PartStats, queue: PartQueue,
+                  registered: set[str], deleted: set[str], report: ReconcileReport) -> None:
+    """Register a part's output from its stats file (or complete a done part's registration)."""
+    gone = []
+    for shard in stats.shards:
+        path = shard_dir / shard.name
+        if not path.exists():
+            gone.append(shard.name)
+        elif path.stat().st_size != shard.bytes:
+            report.problems.append(f"part {stats.part_id}: {shard.name} has {path.stat().st_size} bytes, its stats "
+                                   f"file says {shard.bytes}: left alone (a worker may be rewriting the part)")
+            return
+    newly_gone = [name for name in gone if name not in deleted]
+    if newly_gone:  # before registering, so no trainer ever claims a file that is not there
+        r.sadd(keys.shards_deleted, *newly_gone)
+        report.shards_marked_deleted += newly_gone
+    if stats.part_id not in queue.done:
+        result = commit_part(r, keys, stats, "0-0", token=RECONCILE_TOKEN)
+        if result.applied and not result.retried:
+            report.parts_restored.append(stats.part_id)
+            report.shards_registered += [s.name for s in stats.shards]
+        # Entries not yet delivered would only make a downloader redo a done part: drop them.
+        # (One delivered meanwhile is harmless: its commit finds the part done.)
+        queued = queue.queued(stats.part_id)
+        if queued:
+            r.xdel(keys.parts, *queued)
+        return
+    for shard in stats.shards:
+        if shard.name not in registered:
+            r.xadd(keys.shards, bus.encode(shard.to_message()))
+            report.shards_registered.append(shard.name)
+
+
+def _requeue_missing(r: redis.Redis, keys: bus.Keys, shard_dir: Path, queue: PartQueue,
+                     report: ReconcileReport) -> None:
+    """Enqueue every part without committed output that is not queued, in flight or dead."""
+    for source in registry.all_sources(r, keys, shard_dir):
+        for index in range(source.parts):
+            part = source.part(index)
+            pid = part.part_id
+            if pid in queue.done or pid in queue.dead:
+                continue
+            if not queue.in_flight(pid) and not queue.queued(pid):
+                r.xadd(keys.parts, bus.encode(part.to_message()))
+                report.parts_requeued.append(pid)

@@ -1,0 +1,139 @@
+"""The shard tools behind `streamcap shards ...` and `streamcap audit`: each takes the resolved
+settings, prints for people (or JSON for scripts) and returns the exit code.
+
+    python -m shardwriter ls --json
+    python -m shardwriter verify shards/ --quarantine
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from shardwriter import registry
+from shardwriter.config import ShardWriterSettings, format_size
+from streamcap import bus
+from streamcap.cliutil import print_json
+
+
+def _connect(cfg: ShardWriterSettings):
+    r = bus.connect(cfg.require_redis(), retries=2)
+    bus.ping(r)
+    return r
+
+
+def _age(seconds: float) -> str:
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds / size:.0f}{unit}"
+    return f"{seconds:.0f}s"
+
+
+def shard_listing(r, keys: bus.Keys, shard_dir: Path) -> list[dict]:
+    """Every registered shard with its size on disk, age, state and reads per training run."""
+    runs = sorted(r.hkeys(keys.runs))
+    reads = {run: r.hgetall(keys.shard_reads(run)) for run in runs}
+    deleted = r.smembers(keys.shards_deleted)
+    now = time.time()
+    rows = []
+    for entry_id, shard in registry.iter_registered(r, keys):
+        path = shard_dir / shard.name
+        state = "deleted" if shard.name in deleted else "ok" if path.exists() else "missing"
+        per_run = {run: int(reads[run].get(shard.name, 0)) for run in runs}
+        rows.append({
+            "name": shard.name, "part": shard.part_id, "samples": shard.samples, "bytes": shard.bytes,
+            "age_s": round(now - int(entry_id.split("-")[0]) / 1000, 1), "state": state,
+            "reads": sum(per_run.values()), "reads_by_run": per_run,
+        })
+    return rows
+
+
+def ls(cfg: ShardWriterSettings, as_json: bool) -> int:
+    rows = shard_listing(_connect(cfg), cfg.keys, cfg.shard_dir)
+    if as_json:
+        print_json(rows)
+        return 0
+    table = Table(title=f"Shards in {cfg.shard_dir} ({len(rows)} registered)", title_justify="left")
+    for col in ("name", "samples", "bytes", "age", "times read", "state"):
+        table.add_column(col, justify="left" if col in ("name", "state") else "right")
+    for row in rows:
+        table.add_row(row["name"], str(row["samples"]), format_size(row["bytes"]), _age(row["age_s"]),
+                      str(row["reads"]), row["state"])
+    Console().print(table)
+    return 0
+
+
+def verify(cfg: ShardWriterSettings, paths: list[Path], quarantine: bool, as_json: bool) -> int:
+    from shardwriter.verify import check_shard, expand
+    from shardwriter.verify import quarantine as move_away
+
+    files, missing = expand(paths or [cfg.shard_dir])
+    r = _connect(cfg) if quarantine else None
+    checks, moved = [], {}
+    for path in files:
+        check = check_shard(path)
+        checks.append(check)
+        if not check.ok and quarantine:
+            moved[str(path)] = str(move_away(r, cfg.keys, path, cfg.quarantine_path))
+    bad = [c for c in checks if not c.ok]
+    if as_json:
+        print_json({"ok": not bad and not missing, "shards": len(checks), "bad": len(bad), "missing": missing,
+                    "results": [c.to_json() | {"quarantined_to": moved.get(str(c.path))} for c in checks]})
+        return 1 if bad or missing else 0
+    for line in missing:
+        print(f"MISSING {line}")
+    for check in bad:
+        where = f" (moved to {moved[str(check.path)]})" if str(check.path) in moved else ""
+        print(f"BAD {check.path}{where}")
+        for problem in check.problems:
+            print(f"    {problem}")
+    print(f"verify: {len(checks)} shards, {sum(c.samples for c in checks)} samples read, {len(bad)} bad shards")
+    return 1 if bad or missing else 0
+
+
+def gc(cfg: ShardWriterSettings, dry_run: bool, as_json: bool) -> int:
+    from shardwriter.retention import gc as collect
+
+    report = collect(_connect(cfg), cfg.keys, cfg.shard_dir, max_disk_bytes=cfg.max_disk_bytes,
+                     min_free_bytes=cfg.min_free_bytes, min_reads=cfg.min_reads, dry_run=dry_run)
+    if as_json:
+        print_json(report.to_json() | {"dry_run": dry_run})
+        return 0
+    verb = "would delete" if dry_run else "deleted"
+    for name in report.deleted:
+        print(f"{verb} {name}")
+    print(f"gc: {verb} {len(report.deleted)} shards ({format_size(report.freed_bytes)}); "
+          f"{report.kept_unread} kept for runs {', '.join(report.runs) or '-'} (--min-reads {cfg.min_reads}); "
+          f"{report.stopped_because}")
+    return 0
+
+
+def reconcile(cfg: ShardWriterSettings, as_json: bool) -> int:
+    from shardwriter.reconcile import reconcile as rebuild
+
+    report = rebuild(_connect(cfg), cfg.keys, cfg.shard_dir, temp_stale_s=cfg.temp_stale_seconds)
+    if as_json:
+        print_json(report.to_json())
+        return 0
+    for problem in report.problems:
+        print(f"note: {problem}")
+    print(report.summary())
+    return 0
+
+
+def audit(cfg: ShardWriterSettings, as_json: bool, expect_done: bool) -> int:
+    from shardwriter.audit import audit as check
+
+    report = check(_connect(cfg), cfg.keys, cfg.shard_dir, expect_done=expect_done)
+    if as_json:
+        print_json(report.to_json())
+    else:
+        for line in report.discrepancies:
+            print(f"DISCREPANCY {line}")
+        for line in report.notes:
+            print(f"note: {line}")
+        print(report.summary())
+    return 0 if report.ok else 1
