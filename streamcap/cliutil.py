@@ -14,19 +14,37 @@ knows defaults; `option()` shows that default in --help.
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import json
 import signal
 import sys
 from pathlib import Path
 from typing import Annotated, Any, Optional, Sequence
 
-import click
-import typer
 import redis
+import typer
 
 from streamcap.bus import RedisUnavailable
 from streamcap.embedded_redis import RedisServerNotFound
 from streamcap.settings import CommonSettings, ConfigError
+
+
+def _click_exception_modules() -> list[Any]:
+    """typer >= 0.20 raises exceptions of its vendored click copy, older typer those of click."""
+    modules = []
+    for name in ("typer._click.exceptions", "click.exceptions"):
+        try:
+            modules.append(importlib.import_module(name))
+        except ImportError:
+            pass
+    return modules
+
+
+_CLICK = _click_exception_modules()
+_BAD_PARAMETER = tuple(m.BadParameter for m in _CLICK)
+_USAGE_ERROR = tuple(m.UsageError for m in _CLICK)
+_CLICK_EXCEPTION = tuple(m.ClickException for m in _CLICK)
+_ABORT = tuple(m.Abort for m in _CLICK if hasattr(m, "Abort")) + (typer.Abort,)
 
 
 def option(cls: type, name: str, *extra_flags: str, **kwargs: Any) -> Any:
@@ -74,14 +92,14 @@ def run_app(app: typer.Typer, argv: Sequence[str] | None = None, prog_name: str 
     except ConfigError as e:
         error(str(e))
         return 1
-    except click.BadParameter as e:
+    except _BAD_PARAMETER as e:
         error(e.format_message())
         return 1
-    except click.UsageError as e:
+    except _USAGE_ERROR as e:
         hint = f" (see `{e.ctx.command_path} --help`)" if e.ctx else ""
         error(e.format_message() + hint)
         return 2
-    except click.ClickException as e:
+    except _CLICK_EXCEPTION as e:
         error(e.format_message())
         return e.exit_code
     except (RedisUnavailable, RedisServerNotFound) as e:
@@ -90,7 +108,7 @@ def run_app(app: typer.Typer, argv: Sequence[str] | None = None, prog_name: str 
     except (redis.ConnectionError, redis.TimeoutError) as e:
         error(f"Redis is unreachable: {str(e).splitlines()[0] if str(e) else type(e).__name__}")
         return 1
-    except (KeyboardInterrupt, click.Abort):
+    except (KeyboardInterrupt, *_ABORT):
         error("interrupted")
         return 130
     return rv if isinstance(rv, int) else 0

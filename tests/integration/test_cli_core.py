@@ -89,3 +89,16 @@ def test_streamcap_redis_runs_a_server_in_the_foreground(tmp_path: Path):
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) == 0
     assert (tmp_path / "data").exists()
+
+
+def test_unknown_option_or_command_is_one_line_with_exit_code_2():
+    for args, expected in ((["status", "--bogus"], "No such option: --bogus"), (["nosuch"], "No such command 'nosuch'")):
+        out = run_cli(*args)
+        assert out.returncode == 2, out.stderr
+        assert len(out.stderr.strip().splitlines()) == 1 and expected in out.stderr and "Traceback" not in out.stderr
+
+
+def test_a_value_of_the_wrong_type_names_the_option():
+    out = run_cli("status", "--interval", "soon", env={"REDIS_URL": "redis://127.0.0.1:1/0"})
+    assert out.returncode == 1
+    assert out.stderr.startswith("streamcap: error: ") and "--interval" in out.stderr and "Traceback" not in out.stderr

@@ -1,0 +1,73 @@
+"""Evaluation scores to Weights & Biases: one W&B run per training run, logged at its step.
+
+    logger = WandbLogger(cfg)      # nothing happens until the first result
+    logger.log(result)             # eval/BLEU-4, eval/CIDEr, ... at step result.step
+    logger.close()
+
+Mode: `--wandb-mode auto` is online when an API key is configured, offline otherwise (sync
+later with `wandb sync`); WANDB_MODE in the environment wins (the tests set `disabled`).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+from eval.config import EvalSettings
+from eval.outputs import EvalResult
+
+log = logging.getLogger(__name__)
+
+
+def resolve_wandb_mode(configured: str) -> str:
+    if configured != "auto":
+        return configured
+    if os.environ.get("WANDB_MODE"):
+        return os.environ["WANDB_MODE"]
+    return "online" if os.environ.get("WANDB_API_KEY") or _has_netrc_login() else "offline"
+
+
+def _has_netrc_login() -> bool:
+    netrc = Path(os.environ.get("NETRC", Path.home() / ".netrc"))
+    try:
+        return "api.wandb.ai" in netrc.read_text()
+    except OSError:
+        return False
+
+
+class WandbLogger:
+    def __init__(self, cfg: EvalSettings) -> None:
+        self.cfg = cfg
+        self.mode = resolve_wandb_mode(cfg.wandb_mode)
+        self.runs: dict[str, Any] = {}
+
+    def log(self, result: EvalResult) -> None:
+        if self.mode == "disabled" or result.status != "ok":
+            return
+        try:
+            run = self.runs.get(result.run) or self._start(result.run)
+            run.log({f"eval/{name}": value for name, value in result.scores.items()}, step=result.step)
+        except Exception as e:  # W&B trouble must never stop the evaluator
+            log.warning("W&B logging failed: %s", e)
+
+    def _start(self, training_run: str) -> Any:
+        import wandb
+
+        self.cfg.out_dir.mkdir(parents=True, exist_ok=True)
+        run = wandb.init(project=self.cfg.wandb_project, id=f"{training_run}-eval", name=f"{training_run} eval",
+                         job_type="eval", resume="allow", mode=self.mode, dir=str(self.cfg.out_dir),
+                         reinit="create_new", config={"evalset": str(self.cfg.data), "split": self.cfg.split,
+                                                      "beam": self.cfg.beam, "metric": self.cfg.metric})
+        log.info("Weights & Biases run %s-eval (%s mode)", training_run, self.mode)
+        self.runs[training_run] = run
+        return run
+
+    def close(self) -> None:
+        for run in self.runs.values():
+            try:
+                run.finish()
+            except Exception as e:
+                log.warning("W&B finish failed: %s", e)
+        self.runs.clear()
