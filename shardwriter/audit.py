@@ -28,7 +28,7 @@ import redis
 
 from shardwriter import registry, tempfiles
 from shardwriter.commit import part_counters
-from shardwriter.partqueue import PartQueue, read_part_queue
+from streamcap.partqueue import PartQueue, read_part_queue
 from shardwriter.verify import check_shard
 from streamcap import bus
 from streamcap.records import PartRecord, PartStats, ShardRecord, source_slug

@@ -30,7 +30,7 @@ import redis
 
 from shardwriter import registry, tempfiles
 from shardwriter.commit import commit_part
-from shardwriter.partqueue import PartQueue, read_part_queue
+from streamcap.partqueue import PartQueue, read_part_queue
 from streamcap import bus
 from streamcap.records import PartStats
 

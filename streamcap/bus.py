@@ -64,11 +64,14 @@ STAT_SHARD_BYTES = "shard_bytes"
 STAT_PARTS_COMMITTED = "parts_committed"
 STAT_COMMITS_WASTED = "commits_wasted"    # commits of parts another worker had already committed
 STAT_PARTS_DEAD = "parts_dead"
+STAT_REDIS_RECONNECTS = "redis_reconnects"  # outages waited out, summed over processes
 
 # Fields of the `control` hash. Downloaders set CONTROL_DISK_PAUSED (a one-line reason) while
 # the shard disk is over its budget and delete it when they resume; `streamcap status` shows it.
 CONTROL_DISK_PAUSED = "disk_paused"
 CONTROL_DISK_PAUSED_SINCE = "disk_paused_since"
+# JSON {ended, seconds, who} of the last Redis outage a service waited out.
+CONTROL_LAST_OUTAGE = "last_redis_outage"
 
 
 class RedisUnavailable(RuntimeError):
@@ -243,12 +246,16 @@ def ping(r: redis.Redis) -> None:
         raise RedisUnavailable(f"Redis at {describe_url(r)} refused the password: {e}") from None
 
 
-def wait_for_redis(r: redis.Redis, timeout_s: float | None = None, *, what: str = "Redis") -> None:
+def wait_for_redis(
+    r: redis.Redis, timeout_s: float | None = None, *, what: str = "Redis", keys: "Keys | None" = None
+) -> None:
     """Block until the server answers, logging one line per ~10 s of waiting.
 
     Services call this at start and after a command fails past the client's own retries, so a
     server that comes up late or restarts for longer is waited for rather than fatal.
     `timeout_s=None` waits forever; otherwise RedisUnavailable is raised when it runs out.
+    With `keys`, an outage that was waited out is recorded (`control` field
+    CONTROL_LAST_OUTAGE, counter STAT_REDIS_RECONNECTS) so `streamcap status` can show it.
     """
     start = time.monotonic()
     delay, last_log = 0.1, 0.0
@@ -256,7 +263,10 @@ def wait_for_redis(r: redis.Redis, timeout_s: float | None = None, *, what: str 
         try:
             ping(r)
             if last_log:
-                log.info("%s at %s is back after %.0f s", what, describe_url(r), time.monotonic() - start)
+                waited = time.monotonic() - start
+                log.info("%s at %s is back after %.0f s", what, describe_url(r), waited)
+                if keys is not None:
+                    record_outage(r, keys, waited, what)
             return
         except RedisUnavailable as e:
             waited = time.monotonic() - start
@@ -267,6 +277,18 @@ def wait_for_redis(r: redis.Redis, timeout_s: float | None = None, *, what: str 
                 last_log = max(waited, 1e-9)
             time.sleep(delay)
             delay = min(delay * 2, 2.0)
+
+
+def record_outage(r: redis.Redis, keys: "Keys", seconds: float, who: str) -> None:
+    """Note an outage a process waited out: shown by `streamcap status`, never fatal."""
+    try:
+        pipe = r.pipeline(transaction=True)
+        pipe.hset(keys.control, CONTROL_LAST_OUTAGE,
+                  json.dumps({"ended": time.time(), "seconds": round(seconds, 1), "who": who}))
+        pipe.hincrby(keys.stats, STAT_REDIS_RECONNECTS, 1)
+        pipe.execute()
+    except (redis.ConnectionError, redis.TimeoutError):  # gone again: the next wait records it
+        pass
 
 
 def _reason(e: Exception) -> str:

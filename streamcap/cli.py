@@ -100,23 +100,30 @@ def status_command(
     watch: Annotated[bool, typer.Option("--watch", help="Refresh live until Ctrl-C.")] = False,
     interval: Annotated[float, typer.Option("--interval", help="Seconds between refreshes with --watch.")] = 2.0,
 ) -> int:
-    """Show the Redis server, the size of every key of the schema and live workers."""
-    from streamcap import bus, status
+    """One view of the pipeline: queue, downloads, workers, shards, trainer, evaluator, hints."""
+    from streamcap import bus, status, status_view
 
     cfg = build(CommonSettings, redis_url=redis_url, namespace=namespace, shard_dir=shard_dir, log_level=log_level)
     r = bus.connect(cfg.require_redis(), retries=2)
+
+    def view():
+        return status_view.render(status.collect(r, cfg.keys, cfg.shard_dir))
+
     if as_json:
-        print_json(status.collect(r, cfg.keys))
+        print_json(status.collect(r, cfg.keys, cfg.shard_dir))
         return 0
     console = Console()
     if not watch:
-        console.print(status.render(status.collect(r, cfg.keys)))
+        console.print(view())
         return 0
-    with Live(status.render(status.collect(r, cfg.keys)), console=console, auto_refresh=False) as live:
+    with Live(view(), console=console, auto_refresh=False, screen=False) as live:
         try:
             while True:
                 time.sleep(interval)
-                live.update(status.render(status.collect(r, cfg.keys)), refresh=True)
+                try:
+                    live.update(view(), refresh=True)
+                except bus.RedisUnavailable as e:  # keep watching through an outage
+                    live.update(f"[red]{e}[/red] — retrying every {interval:.0f} s", refresh=True)
         except KeyboardInterrupt:
             return 0
 

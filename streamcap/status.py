@@ -1,26 +1,40 @@
-"""`streamcap status`: gather the state of the pipeline from Redis, render it for people.
+"""`streamcap status`: one view of the whole pipeline, gathered from Redis (and the shard dir).
 
-`collect()` returns plain data (what `--json` prints); `render()` turns it into rich tables.
+    report = collect(r, keys, shard_dir=Path("shards"))   # plain data: what --json prints
+    console.print(status_view.render(report))              # rich tables for people
+
+Sections (and --json objects): `redis`, `parts` (the queue), `urls` (downloads), `workers`
+(heartbeats), `shards`, `trainer`, `eval`, and `hints` — short advice where the numbers call
+for it ("the trainer waited for data 30 % of the time: add downloaders").
 """
 
 from __future__ import annotations
 
+import json
+import shutil
+import time
+from pathlib import Path
 from typing import Any
 
 import redis
-from rich.console import Group
-from rich.table import Table
 
 from streamcap import bus
+from streamcap.partqueue import read_part_queue
+from streamcap.records import SourceRecord
 
 _SIZE_COMMANDS = {"stream": "xlen", "hash": "hlen", "set": "scard", "string": "strlen", "list": "llen", "zset": "zcard"}
+DATA_WAIT_HINT_PCT = 20.0
 
 
-def redis_info(r: redis.Redis) -> dict[str, Any]:
-    """Version, memory and persistence mode of the server."""
+def redis_info(r: redis.Redis, keys: bus.Keys) -> dict[str, Any]:
+    """Version, memory, persistence mode, and the last outage a service waited out."""
     info = r.info()
     aof = bool(int(info.get("aof_enabled", 0)))
-    rdb = bool(r.config_get("save").get("save")) if _can_config(r) else None
+    try:
+        rdb = bool(r.config_get("save").get("save"))
+    except redis.ResponseError:  # CONFIG disabled (managed Redis)
+        rdb = None
+    outage = r.hget(keys.control, bus.CONTROL_LAST_OUTAGE)
     return {
         "version": info.get("redis_version"),
         "uptime_s": info.get("uptime_in_seconds"),
@@ -29,77 +43,182 @@ def redis_info(r: redis.Redis) -> dict[str, Any]:
         "maxmemory": info.get("maxmemory"),
         "persistence": "aof" if aof else ("rdb" if rdb else "none" if rdb is not None else "unknown"),
         "aof_last_write_status": info.get("aof_last_write_status"),
-        "loading": bool(int(info.get("loading", 0))),
         "connected_clients": info.get("connected_clients"),
+        "reconnects": int(r.hget(keys.stats, bus.STAT_REDIS_RECONNECTS) or 0),
+        "last_outage": json.loads(outage) if outage else None,
     }
-
-
-def _can_config(r: redis.Redis) -> bool:
-    try:
-        r.config_get("save")
-        return True
-    except redis.ResponseError:  # CONFIG disabled (managed Redis)
-        return False
 
 
 def key_sizes(r: redis.Redis, keys: bus.Keys) -> dict[str, dict[str, Any]]:
     """Size of every fixed key of the schema (entries, fields or members); 0 when absent."""
-    pipe = r.pipeline(transaction=False)
     schema = keys.schema()
+    pipe = r.pipeline(transaction=False)
     for key, _type in schema.values():
         pipe.type(key)
     actual_types = pipe.execute()
     pipe = r.pipeline(transaction=False)
     for (key, expected), actual in zip(schema.values(), actual_types):
-        command = _SIZE_COMMANDS.get(actual if actual != "none" else expected)
-        getattr(pipe, command)(key)
+        getattr(pipe, _SIZE_COMMANDS.get(actual if actual != "none" else expected))(key)
     sizes = pipe.execute()
     return {
-        name: {"key": key, "type": expected, "size": int(size or 0),
-               "wrong_type": actual not in ("none", expected)}
+        name: {"key": key, "type": expected, "size": int(size or 0), "wrong_type": actual not in ("none", expected)}
         for (name, (key, expected)), actual, size in zip(schema.items(), actual_types, sizes)
     }
 
 
-def collect(r: redis.Redis, keys: bus.Keys) -> dict[str, Any]:
-    """Everything `streamcap status` shows, as plain data."""
-    bus.ping(r)
+def part_summary(r: redis.Redis, keys: bus.Keys) -> dict[str, Any]:
+    """Parts and rows by state; `consistent` is the queue half of the accounting invariant."""
+    problems: list[str] = []
+    queue = read_part_queue(r, keys, problems)
+    sources = {}
+    for raw in r.hvals(keys.sources):
+        source = SourceRecord.from_message(json.loads(raw))
+        sources[source.id] = source
+    counts = dict.fromkeys(bus.PART_STATES, 0)
+    rows = dict.fromkeys(bus.PART_STATES, 0)
+    inconsistent = 0
+    for part_id in set(queue.entries) | queue.done | queue.dead:
+        states = queue.states(part_id)
+        if len(states) != 1:
+            inconsistent += 1
+        if not states:
+            continue
+        counts[states[0]] += 1
+        rows[states[0]] += _part_rows(sources, part_id)
+    enqueued = sum(s.parts for s in sources.values())
     return {
-        "namespace": keys.namespace,
-        "redis": redis_info(r),
-        "keys": key_sizes(r, keys),
-        "control": r.hgetall(keys.control),  # e.g. downloads paused for disk, and why
-        "workers": [
-            {k: beat.get(k) for k in ("role", "id", "age_s", "stale")} for beat in bus.read_heartbeats(r, keys)
-        ],
+        "enqueued": enqueued, **counts, "rows": rows, "rows_enqueued": sum(s.rows for s in sources.values()),
+        "sources": sorted(sources), "consistent": inconsistent == 0 and sum(counts.values()) == enqueued,
+        "problems": problems,
     }
 
 
-def render(report: dict[str, Any]) -> Group:
-    """Rich tables for a terminal."""
-    server = report["redis"]
-    head = Table(title=f"Redis · namespace '{report['namespace']}'", show_header=False, title_justify="left")
-    head.add_row("version", str(server["version"]))
-    head.add_row("memory", str(server["used_memory_human"]))
-    head.add_row("persistence", str(server["persistence"]))
-    head.add_row("clients", str(server["connected_clients"]))
-    sizes = Table(title="Keys", title_justify="left")
-    for col in ("name", "type", "size"):
-        sizes.add_column(col, justify="right" if col == "size" else "left")
-    for name, entry in report["keys"].items():
-        flag = " (WRONG TYPE)" if entry["wrong_type"] else ""
-        sizes.add_row(name, entry["type"] + flag, str(entry["size"]))
-    parts: list[Any] = [head, sizes]
-    if report.get("control"):
-        control = Table(title="Control", show_header=False, title_justify="left")
-        for name, value in sorted(report["control"].items()):
-            control.add_row(name, str(value))
-        parts.append(control)
-    if report["workers"]:
-        workers = Table(title="Workers (heartbeats)", title_justify="left")
-        for col in ("role", "id", "age s", "state"):
-            workers.add_column(col)
-        for w in report["workers"]:
-            workers.add_row(w["role"], w["id"], str(w["age_s"]), "STALE" if w["stale"] else "live")
-        parts.append(workers)
-    return Group(*parts)
+def _part_rows(sources: dict[str, SourceRecord], part_id: str) -> int:
+    source_id, _, index = part_id.rpartition(":")
+    source = sources.get(source_id)
+    return source.part(int(index)).rows if source and index.isdigit() else 0
+
+
+def url_summary(stats: dict[str, str], downloaders: list[dict[str, Any]]) -> dict[str, Any]:
+    """Live rates from downloader heartbeats; totals of committed parts from `stats`."""
+    live = [b for b in downloaders if not b["stale"]]
+    rate = {k: round(sum(float(b.get(k, 0) or 0) for b in live), 3) for k in ("urls_per_s", "images_per_s", "mb_per_s")}
+    recent: dict[str, int] = {}
+    for beat in live:
+        for reason, n in (beat.get("failures") or {}).items():
+            recent[reason] = recent.get(reason, 0) + int(n)
+    by_reason = {k[len(bus.STAT_FAIL_PREFIX):]: int(v) for k, v in stats.items() if k.startswith(bus.STAT_FAIL_PREFIX)}
+    rows, samples = int(stats.get(bus.STAT_ROWS, 0)), int(stats.get(bus.STAT_SAMPLES, 0))
+    return {
+        **rate,
+        "success_pct": round(100 * rate["images_per_s"] / rate["urls_per_s"], 1) if rate["urls_per_s"] else None,
+        "downloaders_live": len(live),
+        "top_failures_live": sorted(recent.items(), key=lambda kv: -kv[1])[:5],
+        "rows": rows, "samples": samples, "failures": int(stats.get(bus.STAT_FAILURES, 0)),
+        "failures_by_reason": by_reason,
+        "success_pct_total": round(100 * samples / rows, 1) if rows else None,
+        "bytes_downloaded": int(stats.get(bus.STAT_BYTES_DOWNLOADED, 0)),
+        "paused_for_disk": sum(1 for b in live if b.get("state") == "paused_for_disk"),
+    }
+
+
+def shard_summary(r: redis.Redis, keys: bus.Keys, stats: dict[str, str], shard_dir: Path | None) -> dict[str, Any]:
+    control = r.hgetall(keys.control)
+    summary: dict[str, Any] = {
+        "count": int(stats.get(bus.STAT_SHARDS, 0)), "samples": int(stats.get(bus.STAT_SAMPLES, 0)),
+        "bytes": int(stats.get(bus.STAT_SHARD_BYTES, 0)), "collected": int(r.scard(keys.shards_deleted)),
+        "paused_for_disk": control.get(bus.CONTROL_DISK_PAUSED) or None,
+        "paused_since": float(control[bus.CONTROL_DISK_PAUSED_SINCE]) if control.get(bus.CONTROL_DISK_PAUSED_SINCE) else None,
+        "disk": None,
+    }
+    if shard_dir is not None and Path(shard_dir).is_dir():
+        usage = shutil.disk_usage(shard_dir)
+        summary["disk"] = {"path": str(shard_dir), "free": usage.free, "total": usage.total}
+    return summary
+
+
+def trainer_summary(r: redis.Redis, keys: bus.Keys, ranks: list[dict[str, Any]]) -> dict[str, Any]:
+    runs = {run: json.loads(raw) for run, raw in r.hgetall(keys.runs).items()}
+    live = [b for b in ranks if not b["stale"]]
+    fresh, replay = sum(int(b.get("fresh", 0)) for b in live), sum(int(b.get("replay", 0)) for b in live)
+    waits = [float(b.get("data_wait_pct", 0)) for b in live]
+    pending = [int(b["fresh_shards_pending"]) for b in live if int(b.get("fresh_shards_pending", -1) or -1) >= 0]
+    return {
+        "runs": runs, "ranks": len(live), "stale_ranks": len(ranks) - len(live),
+        "step": max((int(b.get("step", 0)) for b in live), default=None),
+        "max_steps": max((int(b.get("max_steps", 0)) for b in live), default=None),
+        "samples_per_s": round(sum(float(b.get("samples_per_s", 0)) for b in live), 2) if live else None,
+        "data_wait_pct": round(sum(waits) / len(waits), 1) if waits else None,
+        "fresh": fresh, "replay": replay,
+        "fresh_ratio": round(fresh / (fresh + replay), 3) if fresh + replay else None,
+        "fresh_shards_unread": max(pending) if pending else None,
+        "loss": min((float(b["loss"]) for b in live if b.get("loss") not in (None, "")), default=None),
+    }
+
+
+def eval_summary(r: redis.Redis, keys: bus.Keys, evaluators: list[dict[str, Any]]) -> dict[str, Any]:
+    latest = None
+    for _entry_id, fields in r.xrevrange(keys.evals, count=1):
+        try:
+            latest = bus.decode(fields)
+        except bus.MessageError:
+            latest = None
+    best = r.hgetall(keys.evals_best)
+    if best.get("scores"):
+        best["scores"] = json.loads(best["scores"])
+    return {
+        "latest": {k: latest.get(k) for k in ("step", "run", "status", "scores", "checkpoint", "report")} if latest else None,
+        "best": best or None,
+        "evaluators": [{k: b.get(k) for k in ("id", "state", "progress", "checkpoint", "stale")} for b in evaluators],
+    }
+
+
+def hints(report: dict[str, Any]) -> list[str]:
+    """Short advice where the numbers call for it."""
+    out = []
+    parts, urls, shards, trainer = report["parts"], report["urls"], report["shards"], report["trainer"]
+    if trainer["data_wait_pct"] is not None and trainer["data_wait_pct"] >= DATA_WAIT_HINT_PCT:
+        out.append(f"the trainer waited for data {trainer['data_wait_pct']:.0f} % of the time: add downloaders "
+                   "(docker compose up -d --scale downloader=N, or --processes)")
+    if trainer["fresh_ratio"] is not None and trainer["fresh_ratio"] < 0.5 and parts["pending"]:
+        out.append(f"only {100 * trainer['fresh_ratio']:.0f} % of trained samples are fresh: downloads lag training")
+    if parts["pending"] + parts["in_flight"] and not urls["downloaders_live"]:
+        out.append(f"{parts['pending'] + parts['in_flight']} parts wait but no downloader is running: start `streamcap download`")
+    if shards["paused_for_disk"]:
+        out.append(f"downloads paused for disk ({shards['paused_for_disk']}): `streamcap shards gc` frees shards every "
+                   "running training run has read; or raise --max-disk-bytes")
+    if parts["dead"]:
+        out.append(f"{parts['dead']} parts dead-lettered after repeated failures: their last errors are in parts:dead")
+    if not parts["consistent"]:
+        out.append("part states do not add up to the parts enqueued: run `streamcap audit`")
+    stale = [w["id"] for w in report["workers"] if w["stale"]]
+    if stale:
+        out.append(f"{len(stale)} worker(s) stopped reporting: {', '.join(stale[:3])}")
+    outage = report["redis"]["last_outage"]
+    if outage and time.time() - outage["ended"] < 3600:
+        out.append(f"Redis was unreachable for {outage['seconds']:.0f} s, "
+                   f"{(time.time() - outage['ended']) / 60:.0f} min ago; services reconnected")
+    return out
+
+
+def collect(r: redis.Redis, keys: bus.Keys, shard_dir: Path | None = None) -> dict[str, Any]:
+    """Everything `streamcap status` shows, as plain data."""
+    bus.ping(r)
+    beats = bus.read_heartbeats(r, keys)
+    by_role = {role: [b for b in beats if b["role"] == role] for role in (bus.ROLE_DOWNLOADER, bus.ROLE_TRAINER, bus.ROLE_EVALUATOR)}
+    stats = r.hgetall(keys.stats)
+    report = {
+        "namespace": keys.namespace,
+        "time": time.time(),
+        "redis": redis_info(r, keys),
+        "keys": key_sizes(r, keys),
+        "parts": part_summary(r, keys),
+        "urls": url_summary(stats, by_role[bus.ROLE_DOWNLOADER]),
+        "workers": [{k: b.get(k) for k in ("role", "id", "state", "age_s", "stale")} for b in beats],
+        "shards": shard_summary(r, keys, stats, shard_dir),
+        "trainer": trainer_summary(r, keys, by_role[bus.ROLE_TRAINER]),
+        "eval": eval_summary(r, keys, by_role[bus.ROLE_EVALUATOR]),
+    }
+    report["hints"] = hints(report)
+    return report
+

@@ -93,3 +93,14 @@ def test_a_heartbeat_not_refreshed_is_flagged_stale(r, keys):
     bus.write_heartbeat(r, keys, bus.ROLE_EVALUATOR, "e1", {"state": "idle"})
     r.hset(keys.heartbeat(bus.ROLE_EVALUATOR, "e1"), "ts", time.time() - bus.HEARTBEAT_STALE_S - 5)
     assert bus.read_heartbeats(r, keys, bus.ROLE_EVALUATOR)[0]["stale"] is True
+
+
+def test_an_outage_waited_out_is_recorded_for_status(r, keys, redis_server):
+    import json as _json
+
+    redis_server.kill()
+    threading.Timer(1.0, redis_server.start).start()
+    bus.wait_for_redis(bus.connect(redis_server.url, retries=0), timeout_s=20, what="test worker", keys=keys)
+    outage = _json.loads(r.hget(keys.control, bus.CONTROL_LAST_OUTAGE))
+    assert outage["who"] == "test worker" and outage["seconds"] > 0
+    assert r.hget(keys.stats, bus.STAT_REDIS_RECONNECTS) == "1"

@@ -1,0 +1,81 @@
+"""`streamcap status` over a pipeline state built from the real schema (real redis-server)."""
+
+from __future__ import annotations
+
+import json
+import time
+
+from streamcap import bus, status
+from streamcap.records import PartRecord, SourceRecord
+from streamcap.status_view import render
+
+
+def enqueue(r, keys, rows: int, part_size: int) -> SourceRecord:
+    source = SourceRecord(id="src", uri="x.parquet", format="parquet", url_col="url", caption_col="c",
+                          rows=rows, part_size=part_size)
+    r.hset(keys.sources, source.id, json.dumps(source.to_message()))
+    bus.ensure_group(r, keys.parts, bus.GROUP_DOWNLOADERS)
+    for i in range(source.parts):
+        r.xadd(keys.parts, bus.encode(source.part(i).to_message()))
+    return source
+
+
+def test_parts_by_state_and_the_invariant(r, keys):
+    enqueue(r, keys, rows=450, part_size=100)          # 5 parts: 4 of 100 rows, 1 of 50
+    delivered = r.xreadgroup(bus.GROUP_DOWNLOADERS, "w1", {keys.parts: ">"}, count=3)[0][1]
+    done_id, dead_id, flight_id = (entry_id for entry_id, _ in delivered)
+    r.xack(keys.parts, bus.GROUP_DOWNLOADERS, done_id)
+    r.sadd(keys.parts_done, "src:0")
+    r.xack(keys.parts, bus.GROUP_DOWNLOADERS, dead_id)
+    r.xadd(keys.parts_dead, bus.encode(PartRecord("src", 1, 100, 200).to_message() | {"error": "boom"}))
+
+    parts = status.part_summary(r, keys)
+    assert (parts["enqueued"], parts["pending"], parts["in_flight"], parts["done"], parts["dead"]) == (5, 2, 1, 1, 1)
+    assert parts["rows"] == {"pending": 150, "in_flight": 100, "done": 100, "dead": 100}
+    assert parts["rows_enqueued"] == 450 and parts["consistent"] is True
+
+    r.sadd(keys.parts_done, "src:2")  # done while still in flight: two states at once
+    assert status.part_summary(r, keys)["consistent"] is False
+
+
+def test_full_report_with_every_role_and_hints(r, keys, tmp_path):
+    enqueue(r, keys, rows=300, part_size=100)
+    r.hset(keys.stats, mapping={bus.STAT_ROWS: 100, bus.STAT_SAMPLES: 90, bus.STAT_FAILURES: 10,
+                                bus.STAT_FAIL_PREFIX + "timeout": 7, bus.STAT_FAIL_PREFIX + "not_an_image": 3,
+                                bus.STAT_SHARDS: 2, bus.STAT_SHARD_BYTES: 5_000_000})
+    bus.write_heartbeat(r, keys, bus.ROLE_DOWNLOADER, "d1", {
+        "state": "paused_for_disk", "urls_per_s": 10.0, "images_per_s": 8.0, "mb_per_s": 1.5,
+        "failures": {"timeout": 2}})
+    bus.write_heartbeat(r, keys, bus.ROLE_TRAINER, "run1-rank0", {
+        "run": "run1", "rank": 0, "step": 40, "max_steps": 100, "samples_per_s": 50.0, "data_wait_pct": 35.0,
+        "fresh": 300, "replay": 700, "fresh_shards_pending": 3, "loss": 2.5})
+    r.hset(keys.runs, "run1", json.dumps({"started": time.time(), "last_seen": time.time(), "state": "running"}))
+    r.hset(keys.control, mapping={bus.CONTROL_DISK_PAUSED: "shard bytes 5.0 GB over budget 4.0 GB",
+                                  bus.CONTROL_DISK_PAUSED_SINCE: time.time()})
+    r.xadd(keys.evals, bus.encode({"step": 40, "run": "run1", "status": "ok", "scores": {"CIDEr": 0.5, "BLEU-4": 0.1}}))
+    r.hset(keys.evals_best, mapping={"metric": "CIDEr", "value": 0.5, "step": 40, "scores": json.dumps({"CIDEr": 0.5})})
+    bus.record_outage(r, keys, 12.0, "downloader d1")
+
+    report = status.collect(r, keys, shard_dir=tmp_path)
+    assert {"parts", "urls", "shards", "trainer", "eval", "workers", "redis", "hints"} <= set(report)
+    urls = report["urls"]
+    assert (urls["urls_per_s"], urls["success_pct"], urls["success_pct_total"]) == (10.0, 80.0, 90.0)
+    assert urls["failures_by_reason"] == {"timeout": 7, "not_an_image": 3}
+    assert report["shards"]["paused_for_disk"].startswith("shard bytes") and report["shards"]["disk"]["free"] > 0
+    trainer = report["trainer"]
+    assert (trainer["step"], trainer["data_wait_pct"], trainer["fresh_ratio"], trainer["fresh_shards_unread"]) == (40, 35.0, 0.3, 3)
+    assert report["eval"]["best"]["scores"] == {"CIDEr": 0.5}
+    assert report["redis"]["last_outage"]["who"] == "downloader d1" and report["redis"]["reconnects"] == 1
+    hints = "\n".join(report["hints"])
+    assert "waited for data 35 %" in hints and "add downloaders" in hints
+    assert "paused for disk" in hints and "Redis was unreachable for 12 s" in hints
+    assert "only 30 % of trained samples are fresh" in hints
+    json.dumps(report)  # --json must be serialisable
+    render(report)      # and the tables must build
+
+
+def test_no_downloader_but_parts_waiting_is_a_hint(r, keys):
+    enqueue(r, keys, rows=10, part_size=5)
+    report = status.collect(r, keys)
+    assert any("no downloader is running" in h for h in report["hints"])
+    assert report["trainer"]["step"] is None and report["eval"]["latest"] is None
