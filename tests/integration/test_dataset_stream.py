@@ -1,0 +1,206 @@
+"""The streaming dataset against a real redis-server: exactly-once fresh reads, replay, bad data
+skipped and counted, and a stream state that continues exactly."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import tarfile
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from streamcap import bus
+from streamcap.records import ShardRecord
+from trainer.augment import SharedLevel
+from trainer.dataset import LoaderSpec, ShardStreamDataset, make_loader
+from trainer.shardqueue import ReadLedger
+from trainer.synthetic import demo_samples, demo_tokenizer, register_shard, write_shard
+
+
+def spec(redis_url: str, keys, shard_dir: Path, workers: int = 0, **overrides) -> LoaderSpec:
+    values = dict(redis_url=redis_url, namespace=keys.namespace, shard_dir=shard_dir, run="t", rank=0, world_size=1,
+                  workers=workers, image_size=32, max_len=24, batch_size=4, shuffle_buffer=8, fresh_wait_ms=200, seed=3)
+    return LoaderSpec(**(values | overrides))
+
+
+def add_shards(r, keys, shard_dir: Path, sizes: list[int], seed: int = 1) -> list:
+    samples, row = [], 0
+    for part, n in enumerate(sizes):
+        batch = demo_samples(seed, row, n, image_size=48)
+        name = write_shard(shard_dir, "demo", part, 0, batch)
+        register_shard(r, keys, shard_dir, name, "demo", part, 0, n, first_row=row)
+        samples += batch
+        row += n
+    return samples
+
+
+def test_fresh_shards_are_read_once_then_replayed(redis_url, keys, r, tmp_path):
+    samples = add_shards(r, keys, tmp_path, [6, 6, 6])
+    tok = demo_tokenizer(samples)
+    ledger = ReadLedger(r, keys, "t")
+    batches = iter(make_loader(ShardStreamDataset(spec(redis_url, keys, tmp_path), tok, SharedLevel())))
+    fresh = replay = 0
+    finished = []
+    for _ in range(12):  # 48 samples from 18 that exist
+        batch = next(batches)
+        assert batch.images.shape == (4, 3, 32, 32) and batch.tokens[:, 0].eq(tok.bos_id).all()
+        fresh, replay = fresh + batch.stats["fresh"], replay + batch.stats["replay"]
+        finished += batch.finished_shards()
+        ledger.finished(batch.finished_shards())
+    ledger.acknowledge()  # what a checkpoint does
+    assert fresh == 18 and replay == 30  # every fresh sample exactly once, the rest replayed
+    fresh_names = [f.claim.name for f in finished if f.claim.fresh]
+    assert sorted(fresh_names) == ["demo-000000-0000.tar", "demo-000001-0000.tar", "demo-000002-0000.tar"]
+    group = r.xinfo_groups(keys.shards)[0]
+    assert group["pending"] == 0 and group["name"] == "train:t"  # all acknowledged
+    reads = {k: int(v) for k, v in r.hgetall(keys.shard_reads("t")).items()}
+    assert set(reads) == set(fresh_names) and sum(reads.values()) == len(finished)
+
+
+def test_two_workers_split_fresh_shards_and_a_restart_rereads_no_acked_shard(redis_url, keys, r, tmp_path):
+    samples = add_shards(r, keys, tmp_path, [4] * 6)
+    tok = demo_tokenizer(samples)
+    ledger = ReadLedger(r, keys, "t")
+    loader = make_loader(ShardStreamDataset(spec(redis_url, keys, tmp_path, workers=2, shuffle_buffer=4), tok,
+                                            SharedLevel()))
+    batches, seen = iter(loader), []
+    while sum(f.claim.fresh for f in seen) < 3:
+        batch = next(batches)
+        seen += batch.finished_shards()
+        ledger.finished(batch.finished_shards())
+    ledger.acknowledge()  # a checkpoint
+    del batches  # "crash": whatever the workers held stays pending under their consumer names
+    acked = {f.claim.name for f in seen if f.claim.fresh}
+    batches, again = iter(loader), []
+    while len({f.claim.name for f in again if f.claim.fresh} | acked) < 6:
+        batch = next(batches)
+        again += batch.finished_shards()
+        ledger.finished(batch.finished_shards())
+    del batches
+    fresh_again = [f.claim.name for f in again if f.claim.fresh]
+    assert not acked & set(fresh_again)             # nothing acknowledged is read fresh again
+    assert sorted(acked | set(fresh_again)) == sorted(f"demo-{p:06d}-0000.tar" for p in range(6))
+
+
+def test_stream_state_continues_exactly(redis_url, keys, r, tmp_path):
+    samples = add_shards(r, keys, tmp_path, [5, 7, 6, 4])
+    tok = demo_tokenizer(samples)
+    level = SharedLevel(0.5)
+
+    def consume(batches, ledger, n):  # as the training loop does: record finished shards per batch
+        out = []
+        for _ in range(n):
+            out.append(next(batches))
+            ledger.finished(out[-1].finished_shards())
+        return out
+
+    base = spec(redis_url, keys, tmp_path, shuffle_buffer=6)
+    expected = consume(iter(ShardStreamDataset(base, tok, level)), ReadLedger(r, keys, "t"), 6)
+
+    other = spec(redis_url, keys, tmp_path, shuffle_buffer=6, run="u")
+    first = iter(ShardStreamDataset(other, tok, level))
+    ledger = ReadLedger(r, keys, "u")
+    got = consume(first, ledger, 2)
+    ledger.acknowledge()  # the checkpoint the state belongs to
+    first.close()
+    resumed = iter(ShardStreamDataset(other, tok, level, worker_states={0: got[-1].state}))
+    got += consume(resumed, ReadLedger(r, keys, "u"), 4)
+    assert sum(b.stats["replay"] for b in got) > 0  # the comparison runs into replays too
+    for a, b in zip(expected, got):
+        assert a.captions == b.captions
+        assert a.images.equal(b.images) and a.tokens.equal(b.tokens)
+
+
+def _member(tar: tarfile.TarFile, name: str, data: bytes, **attrs) -> None:
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    for k, v in attrs.items():
+        setattr(info, k, v)
+    tar.addfile(info, io.BytesIO(data) if info.isreg() else None)
+
+
+def bad_shards(shard_dir: Path, good) -> None:
+    """Shards with every kind of damage, each with one good sample mixed in where it can be."""
+    def write(name: str, build) -> None:
+        with tarfile.open(shard_dir / name, "w") as tar:
+            build(tar)
+
+    def sample_members(tar, s, caption=None, json_bytes=None, image=None):
+        _member(tar, f"{s.key}.jpg", image if image is not None else s.jpeg)
+        _member(tar, f"{s.key}.txt", (caption if caption is not None else s.caption).encode())
+        _member(tar, f"{s.key}.json", json_bytes if json_bytes is not None else json.dumps(s.meta).encode())
+
+    write("evil-dotdot.tar", lambda t: (_member(t, "../evil.txt", b"x"), sample_members(t, good[0])))
+    write("evil-abs.tar", lambda t: (_member(t, "/etc/evil.jpg", b"x"), sample_members(t, good[1])))
+    write("evil-link.tar", lambda t: (_member(t, "a_000000000009.jpg", b"", type=tarfile.SYMTYPE, linkname="/etc/passwd"),
+                                      sample_members(t, good[2])))
+    write("huge-member.tar", lambda t: sample_members(t, good[3]))
+    data = bytearray((shard_dir / "huge-member.tar").read_bytes())
+    data[124:136] = b"%011o\0" % (2 * 2**30)  # first member declares 2 GiB
+    (shard_dir / "huge-member.tar").write_bytes(bytes(data))
+    write("bad-samples.tar", lambda t: (
+        sample_members(t, good[4], image=b"\xff\xd8garbage"),    # undecodable image
+        sample_members(t, good[5], json_bytes=b"{not json"),     # garbage json
+        sample_members(t, good[6], caption=" "),                 # empty caption
+        sample_members(t, good[7])))
+    write("truncated.tar", lambda t: [sample_members(t, s) for s in good[8:12]])
+    whole = (shard_dir / "truncated.tar").read_bytes()
+    (shard_dir / "truncated.tar").write_bytes(whole[: len(whole) // 2])
+    write("flipped.tar", lambda t: [sample_members(t, s) for s in good[12:14]])
+    flipped = bytearray((shard_dir / "flipped.tar").read_bytes())
+    for i in range(0, 512, 7):
+        flipped[i] ^= 0xFF
+    (shard_dir / "flipped.tar").write_bytes(bytes(flipped))
+
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_corrupt_shards_and_samples_are_skipped_counted_and_named(redis_url, keys, r, tmp_path, caplog, workers):
+    good = demo_samples(2, 0, 16, image_size=48)
+    bad_shards(tmp_path, good)
+    for part, name in enumerate(sorted(p.name for p in tmp_path.glob("*.tar"))):
+        register_shard(r, keys, tmp_path, name, "demo", part, 0, 1)
+    name = write_shard(tmp_path, "demo", 99, 0, good[14:16])
+    register_shard(r, keys, tmp_path, name, "demo", 99, 0, 2)
+    escape = ShardRecord(name="../outside.tar", source="demo", part=100, seq=0, samples=1, bytes=1)
+    r.xadd(keys.shards, bus.encode(escape.to_message()))  # a registry entry pointing out of the shard dir
+    tok = demo_tokenizer(good)
+    caplog.set_level(logging.WARNING, logger="trainer")
+    batches = iter(make_loader(ShardStreamDataset(spec(redis_url, keys, tmp_path, workers=workers), tok, SharedLevel())))
+    problems = 0
+    for _ in range(6):  # never raises; replays fill the batches once fresh data runs out
+        batch = next(batches)
+        problems += batch.stats["problems"]
+    del batches
+    assert problems >= 9  # dotdot, abs, symlink, 2 GiB, image, json, caption, truncated, flipped
+    if workers == 0:  # same process: the log lines are here to read
+        text = caplog.text
+        for shard in ("evil-dotdot.tar", "evil-abs.tar", "evil-link.tar", "huge-member.tar", "truncated.tar",
+                      "flipped.tar", "bad-samples.tar/"):
+            assert shard in text, shard
+        assert "does not decode" in text and "empty caption" in text
+        assert "'../outside.tar' is not a file name inside the shard dir" in text
+
+
+def test_a_redis_outage_longer_than_the_clients_retries_is_waited_out(redis_server, redis_url, keys, r, tmp_path):
+    from trainer.shardqueue import ShardQueue
+
+    add_shards(r, keys, tmp_path, [3])
+    impatient = bus.connect(redis_url, retries=0, connect_timeout=0.5)  # gives up at once, unlike a worker
+    queue = ShardQueue(impatient, keys, "t", "t-r0-w0")
+    queue.ensure_group()
+    redis_server.kill()
+    restarter = threading.Timer(2.0, redis_server.start)
+    restarter.start()
+    try:
+        started = time.monotonic()
+        claim = queue.next_fresh(0)  # fails, waits for the server, retries
+        assert claim is not None and claim.name == "demo-000000-0000.tar"
+        assert time.monotonic() - started >= 1.5
+    finally:
+        restarter.join()
+        impatient.close()

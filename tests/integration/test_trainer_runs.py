@@ -1,0 +1,206 @@
+"""Whole training runs on CPU against a real redis-server: DDP with 2 gloo ranks, starting with no
+shards, exact resume, and a SIGTERM'd multi-worker run that resumes without re-reading."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from streamcap import bus
+from trainer.config import TrainerSettings
+from trainer.metrics import read_metrics
+from trainer.synthetic import demo_samples, demo_tokenizer, register_shard, write_shard
+
+ROOT = Path(__file__).resolve().parents[2]
+ENV = {"WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1", "NO_ALBUMENTATIONS_UPDATE": "1"}
+
+
+def make_shards(r, keys, shard_dir: Path, sizes: list[int], seed: int = 1, start_part: int = 0) -> list[str]:
+    names, row = [], start_part * 1000
+    for i, n in enumerate(sizes):
+        part = start_part + i
+        name = write_shard(shard_dir, "demo", part, 0, demo_samples(seed, row, n, image_size=40))
+        register_shard(r, keys, shard_dir, name, "demo", part, 0, n, first_row=row)
+        names.append(name)
+        row += n
+    return names
+
+
+def vocab(path: Path) -> Path:
+    demo_tokenizer(demo_samples(1, 0, 200, image_size=8)).save(path)
+    return path
+
+
+def train_args(redis_url: str, keys, tmp_path: Path, **extra) -> list[str]:
+    values = {
+        "--redis-url": redis_url, "--namespace": keys.namespace, "--shard-dir": tmp_path / "shards",
+        "--checkpoint-dir": tmp_path / "ck", "--tokenizer": tmp_path / "vocab.txt", "--preset": "tiny",
+        "--image-size": 32, "--batch-size": 4, "--shuffle-buffer": 8, "--fresh-wait-ms": 300, "--log-every": 1,
+        "--sample-every": 0, "--histogram-every": 0, "--checkpoint-every": 1000, "--warmup-steps": 2,
+    } | {f"--{k.replace('_', '-')}": v for k, v in extra.items()}
+    return [str(x) for flag, value in values.items() for x in ((flag,) if value is True else (flag, value))]
+
+
+def start(args: list[str], log: Path, torchrun: int = 0) -> subprocess.Popen:
+    launcher = ([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={torchrun}"]
+                if torchrun else [sys.executable])
+    return subprocess.Popen([*launcher, "-m", "trainer", *args], cwd=ROOT, env=os.environ | ENV,
+                            stdout=log.open("w"), stderr=subprocess.STDOUT)
+
+
+def finish(proc: subprocess.Popen, log: Path, timeout: float = 90) -> None:
+    try:
+        rc = proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+        raise AssertionError("trainer did not finish:\n" + log.read_text()[-4000:]) from None
+    assert rc == 0, log.read_text()[-4000:]
+
+
+def reads(run_dir: Path, rank: int = 0) -> list[dict]:
+    path = run_dir / f"reads-rank{rank}.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def wait_until(condition, timeout: float, what: str, proc: subprocess.Popen | None = None, log: Path | None = None):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        if proc is not None and proc.poll() is not None:
+            raise AssertionError(f"trainer exited while waiting for {what}:\n" + (log.read_text()[-4000:] if log else ""))
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}:\n" + (log.read_text()[-4000:] if log else ""))
+
+
+def last_step(run_dir: Path) -> int:
+    records = read_metrics(run_dir / "metrics.jsonl")
+    return int(records[-1]["step"]) if records else 0
+
+
+def test_two_gloo_ranks_read_disjoint_fresh_shards_and_stay_identical(redis_url, keys, r, tmp_path):
+    names = make_shards(r, keys, tmp_path / "shards", [6, 6, 6, 6, 6, 6, 150])  # one much larger shard
+    vocab(tmp_path / "vocab.txt")
+    log = tmp_path / "train.log"
+    proc = start(train_args(redis_url, keys, tmp_path, run_id="ddp", max_steps=6, loader_workers=1,
+                            freeze_encoder_steps=2, checkpoint_every=3), log, torchrun=2)
+    finish(proc, log, timeout=150)
+    run_dir = tmp_path / "ck" / "ddp"
+    state = torch.load(run_dir / "step-00000006.train.pt", weights_only=False)
+    digests = [rank["param_digest"] for rank in state["ranks"]]
+    assert len(digests) == 2 and digests[0] == digests[1]  # identical parameters after 6 DDP steps
+    held: dict[int, set[str]] = {}
+    for rank in (0, 1):  # fresh shards each rank finished, plus those its worker still holds
+        pending = r.xpending_range(keys.shards, "train:ddp", "-", "+", 100, consumername=f"ddp-r{rank}-w0")
+        ids = {p["message_id"] for p in pending}
+        held[rank] = {e["shard"] for e in reads(run_dir, rank) if e["fresh"]} | {
+            bus.decode(fields)["name"] for entry_id, fields in r.xrange(keys.shards) if entry_id in ids}
+    assert held[0] and held[1] and not held[0] & held[1]
+    assert held[0] | held[1] <= set(names)
+    beats = {b["rank"]: b for b in bus.read_heartbeats(r, keys, bus.ROLE_TRAINER)}
+    assert beats[0]["step"] == beats[1]["step"] == 6  # neither rank hung on the big shard
+
+
+def test_training_starts_with_no_shards_and_replays_when_the_writer_pauses(redis_url, keys, r, tmp_path):
+    vocab(tmp_path / "vocab.txt")
+    log, run_dir = tmp_path / "train.log", tmp_path / "ck" / "live"
+    proc = start(train_args(redis_url, keys, tmp_path, run_id="live", max_steps=40, loader_workers=1), log)
+    try:
+        wait_until(lambda: r.hget(keys.runs, "live"), 60, "the run to register", proc, log)
+        waiting = wait_until(lambda: bus.read_heartbeats(r, keys, bus.ROLE_TRAINER), 60, "a heartbeat", proc, log)
+        assert waiting[0]["step"] == 0 and waiting[0]["data_wait_pct"] == 100.0  # waiting, and saying so
+        assert last_step(run_dir) == 0  # nothing to train on yet
+        written = make_shards(r, keys, tmp_path / "shards", [8], start_part=0)
+        wait_until(lambda: last_step(run_dir) >= 2, 60, "the first steps", proc, log)
+        written += make_shards(r, keys, tmp_path / "shards", [8], start_part=1)   # while training runs
+        wait_until(lambda: last_step(run_dir) >= 10, 60, "more steps", proc, log)
+        written += make_shards(r, keys, tmp_path / "shards", [8], start_part=2)
+        finish(proc, log)  # the writer pauses: the remaining steps replay
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    events = reads(run_dir)
+    fresh = [e["shard"] for e in events if e["fresh"]]
+    assert sorted(fresh) == sorted(written)  # each new shard picked up once
+    assert any(not e["fresh"] for e in events)
+    records = read_metrics(run_dir / "metrics.jsonl")
+    assert sum(rec["fresh_samples"] for rec in records) == 24
+    assert sum(rec["replay_samples"] for rec in records) == 40 * 4 - 24
+    assert sum(rec["fresh_wait_s"] for rec in records) > 0
+    beat = bus.read_heartbeats(r, keys, bus.ROLE_TRAINER)[0]
+    assert beat["fresh"] == 24 and beat["replay"] == 136 and beat["step"] == 40
+    assert "waiting for the first one" in log.read_text()
+    reads_counted = {k: int(v) for k, v in r.hgetall(keys.shard_reads("live")).items()}
+    assert set(reads_counted) == set(written) and sum(reads_counted.values()) == len(events)
+    assert json.loads(r.hget(keys.runs, "live"))["state"] == "finished"
+
+
+def settings(redis_url: str, keys, tmp_path: Path, **overrides) -> TrainerSettings:
+    values = dict(redis_url=redis_url, namespace=keys.namespace, shard_dir=tmp_path / "shards",
+                  checkpoint_dir=tmp_path / "ck", tokenizer=tmp_path / "vocab.txt", preset="tiny", image_size=32,
+                  batch_size=4, shuffle_buffer=8, loader_workers=0, fresh_wait_ms=200, log_every=1, sample_every=0,
+                  histogram_every=0, checkpoint_every=1000, warmup_steps=2, lr=1e-3, aug_ramp_steps=4, seed=5)
+    return TrainerSettings(**(values | overrides))
+
+
+@pytest.fixture
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # other processes share these cores: OpenMP spinning would crawl
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_interrupted_and_resumed_run_reproduces_the_losses(redis_url, keys, r, tmp_path, one_thread):
+    from trainer.train import run
+
+    make_shards(r, keys, tmp_path / "shards", [7, 9, 8])  # 24 samples: the last steps replay
+    vocab(tmp_path / "vocab.txt")
+    assert run(settings(redis_url, keys, tmp_path, run="whole", max_steps=9)) == 0
+    assert run(settings(redis_url, keys, tmp_path, run="split", max_steps=4)) == 0
+    assert run(settings(redis_url, keys, tmp_path, run="split", max_steps=9, resume=True)) == 0
+    whole = {rec["step"]: rec for rec in read_metrics(tmp_path / "ck" / "whole" / "metrics.jsonl")}
+    split = {rec["step"]: rec for rec in read_metrics(tmp_path / "ck" / "split" / "metrics.jsonl")}
+    assert sorted(split) == sorted(whole) == list(range(1, 10))
+    assert sum(whole[s]["replay_samples"] for s in whole) > 0
+    for step in range(1, 10):
+        for name in ("loss", "loss/ce", "loss/eos", "grad_norm"):
+            assert split[step][name] == pytest.approx(whole[step][name], rel=1e-5, abs=1e-7), (step, name)
+    assert split[9]["aug_level"] == whole[9]["aug_level"] > 0
+
+
+def test_sigterm_then_resume_with_workers_rereads_no_acknowledged_shard(redis_url, keys, r, tmp_path):
+    names = make_shards(r, keys, tmp_path / "shards", [6] * 8)
+    vocab(tmp_path / "vocab.txt")
+    log, run_dir = tmp_path / "train.log", tmp_path / "ck" / "sig"
+    args = dict(run_id="sig", loader_workers=2, shuffle_buffer=4)
+    proc = start(train_args(redis_url, keys, tmp_path, max_steps=500, **args), log)
+    wait_until(lambda: sum(e["fresh"] for e in reads(run_dir)) >= 3, 90, "three fresh shards read", proc, log)
+    proc.send_signal(signal.SIGTERM)
+    finish(proc, log)
+    stopped_at = json.loads((run_dir / "latest.json").read_text())["step"]
+    assert f"checkpoint {run_dir}" in log.read_text() and stopped_at < 500
+    before = {e["shard"] for e in reads(run_dir) if e["fresh"]}
+    acked = set(names) - {bus.decode(f)["name"] for i, f in r.xrange(keys.shards)
+                          if bus.delivery_count(r, keys.shards, "train:sig", i)}
+    assert before and before <= acked
+
+    proc = start(train_args(redis_url, keys, tmp_path, max_steps=stopped_at + 16, resume=True, **args),
+                 tmp_path / "resume.log")
+    finish(proc, tmp_path / "resume.log")
+    events = reads(run_dir)
+    resumed_fresh = [e["shard"] for e in events if e["fresh"] and e["step"] > stopped_at]
+    assert not before & set(resumed_fresh)  # nothing acknowledged was read fresh again
+    assert sorted(before | set(resumed_fresh)) == sorted(names) and len(resumed_fresh) == len(set(resumed_fresh))
+    assert "resuming at step %d" % stopped_at in (tmp_path / "resume.log").read_text()

@@ -1,0 +1,200 @@
+"""The streaming training data: an IterableDataset over the run's shard registry in Redis.
+
+    spec = LoaderSpec(redis_url=..., namespace="streamcap", shard_dir=Path("shards"), run="run-1",
+                      rank=0, world_size=1, workers=4, image_size=224, max_len=32, batch_size=64, ...)
+    dataset = ShardStreamDataset(spec, tokenizer, SharedLevel())
+    loader = make_loader(dataset)
+    for batch in loader:   # never ends: fresh shards first, replays when they lag
+        batch.images  # uint8 [B, 3, S, S]     batch.tokens  # int64 [B, T], padded with pad_id
+        batch.stats   # fresh/replay samples, fresh-wait seconds, skipped samples, aug level used
+        batch.finished, batch.state   # shards to record as read, the worker's resumable state
+
+Each DataLoader worker (or the training process itself with 0 workers) builds whole batches,
+so every batch carries the state of the worker that made it: the training process keeps the
+latest state per worker and saves it with each checkpoint (see `trainer.stream`).
+
+Nothing raises out of a worker for bad data: a sample that cannot be used (corrupt tar member,
+undecodable image, missing caption column, empty caption) is skipped, counted and logged with
+its shard and key; a Redis outage is waited out.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from streamcap import bus
+from trainer.augment import Augmenter, SharedLevel
+from trainer.samples import CaptionChoice, SampleError, choose_caption, collate, decode_image, encode_caption
+from trainer.shardqueue import FinishedShard, ShardQueue, consumer_name, job_consumers, parent_watch
+from trainer.stream import SampleStream, StreamConfig
+
+log = logging.getLogger(__name__)
+
+MAX_PROBLEM_LOGS = 200  # per worker; past this, problems are only counted
+
+
+@dataclass(frozen=True)
+class LoaderSpec:
+    redis_url: str
+    namespace: str
+    shard_dir: Path
+    run: str
+    rank: int
+    world_size: int
+    workers: int
+    image_size: int
+    max_len: int
+    batch_size: int
+    shuffle_buffer: int
+    fresh_wait_ms: int
+    seed: int
+    caption: CaptionChoice = field(default_factory=CaptionChoice)
+
+
+@dataclass
+class Batch:
+    images: torch.Tensor                 # uint8 [B, 3, S, S]
+    tokens: torch.Tensor                 # int64 [B, T]
+    captions: list[str]
+    worker: int
+    stats: dict[str, float]
+    finished: list[dict[str, Any]]       # FinishedShard.to_dict() of shards this batch completes
+    state: dict[str, Any]                # the worker's stream state right after this batch
+
+    def finished_shards(self) -> list[FinishedShard]:
+        return [FinishedShard.from_dict(d) for d in self.finished]
+
+    def pin_memory(self) -> "Batch":
+        self.images, self.tokens = self.images.pin_memory(), self.tokens.pin_memory()
+        return self
+
+
+class ShardStreamDataset(IterableDataset):
+    """Endless batches for one rank; see the module docstring."""
+
+    def __init__(self, spec: LoaderSpec, tokenizer: Any, level: SharedLevel,
+                 worker_states: dict[int, dict[str, Any]] | None = None) -> None:
+        super().__init__()
+        self.spec, self.tokenizer, self.level = spec, tokenizer, level
+        self.worker_states = worker_states or {}
+
+    def __iter__(self) -> Iterator[Batch]:
+        info = get_worker_info()
+        worker = info.id if info is not None else 0
+        if info is not None:  # the training process handles SIGTERM/SIGINT and shuts workers down
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+            torch.set_num_threads(1)
+        return _BatchMaker(self, worker, in_worker=info is not None).batches()
+
+
+class _BatchMaker:
+    """Everything one worker holds: its Redis consumer, sample stream and augmenter."""
+
+    def __init__(self, dataset: ShardStreamDataset, worker: int, in_worker: bool) -> None:
+        spec = dataset.spec
+        self.spec, self.worker, self.level = spec, worker, dataset.level
+        self.tokenizer = dataset.tokenizer
+        self.augment = Augmenter(spec.image_size)
+        self.problems_logged = 0
+        r = bus.connect(spec.redis_url)
+        consumer = consumer_name(spec.run, spec.rank, worker)
+        orphaned = parent_watch() if in_worker else (lambda: False)
+        queue = ShardQueue(r, bus.Keys(spec.namespace), spec.run, consumer, orphaned=orphaned)
+        seed = _worker_seed(spec.seed, spec.rank, worker)
+        cfg = StreamConfig(
+            shard_dir=spec.shard_dir, buffer_size=spec.shuffle_buffer, fresh_wait_ms=spec.fresh_wait_ms, seed=seed,
+            job_consumers=job_consumers(spec.run, spec.world_size, spec.workers),
+            announce_waiting=spec.rank == 0 and worker == 0, min_ready=spec.batch_size,
+        )
+        self.stream = SampleStream(queue, cfg, on_problem=self._problem)
+        self.seeds = np.random.default_rng(seed + 1)  # per-sample augmentation seeds, part of the state
+        state = dataset.worker_states.get(worker)
+        if state:
+            self.stream.load_state_dict(state["stream"])
+            self.seeds.bit_generator.state = state["seeds"]
+
+    def batches(self) -> Iterator[Batch]:
+        while True:
+            yield self.next_batch()
+
+    def next_batch(self) -> Batch:
+        images, tokens, captions = [], [], []
+        level = self.level.get()
+        while len(images) < self.spec.batch_size:
+            sample, claim = self.stream.next_sample()
+            aug_seed = int(self.seeds.integers(2**62))
+            try:
+                caption = choose_caption(sample, self.spec.caption)
+                ids = encode_caption(self.tokenizer, caption, self.spec.max_len)
+                image = self.augment(decode_image(sample.image, sample.image_ext, self.spec.image_size), level, aug_seed)
+            except SampleError as e:
+                self._problem(f"{claim.name}/{sample.key}", str(e))
+                continue
+            except Exception as e:  # a library bug on odd data must not kill the worker
+                self._problem(f"{claim.name}/{sample.key}", f"{type(e).__name__}: {e}")
+                continue
+            images.append(image)
+            tokens.append(ids)
+            captions.append(caption)
+        image_batch, token_batch = collate(images, tokens, self.tokenizer.pad_id)
+        stats = self.stream.counters.take() | {"aug_level": level}
+        return Batch(
+            images=image_batch, tokens=token_batch, captions=captions, worker=self.worker, stats=stats,
+            finished=[f.to_dict() for f in self.stream.take_finished()],
+            state={"stream": self.stream.state_dict(), "seeds": self.seeds.bit_generator.state},
+        )
+
+    def _problem(self, where: str, why: str) -> None:
+        self.stream.counters.problems += 1
+        if self.problems_logged < MAX_PROBLEM_LOGS:
+            self.problems_logged += 1
+            log.warning("skipping bad data in %s: %s", where, why)
+            if self.problems_logged == MAX_PROBLEM_LOGS:
+                log.warning("further bad data in this loader worker is counted, not logged")
+
+
+def _worker_seed(seed: int, rank: int, worker: int) -> int:
+    return int(np.random.SeedSequence([seed, rank, worker]).generate_state(1)[0])
+
+
+LOADER_POLL_S = 2.0  # how often a wait for a batch from loader workers looks up (e.g. for SIGTERM)
+
+
+def make_loader(dataset: ShardStreamDataset, pin_memory: bool = False) -> DataLoader:
+    """A DataLoader over already-made batches (batch_size=None). With worker processes, a wait
+    for a batch gives up every LOADER_POLL_S (see `next_batch`)."""
+    workers = dataset.spec.workers
+    return DataLoader(
+        dataset, batch_size=None, num_workers=workers, pin_memory=pin_memory,
+        prefetch_factor=2 if workers else None, persistent_workers=False,
+        collate_fn=_keep_batch, timeout=LOADER_POLL_S if workers else 0,
+    )
+
+
+def next_batch(batches: Iterator[Batch], give_up: Callable[[], bool]) -> Batch:
+    """The next batch, however long it takes, unless `give_up()` turns true meanwhile.
+
+    A DataLoader timeout leaves the iterator intact (nothing was received), so the wait simply
+    resumes; `give_up()` is asked between tries and StopIteration ends the wait.
+    """
+    while True:
+        try:
+            return next(batches)
+        except RuntimeError as e:
+            if "timed out" not in str(e):
+                raise
+            if give_up():
+                raise StopIteration from None
+
+
+def _keep_batch(batch: Batch) -> Batch:
+    return batch

@@ -1,0 +1,194 @@
+"""Where training metrics go (rank 0): a local JSONL log, Weights & Biases, a loss-curve PNG.
+
+    sink = MetricsSink.open(cfg, run_dir, run, config_dict)
+    sink.log(step, {"loss": 2.3, "loss/ce": 2.2, "loss/eos": 0.1, "lr": 1e-4, ...})
+    sink.histograms(step, model)                       # W&B only, at a low rate
+    sink.samples(step, images_uint8, predicted, reference)
+    sink.plot()                                        # <run_dir>/loss.png
+    sink.close()
+
+`metrics.jsonl` gets one JSON object per logged step ({"step": N, "time": ts, ...metrics}) and
+one per sample-caption batch ({"step": N, "samples": [{"predicted", "reference"}]}); it works
+with W&B off. W&B mode: `--wandb-mode auto` is online when an API key is configured, offline
+otherwise (sync later with `wandb sync`); WANDB_MODE in the environment wins, which is how the
+tests turn it off.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+log = logging.getLogger(__name__)
+
+PLOTTED = ("loss", "loss/ce", "loss/eos")
+
+
+def resolve_wandb_mode(configured: str) -> str:
+    if configured != "auto":
+        return configured
+    if os.environ.get("WANDB_MODE"):
+        return os.environ["WANDB_MODE"]
+    return "online" if os.environ.get("WANDB_API_KEY") or _has_netrc_login() else "offline"
+
+
+def _has_netrc_login() -> bool:
+    netrc = Path(os.environ.get("NETRC", Path.home() / ".netrc"))
+    try:
+        return "api.wandb.ai" in netrc.read_text()
+    except OSError:
+        return False
+
+
+class MetricsSink:
+    def __init__(self, run_dir: Path | None, wandb_run: Any = None) -> None:
+        self.run_dir, self.wandb = run_dir, wandb_run
+        self.history: dict[str, list[tuple[int, float]]] = {name: [] for name in PLOTTED}
+        self._file = open(run_dir / "metrics.jsonl", "a", encoding="utf-8") if run_dir else None
+
+    @classmethod
+    def disabled(cls) -> "MetricsSink":
+        """What ranks other than 0 use: accepts everything, writes nothing."""
+        return cls(None)
+
+    @classmethod
+    def open(cls, *, run_dir: Path, run: str, mode: str, project: str, name: str | None,
+             config: dict[str, Any], resume_step: int | None = None) -> "MetricsSink":
+        """Open the run's log; a resumed run first drops records past its checkpoint's step."""
+        if resume_step is not None:
+            _truncate_after(run_dir / "metrics.jsonl", resume_step)
+        mode = resolve_wandb_mode(mode)
+        wandb_run = None
+        if mode != "disabled":
+            import wandb
+
+            wandb_run = wandb.init(project=project, name=name or run, id=run, resume="allow", mode=mode,
+                                   dir=str(run_dir), config=config)
+            log.info("Weights & Biases run %s (%s mode)", name or run, mode)
+        sink = cls(run_dir, wandb_run)
+        sink._load_history()
+        return sink
+
+    def log(self, step: int, metrics: dict[str, float]) -> None:
+        clean = {k: float(v) for k, v in metrics.items() if v is not None and math.isfinite(float(v))}
+        self._write({"step": step, "time": round(time.time(), 3), **clean})
+        for name in PLOTTED:
+            if name in clean:
+                self.history[name].append((step, clean[name]))
+        if self.wandb is not None:
+            self.wandb.log(clean, step=step)
+
+    def histograms(self, step: int, model: torch.nn.Module) -> None:
+        """Parameter and gradient histograms (W&B only: too big for the JSONL log)."""
+        if self.wandb is None:
+            return
+        import wandb
+
+        data = {}
+        for name, p in model.named_parameters():
+            data[f"params/{name}"] = wandb.Histogram(p.detach().float().cpu().numpy())
+            if p.grad is not None:
+                data[f"grads/{name}"] = wandb.Histogram(p.grad.detach().float().cpu().numpy())
+        self.wandb.log(data, step=step)
+
+    def samples(self, step: int, images: torch.Tensor, predicted: list[str], reference: list[str]) -> None:
+        """A few greedy captions next to their references (and images, in W&B)."""
+        self._write({"step": step, "samples": [{"predicted": p, "reference": r} for p, r in zip(predicted, reference)]})
+        for p, r in zip(predicted[:2], reference[:2]):
+            log.info("step %d sample: %r (reference %r)", step, p, r)
+        if self.wandb is not None:
+            import wandb
+
+            pictures = [wandb.Image(img.permute(1, 2, 0).cpu().numpy(), caption=f"{p}  |  ref: {r}")
+                        for img, p, r in zip(images, predicted, reference)]
+            self.wandb.log({"samples": pictures}, step=step)
+
+    def plot(self) -> Path | None:
+        """Write the loss curves to <run_dir>/loss.png (matplotlib, no display needed)."""
+        if self.run_dir is None or not self.history["loss"]:
+            return None
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(figsize=(8, 4.5), dpi=100)
+        for name in PLOTTED:
+            if self.history[name]:
+                steps, values = zip(*self.history[name])
+                ax.plot(steps, values, label=name, linewidth=1)
+        ax.set_xlabel("step")
+        ax.set_ylabel("loss")
+        ax.set_yscale("log")
+        ax.grid(True, alpha=0.3)
+        ax.legend()
+        path = self.run_dir / "loss.png"
+        tmp = path.with_suffix(".png.tmp")
+        fig.savefig(tmp, format="png", bbox_inches="tight")
+        plt.close(fig)
+        os.replace(tmp, path)
+        return path
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+        if self.wandb is not None:
+            self.wandb.finish()
+            self.wandb = None
+
+    def _write(self, record: dict[str, Any]) -> None:
+        if self._file is not None:
+            self._file.write(json.dumps(record) + "\n")
+            self._file.flush()
+
+    def _load_history(self) -> None:
+        """A resumed run's curve continues the earlier one."""
+        if self._file is None:
+            return
+        for record in read_metrics(self.run_dir / "metrics.jsonl"):
+            for name in PLOTTED:
+                if name in record:
+                    self.history[name].append((int(record["step"]), float(record[name])))
+
+
+def read_metrics(path: Path) -> list[dict[str, Any]]:
+    """The step records of a metrics.jsonl (sample-caption records left out)."""
+    out = []
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except OSError:
+        return out
+    for line in lines:
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:  # a line cut by a crash
+            continue
+        if isinstance(record, dict) and "samples" not in record and "step" in record:
+            out.append(record)
+    return out
+
+
+def _truncate_after(path: Path, step: int) -> None:
+    """Keep the records of steps <= `step` (what a crash after the checkpoint logged is redone)."""
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except OSError:
+        return
+    kept = []
+    for line in lines:
+        try:
+            if int(json.loads(line)["step"]) <= step:
+                kept.append(line)
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError):
+            continue
+    tmp = path.with_suffix(".jsonl.tmp")
+    tmp.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+    os.replace(tmp, path)

@@ -1,0 +1,273 @@
+"""One training run's view of the `shards` stream: claiming fresh shards, replay candidates,
+and the accounting of finished reads.
+
+Every DataLoader worker of every rank is its own consumer (`consumer_name(run, rank, worker)`)
+in the run's consumer group `train:<run>`, so a fresh shard goes to exactly one reader across
+the job. The names are stable across restarts: a worker restarted with `--resume` first gets
+back the shards its previous incarnation held (its pending entries). Shards held by consumers
+that no longer exist (the job restarted with fewer ranks or workers) are claimed over.
+
+Workers only read from Redis (`ShardQueue`). The training process writes the accounting
+(`ReadLedger`): it counts a read (fresh or replay) in `shards:reads:<run>` when training has
+consumed the shard's last sample, and acknowledges a fresh shard when the checkpoint that
+covers it is saved, so what Redis calls done is in the model a resume starts from.
+
+Every call rides out Redis outages: it waits for the server and retries, and recreates the
+group when Redis lost it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import asdict, dataclass
+from typing import Any, Callable, TypeVar
+
+import redis
+from redis.exceptions import ResponseError
+
+from streamcap import bus
+from streamcap.records import ShardRecord
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class ShardClaim:
+    """A shard a worker is about to read: fresh (a stream entry it must finish) or a replay."""
+
+    name: str
+    samples: int
+    fresh: bool
+    entry_id: str = ""  # stream entry id of a fresh shard; "" for replays
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "ShardClaim":
+        return cls(name=d["name"], samples=int(d["samples"]), fresh=bool(d["fresh"]), entry_id=d.get("entry_id", ""))
+
+
+@dataclass(frozen=True)
+class FinishedShard:
+    """A shard whose every sample has left a worker's buffer: what the ledger records."""
+
+    claim: ShardClaim
+    samples: int            # samples read from it
+    missing: bool = False   # the file was not there: not counted as a read
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"claim": self.claim.to_dict(), "samples": self.samples, "missing": self.missing}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "FinishedShard":
+        return cls(ShardClaim.from_dict(d["claim"]), samples=int(d["samples"]), missing=bool(d["missing"]))
+
+
+def plain_name(name: object) -> bool:
+    """A registered shard name must stay inside the shard dir: no separators, no dot files."""
+    return isinstance(name, str) and bool(name) and "/" not in name and "\\" not in name and not name.startswith(".")
+
+
+def consumer_name(run: str, rank: int, worker: int) -> str:
+    return f"{run}-r{rank}-w{worker}"
+
+
+def job_consumers(run: str, world_size: int, workers_per_rank: int) -> frozenset[str]:
+    """Consumer names of every reader of the current job (0 workers still means one reader)."""
+    return frozenset(consumer_name(run, rank, w) for rank in range(world_size) for w in range(max(workers_per_rank, 1)))
+
+
+class Orphaned(SystemExit):
+    """The process that started this loader worker is gone: the worker ends itself."""
+
+
+def parent_watch() -> Callable[[], bool]:
+    """A check that is true once the current process's parent has died (it was re-parented)."""
+    parent = os.getppid()
+    return lambda: os.getppid() != parent
+
+
+def redis_call(r: redis.Redis, what: str, fn: Callable[[], T], on_nogroup: Callable[[], None] | None = None,
+               orphaned: Callable[[], bool] = lambda: False) -> T:
+    """Run `fn`, waiting out Redis outages and recreating a lost consumer group.
+
+    Waits as long as it takes, unless `orphaned()` turns true (the training process died).
+    """
+    while True:
+        try:
+            return fn()
+        except (redis.ConnectionError, redis.TimeoutError) as e:
+            log.warning("Redis unavailable during %s (%s); waiting for it", what, str(e).splitlines()[0] if str(e) else e)
+            while True:
+                try:
+                    bus.wait_for_redis(r, timeout_s=10, what="Redis")
+                    break
+                except bus.RedisUnavailable:
+                    if orphaned():
+                        raise Orphaned(0) from None
+        except ResponseError as e:
+            if "NOGROUP" in str(e) and on_nogroup is not None:
+                log.warning("consumer group vanished during %s (Redis lost its data?); recreating it", what)
+                on_nogroup()
+                continue
+            raise
+
+
+class ShardQueue:
+    """The read side, used inside each loader worker."""
+
+    def __init__(self, r: redis.Redis, keys: bus.Keys, run: str, consumer: str,
+                 orphaned: Callable[[], bool] = lambda: False) -> None:
+        self.r, self.keys, self.run, self.consumer = r, keys, run, consumer
+        self.group = keys.train_group(run)
+        self.orphaned = orphaned
+
+    def ensure_group(self) -> None:
+        redis_call(self.r, "creating the consumer group",
+                   lambda: bus.ensure_group(self.r, self.keys.shards, self.group), orphaned=self.orphaned)
+
+    def _call(self, what: str, fn: Callable[[], T]) -> T:
+        return redis_call(self.r, what, fn, on_nogroup=self.ensure_group, orphaned=self.orphaned)
+
+    def own_pending(self) -> list[ShardClaim]:
+        """Fresh shards this consumer name holds from an earlier incarnation, oldest first."""
+        reply = self._call("reading pending shards", lambda: self.r.xreadgroup(
+            self.group, self.consumer, {self.keys.shards: "0"}, count=10_000))
+        return self._claims(reply[0][1] if reply else [])
+
+    def next_fresh(self, block_ms: int) -> ShardClaim | None:
+        """The next never-delivered shard, waiting up to `block_ms` (0: don't wait) for one."""
+        block = block_ms if block_ms > 0 else None
+        reply = self._call("claiming a fresh shard", lambda: self.r.xreadgroup(
+            self.group, self.consumer, {self.keys.shards: ">"}, count=1, block=block))
+        claims = self._claims(reply[0][1] if reply else [])
+        return claims[0] if claims else None
+
+    def reclaim_orphans(self, job: frozenset[str]) -> list[ShardClaim]:
+        """Take over fresh shards held by consumers that are not part of this job."""
+        try:
+            consumers = self._call("listing consumers", lambda: self.r.xinfo_consumers(self.keys.shards, self.group))
+        except ResponseError:  # no stream yet
+            return []
+        ids: list[str] = []
+        for c in consumers:
+            if c["name"] not in job and int(c.get("pending", 0)) > 0:
+                pending = self._call("reading an orphan's pending shards", lambda c=c: self.r.xpending_range(
+                    self.keys.shards, self.group, "-", "+", 1000, consumername=c["name"]))
+                ids += [p["message_id"] for p in pending]
+        if not ids:
+            return []
+        entries = self._call("claiming orphaned shards", lambda: self.r.xclaim(
+            self.keys.shards, self.group, self.consumer, 0, ids))
+        claims = self._claims(entries)
+        if claims:
+            log.info("%s took over %d shard(s) held by consumers no longer in this job", self.consumer, len(claims))
+        return claims
+
+    def touch(self, entry_ids: list[str]) -> None:
+        """Reset the idle time of shards still being read, so nobody mistakes them for orphans."""
+        if entry_ids:
+            self._call("touching held shards", lambda: self.r.xclaim(
+                self.keys.shards, self.group, self.consumer, 0, entry_ids, justid=True))
+
+    def replay_candidates(self) -> list[str]:
+        """Shards this run has read at least once and gc has not deleted, sorted by name."""
+        def fetch() -> list[str]:
+            pipe = self.r.pipeline(transaction=False)
+            pipe.hkeys(self.keys.shard_reads(self.run))
+            pipe.smembers(self.keys.shards_deleted)
+            read, deleted = pipe.execute()
+            return sorted(name for name in set(read) - set(deleted) if plain_name(name))
+
+        return self._call("listing shards to replay", fetch)
+
+    def is_deleted(self, name: str) -> bool:
+        return bool(self._call("checking a shard", lambda: self.r.sismember(self.keys.shards_deleted, name)))
+
+    def is_held(self, entry_id: str) -> bool:
+        """True while a fresh shard is delivered but not yet acknowledged."""
+        return self._call("checking a shard", lambda: bus.delivery_count(
+            self.r, self.keys.shards, self.group, entry_id)) > 0
+
+    def _claims(self, entries: list[Any]) -> list[ShardClaim]:
+        claims = []
+        for entry_id, fields in entries:
+            if not fields:  # entry trimmed away while pending: nothing left to read
+                self._call("acknowledging a trimmed entry", lambda: self.r.xack(self.keys.shards, self.group, entry_id))
+                continue
+            try:
+                record = ShardRecord.from_message(bus.decode(fields))
+                if not plain_name(record.name):
+                    raise ValueError(f"shard name {record.name!r} is not a file name inside the shard dir")
+            except (bus.MessageError, TypeError, KeyError, ValueError) as e:
+                log.warning("skipping unreadable shards entry %s: %s", entry_id, e)
+                self._call("acknowledging a bad entry", lambda: self.r.xack(self.keys.shards, self.group, entry_id))
+                continue
+            claims.append(ShardClaim(name=record.name, samples=int(record.samples), fresh=True, entry_id=entry_id))
+        return claims
+
+
+class ReadLedger:
+    """The write side, used by each rank's training process as it consumes batches.
+
+    A read (fresh or replay) is counted as soon as training consumed the shard's last sample;
+    a fresh shard is acknowledged only once a checkpoint covering it is saved (`acknowledge`),
+    so a rank killed between checkpoints gets its shards back on `--resume` and skips none.
+    Writes that fail (Redis down past the client's retries) are kept and retried, so training
+    never stops for the accounting.
+    """
+
+    def __init__(self, r: redis.Redis, keys: bus.Keys, run: str) -> None:
+        self.r, self.keys, self.run = r, keys, run
+        self.group = keys.train_group(run)
+        self._uncounted: list[FinishedShard] = []
+        self._unacked: list[FinishedShard] = []
+        self._retry_at = 0.0
+
+    def finished(self, shards: list[FinishedShard]) -> None:
+        """Count the reads of shards whose last sample training has consumed."""
+        self._uncounted += [s for s in shards if not s.missing]
+        self._unacked += [s for s in shards if s.claim.fresh]
+        if not self._uncounted or time.monotonic() < self._retry_at:
+            return
+        pipe = self.r.pipeline(transaction=True)
+        for shard in self._uncounted:
+            pipe.hincrby(self.keys.shard_reads(self.run), shard.claim.name, 1)
+        if self._write(pipe, "count %d shard read(s)" % len(self._uncounted)):
+            self._uncounted.clear()
+
+    def acknowledge(self, extra: list[FinishedShard] = ()) -> bool:
+        """Acknowledge the fresh shards finished so far (call when a checkpoint is saved)."""
+        self._unacked += list(extra)
+        if not self._unacked:
+            return True
+        pipe = self.r.pipeline(transaction=True)
+        for shard in self._unacked:
+            pipe.xack(self.keys.shards, self.group, shard.claim.entry_id)
+        if self._write(pipe, "acknowledge %d shard(s)" % len(self._unacked)):
+            self._unacked.clear()
+            return True
+        return False
+
+    @property
+    def unacknowledged(self) -> list[FinishedShard]:
+        """Fresh shards finished but not yet acknowledged (saved with a checkpoint for when
+        Redis was down while it was written)."""
+        return list(self._unacked)
+
+    @property
+    def behind(self) -> bool:
+        return bool(self._uncounted)
+
+    def _write(self, pipe: Any, what: str) -> bool:
+        try:
+            pipe.execute()
+            return True
+        except (redis.ConnectionError, redis.TimeoutError) as e:
+            log.warning("could not %s in Redis (%s); will retry", what, str(e).splitlines()[0] if str(e) else e)
+            self._retry_at = time.monotonic() + 15.0
+            return False

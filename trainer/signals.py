@@ -1,0 +1,70 @@
+"""Graceful stop: SIGTERM (or Ctrl-C) asks the loop to checkpoint and exit after the current step.
+
+    stop = StopSignal.install()
+    while ...:
+        with stop.interruptible(allowed=world_size == 1 or step == 0):
+            batch = next(batches)         # may block while no data exists at all
+        ...
+        if stop.requested: save(); break
+    stop.uninstall()
+
+A wait for data can be interrupted too (StopRequested is raised inside it) where that is safe:
+in a single process, or before the first step; otherwise the step finishes first, because the
+other ranks are inside a collective and need this one to join it. A second Ctrl-C aborts.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from contextlib import contextmanager
+from typing import Any, Iterator
+
+log = logging.getLogger(__name__)
+
+
+class StopRequested(Exception):
+    """Raised inside an interruptible wait when a stop signal arrives."""
+
+
+class StopSignal:
+    def __init__(self) -> None:
+        self.requested = False
+        self.signal_name = ""
+        self._interruptible = False
+        self._previous: dict[int, Any] = {}
+
+    @classmethod
+    def install(cls) -> "StopSignal":
+        stop = cls()
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                stop._previous[sig] = signal.signal(sig, stop._handle)
+        return stop
+
+    def uninstall(self) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous.clear()
+
+    @contextmanager
+    def interruptible(self, allowed: bool = True) -> Iterator[None]:
+        if allowed and self.requested:
+            raise StopRequested(self.signal_name)
+        self._interruptible = allowed
+        try:
+            yield
+        finally:
+            self._interruptible = False
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        name = signal.Signals(signum).name
+        if self.requested and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        if not self.requested:
+            log.info("%s received: checkpointing and stopping after the current step", name)
+        self.requested, self.signal_name = True, name
+        if self._interruptible:
+            self._interruptible = False
+            raise StopRequested(name)

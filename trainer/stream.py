@@ -1,0 +1,334 @@
+"""The sample stream of one loader worker: shards in, shuffled raw samples out, never ending.
+
+Order of sources when the worker needs another shard:
+1. shards restored from a checkpoint, then the fresh shards its consumer name still holds;
+2. a never-read fresh shard (taken at once when there is one; once fewer than `min_ready`
+   samples are buffered, waiting up to `fresh_wait_ms` for one to land);
+3. fresh shards held by consumers that left the job;
+4. a replay: a random shard this run has already read that gc has not deleted (seeded per
+   rank and worker), so no GPU idles while any data exists;
+5. nothing at all yet: wait, and say so once.
+
+Samples pass through a shuffle buffer that mixes shards. A shard is *finished* when its last
+sample has left the buffer; finished shards travel with the batch that carries that sample,
+so the training process acknowledges and counts them only once it has trained on them.
+
+`state_dict()` between two samples captures everything needed to continue exactly: the open
+shards and how far each was read, the buffer as (shard, ordinal) references and the RNG. Raw
+bytes stay on disk; `load_state_dict()` reads them back.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+
+from streamcap.shardformat import Sample, iter_samples
+from trainer.shardqueue import FinishedShard, Orphaned, ShardClaim, ShardQueue
+
+log = logging.getLogger(__name__)
+
+TOUCH_EVERY_S = 30.0
+ORPHAN_CHECK_EVERY_S = 30.0
+DRY_RECHECK_S = 10.0  # after an empty wait for a fresh shard, replay without waiting this long
+STATE_VERSION = 1
+
+
+@dataclass
+class StreamCounters:
+    """Per-worker counts since the last batch; the training process sums them per rank."""
+
+    fresh: int = 0
+    replay: int = 0
+    fresh_wait_s: float = 0.0
+    problems: int = 0
+
+    def take(self) -> dict[str, float]:
+        out = {"fresh": self.fresh, "replay": self.replay, "fresh_wait_s": self.fresh_wait_s, "problems": self.problems}
+        self.fresh = self.replay = self.problems = 0
+        self.fresh_wait_s = 0.0
+        return out
+
+
+@dataclass
+class OpenShard:
+    claim: ShardClaim
+    reader: Iterator[Sample] | None = None
+    read: int = 0          # samples taken from the file (their ordinals are 0..read-1)
+    emitted: int = 0       # samples that have left the buffer
+    done_reading: bool = False
+    missing: bool = False  # the file was not there
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"claim": self.claim.to_dict(), "read": self.read, "emitted": self.emitted,
+                "done_reading": self.done_reading, "missing": self.missing}
+
+
+@dataclass
+class Buffered:
+    slot: int
+    ordinal: int
+    sample: Sample
+
+
+@dataclass
+class StreamConfig:
+    shard_dir: Path
+    buffer_size: int
+    fresh_wait_ms: int
+    seed: int
+    job_consumers: frozenset[str] = field(default_factory=frozenset)
+    announce_waiting: bool = True   # only one worker of the job says "waiting for the first shard"
+    min_ready: int = 1              # below this many buffered samples (a batch), wait or replay
+
+
+class SampleStream:
+    """Raw samples of one worker, shuffled across shards; see the module docstring."""
+
+    def __init__(self, queue: ShardQueue, cfg: StreamConfig, on_problem) -> None:
+        self.queue, self.cfg, self._report = queue, cfg, on_problem
+        self.rng = np.random.default_rng(cfg.seed)
+        self.counters = StreamCounters()
+        self.open: dict[int, OpenShard] = {}
+        self.buffer: list[Buffered] = []
+        self.queued: list[ShardClaim] = []
+        self.finished: list[FinishedShard] = []
+        self._unusable: set[str] = set()        # replay candidates that had no readable sample
+        # Shards this worker read through: replayable at once, before the training process has
+        # counted them in Redis (it does so only when their last sample is trained on).
+        self._read_here: set[str] = set()
+        self._reading: int | None = None        # slot being read into the buffer
+        self._next_slot = 0
+        self._next_fresh_check = 0.0
+        self._dry_until = 0.0
+        self._next_touch = time.monotonic() + TOUCH_EVERY_S
+        self._next_orphan_check = 0.0
+        self._said_waiting = False
+        self._low_water = max(1, min(cfg.buffer_size // 2, cfg.min_ready))
+        self._started = False
+
+    # --- public ---------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Join the group and queue the fresh shards this consumer name still holds."""
+        self.queue.ensure_group()
+        known = {s.claim.entry_id for s in self.open.values() if s.claim.fresh} | {c.entry_id for c in self.queued}
+        self.queued += [c for c in self.queue.own_pending() if c.entry_id not in known]
+        self._started = True
+
+    def next_sample(self) -> tuple[Sample, ShardClaim]:
+        """The next raw sample and the shard it came from; blocks only while no data exists at all."""
+        if not self._started:
+            self.start()
+        self._touch_held()
+        while True:
+            self._refill()
+            if self.buffer:
+                return self._emit()
+            if self.queue.orphaned():
+                raise Orphaned(0)
+
+    def take_finished(self) -> list[FinishedShard]:
+        out, self.finished = self.finished, []
+        return out
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "version": STATE_VERSION,
+            "rng": self.rng.bit_generator.state,
+            "open": {str(slot): s.to_dict() for slot, s in self.open.items()},
+            "reading": self._reading,
+            "buffer": [(b.slot, b.ordinal) for b in self.buffer],
+            "queued": [c.to_dict() for c in self.queued],
+            "next_slot": self._next_slot,
+            "read_here": sorted(self._read_here),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue where `state` left off: reopen its shards and refill the buffer from them.
+
+        Fresh shards Redis no longer holds for this run (acknowledged after the checkpoint)
+        and replays of shards gc deleted are dropped, so no acknowledged shard is read again.
+        """
+        if state.get("version") != STATE_VERSION:
+            log.warning("loader state has version %r, this trainer reads %d; starting the stream afresh",
+                        state.get("version"), STATE_VERSION)
+            return
+        self.rng.bit_generator.state = state["rng"]
+        self._next_slot = int(state["next_slot"])
+        self._read_here = set(state.get("read_here", []))
+        self.queued = [c for c in map(ShardClaim.from_dict, state["queued"]) if self._still_readable(c)]
+        wanted: dict[int, list[tuple[int, int]]] = {}
+        for position, (slot, ordinal) in enumerate(state["buffer"]):
+            wanted.setdefault(int(slot), []).append((ordinal, position))
+        restored: dict[int, Buffered] = {}
+        for slot_key, saved in state["open"].items():
+            slot, shard = int(slot_key), _open_from_dict(saved)
+            if not self._still_readable(shard.claim):
+                continue
+            self._restore_shard(slot, shard, dict(wanted.get(slot, [])), restored)
+        self.buffer = [restored[p] for p in sorted(restored)]
+        reading = state.get("reading")
+        self._reading = reading if reading in self.open else None
+
+    # --- reading ------------------------------------------------------------------------
+
+    def _refill(self) -> None:
+        """Read samples in until the buffer is full or no sample is available without waiting."""
+        while len(self.buffer) < self.cfg.buffer_size:
+            # Waiting for a fresh shard, then replaying, only once the buffer runs low: fresh
+            # samples must not be diluted by replays while buffered ones last.
+            item = self._read_one(may_wait=len(self.buffer) < self._low_water)
+            if item is None:
+                return
+            self.buffer.append(item)
+
+    def _read_one(self, may_wait: bool) -> Buffered | None:
+        while True:
+            if self._reading is not None:
+                item = self._next_from(self._reading)
+                if item is not None:
+                    return item
+            claim = self._next_claim(may_wait)
+            if claim is None:
+                return None
+            self._reading = self._open(claim)
+
+    def _next_from(self, slot: int) -> Buffered | None:
+        shard = self.open[slot]
+        try:
+            sample = next(shard.reader) if shard.reader is not None else None
+        except StopIteration:
+            sample = None
+        except Exception as e:  # a reader bug must not kill the worker: end this shard
+            self._report(shard.claim.name, f"reading failed: {type(e).__name__}: {e}")
+            sample = None
+        if sample is None:
+            shard.done_reading, shard.reader, self._reading = True, None, None
+            self._read_here.add(shard.claim.name)
+            self._maybe_finish(slot)
+            return None
+        shard.read += 1
+        return Buffered(slot=slot, ordinal=shard.read - 1, sample=sample)
+
+    def _open(self, claim: ShardClaim) -> int:
+        slot, self._next_slot = self._next_slot, self._next_slot + 1
+        path = self.cfg.shard_dir / claim.name
+        if path.is_file():
+            reader: Iterator[Sample] | None = iter_samples(path, on_problem=self._report)
+        else:
+            self._report(claim.name, f"shard file {path} does not exist")
+            reader = None
+        self.open[slot] = OpenShard(claim=claim, reader=reader, missing=reader is None)
+        return slot
+
+    def _next_claim(self, may_wait: bool) -> ShardClaim | None:
+        if self.queued:
+            return self.queued.pop(0)
+        now = time.monotonic()
+        if not may_wait:
+            if now < self._next_fresh_check:  # after a miss: not a Redis round trip per sample
+                return None
+            fresh = self.queue.next_fresh(0)
+            if fresh is None:
+                self._next_fresh_check = now + self.cfg.fresh_wait_ms / 1000
+            return fresh
+        # Once a wait came back empty, keep checking without waiting for a while: replays then
+        # follow each other without a pause per shard.
+        dry = now < self._dry_until
+        fresh = self.queue.next_fresh(0 if dry else self.cfg.fresh_wait_ms)
+        self.counters.fresh_wait_s += time.monotonic() - now
+        if fresh is not None:
+            self._dry_until = 0.0
+            return fresh
+        if not dry:
+            self._dry_until = time.monotonic() + DRY_RECHECK_S
+        if now >= self._next_orphan_check:
+            self._next_orphan_check = now + ORPHAN_CHECK_EVERY_S
+            self.queued += self.queue.reclaim_orphans(self.cfg.job_consumers)
+            if self.queued:
+                return self.queued.pop(0)
+        known = set(self.queue.replay_candidates()) | (self._read_here - self._deleted_here())
+        candidates = sorted(known - self._unusable)
+        if candidates:
+            name = candidates[int(self.rng.integers(len(candidates)))]
+            return ShardClaim(name=name, samples=-1, fresh=False)
+        if not self._said_waiting:
+            self._said_waiting = True
+            (log.info if self.cfg.announce_waiting else log.debug)(
+                "no shards to read yet; waiting for the first one to land in %s", self.queue.keys.shards)
+        self._dry_until = 0.0  # nothing to replay either: the next attempt waits for a fresh shard
+        if dry or self.cfg.fresh_wait_ms < 200:  # XREADGROUP did not block: don't spin on Redis
+            time.sleep(0.2)
+            self.counters.fresh_wait_s += 0.2
+        return None
+
+    # --- emitting -----------------------------------------------------------------------
+
+    def _emit(self) -> tuple[Sample, ShardClaim]:
+        index = int(self.rng.integers(len(self.buffer)))
+        self.buffer[index], self.buffer[-1] = self.buffer[-1], self.buffer[index]
+        item = self.buffer.pop()
+        shard = self.open[item.slot]
+        shard.emitted += 1
+        if shard.claim.fresh:
+            self.counters.fresh += 1
+        else:
+            self.counters.replay += 1
+        self._maybe_finish(item.slot)
+        return item.sample, shard.claim
+
+    def _maybe_finish(self, slot: int) -> None:
+        shard = self.open[slot]
+        if shard.done_reading and shard.emitted >= shard.read:
+            if shard.read == 0:  # missing or nothing readable: never pick it for replay again
+                self._unusable.add(shard.claim.name)
+            self.finished.append(FinishedShard(shard.claim, samples=shard.read, missing=shard.missing))
+            del self.open[slot]
+
+    def _deleted_here(self) -> set[str]:
+        return {name for name in self._read_here if self.queue.is_deleted(name)} if self._read_here else set()
+
+    def _touch_held(self) -> None:
+        now = time.monotonic()
+        if now >= self._next_touch:
+            self._next_touch = now + TOUCH_EVERY_S
+            self.queue.touch([s.claim.entry_id for s in self.open.values() if s.claim.fresh])
+
+    # --- restoring ----------------------------------------------------------------------
+
+    def _still_readable(self, claim: ShardClaim) -> bool:
+        if claim.fresh and not self.queue.is_held(claim.entry_id):
+            log.info("shard %s was acknowledged after the checkpoint; not reading it again", claim.name)
+            return False
+        if not claim.fresh and self.queue.is_deleted(claim.name):
+            log.info("shard %s was deleted by gc; dropping its replay", claim.name)
+            return False
+        return True
+
+    def _restore_shard(self, slot: int, shard: OpenShard, wanted: dict[int, int], out: dict[int, Buffered]) -> None:
+        """Re-read `shard` up to where it was read, putting the buffered ordinals back."""
+        reader = iter_samples(self.cfg.shard_dir / shard.claim.name, on_problem=self._report)
+        got = 0
+        for ordinal, sample in zip(range(shard.read), reader):
+            got += 1
+            if ordinal in wanted:
+                out[wanted[ordinal]] = Buffered(slot=slot, ordinal=ordinal, sample=sample)
+        if got < shard.read:
+            self._report(shard.claim.name, f"shard changed since the checkpoint ({got} of {shard.read} samples)")
+            shard.done_reading = True
+        # Buffered samples that could not be read back count as emitted, so the shard still finishes.
+        shard.emitted = shard.read - sum(1 for o in wanted if o < got)
+        shard.reader = None if shard.done_reading else reader
+        self.open[slot] = shard
+        self._maybe_finish(slot)
+
+
+def _open_from_dict(d: dict[str, Any]) -> OpenShard:
+    return OpenShard(claim=ShardClaim.from_dict(d["claim"]), read=int(d["read"]), emitted=int(d["emitted"]),
+                     done_reading=bool(d["done_reading"]), missing=bool(d.get("missing", False)))

@@ -1,0 +1,126 @@
+"""Per-step reporting: metrics (JSONL + W&B), console lines, heartbeats, histograms, sample captions.
+
+Metrics written every `--log-every` steps (averaged over ranks; rates summed over ranks):
+    loss, loss/ce, loss/eos, grad_norm, lr, lr/encoder, aug_level, samples_per_s, data_wait_pct,
+    fresh_ratio, fresh_samples, replay_samples, fresh_wait_s, bad_samples,
+    gpu/memory_allocated_gb, gpu/max_memory_allocated_gb, gpu/utilization_pct (CUDA only),
+    downloader/<rate> (each *_per_s field of live downloader heartbeats, summed), downloader/live
+Parameter and gradient histograms every `--histogram-every` steps and a few greedy captions
+with their images every `--sample-every` steps (rank 0).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import torch
+
+from streamcap.decoding import greedy_decode
+from streamcap.model import IMAGE_MEAN, IMAGE_STD
+from trainer import distributed
+from trainer.consumption import Consumption
+from trainer.monitor import RunMonitor
+
+log = logging.getLogger("trainer")
+
+SAMPLE_IMAGES = 4
+
+
+class StepTelemetry:
+    def __init__(self, state: Any, tracker: Consumption, monitor: RunMonitor) -> None:
+        self.state, self.tracker, self.monitor = state, tracker, monitor
+        self.last: dict[str, float] = {}
+
+    def after_step(self, terms: dict[str, Any], aug_level: float) -> None:
+        state, cfg = self.state, self.state.cfg
+        step = state.step
+        if step % cfg.log_every == 0 or step == 1:
+            self._log(step, terms, aug_level)
+        if state.info.is_main and cfg.histogram_every and step % cfg.histogram_every == 0:
+            state.sink.histograms(step, state.model)
+        if state.info.is_main and cfg.sample_every and step % cfg.sample_every == 0:
+            state.sink.samples(step, *caption_samples(state, terms["last_batch"]))
+        if self.monitor.due():
+            self._heartbeat(step, aug_level)
+
+    def _log(self, step: int, terms: dict[str, Any], aug_level: float) -> None:
+        state, info = self.state, self.state.info
+        names = ("loss", "loss/ce", "loss/eos", "grad_norm")
+        window = self.tracker.window("log")
+        counted = ("samples_per_s", "fresh", "replay", "fresh_wait_s", "bad_samples", "data_wait_pct")
+        values = distributed.mean_over_ranks(
+            info, [float(terms[n]) for n in names] + [window[n] for n in counted])
+        metrics = dict(zip(names, values[: len(names)]))
+        rank_mean = dict(zip(counted, values[len(names):]))
+        world = info.world_size
+        seen = rank_mean["fresh"] + rank_mean["replay"]
+        metrics |= {
+            "lr": terms["lr"], "lr/encoder": terms["lr/encoder"], "aug_level": aug_level,
+            "aug_level_workers": self.tracker.aug_level_seen,
+            "samples_per_s": rank_mean["samples_per_s"] * world, "data_wait_pct": rank_mean["data_wait_pct"],
+            "fresh_ratio": rank_mean["fresh"] / seen if seen else 0.0,
+            "fresh_samples": rank_mean["fresh"] * world, "replay_samples": rank_mean["replay"] * world,
+            "fresh_wait_s": rank_mean["fresh_wait_s"], "bad_samples": rank_mean["bad_samples"] * world,
+        }
+        self.last = metrics
+        if not info.is_main:
+            return
+        metrics |= _gpu_metrics(info.device)
+        metrics |= {f"downloader/{k}": v for k, v in self.monitor.downloader_rates().items()}
+        state.sink.log(step, metrics)
+        log.info(
+            "step %d/%d loss %.4f (ce %.4f, eos %.4f) lr %.2e | %.0f samples/s, data wait %.0f%%, fresh %.0f%% | aug %.2f",
+            step, state.cfg.max_steps, metrics["loss"], metrics["loss/ce"], metrics["loss/eos"], metrics["lr"],
+            metrics["samples_per_s"], metrics["data_wait_pct"], 100 * metrics["fresh_ratio"], aug_level,
+        )
+
+    def waiting(self) -> None:
+        """Called while the loop waits for data: keep the heartbeat going, saying so."""
+        if self.monitor.due():
+            self._heartbeat(self.state.step, float(self.last.get("aug_level", 0.0)), starving=True)
+
+    def _heartbeat(self, step: int, aug_level: float, starving: bool = False) -> None:
+        state, totals = self.state, self.tracker.totals
+        window = self.tracker.window("heartbeat")
+        if starving:  # the wait in progress is not in the window yet
+            window["data_wait_pct"] = 100.0
+        self.monitor.beat({
+            "run": state.cfg.run, "rank": state.info.rank, "world_size": state.info.world_size,
+            "step": step, "max_steps": state.cfg.max_steps,
+            "samples_per_s": round(window["samples_per_s"], 2), "data_wait_pct": round(window["data_wait_pct"], 1),
+            "fresh": int(totals["fresh"]), "replay": int(totals["replay"]),
+            "fresh_ratio": round(window["fresh_ratio"], 3), "fresh_wait_s": round(totals["fresh_wait_s"], 1),
+            "bad_samples": int(totals["bad_samples"]),
+            "loss": round(self.last.get("loss", float("nan")), 5), "lr": self.last.get("lr", 0.0),
+            "aug_level": round(aug_level, 4),
+        })
+
+    def close(self) -> None:
+        """A last heartbeat, so `streamcap status` shows where the rank stopped."""
+        self._heartbeat(self.state.step, float(self.last.get("aug_level", 0.0)))
+
+
+def _gpu_metrics(device: torch.device) -> dict[str, float]:
+    if device.type != "cuda":
+        return {}
+    out = {
+        "gpu/memory_allocated_gb": torch.cuda.memory_allocated(device) / 2**30,
+        "gpu/max_memory_allocated_gb": torch.cuda.max_memory_allocated(device) / 2**30,
+    }
+    try:
+        out["gpu/utilization_pct"] = float(torch.cuda.utilization(device))
+    except Exception:  # no NVML on this machine: memory only
+        pass
+    return out
+
+
+def caption_samples(state: Any, batch: Any, count: int = SAMPLE_IMAGES) -> tuple[torch.Tensor, list[str], list[str]]:
+    """Greedy captions of the first images of a batch, with their reference captions."""
+    device = state.info.device
+    mean = torch.tensor(IMAGE_MEAN, device=device).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGE_STD, device=device).view(1, 3, 1, 1)
+    images = batch.images[:count]
+    normalised = images.to(device).float().div(255).sub(mean).div(std)  # [N,3,S,S]
+    ids = greedy_decode(state.model, normalised, max_len=state.model.cfg.max_len - 1)
+    return images, [state.tokenizer.decode(x) for x in ids], batch.captions[:count]

@@ -1,0 +1,338 @@
+"""The training run, in execution order: setup, data, model, optimizer, DDP, loop.
+
+    streamcap train --redis-url redis://... --tokenizer vocab.txt --preset base --max-steps 100000
+    torchrun --standalone --nproc-per-node 8 -m trainer --tokenizer vocab.txt --preset base
+
+One process per GPU under torchrun (nccl), or one CPU process (gloo under torchrun, none alone).
+Each step: set the augmentation level, take `--grad-accum` batches from the streaming loader,
+forward under bf16 autocast on GPU, cross-entropy + EOS suppression, backward (gradients
+all-reduced on the last micro-batch only), clip, Adam, schedule. Every `--checkpoint-every`
+steps, at `--max-steps` and on SIGTERM: a checkpoint with the full training state, announced on
+the `checkpoints` stream. `--resume` continues from the run's latest checkpoint.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+from torch.nn.parallel import DistributedDataParallel as DDP
+
+from streamcap import bus
+from streamcap.checkpoint import load_checkpoint, save_checkpoint
+from streamcap.logs import setup_logging
+from streamcap.model import IMAGE_MEAN, IMAGE_STD, CaptionModel, ModelConfig, format_parameter_counts
+from streamcap.settings import ConfigError, to_json
+from streamcap.tokenizer import VocabError, WordPieceTokenizer
+from trainer import checkpointing as ckpt
+from trainer import distributed
+from trainer.augment import SharedLevel, ramp_level
+from trainer.config import TrainerSettings
+from trainer.consumption import Consumption
+from trainer.dataset import LoaderSpec, ShardStreamDataset, make_loader, next_batch
+from trainer.losses import caption_loss
+from trainer.metrics import MetricsSink
+from trainer.monitor import RunMonitor
+from trainer.samples import CaptionChoice
+from trainer.schedule import make_scheduler
+from trainer.shardqueue import FinishedShard, ReadLedger
+from trainer.signals import StopRequested, StopSignal
+from trainer.telemetry import StepTelemetry
+
+log = logging.getLogger("trainer")
+
+
+@dataclass
+class Run:
+    """Everything the loop touches, built once by `_setup`."""
+
+    cfg: TrainerSettings
+    info: distributed.DistInfo
+    r: Any
+    tokenizer: WordPieceTokenizer
+    model: CaptionModel
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    step: int
+    resumed: dict[str, Any] | None
+    ddp: torch.nn.Module | None = None
+    sink: MetricsSink = field(default_factory=MetricsSink.disabled)
+    while_waiting: Callable[[], None] = lambda: None  # heartbeats while no batch comes
+
+    @property
+    def rank_state(self) -> dict[str, Any]:
+        ranks = (self.resumed or {}).get("ranks") or []
+        return ranks[self.info.rank] if self.info.rank < len(ranks) else {}
+
+
+def run(cfg: TrainerSettings) -> int:
+    """Train until --max-steps or a stop signal; 0 when it ended cleanly."""
+    redis_url, tokenizer_path = cfg.require_redis(), cfg.require_tokenizer()
+    if cfg.device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("--device / STREAMCAP_TRAIN_DEVICE: expected a visible CUDA GPU for 'cuda', found none")
+    info = distributed.setup(cfg.device)
+    try:
+        cfg = cfg.with_run(distributed.broadcast(info, cfg.run or time.strftime("run-%Y%m%d-%H%M%S")))
+        setup_logging("trainer", cfg.log_level, instance=f"{cfg.run}-rank{info.rank}")
+        r = bus.connect(redis_url, retries=2)
+        bus.wait_for_redis(r)
+        state = _setup(cfg, info, r, _load_tokenizer(tokenizer_path))
+        return _train(state)
+    finally:
+        distributed.teardown(info)
+
+
+def _load_tokenizer(path) -> WordPieceTokenizer:
+    try:
+        return WordPieceTokenizer.from_file(path)
+    except VocabError as e:
+        raise ConfigError(f"--tokenizer / STREAMCAP_TOKENIZER: {e}") from None
+
+
+# --- setup: resume point, model, optimizer ----------------------------------------------------
+
+
+def _setup(cfg: TrainerSettings, info: distributed.DistInfo, r: Any, tokenizer: WordPieceTokenizer) -> Run:
+    run_dir = cfg.run_dir
+    latest = ckpt.find_latest(run_dir)
+    if latest and not cfg.resume:
+        raise ConfigError(f"--run-id / STREAMCAP_RUN_ID: run {cfg.run!r} already has checkpoints in {run_dir}; "
+                          "pass --resume to continue it, or choose another --run-id")
+    torch.manual_seed(cfg.seed)  # identical initial weights on every rank
+    if latest:
+        loaded = load_checkpoint(run_dir / latest["model"], map_location="cpu")
+        model, tokenizer = loaded.model, loaded.tokenizer
+        resumed = ckpt.load_train_state(run_dir / latest["state"])
+    else:
+        if cfg.resume and info.is_main:
+            log.info("run %s has no checkpoint yet; starting at step 0", cfg.run)
+        overrides = {name: getattr(cfg, name) for name in ("image_size", "max_len") if getattr(cfg, name)}
+        model_cfg = ModelConfig.from_preset(cfg.preset, tokenizer=tokenizer, pretrained=cfg.pretrained, **overrides)
+        model, resumed = CaptionModel(model_cfg), None
+    step = int(resumed["step"]) if resumed else 0
+    model.set_encoder_trainable(step >= cfg.freeze_encoder_steps)
+    model.to(info.device).train()
+    cuda = info.device.type == "cuda"
+    if cuda:  # convolutions in bf16 run fastest channels-last with autotuned kernels
+        model.to(memory_format=torch.channels_last)
+        torch.backends.cudnn.benchmark = True
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    optimizer = torch.optim.Adam(model.param_groups(cfg.lr, cfg.encoder_lr), lr=cfg.lr, fused=cuda)
+    scheduler = make_scheduler(optimizer, cfg.warmup_steps)
+    state = Run(cfg=cfg, info=info, r=r, tokenizer=tokenizer, model=model, optimizer=optimizer,
+                scheduler=scheduler, step=step, resumed=resumed)
+    if resumed:
+        optimizer.load_state_dict(resumed["optimizer"])
+        scheduler.load_state_dict(resumed["scheduler"])
+    run_dir.mkdir(parents=True, exist_ok=True)  # every rank writes its reads log there
+    if info.is_main:
+        _announce(state)
+    return state
+
+
+def _announce(state: Run) -> None:
+    """Print the resolved config and parameter counts; save the config beside the checkpoints."""
+    cfg, model = state.cfg, state.model
+    resolved = {"trainer": json.loads(to_json(cfg)), "model": model.cfg.to_dict(),
+                "world_size": state.info.world_size, "device": str(state.info.device)}
+    ckpt.save_config(cfg.run_dir, resolved)
+    log.info("config: %s", to_json(cfg))
+    log.info("model %s (%s): %s", cfg.preset, model.cfg.backbone, format_parameter_counts(model.parameter_counts()))
+    log.info("run %s on %d rank(s), device %s, %s; %s", cfg.run, state.info.world_size, state.info.device,
+             "resuming at step %d" % state.step if state.resumed else "starting at step 0", cfg.run_dir)
+
+
+def _wrap(state: Run) -> None:
+    """(Re)build the DDP wrapper: DDP registers the parameters that require grad when built."""
+    if not state.info.enabled:
+        state.ddp = state.model
+        return
+    state.ddp = None
+    gc.collect()  # the old wrapper's gradient hooks go with it
+    ids = [state.info.device.index] if state.info.device.type == "cuda" else None
+    state.ddp = DDP(state.model, device_ids=ids)
+
+
+# --- data ------------------------------------------------------------------------------------
+
+
+def _loader(state: Run, level: SharedLevel) -> tuple[Any, Consumption]:
+    cfg, info, model_cfg = state.cfg, state.info, state.model.cfg
+    spec = LoaderSpec(
+        redis_url=cfg.require_redis(), namespace=cfg.namespace, shard_dir=cfg.shard_dir, run=cfg.run,
+        rank=info.rank, world_size=info.world_size, workers=cfg.loader_workers,
+        image_size=model_cfg.image_size, max_len=model_cfg.max_len, batch_size=cfg.batch_size,
+        shuffle_buffer=cfg.shuffle_buffer, fresh_wait_ms=cfg.fresh_wait_ms, seed=cfg.seed,
+        caption=CaptionChoice(cfg.caption_column, cfg.caption_sentences),
+    )
+    saved = state.rank_state
+    worker_states = saved.get("loader") if saved.get("loader_workers") == cfg.loader_workers else None
+    if saved and worker_states is None:
+        log.warning("--loader-workers changed since the checkpoint: loader workers start their streams afresh "
+                    "(held shards are read again from their start; nothing acknowledged is re-read)")
+    ledger = ReadLedger(state.r, cfg.keys, cfg.run)
+    # Shards the checkpoint covers but Redis was down to acknowledge: acknowledge them before
+    # the workers look at what they hold, so no finished shard is taken for an unfinished one.
+    ledger.acknowledge([FinishedShard.from_dict(d) for d in saved.get("unacknowledged", [])])
+    dataset = ShardStreamDataset(spec, state.tokenizer, level, worker_states)
+    tracker = Consumption(ledger, cfg.run_dir / f"reads-rank{info.rank}.jsonl", totals=saved.get("counters"))
+    return make_loader(dataset, pin_memory=info.device.type == "cuda"), tracker
+
+
+# --- the loop --------------------------------------------------------------------------------
+
+
+def _train(state: Run) -> int:
+    cfg, info = state.cfg, state.info
+    monitor = RunMonitor(state.r, cfg.keys, cfg.run, info.rank)
+    monitor.register()
+    if info.is_main:
+        state.sink = MetricsSink.open(
+            run_dir=cfg.run_dir, run=cfg.run, mode=cfg.wandb_mode, project=cfg.wandb_project, name=cfg.wandb_name,
+            config={"trainer": json.loads(to_json(cfg)), "model": state.model.cfg.to_dict()},
+            resume_step=state.step if state.resumed else None)
+    level = SharedLevel(float((state.resumed or {}).get("aug_level", 0.0)))
+    loader, tracker = _loader(state, level)
+    telemetry = StepTelemetry(state, tracker, monitor)
+    state.while_waiting = telemetry.waiting
+    stop = StopSignal.install()
+    _wrap(state)
+    batches = iter(loader)
+    if state.rank_state.get("rng"):  # last: building the model and the loader draw random numbers
+        ckpt.set_rng_state(state.rank_state["rng"])
+    finished = False
+    try:
+        while state.step < cfg.max_steps:
+            if state.model.encoder.trunk_frozen and state.step >= cfg.freeze_encoder_steps:
+                state.model.set_encoder_trainable(True)
+                _wrap(state)
+                log.info("step %d: image encoder unfrozen", state.step)
+            level.set(ramp_level(state.step, cfg.aug_ramp_steps, cfg.aug_max))
+            terms = _optimizer_step(state, batches, tracker, stop)
+            telemetry.after_step(terms, level.get())
+            stop_now = distributed.any_rank(info, stop.requested)
+            if state.step % cfg.checkpoint_every == 0 or state.step == cfg.max_steps or stop_now:
+                _checkpoint(state, tracker, level.get())
+            if stop_now:
+                log.info("stopped by %s at step %d", stop.signal_name or "another rank", state.step)
+                break
+        finished = state.step >= cfg.max_steps
+    except StopRequested as e:
+        log.info("stopped by %s while waiting for data at step %d", e, state.step)
+        if state.step > 0 and info.world_size == 1:
+            _checkpoint(state, tracker, level.get())
+    finally:
+        stop.uninstall()
+        del batches  # shuts the loader workers down
+        telemetry.close()
+        tracker.close()
+        state.sink.close()
+        if finished:
+            monitor.finish()
+    if finished and info.is_main:
+        log.info("done: %d steps, run %s, checkpoints in %s", state.step, cfg.run, cfg.run_dir)
+    return 0
+
+
+def _optimizer_step(state: Run, batches, tracker: Consumption, stop: StopSignal) -> dict[str, Any]:
+    """One optimizer step over --grad-accum micro-batches; returns the loss terms (tensors)."""
+    cfg, info, ddp = state.cfg, state.info, state.ddp
+    mean = torch.tensor(IMAGE_MEAN, device=info.device).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGE_STD, device=info.device).view(1, 3, 1, 1)
+    autocast = torch.autocast(info.device.type, dtype=torch.bfloat16) if _bf16(cfg, info) else contextlib.nullcontext()
+    sums = {"loss": 0.0, "loss/ce": 0.0, "loss/eos": 0.0}
+    state.optimizer.zero_grad(set_to_none=True)
+    for micro in range(cfg.grad_accum):
+        started = time.perf_counter()
+        batch = _wait_for_batch(state, batches, stop)
+        tracker.consume(batch, state.step, time.perf_counter() - started)
+        images = batch.images.to(info.device, non_blocking=True).float().div_(255).sub_(mean).div_(std)  # [B,3,S,S]
+        if info.device.type == "cuda":
+            images = images.contiguous(memory_format=torch.channels_last)
+        tokens = batch.tokens.to(info.device, non_blocking=True)  # [B,T]
+        last = micro == cfg.grad_accum - 1
+        sync = ddp.no_sync() if (info.enabled and not last) else contextlib.nullcontext()
+        with sync:
+            with autocast:
+                logits = ddp(images, tokens[:, :-1])  # [B,T-1,V]
+            terms = caption_loss(logits, tokens, pad_id=state.tokenizer.pad_id, eos_id=state.tokenizer.eos_id,
+                                 min_eos_position=cfg.min_eos_position, eos_weight=cfg.eos_weight,
+                                 label_smoothing=cfg.label_smoothing)
+            (terms.total / cfg.grad_accum).backward()
+        for name, value in (("loss", terms.total), ("loss/ce", terms.ce), ("loss/eos", terms.eos)):
+            sums[name] = sums[name] + value.detach() / cfg.grad_accum
+    clip = cfg.grad_clip if cfg.grad_clip > 0 else float("inf")
+    grad_norm = torch.nn.utils.clip_grad_norm_(state.model.parameters(), clip)
+    lr = state.scheduler.get_last_lr()
+    state.optimizer.step()
+    state.scheduler.step()
+    state.step += 1
+    return sums | {"grad_norm": grad_norm.detach(), "lr": lr[-1], "lr/encoder": lr[0],
+                   "last_batch": batch}
+
+
+def _wait_for_batch(state: Run, batches, stop: StopSignal):
+    """Next batch; a stop signal may end the wait where nobody else waits on this rank: in a
+    single process, or before the first step (other ranks then sit in no collective)."""
+    may_stop = state.info.world_size == 1 or state.step == 0
+    if state.cfg.loader_workers == 0:  # the wait runs in this process: the signal interrupts it
+        with stop.interruptible(allowed=may_stop):
+            return next(batches)
+    def give_up() -> bool:
+        state.while_waiting()
+        return may_stop and stop.requested
+
+    try:  # the wait is on worker processes: look up every few seconds
+        return next_batch(batches, give_up=give_up)
+    except StopIteration:
+        raise StopRequested(stop.signal_name) from None
+
+
+def _bf16(cfg: TrainerSettings, info: distributed.DistInfo) -> bool:
+    if cfg.precision == "bf16":
+        return True
+    return cfg.precision == "auto" and info.device.type == "cuda"
+
+
+def _checkpoint(state: Run, tracker: Consumption, aug_level: float) -> None:
+    """Save model + training state (all ranks contribute their part), announce it, then
+    acknowledge the fresh shards it covers."""
+    cfg, info = state.cfg, state.info
+    mine = {
+        "rng": ckpt.rng_state(), "loader": tracker.worker_states, "loader_workers": cfg.loader_workers,
+        "counters": dict(tracker.totals),
+        "unacknowledged": [f.to_dict() for f in tracker.ledger.unacknowledged],
+        "param_digest": ckpt.parameter_digest(state.model) if info.world_size > 1 else None,
+    }
+    ranks = distributed.gather(info, mine)
+    if info.is_main:
+        _save(state, ranks, aug_level)
+    distributed.broadcast(info, state.step)  # every rank waits until the checkpoint is on disk
+    tracker.ledger.acknowledge()
+
+
+def _save(state: Run, ranks: list[dict[str, Any]], aug_level: float) -> None:
+    cfg, info = state.cfg, state.info
+    digests = {s["param_digest"] for s in ranks}
+    if len(digests) > 1:
+        log.error("parameters differ between ranks at step %d: DDP is out of sync", state.step)
+    model_file = ckpt.model_path(cfg.run_dir, state.step)
+    save_checkpoint(model_file, state.model, state.tokenizer, step=state.step, run=cfg.run,
+                    extra={"preset": cfg.preset, "samples_seen": sum(s["counters"]["samples"] for s in ranks)})
+    ckpt.save_train_state(ckpt.state_path(cfg.run_dir, state.step), {
+        "step": state.step, "run": cfg.run, "world_size": info.world_size, "aug_level": aug_level,
+        "optimizer": state.optimizer.state_dict(), "scheduler": state.scheduler.state_dict(), "ranks": ranks,
+    })
+    ckpt.mark_latest(cfg.run_dir, state.step)
+    try:
+        ckpt.publish(state.r, cfg.keys, model_file, state.step, cfg.run)
+    except Exception as e:  # Redis down: the evaluator finds it on the next one
+        log.warning("could not announce checkpoint %s: %s", model_file.name, e)
+    state.sink.plot()
+    log.info("checkpoint %s (step %d)", model_file, state.step)
