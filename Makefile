@@ -1,4 +1,4 @@
-# The two commands a newcomer needs: `make test` (and, with the demo issue, `make demo`).
+# The two commands a newcomer needs: `make demo` (the whole pipeline here) and `make test`.
 # Each sets up .venv itself: Python >= 3.10 is all a fresh machine needs.
 
 PYTHON ?= python3
@@ -10,7 +10,7 @@ PYTEST_ARGS ?=
 export NO_ALBUMENTATIONS_UPDATE := 1
 export WANDB_MODE ?= disabled
 
-.PHONY: test venv clean-venv
+.PHONY: test demo venv clean-venv
 
 venv: $(STAMP)
 
@@ -26,3 +26,7 @@ test: $(STAMP)
 
 clean-venv:
 	rm -rf $(VENV)
+
+## demo: the whole pipeline on this machine (embedded Redis, local image host, ~5 minutes)
+demo: $(STAMP)
+	$(BIN)/streamcap demo $(DEMO_ARGS)

@@ -26,7 +26,8 @@ from rich.console import Console
 from rich.live import Live
 
 from streamcap import __version__
-from streamcap.cliutil import JsonFlag, LogLevel, Namespace, RedisUrl, ShardDir, print_json, run_app
+from streamcap.cliutil import JsonFlag, LogLevel, Namespace, RedisUrl, ShardDir, option, print_json, run_app
+from streamcap.demo.config import DemoSettings
 from streamcap.settings import CommonSettings, build
 
 app = typer.Typer(
@@ -126,6 +127,24 @@ def status_command(
                     live.update(f"[red]{e}[/red] — retrying every {interval:.0f} s", refresh=True)
         except KeyboardInterrupt:
             return 0
+
+
+@app.command("demo")
+def demo_command(
+    workdir: Annotated[Optional[Path], option(DemoSettings, "workdir")] = None,
+    rows: Annotated[Optional[int], option(DemoSettings, "rows")] = None,
+    eval_images: Annotated[Optional[int], option(DemoSettings, "eval_images")] = None,
+    steps: Annotated[Optional[int], option(DemoSettings, "steps")] = None,
+    batch_size: Annotated[Optional[int], option(DemoSettings, "batch_size")] = None,
+    checkpoints: Annotated[Optional[int], option(DemoSettings, "checkpoints")] = None,
+    seed: Annotated[Optional[int], option(DemoSettings, "seed")] = None,
+) -> int:
+    """The whole pipeline on this machine, no internet: generated images served on 127.0.0.1,
+    downloaded, trained on while downloading, evaluated against a baseline."""
+    from streamcap.demo.run import run
+
+    return run(build(DemoSettings, workdir=workdir, rows=rows, eval_images=eval_images, steps=steps,
+                     batch_size=batch_size, checkpoints=checkpoints, seed=seed))
 
 
 def _register_services() -> None:

@@ -110,11 +110,31 @@ def namespace(v: Any) -> str | None:
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
 
+@dataclass(frozen=True, kw_only=True)
+class Settings:
+    """Base of every settings class: runs each field's check, then `validate()`."""
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            check = f.metadata.get("check")
+            value = getattr(self, f.name)
+            expected = check(value) if check else None
+            if expected:
+                fail(self, f.name, expected, value)
+        for f in dataclasses.fields(self):  # CLI values and env vars may arrive as str
+            if f.type in (Path, "Path") and isinstance(getattr(self, f.name), str):
+                object.__setattr__(self, f.name, Path(getattr(self, f.name)))
+        self.validate()
+
+    def validate(self) -> None:
+        """Cross-field checks; subclasses extend this and raise through `fail`."""
+
+
 # --- the settings every command shares ---------------------------------------------------------
 
 
 @dataclass(frozen=True, kw_only=True)
-class CommonSettings:
+class CommonSettings(Settings):
     """Settings shared by every command. Services derive their own settings from this."""
 
     redis_url: str | None = setting(
@@ -134,20 +154,6 @@ class CommonSettings:
         help="Log verbosity.",
     )
 
-    def __post_init__(self) -> None:
-        for f in dataclasses.fields(self):
-            check = f.metadata.get("check")
-            value = getattr(self, f.name)
-            expected = check(value) if check else None
-            if expected:
-                fail(self, f.name, expected, value)
-        if not isinstance(self.shard_dir, Path):
-            object.__setattr__(self, "shard_dir", Path(self.shard_dir))
-        self.validate()
-
-    def validate(self) -> None:
-        """Cross-field checks; subclasses extend this and raise through `fail`."""
-
     def require_redis(self) -> str:
         """The Redis URL, or a ConfigError telling the user how to get one."""
         if not self.redis_url:
@@ -162,6 +168,16 @@ class CommonSettings:
         from streamcap.bus import Keys
 
         return Keys(self.namespace)
+
+
+def all_settings_classes() -> list[type]:
+    """Every settings class imported so far (base classes included)."""
+    found, todo = [], [Settings]
+    while todo:
+        cls = todo.pop()
+        found.append(cls)
+        todo.extend(cls.__subclasses__())
+    return found
 
 
 def all_settings_fields(cls: type) -> list[dataclasses.Field]:

@@ -1,6 +1,6 @@
 """The demo's image host: serves the world's scenes over HTTP on 127.0.0.1, in a background thread.
 
-    with WorldServer(seed=1) as server:
+    with WorldServer(seed=1, latency_s=0.1) as server:
         server.base_url          # http://127.0.0.1:<port>
         # GET /img/17.jpg -> the JPEG of Scene.for_index(1, 17)
 
@@ -32,8 +32,8 @@ def failure_kind(index: int) -> str | None:
 
 
 class WorldServer:
-    def __init__(self, seed: int, host: str = "127.0.0.1", port: int = 0) -> None:
-        self.seed, self.host, self.port = seed, host, port
+    def __init__(self, seed: int, host: str = "127.0.0.1", port: int = 0, latency_s: float = 0.0) -> None:
+        self.seed, self.host, self.port, self.latency_s = seed, host, port, latency_s
         self.requests = 0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._runner: web.AppRunner | None = None
@@ -50,6 +50,8 @@ class WorldServer:
             index = int(request.match_info["index"])
         except ValueError:
             raise web.HTTPNotFound() from None
+        if self.latency_s:  # a far-away server: the download takes a while, as on the web
+            await asyncio.sleep(self.latency_s)
         kind = failure_kind(index)
         if kind == "missing":
             raise web.HTTPNotFound()

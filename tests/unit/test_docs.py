@@ -6,22 +6,17 @@ import importlib
 import importlib.util
 from pathlib import Path
 
-from streamcap.settings import CommonSettings, all_settings_fields
+from streamcap.settings import all_settings_classes, all_settings_fields
 
 ROOT = Path(__file__).resolve().parents[2]
-SERVICE_CONFIGS = ("downloader.config", "shardwriter.config", "trainer.config", "eval.config", "streamcap.demo")
+SERVICE_CONFIGS = ("downloader.config", "shardwriter.config", "trainer.config", "eval.config", "streamcap.demo.config")
 
 
 def settings_classes() -> list[type]:
     for module in SERVICE_CONFIGS:
         if importlib.util.find_spec(module) is not None:
             importlib.import_module(module)
-    found, todo = [], [CommonSettings]
-    while todo:
-        cls = todo.pop()
-        found.append(cls)
-        todo.extend(cls.__subclasses__())
-    return found
+    return all_settings_classes()
 
 
 def test_readme_settings_table_is_complete():

@@ -1,0 +1,35 @@
+"""Settings of `streamcap demo` (the whole pipeline on one machine, no internet)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from streamcap.settings import Settings, at_least, fail, setting
+
+
+@dataclass(frozen=True, kw_only=True)
+class DemoSettings(Settings):
+    workdir: Path = setting(
+        Path("demo-output"), flag="--workdir", env="STREAMCAP_DEMO_DIR",
+        help="Where the demo keeps its data, shards, checkpoints and report (run state is reset each run).",
+    )
+    rows: int = setting(3000, flag="--rows", env="STREAMCAP_DEMO_ROWS", check=at_least(100),
+                        help="url+caption rows to download and train on.")
+    eval_images: int = setting(100, flag="--eval-images", env="STREAMCAP_DEMO_EVAL_IMAGES", check=at_least(10),
+                               help="Held-out images of the Flickr30K-format evaluation set.")
+    steps: int = setting(600, flag="--steps", env="STREAMCAP_DEMO_STEPS", check=at_least(10),
+                         help="Training steps of the tiny model.")
+    batch_size: int = setting(32, flag="--batch-size", env="STREAMCAP_DEMO_BATCH_SIZE", check=at_least(2),
+                              help="Training batch size.")
+    checkpoints: int = setting(3, flag="--checkpoints", env="STREAMCAP_DEMO_CHECKPOINTS", check=at_least(1),
+                               help="Checkpoints published during training (each is evaluated).")
+    seed: int = setting(0, flag="--seed", env="STREAMCAP_DEMO_SEED", help="Seed of the generated world and of training.")
+
+    def validate(self) -> None:
+        if self.checkpoints > self.steps:
+            fail(self, "checkpoints", f"at most --steps ({self.steps})", self.checkpoints)
+
+    @property
+    def checkpoint_every(self) -> int:
+        return max(1, self.steps // self.checkpoints)

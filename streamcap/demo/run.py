@@ -1,0 +1,216 @@
+"""`streamcap demo`: the whole pipeline on this machine, with no internet, in a few minutes.
+
+    streamcap demo                 # or: make demo
+    streamcap demo --steps 300     # shorter
+
+An embedded Redis; a local HTTP server hosting a generated world of shapes; a RELAION-POP-style
+parquet of its URLs and captions; enqueue; a downloader (`--allow-private`, loopback only); the
+trainer (tiny preset) consuming shards while they are still being downloaded; the evaluator
+scoring every published checkpoint on a held-out Flickr30K-format set; the scores next to a
+trivial baseline (always the most common caption). Each service is its own `streamcap`
+process, exactly as compose runs them. The last line reads:
+
+    demo: CIDEr <x> (baseline <y>), BLEU-4 <z>, report <path>
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pyarrow.parquet as pq
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+
+from streamcap import bus, status
+from streamcap.captions import process_caption
+from streamcap.demo.config import DemoSettings
+from streamcap.demo.data import write_eval_set, write_source_parquet
+from streamcap.demo.processes import ServiceFailed, Services
+from streamcap.demo.server import WorldServer
+from streamcap.embedded_redis import EmbeddedRedis
+
+NAMESPACE = "demo"
+RUN_ID = "demo"
+CAPTION_SENTENCES = 1       # Flickr30K references are one short sentence: train on that style
+STORED_IMAGE_SIZE = 96      # the tiny preset trains at 64 px; leave room for random crops
+EVAL_SEED_OFFSET = 1000     # held-out scenes come from another seed than the training rows
+# Latency per image and connections: about 60 images/s, so the download runs for a while and
+# the trainer visibly starts on the first shards while later ones are still arriving.
+SERVER_LATENCY_S = 0.1
+DOWNLOAD_CONCURRENCY = 6
+
+
+@dataclass(frozen=True)
+class DemoPaths:
+    root: Path
+
+    def __getattr__(self, name: str) -> Path:
+        layout = {"redis": "redis", "shards": "shards", "source": "source/demo.parquet", "vocab": "vocab.txt",
+                  "checkpoints": "checkpoints", "evals": "evals", "logs": "logs", "eval_set": "eval-set"}
+        if name not in layout:
+            raise AttributeError(name)
+        return self.root / layout[name]
+
+    def reset_run_state(self) -> None:
+        """Remove what an earlier run left; the generated eval set is kept when it is complete."""
+        for name in ("redis", "shards", "checkpoints", "evals", "logs"):
+            shutil.rmtree(getattr(self, name), ignore_errors=True)
+        for path in (self.source, self.vocab, self.root / "baseline"):
+            if path.is_dir():
+                shutil.rmtree(path, ignore_errors=True)
+            elif path.exists():
+                path.unlink()
+
+
+def eval_set_ready(directory: Path, images: int) -> bool:
+    try:
+        entries = json.loads((directory / "dataset_flickr30k.json").read_text())["images"]
+    except (OSError, ValueError, KeyError):
+        return False
+    return len(entries) == images and all((directory / "images" / e["filename"]).is_file() for e in entries)
+
+
+def run(cfg: DemoSettings) -> int:
+    console = Console()
+    paths = DemoPaths(cfg.workdir.resolve())
+    paths.root.mkdir(parents=True, exist_ok=True)
+    paths.reset_run_state()
+    started = time.monotonic()
+    with EmbeddedRedis(paths.redis) as redis_server, WorldServer(seed=cfg.seed, latency_s=SERVER_LATENCY_S) as web:
+        env = service_env(redis_server.url, paths)
+        with Services(paths.logs, env) as services:
+            try:
+                prepare_data(cfg, paths, web.base_url, services, console)
+                train_while_downloading(cfg, paths, services, redis_server.url, console)
+                console.print("[bold]evaluating[/bold] every published checkpoint on the held-out set ...")
+                services.run("evaluator", ["eval", "watch", "--exit-when-empty", "--device", "cpu", *eval_args(paths)])
+                baseline = score_baseline(paths, services)
+            except ServiceFailed as e:
+                console.print(f"[red]demo: {e}[/red]")
+                return 1
+    return summarise(paths, baseline, console, time.monotonic() - started)
+
+
+def service_env(redis_url: str, paths: DemoPaths) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update({
+        "REDIS_URL": redis_url, "STREAMCAP_NAMESPACE": NAMESPACE, "STREAMCAP_SHARD_DIR": str(paths.shards),
+        "NO_ALBUMENTATIONS_UPDATE": "1", "WANDB_MODE": env.get("WANDB_MODE", "disabled"),
+        # Two services share two cores: one math thread each keeps them from fighting.
+        "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
+    })
+    return env
+
+
+def eval_args(paths: DemoPaths) -> list[str]:
+    return ["--data", str(paths.eval_set / "dataset_flickr30k.json"), "--images", str(paths.eval_set / "images"),
+            "--out-dir", str(paths.evals), "--no-meteor", "--gallery", "24"]
+
+
+def prepare_data(cfg: DemoSettings, paths: DemoPaths, base_url: str, services: Services, console: Console) -> None:
+    console.print(f"[bold]world[/bold]: {cfg.rows} url+caption rows served at {base_url}, "
+                  f"{cfg.eval_images} held-out images")
+    write_source_parquet(paths.source, base_url, rows=cfg.rows, seed=cfg.seed)
+    if not eval_set_ready(paths.eval_set, cfg.eval_images):
+        shutil.rmtree(paths.eval_set, ignore_errors=True)
+        write_eval_set(paths.eval_set, images=cfg.eval_images, seed=cfg.seed + EVAL_SEED_OFFSET)
+    services.run("tokenizer", ["tokenizer", "build", str(paths.source), "--out", str(paths.vocab), "--size", "300",
+                               "--column", "llava_caption", "--sentences", str(CAPTION_SENTENCES)])
+    services.run("enqueue", ["enqueue", str(paths.source), "--name", "demo", "--part-size", "250",
+                             "--caption-col", "llava_caption"])
+
+
+def train_while_downloading(cfg: DemoSettings, paths: DemoPaths, services: Services, redis_url: str,
+                            console: Console) -> None:
+    services.start("downloader", [
+        "download", "--allow-private", "--exit-when-empty", "--processes", "1", "--image-workers", "1",
+        "--concurrency", str(DOWNLOAD_CONCURRENCY), "--per-host", str(DOWNLOAD_CONCURRENCY), "--image-size", str(STORED_IMAGE_SIZE),
+        "--caption-sentences", str(CAPTION_SENTENCES), "--shard-max-samples", "250"])
+    services.start("trainer", [
+        "train", "--run-id", RUN_ID, "--preset", "tiny", "--tokenizer", str(paths.vocab), "--no-pretrained",
+        "--checkpoint-dir", str(paths.checkpoints), "--max-steps", str(cfg.steps), "--batch-size", str(cfg.batch_size),
+        "--lr", "1e-3", "--warmup-steps", "50", "--checkpoint-every", str(cfg.checkpoint_every),
+        "--loader-workers", "1", "--device", "cpu", "--seed", str(cfg.seed), "--aug-max", "0.3",
+        "--aug-ramp-steps", str(cfg.steps), "--sample-every", "0", "--histogram-every", "0", "--log-every", "10",
+        "--fresh-wait-ms", "500"])
+    r = bus.connect(redis_url)
+    keys = bus.Keys(NAMESPACE)
+    with Live(progress_table(None, cfg), console=console, refresh_per_second=2) as live:
+        while services.running("trainer"):
+            services.check()
+            live.update(progress_table(status.collect(r, keys, paths.shards), cfg))
+            time.sleep(1)
+        services.check()
+        live.update(progress_table(status.collect(r, keys, paths.shards), cfg))
+    if services.running("downloader"):  # the trainer is done; the rest of the download is not needed
+        services.stop("downloader")
+
+
+def progress_table(report: dict[str, Any] | None, cfg: DemoSettings) -> Table:
+    table = Table(title="streamcap demo", show_header=False, title_justify="left", min_width=60)
+    table.add_column(style="bold")
+    table.add_column()
+    if report is None:
+        table.add_row("starting", "downloader and trainer")
+        return table
+    urls, shards, trainer, parts = report["urls"], report["shards"], report["trainer"], report["parts"]
+    table.add_row("download", f"{urls['rows']}/{parts['rows_enqueued']} rows committed, "
+                              f"{urls['images_per_s']:.0f} images/s, {urls['failures']} failures")
+    table.add_row("shards", f"{shards['count']} shards, {shards['samples']} samples")
+    if trainer["step"] is None:
+        table.add_row("trainer", "starting (waits for the first shard)")
+    else:
+        table.add_row("trainer", f"step {trainer['step']}/{cfg.steps}, loss {trainer['loss'] or 0:.3f}, "
+                                 f"{trainer['samples_per_s'] or 0:.0f} samples/s")
+        table.add_row("data", f"fresh {trainer['fresh']} / replay {trainer['replay']} samples, "
+                              f"waited {trainer['data_wait_pct'] or 0:.0f} % of the time")
+    return table
+
+
+def score_baseline(paths: DemoPaths, services: Services) -> dict[str, float]:
+    """The trivial baseline: every test image gets the most common training caption."""
+    captions = pq.read_table(paths.source, columns=["llava_caption"]).column("llava_caption").to_pylist()
+    common = Counter(process_caption(c, CAPTION_SENTENCES) for c in captions).most_common(1)[0][0]
+    data = json.loads((paths.eval_set / "dataset_flickr30k.json").read_text())
+    refs = {im["filename"]: [s["raw"] for s in im["sentences"]] for im in data["images"] if im["split"] == "test"}
+    out = paths.root / "baseline"
+    out.mkdir(exist_ok=True)
+    (out / "predictions.json").write_text(json.dumps({k: common for k in refs}))
+    (out / "references.json").write_text(json.dumps(refs))
+    scores = json.loads(services.output("baseline", ["eval", "score", str(out / "predictions.json"),
+                                                     str(out / "references.json"), "--json", "--no-meteor"]))
+    return {"caption": common, **scores["scores"]}
+
+
+def summarise(paths: DemoPaths, baseline: dict[str, Any], console: Console, seconds: float) -> int:
+    results = [json.loads(line) for line in (paths.evals / "results.jsonl").read_text().splitlines() if line.strip()]
+    final = max((r for r in results if r.get("status") == "ok"), key=lambda r: r["step"])
+    scores, report = final["scores"], final["report"]
+    predictions = json.loads(Path(final["predictions"]).read_text())
+    data = json.loads((paths.eval_set / "dataset_flickr30k.json").read_text())
+    table = Table(title=f"held-out captions (step {final['step']})", title_justify="left")
+    table.add_column("image")
+    table.add_column("predicted")
+    table.add_column("a reference")
+    for image in data["images"][:6]:
+        table.add_row(image["filename"], predictions.get(image["filename"], "?"), image["sentences"][0]["raw"])
+    console.print(table)
+    for result in sorted(results, key=lambda r: r["step"]):
+        if result.get("status") == "ok":
+            console.print(f"  step {result['step']:>5}: CIDEr {result['scores']['CIDEr']:.3f}, "
+                          f"BLEU-4 {result['scores']['BLEU-4']:.3f}")
+    console.print(f"  baseline (always \"{baseline['caption']}\"): CIDEr {baseline['CIDEr']:.3f}, "
+                  f"BLEU-4 {baseline['BLEU-4']:.3f}")
+    console.print(f"  finished in {seconds / 60:.1f} min; logs in {paths.logs}")
+    # Plain print: the last line is an interface (scripts grep it), never wrapped or styled.
+    print(f"demo: CIDEr {scores['CIDEr']:.3f} (baseline {baseline['CIDEr']:.3f}), "
+          f"BLEU-4 {scores['BLEU-4']:.3f}, report {report}", flush=True)
+    return 0
