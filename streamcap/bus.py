@@ -247,14 +247,15 @@ def ping(r: redis.Redis) -> None:
 
 
 def wait_for_redis(
-    r: redis.Redis, timeout_s: float | None = None, *, what: str = "Redis", keys: "Keys | None" = None
+    r: redis.Redis, timeout_s: float | None = None, *, what: str = "Redis", keys: "Keys | None" = None,
+    who: str = "",
 ) -> None:
     """Block until the server answers, logging one line per ~10 s of waiting.
 
     Services call this at start and after a command fails past the client's own retries, so a
     server that comes up late or restarts for longer is waited for rather than fatal.
     `timeout_s=None` waits forever; otherwise RedisUnavailable is raised when it runs out.
-    With `keys`, an outage that was waited out is recorded (`control` field
+    With `keys`, an outage that was waited out is recorded as seen by `who` (`control` field
     CONTROL_LAST_OUTAGE, counter STAT_REDIS_RECONNECTS) so `streamcap status` can show it.
     """
     start = time.monotonic()
@@ -266,7 +267,7 @@ def wait_for_redis(
                 waited = time.monotonic() - start
                 log.info("%s at %s is back after %.0f s", what, describe_url(r), waited)
                 if keys is not None:
-                    record_outage(r, keys, waited, what)
+                    record_outage(r, keys, waited, who or what)
             return
         except RedisUnavailable as e:
             waited = time.monotonic() - start

@@ -100,7 +100,7 @@ def test_an_outage_waited_out_is_recorded_for_status(r, keys, redis_server):
 
     redis_server.kill()
     threading.Timer(1.0, redis_server.start).start()
-    bus.wait_for_redis(bus.connect(redis_server.url, retries=0), timeout_s=20, what="test worker", keys=keys)
+    bus.wait_for_redis(bus.connect(redis_server.url, retries=0), timeout_s=20, keys=keys, who="test worker")
     outage = _json.loads(r.hget(keys.control, bus.CONTROL_LAST_OUTAGE))
     assert outage["who"] == "test worker" and outage["seconds"] > 0
     assert r.hget(keys.stats, bus.STAT_REDIS_RECONNECTS) == "1"

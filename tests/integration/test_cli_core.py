@@ -102,3 +102,16 @@ def test_a_value_of_the_wrong_type_names_the_option():
     out = run_cli("status", "--interval", "soon", env={"REDIS_URL": "redis://127.0.0.1:1/0"})
     assert out.returncode == 1
     assert out.stderr.startswith("streamcap: error: ") and "--interval" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_status_watch_refreshes_until_interrupted(redis_url, keys):
+    env = {**os.environ, "REDIS_URL": redis_url, "COLUMNS": "120"}
+    proc = subprocess.Popen([*STREAMCAP, "status", "--watch", "--interval", "0.3", "--namespace", keys.namespace],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        time.sleep(4)
+    finally:
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    assert "Queue (parts)" in out and "Trainer" in out
