@@ -1,0 +1,376 @@
+"""Fetching image bytes with asyncio + aiohttp: bounded, polite, retried, guarded.
+
+    async with Fetcher(cfg) as fetcher:
+        result = await fetcher.fetch("https://example.com/cat.jpg")
+        result.data            # the body (decoded, at most --max-bytes), or None
+        result.reason          # a streamcap.records.FAILURE_REASONS entry when data is None
+
+        async with fetcher.fetch_held(url) as result:     # the slot stays taken until the body
+            await process(result.data)                    # is processed: memory stays bounded
+
+One row gets `--total-timeout` seconds in all. Within it: at most `--retries` retries with
+exponential backoff and jitter after a timeout, a connection error, a 429 (waiting for its
+Retry-After when that is at most `--retry-after-cap`) or a 5xx; other 4xx end the row at once.
+Redirects are followed here, hop by hop (at most 3), so every hop goes through the security
+guard (downloader.security) like the first request. Concurrency is bounded per process
+(`--concurrency`) and per host (`--per-host`); a row waiting for a busy host holds no global
+slot, so one slow host never stalls the others. With `fetch_held` a successful row keeps its
+global slot until its image is processed, so when decoding is the bottleneck fetching slows
+down instead of piling up downloaded bodies: memory stays at most --concurrency bodies.
+
+Bodies are never decompressed by aiohttp: a gzip/deflate body is inflated here in bounded steps,
+so a small compressed body that expands to gigabytes stops at the cap having produced at most
+`--max-bytes` + 1 bytes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import email.utils
+import random
+import time
+import zlib
+from dataclasses import dataclass
+from typing import AsyncIterator, Iterable
+
+import aiohttp
+from aiohttp.abc import AbstractResolver
+from yarl import URL
+
+from downloader.config import USER_AGENT_TOKEN, DownloaderSettings
+from downloader.security import (
+    AddressPolicy, BlockedAddressError, GuardedResolver, InvalidURLError, check_url, blocked_reason, guarded_socket_factory,
+)
+
+MAX_REDIRECTS = 3
+REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
+RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504, 520, 521, 522, 523, 524})
+CHUNK_BYTES = 64 * 1024
+BACKOFF_BASE_S = 0.5
+BACKOFF_CAP_S = 10.0
+DNS_CACHE_S = 300
+
+
+@dataclass
+class FetchResult:
+    data: bytes | None = None
+    reason: str | None = None         # failure reason when data is None
+    detail: str = ""
+    url: str = ""                     # the final URL after redirects
+    wire_bytes: int = 0               # bytes received, for MB/s
+    attempts: int = 0
+    holds_slot: bool = False          # a global slot stays taken for this result (fetch_held)
+
+
+class _Retryable(Exception):
+    def __init__(self, reason: str, detail: str, retry_after: float | None = None) -> None:
+        super().__init__(detail)
+        self.reason, self.detail, self.retry_after = reason, detail, retry_after
+
+
+class _Final(Exception):
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(detail)
+        self.reason, self.detail = reason, detail
+
+
+def robots_opt_out(values: Iterable[str], directives: frozenset[str], token: str = USER_AGENT_TOKEN) -> str | None:
+    """The opt-out directive an X-Robots-Tag header carries for us, or None.
+
+    Each header value is `[bot:] directive, directive, ...`; a value naming another bot
+    (`otherbot: noai`) does not apply, one naming us (`streamcap: noai`) or none does.
+    Matching ignores case and spacing.
+    """
+    for value in values:
+        scope, sep, rest = value.partition(":")
+        if sep and scope.strip().lower() != token:
+            continue
+        for item in (rest if sep else value).split(","):
+            d = item.strip().lower()
+            if d in directives:
+                return d
+    return None
+
+
+def retry_after_seconds(value: str | None) -> float | None:
+    """Seconds a Retry-After header asks for (delta-seconds or an HTTP date), or None."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time()) if when is not None else None
+
+
+class Fetcher:
+    """One aiohttp session per process, with the limits and the guard of the settings."""
+
+    def __init__(self, cfg: DownloaderSettings, resolver: AbstractResolver | None = None, *,
+                 address_policy: AddressPolicy | None = None) -> None:
+        self.cfg = cfg
+        self._resolver = resolver
+        self._policy = address_policy    # None: security.address_allowed (tests pass their own)
+        self._session: aiohttp.ClientSession | None = None
+        self._global = asyncio.Semaphore(cfg.concurrency)
+        self._hosts: dict[str, list] = {}   # host -> [semaphore, users]
+        self.in_flight = 0                    # requests on the network now
+        self.held = 0                         # global slots taken: requests + bodies not yet processed
+        self.waiting = 0                      # requests whose host is free, waiting for a global slot
+        self.wire_bytes = 0                   # bytes received since start
+
+    @property
+    def saturated(self) -> bool:
+        """Every global slot is busy or spoken for: more rows would only queue."""
+        return self.waiting > 0 or self.held >= self.cfg.concurrency
+
+    async def __aenter__(self) -> "Fetcher":
+        cfg = self.cfg
+        resolver = self._resolver or aiohttp.ThreadedResolver()
+        connector = aiohttp.TCPConnector(
+            limit=cfg.concurrency,
+            limit_per_host=cfg.per_host,
+            use_dns_cache=True,
+            ttl_dns_cache=DNS_CACHE_S,
+            resolver=resolver if cfg.allow_private else GuardedResolver(resolver, self._policy),
+            socket_factory=None if cfg.allow_private else guarded_socket_factory(self._policy),
+        )
+        self._session = aiohttp.ClientSession(
+            connector=connector,
+            headers={"User-Agent": cfg.user_agent, "Accept": "image/*,*/*;q=0.5", "Accept-Encoding": "identity"},
+            auto_decompress=False,              # inflated here, under the size cap
+            cookie_jar=aiohttp.DummyCookieJar(),
+            read_bufsize=2**18,
+        )
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._session is not None:
+            await self._session.close()
+
+    async def fetch(self, url: str | None) -> FetchResult:
+        """The body of `url`, or a failure reason; never raises for anything the web does."""
+        async with self.fetch_held(url) as result:
+            return result
+
+    @contextlib.asynccontextmanager
+    async def fetch_held(self, url: str | None) -> AsyncIterator[FetchResult]:
+        """`fetch`, keeping a successful row's global slot until the block ends."""
+        result = await self._fetch(url)
+        try:
+            yield result
+        finally:
+            if result.holds_slot:
+                result.holds_slot = False
+                self.held -= 1
+                self._global.release()
+
+    async def _fetch(self, url: str | None) -> FetchResult:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.cfg.total_timeout
+        result = FetchResult(url=url or "")
+        try:
+            current = check_url(url or "", allow_private=self.cfg.allow_private, policy=self._policy)
+        except InvalidURLError as e:
+            return _failed(result, "invalid_url", str(e))
+        except BlockedAddressError as e:
+            return _failed(result, "blocked_address", e.why)
+        hops, retries = 0, 0
+        while True:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return _failed(result, "timeout", f"no answer within --total-timeout {self.cfg.total_timeout:g} s")
+            result.attempts += 1
+            try:
+                nxt = await self._request(current, remaining, result)
+            except _Final as e:
+                return _failed(result, e.reason, e.detail)
+            except _Retryable as e:
+                delay = self._backoff(retries, e.retry_after)
+                retries += 1
+                if retries > self.cfg.retries or delay is None or loop.time() + delay >= deadline:
+                    return _failed(result, e.reason, e.detail)
+                await asyncio.sleep(delay)
+                continue
+            if nxt is None:
+                return result
+            hops += 1
+            if hops > MAX_REDIRECTS:
+                return _failed(result, "too_many_redirects", f"more than {MAX_REDIRECTS} redirects")
+            try:
+                current = check_url(nxt, allow_private=self.cfg.allow_private, policy=self._policy)
+            except InvalidURLError as e:
+                return _failed(result, "invalid_url", f"redirect to {str(nxt)[:200]}: {e}")
+            except BlockedAddressError as e:
+                return _failed(result, "blocked_address", f"redirect to {e.why}")
+            result.url = str(current)
+
+    def _backoff(self, retries: int, retry_after: float | None) -> float | None:
+        """Seconds before the next try, or None when the server asks for longer than the cap."""
+        if retry_after is not None:
+            return retry_after if retry_after <= self.cfg.retry_after_cap else None
+        ceiling = min(BACKOFF_CAP_S, BACKOFF_BASE_S * 2**retries)
+        return ceiling / 2 + random.uniform(0, ceiling / 2)
+
+    async def _request(self, url: URL, remaining: float, result: FetchResult) -> URL | None:
+        """One request: fills result.data, or returns the redirect target, or raises."""
+        host = url.raw_host or ""
+        async with self._host_slot(host):
+            self.waiting += 1
+            try:
+                await self._global.acquire()
+            finally:
+                self.waiting -= 1
+            self.in_flight += 1
+            self.held += 1
+            try:
+                return await self._exchange(url, remaining, result)
+            except (_Final, _Retryable):
+                raise
+            except BlockedAddressError as e:
+                raise _Final("blocked_address", e.why) from None
+            except (asyncio.TimeoutError, aiohttp.ServerTimeoutError):
+                raise _Retryable("timeout", "timed out") from None
+            except aiohttp.InvalidURL as e:
+                raise _Final("invalid_url", f"malformed URL: {e}") from None
+            except aiohttp.ClientConnectorDNSError as e:
+                if (why := blocked_reason(e)) is not None:
+                    raise _Final("blocked_address", why) from None
+                raise _Final("dns_error", f"cannot resolve {host}: {_first_line(e.os_error)}") from None
+            except (aiohttp.ClientError, OSError) as e:
+                if (why := blocked_reason(e)) is not None:
+                    raise _Final("blocked_address", why) from None
+                raise _Retryable("connect_error", f"{type(e).__name__}: {_first_line(e)}") from None
+            finally:
+                self.in_flight -= 1
+                if result.data is not None and not result.holds_slot:
+                    result.holds_slot = True   # released by fetch_held once the body is processed
+                else:
+                    self.held -= 1
+                    self._global.release()
+
+    async def _exchange(self, url: URL, remaining: float, result: FetchResult) -> URL | None:
+        assert self._session is not None, "use `async with Fetcher(cfg)`"
+        timeout = aiohttp.ClientTimeout(
+            total=remaining, sock_connect=self.cfg.connect_timeout, sock_read=self.cfg.read_timeout,
+        )
+        async with self._session.get(url, allow_redirects=False, timeout=timeout) as resp:
+            status = resp.status
+            if status in REDIRECT_STATUSES:
+                location = resp.headers.get("Location")
+                if not location:
+                    raise _Final("http_status", f"HTTP {status} without a Location")
+                try:
+                    return url.join(URL(location))
+                except (ValueError, TypeError) as e:
+                    raise _Final("invalid_url", f"bad redirect Location: {e}") from None
+            if status in RETRY_STATUSES:
+                wait = retry_after_seconds(resp.headers.get("Retry-After")) if status in (429, 503) else None
+                if wait is not None and wait > self.cfg.retry_after_cap:
+                    raise _Final("http_status", f"HTTP {status}, Retry-After {wait:.0f} s exceeds --retry-after-cap")
+                raise _Retryable("http_status", f"HTTP {status}", retry_after=wait)
+            if not 200 <= status < 300:
+                raise _Final("http_status", f"HTTP {status}")
+            directive = robots_opt_out(resp.headers.getall("X-Robots-Tag", ()), self.cfg.opt_out)
+            if directive:
+                resp.close()  # drop the connection: the body is never read
+                raise _Final("opted_out", f"X-Robots-Tag: {directive}")
+            result.data = await self._read_body(resp, result)
+            return None
+
+    async def _read_body(self, resp: aiohttp.ClientResponse, result: FetchResult) -> bytes:
+        cap = self.cfg.max_bytes
+        if resp.content_length is not None and resp.content_length > cap:
+            resp.close()
+            raise _Final("too_large", f"Content-Length {resp.content_length} > --max-bytes {cap}")
+        inflater = _inflater(resp.headers.get("Content-Encoding", ""))
+        body = bytearray()
+        async for chunk in resp.content.iter_chunked(CHUNK_BYTES):
+            result.wire_bytes += len(chunk)
+            self.wire_bytes += len(chunk)
+            if inflater is None:
+                body += chunk
+            else:
+                inflater.feed(body, chunk, cap)
+            if len(body) > cap:
+                resp.close()
+                raise _Final("too_large", f"body exceeds --max-bytes {cap}")
+        if inflater is not None:
+            inflater.finish(body, cap)
+            if len(body) > cap:
+                raise _Final("too_large", f"body exceeds --max-bytes {cap}")
+        return bytes(body)
+
+    def _host_slot(self, host: str) -> "_HostSlot":
+        return _HostSlot(self._hosts, host, self.cfg.per_host)
+
+
+class _HostSlot:
+    """`async with`: one of --per-host slots for a host; forgets idle hosts so the table stays small."""
+
+    def __init__(self, table: dict[str, list], host: str, size: int) -> None:
+        self.table, self.host, self.size = table, host, size
+
+    async def __aenter__(self) -> None:
+        entry = self.table.setdefault(self.host, [asyncio.Semaphore(self.size), 0])
+        entry[1] += 1
+        try:
+            await entry[0].acquire()
+        except BaseException:
+            self._leave(entry)
+            raise
+
+    async def __aexit__(self, *exc: object) -> None:
+        entry = self.table[self.host]
+        entry[0].release()
+        self._leave(entry)
+
+    def _leave(self, entry: list) -> None:
+        entry[1] -= 1
+        if entry[1] == 0:
+            del self.table[self.host]
+
+
+class _Inflater:
+    """gzip/deflate decoding that never produces more than the cap (+1 byte) in all.
+
+    zlib's max_length bounds each step's output, so a tiny body that inflates to gigabytes
+    costs at most cap bytes of memory; a multi-member gzip body is decoded member by member.
+    """
+
+    def __init__(self) -> None:
+        self._z = zlib.decompressobj(wbits=47)  # 32 + 15: a zlib or gzip header, detected
+
+    def feed(self, body: bytearray, chunk: bytes, cap: int) -> None:
+        data = chunk
+        try:
+            while data and len(body) <= cap:
+                body += self._z.decompress(data, cap + 1 - len(body))
+                data = self._z.unconsumed_tail
+                if self._z.eof:
+                    data, self._z = self._z.unused_data + data, zlib.decompressobj(wbits=47)
+        except zlib.error as e:
+            raise _Final("not_an_image", f"corrupt compressed body: {e}") from None
+
+    def finish(self, body: bytearray, cap: int) -> None:
+        body += self._z.flush()[: cap + 1 - len(body)]
+
+
+def _inflater(encoding: str) -> _Inflater | None:
+    if encoding.strip().lower() in ("gzip", "x-gzip", "deflate"):
+        return _Inflater()
+    return None  # identity, or an encoding we did not ask for: the image check judges the bytes
+
+
+def _failed(result: FetchResult, reason: str, detail: str) -> FetchResult:
+    result.data, result.reason, result.detail = None, reason, detail[:300]
+    return result
+
+
+def _first_line(e: BaseException | None) -> str:
+    text = str(e).strip() if e is not None else ""
+    return (text or type(e).__name__).splitlines()[0][:200]

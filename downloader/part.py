@@ -1,0 +1,150 @@
+"""One part, start to finish: read its rows, fetch and process every row, write the shards.
+
+    runner = PartRunner(cfg, fetcher, pool, stats, owner="host-1234")
+    runner.admit(part)                                      # when claimed; runner.forget(part) when over
+    part_stats = await runner.run(part, source, claim)    # shards + stats file on disk
+    commit_part(r, keys, part_stats, entry_id, consumer=...) # the caller commits
+
+Every row of the part ends as exactly one `writer.add` (a sample) or one `writer.fail` (a
+reason from streamcap.records.FAILURE_REASONS); rows with an empty or malformed URL are not
+dropped but recorded as `invalid_url`. All rows of a part run concurrently; the fetcher's
+global and per-host limits decide how many are on the network at once, and a downloaded body
+keeps its fetch slot until its image is processed (`Fetcher.fetch_held`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+from dataclasses import dataclass
+from typing import Any
+
+from downloader.config import DownloaderSettings
+from downloader.fetch import Fetcher
+from downloader.imagepool import ImagePool
+from downloader.imageproc import Rejection
+from downloader.livestats import LiveStats
+from downloader.security import InvalidURLError, check_url
+from downloader.sources import Source, open_source
+from shardwriter import faults
+from shardwriter.commit import PartClaim
+from shardwriter.writer import PartWriter
+from streamcap.captions import process_caption
+from streamcap.records import PartRecord, PartStats, SourceRecord
+
+# Fault point (STREAMCAP_FAULT=after_fetch): every row fetched and processed, nothing finalized.
+FAULT_AFTER_FETCH = "after_fetch"
+_SOURCE_CACHE = 8
+
+
+@dataclass
+class _Progress:
+    """Per-part counters the rows update."""
+
+    rows: int
+    dispatched: int = 0      # rows handed to the fetcher (or failed before it)
+    finished: int = 0
+    wire_bytes: int = 0
+
+
+class PartRunner:
+    """What the parts of one worker process share: settings, fetcher, image pool, counters."""
+
+    def __init__(self, cfg: DownloaderSettings, fetcher: Fetcher, pool: ImagePool, stats: LiveStats, owner: str) -> None:
+        self.cfg, self.fetcher, self.pool, self.stats, self.owner = cfg, fetcher, pool, stats, owner
+        self.rows_open = 0               # rows of running parts not finished yet
+        self.rows_undispatched = 0       # rows of running parts not yet handed to the fetcher
+        self._sources: dict[str, Source] = {}
+        self._progress: dict[int, _Progress] = {}
+
+    def admit(self, part: PartRecord) -> None:
+        """Count a claimed part's rows as open at once, before its task first runs, so the
+        worker does not claim more parts on the strength of counters that lag behind."""
+        self._progress[id(part)] = _Progress(rows=part.rows)  # by identity: a duplicate delivery is its own
+        self.rows_open += part.rows
+        self.rows_undispatched += part.rows
+
+    def forget(self, part: PartRecord) -> None:
+        """The part's task ended (done, failed or cancelled, even before it started)."""
+        progress = self._progress.pop(id(part), None)
+        if progress is not None:
+            self.rows_open -= progress.rows - progress.finished
+            self.rows_undispatched -= progress.rows - progress.dispatched
+
+    async def run(self, part: PartRecord, source: SourceRecord, claim: PartClaim | None) -> PartStats:
+        """Process every row of an admitted `part`; returns the writer's stats, not committed."""
+        progress = self._progress[id(part)]
+        rows = await asyncio.to_thread(self._read_rows, source, part)
+        with PartWriter(self.cfg.shard_dir, part, max_samples=self.cfg.shard_max_samples,
+                        max_bytes=self.cfg.shard_max_bytes, owner=self.owner, claim=claim) as writer:
+            await asyncio.gather(*(
+                self._row(writer, part.start + i, rows, i, source, progress) for i in range(part.rows)
+            ))
+            faults.maybe_crash(FAULT_AFTER_FETCH, part.part_id)
+            return await asyncio.to_thread(writer.finish, progress.wire_bytes)
+
+    def _read_rows(self, source: SourceRecord, part: PartRecord) -> dict[str, list[Any]]:
+        opened = self._sources.get(source.uri)
+        if opened is None:
+            if len(self._sources) >= _SOURCE_CACHE:
+                self._sources.clear()
+            opened = self._sources[source.uri] = open_source(source.uri)
+        columns = list(dict.fromkeys([source.url_col, source.caption_col, *source.extra_caption_cols]))
+        return opened.read_rows(columns, part.start, part.end)
+
+    async def _row(self, writer: PartWriter, row: int, rows: dict[str, list[Any]], i: int,
+                   source: SourceRecord, progress: _Progress) -> None:
+        progress.dispatched += 1
+        self.rows_undispatched -= 1
+        reason = await self._row_outcome(writer, row, rows, i, source, progress)
+        progress.finished += 1
+        self.rows_open -= 1
+        self.stats.row_done(reason)
+
+    async def _row_outcome(self, writer: PartWriter, row: int, rows: dict[str, list[Any]], i: int,
+                           source: SourceRecord, progress: _Progress) -> str | None:
+        """Write the row as a sample (None) or a failure (its reason)."""
+        url = _text(rows[source.url_col][i])
+        try:
+            check_url(url, allow_private=True)  # syntax only here; the fetcher checks addresses
+        except InvalidURLError as e:
+            return _fail(writer, row, url, "invalid_url", str(e))
+        caption_raw = _text(rows[source.caption_col][i])
+        caption = process_caption(caption_raw, self.cfg.caption_sentences)
+        if not caption:
+            return _fail(writer, row, url, "empty_caption", "caption is empty after normalisation")
+        async with self.fetcher.fetch_held(url) as result:
+            progress.wire_bytes += result.wire_bytes
+            if result.data is None:
+                return _fail(writer, row, url, result.reason or "connect_error", result.detail)
+            image = await self.pool.process(result.data, tag=writer.part.part_id)
+        if isinstance(image, Rejection):
+            return _fail(writer, row, url, image.reason, image.detail)
+        meta = {
+            "url": url, "caption_raw": caption_raw,
+            "captions": {col: _text(rows[col][i]) for col in source.extra_caption_cols},
+            "width": image.width, "height": image.height,
+            "orig_width": image.orig_width, "orig_height": image.orig_height, "sha256": image.sha256,
+        }
+        writer.add(row=row, image=image.data, image_ext=image.ext, caption=caption, meta=meta)
+        return None
+
+
+def describe_failure(e: BaseException) -> str:
+    """One line for a part that failed as a whole; a full disk is named `disk_full` first."""
+    if isinstance(e, OSError) and e.errno == errno.ENOSPC:
+        return f"disk_full: {e.strerror or e} ({e.filename or 'shard dir'})"
+    text = str(e).strip().splitlines()[0] if str(e).strip() else ""
+    return f"{type(e).__name__}: {text}" if text else type(e).__name__
+
+
+def _fail(writer: PartWriter, row: int, url: str, reason: str, detail: str) -> str:
+    writer.fail(row, url, reason, detail)
+    return reason
+
+
+def _text(value: Any) -> str:
+    """A cell as text: None (a null, a missing jsonl key) becomes ''."""
+    if value is None:
+        return ""
+    return value if isinstance(value, str) else str(value)

@@ -1,0 +1,66 @@
+"""The image pool: real worker processes, one of which really dies on a poison image."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+
+from downloader.imagepool import ImagePool
+from downloader.imageproc import ImageOptions, ProcessedImage, Rejection, process_image
+from tests.downloader_support import jpeg_bytes
+
+POISON = b"POISON"
+STUCK = b"STUCK"
+
+
+def die_on_poison(data: bytes, opts: ImageOptions) -> ProcessedImage | Rejection:
+    """process_image, except that the worker process exits hard on the poison bytes."""
+    if data == POISON:
+        os._exit(139)  # what a segfaulting decoder looks like from outside
+    if data == STUCK:
+        time.sleep(3600)  # a decoder caught in a loop
+    return process_image(data, opts)
+
+
+async def test_images_are_processed_in_worker_processes():
+    pool = ImagePool(ImageOptions(), workers=2)
+    try:
+        results = await asyncio.gather(*(pool.process(jpeg_bytes(320, 240, seed=i)) for i in range(6)))
+        assert all(isinstance(r, ProcessedImage) and (r.width, r.height) == (341, 256) for r in results)
+        assert isinstance(await pool.process(b"<html>"), Rejection)
+        assert pool.crashes == 0
+    finally:
+        pool.close()
+
+
+async def test_a_row_that_kills_its_worker_is_a_processing_crash_and_the_pool_recovers():
+    pool = ImagePool(ImageOptions(), workers=2, process_fn=die_on_poison)
+    try:
+        inputs = [jpeg_bytes(320, 240, seed=i) for i in range(5)]
+        inputs.insert(2, POISON)
+        results = await asyncio.gather(*(pool.process(data) for data in inputs))
+        assert results[2] == Rejection("processing_crash", "the image worker process died on this image")
+        innocent = results[:2] + results[3:]
+        assert all(isinstance(r, ProcessedImage) for r in innocent), innocent
+        assert pool.crashes >= 1
+        again = await pool.process(jpeg_bytes(320, 240, seed=9))   # the pool works after the crash
+        assert isinstance(again, ProcessedImage)
+    finally:
+        pool.close()
+
+
+async def test_a_stuck_worker_is_killed_and_its_row_is_a_processing_crash():
+    pool = ImagePool(ImageOptions(), workers=1, process_fn=die_on_poison, timeout_s=2.0)
+
+    async def queued_behind() -> ProcessedImage | Rejection:
+        await asyncio.sleep(1.0)  # its own clock runs out after the stuck one's: no tie
+        return await pool.process(jpeg_bytes(320, 240))
+
+    try:
+        stuck, innocent = await asyncio.gather(pool.process(STUCK), queued_behind())
+        assert stuck == Rejection("processing_crash", "image processing took longer than 2 s")
+        assert isinstance(innocent, ProcessedImage)  # queued behind the stuck one, retried alone
+        assert isinstance(await pool.process(jpeg_bytes(320, 240, seed=3)), ProcessedImage)
+    finally:
+        pool.close()
