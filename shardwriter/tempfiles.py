@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -140,8 +141,12 @@ def publish(temp: Path, final: Path, *, sync_dir: bool = True) -> None:
 
 
 def write_atomic(path: Path, data: bytes) -> None:
-    """Write a small file so readers see the old content or the new one, never a torn one."""
-    tmp = temp_path(path.parent, path.name)
+    """Write a small file so readers see the old content or the new one, never a torn one.
+
+    The temporary name carries the thread, so two threads of one process writing the same file
+    (e.g. concurrent enqueues of one source) never share a temporary file.
+    """
+    tmp = temp_path(path.parent, f"{path.name}.t{threading.get_ident()}")
     try:
         with open(tmp, "wb") as f:
             f.write(data)

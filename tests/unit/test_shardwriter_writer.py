@@ -146,3 +146,20 @@ def test_empty_part_writes_only_its_stats(tmp_path):
         stats = w.finish()
     assert stats.shards == [] and stats.samples == 0
     assert [p.name for p in tmp_path.iterdir()] == [stats_name("s", 0)]
+
+
+def test_write_atomic_from_many_threads_never_tears_or_collides(tmp_path):
+    import json
+    from concurrent.futures import ThreadPoolExecutor
+
+    from shardwriter import tempfiles
+
+    target = tmp_path / "source.json"
+
+    def write(i: int) -> None:
+        tempfiles.write_json_atomic(target, {"writer": i, "pad": "x" * 10_000})
+
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(write, range(64)))
+    assert json.loads(target.read_text())["writer"] in range(64)
+    assert tempfiles.temp_files(tmp_path) == []
