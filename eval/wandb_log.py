@@ -11,30 +11,13 @@ later with `wandb sync`); WANDB_MODE in the environment wins (the tests set `dis
 from __future__ import annotations
 
 import logging
-import os
-from pathlib import Path
 from typing import Any
 
 from eval.config import EvalSettings
 from eval.outputs import EvalResult
+from streamcap.wandb_mode import resolve_wandb_mode
 
 log = logging.getLogger(__name__)
-
-
-def resolve_wandb_mode(configured: str) -> str:
-    if configured != "auto":
-        return configured
-    if os.environ.get("WANDB_MODE"):
-        return os.environ["WANDB_MODE"]
-    return "online" if os.environ.get("WANDB_API_KEY") or _has_netrc_login() else "offline"
-
-
-def _has_netrc_login() -> bool:
-    netrc = Path(os.environ.get("NETRC", Path.home() / ".netrc"))
-    try:
-        return "api.wandb.ai" in netrc.read_text()
-    except OSError:
-        return False
 
 
 class WandbLogger:

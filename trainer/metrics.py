@@ -26,25 +26,11 @@ from typing import Any
 
 import torch
 
+from streamcap.wandb_mode import resolve_wandb_mode
+
 log = logging.getLogger(__name__)
 
 PLOTTED = ("loss", "loss/ce", "loss/eos")
-
-
-def resolve_wandb_mode(configured: str) -> str:
-    if configured != "auto":
-        return configured
-    if os.environ.get("WANDB_MODE"):
-        return os.environ["WANDB_MODE"]
-    return "online" if os.environ.get("WANDB_API_KEY") or _has_netrc_login() else "offline"
-
-
-def _has_netrc_login() -> bool:
-    netrc = Path(os.environ.get("NETRC", Path.home() / ".netrc"))
-    try:
-        return "api.wandb.ai" in netrc.read_text()
-    except OSError:
-        return False
 
 
 class MetricsSink:
