@@ -39,7 +39,7 @@ def test_budget_pauses_and_resumes_visibly(r, keys, tmp_path):
     assert reason and "over --max-disk-bytes" in reason
     assert r.hget(keys.control, bus.CONTROL_DISK_PAUSED) == reason
     since = r.hget(keys.control, bus.CONTROL_DISK_PAUSED_SINCE)
-    assert status.collect(r, keys)["control"][bus.CONTROL_DISK_PAUSED] == reason  # `streamcap status` shows it
+    assert status.collect(r, keys)["shards"]["paused_for_disk"] == reason  # `streamcap status` shows it
     assert disk_pressure(r, keys, tmp_path, max_disk_bytes=used - 1, min_free_bytes=0) == reason
     assert r.hget(keys.control, bus.CONTROL_DISK_PAUSED_SINCE) == since  # paused since the first time
     (tmp_path / shards[0].name).unlink()  # space freed (gc, or an operator)
