@@ -22,7 +22,7 @@ $(STAMP): pyproject.toml
 
 ## test: install everything into .venv (once) and run unit, integration and e2e tests
 test: $(STAMP)
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest --durations=15 $(PYTEST_ARGS)
 
 clean-venv:
 	rm -rf $(VENV)
