@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import email.utils
+import math
 import random
 import time
 import zlib
@@ -94,12 +95,20 @@ def robots_opt_out(values: Iterable[str], directives: frozenset[str], token: str
 
 
 def retry_after_seconds(value: str | None) -> float | None:
-    """Seconds a Retry-After header asks for (delta-seconds or an HTTP date), or None."""
+    """Seconds a Retry-After header asks for (delta-seconds or an HTTP date), or None.
+
+    RFC 9110 says delta-seconds are an integer, but servers also send `1.5`: a polite client
+    waits that long rather than falling back to its own, shorter backoff.
+    """
     if not value:
         return None
     value = value.strip()
-    if value.isdigit():
-        return float(value)
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = None
+    if seconds is not None:
+        return seconds if math.isfinite(seconds) and seconds >= 0 else None
     try:
         when = email.utils.parsedate_to_datetime(value)
     except (TypeError, ValueError):

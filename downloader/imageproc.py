@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import io
 import math
+import re
 import warnings
 from dataclasses import dataclass
 
@@ -105,7 +106,7 @@ def process_image(data: bytes, opts: ImageOptions) -> ProcessedImage | Rejection
         try:
             im = Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS)
         except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-            return Rejection("decompression_bomb", _short(e))
+            return _bomb(e, opts)
         except UnidentifiedImageError:
             if data.startswith(_SIGNATURES) or (data[:4] == b"RIFF" and data[8:12] == b"WEBP"):
                 return Rejection("decode_error", "image header is broken")
@@ -116,9 +117,18 @@ def process_image(data: bytes, opts: ImageOptions) -> ProcessedImage | Rejection
             with im:
                 return _process_open(im, opts, sha256)
         except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-            return Rejection("decompression_bomb", _short(e))
+            return _bomb(e, opts)
         except _DECODE_ERRORS as e:
             return Rejection("decode_error", _short(e))
+
+
+def _bomb(e: BaseException, opts: ImageOptions) -> Rejection:
+    """Pillow's bomb error names its own limit (twice ours, where it errors instead of warning):
+    say which setting the image is over instead."""
+    pixels = re.search(r"\((\d+) pixels\)", str(e))
+    if pixels is None:
+        return Rejection("decompression_bomb", _short(e))
+    return Rejection("decompression_bomb", f"{pixels[1]} pixels > --max-pixels {opts.max_pixels}")
 
 
 def _process_open(im: Image.Image, opts: ImageOptions, sha256: str) -> ProcessedImage | Rejection:

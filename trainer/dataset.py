@@ -14,8 +14,8 @@ so every batch carries the state of the worker that made it: the training proces
 latest state per worker and saves it with each checkpoint (see `trainer.stream`).
 
 Nothing raises out of a worker for bad data: a sample that cannot be used (corrupt tar member,
-undecodable image, missing caption column, empty caption) is skipped, counted and logged with
-its shard and key; a Redis outage is waited out.
+undecodable image, image bytes that fail their checksum, missing caption column, empty caption)
+is skipped, counted and logged with its shard and key; a Redis outage is waited out.
 """
 
 from __future__ import annotations
@@ -32,7 +32,9 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from streamcap import bus
 from trainer.augment import Augmenter, SharedLevel
-from trainer.samples import CaptionChoice, SampleError, choose_caption, collate, decode_image, encode_caption
+from trainer.samples import (
+    CaptionChoice, SampleError, check_intact, choose_caption, collate, decode_image, encode_caption,
+)
 from trainer.shardqueue import FinishedShard, ShardQueue, consumer_name, job_consumers, parent_watch
 from trainer.stream import SampleStream, StreamConfig
 
@@ -135,6 +137,7 @@ class _BatchMaker:
             try:
                 caption = choose_caption(sample, self.spec.caption)
                 ids = encode_caption(self.tokenizer, caption, self.spec.max_len)
+                check_intact(sample)
                 image = self.augment(decode_image(sample.image, sample.image_ext, self.spec.image_size), level, aug_seed)
             except SampleError as e:
                 self._problem(f"{claim.name}/{sample.key}", str(e))

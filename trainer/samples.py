@@ -1,6 +1,7 @@
 """Turning one raw shard sample into training inputs: caption choice, JPEG decoding, tokens.
 
     caption = choose_caption(sample, CaptionChoice("llava_caption", sentences=2))
+    check_intact(sample)                                                 # SampleError when corrupted
     image = decode_image(sample.image, sample.image_ext, min_side=224)   # HxWx3 uint8 RGB
     tokens = encode_caption(tokenizer, caption, max_len=32)              # [BOS, ..., EOS]
 
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import io
 import warnings
+import zlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -73,6 +75,14 @@ def _raw_caption(meta: dict[str, Any], column: str) -> str:
     if not isinstance(raw, str):
         raise SampleError(f"caption column {column!r} is not text")
     return raw
+
+
+def check_intact(sample: Sample) -> None:
+    """Bytes flipped on disk can leave an image that still decodes, silently wrong (a flipped
+    quantization table, say): the CRC-32 the shard writer stored in the json tells."""
+    expected = sample.meta.get("image_crc32")
+    if isinstance(expected, int) and zlib.crc32(sample.image) != expected:
+        raise SampleError("image bytes do not match their image_crc32 (corrupted on disk)")
 
 
 def decode_image(data: bytes, ext: str, min_side: int) -> np.ndarray:
