@@ -40,12 +40,6 @@ def _user_agent(v: object) -> str | None:
     return None if ok else f"a printable User-Agent that names the tool ({USER_AGENT_TOKEN!r})"
 
 
-def _check_shard_dir(cfg: CommonSettings) -> None:
-    """A shard dir that is an existing file would end in a traceback at the first mkdir."""
-    if cfg.shard_dir.exists() and not cfg.shard_dir.is_dir():
-        fail(cfg, "shard_dir", "a directory (or a path where one can be made)", str(cfg.shard_dir))
-
-
 @dataclass(frozen=True, kw_only=True)
 class EnqueueSettings(CommonSettings):
     """How `streamcap enqueue` reads a source and splits it into parts."""
@@ -71,7 +65,6 @@ class EnqueueSettings(CommonSettings):
     def validate(self) -> None:
         from streamcap.records import source_slug
 
-        _check_shard_dir(self)
         if self.name is not None:
             try:
                 source_slug(self.name)
@@ -173,7 +166,6 @@ class DownloaderSettings(ShardWriterSettings):
             fail(self, "per_host", f"at most --concurrency ({self.concurrency})", self.per_host)
         if 0 < self.max_aspect_ratio < 1:
             fail(self, "max_aspect_ratio", "0 (no limit) or a ratio >= 1", self.max_aspect_ratio)
-        _check_shard_dir(self)
 
     @property
     def opt_out(self) -> frozenset[str]:

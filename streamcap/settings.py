@@ -46,6 +46,8 @@ def describe(cls_or_obj: Any, name: str) -> str:
 
 def fail(cls_or_obj: Any, name: str, expected: str, got: Any) -> None:
     """Raise the one-line ConfigError for field `name`."""
+    if isinstance(got, Path):
+        got = str(got)
     raise ConfigError(f"{describe(cls_or_obj, name)}: expected {expected}, got {got!r}")
 
 
@@ -107,6 +109,17 @@ def namespace(v: Any) -> str | None:
     return None if re.fullmatch(r"[A-Za-z0-9_.:-]+", str(v)) else "letters, digits, '_', '-', '.' or ':'"
 
 
+def directory_path(v: Any) -> str | None:
+    """A directory, or a path where one can be made: not a file, not below a file."""
+    path = Path(v)
+    if path.exists():
+        return None if path.is_dir() else "a directory (this path is a file)"
+    parent = path.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    return None if parent.is_dir() else f"a directory path ({parent} is a file)"
+
+
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
 
@@ -146,7 +159,7 @@ class CommonSettings(Settings):
         help="Prefix of every Redis key, so several pipelines can share one server.",
     )
     shard_dir: Path = setting(
-        Path("shards"), flag="--shard-dir", env="STREAMCAP_SHARD_DIR",
+        Path("shards"), flag="--shard-dir", env="STREAMCAP_SHARD_DIR", check=directory_path,
         help="Directory of the WebDataset tar shards (a shared volume in compose).",
     )
     log_level: str = setting(

@@ -50,3 +50,12 @@ def test_every_field_has_flag_env_and_help():
     for f in all_settings_fields(CommonSettings):
         assert f.metadata["flag"].startswith("--") and f.metadata["help"]
         assert f.metadata["env"] in ("REDIS_URL",) or f.metadata["env"].startswith("STREAMCAP_")
+
+
+def test_shard_dir_must_be_a_directory_or_creatable(tmp_path):
+    a_file = tmp_path / "f"
+    a_file.write_text("x")
+    for bad in (a_file, a_file / "below"):
+        with pytest.raises(ConfigError, match="--shard-dir / STREAMCAP_SHARD_DIR: expected a directory"):
+            CommonSettings(shard_dir=bad)
+    assert CommonSettings(shard_dir=tmp_path / "new" / "deeper").shard_dir == tmp_path / "new" / "deeper"
