@@ -27,9 +27,11 @@ from streamcap import bus
 from streamcap.records import PartRecord
 
 # KEYS[1]=parts; ARGV[1]=group ARGV[2]=consumer ARGV[3]=entry id. Returns 1 when renewed.
+# Each script checks ownership first; XPENDING runs under pcall, so a group that vanished
+# (Redis lost its data) reads as "no longer ours" instead of failing the caller.
 _KEEPALIVE = """
-local p = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[3], ARGV[3], 1)
-if #p == 0 or p[1][2] ~= ARGV[2] then return 0 end
+local p = redis.pcall('XPENDING', KEYS[1], ARGV[1], ARGV[3], ARGV[3], 1)
+if p.err or #p == 0 or p[1][2] ~= ARGV[2] then return 0 end
 redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, ARGV[3], 'JUSTID')
 return 1
 """
@@ -37,8 +39,8 @@ return 1
 # Make the entry claimable by anyone now: idle time past the lease, delivery count as given.
 # ARGV[4]=idle ms ARGV[5]=retry count. Returns 1 when released.
 _RELEASE = """
-local p = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[3], ARGV[3], 1)
-if #p == 0 or p[1][2] ~= ARGV[2] then return 0 end
+local p = redis.pcall('XPENDING', KEYS[1], ARGV[1], ARGV[3], ARGV[3], 1)
+if p.err or #p == 0 or p[1][2] ~= ARGV[2] then return 0 end
 redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, ARGV[3], 'IDLE', ARGV[4], 'RETRYCOUNT', ARGV[5], 'JUSTID')
 return 1
 """
@@ -46,8 +48,8 @@ return 1
 # KEYS[2]=parts:dead KEYS[3]=stats KEYS[4]=parts:errors KEYS[5]=parts:done
 # ARGV[4]=dead message json ARGV[5]=part id ARGV[6]=dead counter name. Returns 1 when moved.
 _DEAD_LETTER = """
-local p = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[3], ARGV[3], 1)
-if #p == 0 or p[1][2] ~= ARGV[2] then return 0 end
+local p = redis.pcall('XPENDING', KEYS[1], ARGV[1], ARGV[3], ARGV[3], 1)
+if p.err or #p == 0 or p[1][2] ~= ARGV[2] then return 0 end
 if redis.call('SISMEMBER', KEYS[5], ARGV[5]) == 0 then
   redis.call('XADD', KEYS[2], '*', 'json', ARGV[4])
   redis.call('HINCRBY', KEYS[3], ARGV[6], 1)

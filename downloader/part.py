@@ -10,6 +10,12 @@ reason from streamcap.records.FAILURE_REASONS); rows with an empty or malformed 
 dropped but recorded as `invalid_url`. All rows of a part run concurrently; the fetcher's
 global and per-host limits decide how many are on the network at once, and a downloaded body
 keeps its fetch slot until its image is processed (`Fetcher.fetch_held`).
+
+A row whose image kills the image worker (or hangs it) fails the whole attempt (`PoisonRow`),
+the other rows being cancelled: a crash may be passing (the OOM killer under a burst of large
+images), so the part is retried like any failed attempt, and a row that crashes the decoder
+every time gets the part dead-lettered after --max-deliveries with that row named in its last
+error. A full disk (ENOSPC) fails the attempt the same way (`describe_failure`: `disk_full`).
 """
 
 from __future__ import annotations
@@ -35,6 +41,15 @@ from streamcap.records import PartRecord, PartStats, SourceRecord
 # Fault point (STREAMCAP_FAULT=after_fetch): every row fetched and processed, nothing finalized.
 FAULT_AFTER_FETCH = "after_fetch"
 _SOURCE_CACHE = 8
+_CRASH = "processing_crash"
+
+
+class PoisonRow(RuntimeError):
+    """An image worker process died (or hung) on this row's image: the part's attempt fails."""
+
+    def __init__(self, row: int, url: str, detail: str) -> None:
+        self.row, self.url = row, url
+        super().__init__(f"row {row} ({url[:200]}): {detail}")
 
 
 @dataclass
@@ -77,11 +92,11 @@ class PartRunner:
         rows = await asyncio.to_thread(self._read_rows, source, part)
         with PartWriter(self.cfg.shard_dir, part, max_samples=self.cfg.shard_max_samples,
                         max_bytes=self.cfg.shard_max_bytes, owner=self.owner, claim=claim) as writer:
-            await asyncio.gather(*(
+            await _all_or_none([
                 self._row(writer, part.start + i, rows, i, source, progress) for i in range(part.rows)
-            ))
+            ])
             faults.maybe_crash(FAULT_AFTER_FETCH, part.part_id)
-            return await asyncio.to_thread(writer.finish, progress.wire_bytes)
+            return await _uninterrupted(asyncio.to_thread(writer.finish, progress.wire_bytes))
 
     def _read_rows(self, source: SourceRecord, part: PartRecord) -> dict[str, list[Any]]:
         opened = self._sources.get(source.uri)
@@ -117,7 +132,9 @@ class PartRunner:
             progress.wire_bytes += result.wire_bytes
             if result.data is None:
                 return _fail(writer, row, url, result.reason or "connect_error", result.detail)
-            image = await self.pool.process(result.data, tag=writer.part.part_id)
+            image = await self.pool.process(result.data, tag=f"{writer.part.part_id}@{row}")  # selects faults
+        if isinstance(image, Rejection) and image.reason == _CRASH:
+            raise PoisonRow(row, url, image.detail)
         if isinstance(image, Rejection):
             return _fail(writer, row, url, image.reason, image.detail)
         meta = {
@@ -134,8 +151,38 @@ def describe_failure(e: BaseException) -> str:
     """One line for a part that failed as a whole; a full disk is named `disk_full` first."""
     if isinstance(e, OSError) and e.errno == errno.ENOSPC:
         return f"disk_full: {e.strerror or e} ({e.filename or 'shard dir'})"
+    if isinstance(e, PoisonRow):
+        return f"{_CRASH}: {e}"
     text = str(e).strip().splitlines()[0] if str(e).strip() else ""
     return f"{type(e).__name__}: {text}" if text else type(e).__name__
+
+
+async def _all_or_none(coros: list) -> None:
+    """Run the rows concurrently; when one raises, cancel the others before passing it on, so
+    no row of an abandoned attempt keeps a connection or writes into an aborted writer."""
+    tasks = [asyncio.ensure_future(c) for c in coros]
+    try:
+        await asyncio.gather(*tasks)
+    except BaseException:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        raise
+
+
+async def _uninterrupted(work):  # noqa: ANN001, ANN202 - an awaitable running in a thread
+    """Await `work`; when cancelled meanwhile, let it end before passing the cancellation on.
+
+    A writer's `finish` runs in a thread: cancelling the part (its claim was lost, a second
+    stop signal) must not abort the writer under it, half-way through its fsyncs and renames.
+    It ends by itself: refused when the claim is gone, or complete and left to be redone.
+    """
+    task = asyncio.ensure_future(work)
+    try:
+        return await asyncio.shield(task)
+    except asyncio.CancelledError:
+        await asyncio.gather(task, return_exceptions=True)
+        raise
 
 
 def _fail(writer: PartWriter, row: int, url: str, reason: str, detail: str) -> str:

@@ -160,12 +160,14 @@ class Worker:
                     continue
                 # Short blocks while parts run (claims must not lag) or a batch run waits to end.
                 block_ms = 200 if self.active or self.cfg.exit_when_empty else 1000
+                if self.state == "paused_for_disk":
+                    log.info("claiming parts again after the pause (%s)", self.reason)
                 claimed = await asyncio.to_thread(self.queue.claim, block_ms)
                 if claimed is not None:
                     await self._start(claimed)
                 elif not self.active and self.cfg.exit_when_empty and await asyncio.to_thread(self.queue.is_empty):
                     return "queue empty"
-                self.state = "working" if self.active else "idle"
+                self.state, self.reason = ("working" if self.active else "idle"), ""
             except _REDIS_DOWN as e:
                 await self._wait_for_redis(e)
         return "stop requested"
@@ -206,7 +208,7 @@ class Worker:
     async def _wait_for_redis(self, e: BaseException) -> None:
         log.warning("Redis unreachable (%s); waiting for it", str(e).splitlines()[0] if str(e) else type(e).__name__)
         previous, self.state = self.state, "waiting_for_redis"
-        await asyncio.to_thread(bus.wait_for_redis, self.r)
+        await asyncio.to_thread(lambda: bus.wait_for_redis(self.r, keys=self.keys, who=f"downloader {self.consumer}"))
         await asyncio.to_thread(self.queue.ensure_group)  # Redis may have come back empty
         self.state = previous
 
@@ -293,6 +295,9 @@ class Worker:
         if disk_full:  # let space come back before trying anything again; the lease brings it back
             self._paused_until = time.monotonic() + DISK_FULL_PAUSE_S
             self.state, self.reason = "paused_for_disk", error
+            log.warning("shard disk full: no new parts for %.0f s; part %s is retried once its lease "
+                        "(%.0f s) runs out", DISK_FULL_PAUSE_S, part.part_id, self.cfg.lease_seconds)
+            await self._redis(self._heartbeat)  # `streamcap status` says why at once
             return
         # Back off before the next try (anywhere): 2 s per delivery so far, at most the lease.
         delay_ms = min(self.queue.lease_ms, 2000 * claimed.deliveries)
@@ -343,6 +348,8 @@ class Worker:
                     next_beat = now + HEARTBEAT_EVERY_S
             except _REDIS_DOWN:
                 pass  # the claim loop waits for Redis; renewals resume when it is back
+            except redis.ResponseError as e:  # never let one odd reply end the renewals for good
+                log.warning("keep-alive or heartbeat refused by Redis: %s", str(e).splitlines()[0])
             await asyncio.sleep(min(keepalive_every, HEARTBEAT_EVERY_S) / 2)
 
     async def _keepalive(self) -> None:
@@ -386,7 +393,7 @@ class Worker:
 
 def run_worker(cfg: DownloaderSettings) -> int:
     """One worker process (what `--processes 1` runs)."""
-    r = bus.connect(cfg.require_redis())
+    r = bus.connect(cfg.require_redis(), keys=cfg.keys, who=f"downloader {instance_id()}")
     bus.wait_for_redis(r, what="Redis (downloader start)")
     try:
         return asyncio.run(Worker(cfg, r).serve())

@@ -10,8 +10,12 @@ Checked (ARCHITECTURE.md's invariant, row by row):
   failure with a reason (the part's stats file); rows of dead parts are counted as dead;
 - every registered shard is registered once, exists (or was deleted by gc), verifies, and
   matches its part's stats file; no sample key appears twice anywhere;
-- the `stats` counters equal the sums of the done parts' stats files;
+- the `stats` counters equal the sums of the done parts' stats files, and `parts_dead` the
+  dead parts;
 - no temporary file is left, no finalized shard of a done part is unregistered.
+
+It also reports how often parts were delivered (`deliveries`: times delivered -> parts, for
+parts a downloader committed or dead-lettered), the redelivery histogram of the chaos tests.
 
 `lost` counts rows that are in no state; `duplicates` counts samples (or rows) present twice.
 Rows of pending and in-flight parts are `unfinished`, not lost: audit a running pipeline
@@ -50,12 +54,18 @@ class AuditReport:
     parts: dict[str, int] = field(default_factory=lambda: dict.fromkeys(bus.PART_STATES, 0))
     shards: int = 0
     shards_deleted: int = 0
+    deliveries: dict[int, int] = field(default_factory=dict)
     discrepancies: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
     @property
     def complete(self) -> bool:
         return self.parts["pending"] == 0 and self.parts["in_flight"] == 0
+
+    @property
+    def redelivered_parts(self) -> int:
+        """Parts that needed more than one delivery (a worker died, failed or was too slow)."""
+        return sum(n for times, n in self.deliveries.items() if times > 1)
 
     @property
     def ok(self) -> bool:
@@ -67,6 +77,8 @@ class AuditReport:
             "failures": self.failures, "failures_by_reason": self.failures_by_reason, "dead_rows": self.dead_rows,
             "unfinished_rows": self.unfinished_rows, "lost": self.lost, "duplicates": self.duplicates,
             "parts": self.parts, "shards": self.shards, "shards_deleted": self.shards_deleted,
+            "deliveries": {str(k): v for k, v in sorted(self.deliveries.items())},
+            "redelivered_parts": self.redelivered_parts,
             "discrepancies": self.discrepancies, "notes": self.notes,
         }
 
@@ -75,7 +87,8 @@ class AuditReport:
         parts = ", ".join(f"{k} {v}" for k, v in self.parts.items())
         return (f"audit: {self.rows_enqueued} rows -> {self.samples} samples + {self.failures} failures"
                 f"{f' ({reasons})' if reasons else ''}, dead rows {self.dead_rows}, unfinished rows "
-                f"{self.unfinished_rows}; parts: {parts}; lost={self.lost}, duplicates={self.duplicates}, "
+                f"{self.unfinished_rows}; parts: {parts}; redelivered parts {self.redelivered_parts}; "
+                f"lost={self.lost}, duplicates={self.duplicates}, "
                 f"discrepancies={len(self.discrepancies)}")
 
 
@@ -142,8 +155,9 @@ def audit(r: redis.Redis, keys: bus.Keys, shard_dir: Path, *, expect_done: bool 
     registered_names = {s.name for _, s in registered}
     for pid, stats in done.items():
         _check_done_part(parts[pid], stats, keys_seen, registered_names, deleted, report, found)
-    _check_counters(r, keys, [s for s in done.values() if s], len(queue.done), found)
+    _check_counters(r, keys, [s for s in done.values() if s], len(queue.done), len(queue.dead), found)
     _check_disk(shard_dir, registered, states, found, report)
+    report.deliveries = _deliveries(r, keys, states)
     return report
 
 
@@ -241,22 +255,23 @@ def _check_done_part(part: PartRecord, stats: PartStats | None, keys_seen: dict[
 
 
 _COMMIT_COUNTERS = {bus.STAT_ROWS, bus.STAT_SAMPLES, bus.STAT_FAILURES, bus.STAT_BYTES_DOWNLOADED, bus.STAT_SHARDS,
-                    bus.STAT_SHARD_BYTES, bus.STAT_PARTS_COMMITTED}
+                    bus.STAT_SHARD_BYTES, bus.STAT_PARTS_COMMITTED, bus.STAT_PARTS_DEAD}
 
 
 def _check_counters(r: redis.Redis, keys: bus.Keys, done_stats: list[PartStats], done_parts: int,
-                    found: _Findings) -> None:
+                    dead_parts: int, found: _Findings) -> None:
     """The counters the commits add must equal the sums of the done parts' stats files."""
     expected: Counter = Counter()
     for stats in done_stats:
         expected.update(dict(part_counters(stats)))
     expected[bus.STAT_PARTS_COMMITTED] = done_parts
+    expected[bus.STAT_PARTS_DEAD] = dead_parts
     actual = {k: int(v) for k, v in r.hgetall(keys.stats).items()
               if k in _COMMIT_COUNTERS or k.startswith(bus.STAT_FAIL_PREFIX)}
     for name in sorted(set(expected) | set(actual)):
         if expected.get(name, 0) != actual.get(name, 0):
-            found.add("counter", f"stats counter {name} is {actual.get(name, 0)}, the done parts' stats files sum to "
-                                 f"{expected.get(name, 0)}")
+            source = "parts:dead holds" if name == bus.STAT_PARTS_DEAD else "the done parts' stats files sum to"
+            found.add("counter", f"stats counter {name} is {actual.get(name, 0)}, {source} {expected.get(name, 0)}")
 
 
 def _check_disk(shard_dir: Path, registered: list[tuple[str, ShardRecord]], states: dict[str, str],
@@ -280,3 +295,16 @@ def _check_disk(shard_dir: Path, registered: list[tuple[str, ShardRecord]], stat
         alive = parsed[0].alive() if parsed else None
         state = {True: "its writer is running", False: "its writer is gone", None: "written by another host"}[alive]
         found.add("temp file", f"temporary file {path.name} is left ({state})")
+
+
+def _deliveries(r: redis.Redis, keys: bus.Keys, states: dict[str, str]) -> dict[int, int]:
+    """times delivered -> parts, over done parts a worker committed and dead parts."""
+    times: dict[str, int] = {pid: int(n) for pid, n in r.hgetall(keys.parts_deliveries).items()
+                             if states.get(pid) == "done"}
+    for _entry_id, fields in r.xrange(keys.parts_dead):
+        try:
+            dead = bus.decode(fields)
+            times[PartRecord.from_message(dead).part_id] = int(dead.get("deliveries", 0))
+        except (bus.MessageError, KeyError, TypeError, ValueError):
+            continue  # unreadable entries are discrepancies already (read_part_queue)
+    return dict(sorted(Counter(times.values()).items()))

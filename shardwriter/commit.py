@@ -5,12 +5,14 @@
     result.status                                  # 'committed' | 'already_done' | 'lost_claim'
 
 In one script (atomic, and in the AOF as one unit): XADD each shard to `shards`, HINCRBY the
-`stats` counters, XACK the part entry in its group, SADD `parts:done`. It is a no-op when the
-part is already in `parts:done` (counted as `commits_wasted`), so a redelivered part, a slow
-consumer or a retried command (redis-py retries on timeouts; the reply may have been lost)
-never registers anything twice. With `consumer` given it also refuses, as `lost_claim`, when
-the part entry is no longer pending for that consumer (another worker reclaimed it and may be
-writing the same shard names right now).
+`stats` counters, XACK the part entry in its group, SADD `parts:done` (and, with `consumer`,
+note in `parts:deliveries` how often the part was delivered: the audit's redelivery
+histogram). It is a no-op when the part is already in `parts:done` (counted as
+`commits_wasted`), so a redelivered part, a slow consumer or a retried command (redis-py
+retries on timeouts; the reply may have been lost) never registers anything twice. With
+`consumer` given it also refuses, as `lost_claim`, when the part entry is no longer pending
+for that consumer (another worker reclaimed it and may be writing the same shard names right
+now, or Redis lost the consumer group).
 
 `confirm_claim` is the same check done before the shards are renamed (see
 `PartWriter(claim=...)`); it also restarts the entry's idle clock, so the lease is fresh for
@@ -46,8 +48,9 @@ local function check_claim()
     return '%(done)s'
   end
   if ARGV[4] ~= '' then
-    local p = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[2], ARGV[2], 1)
-    if #p == 0 or p[1][2] ~= ARGV[4] then return '%(lost)s' end
+    -- pcall: a group that vanished (Redis lost its data) means nobody holds the part any more
+    local p = redis.pcall('XPENDING', KEYS[1], ARGV[1], ARGV[2], ARGV[2], 1)
+    if p.err or #p == 0 or p[1][2] ~= ARGV[4] then return '%(lost)s' end
   end
   return nil
 end
@@ -62,8 +65,8 @@ end
 return '%(ok)s'
 """ % {"ok": CONFIRMED}
 
-# KEYS[4]=shards KEYS[5]=parts:commits; ARGV[5]=attempt token ARGV[6]=n shards,
-# then n shard messages, then counter name/value pairs.
+# KEYS[4]=shards KEYS[5]=parts:commits KEYS[6]=parts:deliveries; ARGV[5]=attempt token
+# ARGV[6]=n shards, then n shard messages, then counter name/value pairs.
 _COMMIT = _CHECK + """
 local refused = check_claim()
 if refused then
@@ -75,6 +78,10 @@ end
 local n = tonumber(ARGV[6])
 for i = 7, 6 + n do redis.call('XADD', KEYS[4], '*', 'json', ARGV[i]) end
 for i = 7 + n, #ARGV, 2 do redis.call('HINCRBY', KEYS[3], ARGV[i], ARGV[i + 1]) end
+if ARGV[4] ~= '' then
+  local p = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[2], ARGV[2], 1)
+  redis.call('HSET', KEYS[6], ARGV[3], p[1][4])
+end
 redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
 redis.call('SADD', KEYS[2], ARGV[3])
 redis.call('HSET', KEYS[5], ARGV[3], ARGV[5])
@@ -152,7 +159,7 @@ def commit_part(
                              len(shard_msgs), *shard_msgs]
     for name, n in part_counters(stats):
         args += [name, n]
-    script_keys = [keys.parts, keys.parts_done, keys.stats, keys.shards, keys.parts_commits]
+    script_keys = [keys.parts, keys.parts_done, keys.stats, keys.shards, keys.parts_commits, keys.parts_deliveries]
     script = r.register_script(_COMMIT)
     if faults.armed("during_commit", part_id):
         _send_and_die(r, script, script_keys, args)

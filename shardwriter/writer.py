@@ -160,6 +160,7 @@ class PartWriter:
         return shard
 
     def _write_member(self, f: BinaryIO, name: str, data: bytes) -> None:
+        faults.maybe_disk_full(self.part.part_id, str(self.shard_dir))
         info = tarfile.TarInfo(name)
         info.size, info.mtime, info.mode = len(data), self._mtime, 0o444
         f.write(info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape"))

@@ -16,9 +16,10 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 import time
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import redis
 from redis.backoff import ExponentialWithJitterBackoff
@@ -146,6 +147,11 @@ class Keys:
         return self.key("parts", "commits")
 
     @property
+    def parts_deliveries(self) -> str:
+        """hash: part id -> times its committed attempt's entry was delivered (1 = never redelivered)."""
+        return self.key("parts", "deliveries")
+
+    @property
     def parts_errors(self) -> str:
         """hash: part id -> JSON {error, consumer, ts} of its last failed attempt (for parts:dead)."""
         return self.key("parts", "errors")
@@ -187,6 +193,7 @@ class Keys:
             "parts:dead": (self.parts_dead, "stream"),
             "parts:done": (self.parts_done, "set"),
             "parts:commits": (self.parts_commits, "hash"),
+            "parts:deliveries": (self.parts_deliveries, "hash"),
             "parts:errors": (self.parts_errors, "hash"),
             "shards": (self.shards, "stream"),
             "shards:deleted": (self.shards_deleted, "set"),
@@ -202,6 +209,51 @@ class Keys:
 # --- connection ----------------------------------------------------------------------------
 
 
+# An interruption the client's own retries ride out is recorded as an outage once it lasted
+# this long; a shorter one is a dropped connection, re-opened at once.
+OUTAGE_MIN_S = 1.0
+
+
+class _OutageWatch(Retry):
+    """The client's retry policy, also noting how long Redis was unreachable.
+
+    An outage runs from the first failed attempt of any command to the next attempt that
+    succeeds; one that lasted OUTAGE_MIN_S or more is reported to `on_outage(seconds)` once,
+    however many threads waited it out. Every pooled connection shares this one object.
+    """
+
+    def __init__(self, backoff: ExponentialWithJitterBackoff, retries: int, on_outage: Callable[[float], None]) -> None:
+        super().__init__(backoff, retries)
+        self.on_outage = on_outage
+        self._since: float | None = None
+        self._lock = threading.Lock()
+
+    def __deepcopy__(self, memo: dict) -> "_OutageWatch":
+        return self  # redis-py copies the policy per connection; the outage clock must be shared
+
+    def call_with_retry(self, do, fail, is_retryable=None, with_failure_count=False):  # noqa: ANN001, ANN201
+        sent = [0.0]
+
+        def timed() -> Any:
+            sent[0] = time.monotonic()
+            return do()
+
+        def noted(error: Exception, *count: int) -> Any:
+            # A command that timed out went unanswered since it was sent (a blackholed network).
+            began = sent[0] if isinstance(error, (redis.TimeoutError, TimeoutError)) else time.monotonic()
+            with self._lock:
+                self._since = min(self._since or began, began)
+            return fail(error, *count)
+
+        result = super().call_with_retry(timed, noted, is_retryable, with_failure_count)
+        if self._since is not None:
+            with self._lock:
+                since, self._since = self._since, None
+            if since is not None and time.monotonic() - since >= OUTAGE_MIN_S:
+                self.on_outage(time.monotonic() - since)
+        return result
+
+
 def connect(
     url: str,
     *,
@@ -209,16 +261,25 @@ def connect(
     connect_timeout: float = 5.0,
     retries: int = 10,
     health_check_interval: int = 10,
+    keys: "Keys | None" = None,
+    who: str = "",
 ) -> redis.Redis:
     """A client that rides out short outages (a restart, a failover) on its own.
 
     Every command is retried on connection errors and timeouts with exponential backoff and
-    jitter (about 15 s in all with the defaults), also while a restarted server is still
+    jitter (about 10 s in all with the defaults), also while a restarted server is still
     loading its AOF. Callers that must survive longer outages wrap their loop in
-    `wait_for_redis`. Responses are decoded to str.
+    `wait_for_redis`. Responses are decoded to str. With `keys`, every outage of a second or
+    more that this client waited out is recorded as seen by `who` (`record_outage`), so
+    `streamcap status` shows even a restart the retries hid.
     """
-    retry = Retry(ExponentialWithJitterBackoff(cap=2.0, base=0.05), retries)
-    return redis.Redis.from_url(
+    backoff = ExponentialWithJitterBackoff(cap=2.0, base=0.05)
+    client: redis.Redis | None = None
+    if keys is None:
+        retry = Retry(backoff, retries)
+    else:
+        retry = _OutageWatch(backoff, retries, lambda seconds: record_outage(client, keys, seconds, who or "a service"))
+    client = redis.Redis.from_url(
         url,
         decode_responses=True,
         socket_timeout=socket_timeout,
@@ -228,6 +289,7 @@ def connect(
         retry=retry,
         retry_on_error=[redis.ConnectionError, redis.TimeoutError, BusyLoadingError],
     )
+    return client
 
 
 def describe_url(r: redis.Redis) -> str:
@@ -266,7 +328,7 @@ def wait_for_redis(
             if last_log:
                 waited = time.monotonic() - start
                 log.info("%s at %s is back after %.0f s", what, describe_url(r), waited)
-                if keys is not None:
+                if keys is not None and not isinstance(r.get_retry(), _OutageWatch):  # else it recorded it
                     record_outage(r, keys, waited, who or what)
             return
         except RedisUnavailable as e:

@@ -187,6 +187,10 @@ def hints(report: dict[str, Any]) -> list[str]:
     if shards["paused_for_disk"]:
         out.append(f"downloads paused for disk ({shards['paused_for_disk']}): `streamcap shards gc` frees shards every "
                    "running training run has read; or raise --max-disk-bytes")
+    disk_full = [w for w in report["workers"] if str(w.get("reason") or "").startswith("disk_full")]
+    if disk_full:
+        out.append(f"{len(disk_full)} downloader(s) found the shard disk full ({disk_full[0]['reason'][:120]}): "
+                   "free space there; they retry on their own")
     if parts["dead"]:
         out.append(f"{parts['dead']} parts dead-lettered after repeated failures: their last errors are in parts:dead")
     if not parts["consistent"]:
@@ -214,7 +218,7 @@ def collect(r: redis.Redis, keys: bus.Keys, shard_dir: Path | None = None) -> di
         "keys": key_sizes(r, keys),
         "parts": part_summary(r, keys),
         "urls": url_summary(stats, by_role[bus.ROLE_DOWNLOADER]),
-        "workers": [{k: b.get(k) for k in ("role", "id", "state", "age_s", "stale")} for b in beats],
+        "workers": [{k: b.get(k) for k in ("role", "id", "state", "reason", "age_s", "stale")} for b in beats],
         "shards": shard_summary(r, keys, stats, shard_dir),
         "trainer": trainer_summary(r, keys, by_role[bus.ROLE_TRAINER]),
         "eval": eval_summary(r, keys, by_role[bus.ROLE_EVALUATOR]),

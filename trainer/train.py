@@ -80,7 +80,7 @@ def run(cfg: TrainerSettings) -> int:
     try:
         cfg = cfg.with_run(distributed.broadcast(info, cfg.run or time.strftime("run-%Y%m%d-%H%M%S")))
         setup_logging("trainer", cfg.log_level, instance=f"{cfg.run}-rank{info.rank}")
-        r = bus.connect(redis_url, retries=2)
+        r = bus.connect(redis_url, retries=2, keys=cfg.keys, who=f"trainer {cfg.run} rank {info.rank}")
         bus.wait_for_redis(r)
         state = _setup(cfg, info, r, _load_tokenizer(tokenizer_path))
         return _train(state)

@@ -1,0 +1,161 @@
+"""Chaos run: issue 9's faults 1, 5 and 7 at once on a longer run, then the accounting check.
+
+    .venv/bin/python benchmarks/chaos.py                       # 10000 rows, ~1.5 minutes on 2 cores
+    .venv/bin/python benchmarks/chaos.py --rows 50000 --workers 4 --no-baseline
+
+`--workers` real `streamcap download` processes work through `--rows` rows (a mix of good
+images, 404s, HTML, truncated JPEGs, empty URLs and hanging servers, from a loopback host that
+answers after ~50 ms) while:
+- a random worker is SIGKILLed every 1.5-3 s and restarted at once (fault 1);
+- redis-server is SIGKILLed once, when 40 % of the parts are done, and restarted on its AOF
+  2 s later (fault 5);
+- every connection to Redis goes through a proxy that adds latency, resets all connections
+  every 5 s and blackholes everything for 10 s once (fault 7).
+Workers run with `--max-deliveries 25`: at a kill every ~2 s a slow part can otherwise be
+dead-lettered just for having been in flight at 5 kills. Then `shardwriter.audit` checks
+every row. One line is printed (with a dead part's last error, if any), e.g.
+
+    chaos: 10000 rows, 18 downloader kills, 1 redis restart, 7 connection resets, 1 blackhole of 10 s ->
+    7762 samples + 2238 failures (http_status 990, not_an_image 524, ...), lost=0, duplicates=0,
+    redelivered parts=40, dead parts=0; 46 s, throughput 0.41x a calm run (19 s)
+
+"a calm run" is the same rows and workers without any fault, measured first in the same run
+(skip it with --no-baseline). Exit code 1 unless lost = 0, duplicates = 0 and the audit is clean.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import random
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from shardwriter.audit import AuditReport, audit  # noqa: E402
+from streamcap import bus  # noqa: E402
+from streamcap.embedded_redis import EmbeddedRedis  # noqa: E402
+from tests.chaos_support import (  # noqa: E402
+    CAPTION, Fleet, RedisProxy, enqueue_rows, image_server, paced_rows,
+)
+
+PART_SIZE = 50
+HANG_EVERY = 97          # rows that hang: each ends as `timeout` after --total-timeout
+KILL_EVERY_S = (1.5, 3.0)
+REDIS_DOWN_S = 2.0
+REDIS_KILL_AT = 0.4      # fraction of parts done
+RESET_EVERY_S, BLACKHOLE_AFTER_S, BLACKHOLE_S = 5.0, 12.0, 10.0
+
+
+@dataclass
+class Outcome:
+    report: AuditReport
+    seconds: float
+    kills: int = 0
+    redis_restarts: int = 0
+    resets: int = 0
+    blackholes: int = 0
+    dead_errors: tuple[str, ...] = ()
+
+
+def rows_for(server, n: int) -> list[tuple[str, str]]:
+    rows = paced_rows(server, n, delay_s=0.05)
+    for i in range(HANG_EVERY - 1, n, HANG_EVERY):
+        rows[i] = (server.url(f"/hang?i={i}"), CAPTION)
+    return rows
+
+
+def run_once(work: Path, server, args: argparse.Namespace, chaos: bool) -> Outcome:
+    shard_dir, keys = work / "shards", bus.Keys("chaos")
+    with EmbeddedRedis(data_dir=work / "redis") as redis_server, contextlib.ExitStack() as stack:
+        r = bus.connect(redis_server.url)
+        stack.callback(r.close)
+        enqueue_rows(r, keys, shard_dir, rows_for(server, args.rows), part_size=PART_SIZE)
+        parts = (args.rows + PART_SIZE - 1) // PART_SIZE
+        proxy = stack.enter_context(RedisProxy(redis_server.port, latency_s=0.002)) if chaos else None
+        fleet = Fleet(proxy.url if proxy else redis_server.url, keys, shard_dir, work / "logs")
+        stack.callback(fleet.close)
+        # A kill every 1.5-3 s is far beyond any real deployment: a slow part can be in flight at
+        # more kills than the default --max-deliveries allows, which would dead-letter it for no
+        # fault of its own. A dead part here therefore means a part that really cannot finish.
+        worker_args = ("--exit-when-empty", "--lease-seconds", "3", "--concurrency", "16", "--per-host", "16",
+                       "--max-deliveries", "25")
+        outcome, started = Outcome(report=AuditReport(), seconds=0.0), time.monotonic()
+        workers = [fleet.start(*worker_args) for _ in range(args.workers)]
+        if proxy:
+            proxy.chaos(RESET_EVERY_S, BLACKHOLE_AFTER_S, BLACKHOLE_S)
+            _make_chaos(r, keys, parts, fleet, workers, worker_args, redis_server, args.seed, outcome)
+        fleet.wait_all(args.timeout)
+        outcome.seconds = time.monotonic() - started
+        if proxy:
+            proxy.calm()
+            outcome.resets, outcome.blackholes = proxy.resets, proxy.blackholes
+        outcome.report = audit(r, keys, shard_dir, expect_done=True)
+        outcome.dead_errors = tuple(bus.decode(fields)["error"] for _, fields in r.xrange(keys.parts_dead))
+    return outcome
+
+
+def _make_chaos(r, keys: bus.Keys, parts: int, fleet: Fleet, workers: list, worker_args: tuple, redis_server,
+                seed: int, outcome: Outcome) -> None:
+    """Kill workers at random and Redis once, until every part is done or dead."""
+    rng = random.Random(seed)
+    next_kill = time.monotonic() + rng.uniform(*KILL_EVERY_S)
+    while any(p.poll() is None for p in workers):
+        time.sleep(0.1)
+        finished = r.scard(keys.parts_done) + r.xlen(keys.parts_dead)
+        if finished >= parts:
+            return
+        if not outcome.redis_restarts and finished >= REDIS_KILL_AT * parts:
+            redis_server.kill()
+            time.sleep(REDIS_DOWN_S)
+            redis_server.start()
+            outcome.redis_restarts += 1
+        if time.monotonic() >= next_kill:
+            alive = [i for i, p in enumerate(workers) if p.poll() is None]
+            victim = rng.choice(alive)
+            fleet.kill(workers[victim])
+            workers[victim] = fleet.start(*worker_args)
+            outcome.kills += 1
+            next_kill = time.monotonic() + rng.uniform(*KILL_EVERY_S)
+
+
+def line(rows: int, chaos: Outcome, calm: Outcome | None) -> str:
+    rep = chaos.report
+    reasons = ", ".join(f"{k} {v}" for k, v in sorted(rep.failures_by_reason.items(), key=lambda kv: -kv[1]))
+    text = (f"chaos: {rows} rows, {chaos.kills} downloader kills, {chaos.redis_restarts} redis restart, "
+            f"{chaos.resets} connection resets, {chaos.blackholes} blackhole of {BLACKHOLE_S:.0f} s -> "
+            f"{rep.samples} samples + {rep.failures} failures ({reasons}), lost={rep.lost}, "
+            f"duplicates={rep.duplicates}, redelivered parts={rep.redelivered_parts}, dead parts={rep.parts['dead']}; "
+            f"{chaos.seconds:.0f} s")
+    if calm is not None:
+        text += f", throughput {calm.seconds / chaos.seconds:.2f}x a calm run ({calm.seconds:.0f} s)"
+    if chaos.dead_errors:
+        text += f"; a dead part's last error: {chaos.dead_errors[0][:300]}"
+    if rep.discrepancies:
+        text += f"; AUDIT FAILED: {rep.discrepancies[0]}"
+    return text
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=10_000)
+    parser.add_argument("--workers", type=int, default=3)
+    parser.add_argument("--seed", type=int, default=9)
+    parser.add_argument("--timeout", type=float, default=900.0, help="Seconds the downloaders get to finish.")
+    parser.add_argument("--no-baseline", dest="baseline", action="store_false", help="Skip the calm run.")
+    args = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory(prefix="streamcap-chaos-") as tmp, image_server() as server:
+        calm = run_once(Path(tmp) / "calm", server, args, chaos=False) if args.baseline else None
+        chaos = run_once(Path(tmp) / "chaos", server, args, chaos=True)
+    print(line(args.rows, chaos, calm), flush=True)
+    ok = chaos.report.ok and chaos.report.complete and (calm is None or calm.report.ok)
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
