@@ -63,18 +63,21 @@ def _serve(sock: socket.socket, opts: ImageOptions, process_fn: ProcessFn, owner
     """A worker process: read a request, process it, write the result, until the socket closes."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the group; the owner shuts us down
     threading.Thread(target=_exit_with_owner, args=(owner_pid,), daemon=True, name="owner-watch").start()
-    while True:
-        header = _recv_exact(sock, _REQUEST.size)
-        if header is None:
-            return
-        body_len, tag_len = _REQUEST.unpack(header)
-        tag = (_recv_exact(sock, tag_len) or b"").decode()
-        body = _recv_exact(sock, body_len)
-        if body is None:
-            return
-        faults.maybe_crash(FAULT_IMAGE_WORKER, tag)
-        payload = pickle.dumps(process_fn(bytes(body), opts), protocol=pickle.HIGHEST_PROTOCOL)
-        sock.sendall(_RESULT.pack(len(payload)) + payload)
+    try:
+        while True:
+            header = _recv_exact(sock, _REQUEST.size)
+            if header is None:
+                return
+            body_len, tag_len = _REQUEST.unpack(header)
+            tag = (_recv_exact(sock, tag_len) or b"").decode()
+            body = _recv_exact(sock, body_len)
+            if body is None:
+                return
+            faults.maybe_crash(FAULT_IMAGE_WORKER, tag)
+            payload = pickle.dumps(process_fn(bytes(body), opts), protocol=pickle.HIGHEST_PROTOCOL)
+            sock.sendall(_RESULT.pack(len(payload)) + payload)
+    except (ConnectionResetError, BrokenPipeError):  # the owner died (SIGKILL): nothing to answer
+        return
 
 
 def _recv_exact(sock: socket.socket, n: int) -> bytearray | None:

@@ -22,7 +22,7 @@ from eval.external import java_metrics
 from eval.metrics import ScoringError, score_tokenized
 from eval.ptb import normalize
 from streamcap.cliutil import error, print_json
-from streamcap.logs import setup_logging
+from streamcap.logs import instance_id, setup_logging
 from streamcap.settings import to_json
 
 log = logging.getLogger(__name__)
@@ -35,7 +35,7 @@ def run(cfg: EvalSettings) -> int:
     setup_logging("evaluator", cfg.log_level)
     shown = {k: v for k, v in json.loads(to_json(cfg)).items() if k != "redis_url"}  # may hold a password
     log.info("settings: %s", json.dumps(shown, sort_keys=True))
-    r = bus.connect(cfg.require_redis())
+    r = bus.connect(cfg.require_redis(), keys=cfg.keys, who=f"evaluator {instance_id()}")
     try:
         evalset = load_eval_set(cfg.require_data(), split=cfg.split, image_dir=cfg.images, limit=cfg.limit)
     except EvalSetError as e:

@@ -82,7 +82,7 @@ class Watcher:
                 except (redis.ConnectionError, redis.TimeoutError) as e:
                     # The entry in hand (if any) stays pending: it is evaluated again once Redis is back.
                     log.warning("lost Redis (%s); waiting for it", str(e).splitlines()[0] if str(e) else e)
-                    bus.wait_for_redis(self.r, keys=self.keys, who=f"evaluator {self.consumer}")
+                    bus.wait_for_redis(self.r)
         finally:
             self.wandb.close()
             try:

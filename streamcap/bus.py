@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterable
 
 import redis
-from redis.backoff import ExponentialWithJitterBackoff
+from redis.backoff import ExponentialWithJitterBackoff, NoBackoff
 from redis.exceptions import BusyLoadingError, ResponseError
 from redis.retry import Retry
 
@@ -322,24 +322,38 @@ def wait_for_redis(
     """
     start = time.monotonic()
     delay, last_log = 0.1, 0.0
-    while True:
-        try:
-            ping(r)
-            if last_log:
+    # Probe without the client's own retries: they would keep a down server silent for ~10 s
+    # before the first line saying what the service waits for.
+    probe = _single_try_client(r)
+    try:
+        while True:
+            try:
+                ping(probe)
+                break
+            except RedisUnavailable as e:
                 waited = time.monotonic() - start
-                log.info("%s at %s is back after %.0f s", what, describe_url(r), waited)
-                if keys is not None and not isinstance(r.get_retry(), _OutageWatch):  # else it recorded it
-                    record_outage(r, keys, waited, who or what)
-            return
-        except RedisUnavailable as e:
-            waited = time.monotonic() - start
-            if timeout_s is not None and waited >= timeout_s:
-                raise
-            if not last_log or waited - last_log >= 10:
-                log.warning("%s; retrying (waited %.0f s)", e, waited)
-                last_log = max(waited, 1e-9)
-            time.sleep(delay)
-            delay = min(delay * 2, 2.0)
+                if timeout_s is not None and waited >= timeout_s:
+                    raise
+                if not last_log or waited - last_log >= 10:
+                    log.warning("%s; retrying (waited %.0f s)", e, waited)
+                    last_log = max(waited, 1e-9)
+                time.sleep(delay)
+                delay = min(delay * 2, 2.0)
+    finally:
+        probe.close()
+    if last_log:
+        waited = time.monotonic() - start
+        log.info("%s at %s is back after %.0f s", what, describe_url(r), waited)
+        if keys is not None and not isinstance(r.get_retry(), _OutageWatch):  # else the client records it
+            record_outage(r, keys, waited, who or what)
+
+
+def _single_try_client(r: redis.Redis) -> redis.Redis:
+    """A client for the same server as `r` whose commands are tried once."""
+    kwargs = dict(r.connection_pool.connection_kwargs)
+    kwargs["retry"] = Retry(NoBackoff(), 0)
+    kwargs.pop("retry_on_error", None)
+    return redis.Redis(connection_pool=redis.ConnectionPool(connection_class=r.connection_pool.connection_class, **kwargs))
 
 
 def record_outage(r: redis.Redis, keys: "Keys", seconds: float, who: str) -> None:

@@ -33,7 +33,8 @@ FAILURE_REASONS = (
     "too_small",           # below --min-size
     "bad_aspect_ratio",    # beyond --max-aspect-ratio
     "empty_caption",
-    "processing_crash",    # the image worker process died on this row
+    "processing_crash",    # the image worker died on this row: the attempt fails and the part is
+                           # retried, then dead-lettered with it (never a committed row's outcome)
 )
 
 _SLUG = re.compile(r"[^a-z0-9_-]+")

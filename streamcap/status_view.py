@@ -107,7 +107,8 @@ def _workers(workers: list[dict[str, Any]]) -> Table:
     for col in ("role", "id", "state", "age s", ""):
         table.add_column(col)
     for w in workers:
-        table.add_row(w["role"], w["id"], str(w.get("state") or ""), str(w["age_s"]),
+        state = str(w.get("state") or "") + (f" ({w['reason']})" if w.get("reason") else "")
+        table.add_row(w["role"], w["id"], state, str(w["age_s"]),
                       Text("STALE", style="red") if w["stale"] else Text("live", style="green"))
     return table
 

@@ -73,7 +73,8 @@ class Run:
 
 def run(cfg: TrainerSettings) -> int:
     """Train until --max-steps or a stop signal; 0 when it ended cleanly."""
-    redis_url, tokenizer_path = cfg.require_redis(), cfg.require_tokenizer()
+    redis_url = cfg.require_redis()
+    tokenizer = _load_tokenizer(cfg.require_tokenizer())  # a bad vocab fails now, not after Redis is up
     if cfg.device == "cuda" and not torch.cuda.is_available():
         raise ConfigError("--device / STREAMCAP_TRAIN_DEVICE: expected a visible CUDA GPU for 'cuda', found none")
     info = distributed.setup(cfg.device)
@@ -82,7 +83,7 @@ def run(cfg: TrainerSettings) -> int:
         setup_logging("trainer", cfg.log_level, instance=f"{cfg.run}-rank{info.rank}")
         r = bus.connect(redis_url, retries=2, keys=cfg.keys, who=f"trainer {cfg.run} rank {info.rank}")
         bus.wait_for_redis(r)
-        state = _setup(cfg, info, r, _load_tokenizer(tokenizer_path))
+        state = _setup(cfg, info, r, tokenizer)
         return _train(state)
     finally:
         distributed.teardown(info)

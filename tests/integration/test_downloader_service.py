@@ -211,18 +211,6 @@ def test_sigterm_releases_the_part_in_flight_and_exits_cleanly(r, keys, redis_ur
     assert (report["lost"], report["duplicates"], report["samples"]) == (0, 0, 8)
 
 
-def test_a_row_that_kills_the_image_worker_is_a_processing_crash(r, keys, redis_url, server, tmp_path):
-    shard_dir = tmp_path / "shards"
-    enqueue_rows(r, keys, shard_dir, [(server.url(f"/img/good.jpg?i={i}"), CAPTION) for i in range(12)], part_size=4)
-    env = {"STREAMCAP_FAULT": "image_worker", "STREAMCAP_FAULT_PART": "src:1"}  # every image of part 1 kills it
-    worker = start_download(redis_url, keys, shard_dir, tmp_path / "worker.log", "--exit-when-empty",
-                            "--processes", "2", env=env)
-    assert worker.wait(90) == 0, (tmp_path / "worker.log").read_text()
-    assert failures(r, keys) == {"processing_crash": 4}
-    report = audited(r, keys, shard_dir)
-    assert report.samples == 8
-
-
 def test_a_worker_started_before_redis_waits_for_it(keys, tmp_path, server):
     port = free_port()
     redis_url = f"redis://127.0.0.1:{port}/0"
