@@ -1,0 +1,31 @@
+"""The Redis bus: the key schema, the connection, streams and heartbeats, in one namespace.
+
+All services meet here. Nothing else in the code base spells a Redis key: ask `Keys` for it.
+
+    from streamcap import bus
+    r = bus.connect("redis://localhost:6379/0")
+    keys = bus.Keys("streamcap")
+    bus.ensure_group(r, keys.parts, bus.GROUP_DOWNLOADERS)
+    r.xadd(keys.parts, bus.encode({"source": "relaion", "part": 0, "start": 0, "end": 1000}))
+
+`schema` (keys, groups, TTLs, roles, states, counters, messages), `connection` (the client,
+waiting for Redis, outages), `streams` (consumer groups, reclaiming), `heartbeats`.
+"""
+
+from streamcap.bus.connection import (  # noqa: F401
+    OUTAGE_MIN_S, RedisUnavailable, connect, describe_url, ping, record_outage, wait_for_redis,
+)
+from streamcap.bus.heartbeats import (  # noqa: F401
+    read_heartbeats, write_heartbeat,
+)
+from streamcap.bus.schema import (  # noqa: F401
+    BLOCK_MS, CONTROL_DISK_PAUSED, CONTROL_DISK_PAUSED_SINCE, CONTROL_LAST_OUTAGE,
+    GROUP_DOWNLOADERS, GROUP_EVALUATORS, HEARTBEAT_STALE_S, HEARTBEAT_TTL_S, MESSAGE_VERSION,
+    PART_STATES, ROLE_DOWNLOADER, ROLE_EVALUATOR, ROLE_TRAINER, SOCKET_TIMEOUT_S,
+    STAT_BYTES_DOWNLOADED, STAT_COMMITS_WASTED, STAT_FAILURES, STAT_FAIL_PREFIX,
+    STAT_PARTS_COMMITTED, STAT_PARTS_DEAD, STAT_REDIS_RECONNECTS, STAT_ROWS, STAT_SAMPLES,
+    STAT_SHARDS, STAT_SHARD_BYTES, Keys, MessageError, decode, encode,
+)
+from streamcap.bus.streams import (  # noqa: F401
+    claim_stale, delivery_count, ensure_group, group_info, incr_counters,
+)
