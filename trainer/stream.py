@@ -2,9 +2,10 @@
 
 Order of sources when the worker needs another shard:
 1. shards restored from a checkpoint, then the fresh shards its consumer name still holds;
-2. a never-read fresh shard (taken at once when there is one; once fewer than `min_ready`
+2. every 30 s, fresh shards held by consumers that left the job, or taken under this worker's
+   own name by a loader worker of its previous incarnation that outlived it;
+3. a never-read fresh shard (taken at once when there is one; once fewer than `min_ready`
    samples are buffered, waiting up to `fresh_wait_ms` for one to land);
-3. fresh shards held by consumers that left the job;
 4. a replay: a random shard this run has already read that gc has not deleted (seeded per
    rank and worker), so no GPU idles while any data exists;
 5. nothing at all yet: wait, and say so once.
@@ -228,9 +229,12 @@ class SampleStream:
         return slot
 
     def _next_claim(self, may_wait: bool) -> ShardClaim | None:
+        now = time.monotonic()
+        if now >= self._next_orphan_check:
+            self._next_orphan_check = now + ORPHAN_CHECK_EVERY_S
+            self.queued += self.queue.reclaim_orphans(self.cfg.job_consumers) + self._strays()
         if self.queued:
             return self.queued.pop(0)
-        now = time.monotonic()
         if not may_wait:
             if now < self._next_fresh_check:  # after a miss: not a Redis round trip per sample
                 return None
@@ -248,11 +252,6 @@ class SampleStream:
             return fresh
         if not dry:
             self._dry_until = time.monotonic() + DRY_RECHECK_S
-        if now >= self._next_orphan_check:
-            self._next_orphan_check = now + ORPHAN_CHECK_EVERY_S
-            self.queued += self.queue.reclaim_orphans(self.cfg.job_consumers)
-            if self.queued:
-                return self.queued.pop(0)
         known = set(self.queue.replay_candidates()) | (self._read_here - self._deleted_here())
         candidates = sorted(known - self._unusable)
         if candidates:
@@ -290,6 +289,20 @@ class SampleStream:
                 self._unusable.add(shard.claim.name)
             self.finished.append(FinishedShard(shard.claim, samples=shard.read, missing=shard.missing))
             del self.open[slot]
+
+    def _strays(self) -> list[ShardClaim]:
+        """Fresh shards pending under this consumer name that this worker never took.
+
+        A loader worker of the previous incarnation can outlive its training process by a few
+        seconds and claim shards under the same consumer name after `start()` listed them.
+        Nobody else would ever read or acknowledge those: adopt them.
+        """
+        mine = {s.claim.entry_id for s in self.open.values() if s.claim.fresh} | {c.entry_id for c in self.queued}
+        strays = [c for c in self.queue.own_pending() if c.entry_id not in mine and c.name not in self._read_here]
+        if strays:
+            log.info("%s adopted %d shard(s) claimed under its name by an earlier incarnation",
+                     self.queue.consumer, len(strays))
+        return strays
 
     def _deleted_here(self) -> set[str]:
         return {name for name in self._read_here if self.queue.is_deleted(name)} if self._read_here else set()

@@ -204,3 +204,31 @@ def test_a_redis_outage_longer_than_the_clients_retries_is_waited_out(redis_serv
     finally:
         restarter.join()
         impatient.close()
+
+
+def test_shards_a_dying_incarnation_claimed_under_the_same_name_are_adopted(redis_url, keys, r, tmp_path, monkeypatch):
+    """A loader worker can outlive its rank for a few seconds; after a fast restart, what it
+    claims under the shared consumer name must still be read (once), not left pending."""
+    import trainer.stream
+    from trainer.shardqueue import ShardQueue, consumer_name, job_consumers
+    from trainer.stream import SampleStream, StreamConfig
+
+    monkeypatch.setattr(trainer.stream, "ORPHAN_CHECK_EVERY_S", 0.0)  # check at every claim
+    add_shards(r, keys, tmp_path, [3, 3])
+    name = consumer_name("t", 0, 0)
+    cfg = StreamConfig(shard_dir=tmp_path, buffer_size=2, fresh_wait_ms=0, seed=1,
+                       job_consumers=job_consumers("t", 1, 1), min_ready=1)
+    stream = SampleStream(ShardQueue(r, keys, "t", name), cfg, on_problem=lambda *_: None)
+    stream.start()
+    stream.next_sample()
+    # The previous incarnation's worker, still alive, takes the next two shards as they land.
+    for part, first_row in ((2, 6), (3, 9)):
+        shard = write_shard(tmp_path, "demo", part, 0, demo_samples(1, first_row, 3, image_size=48))
+        register_shard(r, keys, tmp_path, shard, "demo", part, 0, 3, first_row=first_row)
+    r.xreadgroup("train:t", name, {keys.shards: ">"}, count=2)
+    finished = []
+    for _ in range(60):  # 12 fresh samples exist; the rest are replays
+        stream.next_sample()
+        finished += stream.take_finished()
+    fresh = sorted(f.claim.name for f in finished if f.claim.fresh)
+    assert fresh == [f"demo-{p:06d}-0000.tar" for p in range(4)]  # each exactly once, strays included
