@@ -21,7 +21,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from eval.metrics import BLEU_KEYS, METRICS, score_tokenized  # noqa: E402
+from eval.metrics import METRICS, score_tokenized  # noqa: E402
+from tests.reference_metrics import reference_scores  # noqa: E402
 
 # A caption-like vocabulary: frequent function words and a Zipf-ish tail of content words.
 FUNCTION_WORDS = "a the in on of with and is are at an to while near two his her their".split()
@@ -46,21 +47,6 @@ def make_set(images: int, refs: int, seed: int) -> tuple[dict[str, str], dict[st
         base = r.choice(image_refs).split()
         candidates[i] = " ".join(w if r.random() < 0.6 else make_caption(r).split()[0] for w in base)
     return candidates, references
-
-
-def pycocoevalcap_scores(candidates: dict[str, str], references: dict[str, list[str]]):
-    from pycocoevalcap.bleu.bleu import Bleu
-    from pycocoevalcap.cider.cider import Cider
-    from pycocoevalcap.rouge.rouge import Rouge
-
-    res = {k: [v] for k, v in candidates.items()}
-    bleu, bleu_images = Bleu(4).compute_score(references, res, verbose=0)
-    cider, cider_images = Cider().compute_score(references, res)
-    rouge, rouge_images = Rouge().compute_score(references, res)
-    corpus = dict(zip(BLEU_KEYS, bleu)) | {"CIDEr": float(cider), "ROUGE-L": float(rouge)}
-    per_metric = dict(zip(BLEU_KEYS, bleu_images)) | {"CIDEr": cider_images, "ROUGE-L": rouge_images}
-    per_image = {k: {m: float(per_metric[m][j]) for m in METRICS} for j, k in enumerate(candidates)}
-    return corpus, per_image
 
 
 def timed(fn, repeat: int):
@@ -91,7 +77,7 @@ def main() -> int:
     args = parser.parse_args()
 
     candidates, references = make_set(args.images, args.refs, args.seed)
-    theirs_s, (theirs, theirs_images) = timed(lambda: pycocoevalcap_scores(candidates, references), args.repeat)
+    theirs_s, (theirs, theirs_images) = timed(lambda: reference_scores(candidates, references), args.repeat)
     ours_s, ours = timed(lambda: score_tokenized(candidates, references), args.repeat)
 
     print(f"{args.images} images x {args.refs} references, identical tokens, best of {args.repeat}")

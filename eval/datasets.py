@@ -25,6 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from streamcap.jsonlines import iter_objects
+
 MISSING_SHOWN = 5
 
 
@@ -128,24 +130,14 @@ def _read_karpathy(path: Path, root: Path, split: str) -> list[EvalImage]:
 
 def _read_jsonl(path: Path, root: Path) -> list[EvalImage]:
     images = []
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            where = f"{path}:{lineno}"
-            try:
-                entry = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise EvalSetError(f"{where}: not valid JSON ({e.msg})") from None
-            if not isinstance(entry, dict):
-                raise EvalSetError(f"{where}: expected an object, got {type(entry).__name__}")
-            image, refs = entry.get("image"), entry.get("references")
-            if not isinstance(image, str) or not image:
-                raise EvalSetError(f"{where}: missing 'image' (a path)")
-            if not isinstance(refs, list) or not refs or not all(isinstance(r, str) for r in refs):
-                raise EvalSetError(f"{where} ({image}): 'references' must be a non-empty list of strings")
-            image_id = str(entry.get("id") or image)
-            images.append(EvalImage(id=image_id, path=root / image, references=tuple(refs)))
+    for where, entry in iter_objects(path, EvalSetError):
+        image, refs = entry.get("image"), entry.get("references")
+        if not isinstance(image, str) or not image:
+            raise EvalSetError(f"{where}: missing 'image' (a path)")
+        if not isinstance(refs, list) or not refs or not all(isinstance(r, str) for r in refs):
+            raise EvalSetError(f"{where} ({image}): 'references' must be a non-empty list of strings")
+        image_id = str(entry.get("id") or image)
+        images.append(EvalImage(id=image_id, path=root / image, references=tuple(refs)))
     if not images:
         raise EvalSetError(f"{path}: no entries")
     return images

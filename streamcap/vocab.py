@@ -22,12 +22,12 @@ Both produce [PAD] [UNK] [CLS] [SEP] [MASK] as ids 0-4, the layout ModelConfig e
 from __future__ import annotations
 
 import heapq
-import json
 from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Iterable, Iterator
 
 from streamcap.captions import process_caption
+from streamcap.jsonlines import iter_objects
 from streamcap.tokenizer import CONTINUATION, SPECIAL_TOKENS, WordPieceTokenizer, basic_tokenize
 
 CAPTION_SUFFIXES = (".parquet", ".jsonl", ".json", ".txt")
@@ -98,21 +98,12 @@ def _parquet_captions(path: Path, column: str | None) -> Iterator[str]:
 
 
 def _jsonl_captions(path: Path, column: str | None) -> Iterator[str]:
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise CorpusError(f"{path}:{lineno}: not a JSON line ({e.msg})") from None
-            if not isinstance(row, dict):
-                raise CorpusError(f"{path}:{lineno}: expected a JSON object per line")
-            if column is None:
-                column = _pick_column(path, list(row), None)
-            value = row.get(column)
-            if isinstance(value, str):
-                yield value
+    for _, row in iter_objects(path, CorpusError):
+        if column is None:
+            column = _pick_column(path, list(row), None)
+        value = row.get(column)
+        if isinstance(value, str):
+            yield value
 
 
 def _txt_captions(path: Path) -> Iterator[str]:

@@ -14,28 +14,14 @@ import random
 from pathlib import Path
 
 import pytest
-from pycocoevalcap.bleu.bleu import Bleu
-from pycocoevalcap.cider.cider import Cider
-from pycocoevalcap.rouge.rouge import Rouge
 from pycocoevalcap.rouge.rouge import my_lcs
 
-from eval.metrics import BLEU_KEYS, METRICS, ScoringError, _lcs_length, _position_masks, score, score_captions, score_tokenized
+from eval.metrics import METRICS, ScoringError, _lcs_length, _position_masks, score, score_captions, score_tokenized
+from tests.reference_metrics import reference_scores
 
 REL_TOL = 1e-6
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "ptb" / "expected.json"
 VOCAB = "a the man woman dog runs on grass red blue shirt with in street two of is are sits".split()
-
-
-def reference_scores(candidates: dict[str, str], references: dict[str, list[str]]):
-    """pycocoevalcap's numbers: (corpus dict, per-image dict of dicts)."""
-    res = {k: [v] for k, v in candidates.items()}
-    bleu, bleu_images = Bleu(4).compute_score(references, res, verbose=0)
-    cider, cider_images = Cider().compute_score(references, res)
-    rouge, rouge_images = Rouge().compute_score(references, res)
-    corpus = dict(zip(BLEU_KEYS, bleu)) | {"CIDEr": float(cider), "ROUGE-L": float(rouge)}
-    columns = dict(zip(BLEU_KEYS, bleu_images)) | {"CIDEr": cider_images, "ROUGE-L": rouge_images}
-    per_image = {k: {m: float(columns[m][j]) for m in METRICS} for j, k in enumerate(candidates)}
-    return corpus, per_image
 
 
 def assert_parity(candidates: dict[str, str], references: dict[str, list[str]]) -> None:

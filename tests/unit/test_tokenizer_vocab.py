@@ -87,7 +87,7 @@ def test_reading_parquet_jsonl_and_txt(tmp_path):
     with pytest.raises(CorpusError, match="no column 'alt' \\(columns: url, llava_caption\\)"):
         list(read_captions([tmp_path / "a.parquet"], column="alt"))
     (tmp_path / "bad.jsonl").write_text("{not json\n")
-    with pytest.raises(CorpusError, match="bad.jsonl:1: not a JSON line"):
+    with pytest.raises(CorpusError, match="bad.jsonl:1: not valid JSON"):
         list(read_captions([tmp_path / "bad.jsonl"]))
     with pytest.raises(CorpusError, match="no such file or directory"):
         list(read_captions([tmp_path / "nope.txt"]))
