@@ -9,6 +9,7 @@ Points (in the order a part passes them):
 - `after_fetch`      every row fetched and processed, nothing finalized (the downloader's)
 - `after_temp_write` the part's temporary shard files are complete (tars ended, flushed), not fsynced
 - `after_fsync`      every temporary file of the part is fsynced, none renamed yet
+- `before_rename`    the part's lock is held and the claim confirmed, nothing renamed yet
 - `after_rename`     the shards have their final names (directory fsynced), no stats file yet
 - `before_commit`    shards and stats file are on disk, Redis is untouched
 - `during_commit`    the commit script was sent to Redis but its reply is never read
@@ -38,7 +39,8 @@ import threading
 FAULT_ENV = "STREAMCAP_FAULT"
 FAULT_PART_ENV = "STREAMCAP_FAULT_PART"
 FAULT_WHILE_ENV = "STREAMCAP_FAULT_WHILE"
-WRITER_POINTS = ("after_temp_write", "after_fsync", "after_rename", "before_commit", "during_commit", "after_commit")
+WRITER_POINTS = ("after_temp_write", "after_fsync", "before_rename", "after_rename", "before_commit", "during_commit",
+                 "after_commit")
 ENOSPC_POINT = "enospc"
 KILL, STOP = "kill", "stop"
 _SIGNALS = {KILL: signal.SIGKILL, STOP: signal.SIGSTOP}

@@ -9,7 +9,8 @@ disk is a committed-or-committable part. Reconcile then, safely while downloader
 
 1. sweeps temporary files of dead writers;
 2. restores source definitions (shard dir -> Redis and back);
-3. for every stats file whose part is not in `parts:done`: registers its shards, adds its
+3. for every stats file whose part is not in `parts:done` (read again under the part's lock,
+   `locks`, so never half way through a worker's rewrite): registers its shards, adds its
    counters, marks it done and acknowledges its entries, through the commit script (so a
    worker committing the same part at the same moment cannot double it); shards that are gone
    from disk (gc'd, quarantined) are marked deleted instead of being trainer-visible;
@@ -30,9 +31,11 @@ import redis
 
 from shardwriter import registry, tempfiles
 from shardwriter.commit import commit_part
+from shardwriter.locks import PartLockBusy, part_lock
 from streamcap.partqueue import PartQueue, read_part_queue
 from streamcap import bus
 from streamcap.records import PartStats
+from streamcap.shardformat import stats_name
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +78,15 @@ def reconcile(r: redis.Redis, keys: bus.Keys, shard_dir: Path, *, temp_stale_s: 
             # finish, or the downloaders' to reclaim.
             report.problems.append(f"part {pid} is in flight with {queue.pending[queue.in_flight(pid)[0]]}; left to it")
             continue
-        _restore_part(r, keys, shard_dir, stats, queue, registered, deleted, report)
+        try:
+            # Under the part's lock no worker is half way through rewriting its files, so the
+            # stats file read now describes the shards on disk.
+            with part_lock(shard_dir, stats.source, stats.part):
+                current = registry.read_part_stats(shard_dir / stats_name(stats.source, stats.part), report.problems)
+                if current is not None:
+                    _restore_part(r, keys, shard_dir, current, queue, registered, deleted, report)
+        except PartLockBusy as e:
+            report.problems.append(f"{e}; left for the next reconcile")
     _requeue_missing(r, keys, shard_dir, read_part_queue(r, keys, []), report)
     return report
 
@@ -100,7 +111,8 @@ def _restore_part(r: redis.Redis, keys: bus.Keys, shard_dir: Path, stats: PartSt
             gone.append(shard.name)
         elif path.stat().st_size != shard.bytes:
             report.problems.append(f"part {stats.part_id}: {shard.name} has {path.stat().st_size} bytes, its stats "
-                                   f"file says {shard.bytes}: left alone (a worker may be rewriting the part)")
+                                   f"file says {shard.bytes}: left alone (changed since it was written? "
+                                   f"`streamcap shards verify` says more)")
             return
     newly_gone = [name for name in gone if name not in deleted]
     if newly_gone:  # before registering, so no trainer ever claims a file that is not there

@@ -95,14 +95,22 @@ def load_part_stats(shard_dir: Path, problems: list[str] | None = None) -> dict[
     for path in sorted(Path(shard_dir).glob(f"*{STATS_SUFFIX}")):
         if path.name.startswith("."):
             continue
-        try:
-            stats = PartStats.from_json_dict(json.loads(path.read_text()))
-        except (OSError, ValueError, TypeError, KeyError) as e:
-            if problems is not None:
-                problems.append(f"stats file {path.name} is unreadable: {e}")
-            continue
-        found[stats.part_id] = stats
+        stats = read_part_stats(path, problems)
+        if stats is not None:
+            found[stats.part_id] = stats
     return found
+
+
+def read_part_stats(path: Path, problems: list[str] | None = None) -> PartStats | None:
+    """One stats file; None when it is gone, or unreadable (said in `problems`)."""
+    try:
+        return PartStats.from_json_dict(json.loads(path.read_text()))
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, TypeError, KeyError) as e:
+        if problems is not None:
+            problems.append(f"stats file {path.name} is unreadable: {e}")
+        return None
 
 
 def iter_registered(r: redis.Redis, keys: bus.Keys, batch: int = 1000) -> Iterator[tuple[str, ShardRecord]]:

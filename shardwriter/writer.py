@@ -9,8 +9,8 @@
 
 Shards are named `shard_name(source, part, seq)`: a redelivered part overwrites its own files
 instead of adding new ones. Each shard is written under an owner-stamped temporary name
-(`tempfiles`); `finish` fsyncs them and renames them once the claim is confirmed;
-then the directory is fsynced and the stats file written atomically. Invariant: a stats file
+(`tempfiles`); `finish` fsyncs them and, holding the part's lock (`locks`), renames them once
+the claim is confirmed; then the directory is fsynced and the stats file written atomically. Invariant: a stats file
 on disk always describes the shard files on disk (a new attempt deletes it before touching
 any shard), which is what `streamcap shards reconcile` relies on.
 
@@ -31,6 +31,7 @@ from typing import Any, BinaryIO
 
 from shardwriter import faults, tempfiles
 from shardwriter.commit import CONFIRMED, PartClaim, confirm_claim
+from shardwriter.locks import part_lock
 from streamcap.records import FAILURE_REASONS, FailedRow, PartRecord, PartStats, ShardRecord, source_slug
 from streamcap.shardformat import IMAGE_EXTS, SHARD_SUFFIX, sample_key, shard_name, stats_name
 
@@ -208,20 +209,23 @@ class PartWriter:
             samples=sum(s.samples for s in self._shards), bytes_downloaded=bytes_downloaded,
             failures=sorted(self._failures, key=lambda f: f.row), shards=[self._record(s) for s in self._shards],
         )
-        self._ensure_claim()
-        stats_path = self.shard_dir / stats_name(self.part.source, self.part.part)
-        # An older attempt's stats file goes first, so no stats file ever describes a mix of attempts.
-        if stats_path.exists():
-            tempfiles.remove_durably([stats_path], self.shard_dir)
-        for shard in self._shards:
+        # Under the part's lock, one confirmed claim covers every rename: a worker that reclaims
+        # the part meanwhile renames only after we are done, over our files.
+        with part_lock(self.shard_dir, self.part.source, self.part.part):
             self._ensure_claim()
-            tempfiles.publish(shard.temp, self.shard_dir / shard_name(self.part.source, self.part.part, shard.seq),
-                              sync_dir=False)
-        self._remove_stale_shards(len(self._shards))
-        tempfiles.fsync_dir(self.shard_dir)
-        faults.maybe_crash("after_rename", self.part.part_id)
-        record = stats.to_json_dict() | {"owner": self.owner, "finished": time.time()}
-        tempfiles.write_json_atomic(stats_path, record, compact=True)
+            faults.maybe_crash("before_rename", self.part.part_id)
+            stats_path = self.shard_dir / stats_name(self.part.source, self.part.part)
+            # An older attempt's stats file goes first, so no stats file ever describes a mix of attempts.
+            if stats_path.exists():
+                tempfiles.remove_durably([stats_path], self.shard_dir)
+            for shard in self._shards:
+                tempfiles.publish(shard.temp, self.shard_dir / shard_name(self.part.source, self.part.part, shard.seq),
+                                  sync_dir=False)
+            self._remove_stale_shards(len(self._shards))
+            tempfiles.fsync_dir(self.shard_dir)
+            faults.maybe_crash("after_rename", self.part.part_id)
+            record = stats.to_json_dict() | {"owner": self.owner, "finished": time.time()}
+            tempfiles.write_json_atomic(stats_path, record, compact=True)
         self._done = True
         return stats
 

@@ -2,7 +2,8 @@
 
 1. several `streamcap download` processes, a random one SIGKILLed and restarted every 1-2 s;
 2. the committing process SIGKILLed at each window of finalize + commit;
-3. a worker frozen (SIGSTOP) until its part was reclaimed and committed by another, then let go.
+3. a worker frozen (SIGSTOP) until its part was reclaimed and committed by another, then let go;
+   and one frozen mid-finalize, holding its part's lock, while another reclaims the part.
 
 Each ends with the accounting check once every process is gone: lost = 0, duplicates = 0.
 """
@@ -10,6 +11,7 @@ Each ends with the accounting check once every process is gone: lost = 0, duplic
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import random
 import signal
@@ -20,6 +22,7 @@ import pytest
 
 from shardwriter import faults
 from streamcap import bus
+from streamcap.shardformat import stats_name
 from tests.chaos_support import (
     Fleet, enqueue_rows, fault_env, final_audit, fleets, histogram_line, image_host, paced_rows, pending_parts,
     process_state, wait_until,
@@ -118,5 +121,30 @@ def test_a_worker_frozen_past_its_lease_changes_nothing_when_it_wakes(point, r, 
     assert _files(shard_dir) == winner  # the winner's shards and stats file, byte for byte, same inodes
     assert r.hget(keys.stats, bus.STAT_COMMITS_WASTED) == "1"  # the slow attempt, counted as wasted
     assert r.hget(keys.stats, bus.STAT_PARTS_COMMITTED) == "1"
+    report = final_audit(r, keys, shard_dir)
+    assert report.samples == 4 and report.deliveries == {2: 1}
+
+
+def test_a_worker_frozen_between_its_claim_check_and_its_renames_cannot_overwrite_the_winner(
+        r, keys, redis_url, image_host, fleets, tmp_path):
+    """Frozen holding the part's lock with its claim confirmed: the rescuer's renames wait for
+    it, so the woken worker renames first, is refused (or drops the part on its next
+    keep-alive), and the committed attempt's files are the ones left on disk."""
+    shard_dir = tmp_path / "shards"
+    enqueue_rows(r, keys, shard_dir, paced_rows(image_host, 4, failures=False), part_size=4)
+    fleet = fleets(redis_url, keys, shard_dir)
+    slow = fleet.start("--exit-when-empty", "--lease-seconds", "1", env=fault_env("before_rename:stop"))
+    wait_until(lambda: process_state(slow.pid) == "T", 60, "the worker to freeze before its renames")
+    rescuer = fleet.start("--exit-when-empty", "--lease-seconds", "1")
+    waiting = f"waiting for pid {slow.pid} "
+    wait_until(lambda: waiting in fleet.tail(rescuer) or r.sismember(keys.parts_done, "src:0"), 60,
+               "the rescuer to wait for the part's lock (or, without one, to commit)")
+    os.kill(slow.pid, signal.SIGCONT)
+    fleet.wait_all(60)
+    stats = json.loads((shard_dir / stats_name("src", 0)).read_text())
+    assert f"-{rescuer.pid}-" in stats["owner"]  # written by the attempt that committed
+    assert waiting in fleet.tail(rescuer)
+    assert r.hget(keys.stats, bus.STAT_PARTS_COMMITTED) == "1"  # the slow attempt's commit refused or never sent
+    assert not list(shard_dir.glob(".lock~*"))
     report = final_audit(r, keys, shard_dir)
     assert report.samples == 4 and report.deliveries == {2: 1}
