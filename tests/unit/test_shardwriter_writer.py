@@ -163,3 +163,17 @@ def test_write_atomic_from_many_threads_never_tears_or_collides(tmp_path):
         list(pool.map(write, range(64)))
     assert json.loads(target.read_text())["writer"] in range(64)
     assert tempfiles.temp_files(tmp_path) == []
+
+
+def test_webdataset_reads_the_shards_as_written(tmp_path):
+    """The writer does not use webdataset (it would import torch into the downloader), so its
+    output is checked against webdataset's own reader: same samples, keys and bytes."""
+    import webdataset  # imports torch: only here, not at collection
+    stats = write_part(tmp_path, max_samples=5)
+    urls = [str(tmp_path / s.name) for s in stats.shards]
+    samples = list(webdataset.WebDataset(urls, shardshuffle=False))
+    expected = [r for r in range(30, 50) if r % 7]
+    assert [s["__key__"] for s in samples] == [sample_key("Pop Set", r) for r in expected]
+    assert [s["txt"].decode() for s in samples] == [f"caption {r}" for r in expected]
+    assert [s["jpg"] for s in samples] == [jpeg(r) for r in expected]
+    assert [json.loads(s["json"])["url"] for s in samples] == [f"http://127.0.0.1/{r}.jpg" for r in expected]
