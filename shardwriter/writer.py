@@ -10,9 +10,9 @@
 Shards are named `shard_name(source, part, seq)`: a redelivered part overwrites its own files
 instead of adding new ones. Each shard is written under an owner-stamped temporary name
 (`tempfiles`); `finish` fsyncs them and, holding the part's lock (`locks`), renames them once
-the claim is confirmed; then the directory is fsynced and the stats file written atomically. Invariant: a stats file
-on disk always describes the shard files on disk (a new attempt deletes it before touching
-any shard), which is what `streamcap shards reconcile` relies on.
+the claim is confirmed; then the directory is fsynced and the stats file written atomically.
+Invariant: a stats file on disk always describes the shard files on disk (a new attempt
+deletes it before touching any shard), which is what `streamcap shards reconcile` relies on.
 
 Tars are written with the standard library's `tarfile` headers, as webdataset's TarWriter
 does, without importing webdataset (it imports torch, ~3 s per downloader process).

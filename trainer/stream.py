@@ -232,7 +232,8 @@ class SampleStream:
         now = time.monotonic()
         if now >= self._next_orphan_check:
             self._next_orphan_check = now + ORPHAN_CHECK_EVERY_S
-            self.queued += self.queue.reclaim_orphans(self.cfg.job_consumers) + self._strays()
+            self.queued += self.queue.reclaim_orphans(self.cfg.job_consumers)
+            self.queued += self._strays()  # after the orphans are queued: they are pending here too
         if self.queued:
             return self.queued.pop(0)
         if not may_wait:

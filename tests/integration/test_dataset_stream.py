@@ -232,3 +232,24 @@ def test_shards_a_dying_incarnation_claimed_under_the_same_name_are_adopted(redi
         finished += stream.take_finished()
     fresh = sorted(f.claim.name for f in finished if f.claim.fresh)
     assert fresh == [f"demo-{p:06d}-0000.tar" for p in range(4)]  # each exactly once, strays included
+
+
+def test_shards_held_by_consumers_outside_the_job_are_taken_over_and_read_once(redis_url, keys, r, tmp_path,
+                                                                               monkeypatch):
+    import trainer.stream
+    from trainer.shardqueue import ShardQueue, consumer_name, job_consumers
+    from trainer.stream import SampleStream, StreamConfig
+
+    monkeypatch.setattr(trainer.stream, "ORPHAN_CHECK_EVERY_S", 0.0)  # check at every claim
+    add_shards(r, keys, tmp_path, [3, 3, 3])
+    r.xgroup_create(keys.shards, "train:t", id="0", mkstream=True)
+    r.xreadgroup("train:t", consumer_name("t", 5, 0), {keys.shards: ">"}, count=2)  # a rank this job no longer has
+    cfg = StreamConfig(shard_dir=tmp_path, buffer_size=2, fresh_wait_ms=0, seed=1,
+                       job_consumers=job_consumers("t", 1, 1), min_ready=1)
+    stream = SampleStream(ShardQueue(r, keys, "t", consumer_name("t", 0, 0)), cfg, on_problem=lambda *_: None)
+    finished = []
+    for _ in range(40):  # 9 fresh samples exist; the rest are replays
+        stream.next_sample()
+        finished += stream.take_finished()
+    fresh = sorted(f.claim.name for f in finished if f.claim.fresh)
+    assert fresh == [f"demo-{p:06d}-0000.tar" for p in range(3)]  # each exactly once
