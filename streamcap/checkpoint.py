@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -102,9 +102,11 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     try:
         config = ModelConfig.from_dict(payload["config"])
         tokenizer = WordPieceTokenizer.from_vocab(payload["vocab"])
-        # The weights come from the file: never ask torchvision for ImageNet weights here.
-        model = CaptionModel(ModelConfig.from_dict({**payload["config"], "pretrained": False}))
-        model.load_state_dict(payload["state_dict"])
+        # The weights come from the file: never ask torchvision for ImageNet weights, and build
+        # on the meta device so no time goes into initialising weights about to be replaced.
+        with torch.device("meta"):
+            model = CaptionModel(replace(config, pretrained=False))
+        model.load_state_dict(payload["state_dict"], assign=True)
     except (KeyError, TypeError, ValueError, VocabError, RuntimeError) as e:
         reason = (str(e).splitlines() or [type(e).__name__])[0]
         raise CheckpointError(f"{path}: damaged or incompatible checkpoint ({reason})") from None
