@@ -1,6 +1,6 @@
 """Captions for an evaluation set from one checkpoint: batched beam search, GPU when available.
 
-    ckpt = load_for_eval(Path("checkpoints/r1/step-001000.pt"), device)
+    ckpt = load_checkpoint(Path("checkpoints/r1/step-001000.pt"), map_location=device)
     predictions = caption_set(ckpt, evalset, cfg, device, on_batch=lambda done, total: ...)
     # {"1000092795.jpg": "two young men in the yard", ...}
 
@@ -19,7 +19,7 @@ from PIL import Image, UnidentifiedImageError
 
 from eval.config import EvalSettings
 from eval.datasets import EvalImage, EvalSet, EvalSetError
-from streamcap.checkpoint import LoadedCheckpoint, load_checkpoint
+from streamcap.checkpoint import LoadedCheckpoint
 from streamcap.decoding import beam_search
 from streamcap.model import image_transform
 from streamcap.settings import fail
@@ -36,10 +36,6 @@ def pick_device(cfg: EvalSettings) -> torch.device:
     if cfg.device == "cuda" and not torch.cuda.is_available():
         fail(cfg, "device", "auto or cpu: no CUDA device is available here", cfg.device)
     return torch.device(cfg.device)
-
-
-def load_for_eval(path: Path, device: torch.device) -> LoadedCheckpoint:
-    return load_checkpoint(path, map_location=device)
 
 
 def caption_set(ckpt: LoadedCheckpoint, evalset: EvalSet, cfg: EvalSettings, device: torch.device,

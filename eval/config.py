@@ -77,10 +77,6 @@ class EvalSettings(CommonSettings):
     )
 
     def validate(self) -> None:
-        for name in ("data", "images", "out_dir"):
-            value = getattr(self, name)
-            if value is not None and not isinstance(value, Path):
-                object.__setattr__(self, name, Path(value))
         if self.min_tokens > self.max_tokens:
             fail(self, "min_tokens", f"at most --max-tokens ({self.max_tokens})", self.min_tokens)
         if not self.split:

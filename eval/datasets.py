@@ -60,7 +60,7 @@ class EvalSet:
 
 
 def load_eval_set(path: Path, *, split: str = "test", image_dir: Path | None = None,
-                  limit: int | None = None, check_images: bool = True) -> EvalSet:
+                  limit: int | None = None) -> EvalSet:
     """Load a Karpathy json or a jsonl set; `limit` keeps the first N images."""
     path = Path(path)
     if not path.is_file():
@@ -73,8 +73,7 @@ def load_eval_set(path: Path, *, split: str = "test", image_dir: Path | None = N
     if limit is not None:
         images = images[:limit]
     _check_unique(path, images)
-    if check_images:
-        _check_images_exist(path, images)
+    _check_images_exist(path, images)
     return EvalSet(source=path, split=split_name, images=tuple(images))
 
 

@@ -39,12 +39,13 @@ def evaluate_checkpoint(cfg: EvalSettings, checkpoint: Path, evalset: EvalSet, d
     `step`/`run` default to the checkpoint's own; the watcher passes the published ones.
     Raises CheckpointError / EvalSetError (one-line messages) when it cannot evaluate.
     """
-    from eval.captioner import caption_set, load_for_eval
+    from eval.captioner import caption_set
+    from streamcap.checkpoint import load_checkpoint
 
     stage = on_stage or (lambda name, done, total: None)
     started = time.time()
     stage("loading", 0, len(evalset))
-    ckpt = load_for_eval(checkpoint, device)
+    ckpt = load_checkpoint(checkpoint, map_location=device)
     step = ckpt.step if step is None else step
     run = (run or ckpt.run or "unnamed")
     log.info("evaluating %s (run %s, step %d) on %s: %d images, beam %d, %s",

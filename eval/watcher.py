@@ -47,7 +47,6 @@ log = logging.getLogger(__name__)
 
 MAX_DELIVERIES = 3
 REFRESH_EVERY_S = 5.0
-BEST_FIELDS = ("metric", "value", "checkpoint", "step", "run", "entry", "report", "scores", "created")
 
 
 class Watcher:

@@ -83,8 +83,6 @@ class ShardWriterSettings(CommonSettings):
             if size is None:
                 fail(self, name, "a byte size like 1000000, 500M or 2GiB", raw)
             object.__setattr__(self, name, size)
-        if self.quarantine_dir is not None and not isinstance(self.quarantine_dir, Path):
-            object.__setattr__(self, "quarantine_dir", Path(self.quarantine_dir))
         super().__post_init__()
 
     @property

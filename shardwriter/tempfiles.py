@@ -91,7 +91,7 @@ def temp_files(directory: Path) -> list[Path]:
         return []
 
 
-def owner_gone(path: Path, stale_s: float, now: float | None = None) -> bool:
+def owner_gone(path: Path, stale_s: float) -> bool:
     """Whether the writer of temporary file `path` is certainly (or, off-host, presumably) gone."""
     parsed = parse_temp_name(path.name)
     if parsed is None:
@@ -100,7 +100,7 @@ def owner_gone(path: Path, stale_s: float, now: float | None = None) -> bool:
     if alive is not None:
         return not alive
     try:
-        age = (now or time.time()) - path.stat().st_mtime
+        age = time.time() - path.stat().st_mtime
     except FileNotFoundError:
         return False
     return age > stale_s

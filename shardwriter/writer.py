@@ -147,10 +147,6 @@ class PartWriter:
             raise ValueError(f"row {row} of part {self.part.part_id} was already added or failed")
         self._seen.add(row)
 
-    @property
-    def rows_done(self) -> int:
-        return len(self._seen)
-
     # --- tar writing -------------------------------------------------------------------------------
 
     def _new_shard(self) -> _Shard:

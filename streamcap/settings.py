@@ -20,7 +20,7 @@ import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 # A check returns None when the value is fine, else what was expected ("an integer >= 1").
 Check = Callable[[Any], "str | None"]
@@ -123,6 +123,9 @@ def directory_path(v: Any) -> str | None:
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
 
+_PATH_TYPES = (Path, "Path", "Path | None", Optional[Path], "Optional[Path]")
+
+
 @dataclass(frozen=True, kw_only=True)
 class Settings:
     """Base of every settings class: runs each field's check, then `validate()`."""
@@ -135,7 +138,7 @@ class Settings:
             if expected:
                 fail(self, f.name, expected, value)
         for f in dataclasses.fields(self):  # CLI values and env vars may arrive as str
-            if f.type in (Path, "Path") and isinstance(getattr(self, f.name), str):
+            if f.type in _PATH_TYPES and isinstance(getattr(self, f.name), str):
                 object.__setattr__(self, f.name, Path(getattr(self, f.name)))
         self.validate()
 

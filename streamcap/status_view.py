@@ -17,7 +17,6 @@ def human_bytes(n: float | None) -> str:
         if abs(n) < 1000 or unit == "TB":
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1000
-    return f"{n:.1f} TB"
 
 
 def _pairs(title: str, rows: list[tuple[str, Any]]) -> Table:

@@ -252,8 +252,11 @@ def build_vocab(paths: Iterable[str | Path], size: int, base: Path | None = None
         tokens = train_vocab(counts, size, min_frequency=min_frequency)
     tok = WordPieceTokenizer.from_vocab(tokens)
     words = sum(counts.values())
-    unk = sum(n for w, n in counts.items() if tok.wordpiece(w) == (tok.unk_id,))
-    pieces = sum(n * len(tok.wordpiece(w)) for w, n in counts.items())
+    unk = pieces = 0
+    for word, n in counts.items():
+        split = tok.wordpiece(word)
+        unk += n if split == (tok.unk_id,) else 0
+        pieces += n * len(split)
     summary = {"method": "from-base" if base else "trained", "tokens": tok.vocab_size, "captions": captions,
                "words": words, "distinct_words": len(counts), "unk_word_rate": unk / words,
                "pieces_per_word": pieces / words}

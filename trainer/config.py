@@ -138,10 +138,6 @@ class TrainerSettings(CommonSettings):
     )
 
     def validate(self) -> None:
-        if self.tokenizer is not None and not isinstance(self.tokenizer, Path):
-            object.__setattr__(self, "tokenizer", Path(self.tokenizer))
-        if not isinstance(self.checkpoint_dir, Path):
-            object.__setattr__(self, "checkpoint_dir", Path(self.checkpoint_dir))
         if self.resume and not self.run:
             fail(self, "run", "the id of the run to resume (with --resume)", self.run)
         if self.tokenizer is not None and not self.tokenizer.is_file():

@@ -1,11 +1,12 @@
-"""Streams and consumer groups: creating groups, reclaiming stale entries, counters."""
+"""Streams and consumer groups: creating groups, reclaiming stale entries, delivery counts."""
 
 from __future__ import annotations
 
-from typing import Any, Iterable
+from typing import Any
 
 import redis
 from redis.exceptions import ResponseError
+
 
 def ensure_group(r: redis.Redis, stream: str, group: str, start_id: str = "0") -> bool:
     """Create `group` on `stream` (and the stream) unless it exists. True when created.
@@ -74,9 +75,3 @@ def group_info(r: redis.Redis, stream: str, group: str) -> dict[str, Any] | None
             return g
     return None
 
-
-def incr_counters(pipe: Any, key: str, counters: Iterable[tuple[str, int]]) -> None:
-    """HINCRBY each non-zero counter on a pipeline (used inside transactions)."""
-    for name, n in counters:
-        if n:
-            pipe.hincrby(key, name, int(n))
