@@ -130,10 +130,12 @@ def gc(
         return report
     used = shard_bytes_on_disk(shard_dir)
     deleted = r.smembers(keys.shards_deleted)
+    # A snapshot is on the safe side: read counts only grow while gc runs.
+    reads = read_counts(r, keys, report.runs)
     for _entry_id, shard in registry.iter_registered(r, keys):
         if shard.name in deleted:
             continue
-        if not _read_enough(r, keys, report.runs, shard.name, min_reads):
+        if not all(int(reads[run].get(shard.name, 0)) >= min_reads for run in report.runs):
             report.kept_unread += 1
             continue
         path = Path(shard_dir) / shard.name
@@ -151,11 +153,9 @@ def gc(
     return report
 
 
-def _read_enough(r: redis.Redis, keys: bus.Keys, runs: list[str], name: str, min_reads: int) -> bool:
-    pipe = r.pipeline(transaction=False)
-    for run in runs:
-        pipe.hget(keys.shard_reads(run), name)
-    return all(int(n or 0) >= min_reads for n in pipe.execute())
+def read_counts(r: redis.Redis, keys: bus.Keys, runs: list[str]) -> dict[str, dict[str, str]]:
+    """run -> {shard name: times read}, one HGETALL per run."""
+    return {run: r.hgetall(keys.shard_reads(run)) for run in runs}
 
 
 def _still_over(shard_dir: Path, used: int, max_disk_bytes: int, min_free_bytes: int, pretend_freed: int) -> bool:

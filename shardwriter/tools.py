@@ -15,6 +15,7 @@ from rich.table import Table
 
 from shardwriter import registry
 from shardwriter.config import ShardWriterSettings, format_size
+from shardwriter.retention import gc as collect, read_counts
 from streamcap import bus
 from streamcap.cliutil import print_json
 
@@ -35,7 +36,7 @@ def _age(seconds: float) -> str:
 def shard_listing(r, keys: bus.Keys, shard_dir: Path) -> list[dict]:
     """Every registered shard with its size on disk, age, state and reads per training run."""
     runs = sorted(r.hkeys(keys.runs))
-    reads = {run: r.hgetall(keys.shard_reads(run)) for run in runs}
+    reads = read_counts(r, keys, runs)
     deleted = r.smembers(keys.shards_deleted)
     now = time.time()
     rows = []
@@ -95,8 +96,6 @@ def verify(cfg: ShardWriterSettings, paths: list[Path], quarantine: bool, as_jso
 
 
 def gc(cfg: ShardWriterSettings, dry_run: bool, as_json: bool) -> int:
-    from shardwriter.retention import gc as collect
-
     report = collect(_connect(cfg), cfg.keys, cfg.shard_dir, max_disk_bytes=cfg.max_disk_bytes,
                      min_free_bytes=cfg.min_free_bytes, min_reads=cfg.min_reads, dry_run=dry_run)
     if as_json:
