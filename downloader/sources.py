@@ -19,14 +19,16 @@ import abc
 import glob
 import json
 from dataclasses import dataclass
-from functools import cached_property
+from functools import cached_property, partial
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 FORMATS = {".parquet": "parquet", ".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".ndjson": "jsonl"}
 # Read this many lines to learn a jsonl source's columns.
 _JSONL_SCHEMA_LINES = 100
 _TEXT_BATCH_BYTES = 1 << 22
+# take(lo, hi) -> {column: values of rows lo..hi of one batch}
+_Take = Callable[[int, int], dict[str, list[Any]]]
 
 
 class SourceError(ValueError):
@@ -167,28 +169,29 @@ class TextSource(Source):
         out: dict[str, list[Any]] = {c: [] for c in columns}
         offset = 0
         for path in self.files:
-            for n, batch in self._batches(path, columns):
+            for n, take in self._batches(path, columns):
                 batch_start, offset = offset, offset + n
                 if offset <= start:
                     continue
                 if batch_start >= end:
                     return _checked(out, columns, start, end, self.uri)
                 lo, hi = max(start, batch_start) - batch_start, min(end, offset) - batch_start
-                for c in columns:
-                    out[c].extend(batch[c][lo:hi])
+                for c, values in take(lo, hi).items():
+                    out[c].extend(values)
         return _checked(out, columns, start, end, self.uri)
 
-    def _batches(self, path: Path, columns: list[str]) -> Iterator[tuple[int, dict[str, list[Any]]]]:
-        """(rows, {column: values}) batches of one file, in order."""
+    def _batches(self, path: Path, columns: list[str]) -> Iterator[tuple[int, _Take]]:
+        """(rows, take) batches of one file, in order; `take(lo, hi)` gives {column: values} of
+        those rows only, so the batches before a part are counted, never converted."""
         if self.format == "jsonl":
             batch: list[dict[str, Any]] = []
             for row in self._iter_jsonl(path):
                 batch.append(row)
                 if len(batch) >= 10_000:
-                    yield len(batch), {c: [r.get(c) for r in batch] for c in columns}
+                    yield len(batch), partial(_take_rows, batch, columns)
                     batch = []
             if batch:
-                yield len(batch), {c: [r.get(c) for r in batch] for c in columns}
+                yield len(batch), partial(_take_rows, batch, columns)
             return
         reader = self._csv_reader(path, columns)
         while True:
@@ -198,7 +201,7 @@ class TextSource(Source):
                 return
             except Exception as e:
                 raise SourceError(f"{path}: not a readable {self.format} file ({_one_line(e)})") from None
-            yield record_batch.num_rows, {c: record_batch.column(c).to_pylist() for c in columns}
+            yield record_batch.num_rows, partial(_take_columns, record_batch, columns)
 
     def _csv_reader(self, path: Path, columns: list[str] | None) -> Any:
         """A streaming reader; the requested columns are read as strings (a URL like '0001' stays)."""
@@ -234,6 +237,14 @@ class TextSource(Source):
                     yield row if isinstance(row, dict) else {}
         except OSError as e:
             raise SourceError(f"{path}: cannot read ({e.strerror or e})") from None
+
+
+def _take_rows(rows: list[dict[str, Any]], columns: list[str], lo: int, hi: int) -> dict[str, list[Any]]:
+    return {c: [r.get(c) for r in rows[lo:hi]] for c in columns}
+
+
+def _take_columns(record_batch: Any, columns: list[str], lo: int, hi: int) -> dict[str, list[Any]]:
+    return {c: record_batch.column(c).slice(lo, hi - lo).to_pylist() for c in columns}
 
 
 def _checked(out: dict[str, list[Any]], columns: list[str], start: int, end: int, uri: str) -> dict[str, list[Any]]:
