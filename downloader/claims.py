@@ -24,6 +24,7 @@ import redis
 from redis.exceptions import ResponseError
 
 from streamcap import bus
+from streamcap.partqueue import stream_id
 from streamcap.records import PartRecord
 
 # KEYS[1]=parts; ARGV[1]=group ARGV[2]=consumer ARGV[3]=entry id. Returns 1 when renewed.
@@ -100,7 +101,7 @@ class PartQueue:
             return None
         for _stream, entries in reply or []:
             for entry_id, fields in entries:
-                return Claimed(entry_id, fields or {}, self.deliveries(entry_id))
+                return Claimed(entry_id, fields or {}, 1)  # ">" hands out never-delivered entries only
         return None
 
     def deliveries(self, entry_id: str) -> int:
@@ -158,9 +159,4 @@ class PartQueue:
         if int(group.get("pending", 0)):
             return False
         last = self.r.xrevrange(self.keys.parts, count=1)
-        return not last or _id(last[0][0]) <= _id(group.get("last-delivered-id", "0-0"))
-
-
-def _id(entry_id: str) -> tuple[int, int]:
-    ms, _, seq = str(entry_id).partition("-")
-    return int(ms), int(seq or 0)
+        return not last or stream_id(last[0][0]) <= stream_id(group.get("last-delivered-id", "0-0"))
