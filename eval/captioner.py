@@ -45,7 +45,6 @@ def caption_set(ckpt: LoadedCheckpoint, evalset: EvalSet, cfg: EvalSettings, dev
     images = list(evalset.images)
     batches = [images[i:i + cfg.batch_size] for i in range(0, len(images), cfg.batch_size)]
     predictions: dict[str, str] = {}
-    max_len = min(cfg.max_tokens, ckpt.config.max_len - 1)  # what the model's positions allow
     with ThreadPoolExecutor(DECODE_THREADS, thread_name_prefix="eval-decode") as pool:
         pending = pool.submit(_load_batch, pool, batches[0], transform) if batches else None
         for index, batch in enumerate(batches):
@@ -53,7 +52,7 @@ def caption_set(ckpt: LoadedCheckpoint, evalset: EvalSet, cfg: EvalSettings, dev
             if index + 1 < len(batches):  # decode the next batch while this one is captioned
                 pending = pool.submit(_load_batch, pool, batches[index + 1], transform)
             ids = beam_search(ckpt.model, pixels.to(device, non_blocking=True), beam_size=cfg.beam,
-                              alpha=cfg.alpha, max_len=max_len, min_len=min(cfg.min_tokens, max_len),
+                              alpha=cfg.alpha, max_len=cfg.max_tokens, min_len=cfg.min_tokens,
                               no_repeat_ngram=cfg.no_repeat_ngram)
             for image, caption_ids in zip(batch, ids):
                 predictions[image.id] = ckpt.tokenizer.decode(caption_ids)

@@ -46,7 +46,7 @@ def greedy_decode(model: CaptionModel, images: torch.Tensor, *, max_len: int, mi
     """The most likely next token at each step, for a batch of normalised images [B,3,H,W]."""
     with _eval_mode(model):
         cfg = model.cfg
-        max_len = _check_lengths(model, max_len, min_len)
+        max_len, min_len = _check_lengths(model, max_len, min_len)
         memory = model.encode(images)  # [B,S,D]
         b = memory.shape[0]
         step = _Stepper(model, memory, repeat=1, capacity=max_len + 1, use_cache=use_cache)
@@ -81,7 +81,7 @@ def beam_search_with_scores(model: CaptionModel, images: torch.Tensor, *, beam_s
         raise ValueError(f"alpha must be >= 0 (the early-stopping bound relies on it), got {alpha}")
     with _eval_mode(model):
         cfg, k = model.cfg, beam_size
-        max_len = _check_lengths(model, max_len, min_len)
+        max_len, min_len = _check_lengths(model, max_len, min_len)
         memory = model.encode(images)
         b, device = memory.shape[0], memory.device
         step = _Stepper(model, memory, repeat=k, capacity=max_len + 1, use_cache=use_cache)
@@ -203,14 +203,15 @@ def _ban_repeated_ngrams(logp: torch.Tensor, tokens: torch.Tensor, n: int) -> No
             logp[row, list(banned)] = NEG_INF
 
 
-def _check_lengths(model: CaptionModel, max_len: int, min_len: int) -> int:
-    """max_len capped to what the model's positions allow (BOS + max_len tokens are fed)."""
+def _check_lengths(model: CaptionModel, max_len: int, min_len: int) -> tuple[int, int]:
+    """(max_len, min_len) as asked, capped to what the model's positions allow (BOS + max_len
+    tokens are fed)."""
     if max_len < 1:
         raise ValueError(f"max_len must be at least 1, got {max_len}")
-    max_len = min(max_len, model.cfg.max_len - 1)
     if not 0 <= min_len <= max_len:
         raise ValueError(f"min_len must be between 0 and max_len ({max_len}), got {min_len}")
-    return max_len
+    max_len = min(max_len, model.cfg.max_len - 1)
+    return max_len, min(min_len, max_len)
 
 
 def _caption_ids(row: list[int], eos_id: int) -> list[int]:
