@@ -18,10 +18,9 @@ from typing import Callable
 from eval.config import EvalSettings
 from eval.datasets import EvalSet
 from eval.external import java_metrics
-from eval.metrics import score_tokenized
+from eval.metrics import normalize_pairs, score_tokenized
 from eval.outputs import (PLOT_FILE, EvalResult, append_result, evaluation_dir, read_results,
                           write_json)
-from eval.ptb import normalize
 from eval.report import plot_history, write_report
 
 log = logging.getLogger(__name__)
@@ -71,8 +70,7 @@ def evaluate_checkpoint(cfg: EvalSettings, checkpoint: Path, evalset: EvalSet, d
 
 def _score(cfg: EvalSettings, result: EvalResult, predictions: dict[str, str],
            references: dict[str, list[str]]) -> dict[str, dict[str, float]]:
-    tokenized_preds = {k: normalize(v) for k, v in predictions.items()}
-    tokenized_refs = {k: [normalize(r) for r in refs] for k, refs in references.items()}
+    tokenized_preds, tokenized_refs = normalize_pairs(predictions, references)
     scores = score_tokenized(tokenized_preds, tokenized_refs)
     extra = java_metrics(tokenized_preds, tokenized_refs, meteor=cfg.meteor)
     result.scores = {**scores.corpus, **extra.scores}

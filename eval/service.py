@@ -19,8 +19,7 @@ from typing import Any
 from eval.config import EvalSettings
 from eval.datasets import EvalSetError, load_eval_set
 from eval.external import java_metrics
-from eval.metrics import ScoringError, score_tokenized
-from eval.ptb import normalize
+from eval.metrics import ScoringError, normalize_pairs, score_tokenized
 from streamcap.cliutil import error, print_json
 from streamcap.logs import instance_id, setup_logging
 from streamcap.settings import to_json
@@ -79,8 +78,7 @@ def run_score(cfg: EvalSettings, predictions_path: Path, references_path: Path, 
     try:
         predictions = _read_captions(predictions_path, list_values=False)
         references = _read_captions(references_path, list_values=True)
-        tokenized_preds = {k: normalize(v) for k, v in predictions.items()}
-        tokenized_refs = {k: [normalize(r) for r in v] for k, v in references.items()}
+        tokenized_preds, tokenized_refs = normalize_pairs(predictions, references)
         scores = score_tokenized(tokenized_preds, tokenized_refs)
     except (ScoringError, ValueError) as e:
         error(str(e))
