@@ -17,7 +17,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO, Callable
 
 import torch
 import torch.nn as nn
@@ -73,15 +73,17 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, tokenizer: WordPi
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
         "step": int(step), "run": str(run), "extra": dict(extra or {}),
     }
-    _atomic_torch_save(payload, Path(path))
+    atomic_write(Path(path), lambda f: torch.save(payload, f))
 
 
-def _atomic_torch_save(payload: dict, path: Path) -> None:
+def atomic_write(path: Path, write: Callable[[BinaryIO], object]) -> None:
+    """`write(file)` into a temporary file, fsync, rename to `path`, fsync the directory:
+    readers and crashes see the old file or the complete new one."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
-            torch.save(payload, f)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)

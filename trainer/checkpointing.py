@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import random
 import time
 from pathlib import Path
@@ -28,6 +27,7 @@ import redis
 import torch
 
 from streamcap import bus
+from streamcap.checkpoint import atomic_write
 from streamcap.records import CheckpointRecord
 
 STATE_VERSION = 1
@@ -44,9 +44,8 @@ def state_path(run_dir: Path, step: int) -> Path:
 
 
 def write_json_atomic(path: Path, obj: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    text = json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n"
+    atomic_write(path, lambda f: f.write(text.encode("utf-8")))
 
 
 def save_config(run_dir: Path, config: dict[str, Any]) -> Path:
@@ -56,9 +55,7 @@ def save_config(run_dir: Path, config: dict[str, Any]) -> Path:
 
 
 def save_train_state(path: Path, state: dict[str, Any]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save({"version": STATE_VERSION, **state}, tmp)
-    os.replace(tmp, path)
+    atomic_write(path, lambda f: torch.save({"version": STATE_VERSION, **state}, f))
 
 
 def mark_latest(run_dir: Path, step: int) -> None:

@@ -28,6 +28,7 @@ from PIL import Image
 from torchvision.io import ImageReadMode, decode_jpeg
 
 from streamcap.captions import process_caption
+from streamcap.model import IMAGE_MEAN, IMAGE_STD
 from streamcap.shardformat import Sample
 
 STORED_CAPTION = "caption"      # the processed caption the downloader wrote (<key>.txt)
@@ -123,3 +124,18 @@ def collate(images: list[np.ndarray], token_lists: list[list[int]], pad_id: int)
     for i, ids in enumerate(token_lists):
         tokens[i, : len(ids)] = torch.tensor(ids, dtype=torch.long)
     return batch, tokens
+
+
+class ImageNormalizer:
+    """uint8 image batches [B,3,S,S] -> float, ImageNet-normalised, on `device`.
+
+    The mean and std live on the device once: built per step, their host-to-device copy
+    would make the CPU wait for the GPU every step.
+    """
+
+    def __init__(self, device: torch.device) -> None:
+        self.mean = torch.tensor(IMAGE_MEAN, device=device).view(1, 3, 1, 1)
+        self.std = torch.tensor(IMAGE_STD, device=device).view(1, 3, 1, 1)
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        return images.to(self.mean.device, non_blocking=True).float().div_(255).sub_(self.mean).div_(self.std)

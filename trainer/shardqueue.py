@@ -174,14 +174,15 @@ class ShardQueue:
             self._call("touching held shards", lambda: self.r.xclaim(
                 self.keys.shards, self.group, self.consumer, 0, entry_ids, justid=True))
 
-    def replay_candidates(self) -> list[str]:
-        """Shards this run has read at least once and gc has not deleted, sorted by name."""
+    def replay_candidates(self, also_read: set[str] = frozenset()) -> list[str]:
+        """Shards this run has read at least once (Redis's count, plus `also_read` not yet
+        counted there) and gc has not deleted, sorted by name."""
         def fetch() -> list[str]:
             pipe = self.r.pipeline(transaction=False)
             pipe.hkeys(self.keys.shard_reads(self.run))
             pipe.smembers(self.keys.shards_deleted)
             read, deleted = pipe.execute()
-            return sorted(name for name in set(read) - set(deleted) if plain_name(name))
+            return sorted(name for name in (set(read) | also_read) - set(deleted) if plain_name(name))
 
         return self._call("listing shards to replay", fetch)
 

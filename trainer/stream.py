@@ -118,8 +118,7 @@ class SampleStream:
     def start(self) -> None:
         """Join the group and queue the fresh shards this consumer name still holds."""
         self.queue.ensure_group()
-        known = {s.claim.entry_id for s in self.open.values() if s.claim.fresh} | {c.entry_id for c in self.queued}
-        self.queued += [c for c in self.queue.own_pending() if c.entry_id not in known]
+        self.queued += self._pending_not_held()
         self._started = True
 
     def next_sample(self) -> tuple[Sample, ShardClaim]:
@@ -253,8 +252,7 @@ class SampleStream:
             return fresh
         if not dry:
             self._dry_until = time.monotonic() + DRY_RECHECK_S
-        known = set(self.queue.replay_candidates()) | (self._read_here - self._deleted_here())
-        candidates = sorted(known - self._unusable)
+        candidates = [name for name in self.queue.replay_candidates(self._read_here) if name not in self._unusable]
         if candidates:
             name = candidates[int(self.rng.integers(len(candidates)))]
             return ShardClaim(name=name, samples=-1, fresh=False)
@@ -291,6 +289,11 @@ class SampleStream:
             self.finished.append(FinishedShard(shard.claim, samples=shard.read, missing=shard.missing))
             del self.open[slot]
 
+    def _pending_not_held(self) -> list[ShardClaim]:
+        """Fresh shards pending under this consumer name that are neither open nor queued here."""
+        held = {s.claim.entry_id for s in self.open.values() if s.claim.fresh} | {c.entry_id for c in self.queued}
+        return [c for c in self.queue.own_pending() if c.entry_id not in held]
+
     def _strays(self) -> list[ShardClaim]:
         """Fresh shards pending under this consumer name that this worker never took.
 
@@ -298,15 +301,11 @@ class SampleStream:
         seconds and claim shards under the same consumer name after `start()` listed them.
         Nobody else would ever read or acknowledge those: adopt them.
         """
-        mine = {s.claim.entry_id for s in self.open.values() if s.claim.fresh} | {c.entry_id for c in self.queued}
-        strays = [c for c in self.queue.own_pending() if c.entry_id not in mine and c.name not in self._read_here]
+        strays = [c for c in self._pending_not_held() if c.name not in self._read_here]
         if strays:
             log.info("%s adopted %d shard(s) claimed under its name by an earlier incarnation",
                      self.queue.consumer, len(strays))
         return strays
-
-    def _deleted_here(self) -> set[str]:
-        return {name for name in self._read_here if self.queue.is_deleted(name)} if self._read_here else set()
 
     def _touch_held(self) -> None:
         now = time.monotonic()

@@ -17,7 +17,6 @@ from typing import Any
 import torch
 
 from streamcap.decoding import greedy_decode
-from streamcap.model import IMAGE_MEAN, IMAGE_STD
 from trainer import distributed
 from trainer.consumption import Consumption
 from trainer.monitor import RunMonitor
@@ -117,10 +116,6 @@ def _gpu_metrics(device: torch.device) -> dict[str, float]:
 
 def caption_samples(state: Any, batch: Any, count: int = SAMPLE_IMAGES) -> tuple[torch.Tensor, list[str], list[str]]:
     """Greedy captions of the first images of a batch, with their reference captions."""
-    device = state.info.device
-    mean = torch.tensor(IMAGE_MEAN, device=device).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGE_STD, device=device).view(1, 3, 1, 1)
     images = batch.images[:count]
-    normalised = images.to(device).float().div(255).sub(mean).div(std)  # [N,3,S,S]
-    ids = greedy_decode(state.model, normalised, max_len=state.model.cfg.max_len - 1)
+    ids = greedy_decode(state.model, state.normalize(images), max_len=state.model.cfg.max_len - 1)
     return images, [state.tokenizer.decode(x) for x in ids], batch.captions[:count]

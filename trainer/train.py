@@ -27,7 +27,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from streamcap import bus
 from streamcap.checkpoint import load_checkpoint, save_checkpoint
 from streamcap.logs import setup_logging
-from streamcap.model import IMAGE_MEAN, IMAGE_STD, CaptionModel, ModelConfig, format_parameter_counts
+from streamcap.model import CaptionModel, ModelConfig, format_parameter_counts
 from streamcap.settings import ConfigError, to_json
 from streamcap.tokenizer import VocabError, WordPieceTokenizer
 from trainer import checkpointing as ckpt
@@ -39,7 +39,7 @@ from trainer.dataset import LoaderSpec, ShardStreamDataset, make_loader, next_ba
 from trainer.losses import caption_loss
 from trainer.metrics import MetricsSink
 from trainer.monitor import RunMonitor
-from trainer.samples import CaptionChoice
+from trainer.samples import CaptionChoice, ImageNormalizer
 from trainer.schedule import make_scheduler
 from trainer.shardqueue import FinishedShard, ReadLedger
 from trainer.signals import StopRequested, StopSignal
@@ -61,6 +61,7 @@ class Run:
     scheduler: Any
     step: int
     resumed: dict[str, Any] | None
+    normalize: ImageNormalizer  # uint8 batch -> model input on the run's device
     ddp: torch.nn.Module | None = None
     sink: MetricsSink = field(default_factory=MetricsSink.disabled)
     while_waiting: Callable[[], None] = lambda: None  # heartbeats while no batch comes
@@ -127,7 +128,7 @@ def _setup(cfg: TrainerSettings, info: distributed.DistInfo, r: Any, tokenizer: 
     optimizer = torch.optim.Adam(model.param_groups(cfg.lr, cfg.encoder_lr), lr=cfg.lr, fused=cuda)
     scheduler = make_scheduler(optimizer, cfg.warmup_steps)
     state = Run(cfg=cfg, info=info, r=r, tokenizer=tokenizer, model=model, optimizer=optimizer,
-                scheduler=scheduler, step=step, resumed=resumed)
+                scheduler=scheduler, step=step, resumed=resumed, normalize=ImageNormalizer(info.device))
     if resumed:
         optimizer.load_state_dict(resumed["optimizer"])
         scheduler.load_state_dict(resumed["scheduler"])
@@ -244,8 +245,6 @@ def _train(state: Run) -> int:
 def _optimizer_step(state: Run, batches, tracker: Consumption, stop: StopSignal) -> dict[str, Any]:
     """One optimizer step over --grad-accum micro-batches; returns the loss terms (tensors)."""
     cfg, info, ddp = state.cfg, state.info, state.ddp
-    mean = torch.tensor(IMAGE_MEAN, device=info.device).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGE_STD, device=info.device).view(1, 3, 1, 1)
     autocast = torch.autocast(info.device.type, dtype=torch.bfloat16) if _bf16(cfg, info) else contextlib.nullcontext()
     sums = {"loss": 0.0, "loss/ce": 0.0, "loss/eos": 0.0}
     state.optimizer.zero_grad(set_to_none=True)
@@ -253,7 +252,7 @@ def _optimizer_step(state: Run, batches, tracker: Consumption, stop: StopSignal)
         started = time.perf_counter()
         batch = _wait_for_batch(state, batches, stop)
         tracker.consume(batch, state.step, time.perf_counter() - started)
-        images = batch.images.to(info.device, non_blocking=True).float().div_(255).sub_(mean).div_(std)  # [B,3,S,S]
+        images = state.normalize(batch.images)  # [B,3,S,S]
         if info.device.type == "cuda":
             images = images.contiguous(memory_format=torch.channels_last)
         tokens = batch.tokens.to(info.device, non_blocking=True)  # [B,T]
@@ -316,6 +315,8 @@ def _checkpoint(state: Run, tracker: Consumption, aug_level: float) -> None:
         _save(state, ranks, aug_level)
     distributed.broadcast(info, state.step)  # every rank waits until the checkpoint is on disk
     tracker.ledger.acknowledge()
+    if info.is_main:  # after the barrier: no rank waits for the chart
+        state.sink.plot()
 
 
 def _save(state: Run, ranks: list[dict[str, Any]], aug_level: float) -> None:
@@ -335,5 +336,4 @@ def _save(state: Run, ranks: list[dict[str, Any]], aug_level: float) -> None:
         ckpt.publish(state.r, cfg.keys, model_file, state.step, cfg.run)
     except Exception as e:  # Redis down: the evaluator finds it on the next one
         log.warning("could not announce checkpoint %s: %s", model_file.name, e)
-    state.sink.plot()
     log.info("checkpoint %s (step %d)", model_file, state.step)
