@@ -35,8 +35,8 @@ from shardwriter.commit import part_counters
 from streamcap.partqueue import PartQueue, read_part_queue
 from shardwriter.verify import check_shard
 from streamcap import bus
-from streamcap.records import PartRecord, PartStats, ShardRecord, source_slug
-from streamcap.shardformat import sample_key
+from streamcap.records import PartRecord, PartStats, ShardRecord
+from streamcap.shardformat import part_prefix, sample_key
 
 MAX_LISTED = 50  # per kind of discrepancy, so a broken run still prints a readable report
 
@@ -281,7 +281,7 @@ def _check_disk(shard_dir: Path, registered: list[tuple[str, ShardRecord]], stat
     part_by_prefix = {}
     for pid in states:
         source, _, index = pid.rpartition(":")
-        part_by_prefix[f"{source_slug(source)}-{int(index):06d}"] = pid
+        part_by_prefix[part_prefix(source, int(index))] = pid
     for path in registry.shard_files(shard_dir):
         if path.name in names:
             continue

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Iterator
 
 from shardwriter.tempfiles import TempOwner
-from streamcap.records import source_slug
+from streamcap.shardformat import part_prefix
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +43,7 @@ class PartLockBusy(RuntimeError):
 
 
 def lock_path(shard_dir: Path, source: str, part: int) -> Path:
-    return Path(shard_dir) / f"{LOCK_PREFIX}{source_slug(source)}-{part:06d}"
+    return Path(shard_dir) / f"{LOCK_PREFIX}{part_prefix(source, part)}"
 
 
 @contextmanager

@@ -115,17 +115,12 @@ def read_part_stats(path: Path, problems: list[str] | None = None) -> PartStats 
 
 def iter_registered(r: redis.Redis, keys: bus.Keys, batch: int = 1000) -> Iterator[tuple[str, ShardRecord]]:
     """The `shards` stream, oldest first, as (entry id, ShardRecord); foreign entries skipped."""
-    start = "-"
-    while True:
-        entries = r.xrange(keys.shards, min=start, max="+", count=batch)
+    for entries in bus.xrange_pages(r, keys.shards, batch):
         for entry_id, fields in entries:
             try:
                 yield entry_id, ShardRecord.from_message(bus.decode(fields))
             except (bus.MessageError, TypeError, KeyError) as e:
                 log.warning("skipping unreadable shards entry %s: %s", entry_id, e)
-        if len(entries) < batch:
-            return
-        start = "(" + entries[-1][0]
 
 
 def registered_shards(r: redis.Redis, keys: bus.Keys) -> list[tuple[str, ShardRecord]]:

@@ -26,6 +26,7 @@ import redis
 from shardwriter import registry, tempfiles
 from shardwriter.config import format_size
 from streamcap import bus
+from streamcap.shardformat import SHARD_SUFFIX
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +40,7 @@ def shard_bytes_on_disk(shard_dir: Path) -> int:
         with os.scandir(shard_dir) as entries:
             for entry in entries:
                 if entry.is_file(follow_symlinks=False) and (
-                    entry.name.endswith(".tar") or entry.name.startswith(tempfiles.TEMP_PREFIX)
+                    entry.name.endswith(SHARD_SUFFIX) or entry.name.startswith(tempfiles.TEMP_PREFIX)
                 ):
                     try:
                         total += entry.stat(follow_symlinks=False).st_size

@@ -32,8 +32,8 @@ from typing import Any, BinaryIO
 from shardwriter import faults, tempfiles
 from shardwriter.commit import CONFIRMED, PartClaim, confirm_claim
 from shardwriter.locks import part_lock
-from streamcap.records import FAILURE_REASONS, FailedRow, PartRecord, PartStats, ShardRecord, source_slug
-from streamcap.shardformat import IMAGE_EXTS, SHARD_SUFFIX, sample_key, shard_name, stats_name
+from streamcap.records import FAILURE_REASONS, FailedRow, PartRecord, PartStats, ShardRecord
+from streamcap.shardformat import IMAGE_EXTS, SHARD_SUFFIX, part_prefix, sample_key, shard_name, stats_name
 
 _BLOCK = tarfile.BLOCKSIZE
 _END_OF_ARCHIVE = b"\0" * (2 * _BLOCK)
@@ -84,7 +84,6 @@ class PartWriter:
         self.part, self.owner, self.claim = part, owner, claim
         self.max_samples, self.max_bytes, self.fsync = max_samples, max_bytes, fsync
         self.temp_stale_s = temp_stale_s
-        self._slug = source_slug(part.source)
         self._mtime = int(time.time())
         self._seen: set[int] = set()
         self._failures: list[FailedRow] = []
@@ -95,7 +94,7 @@ class PartWriter:
 
     def _sweep_crashed_attempts(self) -> None:
         """Temporary files of this part left by writers that are gone (a crashed earlier attempt)."""
-        prefix = f"{self._slug}-{self.part.part:06d}"
+        prefix = part_prefix(self.part.source, self.part.part)
         for path in tempfiles.temp_files(self.shard_dir):
             parsed = tempfiles.parse_temp_name(path.name)
             ours = parsed is not None and parsed[1].startswith((prefix + "-", prefix + "."))
@@ -242,7 +241,7 @@ class PartWriter:
 
     def _remove_stale_shards(self, keep: int) -> None:
         """Shards of an earlier attempt with a higher sequence than this one wrote."""
-        prefix = f"{self._slug}-{self.part.part:06d}-"
+        prefix = part_prefix(self.part.source, self.part.part) + "-"
         for path in self.shard_dir.glob(f"{prefix}*{SHARD_SUFFIX}"):
             seq = path.name[len(prefix):-len(SHARD_SUFFIX)]
             if seq.isdigit() and int(seq) >= keep:

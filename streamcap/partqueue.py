@@ -58,13 +58,7 @@ def _decode_parts(entries: list, problems: list[str], stream_name: str) -> list[
 
 
 def _xrange_all(r: redis.Redis, key: str) -> list:
-    out, start = [], "-"
-    while True:
-        batch = r.xrange(key, min=start, max="+", count=_BATCH)
-        out += batch
-        if len(batch) < _BATCH:
-            return out
-        start = "(" + batch[-1][0]
+    return [entry for page in bus.xrange_pages(r, key, _BATCH) for entry in page]
 
 
 def read_part_queue(r: redis.Redis, keys: bus.Keys, problems: list[str]) -> PartQueue:

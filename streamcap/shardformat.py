@@ -41,13 +41,18 @@ def sample_key(source: str, row: int) -> str:
     return f"{source_slug(source)}_{row:012d}"
 
 
+def part_prefix(source: str, part: int) -> str:
+    """What every file name of one part starts with: `<source slug>-<part, 6 digits>`."""
+    return f"{source_slug(source)}-{part:06d}"
+
+
 def shard_name(source: str, part: int, seq: int) -> str:
     """Deterministic name: a redelivered part overwrites its own shards instead of adding more."""
-    return f"{source_slug(source)}-{part:06d}-{seq:04d}{SHARD_SUFFIX}"
+    return f"{part_prefix(source, part)}-{seq:04d}{SHARD_SUFFIX}"
 
 
 def stats_name(source: str, part: int) -> str:
-    return f"{source_slug(source)}-{part:06d}{STATS_SUFFIX}"
+    return f"{part_prefix(source, part)}{STATS_SUFFIX}"
 
 
 def member_problem(info: tarfile.TarInfo, max_bytes: int = MAX_MEMBER_BYTES) -> str | None:

@@ -27,5 +27,5 @@ from streamcap.bus.schema import (  # noqa: F401
     STAT_SHARDS, STAT_SHARD_BYTES, Keys, MessageError, decode, encode,
 )
 from streamcap.bus.streams import (  # noqa: F401
-    claim_stale, delivery_count, ensure_group, group_info,
+    claim_stale, delivery_count, ensure_group, group_info, xrange_pages,
 )

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Iterator
 
 import redis
 from redis.exceptions import ResponseError
@@ -75,3 +75,14 @@ def group_info(r: redis.Redis, stream: str, group: str) -> dict[str, Any] | None
             return g
     return None
 
+
+
+def xrange_pages(r: redis.Redis, stream: str, page: int = 1000) -> Iterator[list[tuple[str, dict[str, str]]]]:
+    """The whole stream, oldest first, `page` entries per XRANGE round trip."""
+    start = "-"
+    while True:
+        entries = r.xrange(stream, min=start, max="+", count=page)
+        yield entries
+        if len(entries) < page:
+            return
+        start = "(" + entries[-1][0]
