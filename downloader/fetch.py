@@ -43,6 +43,7 @@ from downloader.config import USER_AGENT_TOKEN, DownloaderSettings
 from downloader.security import (
     AddressPolicy, BlockedAddressError, GuardedResolver, InvalidURLError, check_url, blocked_reason, guarded_socket_factory,
 )
+from streamcap.logs import first_line
 
 MAX_REDIRECTS = 3
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
@@ -249,11 +250,11 @@ class Fetcher:
             except aiohttp.ClientConnectorDNSError as e:
                 if (why := blocked_reason(e)) is not None:
                     raise _Final("blocked_address", why) from None
-                raise _Final("dns_error", f"cannot resolve {host}: {_first_line(e.os_error)}") from None
+                raise _Final("dns_error", f"cannot resolve {host}: {first_line(e.os_error, 200)}") from None
             except (aiohttp.ClientError, OSError) as e:
                 if (why := blocked_reason(e)) is not None:
                     raise _Final("blocked_address", why) from None
-                raise _Retryable("connect_error", f"{type(e).__name__}: {_first_line(e)}") from None
+                raise _Retryable("connect_error", f"{type(e).__name__}: {first_line(e, 200)}") from None
             finally:
                 self.in_flight -= 1
                 if result.data is not None and not result.holds_slot:
@@ -378,8 +379,3 @@ def _inflater(encoding: str) -> _Inflater | None:
 def _failed(result: FetchResult, reason: str, detail: str) -> FetchResult:
     result.data, result.reason, result.detail = None, reason, detail[:300]
     return result
-
-
-def _first_line(e: BaseException | None) -> str:
-    text = str(e).strip() if e is not None else ""
-    return (text or type(e).__name__).splitlines()[0][:200]

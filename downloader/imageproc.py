@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from PIL import Image, UnidentifiedImageError
 
 from downloader.config import DownloaderSettings
+from streamcap.logs import first_line
 
 # The formats a web image comes in; anything else Pillow could open (EPS, PSD, ...) is refused.
 ALLOWED_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF", "AVIF")
@@ -112,14 +113,14 @@ def process_image(data: bytes, opts: ImageOptions) -> ProcessedImage | Rejection
                 return Rejection("decode_error", "image header is broken")
             return Rejection("not_an_image", f"unknown content starting {data[:16]!r}")
         except _DECODE_ERRORS as e:
-            return Rejection("decode_error", _short(e))
+            return Rejection("decode_error", first_line(e, 200))
         try:
             with im:
                 return _process_open(im, opts, sha256)
         except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
             return _bomb(e, opts)
         except _DECODE_ERRORS as e:
-            return Rejection("decode_error", _short(e))
+            return Rejection("decode_error", first_line(e, 200))
 
 
 def _bomb(e: BaseException, opts: ImageOptions) -> Rejection:
@@ -127,7 +128,7 @@ def _bomb(e: BaseException, opts: ImageOptions) -> Rejection:
     say which setting the image is over instead."""
     pixels = re.search(r"\((\d+) pixels\)", str(e))
     if pixels is None:
-        return Rejection("decompression_bomb", _short(e))
+        return Rejection("decompression_bomb", first_line(e, 200))
     return Rejection("decompression_bomb", f"{pixels[1]} pixels > --max-pixels {opts.max_pixels}")
 
 
@@ -245,8 +246,3 @@ def _encode(im: Image.Image, opts: ImageOptions) -> tuple[bytes, str]:
     else:
         im.save(buf, "JPEG", quality=opts.quality)
     return buf.getvalue(), opts.image_format
-
-
-def _short(e: BaseException) -> str:
-    text = str(e).strip() or type(e).__name__
-    return text.splitlines()[0][:200]

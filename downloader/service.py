@@ -60,7 +60,7 @@ from shardwriter.commit import COMMITTED, PartClaim, commit_part
 from shardwriter.retention import disk_pressure
 from shardwriter.writer import PartSuperseded
 from streamcap import __version__, bus
-from streamcap.logs import instance_id, setup_logging
+from streamcap.logs import first_line, instance_id, setup_logging
 from streamcap.records import PartRecord, SourceRecord
 from streamcap.settings import to_json
 
@@ -206,7 +206,7 @@ class Worker:
             stop.cancel()
 
     async def _wait_for_redis(self, e: BaseException) -> None:
-        log.warning("Redis unreachable (%s); waiting for it", str(e).splitlines()[0] if str(e) else type(e).__name__)
+        log.warning("Redis unreachable (%s); waiting for it", first_line(e))
         previous, self.state = self.state, "waiting_for_redis"
         await asyncio.to_thread(lambda: bus.wait_for_redis(self.r, keys=self.keys, who=f"downloader {self.consumer}"))
         await asyncio.to_thread(self.queue.ensure_group)  # Redis may have come back empty
@@ -349,7 +349,7 @@ class Worker:
             except _REDIS_DOWN:
                 pass  # the claim loop waits for Redis; renewals resume when it is back
             except redis.ResponseError as e:  # never let one odd reply end the renewals for good
-                log.warning("keep-alive or heartbeat refused by Redis: %s", str(e).splitlines()[0])
+                log.warning("keep-alive or heartbeat refused by Redis: %s", first_line(e))
             await asyncio.sleep(min(keepalive_every, HEARTBEAT_EVERY_S) / 2)
 
     async def _keepalive(self) -> None:

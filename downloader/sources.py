@@ -23,6 +23,8 @@ from functools import cached_property, partial
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+from streamcap.logs import first_line
+
 FORMATS = {".parquet": "parquet", ".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".ndjson": "jsonl"}
 # Read this many lines to learn a jsonl source's columns.
 _JSONL_SCHEMA_LINES = 100
@@ -106,7 +108,7 @@ class ParquetSource(Source):
             try:
                 metas.append(pq.ParquetFile(path).metadata)
             except Exception as e:  # pyarrow raises several types for a bad file
-                raise SourceError(f"{path}: not a readable parquet file ({_one_line(e)})") from None
+                raise SourceError(f"{path}: not a readable parquet file ({first_line(e)})") from None
         return metas
 
     @property
@@ -135,7 +137,7 @@ class ParquetSource(Source):
             try:
                 table = pq.ParquetFile(path).read_row_groups(groups, columns=columns)
             except Exception as e:
-                raise SourceError(f"{path}: cannot read rows {start}..{end} ({_one_line(e)})") from None
+                raise SourceError(f"{path}: cannot read rows {start}..{end} ({first_line(e)})") from None
             lo = max(start, first) - first
             table = table.slice(lo, min(end, first + table.num_rows) - first - lo)
             for c in columns:
@@ -200,7 +202,7 @@ class TextSource(Source):
             except StopIteration:
                 return
             except Exception as e:
-                raise SourceError(f"{path}: not a readable {self.format} file ({_one_line(e)})") from None
+                raise SourceError(f"{path}: not a readable {self.format} file ({first_line(e)})") from None
             yield record_batch.num_rows, partial(_take_columns, record_batch, columns)
 
     def _csv_reader(self, path: Path, columns: list[str] | None) -> Any:
@@ -221,7 +223,7 @@ class TextSource(Source):
                 convert_options=convert,
             )
         except Exception as e:
-            raise SourceError(f"{path}: not a readable {self.format} file ({_one_line(e)})") from None
+            raise SourceError(f"{path}: not a readable {self.format} file ({first_line(e)})") from None
 
     @staticmethod
     def _iter_jsonl(path: Path) -> Iterator[dict[str, Any]]:
@@ -252,8 +254,3 @@ def _checked(out: dict[str, list[Any]], columns: list[str], start: int, end: int
     if got != end - start:
         raise SourceError(f"{uri}: rows {start}..{end} requested, only {got} exist (did the source change?)")
     return out
-
-
-def _one_line(e: Exception) -> str:
-    text = str(e).strip() or type(e).__name__
-    return text.splitlines()[0]

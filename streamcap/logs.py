@@ -17,6 +17,13 @@ import time
 _FORMAT = "%(asctime)s %(levelname)-5s %(role)s/%(instance)s %(name)s: %(message)s"
 
 
+def first_line(e: BaseException | None, limit: int | None = None) -> str:
+    """An exception as one line for a log or a failure reason: its message's first line (at
+    most `limit` characters), or its type's name when the message is empty."""
+    text = str(e).strip() if e is not None else ""
+    return (text or type(e).__name__).splitlines()[0][:limit]
+
+
 def instance_id() -> str:
     """Stable id of this process for logs and heartbeats: host name and pid."""
     return f"{socket.gethostname()}-{os.getpid()}"

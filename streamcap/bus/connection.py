@@ -16,6 +16,7 @@ from redis.exceptions import BusyLoadingError
 from redis.retry import Retry
 
 from streamcap.bus.schema import CONTROL_LAST_OUTAGE, SOCKET_TIMEOUT_S, STAT_REDIS_RECONNECTS, Keys
+from streamcap.logs import first_line
 
 log = logging.getLogger("streamcap.bus")
 
@@ -118,7 +119,7 @@ def ping(r: redis.Redis) -> None:
     try:
         r.ping()
     except (redis.ConnectionError, redis.TimeoutError, BusyLoadingError) as e:
-        raise RedisUnavailable(f"cannot reach Redis at {describe_url(r)}: {_reason(e)}") from None
+        raise RedisUnavailable(f"cannot reach Redis at {describe_url(r)}: {first_line(e)}") from None
     except redis.AuthenticationError as e:
         raise RedisUnavailable(f"Redis at {describe_url(r)} refused the password: {e}") from None
 
@@ -181,8 +182,3 @@ def record_outage(r: redis.Redis, keys: "Keys", seconds: float, who: str) -> Non
         pipe.execute()
     except (redis.ConnectionError, redis.TimeoutError):  # gone again: the next wait records it
         pass
-
-
-def _reason(e: Exception) -> str:
-    text = str(e).strip() or type(e).__name__
-    return text.splitlines()[0]
