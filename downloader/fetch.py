@@ -129,14 +129,14 @@ class Fetcher:
         self._global = asyncio.Semaphore(cfg.concurrency)
         self._hosts: dict[str, list] = {}   # host -> [semaphore, users]
         self.in_flight = 0                    # requests on the network now
-        self.held = 0                         # global slots taken: requests + bodies not yet processed
         self.waiting = 0                      # requests whose host is free, waiting for a global slot
         self.wire_bytes = 0                   # bytes received since start
 
     @property
     def saturated(self) -> bool:
-        """Every global slot is busy or spoken for: more rows would only queue."""
-        return self.waiting > 0 or self.held >= self.cfg.concurrency
+        """Every global slot is busy or spoken for: more rows would only queue. A slot is held
+        by a request, or by a fetched body until its row is processed (`fetch_held`)."""
+        return self.waiting > 0 or self._global.locked()
 
     async def __aenter__(self) -> "Fetcher":
         cfg = self.cfg
@@ -176,7 +176,6 @@ class Fetcher:
         finally:
             if result.holds_slot:
                 result.holds_slot = False
-                self.held -= 1
                 self._global.release()
 
     async def _fetch(self, url: str | None) -> FetchResult:
@@ -236,7 +235,6 @@ class Fetcher:
             finally:
                 self.waiting -= 1
             self.in_flight += 1
-            self.held += 1
             try:
                 return await self._exchange(url, remaining, result)
             except (_Final, _Retryable):
@@ -260,7 +258,6 @@ class Fetcher:
                 if result.data is not None and not result.holds_slot:
                     result.holds_slot = True   # released by fetch_held once the body is processed
                 else:
-                    self.held -= 1
                     self._global.release()
 
     async def _exchange(self, url: URL, remaining: float, result: FetchResult) -> URL | None:

@@ -67,8 +67,6 @@ class PartRunner:
 
     def __init__(self, cfg: DownloaderSettings, fetcher: Fetcher, pool: ImagePool, stats: LiveStats, owner: str) -> None:
         self.cfg, self.fetcher, self.pool, self.stats, self.owner = cfg, fetcher, pool, stats, owner
-        self.rows_open = 0               # rows of running parts not finished yet
-        self.rows_undispatched = 0       # rows of running parts not yet handed to the fetcher
         self._sources: dict[str, Source] = {}
         self._progress: dict[int, _Progress] = {}
 
@@ -76,15 +74,20 @@ class PartRunner:
         """Count a claimed part's rows as open at once, before its task first runs, so the
         worker does not claim more parts on the strength of counters that lag behind."""
         self._progress[id(part)] = _Progress(rows=part.rows)  # by identity: a duplicate delivery is its own
-        self.rows_open += part.rows
-        self.rows_undispatched += part.rows
 
     def forget(self, part: PartRecord) -> None:
         """The part's task ended (done, failed or cancelled, even before it started)."""
-        progress = self._progress.pop(id(part), None)
-        if progress is not None:
-            self.rows_open -= progress.rows - progress.finished
-            self.rows_undispatched -= progress.rows - progress.dispatched
+        self._progress.pop(id(part), None)
+
+    @property
+    def rows_open(self) -> int:
+        """Rows of running parts not finished yet."""
+        return sum(p.rows - p.finished for p in self._progress.values())
+
+    @property
+    def rows_undispatched(self) -> int:
+        """Rows of running parts not yet handed to the fetcher."""
+        return sum(p.rows - p.dispatched for p in self._progress.values())
 
     async def run(self, part: PartRecord, source: SourceRecord, claim: PartClaim | None) -> PartStats:
         """Process every row of an admitted `part`; returns the writer's stats, not committed."""
@@ -110,10 +113,8 @@ class PartRunner:
     async def _row(self, writer: PartWriter, row: int, rows: dict[str, list[Any]], i: int,
                    source: SourceRecord, progress: _Progress) -> None:
         progress.dispatched += 1
-        self.rows_undispatched -= 1
         reason = await self._row_outcome(writer, row, rows, i, source, progress)
         progress.finished += 1
-        self.rows_open -= 1
         self.stats.row_done(reason)
 
     async def _row_outcome(self, writer: PartWriter, row: int, rows: dict[str, list[Any]], i: int,
