@@ -20,6 +20,7 @@ from PIL import Image, UnidentifiedImageError
 from eval.config import EvalSettings
 from eval.datasets import EvalImage, EvalSet, EvalSetError
 from streamcap.checkpoint import LoadedCheckpoint
+from streamcap import inference
 from streamcap.decoding import beam_search
 from streamcap.model import image_transform
 from streamcap.settings import fail
@@ -31,11 +32,9 @@ Progress = Callable[[int, int], None]
 
 def pick_device(cfg: EvalSettings) -> torch.device:
     """`auto`: the first GPU when one is usable, else the CPU."""
-    if cfg.device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if cfg.device == "cuda" and not torch.cuda.is_available():
         fail(cfg, "device", "auto or cpu: no CUDA device is available here", cfg.device)
-    return torch.device(cfg.device)
+    return inference.pick_device(cfg.device)
 
 
 def caption_set(ckpt: LoadedCheckpoint, evalset: EvalSet, cfg: EvalSettings, device: torch.device,
