@@ -37,9 +37,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from shardwriter.audit import AuditReport, audit  # noqa: E402
+from streamcap.shardwriter.audit import AuditReport, audit  # noqa: E402
 from streamcap import bus  # noqa: E402
-from streamcap.embedded_redis import EmbeddedRedis  # noqa: E402
+from streamcap.bus.embedded import EmbeddedRedis  # noqa: E402
 from tests.chaos_support import (  # noqa: E402
     CAPTION, Fleet, RedisProxy, enqueue_rows, image_server, paced_rows,
 )

@@ -1,4 +1,4 @@
-"""Beam-search decoding with and without the KV cache (streamcap.decoding), on CPU by default.
+"""Beam-search decoding with and without the KV cache (streamcap.model.decoding), on CPU by default.
 
     .venv/bin/python benchmarks/decode.py                          # base preset, 8 images, beam 5, 20 tokens
     .venv/bin/python benchmarks/decode.py --preset tiny --images 32
@@ -23,8 +23,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from streamcap.decoding import beam_search_with_scores  # noqa: E402
-from streamcap.model import CaptionModel, ModelConfig, format_parameter_counts  # noqa: E402
+from streamcap.model.decoding import beam_search_with_scores  # noqa: E402
+from streamcap.model.caption_model import CaptionModel, ModelConfig, format_parameter_counts  # noqa: E402
 
 
 def timed(fn, device: torch.device, repeats: int):

@@ -37,7 +37,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from streamcap.embedded_redis import EmbeddedRedis, free_port  # noqa: E402
+from streamcap.bus.embedded import EmbeddedRedis, free_port  # noqa: E402
 
 IMAGES_VERSION = "v3"
 LATENCY_S = 0.1
@@ -257,7 +257,7 @@ def run_img2dataset(exe: Path, parquet: Path, work: Path, threads: int) -> dict:
 
 def cpu_floor(image_paths: list[Path], rows: int) -> tuple[float, int]:
     """(images/s, images) of decode + resize + encode alone for the rows that are images."""
-    from downloader.imageproc import ImageOptions, ProcessedImage, process_image
+    from streamcap.downloader.imageproc import ImageOptions, ProcessedImage, process_image
 
     data = [image_paths[row % len(image_paths)].read_bytes() for row in range(rows) if row_kind(row) == "image"]
     opts = ImageOptions(image_size=256, resize_mode="keep_ratio", quality=95, min_size=0, max_aspect_ratio=0)

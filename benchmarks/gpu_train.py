@@ -5,7 +5,7 @@
 
 Needs no network: it renders demo-world images into WebDataset shards (all CPU cores), starts
 the embedded redis-server, registers the shards, builds a vocabulary from their captions and
-runs `torchrun --standalone --nproc-per-node N -m trainer` with bf16 autocast on the GPU. Then
+runs `torchrun --standalone --nproc-per-node N -m streamcap.trainer` with bf16 autocast on the GPU. Then
 it times the training step alone on a fixed batch already on the GPU (the GPU's own rate, what
 `benchmarks/loader.py --gpu-steps-per-s` takes) and counts the model's FLOPs per sample with
 torch's FlopCounterMode, for the model FLOP utilisation (MFU) against --peak-tflops (H200 bf16
@@ -31,9 +31,9 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
 from streamcap import bus  # noqa: E402
-from streamcap.embedded_redis import EmbeddedRedis  # noqa: E402
-from trainer.metrics import read_metrics  # noqa: E402
-from trainer.synthetic import demo_samples, demo_tokenizer, register_shard, write_shard  # noqa: E402
+from streamcap.bus.embedded import EmbeddedRedis  # noqa: E402
+from streamcap.trainer.metrics import read_metrics  # noqa: E402
+from streamcap.trainer.synthetic import demo_samples, demo_tokenizer, register_shard, write_shard  # noqa: E402
 
 
 def options() -> argparse.Namespace:
@@ -89,7 +89,7 @@ def train(root: Path, url: str, vocab: Path, a: argparse.Namespace) -> float:
         "--warmup-steps": 100, "--aug-ramp-steps": a.steps // 2, "--fresh-wait-ms": 500,
     }
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={a.nproc}",
-           "-m", "trainer", "--no-pretrained", *[str(x) for kv in args.items() for x in kv]]
+           "-m", "streamcap.trainer", "--no-pretrained", *[str(x) for kv in args.items() for x in kv]]
     env = os.environ | {"WANDB_MODE": "disabled", "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "4"}
     started = time.perf_counter()
     subprocess.run(cmd, cwd=ROOT, env=env, check=True)
@@ -101,9 +101,9 @@ def model_rates(vocab: Path, a: argparse.Namespace, seq_len: int) -> dict[str, f
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
-    from streamcap.model import CaptionModel, ModelConfig
-    from streamcap.tokenizer import WordPieceTokenizer
-    from trainer.losses import caption_loss
+    from streamcap.model.caption_model import CaptionModel, ModelConfig
+    from streamcap.text.tokenizer import WordPieceTokenizer
+    from streamcap.trainer.losses import caption_loss
 
     device = torch.device(a.device)
     tok = WordPieceTokenizer.from_file(vocab)

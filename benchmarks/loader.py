@@ -35,11 +35,11 @@ import webdataset as wds  # noqa: E402
 from torch.utils.data import DataLoader  # noqa: E402
 
 from streamcap import bus  # noqa: E402
-from streamcap.embedded_redis import EmbeddedRedis  # noqa: E402
-from trainer.augment import Augmenter, SharedLevel  # noqa: E402
-from trainer.dataset import LoaderSpec, ShardStreamDataset, make_loader  # noqa: E402
-from trainer.samples import collate, decode_image, encode_caption  # noqa: E402
-from trainer.synthetic import demo_samples, demo_tokenizer, register_shard, write_shard  # noqa: E402
+from streamcap.bus.embedded import EmbeddedRedis  # noqa: E402
+from streamcap.trainer.augment import Augmenter, SharedLevel  # noqa: E402
+from streamcap.trainer.dataset import LoaderSpec, ShardStreamDataset, make_loader  # noqa: E402
+from streamcap.trainer.samples import collate, decode_image, encode_caption  # noqa: E402
+from streamcap.trainer.synthetic import demo_samples, demo_tokenizer, register_shard, write_shard  # noqa: E402
 
 
 class WebdatasetWork:
@@ -79,8 +79,8 @@ def flops_per_sample(preset: str, image_size: int, seq_len: int = 24) -> float:
     """Forward + backward FLOPs of one sample, counted on the meta device (nothing computed)."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    from streamcap.model import CaptionModel, ModelConfig
-    from trainer.losses import caption_loss
+    from streamcap.model.caption_model import CaptionModel, ModelConfig
+    from streamcap.trainer.losses import caption_loss
 
     cfg = ModelConfig.from_preset(preset, pretrained=False, image_size=image_size)
     with torch.device("meta"):

@@ -12,10 +12,10 @@ from typing import Annotated, Optional
 
 import typer
 
-from downloader.config import DownloaderSettings as D
-from downloader.config import EnqueueSettings as E
-from streamcap.cliutil import LogLevel, Namespace, RedisUrl, ShardDir, option
-from streamcap.settings import build
+from streamcap.downloader.config import DownloaderSettings as D
+from streamcap.downloader.config import EnqueueSettings as E
+from streamcap.common.commands import LogLevel, Namespace, RedisUrl, ShardDir, option
+from streamcap.common.settings import build
 
 
 def enqueue_command(
@@ -31,7 +31,7 @@ def enqueue_command(
     log_level: LogLevel = None,
 ) -> int:
     """Split a URL list into parts for the downloaders (once: enqueueing it again adds nothing)."""
-    from downloader import enqueue
+    from streamcap.downloader import enqueue
 
     cfg = build(E, url_col=url_col, caption_col=caption_col, part_size=part_size, limit=limit, name=name,
                 redis_url=redis_url, namespace=namespace, shard_dir=shard_dir, log_level=log_level)
@@ -76,7 +76,7 @@ def download_command(
 ) -> int:
     """Run the downloader service: claim parts, fetch and process their images, write shards."""
     cfg = build(D, **locals())
-    from downloader import service
+    from streamcap.downloader import service
 
     return service.run(cfg)
 

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from shardwriter.config import ShardWriterSettings
+from streamcap.shardwriter.config import ShardWriterSettings
 from streamcap import __version__
-from streamcap.settings import CommonSettings, at_least, between, fail, one_of, optional, setting
+from streamcap.common.settings import CommonSettings, at_least, between, fail, one_of, optional, setting
 
 RESIZE_MODES = ("keep_ratio", "center_crop", "border", "no")
 IMAGE_FORMATS = ("jpg", "webp")
@@ -63,7 +63,7 @@ class EnqueueSettings(CommonSettings):
     )
 
     def validate(self) -> None:
-        from streamcap.records import source_slug
+        from streamcap.formats.records import source_slug
 
         if self.name is not None:
             try:

@@ -3,7 +3,7 @@
     async with Fetcher(cfg) as fetcher:
         result = await fetcher.fetch("https://example.com/cat.jpg")
         result.data            # the body (decoded, at most --max-bytes), or None
-        result.reason          # a streamcap.records.FAILURE_REASONS entry when data is None
+        result.reason          # a streamcap.formats.records.FAILURE_REASONS entry when data is None
 
         async with fetcher.fetch_held(url) as result:     # the slot stays taken until the body
             await process(result.data)                    # is processed: memory stays bounded
@@ -39,11 +39,11 @@ import aiohttp
 from aiohttp.abc import AbstractResolver
 from yarl import URL
 
-from downloader.config import USER_AGENT_TOKEN, DownloaderSettings
-from downloader.security import (
+from streamcap.downloader.config import USER_AGENT_TOKEN, DownloaderSettings
+from streamcap.downloader.security import (
     AddressPolicy, BlockedAddressError, GuardedResolver, InvalidURLError, check_url, blocked_reason, guarded_socket_factory,
 )
-from streamcap.logs import first_line
+from streamcap.common.logs import first_line
 
 MAX_REDIRECTS = 3
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})

@@ -41,8 +41,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
-from downloader.imageproc import ImageOptions, ProcessedImage, Rejection, process_image
-from shardwriter import faults
+from streamcap.downloader.imageproc import ImageOptions, ProcessedImage, Rejection, process_image
+from streamcap.shardwriter import faults
 
 log = logging.getLogger(__name__)
 

@@ -27,8 +27,8 @@ from dataclasses import dataclass
 
 from PIL import Image, UnidentifiedImageError
 
-from downloader.config import DownloaderSettings
-from streamcap.logs import first_line
+from streamcap.downloader.config import DownloaderSettings
+from streamcap.common.logs import first_line
 
 # The formats a web image comes in; anything else Pillow could open (EPS, PSD, ...) is refused.
 ALLOWED_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF", "AVIF")
@@ -88,7 +88,7 @@ class ProcessedImage:
 
 @dataclass(frozen=True)
 class Rejection:
-    reason: str          # one of streamcap.records.FAILURE_REASONS
+    reason: str          # one of streamcap.formats.records.FAILURE_REASONS
     detail: str = ""
 
 

@@ -6,7 +6,7 @@
     commit_part(r, keys, part_stats, entry_id, consumer=...) # the caller commits
 
 Every row of the part ends as exactly one `writer.add` (a sample) or one `writer.fail` (a
-reason from streamcap.records.FAILURE_REASONS); rows with an empty or malformed URL are not
+reason from streamcap.formats.records.FAILURE_REASONS); rows with an empty or malformed URL are not
 dropped but recorded as `invalid_url`. All rows of a part run concurrently; the fetcher's
 global and per-host limits decide how many are on the network at once, and a downloaded body
 keeps its fetch slot until its image is processed (`Fetcher.fetch_held`).
@@ -25,18 +25,18 @@ import errno
 from dataclasses import dataclass
 from typing import Any
 
-from downloader.config import DownloaderSettings
-from downloader.fetch import Fetcher
-from downloader.imagepool import ImagePool
-from downloader.imageproc import Rejection
-from downloader.livestats import LiveStats
-from downloader.security import InvalidURLError, check_url
-from downloader.sources import Source, open_source
-from shardwriter import faults
-from shardwriter.commit import PartClaim
-from shardwriter.writer import PartWriter
-from streamcap.captions import process_caption
-from streamcap.records import PartRecord, PartStats, SourceRecord
+from streamcap.downloader.config import DownloaderSettings
+from streamcap.downloader.fetch import Fetcher
+from streamcap.downloader.imagepool import ImagePool
+from streamcap.downloader.imageproc import Rejection
+from streamcap.downloader.livestats import LiveStats
+from streamcap.downloader.security import InvalidURLError, check_url
+from streamcap.downloader.sources import Source, open_source
+from streamcap.shardwriter import faults
+from streamcap.shardwriter.commit import PartClaim
+from streamcap.shardwriter.writer import PartWriter
+from streamcap.text.captions import process_caption
+from streamcap.formats.records import PartRecord, PartStats, SourceRecord
 
 # Fault point (STREAMCAP_FAULT=after_fetch): every row fetched and processed, nothing finalized.
 FAULT_AFTER_FETCH = "after_fetch"

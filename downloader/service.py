@@ -2,10 +2,10 @@
 
     streamcap download --processes 2 --concurrency 128           # a long-running service
     streamcap download --exit-when-empty                         # a batch run: exit when all is done
-    python -m downloader --redis-url redis://localhost:6379/0    # the same without the root CLI
+    python -m streamcap.downloader --redis-url redis://localhost:6379/0    # the same without the root CLI
 
-    from downloader.config import DownloaderSettings
-    from downloader.service import run
+    from streamcap.downloader.config import DownloaderSettings
+    from streamcap.downloader.service import run
     run(DownloaderSettings(redis_url=..., exit_when_empty=True))  # -> exit code
 
 Each worker process runs one asyncio event loop with one aiohttp session and one image-process
@@ -46,25 +46,25 @@ from dataclasses import dataclass
 import redis
 from aiohttp.abc import AbstractResolver
 
-from downloader.claims import Claimed, PartQueue
-from downloader.config import DownloaderSettings
-from downloader.fetch import Fetcher
-from downloader.imagepool import ImagePool
-from downloader.imageproc import ImageOptions
-from downloader.livestats import LiveStats
-from downloader.part import PartRunner, describe_failure
-from downloader.security import AddressPolicy
-from downloader.supervisor import STOP_SIGNALS, supervise
-from shardwriter import registry, tempfiles
-from shardwriter.commit import COMMITTED, PartClaim, commit_part
-from shardwriter.retention import disk_pressure
-from shardwriter.writer import PartSuperseded
+from streamcap.downloader.claims import Claimed, PartQueue
+from streamcap.downloader.config import DownloaderSettings
+from streamcap.downloader.fetch import Fetcher
+from streamcap.downloader.imagepool import ImagePool
+from streamcap.downloader.imageproc import ImageOptions
+from streamcap.downloader.livestats import LiveStats
+from streamcap.downloader.part import PartRunner, describe_failure
+from streamcap.downloader.security import AddressPolicy
+from streamcap.downloader.supervisor import STOP_SIGNALS, supervise
+from streamcap.shardwriter import registry, tempfiles
+from streamcap.shardwriter.commit import COMMITTED, PartClaim, commit_part
+from streamcap.shardwriter.retention import disk_pressure
+from streamcap.shardwriter.writer import PartSuperseded
 from streamcap import __version__, bus
-from streamcap.logs import first_line, instance_id, setup_logging
-from streamcap.records import PartRecord, SourceRecord
-from streamcap.settings import to_json
+from streamcap.common.logs import first_line, instance_id, setup_logging
+from streamcap.formats.records import PartRecord, SourceRecord
+from streamcap.common.settings import to_json
 
-log = logging.getLogger("downloader")
+log = logging.getLogger("streamcap.downloader")
 
 HEARTBEAT_EVERY_S = 5.0
 DISK_RECHECK_S = 2.0

@@ -23,7 +23,7 @@ from functools import cached_property, partial
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from streamcap.logs import first_line
+from streamcap.common.logs import first_line
 
 FORMATS = {".parquet": "parquet", ".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".ndjson": "jsonl"}
 # Read this many lines to learn a jsonl source's columns.

@@ -19,9 +19,9 @@ import signal
 import time
 from typing import Callable
 
-from downloader.config import DownloaderSettings
+from streamcap.downloader.config import DownloaderSettings
 
-log = logging.getLogger("downloader")
+log = logging.getLogger("streamcap.downloader")
 
 RESTART_DELAY_S = 1.0
 STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}

@@ -1,6 +1,6 @@
 """The evaluator: captioning metrics, eval-set loaders, the checkpoint watcher and reports.
 
-    streamcap eval score predictions.json references.json      # or: python -m eval score ...
+    streamcap eval score predictions.json references.json      # or: python -m streamcap.eval score ...
     streamcap eval run CHECKPOINT --data dataset_flickr30k.json --images flickr30k-images
     streamcap eval watch --data dataset_flickr30k.json --images flickr30k-images
 

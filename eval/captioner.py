@@ -17,13 +17,13 @@ from typing import Callable
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from eval.config import EvalSettings
-from eval.datasets import EvalImage, EvalSet, EvalSetError
-from streamcap.checkpoint import LoadedCheckpoint
-from streamcap import inference
-from streamcap.decoding import beam_search
-from streamcap.model import image_transform
-from streamcap.settings import fail
+from streamcap.eval.config import EvalSettings
+from streamcap.eval.datasets import EvalImage, EvalSet, EvalSetError
+from streamcap.model.checkpoint import LoadedCheckpoint
+from streamcap.model import inference
+from streamcap.model.decoding import beam_search
+from streamcap.model.caption_model import image_transform
+from streamcap.common.settings import fail
 
 DECODE_THREADS = 4
 

@@ -14,9 +14,9 @@ from typing import Annotated, Optional
 
 import typer
 
-from eval.config import EvalSettings
-from streamcap.cliutil import JsonFlag, LogLevel, Namespace, RedisUrl, option
-from streamcap.settings import build
+from streamcap.eval.config import EvalSettings
+from streamcap.common.commands import JsonFlag, LogLevel, Namespace, RedisUrl, option
+from streamcap.common.settings import build
 
 eval_app = typer.Typer(
     name="eval", no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
@@ -58,7 +58,7 @@ def score_command(
     as_json: JsonFlag = False,
 ) -> int:
     """Score captions against references: BLEU-1..4, CIDEr, ROUGE-L (+ METEOR with Java)."""
-    from eval.service import run_score
+    from streamcap.eval.service import run_score
 
     cfg = build(EvalSettings, meteor=meteor, log_level=log_level)
     return run_score(cfg, predictions, references, as_json=as_json)
@@ -74,7 +74,7 @@ def run_command(
     meteor: Meteor = None, gallery: Gallery = None, log_level: LogLevel = None, as_json: JsonFlag = False,
 ) -> int:
     """Evaluate one checkpoint: captions by beam search, scores, predictions and an HTML report."""
-    from eval.service import run_once
+    from streamcap.eval.service import run_once
 
     cfg = build(EvalSettings, data=data, images=images, split=split, limit=limit, beam=beam, alpha=alpha,
                 max_tokens=max_tokens, min_tokens=min_tokens,
@@ -95,7 +95,7 @@ def watch_command(
     log_level: LogLevel = None,
 ) -> int:
     """Evaluate every checkpoint the trainer publishes; keep the best one as <out-dir>/best.pt."""
-    from eval.service import run
+    from streamcap.eval.service import run
 
     cfg = build(EvalSettings, redis_url=redis_url, namespace=namespace, data=data, images=images, split=split,
                 limit=limit, beam=beam, alpha=alpha, max_tokens=max_tokens, min_tokens=min_tokens,

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from streamcap.jsonlines import iter_objects
+from streamcap.formats.jsonlines import iter_objects
 
 MISSING_SHOWN = 5
 

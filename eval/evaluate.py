@@ -15,13 +15,13 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from eval.config import EvalSettings
-from eval.datasets import EvalSet
-from eval.external import java_metrics
-from eval.metrics import normalize_pairs, score_tokenized
-from eval.outputs import (PLOT_FILE, EvalResult, append_result, evaluation_dir, read_results,
+from streamcap.eval.config import EvalSettings
+from streamcap.eval.datasets import EvalSet
+from streamcap.eval.external import java_metrics
+from streamcap.eval.metrics import normalize_pairs, score_tokenized
+from streamcap.eval.outputs import (PLOT_FILE, EvalResult, append_result, evaluation_dir, read_results,
                           write_json)
-from eval.report import plot_history, write_report
+from streamcap.eval.report import plot_history, write_report
 
 log = logging.getLogger(__name__)
 
@@ -38,8 +38,8 @@ def evaluate_checkpoint(cfg: EvalSettings, checkpoint: Path, evalset: EvalSet, d
     `step`/`run` default to the checkpoint's own; the watcher passes the published ones.
     Raises CheckpointError / EvalSetError (one-line messages) when it cannot evaluate.
     """
-    from eval.captioner import caption_set
-    from streamcap.checkpoint import load_checkpoint
+    from streamcap.eval.captioner import caption_set
+    from streamcap.model.checkpoint import load_checkpoint
 
     stage = on_stage or (lambda name, done, total: None)
     started = time.time()

@@ -31,7 +31,7 @@ from itertools import repeat
 from dataclasses import dataclass
 from typing import Mapping, Sequence
 
-from eval.ptb import normalize
+from streamcap.eval.ptb import normalize
 
 MAX_N = 4
 BLEU_KEYS = tuple(f"BLEU-{n}" for n in range(1, MAX_N + 1))

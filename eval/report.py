@@ -20,9 +20,9 @@ from pathlib import Path
 
 from PIL import Image
 
-from eval.datasets import EvalImage, EvalSet
-from eval.metrics import METRICS
-from eval.outputs import EvalResult
+from streamcap.eval.datasets import EvalImage, EvalSet
+from streamcap.eval.metrics import METRICS
+from streamcap.eval.outputs import EvalResult
 
 log = logging.getLogger(__name__)
 

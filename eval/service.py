@@ -16,13 +16,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from eval.config import EvalSettings
-from eval.datasets import EvalSetError, load_eval_set
-from eval.external import java_metrics
-from eval.metrics import ScoringError, normalize_pairs, score_tokenized
-from streamcap.cliutil import error, print_json
-from streamcap.logs import instance_id, setup_logging
-from streamcap.settings import to_json
+from streamcap.eval.config import EvalSettings
+from streamcap.eval.datasets import EvalSetError, load_eval_set
+from streamcap.eval.external import java_metrics
+from streamcap.eval.metrics import ScoringError, normalize_pairs, score_tokenized
+from streamcap.common.commands import error, print_json
+from streamcap.common.logs import instance_id, setup_logging
+from streamcap.common.settings import to_json
 
 log = logging.getLogger(__name__)
 
@@ -40,8 +40,8 @@ def run(cfg: EvalSettings) -> int:
     except EvalSetError as e:
         error(str(e))
         return 1
-    from eval.captioner import pick_device
-    from eval.watcher import Watcher
+    from streamcap.eval.captioner import pick_device
+    from streamcap.eval.watcher import Watcher
 
     watcher = Watcher(cfg, r, evalset, pick_device(cfg))
     watcher.install_signal_handlers()
@@ -56,9 +56,9 @@ def run_once(cfg: EvalSettings, checkpoint: Path, *, as_json: bool = False) -> i
     except EvalSetError as e:
         error(str(e))
         return 1
-    from eval.captioner import pick_device
-    from eval.evaluate import evaluate_checkpoint
-    from streamcap.checkpoint import CheckpointError
+    from streamcap.eval.captioner import pick_device
+    from streamcap.eval.evaluate import evaluate_checkpoint
+    from streamcap.model.checkpoint import CheckpointError
 
     try:
         result = evaluate_checkpoint(cfg, checkpoint, evalset, pick_device(cfg))

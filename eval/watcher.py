@@ -34,14 +34,14 @@ from typing import Any
 
 import redis
 
-from eval.config import EvalSettings
-from eval.datasets import EvalSet, EvalSetError
-from eval.evaluate import evaluate_checkpoint
-from eval.outputs import EvalResult, keep_best
-from eval.wandb_log import WandbLogger
+from streamcap.eval.config import EvalSettings
+from streamcap.eval.datasets import EvalSet, EvalSetError
+from streamcap.eval.evaluate import evaluate_checkpoint
+from streamcap.eval.outputs import EvalResult, keep_best
+from streamcap.eval.wandb_log import WandbLogger
 from streamcap import bus
-from streamcap.logs import instance_id
-from streamcap.records import CheckpointRecord
+from streamcap.common.logs import instance_id
+from streamcap.formats.records import CheckpointRecord
 
 log = logging.getLogger(__name__)
 

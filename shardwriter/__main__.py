@@ -1,11 +1,11 @@
-"""`python -m shardwriter ls|verify|gc|reconcile|audit`: the shard tools without the root CLI."""
+"""`python -m streamcap.shardwriter ls|verify|gc|reconcile|audit`: the shard tools without the root CLI."""
 
 import sys
 
 import typer
 
-from shardwriter.cli import audit_command, shards_app
-from streamcap.cliutil import run_app
+from streamcap.shardwriter.cli import audit_command, shards_app
+from streamcap.common.commands import run_app
 
 
 def main() -> int:
@@ -13,7 +13,7 @@ def main() -> int:
     app.registered_groups.extend(shards_app.registered_groups)
     app.registered_commands.extend(shards_app.registered_commands)
     app.command("audit")(audit_command)
-    return run_app(app, prog_name="python -m shardwriter")
+    return run_app(app, prog_name="python -m streamcap.shardwriter")
 
 
 if __name__ == "__main__":

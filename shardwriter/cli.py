@@ -16,9 +16,9 @@ from typing import Annotated, List, Optional
 
 import typer
 
-from shardwriter.config import ShardWriterSettings
-from streamcap.cliutil import JsonFlag, LogLevel, Namespace, RedisUrl, ShardDir, option
-from streamcap.settings import build
+from streamcap.shardwriter.config import ShardWriterSettings
+from streamcap.common.commands import JsonFlag, LogLevel, Namespace, RedisUrl, ShardDir, option
+from streamcap.common.settings import build
 
 S = ShardWriterSettings
 MaxDisk = Annotated[Optional[str], option(S, "max_disk_bytes")]
@@ -34,7 +34,7 @@ shards_app = typer.Typer(help="Inspect, verify, clean up and rebuild the shard r
 def ls_command(redis_url: RedisUrl = None, namespace: Namespace = None, shard_dir: ShardDir = None,
                log_level: LogLevel = None, as_json: JsonFlag = False) -> int:
     """List registered shards: name, samples, bytes, age, times read."""
-    from shardwriter import tools
+    from streamcap.shardwriter import tools
 
     cfg = build(S, redis_url=redis_url, namespace=namespace, shard_dir=shard_dir, log_level=log_level)
     return tools.ls(cfg, as_json)
@@ -49,7 +49,7 @@ def verify_command(
     as_json: JsonFlag = False,
 ) -> int:
     """Read every tar (registered or not); exit 1 naming each bad file and why."""
-    from shardwriter import tools
+    from streamcap.shardwriter import tools
 
     cfg = build(S, redis_url=redis_url, namespace=namespace, shard_dir=shard_dir, log_level=log_level,
                 quarantine_dir=quarantine_dir)
@@ -64,7 +64,7 @@ def gc_command(
     as_json: JsonFlag = False,
 ) -> int:
     """Delete read shards, oldest first, while the shard disk is over budget."""
-    from shardwriter import tools
+    from streamcap.shardwriter import tools
 
     cfg = build(S, redis_url=redis_url, namespace=namespace, shard_dir=shard_dir, log_level=log_level,
                 max_disk_bytes=max_disk_bytes, min_free_bytes=min_free_bytes, min_reads=min_reads)
@@ -78,7 +78,7 @@ def reconcile_command(
     as_json: JsonFlag = False,
 ) -> int:
     """Rebuild the registry from the shard dir after Redis lost data; re-enqueue unfinished parts."""
-    from shardwriter import tools
+    from streamcap.shardwriter import tools
 
     cfg = build(S, redis_url=redis_url, namespace=namespace, shard_dir=shard_dir, log_level=log_level,
                 temp_stale_seconds=temp_stale_seconds)
@@ -91,7 +91,7 @@ def audit_command(
     as_json: JsonFlag = False,
 ) -> int:
     """Check that every enqueued row is exactly one sample or one recorded failure; exit 1 listing discrepancies."""
-    from shardwriter import tools
+    from streamcap.shardwriter import tools
 
     cfg = build(S, redis_url=redis_url, namespace=namespace, shard_dir=shard_dir, log_level=log_level)
     return tools.audit(cfg, as_json, expect_done)

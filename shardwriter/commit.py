@@ -28,9 +28,9 @@ from typing import Iterable
 
 import redis
 
-from shardwriter import faults
+from streamcap.shardwriter import faults
 from streamcap import bus
-from streamcap.records import PartStats
+from streamcap.formats.records import PartStats
 
 COMMITTED, ALREADY_DONE, LOST_CLAIM, CONFIRMED = "committed", "already_done", "lost_claim", "ok"
 

@@ -28,8 +28,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-from shardwriter.tempfiles import TempOwner
-from streamcap.shardformat import part_prefix
+from streamcap.shardwriter.tempfiles import TempOwner
+from streamcap.formats.shards import part_prefix
 
 log = logging.getLogger(__name__)
 

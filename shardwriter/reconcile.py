@@ -29,13 +29,13 @@ from pathlib import Path
 
 import redis
 
-from shardwriter import registry, tempfiles
-from shardwriter.commit import commit_part
-from shardwriter.locks import PartLockBusy, part_lock
-from streamcap.partqueue import PartQueue, read_part_queue
+from streamcap.shardwriter import registry, tempfiles
+from streamcap.shardwriter.commit import commit_part
+from streamcap.shardwriter.locks import PartLockBusy, part_lock
+from streamcap.ops.partqueue import PartQueue, read_part_queue
 from streamcap import bus
-from streamcap.records import PartStats
-from streamcap.shardformat import stats_name
+from streamcap.formats.records import PartStats
+from streamcap.formats.shards import stats_name
 
 log = logging.getLogger(__name__)
 

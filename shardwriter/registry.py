@@ -23,10 +23,10 @@ from typing import Iterator
 
 import redis
 
-from shardwriter import tempfiles
+from streamcap.shardwriter import tempfiles
 from streamcap import bus
-from streamcap.records import PartStats, ShardRecord, SourceRecord, source_slug
-from streamcap.shardformat import SHARD_SUFFIX, STATS_SUFFIX
+from streamcap.formats.records import PartStats, ShardRecord, SourceRecord, source_slug
+from streamcap.formats.shards import SHARD_SUFFIX, STATS_SUFFIX
 
 log = logging.getLogger(__name__)
 

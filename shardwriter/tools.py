@@ -1,8 +1,8 @@
 """The shard tools behind `streamcap shards ...` and `streamcap audit`: each takes the resolved
 settings, prints for people (or JSON for scripts) and returns the exit code.
 
-    python -m shardwriter ls --json
-    python -m shardwriter verify shards/ --quarantine
+    python -m streamcap.shardwriter ls --json
+    python -m streamcap.shardwriter verify shards/ --quarantine
 """
 
 from __future__ import annotations
@@ -13,11 +13,11 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from shardwriter import registry
-from shardwriter.config import ShardWriterSettings, format_size
-from shardwriter.retention import gc as collect, read_counts
+from streamcap.shardwriter import registry
+from streamcap.shardwriter.config import ShardWriterSettings, format_size
+from streamcap.shardwriter.retention import gc as collect, read_counts
 from streamcap import bus
-from streamcap.cliutil import print_json
+from streamcap.common.commands import print_json
 
 
 def _connect(cfg: ShardWriterSettings):
@@ -68,8 +68,8 @@ def ls(cfg: ShardWriterSettings, as_json: bool) -> int:
 
 
 def verify(cfg: ShardWriterSettings, paths: list[Path], quarantine: bool, as_json: bool) -> int:
-    from shardwriter.verify import check_shard, expand
-    from shardwriter.verify import quarantine as move_away
+    from streamcap.shardwriter.verify import check_shard, expand
+    from streamcap.shardwriter.verify import quarantine as move_away
 
     files, missing = expand(paths or [cfg.shard_dir])
     r = _connect(cfg) if quarantine else None
@@ -111,7 +111,7 @@ def gc(cfg: ShardWriterSettings, dry_run: bool, as_json: bool) -> int:
 
 
 def reconcile(cfg: ShardWriterSettings, as_json: bool) -> int:
-    from shardwriter.reconcile import reconcile as rebuild
+    from streamcap.shardwriter.reconcile import reconcile as rebuild
 
     report = rebuild(_connect(cfg), cfg.keys, cfg.shard_dir, temp_stale_s=cfg.temp_stale_seconds)
     if as_json:
@@ -124,7 +124,7 @@ def reconcile(cfg: ShardWriterSettings, as_json: bool) -> int:
 
 
 def audit(cfg: ShardWriterSettings, as_json: bool, expect_done: bool) -> int:
-    from shardwriter.audit import audit as check
+    from streamcap.shardwriter.audit import audit as check
 
     report = check(_connect(cfg), cfg.keys, cfg.shard_dir, expect_done=expect_done)
     if as_json:

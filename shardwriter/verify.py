@@ -4,7 +4,7 @@
     check.ok, check.samples, check.problems      # problems: ['relaion_000000003007: sample lacks txt', ...]
     quarantine(r, keys, check.path, Path("shards/quarantine"))   # move away + unregister
 
-Reading goes through `streamcap.shardformat.iter_samples` (the trainer's reader), which rejects
+Reading goes through `streamcap.formats.shards.iter_samples` (the trainer's reader), which rejects
 unsafe member names, links and absurd sizes without extracting anything; on top of that every
 image must decode (JPEG at reduced scale, which still reads the whole stream) and match the
 checksum its json carries (`image_crc32`, so flipped bytes are caught even where a decoder
@@ -27,9 +27,9 @@ from pathlib import Path
 import redis
 from PIL import Image
 
-from shardwriter import registry
+from streamcap.shardwriter import registry
 from streamcap import bus
-from streamcap.shardformat import iter_samples, sample_key
+from streamcap.formats.shards import iter_samples, sample_key
 
 log = logging.getLogger(__name__)
 

@@ -25,9 +25,9 @@ from rich.console import Console
 from rich.live import Live
 
 from streamcap import __version__
-from streamcap.cliutil import JsonFlag, LogLevel, Namespace, RedisUrl, ShardDir, option, print_json, run_app
+from streamcap.common.commands import JsonFlag, LogLevel, Namespace, RedisUrl, ShardDir, option, print_json, run_app
 from streamcap.demo.config import DemoSettings
-from streamcap.settings import CommonSettings, build
+from streamcap.common.settings import CommonSettings, build
 
 app = typer.Typer(
     name="streamcap",
@@ -39,11 +39,12 @@ app = typer.Typer(
 
 # CLI modules, each exposing register(app). Import order is help order.
 SERVICE_CLIS: tuple[str, ...] = (
-    "downloader.cli",
-    "shardwriter.cli",
-    "trainer.cli",
-    "eval.cli",
-    "streamcap.model_cli",
+    "streamcap.downloader.cli",
+    "streamcap.shardwriter.cli",
+    "streamcap.trainer.cli",
+    "streamcap.eval.cli",
+    "streamcap.model.cli",
+    "streamcap.text.cli",
 )
 
 
@@ -67,7 +68,7 @@ def redis_command(
     port: Annotated[Optional[int], typer.Option("--port", help="Port on 127.0.0.1 (default: a free one).")] = None,
 ) -> int:
     """Run a local redis-server in the foreground (AOF on) and print the REDIS_URL to export."""
-    from streamcap.embedded_redis import EmbeddedRedis
+    from streamcap.bus.embedded import EmbeddedRedis
 
     server = EmbeddedRedis(data_dir=data_dir, port=port)
     stop = threading.Event()
@@ -101,7 +102,8 @@ def status_command(
     interval: Annotated[float, typer.Option("--interval", help="Seconds between refreshes with --watch.")] = 2.0,
 ) -> int:
     """One view of the pipeline: queue, downloads, workers, shards, trainer, evaluator, hints."""
-    from streamcap import bus, status, status_view
+    from streamcap import bus
+    from streamcap.ops import status, status_view
 
     cfg = build(CommonSettings, redis_url=redis_url, namespace=namespace, shard_dir=shard_dir, log_level=log_level)
     r = bus.connect(cfg.require_redis(), retries=2)

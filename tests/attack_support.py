@@ -55,13 +55,13 @@ from urllib.parse import parse_qs, urlsplit
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from downloader.config import EnqueueSettings
-from downloader.enqueue import describe_source, enqueue
-from shardwriter import registry
-from shardwriter.audit import AuditReport, audit
+from streamcap.downloader.config import EnqueueSettings
+from streamcap.downloader.enqueue import describe_source, enqueue
+from streamcap.shardwriter import registry
+from streamcap.shardwriter.audit import AuditReport, audit
 from streamcap import bus
-from streamcap.records import PartStats
-from streamcap.shardformat import iter_samples
+from streamcap.formats.records import PartStats
+from streamcap.formats.shards import iter_samples
 
 STREAMCAP = [sys.executable, "-m", "streamcap"]
 CAPTION = "A red kite flies over a green hill. Two children watch it."

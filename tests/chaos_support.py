@@ -38,14 +38,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from downloader.config import EnqueueSettings
-from downloader.enqueue import describe_source, enqueue
-from shardwriter import commit, faults
-from shardwriter.audit import AuditReport, audit
+from streamcap.downloader.config import EnqueueSettings
+from streamcap.downloader.enqueue import describe_source, enqueue
+from streamcap.shardwriter import commit, faults
+from streamcap.shardwriter.audit import AuditReport, audit
 from streamcap import bus
-from streamcap.embedded_redis import free_port
-from streamcap.tokenizer import WordPieceTokenizer
-from streamcap.vocab import count_words, train_vocab
+from streamcap.bus.embedded import free_port
+from streamcap.text.tokenizer import WordPieceTokenizer
+from streamcap.text.vocab import count_words, train_vocab
 from tests.downloader_support import ImageServer, jpeg_bytes
 
 ROOT = Path(__file__).resolve().parents[1]

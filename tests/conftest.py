@@ -18,7 +18,7 @@ os.environ.setdefault("WANDB_MODE", "disabled")
 os.environ.setdefault("WANDB_SILENT", "true")
 
 from streamcap import bus  # noqa: E402
-from streamcap.embedded_redis import EmbeddedRedis  # noqa: E402
+from streamcap.bus.embedded import EmbeddedRedis  # noqa: E402
 
 _TESTS = Path(__file__).parent
 

@@ -42,8 +42,8 @@ from aiohttp import web
 from aiohttp.abc import AbstractResolver
 from PIL import Image
 
-from downloader.security import address_allowed
-from streamcap.embedded_redis import free_port
+from streamcap.downloader.security import address_allowed
+from streamcap.bus.embedded import free_port
 
 
 class ImageServer:

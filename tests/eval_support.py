@@ -10,7 +10,7 @@ from pathlib import Path
 from PIL import Image
 
 from streamcap import bus
-from streamcap.records import CheckpointRecord
+from streamcap.formats.records import CheckpointRecord
 
 WORDS = ["a", "dog", "cat", "man", "woman", "runs", "sits", "on", "the", "beach", "grass", "red", "blue", "ball"]
 VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS, "."]
@@ -62,9 +62,9 @@ def tiny_checkpoint(path: Path, *, seed: int = 0, step: int = 100, run: str = "r
     """A randomly initialised tiny model saved with `save_checkpoint` (no training)."""
     import torch
 
-    from streamcap.checkpoint import save_checkpoint
-    from streamcap.model import CaptionModel, ModelConfig
-    from streamcap.tokenizer import WordPieceTokenizer
+    from streamcap.model.checkpoint import save_checkpoint
+    from streamcap.model.caption_model import CaptionModel, ModelConfig
+    from streamcap.text.tokenizer import WordPieceTokenizer
 
     torch.manual_seed(seed)
     tok = WordPieceTokenizer.from_vocab(VOCAB)

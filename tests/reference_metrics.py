@@ -7,7 +7,7 @@ from pycocoevalcap.bleu.bleu import Bleu
 from pycocoevalcap.cider.cider import Cider
 from pycocoevalcap.rouge.rouge import Rouge
 
-from eval.metrics import BLEU_KEYS, METRICS
+from streamcap.eval.metrics import BLEU_KEYS, METRICS
 
 
 def reference_scores(candidates: dict[str, str], references: dict[str, list[str]]):

@@ -14,11 +14,11 @@ from pathlib import Path
 
 from PIL import Image
 
-from shardwriter.commit import PartClaim, commit_part
-from shardwriter.registry import save_source
-from shardwriter.writer import PartWriter
+from streamcap.shardwriter.commit import PartClaim, commit_part
+from streamcap.shardwriter.registry import save_source
+from streamcap.shardwriter.writer import PartWriter
 from streamcap import bus
-from streamcap.records import PartRecord, SourceRecord
+from streamcap.formats.records import PartRecord, SourceRecord
 
 FAIL_EVERY = 7  # rows r with r % FAIL_EVERY == 0 fail (timeout): parts mix samples and failures
 

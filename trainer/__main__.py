@@ -1,20 +1,20 @@
-"""`python -m trainer [OPTIONS]` is `streamcap train [OPTIONS]`; it is what torchrun starts:
+"""`python -m streamcap.trainer [OPTIONS]` is `streamcap train [OPTIONS]`; it is what torchrun starts:
 
-    torchrun --standalone --nproc-per-node 8 -m trainer --tokenizer vocab.txt --preset base
+    torchrun --standalone --nproc-per-node 8 -m streamcap.trainer --tokenizer vocab.txt --preset base
 """
 
 import sys
 
 import typer
 
-from streamcap.cliutil import run_app
-from trainer.cli import train_command
+from streamcap.common.commands import run_app
+from streamcap.trainer.cli import train_command
 
 
 def main() -> int:
     app = typer.Typer(name="trainer", add_completion=False, pretty_exceptions_enable=False)
     app.command()(train_command)
-    return run_app(app, prog_name="python -m trainer")
+    return run_app(app, prog_name="python -m streamcap.trainer")
 
 
 if __name__ == "__main__":

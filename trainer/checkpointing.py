@@ -2,7 +2,7 @@
 
     <checkpoint_dir>/<run>/
         config.json              resolved trainer settings, model config, world size (at start)
-        step-00001000.pt         the model: self-contained (`streamcap.checkpoint`), what the evaluator loads
+        step-00001000.pt         the model: self-contained (`streamcap.model.checkpoint`), what the evaluator loads
         step-00001000.train.pt   training state: optimizer, schedule, step, augmentation level, and
                                  per rank the RNG states, loader-worker states, data counters and a
                                  digest of its parameters (equal on every rank, or DDP is broken)
@@ -27,8 +27,8 @@ import redis
 import torch
 
 from streamcap import bus
-from streamcap.checkpoint import atomic_write
-from streamcap.records import CheckpointRecord
+from streamcap.model.checkpoint import atomic_write
+from streamcap.formats.records import CheckpointRecord
 
 STATE_VERSION = 1
 LATEST = "latest.json"

@@ -1,7 +1,7 @@
 """`streamcap train`: train the captioning model on shards as they land.
 
     streamcap train --tokenizer vocab.txt --preset tiny --max-steps 2000
-    torchrun --standalone --nproc-per-node 8 -m trainer --tokenizer vocab.txt   # the same command, DDP
+    torchrun --standalone --nproc-per-node 8 -m streamcap.trainer --tokenizer vocab.txt   # the same command, DDP
 
 Imports only typer and the settings; torch loads inside the command body.
 """
@@ -13,9 +13,9 @@ from typing import Annotated, Optional
 
 import typer
 
-from streamcap.cliutil import LogLevel, Namespace, RedisUrl, ShardDir, option
-from streamcap.settings import build
-from trainer.config import TrainerSettings
+from streamcap.common.commands import LogLevel, Namespace, RedisUrl, ShardDir, option
+from streamcap.common.settings import build
+from streamcap.trainer.config import TrainerSettings
 
 S = TrainerSettings
 
@@ -64,7 +64,7 @@ def train_command(
 ) -> int:
     """Train on the shards of the registry as they land (DDP under torchrun)."""
     cfg = build(S, **{k: v for k, v in locals().items()})
-    from trainer.train import run as run_training  # torch loads here, not at --help
+    from streamcap.trainer.train import run as run_training  # torch loads here, not at --help
 
     return run_training(cfg)
 

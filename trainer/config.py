@@ -13,7 +13,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from streamcap.settings import CommonSettings, at_least, between, fail, one_of, optional, setting
+from streamcap.common.settings import CommonSettings, at_least, between, fail, one_of, optional, setting
 
 PRESETS = ("tiny", "base")
 DEVICES = ("auto", "cpu", "cuda")
@@ -29,7 +29,7 @@ def _run_id(v: object) -> str | None:
 
 @dataclass(frozen=True, kw_only=True)
 class TrainerSettings(CommonSettings):
-    """Everything `streamcap train` and `torchrun -m trainer` accept."""
+    """Everything `streamcap train` and `torchrun -m streamcap.trainer` accept."""
 
     # --- run and outputs ---
     run: str | None = setting(

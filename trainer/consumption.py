@@ -17,8 +17,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from trainer.dataset import Batch
-from trainer.shardqueue import FinishedShard, ReadLedger
+from streamcap.trainer.dataset import Batch
+from streamcap.trainer.shardqueue import FinishedShard, ReadLedger
 
 COUNTERS = ("samples", "fresh", "replay", "fresh_wait_s", "bad_samples")
 WINDOWS = ("log", "heartbeat")

@@ -31,12 +31,12 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from streamcap import bus
-from trainer.augment import Augmenter, SharedLevel
-from trainer.samples import (
+from streamcap.trainer.augment import Augmenter, SharedLevel
+from streamcap.trainer.samples import (
     CaptionChoice, SampleError, check_intact, choose_caption, collate, decode_image, encode_caption,
 )
-from trainer.shardqueue import FinishedShard, ShardQueue, consumer_name, job_consumers, parent_watch
-from trainer.stream import SampleStream, StreamConfig
+from streamcap.trainer.shardqueue import FinishedShard, ShardQueue, consumer_name, job_consumers, parent_watch
+from streamcap.trainer.stream import SampleStream, StreamConfig
 
 log = logging.getLogger(__name__)
 

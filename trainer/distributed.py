@@ -1,4 +1,4 @@
-"""Process-group setup for one process (`streamcap train`) or many (`torchrun ... -m trainer`).
+"""Process-group setup for one process (`streamcap train`) or many (`torchrun ... -m streamcap.trainer`).
 
     dist_info = setup("auto")        # reads torchrun's RANK / WORLD_SIZE / LOCAL_RANK
     ...

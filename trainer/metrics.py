@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 
-from streamcap.wandb_mode import resolve_wandb_mode
+from streamcap.common.wandb_mode import resolve_wandb_mode
 
 log = logging.getLogger(__name__)
 

@@ -27,9 +27,9 @@ import torch
 from PIL import Image
 from torchvision.io import ImageReadMode, decode_jpeg
 
-from streamcap.captions import process_caption
-from streamcap.model import IMAGE_MEAN, IMAGE_STD
-from streamcap.shardformat import Sample
+from streamcap.text.captions import process_caption
+from streamcap.model.caption_model import IMAGE_MEAN, IMAGE_STD
+from streamcap.formats.shards import Sample
 
 STORED_CAPTION = "caption"      # the processed caption the downloader wrote (<key>.txt)
 RAW_CAPTION = "caption_raw"     # the source's caption column, as downloaded

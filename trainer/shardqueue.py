@@ -28,7 +28,7 @@ import redis
 from redis.exceptions import ResponseError
 
 from streamcap import bus
-from streamcap.records import ShardRecord
+from streamcap.formats.records import ShardRecord
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

@@ -29,8 +29,8 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from streamcap.shardformat import Sample, iter_samples
-from trainer.shardqueue import FinishedShard, Orphaned, ShardClaim, ShardQueue
+from streamcap.formats.shards import Sample, iter_samples
+from streamcap.trainer.shardqueue import FinishedShard, Orphaned, ShardClaim, ShardQueue
 
 log = logging.getLogger(__name__)
 

@@ -6,7 +6,7 @@ the GPU check (`benchmarks/gpu_train.sh`), the loader benchmark and the trainer'
     register_shard(r, keys, shard_dir, name, "demo", part=0, seq=0, samples=len(samples), first_row=0)
     tokenizer = demo_tokenizer(samples)                                      # a WordPiece vocab of their captions
 
-The files have exactly the layout `streamcap.shardformat` describes (jpg + txt + json per
+The files have exactly the layout `streamcap.formats.shards` describes (jpg + txt + json per
 sample, names from `shard_name`), written to a temporary name and renamed; registering adds
 the `ShardRecord` to the `shards` stream as the shardwriter's commit does.
 """
@@ -25,12 +25,12 @@ from pathlib import Path
 import redis
 
 from streamcap import bus
-from streamcap.captions import process_caption
+from streamcap.text.captions import process_caption
 from streamcap.demo.world import Scene
-from streamcap.records import ShardRecord
-from streamcap.shardformat import sample_key, shard_name
-from streamcap.tokenizer import WordPieceTokenizer
-from streamcap.vocab import count_words, train_vocab
+from streamcap.formats.records import ShardRecord
+from streamcap.formats.shards import sample_key, shard_name
+from streamcap.text.tokenizer import WordPieceTokenizer
+from streamcap.text.vocab import count_words, train_vocab
 
 
 @dataclass(frozen=True)

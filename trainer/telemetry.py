@@ -16,12 +16,12 @@ from typing import Any
 
 import torch
 
-from streamcap.decoding import greedy_decode
-from trainer import distributed
-from trainer.consumption import Consumption
-from trainer.monitor import RunMonitor
+from streamcap.model.decoding import greedy_decode
+from streamcap.trainer import distributed
+from streamcap.trainer.consumption import Consumption
+from streamcap.trainer.monitor import RunMonitor
 
-log = logging.getLogger("trainer")
+log = logging.getLogger("streamcap.trainer")
 
 SAMPLE_IMAGES = 4
 

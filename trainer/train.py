@@ -1,7 +1,7 @@
 """The training run, in execution order: setup, data, model, optimizer, DDP, loop.
 
     streamcap train --redis-url redis://... --tokenizer vocab.txt --preset base --max-steps 100000
-    torchrun --standalone --nproc-per-node 8 -m trainer --tokenizer vocab.txt --preset base
+    torchrun --standalone --nproc-per-node 8 -m streamcap.trainer --tokenizer vocab.txt --preset base
 
 One process per GPU under torchrun (nccl), or one CPU process (gloo under torchrun, none alone).
 Each step: set the augmentation level, take `--grad-accum` batches from the streaming loader,
@@ -25,27 +25,27 @@ import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from streamcap import bus
-from streamcap.checkpoint import load_checkpoint, save_checkpoint
-from streamcap.logs import setup_logging
-from streamcap.model import CaptionModel, ModelConfig, format_parameter_counts
-from streamcap.settings import ConfigError, to_json
-from streamcap.tokenizer import VocabError, WordPieceTokenizer
-from trainer import checkpointing as ckpt
-from trainer import distributed
-from trainer.augment import SharedLevel, ramp_level
-from trainer.config import TrainerSettings
-from trainer.consumption import Consumption
-from trainer.dataset import LoaderSpec, ShardStreamDataset, make_loader, next_batch
-from trainer.losses import caption_loss
-from trainer.metrics import MetricsSink
-from trainer.monitor import RunMonitor
-from trainer.samples import CaptionChoice, ImageNormalizer
-from trainer.schedule import make_scheduler
-from trainer.shardqueue import FinishedShard, ReadLedger
-from trainer.signals import StopRequested, StopSignal
-from trainer.telemetry import StepTelemetry
+from streamcap.model.checkpoint import load_checkpoint, save_checkpoint
+from streamcap.common.logs import setup_logging
+from streamcap.model.caption_model import CaptionModel, ModelConfig, format_parameter_counts
+from streamcap.common.settings import ConfigError, to_json
+from streamcap.text.tokenizer import VocabError, WordPieceTokenizer
+from streamcap.trainer import checkpointing as ckpt
+from streamcap.trainer import distributed
+from streamcap.trainer.augment import SharedLevel, ramp_level
+from streamcap.trainer.config import TrainerSettings
+from streamcap.trainer.consumption import Consumption
+from streamcap.trainer.dataset import LoaderSpec, ShardStreamDataset, make_loader, next_batch
+from streamcap.trainer.losses import caption_loss
+from streamcap.trainer.metrics import MetricsSink
+from streamcap.trainer.monitor import RunMonitor
+from streamcap.trainer.samples import CaptionChoice, ImageNormalizer
+from streamcap.trainer.schedule import make_scheduler
+from streamcap.trainer.shardqueue import FinishedShard, ReadLedger
+from streamcap.trainer.signals import StopRequested, StopSignal
+from streamcap.trainer.telemetry import StepTelemetry
 
-log = logging.getLogger("trainer")
+log = logging.getLogger("streamcap.trainer")
 
 
 @dataclass

@@ -16,7 +16,7 @@ from redis.exceptions import BusyLoadingError
 from redis.retry import Retry
 
 from streamcap.bus.schema import CONTROL_LAST_OUTAGE, SOCKET_TIMEOUT_S, STAT_REDIS_RECONNECTS, Keys
-from streamcap.logs import first_line
+from streamcap.common.logs import first_line
 
 log = logging.getLogger("streamcap.bus")
 

@@ -36,7 +36,7 @@ ROLE_EVALUATOR = "evaluator"
 PART_STATES = ("pending", "in_flight", "done", "dead")
 
 # Counters of the `stats` hash. Failures are counted per reason as STAT_FAIL_PREFIX + reason
-# (reasons: streamcap.records.FAILURE_REASONS). All are added by the part commit, so they
+# (reasons: streamcap.formats.records.FAILURE_REASONS). All are added by the part commit, so they
 # count committed work only and never twice.
 STAT_ROWS = "rows"                        # samples + failures of committed parts
 STAT_SAMPLES = "samples"

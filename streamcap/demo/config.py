@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from streamcap.settings import Settings, at_least, fail, setting
+from streamcap.common.settings import Settings, at_least, fail, setting
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -29,13 +29,14 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-from streamcap import bus, status
-from streamcap.captions import process_caption
+from streamcap import bus
+from streamcap.ops import status
+from streamcap.text.captions import process_caption
 from streamcap.demo.config import DemoSettings
 from streamcap.demo.data import write_eval_set, write_source_parquet
 from streamcap.demo.processes import ServiceFailed, Services
 from streamcap.demo.server import WorldServer
-from streamcap.embedded_redis import EmbeddedRedis
+from streamcap.bus.embedded import EmbeddedRedis
 
 NAMESPACE = "demo"
 RUN_ID = "demo"

@@ -17,8 +17,8 @@ from __future__ import annotations
 import socket
 from urllib.parse import quote
 
-from downloader.config import DownloaderSettings
-from downloader.service import Worker
+from streamcap.downloader.config import DownloaderSettings
+from streamcap.downloader.service import Worker
 from tests.attack_support import HostileServer, audited, download, enqueue_rows, outcomes
 from tests.downloader_support import MapResolver, jpeg_bytes, loopback_one_is_public
 

@@ -27,25 +27,25 @@ import pyarrow.parquet as pq
 import pytest
 import typer
 
-from downloader.config import DownloaderSettings, EnqueueSettings
-from downloader.enqueue import describe_source, enqueue
-from eval.config import EvalSettings
-from shardwriter.audit import audit
-from shardwriter.config import ShardWriterSettings
+from streamcap.downloader.config import DownloaderSettings, EnqueueSettings
+from streamcap.downloader.enqueue import describe_source, enqueue
+from streamcap.eval.config import EvalSettings
+from streamcap.shardwriter.audit import audit
+from streamcap.shardwriter.config import ShardWriterSettings
 from streamcap import bus
 from streamcap.cli import app
-from streamcap.cliutil import run_app
+from streamcap.common.commands import run_app
 from streamcap.demo.config import DemoSettings
-from streamcap.embedded_redis import EmbeddedRedis, free_port
-from streamcap.settings import CommonSettings, ConfigError
-from streamcap.tokenizer import WordPieceTokenizer
-from streamcap.vocab import count_words, train_vocab
+from streamcap.bus.embedded import EmbeddedRedis, free_port
+from streamcap.common.settings import CommonSettings, ConfigError
+from streamcap.text.tokenizer import WordPieceTokenizer
+from streamcap.text.vocab import count_words, train_vocab
 from tests.attack_support import (
     CAPTION, STREAMCAP, HostileServer, audited, download, enqueue_rows, outcomes,
 )
 from tests.downloader_support import jpeg_bytes
 from tests.eval_support import karpathy_set
-from trainer.config import TrainerSettings
+from streamcap.trainer.config import TrainerSettings
 
 # Every command of the CLI that builds settings: its settings class and positional arguments.
 COMMANDS: dict[tuple[str, ...], tuple[type, list[str]]] = {

@@ -25,17 +25,17 @@ from typing import Any, Callable
 
 import pytest
 
-from shardwriter.registry import registered_shards
+from streamcap.shardwriter.registry import registered_shards
 from streamcap import bus
-from streamcap.records import ShardRecord
-from streamcap.shardformat import sample_key
-from streamcap.tokenizer import WordPieceTokenizer
-from streamcap.vocab import count_words, train_vocab
+from streamcap.formats.records import ShardRecord
+from streamcap.formats.shards import sample_key
+from streamcap.text.tokenizer import WordPieceTokenizer
+from streamcap.text.vocab import count_words, train_vocab
 from tests.attack_support import STREAMCAP
 from tests.downloader_support import png_claiming
 from tests.shardwriter_support import jpeg
-from trainer.augment import SharedLevel
-from trainer.dataset import LoaderSpec, ShardStreamDataset, make_loader
+from streamcap.trainer.augment import SharedLevel
+from streamcap.trainer.dataset import LoaderSpec, ShardStreamDataset, make_loader
 
 OUTSIDE = f"evil-{uuid.uuid4().hex[:8]}"  # what an extracting reader would create outside the shard dir
 
@@ -224,7 +224,7 @@ def test_the_dataset_skips_damaged_data_counts_it_and_never_raises(redis_url, ke
     spec = LoaderSpec(redis_url=redis_url, namespace=keys.namespace, shard_dir=shards.dir, run="attack", rank=0,
                       world_size=1, workers=workers, image_size=32, max_len=24, batch_size=4, shuffle_buffer=4,
                       fresh_wait_ms=200, seed=1)
-    caplog.set_level(logging.WARNING, logger="trainer")
+    caplog.set_level(logging.WARNING, logger="streamcap.trainer")
     batches = iter(make_loader(ShardStreamDataset(spec, tokenizer, SharedLevel())))
     seen, problems = set(), 0
     for _ in range(12):  # every fresh shard, then replays of the readable ones; never an exception

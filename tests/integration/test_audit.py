@@ -7,12 +7,12 @@ import shutil
 
 import pytest
 
-from shardwriter.audit import audit
-from shardwriter.registry import registered_shards
-from shardwriter.tempfiles import TempOwner, temp_path
+from streamcap.shardwriter.audit import audit
+from streamcap.shardwriter.registry import registered_shards
+from streamcap.shardwriter.tempfiles import TempOwner, temp_path
 from streamcap import bus
 from streamcap.cli import app
-from streamcap.cliutil import run_app
+from streamcap.common.commands import run_app
 from tests.shardwriter_support import claim_part, enqueue, process_part
 
 
@@ -138,7 +138,7 @@ def test_cli_gc_and_reconcile(r, keys, tmp_path, redis_url, pipeline, capsys):
 
 
 def test_reconcile_registers_what_a_done_part_lost(r, keys, tmp_path, pipeline):
-    from shardwriter.reconcile import reconcile
+    from streamcap.shardwriter.reconcile import reconcile
 
     entry_id = next(i for i, s in registered_shards(r, keys) if s.name == pipeline[1].name)
     r.xdel(keys.shards, entry_id)  # as a torn AOF tail might leave it

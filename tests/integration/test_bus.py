@@ -32,7 +32,7 @@ def test_client_rides_out_an_outage_shorter_than_its_retries(r, keys, redis_serv
 
 
 def test_wait_for_redis_gives_one_readable_line_when_nothing_listens(redis_url):
-    from streamcap.embedded_redis import free_port
+    from streamcap.bus.embedded import free_port
 
     dead = bus.connect(f"redis://127.0.0.1:{free_port()}/0", retries=0, connect_timeout=0.5)
     with pytest.raises(bus.RedisUnavailable) as e:

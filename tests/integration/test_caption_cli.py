@@ -11,9 +11,9 @@ import pytest
 import torch
 from PIL import Image
 
-from streamcap.checkpoint import save_checkpoint
-from streamcap.model import CaptionModel, ModelConfig
-from streamcap.tokenizer import WordPieceTokenizer
+from streamcap.model.checkpoint import save_checkpoint
+from streamcap.model.caption_model import CaptionModel, ModelConfig
+from streamcap.text.tokenizer import WordPieceTokenizer
 
 ROOT = Path(__file__).resolve().parents[2]
 VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a", "dog", "cat", "on", "the", "beach", "grass", "."]
@@ -49,7 +49,7 @@ def run(*args: str, cwd: Path) -> subprocess.CompletedProcess:
 def run_here(capsys, monkeypatch, *args: str, cwd: Path) -> tuple[int, str, str]:
     """The same command in this process (torch is imported already: seconds cheaper than a subprocess)."""
     from streamcap.cli import app
-    from streamcap.cliutil import run_app
+    from streamcap.common.commands import run_app
 
     monkeypatch.chdir(cwd)
     code = run_app(app, ["caption", *args])

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 from streamcap import bus
-from streamcap.embedded_redis import free_port
+from streamcap.bus.embedded import free_port
 
 STREAMCAP = [sys.executable, "-m", "streamcap"]
 

@@ -14,11 +14,11 @@ from pathlib import Path
 import pytest
 
 from streamcap import bus
-from streamcap.records import ShardRecord
-from trainer.augment import SharedLevel
-from trainer.dataset import LoaderSpec, ShardStreamDataset, make_loader
-from trainer.shardqueue import ReadLedger
-from trainer.synthetic import demo_samples, demo_tokenizer, register_shard, write_shard
+from streamcap.formats.records import ShardRecord
+from streamcap.trainer.augment import SharedLevel
+from streamcap.trainer.dataset import LoaderSpec, ShardStreamDataset, make_loader
+from streamcap.trainer.shardqueue import ReadLedger
+from streamcap.trainer.synthetic import demo_samples, demo_tokenizer, register_shard, write_shard
 
 
 def spec(redis_url: str, keys, shard_dir: Path, workers: int = 0, **overrides) -> LoaderSpec:
@@ -169,7 +169,7 @@ def test_corrupt_shards_and_samples_are_skipped_counted_and_named(redis_url, key
     escape = ShardRecord(name="../outside.tar", source="demo", part=100, seq=0, samples=1, bytes=1)
     r.xadd(keys.shards, bus.encode(escape.to_message()))  # a registry entry pointing out of the shard dir
     tok = demo_tokenizer(good)
-    caplog.set_level(logging.WARNING, logger="trainer")
+    caplog.set_level(logging.WARNING, logger="streamcap.trainer")
     batches = iter(make_loader(ShardStreamDataset(spec(redis_url, keys, tmp_path, workers=workers), tok, SharedLevel())))
     problems = 0
     for _ in range(6):  # never raises; replays fill the batches once fresh data runs out
@@ -187,7 +187,7 @@ def test_corrupt_shards_and_samples_are_skipped_counted_and_named(redis_url, key
 
 
 def test_a_redis_outage_longer_than_the_clients_retries_is_waited_out(redis_server, redis_url, keys, r, tmp_path):
-    from trainer.shardqueue import ShardQueue
+    from streamcap.trainer.shardqueue import ShardQueue
 
     add_shards(r, keys, tmp_path, [3])
     impatient = bus.connect(redis_url, retries=0, connect_timeout=0.5)  # gives up at once, unlike a worker
@@ -209,11 +209,11 @@ def test_a_redis_outage_longer_than_the_clients_retries_is_waited_out(redis_serv
 def test_shards_a_dying_incarnation_claimed_under_the_same_name_are_adopted(redis_url, keys, r, tmp_path, monkeypatch):
     """A loader worker can outlive its rank for a few seconds; after a fast restart, what it
     claims under the shared consumer name must still be read (once), not left pending."""
-    import trainer.stream
-    from trainer.shardqueue import ShardQueue, consumer_name, job_consumers
-    from trainer.stream import SampleStream, StreamConfig
+    import streamcap.trainer.stream
+    from streamcap.trainer.shardqueue import ShardQueue, consumer_name, job_consumers
+    from streamcap.trainer.stream import SampleStream, StreamConfig
 
-    monkeypatch.setattr(trainer.stream, "ORPHAN_CHECK_EVERY_S", 0.0)  # check at every claim
+    monkeypatch.setattr(streamcap.trainer.stream, "ORPHAN_CHECK_EVERY_S", 0.0)  # check at every claim
     add_shards(r, keys, tmp_path, [3, 3])
     name = consumer_name("t", 0, 0)
     cfg = StreamConfig(shard_dir=tmp_path, buffer_size=2, fresh_wait_ms=0, seed=1,
@@ -236,11 +236,11 @@ def test_shards_a_dying_incarnation_claimed_under_the_same_name_are_adopted(redi
 
 def test_shards_held_by_consumers_outside_the_job_are_taken_over_and_read_once(redis_url, keys, r, tmp_path,
                                                                                monkeypatch):
-    import trainer.stream
-    from trainer.shardqueue import ShardQueue, consumer_name, job_consumers
-    from trainer.stream import SampleStream, StreamConfig
+    import streamcap.trainer.stream
+    from streamcap.trainer.shardqueue import ShardQueue, consumer_name, job_consumers
+    from streamcap.trainer.stream import SampleStream, StreamConfig
 
-    monkeypatch.setattr(trainer.stream, "ORPHAN_CHECK_EVERY_S", 0.0)  # check at every claim
+    monkeypatch.setattr(streamcap.trainer.stream, "ORPHAN_CHECK_EVERY_S", 0.0)  # check at every claim
     add_shards(r, keys, tmp_path, [3, 3, 3])
     r.xgroup_create(keys.shards, "train:t", id="0", mkstream=True)
     r.xreadgroup("train:t", consumer_name("t", 5, 0), {keys.shards: ">"}, count=2)  # a rank this job no longer has

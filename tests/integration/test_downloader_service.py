@@ -19,13 +19,13 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from downloader.config import DownloaderSettings, EnqueueSettings
-from downloader.enqueue import describe_source, enqueue
-from downloader.service import Worker
-from shardwriter.audit import audit
+from streamcap.downloader.config import DownloaderSettings, EnqueueSettings
+from streamcap.downloader.enqueue import describe_source, enqueue
+from streamcap.downloader.service import Worker
+from streamcap.shardwriter.audit import audit
 from streamcap import bus
-from streamcap.embedded_redis import EmbeddedRedis, free_port
-from streamcap.shardformat import iter_samples
+from streamcap.bus.embedded import EmbeddedRedis, free_port
+from streamcap.formats.shards import iter_samples
 from tests.downloader_support import (
     ImageServer, MapResolver, encode, jpeg_bytes, loopback_one_is_public, photo, png_claiming,
 )

@@ -10,10 +10,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from downloader.config import EnqueueSettings
-from downloader.enqueue import describe_source, enqueue
+from streamcap.downloader.config import EnqueueSettings
+from streamcap.downloader.enqueue import describe_source, enqueue
 from streamcap import bus
-from streamcap.records import PartRecord
+from streamcap.formats.records import PartRecord
 
 STREAMCAP = [sys.executable, "-m", "streamcap"]
 
@@ -38,7 +38,7 @@ class Ran:
 def cli(capsys, redis_url, keys):
     """`streamcap ARGS` run in this process (the same typer app and error handling as the command)."""
     from streamcap.cli import app
-    from streamcap.cliutil import run_app
+    from streamcap.common.commands import run_app
 
     def run(*args: str, shard_dir) -> Ran:
         capsys.readouterr()

@@ -111,10 +111,10 @@ def test_run_with_a_missing_image_is_one_line(eval_files, tmp_path):
 
 
 def test_run_with_a_damaged_checkpoint_names_the_file(eval_files, tmp_path):
-    from eval.config import EvalSettings
-    from eval.datasets import load_eval_set
-    from eval.evaluate import evaluate_checkpoint
-    from streamcap.checkpoint import CheckpointError
+    from streamcap.eval.config import EvalSettings
+    from streamcap.eval.datasets import load_eval_set
+    from streamcap.eval.evaluate import evaluate_checkpoint
+    from streamcap.model.checkpoint import CheckpointError
 
     bad = tmp_path / "step-5.pt"
     bad.write_bytes(b"not a checkpoint")
@@ -126,9 +126,9 @@ def test_run_with_a_damaged_checkpoint_names_the_file(eval_files, tmp_path):
 def test_device_cuda_without_a_gpu_is_a_setting_error():
     import torch
 
-    from eval.captioner import pick_device
-    from eval.config import EvalSettings
-    from streamcap.settings import ConfigError
+    from streamcap.eval.captioner import pick_device
+    from streamcap.eval.config import EvalSettings
+    from streamcap.common.settings import ConfigError
 
     if torch.cuda.is_available():
         assert pick_device(EvalSettings(device="cuda")).type == "cuda"

@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from eval.config import EvalSettings
-from eval.datasets import load_eval_set
-from eval.outputs import EvalResult
-from eval.watcher import Watcher
+from streamcap.eval.config import EvalSettings
+from streamcap.eval.datasets import load_eval_set
+from streamcap.eval.outputs import EvalResult
+from streamcap.eval.watcher import Watcher
 from streamcap import bus
 from tests.eval_support import karpathy_set, publish, tiny_checkpoint
 
@@ -91,7 +91,7 @@ def start_watcher(world, redis_url: str, keys: bus.Keys, out_dir: Path, *extra: 
     args = ["--redis-url", redis_url, "--namespace", keys.namespace, "--data", str(world["data"]),
             "--images", str(world["root"] / "images"), "--out-dir", str(out_dir), "--no-meteor",
             "--beam", "2", "--max-tokens", "4", "--min-tokens", "2", *extra]
-    return subprocess.Popen([sys.executable, "-m", "eval", "watch", *args], cwd=ROOT, start_new_session=True,
+    return subprocess.Popen([sys.executable, "-m", "streamcap.eval", "watch", *args], cwd=ROOT, start_new_session=True,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
 

@@ -20,9 +20,9 @@ from pathlib import Path
 
 import pytest
 
-from shardwriter import faults
+from streamcap.shardwriter import faults
 from streamcap import bus
-from streamcap.shardformat import stats_name
+from streamcap.formats.shards import stats_name
 from tests.chaos_support import (
     Fleet, enqueue_rows, fault_env, final_audit, fleets, histogram_line, image_host, paced_rows, pending_parts,
     process_state, wait_until,

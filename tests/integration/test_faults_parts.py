@@ -9,9 +9,9 @@ Each ends with the accounting check once every process is gone: lost = 0, duplic
 
 from __future__ import annotations
 
-from shardwriter import tempfiles
+from streamcap.shardwriter import tempfiles
 from streamcap import bus
-from streamcap.partqueue import read_part_queue
+from streamcap.ops.partqueue import read_part_queue
 from tests.chaos_support import (
     cli_json, enqueue_rows, fault_env, final_audit, fleets, heartbeats, image_host, paced_rows, wait_until,
     write_parquet,

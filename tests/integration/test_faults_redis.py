@@ -13,7 +13,7 @@ from __future__ import annotations
 import signal
 import time
 
-from shardwriter.audit import audit
+from streamcap.shardwriter.audit import audit
 from streamcap import bus
 from tests.chaos_support import (
     CAPTION, COMMIT_SHA, RedisProxy, cli_json, enqueue_rows, final_audit, fleets, image_host, paced_rows,

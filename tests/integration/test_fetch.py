@@ -12,8 +12,8 @@ import socket
 
 import pytest
 
-from downloader.config import DownloaderSettings
-from downloader.fetch import Fetcher
+from streamcap.downloader.config import DownloaderSettings
+from streamcap.downloader.fetch import Fetcher
 from tests.downloader_support import ImageServer, MapResolver, jpeg_bytes, loopback_one_is_public
 
 CAT = jpeg_bytes(320, 240)

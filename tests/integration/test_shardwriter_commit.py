@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from shardwriter.commit import ALREADY_DONE, COMMITTED, LOST_CLAIM, PartClaim, commit_part
-from shardwriter.registry import registered_shards
-from shardwriter.writer import PartSuperseded, PartWriter
+from streamcap.shardwriter.commit import ALREADY_DONE, COMMITTED, LOST_CLAIM, PartClaim, commit_part
+from streamcap.shardwriter.registry import registered_shards
+from streamcap.shardwriter.writer import PartSuperseded, PartWriter
 from streamcap import bus
 from tests.shardwriter_support import claim_part, enqueue, jpeg, write_rows
 

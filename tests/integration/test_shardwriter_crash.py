@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from shardwriter import faults
-from shardwriter.audit import audit
-from shardwriter.reconcile import reconcile
+from streamcap.shardwriter import faults
+from streamcap.shardwriter.audit import audit
+from streamcap.shardwriter.reconcile import reconcile
 from streamcap import bus
 from tests.shardwriter_support import enqueue, process_part
 

@@ -7,9 +7,10 @@ import time
 
 import pytest
 
-from shardwriter.registry import load_sources, registered_shards, save_source
-from shardwriter.retention import disk_pressure, gc, shard_bytes_on_disk
-from streamcap import bus, status
+from streamcap.shardwriter.registry import load_sources, registered_shards, save_source
+from streamcap.shardwriter.retention import disk_pressure, gc, shard_bytes_on_disk
+from streamcap import bus
+from streamcap.ops import status
 from tests.shardwriter_support import enqueue, process_part
 
 

@@ -5,9 +5,10 @@ from __future__ import annotations
 import json
 import time
 
-from streamcap import bus, status
-from streamcap.records import PartRecord, SourceRecord
-from streamcap.status_view import render
+from streamcap import bus
+from streamcap.ops import status
+from streamcap.formats.records import PartRecord, SourceRecord
+from streamcap.ops.status_view import render
 
 
 def enqueue(r, keys, rows: int, part_size: int) -> SourceRecord:

@@ -8,18 +8,18 @@ import io
 import torch
 from PIL import Image
 
-from streamcap.checkpoint import load_checkpoint
-from streamcap.decoding import greedy_decode
-from streamcap.model import image_transform
-from trainer.config import TrainerSettings
-from trainer.metrics import read_metrics
-from trainer.synthetic import demo_samples, demo_tokenizer, register_shard, write_shard
+from streamcap.model.checkpoint import load_checkpoint
+from streamcap.model.decoding import greedy_decode
+from streamcap.model.caption_model import image_transform
+from streamcap.trainer.config import TrainerSettings
+from streamcap.trainer.metrics import read_metrics
+from streamcap.trainer.synthetic import demo_samples, demo_tokenizer, register_shard, write_shard
 
 STEPS = 150
 
 
 def test_tiny_model_overfits_32_samples_and_greedy_reproduces_their_captions(redis_url, keys, r, tmp_path):
-    from trainer.train import run
+    from streamcap.trainer.train import run
 
     samples = demo_samples(seed=3, start=0, count=32, image_size=64)
     for part in range(2):

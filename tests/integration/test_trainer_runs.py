@@ -15,9 +15,9 @@ import pytest
 import torch
 
 from streamcap import bus
-from trainer.config import TrainerSettings
-from trainer.metrics import read_metrics
-from trainer.synthetic import demo_samples, demo_tokenizer, register_shard, write_shard
+from streamcap.trainer.config import TrainerSettings
+from streamcap.trainer.metrics import read_metrics
+from streamcap.trainer.synthetic import demo_samples, demo_tokenizer, register_shard, write_shard
 
 ROOT = Path(__file__).resolve().parents[2]
 ENV = {"WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1", "NO_ALBUMENTATIONS_UPDATE": "1"}
@@ -52,7 +52,7 @@ def train_args(redis_url: str, keys, tmp_path: Path, **extra) -> list[str]:
 def start(args: list[str], log: Path, torchrun: int = 0) -> subprocess.Popen:
     launcher = ([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={torchrun}"]
                 if torchrun else [sys.executable])
-    return subprocess.Popen([*launcher, "-m", "trainer", *args], cwd=ROOT, env=os.environ | ENV,
+    return subprocess.Popen([*launcher, "-m", "streamcap.trainer", *args], cwd=ROOT, env=os.environ | ENV,
                             stdout=log.open("w"), stderr=subprocess.STDOUT)
 
 
@@ -163,7 +163,7 @@ def one_thread():
 
 
 def test_interrupted_and_resumed_run_reproduces_the_losses(redis_url, keys, r, tmp_path, one_thread):
-    from trainer.train import run
+    from streamcap.trainer.train import run
 
     make_shards(r, keys, tmp_path / "shards", [7, 9, 8])  # 24 samples: the last steps replay
     vocab(tmp_path / "vocab.txt")

@@ -8,7 +8,7 @@ import multiprocessing
 import numpy as np
 import pytest
 
-from trainer.augment import Augmenter, SharedLevel, ramp_level
+from streamcap.trainer.augment import Augmenter, SharedLevel, ramp_level
 
 
 def test_ramp_goes_from_zero_to_max_exponentially():

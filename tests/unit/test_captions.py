@@ -1,6 +1,6 @@
 import pytest
 
-from streamcap.captions import normalize_whitespace, process_caption, split_sentences
+from streamcap.text.captions import normalize_whitespace, process_caption, split_sentences
 
 
 def test_whitespace_and_control_characters():

@@ -7,10 +7,10 @@ import threading
 import pytest
 import torch
 
-from streamcap.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from streamcap.decoding import beam_search_with_scores
-from streamcap.model import CaptionModel, ModelConfig
-from streamcap.tokenizer import WordPieceTokenizer
+from streamcap.model.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from streamcap.model.decoding import beam_search_with_scores
+from streamcap.model.caption_model import CaptionModel, ModelConfig
+from streamcap.text.tokenizer import WordPieceTokenizer
 
 VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a", "dog", "on", "the", "beach", "."]
 

@@ -98,17 +98,17 @@ def test_every_variable_is_documented_in_env_example():
 
 
 def command_tree():
-    from eval.cli import eval_app
+    from streamcap.eval.cli import eval_app
     from streamcap.cli import app as streamcap_app
-    from trainer.__main__ import main as _trainer_main  # noqa: F401  (the module torchrun runs)
-    from trainer.cli import train_command
+    from streamcap.trainer.__main__ import main as _trainer_main  # noqa: F401  (the module torchrun runs)
+    from streamcap.trainer.cli import train_command
 
     trainer_app = typer.Typer()
     trainer_app.command()(train_command)
     return {
         "streamcap": typer.main.get_command(streamcap_app),
-        "python -m eval": typer.main.get_command(eval_app),
-        "-m trainer": typer.main.get_command(trainer_app),
+        "python -m streamcap.eval": typer.main.get_command(eval_app),
+        "-m streamcap.trainer": typer.main.get_command(trainer_app),
     }
 
 
@@ -122,10 +122,10 @@ def invocations(command: list[str] | str) -> list[tuple[str, list[str]]]:
         return []
     if words[0] == "streamcap":
         return [("streamcap", words[1:])]
-    if words[:3] == ["python", "-m", "eval"]:
-        return [("python -m eval", words[3:])]
+    if words[:3] == ["python", "-m", "streamcap.eval"]:
+        return [("python -m streamcap.eval", words[3:])]
     if words[0] == "torchrun":
-        return [("-m trainer", words[words.index("-m") + 2:])]
+        return [("-m streamcap.trainer", words[words.index("-m") + 2:])]
     return []
 
 

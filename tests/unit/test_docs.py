@@ -6,10 +6,11 @@ import importlib
 import importlib.util
 from pathlib import Path
 
-from streamcap.settings import all_settings_classes, all_settings_fields
+from streamcap.common.settings import all_settings_classes, all_settings_fields
 
 ROOT = Path(__file__).resolve().parents[2]
-SERVICE_CONFIGS = ("downloader.config", "shardwriter.config", "trainer.config", "eval.config", "streamcap.demo.config")
+SERVICE_CONFIGS = ("streamcap.downloader.config", "streamcap.shardwriter.config", "streamcap.trainer.config", "streamcap.eval.config",
+                   "streamcap.demo.config")
 
 
 def settings_classes() -> list[type]:

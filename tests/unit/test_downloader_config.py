@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from downloader.config import DownloaderSettings, EnqueueSettings
-from streamcap.settings import ConfigError
+from streamcap.downloader.config import DownloaderSettings, EnqueueSettings
+from streamcap.common.settings import ConfigError
 
 
 def test_defaults_follow_the_issue():

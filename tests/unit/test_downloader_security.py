@@ -7,8 +7,8 @@ import socket
 
 import pytest
 
-from downloader.fetch import retry_after_seconds, robots_opt_out
-from downloader.security import (
+from streamcap.downloader.fetch import retry_after_seconds, robots_opt_out
+from streamcap.downloader.security import (
     BlockedAddressError, InvalidURLError, address_allowed, blocked_reason, check_url, guarded_socket_factory,
     parse_ip_host,
 )

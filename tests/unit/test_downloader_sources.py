@@ -8,8 +8,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from downloader.enqueue import pick_caption_column, source_id
-from downloader.sources import SourceError, open_source
+from streamcap.downloader.enqueue import pick_caption_column, source_id
+from streamcap.downloader.sources import SourceError, open_source
 
 N = 250
 

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from eval.datasets import EvalSetError, load_eval_set, split_counts
+from streamcap.eval.datasets import EvalSetError, load_eval_set, split_counts
 from tests.eval_support import jsonl_set, karpathy_set, make_image, references
 
 

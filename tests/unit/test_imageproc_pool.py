@@ -6,8 +6,8 @@ import asyncio
 import os
 import time
 
-from downloader.imagepool import ImagePool
-from downloader.imageproc import ImageOptions, ProcessedImage, Rejection, process_image
+from streamcap.downloader.imagepool import ImagePool
+from streamcap.downloader.imageproc import ImageOptions, ProcessedImage, Rejection, process_image
 from tests.downloader_support import jpeg_bytes
 
 POISON = b"POISON"

@@ -7,7 +7,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from trainer.losses import caption_loss, eos_suppression
+from streamcap.trainer.losses import caption_loss, eos_suppression
 
 PAD, BOS, EOS, V = 0, 2, 3, 10
 NEG = -1e9

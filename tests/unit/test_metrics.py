@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from pycocoevalcap.rouge.rouge import my_lcs
 
-from eval.metrics import METRICS, ScoringError, _lcs_length, _position_masks, score, score_captions, score_tokenized
+from streamcap.eval.metrics import METRICS, ScoringError, _lcs_length, _position_masks, score, score_captions, score_tokenized
 from tests.reference_metrics import reference_scores
 
 REL_TOL = 1e-6

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from eval.ptb import normalize, ptb_tokenize
+from streamcap.eval.ptb import normalize, ptb_tokenize
 
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "ptb" / "expected.json"
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
-from streamcap.model import (IMAGE_MEAN, CaptionModel, ModelConfig, PRESETS, format_parameter_counts,
+from streamcap.model.caption_model import (IMAGE_MEAN, CaptionModel, ModelConfig, PRESETS, format_parameter_counts,
                              image_transform)
 
 MICRO = dict(backbone="resnet10", image_size=64, d_model=32, n_layers=2, n_heads=2, d_ff=64,
@@ -100,7 +100,7 @@ def test_image_transform_normalises_any_mode():
 def test_unloadable_imagenet_weights_mean_one_warning_and_random_weights(caplog):
     from torchvision.models import resnet
 
-    from streamcap.encoder import _load_imagenet_weights
+    from streamcap.model.encoder import _load_imagenet_weights
 
     class OfflineWeights:  # what torchvision's weights enum does on a machine without network
         name = "IMAGENET1K_V1"
@@ -110,7 +110,7 @@ def test_unloadable_imagenet_weights_mean_one_warning_and_random_weights(caplog)
 
     net = resnet.resnet18(weights=None)
     before = net.conv1.weight.clone()
-    with caplog.at_level("INFO", logger="streamcap.encoder"):
+    with caplog.at_level("INFO", logger="streamcap.model.encoder"):
         _load_imagenet_weights(net, "resnet18", OfflineWeights())
     assert [r.levelname for r in caplog.records] == ["WARNING"]
     assert "ImageNet weights for resnet18 could not be loaded (OSError" in caplog.text

@@ -1,6 +1,6 @@
 import pytest
 
-from streamcap.records import (CheckpointRecord, FailedRow, PartRecord, PartStats, ShardRecord, SourceRecord,
+from streamcap.formats.records import (CheckpointRecord, FailedRow, PartRecord, PartStats, ShardRecord, SourceRecord,
                                source_slug)
 
 

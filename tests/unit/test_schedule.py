@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from trainer.schedule import make_scheduler, warmup_inverse_sqrt
+from streamcap.trainer.schedule import make_scheduler, warmup_inverse_sqrt
 
 
 @pytest.mark.parametrize("step, expected", [(1, 0.001), (500, 0.5), (1000, 1.0), (4000, 0.5), (100_000, 0.1)])

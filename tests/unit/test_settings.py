@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from streamcap.settings import CommonSettings, ConfigError, all_settings_fields, build
+from streamcap.common.settings import CommonSettings, ConfigError, all_settings_fields, build
 
 
 def test_defaults_are_valid():

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from streamcap.shardformat import iter_samples, sample_key, shard_name, stats_name
+from streamcap.formats.shards import iter_samples, sample_key, shard_name, stats_name
 
 
 def add(tar: tarfile.TarFile, name: str, data: bytes, **attrs) -> None:

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from shardwriter.locks import PartLockBusy, lock_path, part_lock
+from streamcap.shardwriter.locks import PartLockBusy, lock_path, part_lock
 
 
 def test_a_second_holder_waits_for_the_first_and_the_lock_file_goes_with_the_last(tmp_path):

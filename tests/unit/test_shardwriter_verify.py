@@ -8,11 +8,11 @@ import tarfile
 
 import pytest
 
-from shardwriter.config import ShardWriterSettings, parse_size
-from shardwriter.verify import check_shard, expand
-from shardwriter.writer import PartWriter
-from streamcap.records import PartRecord
-from streamcap.settings import ConfigError
+from streamcap.shardwriter.config import ShardWriterSettings, parse_size
+from streamcap.shardwriter.verify import check_shard, expand
+from streamcap.shardwriter.writer import PartWriter
+from streamcap.formats.records import PartRecord
+from streamcap.common.settings import ConfigError
 from tests.shardwriter_support import jpeg, write_rows
 
 

@@ -9,10 +9,10 @@ import sys
 
 import pytest
 
-from shardwriter import tempfiles
-from shardwriter.writer import PartWriter
-from streamcap.records import PartRecord, PartStats
-from streamcap.shardformat import iter_samples, sample_key, shard_name, stats_name
+from streamcap.shardwriter import tempfiles
+from streamcap.shardwriter.writer import PartWriter
+from streamcap.formats.records import PartRecord, PartStats
+from streamcap.formats.shards import iter_samples, sample_key, shard_name, stats_name
 from tests.shardwriter_support import jpeg, write_rows
 
 PART = PartRecord(source="Pop Set", part=3, start=30, end=50)
@@ -152,7 +152,7 @@ def test_write_atomic_from_many_threads_never_tears_or_collides(tmp_path):
     import json
     from concurrent.futures import ThreadPoolExecutor
 
-    from shardwriter import tempfiles
+    from streamcap.shardwriter import tempfiles
 
     target = tmp_path / "source.json"
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from streamcap.tokenizer import VocabError, WordPieceTokenizer, basic_tokenize, detokenize
+from streamcap.text.tokenizer import VocabError, WordPieceTokenizer, basic_tokenize, detokenize
 
 SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 WORDS = ["a", "dog", "run", "##s", "##ning", "on", "the", "beach", ".", ",", "!", "'", "s", "t", "don",

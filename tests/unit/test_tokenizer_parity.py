@@ -13,7 +13,7 @@ import unicodedata
 import pytest
 from tokenizers import BertWordPieceTokenizer, Tokenizer, models, normalizers, pre_tokenizers
 
-from streamcap.tokenizer import SPECIAL_TOKENS, WordPieceTokenizer, basic_tokenize
+from streamcap.text.tokenizer import SPECIAL_TOKENS, WordPieceTokenizer, basic_tokenize
 
 FRAGMENTS = [
     # accents, case, ligatures, full-width, Turkish/German/Greek specials

@@ -12,9 +12,9 @@ import pytest
 from tokenizers import BertWordPieceTokenizer
 
 from streamcap.cli import app
-from streamcap.cliutil import run_app
-from streamcap.tokenizer import SPECIAL_TOKENS, WordPieceTokenizer
-from streamcap.vocab import CorpusError, count_words, read_captions, train_vocab, vocab_from_base
+from streamcap.common.commands import run_app
+from streamcap.text.tokenizer import SPECIAL_TOKENS, WordPieceTokenizer
+from streamcap.text.vocab import CorpusError, count_words, read_captions, train_vocab, vocab_from_base
 
 COMMON = "a an the dog dogs cat on in near with under red blue running café über naïve 猫".split()
 # Made-up words sharing stems and endings: enough distinct words to fill a few hundred pieces.

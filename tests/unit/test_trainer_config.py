@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from streamcap.settings import ConfigError
-from trainer.config import TrainerSettings
+from streamcap.common.settings import ConfigError
+from streamcap.trainer.config import TrainerSettings
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -39,11 +39,11 @@ def test_defaults_follow_the_original_and_run_dir_is_per_run(tmp_path):
 
 
 def test_train_command_reports_bad_settings_without_a_traceback(tmp_path):
-    out = subprocess.run([sys.executable, "-m", "trainer", "--batch-size", "0"], capture_output=True, text=True,
+    out = subprocess.run([sys.executable, "-m", "streamcap.trainer", "--batch-size", "0"], capture_output=True, text=True,
                          cwd=ROOT, timeout=60)
     assert out.returncode == 1
     assert out.stderr.strip() == "streamcap: error: --batch-size / STREAMCAP_TRAIN_BATCH_SIZE: expected a number >= 1, got 0"
     (tmp_path / "vocab.txt").write_text("[PAD]\n[UNK]\n[CLS]\n[SEP]\n")
-    out = subprocess.run([sys.executable, "-m", "trainer", "--tokenizer", str(tmp_path / "vocab.txt")],
+    out = subprocess.run([sys.executable, "-m", "streamcap.trainer", "--tokenizer", str(tmp_path / "vocab.txt")],
                          capture_output=True, text=True, cwd=ROOT, timeout=60, env={"PATH": "/usr/bin:/bin"})
     assert out.returncode == 1 and "REDIS_URL is not set" in out.stderr and "Traceback" not in out.stderr

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from streamcap.shardformat import Sample
-from streamcap.tokenizer import WordPieceTokenizer
-from trainer.samples import CaptionChoice, SampleError, choose_caption, collate, decode_image, encode_caption
+from streamcap.formats.shards import Sample
+from streamcap.text.tokenizer import WordPieceTokenizer
+from streamcap.trainer.samples import CaptionChoice, SampleError, choose_caption, collate, decode_image, encode_caption
 
 RAW = "A red car is parked. It is near a tree. The sky is blue."
 WORDS = "a red car is parked it near tree the sky blue . dog runs".split()

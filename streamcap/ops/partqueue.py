@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import redis
 
 from streamcap import bus
-from streamcap.records import PartRecord
+from streamcap.formats.records import PartRecord
 
 _BATCH = 1000
 

@@ -18,9 +18,9 @@ from typing import Iterable, Iterator
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from streamcap.checkpoint import LoadedCheckpoint
-from streamcap.decoding import beam_search_with_scores
-from streamcap.model import image_transform
+from streamcap.model.checkpoint import LoadedCheckpoint
+from streamcap.model.decoding import beam_search_with_scores
+from streamcap.model.caption_model import image_transform
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
 
@@ -35,7 +35,7 @@ class ImageItem:
 class CaptionResult:
     path: str
     caption: str | None = None
-    score: float | None = None  # length-normalised log-probability (streamcap.decoding)
+    score: float | None = None  # length-normalised log-probability (streamcap.model.decoding)
     error: str | None = None
 
     def to_json(self) -> dict:

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from streamcap.records import source_slug
+from streamcap.formats.records import source_slug
 
 IMAGE_EXTS = ("jpg", "webp")
 SAMPLE_EXTS = frozenset(IMAGE_EXTS + ("txt", "json"))

@@ -22,10 +22,10 @@ from typing import Any, BinaryIO, Callable
 import torch
 import torch.nn as nn
 
-from streamcap.model import CaptionModel, ModelConfig
-from streamcap.tokenizer import VocabError, WordPieceTokenizer
+from streamcap.model.caption_model import CaptionModel, ModelConfig
+from streamcap.text.tokenizer import VocabError, WordPieceTokenizer
 
-FORMAT = "streamcap.checkpoint"
+FORMAT = "streamcap.checkpoint"  # the file header: stays as written by every earlier version
 VERSION = 1
 
 

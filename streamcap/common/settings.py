@@ -10,7 +10,7 @@ apart, and the README's settings table is checked against it by a test.
     >>> CommonSettings(namespace="has space")
     Traceback (most recent call last):
     ...
-    streamcap.settings.ConfigError: --namespace / STREAMCAP_NAMESPACE: expected letters, digits, '_', '-', '.' or ':', got 'has space'
+    streamcap.common.settings.ConfigError: --namespace / STREAMCAP_NAMESPACE: expected letters, digits, '_', '-', '.' or ':', got 'has space'
 """
 
 from __future__ import annotations

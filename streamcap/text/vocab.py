@@ -26,9 +26,9 @@ from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Iterable, Iterator
 
-from streamcap.captions import process_caption
-from streamcap.jsonlines import iter_objects
-from streamcap.tokenizer import CONTINUATION, SPECIAL_TOKENS, WordPieceTokenizer, basic_tokenize
+from streamcap.text.captions import process_caption
+from streamcap.formats.jsonlines import iter_objects
+from streamcap.text.tokenizer import CONTINUATION, SPECIAL_TOKENS, WordPieceTokenizer, basic_tokenize
 
 CAPTION_SUFFIXES = (".parquet", ".jsonl", ".json", ".txt")
 # Caption columns tried in order when none is named (RELAION-POP's first).

@@ -18,7 +18,7 @@ from collections import OrderedDict
 import torch
 import torch.nn as nn
 
-from streamcap.model_config import ModelConfig
+from streamcap.model.config import ModelConfig
 
 log = logging.getLogger(__name__)
 

@@ -25,7 +25,7 @@ import unicodedata
 from pathlib import Path
 from typing import Iterable, Sequence
 
-from streamcap.bert_chars import char_class, is_nonspacing_mark, is_punctuation
+from streamcap.text.bert_chars import char_class, is_nonspacing_mark, is_punctuation
 
 PAD, UNK, BOS, EOS, MASK = "[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"
 SPECIAL_TOKENS = (PAD, UNK, BOS, EOS, MASK)

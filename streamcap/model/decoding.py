@@ -30,7 +30,7 @@ from typing import Iterator
 import torch
 import torch.nn.functional as F
 
-from streamcap.model import CaptionModel
+from streamcap.model.caption_model import CaptionModel
 
 NEG_INF = float("-inf")
 

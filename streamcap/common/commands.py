@@ -25,8 +25,8 @@ import redis
 import typer
 
 from streamcap.bus import RedisUnavailable
-from streamcap.embedded_redis import RedisServerNotFound
-from streamcap.settings import CommonSettings, ConfigError
+from streamcap.bus.embedded import RedisServerNotFound
+from streamcap.common.settings import CommonSettings, ConfigError
 
 
 def _click_exception_modules() -> list[Any]:

@@ -7,19 +7,18 @@
 
     python -m streamcap.model base small tiny   # parameter counts of each preset, per part
 
-Encoder (streamcap.encoder): the ResNet trunk up to its last feature map (`forward_features`),
+Encoder (streamcap.model.encoder): the ResNet trunk up to its last feature map (`forward_features`),
 a linear projection to the decoder width, LayerNorm and fixed 2D sine/cosine positions.
 Decoder: token + learned position embeddings, pre-LayerNorm blocks of causal self-attention,
 cross-attention over the image grid and a GELU feed-forward, tied input/output embeddings.
 Attention is written out here; `F.scaled_dot_product_attention` is only the kernel. Decoding
 goes through `init_cache`/`step`: self-attention K/V are cached per layer, the image's
-cross-attention K/V are computed once (streamcap.decoding).
+cross-attention K/V are computed once (streamcap.model.decoding).
 """
 
 from __future__ import annotations
 
 import math
-import sys
 from collections import OrderedDict
 from typing import Callable
 
@@ -27,8 +26,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from streamcap.encoder import ImageEncoder
-from streamcap.model_config import PRESETS, ModelConfig
+from streamcap.model.encoder import ImageEncoder
+from streamcap.model.config import PRESETS, ModelConfig
 
 __all__ = [
     "IMAGE_MEAN", "IMAGE_STD", "ModelConfig", "PRESETS", "CaptionModel", "ImageEncoder",
@@ -331,12 +330,9 @@ def image_transform(cfg: ModelConfig) -> Callable[..., torch.Tensor]:
     return ImageTransform(cfg.image_size)
 
 
-def _print_presets(names: list[str]) -> int:
+def print_presets(names: list[str]) -> int:
     for name in names or sorted(PRESETS):
         cfg = ModelConfig.from_preset(name, pretrained=False)
         print(f"{name:6s} {cfg.backbone:9s} {format_parameter_counts(CaptionModel(cfg).parameter_counts())}")
     return 0
 
-
-if __name__ == "__main__":
-    sys.exit(_print_presets(sys.argv[1:]))

@@ -1,0 +1,1 @@
+"""Operating the pipeline: the part-queue snapshot and `streamcap status`."""

@@ -1,0 +1,1 @@
+"""The text side: WordPiece tokenizer, vocabulary building, caption cutting. No torch."""
