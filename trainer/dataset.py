@@ -91,8 +91,11 @@ class ShardStreamDataset(IterableDataset):
     def __iter__(self) -> Iterator[Batch]:
         info = get_worker_info()
         worker = info.id if info is not None else 0
-        if info is not None:  # the training process handles SIGTERM/SIGINT and shuts workers down
-            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        if info is not None:
+            # Ctrl-C reaches the whole process group: the training process handles it and shuts the
+            # workers down. SIGTERM is how the DataLoader ends a worker that does not answer its
+            # shutdown (one waiting for shards): it must keep its default, or the rank hangs at exit.
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
             signal.signal(signal.SIGINT, signal.SIG_IGN)
             torch.set_num_threads(1)
         return _BatchMaker(self, worker, in_worker=info is not None).batches()

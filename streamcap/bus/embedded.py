@@ -22,6 +22,8 @@ from pathlib import Path
 
 import redis
 
+from streamcap.common.secrets import with_password
+
 
 class RedisServerNotFound(RuntimeError):
     """No redis-server binary is available."""
@@ -66,8 +68,7 @@ class EmbeddedRedis:
 
     @property
     def url(self) -> str:
-        auth = f":{self.password}@" if self.password else ""
-        return f"redis://{auth}127.0.0.1:{self.port}/0"
+        return with_password(f"redis://127.0.0.1:{self.port}/0", self.password)
 
     @property
     def log_path(self) -> Path:

@@ -26,6 +26,7 @@ import typer
 
 from streamcap.bus import RedisUnavailable
 from streamcap.bus.embedded import RedisServerNotFound
+from streamcap.common.secrets import redact
 from streamcap.common.settings import CommonSettings, ConfigError
 
 
@@ -75,7 +76,7 @@ def print_json(obj: Any) -> None:
 
 
 def error(message: str) -> None:
-    sys.stderr.write(f"streamcap: error: {message}\n")
+    sys.stderr.write(f"streamcap: error: {redact(message)}\n")
 
 
 def run_app(app: typer.Typer, argv: Sequence[str] | None = None, prog_name: str = "streamcap") -> int:

@@ -14,6 +14,8 @@ import socket
 import sys
 import time
 
+from streamcap.common.secrets import RedactingFilter
+
 _FORMAT = "%(asctime)s %(levelname)-5s %(role)s/%(instance)s %(name)s: %(message)s"
 
 
@@ -51,6 +53,7 @@ def setup_logging(role: str, level: str = "INFO", instance: str | None = None) -
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(_UTCFormatter(_FORMAT))
     handler.addFilter(_ContextFilter(role, instance or instance_id()))
+    handler.addFilter(RedactingFilter())  # no password reaches a log line
     root = logging.getLogger()
     for old in list(root.handlers):
         root.removeHandler(old)

@@ -17,10 +17,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional
+
+from streamcap.common.secrets import PASSWORD_ENV, redact, with_password
 
 # A check returns None when the value is fine, else what was expected ("an integer >= 1").
 Check = Callable[[Any], "str | None"]
@@ -57,8 +60,8 @@ def build(cls: type, **given: Any) -> Any:
 
 
 def to_json(cfg: Any) -> str:
-    """The resolved settings as JSON, for logs and for saving beside outputs."""
-    return json.dumps(dataclasses.asdict(cfg), default=str, sort_keys=True)
+    """The resolved settings as JSON, for logs and for saving beside outputs; passwords redacted."""
+    return redact(json.dumps(dataclasses.asdict(cfg), default=str, sort_keys=True))
 
 
 def _field(cls_or_obj: Any, name: str) -> dataclasses.Field:
@@ -177,7 +180,8 @@ class CommonSettings(Settings):
                 "REDIS_URL is not set: run `streamcap redis` in another shell and export the "
                 "REDIS_URL it prints, or pass --redis-url"
             )
-        return self.redis_url
+        # A password given on its own (any character) is encoded into the URL here, not by people.
+        return with_password(self.redis_url, os.environ.get(PASSWORD_ENV))
 
     @property
     def keys(self):  # -> streamcap.bus.Keys (imported here to keep settings import-light)

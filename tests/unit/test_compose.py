@@ -19,13 +19,31 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = ROOT / "docker-compose.yml"
+COMPOSE_CPU = ROOT / "docker-compose.cpu.yml"
 SHARED_SCHEMA = ROOT.parent / "shared" / "compose-spec.json"
 BIN = Path(sys.executable).parent
+
+
+class ComposeLoader(yaml.SafeLoader):
+    """YAML with Compose's merge tags: `!reset` drops a value, `!override` replaces it."""
+
+
+ComposeLoader.add_constructor("!reset", lambda loader, node: Reset())
+ComposeLoader.add_constructor("!override", lambda loader, node: loader.construct_mapping(node, deep=True))
+
+
+class Reset:
+    pass
 
 
 @pytest.fixture(scope="module")
 def compose() -> dict:
     return yaml.safe_load(COMPOSE.read_text())
+
+
+@pytest.fixture(scope="module")
+def compose_cpu() -> dict:
+    return yaml.load(COMPOSE_CPU.read_text(), Loader=ComposeLoader)  # noqa: S506 (a SafeLoader subclass)
 
 
 def test_compose_validates_against_the_compose_specification():
@@ -46,6 +64,43 @@ def test_redis_publishes_no_port_and_keeps_an_aof(compose):
     assert "--appendonly yes" in " ".join(redis["command"])
     assert "requirepass" in " ".join(redis["command"])
     assert redis["healthcheck"]["test"]
+    # redis-server first: the image's entrypoint then drops root (`sh -c ...` would bypass it).
+    assert redis["command"][0] == "redis-server"
+
+
+def test_the_redis_password_travels_on_its_own_never_in_a_url(compose):
+    env = compose["x-redis-env"]
+    assert env["REDIS_URL"] == "redis://redis:6379/0"
+    assert env["REDIS_PASSWORD"].startswith("${REDIS_PASSWORD")
+
+
+def test_every_streamcap_service_reads_the_env_file(compose):
+    for name, service in compose["services"].items():
+        if name != "redis":
+            assert service.get("env_file") == [{"path": ".env", "required": False}], name
+
+
+def test_the_trainer_stays_down_once_done_and_wandb_defaults_to_auto(compose):
+    trainer = compose["services"]["trainer"]
+    assert trainer["restart"] == "on-failure"
+    assert trainer["environment"]["STREAMCAP_CHECKPOINT_DIR"] == "/data/checkpoints"  # the trainer adds <run>/
+    for name in ("trainer", "evaluator"):
+        assert compose["services"][name]["environment"]["STREAMCAP_WANDB_MODE"] == "${WANDB_MODE:-auto}"
+
+
+def test_downloaders_can_read_the_source(compose):
+    assert "${SOURCE_DIR:-./data}:/data/source:ro" in compose["services"]["downloader"]["volumes"]
+
+
+def test_the_cpu_variant_reserves_no_gpu_and_runs_on_cpu(compose, compose_cpu):
+    gpu_services = {name for name, s in compose["services"].items()
+                    if "nvidia" in str(s.get("deploy", {}).get("resources", {}))}
+    assert gpu_services == {"trainer", "evaluator"}
+    for name in gpu_services:
+        assert isinstance(compose_cpu["services"][name]["deploy"], Reset), name
+    assert compose_cpu["services"]["trainer"]["environment"]["STREAMCAP_TRAIN_DEVICE"] == "cpu"
+    assert compose_cpu["services"]["evaluator"]["environment"]["STREAMCAP_EVAL_DEVICE"] == "cpu"
+    assert set(compose_cpu["services"]) <= set(compose["services"])
 
 
 def volume_mounts(service: dict) -> dict[str, str]:
@@ -70,7 +125,8 @@ def test_trainer_reserves_all_gpus_and_shared_memory(compose):
     devices = trainer["deploy"]["resources"]["reservations"]["devices"]
     assert any(d["driver"] == "nvidia" and d["count"] == "all" and "gpu" in d["capabilities"] for d in devices)
     assert trainer["shm_size"]
-    assert trainer["command"][:4] == ["torchrun", "--standalone", "--nproc-per-node", "${GPUS:-4}"]
+    assert trainer["command"][:6] == ["python", "-m", "streamcap.trainer.launch", "--standalone",
+                                      "--nproc-per-node", "${GPUS:-4}"]
 
 
 def test_services_wait_for_a_healthy_redis(compose):
@@ -88,7 +144,7 @@ def test_every_depends_on_target_exists(compose):
 
 
 def test_every_variable_is_documented_in_env_example():
-    used = set(re.findall(r"\$\{([A-Z_][A-Z0-9_]*)", COMPOSE.read_text()))
+    used = set(re.findall(r"\$\{([A-Z_][A-Z0-9_]*)", COMPOSE.read_text() + COMPOSE_CPU.read_text()))
     documented = set(re.findall(r"^#?\s*([A-Z_][A-Z0-9_]*)=", (ROOT / ".env.example").read_text(), re.M))
     assert used, "no variables found: the pattern is wrong"
     assert sorted(used - documented) == []
@@ -126,6 +182,10 @@ def invocations(command: list[str] | str) -> list[tuple[str, list[str]]]:
         return [("python -m streamcap.eval", words[3:])]
     if words[0] == "torchrun":
         return [("-m streamcap.trainer", words[words.index("-m") + 2:])]
+    if words[:3] == ["python", "-m", "streamcap.trainer.launch"]:
+        from streamcap.trainer.launch import split_args
+
+        return [("-m streamcap.trainer", split_args(words[3:])[1])]
     return []
 
 
