@@ -10,7 +10,7 @@ PYTEST_ARGS ?=
 export NO_ALBUMENTATIONS_UPDATE := 1
 export WANDB_MODE ?= disabled
 
-.PHONY: test demo venv clean-venv
+.PHONY: test demo docs venv clean-venv
 
 venv: $(STAMP)
 
@@ -30,3 +30,8 @@ clean-venv:
 ## demo: the whole pipeline on this machine (embedded Redis, local image host, ~5 minutes)
 demo: $(STAMP)
 	$(BIN)/streamcap demo $(DEMO_ARGS)
+
+## docs: regenerate docs/settings.md from the settings classes (a unit test fails when it is stale)
+docs: $(STAMP)
+	$(BIN)/python -m streamcap.common.settings_doc > docs/settings.md.tmp
+	mv docs/settings.md.tmp docs/settings.md

@@ -1,4 +1,4 @@
-"""Chaos run: issue 9's faults 1, 5 and 7 at once on a longer run, then the accounting check.
+"""Chaos run: faults 1, 5 and 7 of docs/testing.md at once on a longer run, then the accounting check.
 
     .venv/bin/python benchmarks/chaos.py                       # 10000 rows, ~1.5 minutes on 2 cores
     .venv/bin/python benchmarks/chaos.py --rows 50000 --workers 4 --no-baseline

@@ -3,7 +3,7 @@
     report = audit(r, keys, shard_dir)
     report.lost, report.duplicates, report.parts, report.discrepancies, report.ok
 
-Checked (ARCHITECTURE.md's invariant, row by row):
+Checked (the accounting invariant of docs/architecture.md, row by row):
 - every enqueued part (from the source definitions) is in exactly one state: pending, in
   flight, done (`parts:done`) or dead (`parts:dead`, acknowledged), and enqueued once;
 - every row of a done part is exactly one sample in its registered shards or one recorded

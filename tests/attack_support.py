@@ -1,4 +1,4 @@
-"""Helpers of the attack suite (issue 9, cases 12-21): a hostile HTTP server and real download runs.
+"""Helpers of the attack suite (docs/testing.md, attacks 12-21): a hostile HTTP server and real download runs.
 
     with HostileServer(hosts=("127.0.0.1", "127.0.0.2", "::1")) as server:   # one port on every address
         server.images["cat.jpg"] = jpeg_bytes(320, 240)

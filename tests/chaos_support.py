@@ -1,4 +1,4 @@
-"""Support for the reliability suite (issue 9, "Faults") and `benchmarks/chaos.py`.
+"""Support for the reliability suite (docs/testing.md, faults 1-11) and `benchmarks/chaos.py`.
 
     with image_server() as server:                           # loopback HTTP, see downloader_support
         rows = paced_rows(server, 600, delay_s=0.2)          # (url, caption), a mix of failures included

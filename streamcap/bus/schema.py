@@ -64,14 +64,14 @@ class MessageError(ValueError):
 
 @dataclass(frozen=True)
 class Keys:
-    """Every Redis key of the schema (ARCHITECTURE.md), under one namespace prefix."""
+    """Every Redis key of the schema (docs/architecture.md), under one namespace prefix."""
 
     namespace: str = "streamcap"
 
     def key(self, *parts: str) -> str:
         return ":".join((self.namespace, *parts))
 
-    # --- the schema of ARCHITECTURE.md ---
+    # --- the schema of docs/architecture.md ---
     @property
     def sources(self) -> str:
         """hash: source id -> JSON definition (uri, format, columns, rows, part size)."""

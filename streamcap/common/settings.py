@@ -4,7 +4,7 @@ Every service declares one frozen dataclass deriving from `CommonSettings`, with
 declared through `setting()`: its default, CLI flag, environment variable, one line of help and
 an optional check. The typer commands build their options from the same declaration
 (`streamcap.cli_options.option`), so a flag, its variable and its error message cannot drift
-apart, and the README's settings table is checked against it by a test.
+apart, and docs/settings.md is generated from it (`make docs`; a test checks it).
 
     >>> cfg = CommonSettings(redis_url="redis://localhost:6379/0")
     >>> CommonSettings(namespace="has space")

@@ -10,6 +10,8 @@ from streamcap.common.settings import Settings, at_least, fail, setting
 
 @dataclass(frozen=True, kw_only=True)
 class DemoSettings(Settings):
+    """How big `streamcap demo` runs: rows, evaluation images, steps, checkpoints, seed, folder."""
+
     workdir: Path = setting(
         Path("demo-output"), flag="--workdir", env="STREAMCAP_DEMO_DIR",
         help="Where the demo keeps its data, shards, checkpoints and report (run state is reset each run).",

@@ -1,4 +1,4 @@
-"""Attacks on the network around the downloader (issue 9, cases 12-14): nobody let in.
+"""Attacks on the network around the downloader (docs/testing.md, attacks 12-14): nobody let in.
 
 A URL list is written by strangers. Each test below runs the real download service against
 real loopback servers whose every accepted TCP connection is logged, and proves from those
@@ -30,7 +30,7 @@ def trap_connections(server: HostileServer) -> list:
     return [c for c in server.connections if c.local[0] != "127.0.0.1"]
 
 
-# --- case 12: raw addresses in every spelling ------------------------------------------------------
+# --- attack 12: raw addresses in every spelling ----------------------------------------------------
 
 REFUSED_HOSTS = [
     "127.0.0.2", "[::1]", "169.254.169.254", "10.0.0.1", "[fd00::1]", "[::ffff:127.0.0.2]",
@@ -67,7 +67,7 @@ def test_private_and_loopback_hosts_in_any_notation_are_never_dialled(r, keys, r
     assert audited(r, keys, shard_dir).failures_by_reason == {"blocked_address": len(urls)}
 
 
-# --- case 13: redirects checked at every hop -------------------------------------------------------
+# --- attack 13: redirects checked at every hop -----------------------------------------------------
 
 
 def settings(redis_url: str, keys, shard_dir, **overrides) -> DownloaderSettings:
@@ -121,7 +121,7 @@ def redirect(server: HostileServer, target: str, status: int = 302) -> str:
     return server.url(f"/to?status={status}&url={quote(target, safe='')}")
 
 
-# --- case 14: DNS rebinding ------------------------------------------------------------------------
+# --- attack 14: DNS rebinding ----------------------------------------------------------------------
 
 
 class _Rebinding(dict):

@@ -1,4 +1,4 @@
-"""Hostile responses (issue 9, cases 15 and 16): bodies that never end, servers that never answer.
+"""Hostile responses (docs/testing.md, attacks 15 and 16): bodies that never end, servers that never answer.
 
 `streamcap download` runs as shipped against a loopback server that lies about sizes, sends
 forever, inflates to a gigabyte, dribbles, hangs or never accepts. Every row must end as a

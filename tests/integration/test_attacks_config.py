@@ -1,4 +1,4 @@
-"""Bad configuration and bad sources (issue 9, case 21): one readable line and exit code 1, or
+"""Bad configuration and bad sources (docs/testing.md, attack 21): one readable line and exit code 1, or
 a service that waits for Redis and carries on.
 
 - Every setting of every command, given a wrong value as a flag and as its environment

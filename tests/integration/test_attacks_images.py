@@ -1,4 +1,4 @@
-"""Hostile and odd images through the whole download service (issue 9, case 17).
+"""Hostile and odd images through the whole download service (docs/testing.md, attack 17).
 
 Every body is served as `image/jpeg`, whatever it is: the service must judge the bytes, refuse
 what is not an image, broken, a decompression bomb or absurdly shaped with the right reason

@@ -1,4 +1,4 @@
-"""Politeness under pressure (issue 9, cases 18 and 19): opt-outs honoured without reading a
+"""Politeness under pressure (docs/testing.md, attacks 18 and 19): opt-outs honoured without reading a
 byte of the body, one host never hammered, its Retry-After obeyed.
 
 Both run `streamcap download` as shipped against a loopback server that counts, at the socket
@@ -15,7 +15,7 @@ from urllib.parse import urlencode
 from tests.attack_support import HostileServer, audited, download, enqueue_rows, outcomes
 from tests.downloader_support import jpeg_bytes
 
-# --- case 18: X-Robots-Tag -------------------------------------------------------------------------
+# --- attack 18: X-Robots-Tag -----------------------------------------------------------------------
 
 # (header values, one header each; header name as sent) -> skipped?
 ROBOTS = [
@@ -66,7 +66,7 @@ def test_x_robots_tag_opt_outs_are_skipped_without_reading_the_body(r, keys, red
     assert audited(r, keys, shard_dir).failures_by_reason == {"opted_out": skipped}
 
 
-# --- case 19: one busy host ------------------------------------------------------------------------
+# --- attack 19: one busy host ----------------------------------------------------------------------
 
 ROWS = 500
 PER_HOST = 4

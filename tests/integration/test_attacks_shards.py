@@ -1,4 +1,4 @@
-"""Hostile shards (issue 9, case 20): `streamcap shards verify` rejects them, naming each file
+"""Hostile shards (docs/testing.md, attack 20): `streamcap shards verify` rejects them, naming each file
 and why; the trainer's dataset skips them with a counted warning and never raises.
 
 One shard directory holds a tar for every kind of damage, each with intact samples mixed in

@@ -1,4 +1,4 @@
-"""Reliability suite (issue 9), faults 1-3: downloader processes killed or frozen for real.
+"""Reliability suite (docs/testing.md, faults 1-3): downloader processes killed or frozen for real.
 
 1. several `streamcap download` processes, a random one SIGKILLed and restarted every 1-2 s;
 2. the committing process SIGKILLed at each window of finalize + commit;

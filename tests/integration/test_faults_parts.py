@@ -1,4 +1,4 @@
-"""Reliability suite (issue 9), faults 8-10: parts that cannot be finished, and parts enqueued twice.
+"""Reliability suite (docs/testing.md, faults 8-10): parts that cannot be finished, and parts enqueued twice.
 
 8. a poison part (a row that crashes the image decoder process every time);
 9. the shard disk full (an injected ENOSPC on every shard write while a flag file exists);

@@ -1,4 +1,4 @@
-"""Reliability suite (issue 9), faults 4-7: Redis misbehaving under running services.
+"""Reliability suite (docs/testing.md, faults 4-7): Redis misbehaving under running services.
 
 4. the reply to a commit is lost (a proxy swallows it and resets the connection; the client retries);
 5. redis-server SIGKILLed mid-run and restarted on its AOF, downloaders and a trainer running;

@@ -1,4 +1,4 @@
-"""Reliability suite (issue 9), fault 11: a trainer rank SIGKILLed while reading shards, then
+"""Reliability suite (docs/testing.md, fault 11): a trainer rank SIGKILLed while reading shards, then
 restarted with `--resume`.
 
 Fresh shards are acknowledged only when a checkpoint covering them is saved, so a rank killed
