@@ -31,6 +31,7 @@ BLOCK_MS = 2_000
 ROLE_DOWNLOADER = "downloader"
 ROLE_TRAINER = "trainer"
 ROLE_EVALUATOR = "evaluator"
+ROLE_GC = "gc"  # `streamcap shards gc --watch`: frees read shards while the disk is over budget
 
 # Part states as `streamcap status` and the audit name them.
 PART_STATES = ("pending", "in_flight", "done", "dead")

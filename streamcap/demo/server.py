@@ -92,3 +92,28 @@ class WorldServer:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m streamcap.demo.server --host 0.0.0.0 --port 8080`: the image host on its own, until
+    SIGTERM (scripts/compose_check.sh runs it as a container beside the stack)."""
+    import argparse
+    import signal
+
+    parser = argparse.ArgumentParser(prog="python -m streamcap.demo.server", description=main.__doc__)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8080)
+    parser.add_argument("--seed", type=int, default=1, help="The world's seed (the source parquet's).")
+    parser.add_argument("--latency", type=float, default=0.0, help="Seconds before each answer.")
+    args = parser.parse_args(argv)
+    stopped = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stopped.set())
+    signal.signal(signal.SIGINT, lambda *_: stopped.set())
+    with WorldServer(seed=args.seed, host=args.host, port=args.port, latency_s=args.latency) as server:
+        print(f"serving the demo world (seed {args.seed}) at {server.base_url}", flush=True)
+        stopped.wait()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

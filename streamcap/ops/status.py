@@ -130,11 +130,24 @@ def shard_summary(r: redis.Redis, keys: bus.Keys, stats: dict[str, str], shard_d
         "paused_for_disk": control.get(bus.CONTROL_DISK_PAUSED) or None,
         "paused_since": float(control[bus.CONTROL_DISK_PAUSED_SINCE]) if control.get(bus.CONTROL_DISK_PAUSED_SINCE) else None,
         "disk": None,
+        "gc": gc_summary(bus.read_heartbeats(r, keys, bus.ROLE_GC)),
     }
     if shard_dir is not None and Path(shard_dir).is_dir():
         usage = shutil.disk_usage(shard_dir)
         summary["disk"] = {"path": str(shard_dir), "free": usage.free, "total": usage.total}
     return summary
+
+
+def gc_summary(watchers: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The `shards gc --watch` loop's heartbeat (None when none runs): what it freed, what it found."""
+    if not watchers:
+        return None
+    latest = max(watchers, key=lambda w: float(w.get("last_round_ts") or 0))
+    return {"watchers": len(watchers), "deleted": sum(int(w.get("deleted", 0)) for w in watchers),
+            "freed_bytes": sum(int(w.get("freed_bytes", 0)) for w in watchers),
+            "last_result": latest.get("last_result") or None,
+            "last_round_age_s": round(time.time() - float(latest["last_round_ts"]), 1)
+            if latest.get("last_round_ts") else None}
 
 
 def trainer_summary(r: redis.Redis, keys: bus.Keys, ranks: list[dict[str, Any]]) -> dict[str, Any]:
@@ -184,9 +197,12 @@ def hints(report: dict[str, Any]) -> list[str]:
         out.append(f"only {100 * trainer['fresh_ratio']:.0f} % of trained samples are fresh: downloads lag training")
     if parts["pending"] + parts["in_flight"] and not urls["downloaders_live"]:
         out.append(f"{parts['pending'] + parts['in_flight']} parts wait but no downloader is running: start `streamcap download`")
-    if shards["paused_for_disk"]:
-        out.append(f"downloads paused for disk ({shards['paused_for_disk']}): `streamcap shards gc` frees shards every "
-                   "running training run has read; or raise --max-disk-bytes")
+    if shards["paused_for_disk"] and shards["gc"] is None:
+        out.append(f"downloads paused for disk ({shards['paused_for_disk']}) and no gc watch runs: "
+                   "`streamcap shards gc --watch` frees shards every running training run has read; "
+                   "or raise --max-disk-bytes")
+    elif shards["paused_for_disk"]:
+        out.append(f"downloads paused for disk ({shards['paused_for_disk']}); gc: {shards['gc']['last_result']}")
     disk_full = [w for w in report["workers"] if str(w.get("reason") or "").startswith("disk_full")]
     if disk_full:
         out.append(f"{len(disk_full)} downloader(s) found the shard disk full ({disk_full[0]['reason'][:120]}): "

@@ -74,7 +74,15 @@ def _shards(shards: dict[str, Any]) -> Table:
         ("collected (gc)", shards["collected"]),
         ("disk free", f"{human_bytes(disk['free'])} of {human_bytes(disk['total'])}" if disk else None),
         ("downloads paused for disk", paused or "no"),
+        ("gc watch", _gc(shards["gc"])),
     ])
+
+
+def _gc(gc: dict[str, Any] | None) -> str:
+    if gc is None:
+        return "not running"
+    return (f"deleted {gc['deleted']} ({human_bytes(gc['freed_bytes'])}); last round {gc['last_round_age_s']} s ago: "
+            f"{gc['last_result']}")
 
 
 def _trainer(trainer: dict[str, Any]) -> Table:

@@ -77,7 +77,7 @@ def test_the_redis_password_travels_on_its_own_never_in_a_url(compose):
 def test_every_streamcap_service_reads_the_env_file(compose):
     for name, service in compose["services"].items():
         if name != "redis":
-            assert service.get("env_file") == [{"path": ".env", "required": False}], name
+            assert service.get("env_file") == [{"path": "${STREAMCAP_ENV_FILE:-.env}", "required": False}], name
 
 
 def test_the_trainer_stays_down_once_done_and_wandb_defaults_to_auto(compose):

@@ -1,0 +1,93 @@
+"""`streamcap shards gc --watch`: gc as a service, so an unattended run never stays paused for disk.
+
+    watch(cfg, interval_s=30)        # until SIGTERM; one log line whenever shards were deleted
+
+Downloaders pause while the shard disk is over its budget (`--max-disk-bytes`, `--min-free-bytes`);
+the shards that free it are the ones every running training run has read `--min-reads` times.
+This loop runs `gc` every `interval_s` seconds (at once when the budget is exceeded) and writes a
+heartbeat (role `gc`) with what it did, which `streamcap status` shows in its Shards section. A
+Redis outage is waited out; nothing is deleted while Redis is unreachable.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import redis
+
+from streamcap import bus
+from streamcap.common.logs import first_line, instance_id
+from streamcap.shardwriter.config import ShardWriterSettings, format_size
+from streamcap.shardwriter.retention import GcReport, gc
+
+log = logging.getLogger(__name__)
+
+REDIS_DOWN = (redis.ConnectionError, redis.TimeoutError)
+
+
+@dataclass
+class GcTotals:
+    """What the watch has done since it started: the heartbeat's fields."""
+
+    rounds: int = 0
+    deleted: int = 0
+    freed_bytes: int = 0
+    last_round_ts: float = 0.0
+    last_result: str = ""
+    last_deleted: list[str] = field(default_factory=list)
+
+    def add(self, report: GcReport) -> None:
+        self.rounds += 1
+        self.deleted += len(report.deleted)
+        self.freed_bytes += report.freed_bytes
+        self.last_round_ts = time.time()
+        self.last_result = report.stopped_because
+        if report.deleted:
+            self.last_deleted = report.deleted[-5:]
+
+    def heartbeat(self, cfg: ShardWriterSettings, interval_s: float) -> dict[str, Any]:
+        return {"state": "watching", "rounds": self.rounds, "deleted": self.deleted, "freed_bytes": self.freed_bytes,
+                "last_round_ts": self.last_round_ts, "last_result": self.last_result, "interval_s": interval_s,
+                "max_disk_bytes": cfg.max_disk_bytes, "min_free_bytes": cfg.min_free_bytes, "min_reads": cfg.min_reads}
+
+
+def watch(cfg: ShardWriterSettings, interval_s: float, stop: threading.Event | None = None) -> int:
+    """Run gc every `interval_s` seconds until `stop` is set (SIGTERM/SIGINT set it when not given)."""
+    stop = stop or _stop_on_signals()
+    r = bus.connect(cfg.require_redis())
+    keys, me = cfg.keys, instance_id()
+    totals = GcTotals()
+    log.info("gc watch: every %.0f s, budget %s, floor %s free, shards read %d times by every running run",
+             interval_s, format_size(cfg.max_disk_bytes) if cfg.max_disk_bytes else "none",
+             format_size(cfg.min_free_bytes) if cfg.min_free_bytes else "none", cfg.min_reads)
+    while not stop.is_set():
+        try:
+            report = gc(r, keys, cfg.shard_dir, max_disk_bytes=cfg.max_disk_bytes,
+                        min_free_bytes=cfg.min_free_bytes, min_reads=cfg.min_reads)
+            totals.add(report)
+            if report.deleted:
+                log.info("gc: deleted %d shards (%s); %s", len(report.deleted), format_size(report.freed_bytes),
+                         report.stopped_because)
+            bus.write_heartbeat(r, keys, bus.ROLE_GC, me, totals.heartbeat(cfg, interval_s),
+                                ttl_s=max(bus.HEARTBEAT_TTL_S, int(3 * interval_s)))
+        except REDIS_DOWN as e:
+            log.warning("Redis unreachable (%s); gc waits for it", first_line(e))
+            bus.wait_for_redis(r, keys=keys, who=f"gc/{me}")
+            continue
+        stop.wait(interval_s)
+    r.delete(keys.heartbeat(bus.ROLE_GC, me))
+    log.info("gc watch stopped: %d rounds, %d shards deleted (%s)", totals.rounds, totals.deleted,
+             format_size(totals.freed_bytes))
+    return 0
+
+
+def _stop_on_signals() -> threading.Event:
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    return stop
