@@ -43,6 +43,7 @@ import signal
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Callable
 
 import redis
 from aiohttp.abc import AbstractResolver
@@ -206,7 +207,7 @@ class Worker:
         finally:
             stop.cancel()
 
-    async def _wait_for_redis(self, e: BaseException, what: str, stop=None) -> None:  # noqa: ANN001
+    async def _wait_for_redis(self, e: BaseException, what: str, stop: Callable[[], bool] | None = None) -> None:
         """Wait out the outage `e` (in a thread), then recreate the group Redis may have lost;
         with `stop`, return as soon as it is true."""
         previous, self.state = self.state, "waiting_for_redis"
