@@ -35,6 +35,7 @@ from streamcap.downloader.sources import Source, open_source
 from streamcap.shardwriter import faults
 from streamcap.shardwriter.commit import PartClaim
 from streamcap.shardwriter.writer import PartWriter
+from streamcap.common.logs import first_line
 from streamcap.text.captions import process_caption
 from streamcap.formats.records import PartRecord, PartStats, SourceRecord
 
@@ -154,7 +155,7 @@ def describe_failure(e: BaseException) -> str:
         return f"disk_full: {e.strerror or e} ({e.filename or 'shard dir'})"
     if isinstance(e, PoisonRow):
         return f"{_CRASH}: {e}"
-    text = str(e).strip().splitlines()[0] if str(e).strip() else ""
+    text = first_line(e, default="")
     return f"{type(e).__name__}: {text}" if text else type(e).__name__
 
 

@@ -16,7 +16,8 @@ every lease/4), takes over parts whose worker stopped renewing for `--lease-seco
 a part delivered more than `--max-deliveries` times to `parts:dead` with its last error.
 SIGTERM/SIGINT: no new claims; the parts in flight get `--grace-seconds` to finish and commit,
 the rest are released for other workers (their delivery not counted); one summary line. A
-second signal stops at once. Redis outages are waited out (`bus.wait_for_redis`).
+second signal stops at once. Redis outages are waited out (`bus.wait_out_outage`); a stop
+signal ends the claim loop's wait.
 
 Heartbeat (`hb:downloader:<id>`, refreshed every HEARTBEAT_EVERY_S), fields:
     state            working | idle | paused_for_disk | waiting_for_redis | stopping
@@ -42,6 +43,7 @@ import signal
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Callable
 
 import redis
 from aiohttp.abc import AbstractResolver
@@ -69,7 +71,7 @@ log = logging.getLogger("streamcap.downloader")
 HEARTBEAT_EVERY_S = 5.0
 DISK_RECHECK_S = 2.0
 DISK_FULL_PAUSE_S = 10.0
-_REDIS_DOWN = (redis.ConnectionError, redis.TimeoutError, bus.RedisUnavailable)
+_REDIS_DOWN = (*bus.REDIS_DOWN, bus.RedisUnavailable)
 
 
 @dataclass
@@ -169,7 +171,7 @@ class Worker:
                     return "queue empty"
                 self.state, self.reason = ("working" if self.active else "idle"), ""
             except _REDIS_DOWN as e:
-                await self._wait_for_redis(e)
+                await self._wait_for_redis(e, "claiming parts", stop=self.stop_requested.is_set)
         return "stop requested"
 
     async def _may_claim(self) -> bool:
@@ -205,19 +207,24 @@ class Worker:
         finally:
             stop.cancel()
 
-    async def _wait_for_redis(self, e: BaseException) -> None:
-        log.warning("Redis unreachable (%s); waiting for it", first_line(e))
+    async def _wait_for_redis(self, e: BaseException, what: str, stop: Callable[[], bool] | None = None) -> None:
+        """Wait out the outage `e` (in a thread), then recreate the group Redis may have lost;
+        with `stop`, return as soon as it is true."""
         previous, self.state = self.state, "waiting_for_redis"
-        await asyncio.to_thread(lambda: bus.wait_for_redis(self.r, keys=self.keys, who=f"downloader {self.consumer}"))
-        await asyncio.to_thread(self.queue.ensure_group)  # Redis may have come back empty
+        back = await asyncio.to_thread(bus.wait_out_outage, self.r, e, what=what, stop=stop, keys=self.keys,
+                                       who=f"downloader {self.consumer}")
+        if back:
+            await asyncio.to_thread(self.queue.ensure_group)  # Redis may have come back empty
         self.state = previous
 
     async def _redis(self, fn, *args):  # noqa: ANN001, ANN202 - any blocking Redis call
+        # `bus.call_through_outages` for the event loop: the try and the wait run in threads,
+        # the other parts go on, and the heartbeat's state says waiting_for_redis meanwhile.
         while True:
             try:
                 return await asyncio.to_thread(fn, *args)
             except _REDIS_DOWN as e:
-                await self._wait_for_redis(e)
+                await self._wait_for_redis(e, "the downloader's bookkeeping")
 
     # --- one part ------------------------------------------------------------------------------
 

@@ -18,6 +18,8 @@ import subprocess
 from dataclasses import dataclass, field
 from typing import Mapping, Sequence
 
+from streamcap.common.logs import first_line
+
 log = logging.getLogger(__name__)
 
 SPICE_SKIPPED = (
@@ -54,7 +56,7 @@ def java_metrics(
             result.scores["METEOR"] = _meteor(candidates, references)
         except (OSError, ValueError, subprocess.SubprocessError) as e:
             log.warning("METEOR failed: %s", e)
-            why = str(e).splitlines()[0] if str(e) else type(e).__name__
+            why = first_line(e)
             result.skipped["METEOR"] = f"pycocoevalcap's METEOR failed: {why}"
     result.skipped["SPICE"] = SPICE_SKIPPED
     return result

@@ -18,10 +18,11 @@ import json
 import os
 import re
 import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from streamcap.common.files import OWNER_ONLY, atomic_write_text, fsync_dir
 
 RESULTS_FILE = "results.jsonl"
 PLOT_FILE = "metrics.png"
@@ -96,10 +97,8 @@ def read_results(out_dir: Path) -> list[EvalResult]:
 def write_json(path: Path, data: Any) -> None:
     """Write JSON atomically (temp file + rename), so readers never see half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        json.dump(data, f, indent=1, sort_keys=True, ensure_ascii=False)
-    os.replace(tmp, path)
+    text = json.dumps(data, indent=1, sort_keys=True, ensure_ascii=False)
+    atomic_write_text(path, text, perms=OWNER_ONLY)  # owner-only, as evaluation files always were
 
 
 def keep_best(out_dir: Path, result: EvalResult) -> Path:
@@ -111,10 +110,16 @@ def keep_best(out_dir: Path, result: EvalResult) -> Path:
     out_dir.mkdir(parents=True, exist_ok=True)
     tmp = out_dir / f".{BEST_CHECKPOINT}.{os.getpid()}.tmp"
     tmp.unlink(missing_ok=True)
+    # A link is not written content, so not `atomic_writer`: the same rename, with the same cleanup.
     try:
-        os.link(result.checkpoint, tmp)
-    except OSError:  # another file system, or links not allowed
-        shutil.copy2(result.checkpoint, tmp)
-    os.replace(tmp, target)
+        try:
+            os.link(result.checkpoint, tmp)
+        except OSError:  # another file system, or links not allowed
+            shutil.copy2(result.checkpoint, tmp)
+        os.replace(tmp, target)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    fsync_dir(out_dir)
     write_json(out_dir / BEST_INFO, result.to_json())
     return target

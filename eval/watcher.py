@@ -40,7 +40,7 @@ from streamcap.eval.evaluate import evaluate_checkpoint
 from streamcap.eval.outputs import EvalResult, keep_best
 from streamcap.eval.wandb_log import WandbLogger
 from streamcap import bus
-from streamcap.common.logs import instance_id
+from streamcap.common.logs import first_line, instance_id
 from streamcap.formats.records import CheckpointRecord
 
 log = logging.getLogger(__name__)
@@ -78,15 +78,14 @@ class Watcher:
                         self._process(*entry)
                     elif self.cfg.exit_when_empty:
                         break
-                except (redis.ConnectionError, redis.TimeoutError) as e:
+                except bus.REDIS_DOWN as e:
                     # The entry in hand (if any) stays pending: it is evaluated again once Redis is back.
-                    log.warning("lost Redis (%s); waiting for it", str(e).splitlines()[0] if str(e) else e)
-                    bus.wait_for_redis(self.r)
+                    bus.wait_out_outage(self.r, e, what="watching checkpoints", stop=lambda: self.stop)
         finally:
             self.wandb.close()
             try:
                 self.r.delete(self.keys.heartbeat(bus.ROLE_EVALUATOR, self.consumer))
-            except (redis.ConnectionError, redis.TimeoutError):
+            except bus.REDIS_DOWN:
                 pass  # it expires on its own
         log.info("evaluator %s stopped after %d checkpoint(s)", self.consumer, self.evaluated)
         return 0
@@ -139,7 +138,7 @@ class Watcher:
                 on_stage=lambda stage, done, total: self._progress(entry_id, stage, done, total),
             )
         except (EvalSetError, ValueError, OSError) as e:  # CheckpointError is a ValueError
-            self._fail(record, entry_id, str(e).splitlines()[0] if str(e) else type(e).__name__)
+            self._fail(record, entry_id, first_line(e))
             return
         if self._commit(result):
             self.wandb.log(result)

@@ -26,6 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from streamcap.common.files import atomic_write_bytes, fsync_dir
+
 TEMP_PREFIX = ".tmp~"
 _SEP = "~"
 
@@ -122,15 +124,8 @@ def sweep(directory: Path, stale_s: float) -> list[Path]:
 
 
 # --- durable file operations --------------------------------------------------------------------
-
-
-def fsync_dir(directory: Path) -> None:
-    """Make renames and unlinks in `directory` durable."""
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+# Shards are not written with `atomic_write_bytes`: a part's shards are fsynced one by one as they
+# roll and renamed together under the part's lock, with one directory fsync for all (`publish`).
 
 
 def publish(temp: Path, final: Path, *, sync_dir: bool = True) -> None:
@@ -143,19 +138,11 @@ def publish(temp: Path, final: Path, *, sync_dir: bool = True) -> None:
 def write_atomic(path: Path, data: bytes) -> None:
     """Write a small file so readers see the old content or the new one, never a torn one.
 
-    The temporary name carries the thread, so two threads of one process writing the same file
+    The temporary name is owner-stamped, so the sweeper removes it if this process dies
+    mid-write, and carries the thread, so two threads of one process writing the same file
     (e.g. concurrent enqueues of one source) never share a temporary file.
     """
-    tmp = temp_path(path.parent, f"{path.name}.t{threading.get_ident()}")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        publish(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    atomic_write_bytes(path, data, temp=temp_path(path.parent, f"{path.name}.t{threading.get_ident()}"))
 
 
 def write_json_atomic(path: Path, obj: Any, *, compact: bool = False) -> None:

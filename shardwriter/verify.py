@@ -29,6 +29,7 @@ from PIL import Image
 
 from streamcap.shardwriter import registry
 from streamcap import bus
+from streamcap.common.logs import first_line
 from streamcap.formats.shards import iter_samples, sample_key
 
 log = logging.getLogger(__name__)
@@ -62,7 +63,7 @@ def image_problem(data: bytes) -> str | None:
                     im.draft("RGB", _DRAFT_SIZE)
                 im.load()
     except Exception as e:  # Pillow raises OSError, SyntaxError, ValueError, warnings-as-errors, ...
-        return f"image does not decode: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}".rstrip(": ")
+        return f"image does not decode: {type(e).__name__}: {first_line(e, default='')}".rstrip(": ")
     return None
 
 

@@ -27,7 +27,7 @@ import redis
 import torch
 
 from streamcap import bus
-from streamcap.model.checkpoint import atomic_write
+from streamcap.common.files import OWNER_ONLY, atomic_write_text, atomic_writer
 from streamcap.formats.records import CheckpointRecord
 
 STATE_VERSION = 1
@@ -45,7 +45,8 @@ def state_path(run_dir: Path, step: int) -> Path:
 
 def write_json_atomic(path: Path, obj: Any) -> None:
     text = json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n"
-    atomic_write(path, lambda f: f.write(text.encode("utf-8")))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, text, perms=OWNER_ONLY)  # owner-only like the checkpoints, as always
 
 
 def save_config(run_dir: Path, config: dict[str, Any]) -> Path:
@@ -55,7 +56,9 @@ def save_config(run_dir: Path, config: dict[str, Any]) -> Path:
 
 
 def save_train_state(path: Path, state: dict[str, Any]) -> None:
-    atomic_write(path, lambda f: torch.save({"version": STATE_VERSION, **state}, f))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_writer(path, perms=OWNER_ONLY) as f:
+        torch.save({"version": STATE_VERSION, **state}, f)
 
 
 def mark_latest(run_dir: Path, step: int) -> None:

@@ -19,13 +19,13 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from streamcap.common.files import atomic_write_text, atomic_writer
 from streamcap.common.wandb_mode import resolve_wandb_mode
 
 log = logging.getLogger(__name__)
@@ -116,10 +116,11 @@ class MetricsSink:
         ax.grid(True, alpha=0.3)
         ax.legend()
         path = self.run_dir / "loss.png"
-        tmp = path.with_suffix(".png.tmp")
-        fig.savefig(tmp, format="png", bbox_inches="tight")
-        plt.close(fig)
-        os.replace(tmp, path)
+        try:
+            with atomic_writer(path) as f:
+                fig.savefig(f, format="png", bbox_inches="tight")
+        finally:
+            plt.close(fig)
         return path
 
     def close(self) -> None:
@@ -175,6 +176,4 @@ def _truncate_after(path: Path, step: int) -> None:
                 kept.append(line)
         except (json.JSONDecodeError, KeyError, TypeError, ValueError):
             continue
-    tmp = path.with_suffix(".jsonl.tmp")
-    tmp.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
-    os.replace(tmp, path)
+    atomic_write_text(path, "".join(line + "\n" for line in kept))

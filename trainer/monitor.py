@@ -29,6 +29,7 @@ from typing import Any
 import redis
 
 from streamcap import bus
+from streamcap.common.logs import first_line
 
 log = logging.getLogger(__name__)
 
@@ -111,8 +112,8 @@ class RunMonitor:
     def _safe(self, what: str, fn):
         try:
             return fn()
-        except (redis.ConnectionError, redis.TimeoutError, redis.ResponseError) as e:
+        except (*bus.REDIS_DOWN, redis.ResponseError) as e:
             if time.monotonic() - self._warned_at > 30:
                 self._warned_at = time.monotonic()
-                log.warning("Redis unavailable while %s (%s); training goes on", what, str(e).splitlines()[0] if str(e) else e)
+                log.warning("Redis unavailable while %s (%s); training goes on", what, first_line(e))
             return None

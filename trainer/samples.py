@@ -27,6 +27,7 @@ import torch
 from PIL import Image
 from torchvision.io import ImageReadMode, decode_jpeg
 
+from streamcap.common.logs import first_line
 from streamcap.text.captions import process_caption
 from streamcap.model.caption_model import IMAGE_MEAN, IMAGE_STD
 from streamcap.formats.shards import Sample
@@ -103,7 +104,7 @@ def decode_image(data: bytes, ext: str, min_side: int) -> np.ndarray:
         with Image.open(io.BytesIO(data)) as image:
             return np.asarray(image.convert("RGB"))
     except (OSError, RuntimeError, ValueError, Image.DecompressionBombError) as e:
-        raise SampleError(f"image does not decode: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+        raise SampleError(f"image does not decode: {first_line(e)}") from None
 
 
 def encode_caption(tokenizer: Any, caption: str, max_len: int) -> list[int]:

@@ -28,6 +28,7 @@ import redis
 from redis.exceptions import ResponseError
 
 from streamcap import bus
+from streamcap.common.logs import first_line
 from streamcap.formats.records import ShardRecord
 
 log = logging.getLogger(__name__)
@@ -99,16 +100,9 @@ def redis_call(r: redis.Redis, what: str, fn: Callable[[], T], on_nogroup: Calla
     """
     while True:
         try:
-            return fn()
-        except (redis.ConnectionError, redis.TimeoutError) as e:
-            log.warning("Redis unavailable during %s (%s); waiting for it", what, str(e).splitlines()[0] if str(e) else e)
-            while True:
-                try:
-                    bus.wait_for_redis(r, timeout_s=10, what="Redis")
-                    break
-                except bus.RedisUnavailable:
-                    if orphaned():
-                        raise Orphaned(0) from None
+            return bus.call_through_outages(r, fn, what=what, stop=orphaned)
+        except bus.RedisUnavailable:  # the wait was given up: the training process is gone
+            raise Orphaned(0) from None
         except ResponseError as e:
             if "NOGROUP" in str(e) and on_nogroup is not None:
                 log.warning("consumer group vanished during %s (Redis lost its data?); recreating it", what)
@@ -268,7 +262,7 @@ class ReadLedger:
         try:
             pipe.execute()
             return True
-        except (redis.ConnectionError, redis.TimeoutError) as e:
-            log.warning("could not %s in Redis (%s); will retry", what, str(e).splitlines()[0] if str(e) else e)
+        except bus.REDIS_DOWN as e:
+            log.warning("could not %s in Redis (%s); will retry", what, first_line(e))
             self._retry_at = time.monotonic() + 15.0
             return False

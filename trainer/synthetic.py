@@ -16,7 +16,6 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import os
 import tarfile
 import time
 from dataclasses import dataclass
@@ -25,6 +24,7 @@ from pathlib import Path
 import redis
 
 from streamcap import bus
+from streamcap.common.files import atomic_writer
 from streamcap.text.captions import process_caption
 from streamcap.demo.world import Scene
 from streamcap.formats.records import ShardRecord
@@ -65,14 +65,12 @@ def write_shard(shard_dir: Path, source: str, part: int, seq: int, samples: list
     """Write one finished shard atomically; returns its name (relative to `shard_dir`)."""
     shard_dir.mkdir(parents=True, exist_ok=True)
     name = shard_name(source, part, seq)
-    tmp = shard_dir / f".{name}.tmp"
-    with tarfile.open(tmp, "w", format=tarfile.USTAR_FORMAT) as tar:
+    with atomic_writer(shard_dir / name) as f, tarfile.open(fileobj=f, mode="w", format=tarfile.USTAR_FORMAT) as tar:
         for s in samples:
             for ext, data in (("jpg", s.jpeg), ("txt", s.caption.encode()), ("json", json.dumps(s.meta).encode())):
                 info = tarfile.TarInfo(f"{s.key}.{ext}")
                 info.size, info.mtime, info.mode = len(data), int(time.time()), 0o644
                 tar.addfile(info, io.BytesIO(data))
-    os.replace(tmp, shard_dir / name)
     return name
 
 

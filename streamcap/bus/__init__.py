@@ -8,12 +8,15 @@ All services meet here. Nothing else in the code base spells a Redis key: ask `K
     bus.ensure_group(r, keys.parts, bus.GROUP_DOWNLOADERS)
     r.xadd(keys.parts, bus.encode({"source": "relaion", "part": 0, "start": 0, "end": 1000}))
 
-`schema` (keys, groups, TTLs, roles, states, counters, messages), `connection` (the client,
-waiting for Redis, outages), `streams` (consumer groups, reclaiming), `heartbeats`.
+`schema` (keys, groups, TTLs, roles, states, counters, messages), `connection` (the client),
+`outages` (REDIS_DOWN, waiting an outage out, recording it), `streams` (consumer groups,
+reclaiming), `heartbeats`.
 """
 
-from streamcap.bus.connection import (  # noqa: F401
-    OUTAGE_MIN_S, RedisUnavailable, connect, describe_url, ping, record_outage, wait_for_redis,
+from streamcap.bus.connection import connect  # noqa: F401
+from streamcap.bus.outages import (  # noqa: F401
+    OUTAGE_MIN_S, REDIS_DOWN, RedisUnavailable, call_through_outages, describe_url, ping, record_outage,
+    wait_for_redis, wait_out_outage,
 )
 from streamcap.bus.heartbeats import (  # noqa: F401
     read_heartbeats, write_heartbeat,

@@ -1,73 +1,15 @@
-"""The connection to Redis: a client that rides out short outages, waiting out long ones, and
-recording them for `streamcap status`.
+"""The connection to Redis: a client that rides out short outages on its own and, given the
+namespace's keys, records them for `streamcap status`. Longer outages: `streamcap.bus.outages`.
 """
 
 from __future__ import annotations
 
-import json
-import logging
-import threading
-import time
-from typing import Any, Callable
-
 import redis
-from redis.backoff import ExponentialWithJitterBackoff, NoBackoff
-from redis.exceptions import BusyLoadingError
+from redis.backoff import ExponentialWithJitterBackoff
 from redis.retry import Retry
 
-from streamcap.bus.schema import CONTROL_LAST_OUTAGE, SOCKET_TIMEOUT_S, STAT_REDIS_RECONNECTS, Keys
-from streamcap.common.logs import first_line
-
-log = logging.getLogger("streamcap.bus")
-
-
-class RedisUnavailable(RuntimeError):
-    """Redis could not be reached; the message is one line saying where and why."""
-
-
-# An interruption the client's own retries ride out is recorded as an outage once it lasted
-# this long; a shorter one is a dropped connection, re-opened at once.
-OUTAGE_MIN_S = 1.0
-
-
-class _OutageWatch(Retry):
-    """The client's retry policy, also noting how long Redis was unreachable.
-
-    An outage runs from the first failed attempt of any command to the next attempt that
-    succeeds; one that lasted OUTAGE_MIN_S or more is reported to `on_outage(seconds)` once,
-    however many threads waited it out. Every pooled connection shares this one object.
-    """
-
-    def __init__(self, backoff: ExponentialWithJitterBackoff, retries: int, on_outage: Callable[[float], None]) -> None:
-        super().__init__(backoff, retries)
-        self.on_outage = on_outage
-        self._since: float | None = None
-        self._lock = threading.Lock()
-
-    def __deepcopy__(self, memo: dict) -> "_OutageWatch":
-        return self  # redis-py copies the policy per connection; the outage clock must be shared
-
-    def call_with_retry(self, do, fail, is_retryable=None, with_failure_count=False):  # noqa: ANN001, ANN201
-        sent = [0.0]
-
-        def timed() -> Any:
-            sent[0] = time.monotonic()
-            return do()
-
-        def noted(error: Exception, *count: int) -> Any:
-            # A command that timed out went unanswered since it was sent (a blackholed network).
-            began = sent[0] if isinstance(error, (redis.TimeoutError, TimeoutError)) else time.monotonic()
-            with self._lock:
-                self._since = min(self._since or began, began)
-            return fail(error, *count)
-
-        result = super().call_with_retry(timed, noted, is_retryable, with_failure_count)
-        if self._since is not None:
-            with self._lock:
-                since, self._since = self._since, None
-            if since is not None and time.monotonic() - since >= OUTAGE_MIN_S:
-                self.on_outage(time.monotonic() - since)
-        return result
+from streamcap.bus.outages import REDIS_DOWN, OutageWatch, record_outage
+from streamcap.bus.schema import SOCKET_TIMEOUT_S, Keys
 
 
 def connect(
@@ -84,8 +26,8 @@ def connect(
 
     Every command is retried on connection errors and timeouts with exponential backoff and
     jitter (about 10 s in all with the defaults), also while a restarted server is still
-    loading its AOF. Callers that must survive longer outages wrap their loop in
-    `wait_for_redis`. Responses are decoded to str. With `keys`, every outage of a second or
+    loading its AOF. Callers that must survive longer outages use `call_through_outages`
+    or `wait_out_outage`. Responses are decoded to str. With `keys`, every outage of a second or
     more that this client waited out is recorded as seen by `who` (`record_outage`), so
     `streamcap status` shows even a restart the retries hid.
     """
@@ -94,7 +36,7 @@ def connect(
     if keys is None:
         retry = Retry(backoff, retries)
     else:
-        retry = _OutageWatch(backoff, retries, lambda seconds: record_outage(client, keys, seconds, who or "a service"))
+        retry = OutageWatch(backoff, retries, lambda seconds: record_outage(client, keys, seconds, who or "a service"))
     client = redis.Redis.from_url(
         url,
         decode_responses=True,
@@ -103,82 +45,6 @@ def connect(
         socket_keepalive=True,
         health_check_interval=health_check_interval,
         retry=retry,
-        retry_on_error=[redis.ConnectionError, redis.TimeoutError, BusyLoadingError],
+        retry_on_error=list(REDIS_DOWN),  # a server still loading its AOF (BusyLoadingError) included
     )
     return client
-
-
-def describe_url(r: redis.Redis) -> str:
-    """host:port (or socket path) of a client, without its password."""
-    kw = r.connection_pool.connection_kwargs
-    return kw.get("path") or f"{kw.get('host', '?')}:{kw.get('port', '?')}"
-
-
-def ping(r: redis.Redis) -> None:
-    """Raise RedisUnavailable (one readable line) unless the server answers."""
-    try:
-        r.ping()
-    except (redis.ConnectionError, redis.TimeoutError, BusyLoadingError) as e:
-        raise RedisUnavailable(f"cannot reach Redis at {describe_url(r)}: {first_line(e)}") from None
-    except redis.AuthenticationError as e:
-        raise RedisUnavailable(f"Redis at {describe_url(r)} refused the password: {e}") from None
-
-
-def wait_for_redis(
-    r: redis.Redis, timeout_s: float | None = None, *, what: str = "Redis", keys: "Keys | None" = None,
-    who: str = "",
-) -> None:
-    """Block until the server answers, logging one line per ~10 s of waiting.
-
-    Services call this at start and after a command fails past the client's own retries, so a
-    server that comes up late or restarts for longer is waited for rather than fatal.
-    `timeout_s=None` waits forever; otherwise RedisUnavailable is raised when it runs out.
-    With `keys`, an outage that was waited out is recorded as seen by `who` (`control` field
-    CONTROL_LAST_OUTAGE, counter STAT_REDIS_RECONNECTS) so `streamcap status` can show it.
-    """
-    start = time.monotonic()
-    delay, last_log = 0.1, 0.0
-    # Probe without the client's own retries: they would keep a down server silent for ~10 s
-    # before the first line saying what the service waits for.
-    probe = _single_try_client(r)
-    try:
-        while True:
-            try:
-                ping(probe)
-                break
-            except RedisUnavailable as e:
-                waited = time.monotonic() - start
-                if timeout_s is not None and waited >= timeout_s:
-                    raise
-                if not last_log or waited - last_log >= 10:
-                    log.warning("%s; retrying (waited %.0f s)", e, waited)
-                    last_log = max(waited, 1e-9)
-                time.sleep(delay)
-                delay = min(delay * 2, 2.0)
-    finally:
-        probe.close()
-    if last_log:
-        waited = time.monotonic() - start
-        log.info("%s at %s is back after %.0f s", what, describe_url(r), waited)
-        if keys is not None and not isinstance(r.get_retry(), _OutageWatch):  # else the client records it
-            record_outage(r, keys, waited, who or what)
-
-
-def _single_try_client(r: redis.Redis) -> redis.Redis:
-    """A client for the same server as `r` whose commands are tried once."""
-    kwargs = dict(r.connection_pool.connection_kwargs)
-    kwargs["retry"] = Retry(NoBackoff(), 0)
-    kwargs.pop("retry_on_error", None)
-    return redis.Redis(connection_pool=redis.ConnectionPool(connection_class=r.connection_pool.connection_class, **kwargs))
-
-
-def record_outage(r: redis.Redis, keys: "Keys", seconds: float, who: str) -> None:
-    """Note an outage a process waited out: shown by `streamcap status`, never fatal."""
-    try:
-        pipe = r.pipeline(transaction=True)
-        pipe.hset(keys.control, CONTROL_LAST_OUTAGE,
-                  json.dumps({"ended": time.time(), "seconds": round(seconds, 1), "who": who}))
-        pipe.hincrby(keys.stats, STAT_REDIS_RECONNECTS, 1)
-        pipe.execute()
-    except (redis.ConnectionError, redis.TimeoutError):  # gone again: the next wait records it
-        pass

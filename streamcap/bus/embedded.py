@@ -22,6 +22,7 @@ from pathlib import Path
 
 import redis
 
+from streamcap.bus.outages import REDIS_DOWN
 from streamcap.common.secrets import with_password
 
 
@@ -103,7 +104,7 @@ class EmbeddedRedis:
                 try:
                     if client.ping():
                         return
-                except (redis.ConnectionError, redis.TimeoutError, redis.exceptions.BusyLoadingError):
+                except REDIS_DOWN:  # not listening yet, or still loading its AOF
                     time.sleep(0.05)
             self.kill()
             raise RuntimeError(f"redis-server did not answer on port {self.port} within {timeout_s:.0f} s")

@@ -21,11 +21,11 @@ import sys
 from pathlib import Path
 from typing import Annotated, Any, Optional, Sequence
 
-import redis
 import typer
 
-from streamcap.bus import RedisUnavailable
+from streamcap.bus import REDIS_DOWN, RedisUnavailable
 from streamcap.bus.embedded import RedisServerNotFound
+from streamcap.common.logs import first_line
 from streamcap.common.secrets import redact
 from streamcap.common.settings import CommonSettings, ConfigError
 
@@ -106,8 +106,8 @@ def run_app(app: typer.Typer, argv: Sequence[str] | None = None, prog_name: str 
     except (RedisUnavailable, RedisServerNotFound) as e:
         error(str(e))
         return 1
-    except (redis.ConnectionError, redis.TimeoutError) as e:
-        error(f"Redis is unreachable: {str(e).splitlines()[0] if str(e) else type(e).__name__}")
+    except REDIS_DOWN as e:
+        error(f"Redis is unreachable: {first_line(e)}")
         return 1
     except (KeyboardInterrupt, *_ABORT):
         error("interrupted")

@@ -19,11 +19,13 @@ from streamcap.common.secrets import RedactingFilter
 _FORMAT = "%(asctime)s %(levelname)-5s %(role)s/%(instance)s %(name)s: %(message)s"
 
 
-def first_line(e: BaseException | None, limit: int | None = None) -> str:
+def first_line(e: BaseException | None, limit: int | None = None, *, default: str | None = None) -> str:
     """An exception as one line for a log or a failure reason: its message's first line (at
-    most `limit` characters), or its type's name when the message is empty."""
+    most `limit` characters), or, when the message is empty, `default` (its type's name unless given)."""
     text = str(e).strip() if e is not None else ""
-    return (text or type(e).__name__).splitlines()[0][:limit]
+    if not text:
+        return type(e).__name__ if default is None else default
+    return text.splitlines()[0][:limit]
 
 
 def instance_id() -> str:

@@ -15,6 +15,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from streamcap.common.files import atomic_write_text, atomic_writer
 from streamcap.demo.world import Scene
 
 # The size the server renders at; RELAION-POP images are >= 768 px, the demo stays small.
@@ -38,9 +39,8 @@ def write_source_parquet(path: Path, base_url: str, rows: int, seed: int) -> Pat
         "alt_txt": [s.alt_text() for s in scenes],
     })
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    pq.write_table(table, tmp, row_group_size=500)
-    tmp.replace(path)
+    with atomic_writer(path) as f:
+        pq.write_table(table, f, row_group_size=500)
     return path
 
 
@@ -58,7 +58,5 @@ def write_eval_set(directory: Path, images: int, seed: int) -> Path:
             "sentences": [{"raw": ref, "tokens": ref.split()} for ref in scene.references()],
         })
     target = directory / "dataset_flickr30k.json"
-    tmp = target.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"images": entries, "dataset": "streamcap-demo"}))
-    tmp.replace(target)
+    atomic_write_text(target, json.dumps({"images": entries, "dataset": "streamcap-demo"}))
     return target

@@ -13,15 +13,16 @@ Training state (optimizer, schedule, RNG, data position) belongs in a separate f
 from __future__ import annotations
 
 import os
-import tempfile
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, BinaryIO, Callable
+from typing import Any
 
 import torch
 import torch.nn as nn
 
+from streamcap.common.files import OWNER_ONLY, atomic_writer
+from streamcap.common.logs import first_line
 from streamcap.model.caption_model import CaptionModel, ModelConfig
 from streamcap.text.tokenizer import VocabError, WordPieceTokenizer
 
@@ -73,28 +74,10 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, tokenizer: WordPi
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
         "step": int(step), "run": str(run), "extra": dict(extra or {}),
     }
-    atomic_write(Path(path), lambda f: torch.save(payload, f))
-
-
-def atomic_write(path: Path, write: Callable[[BinaryIO], object]) -> None:
-    """`write(file)` into a temporary file, fsync, rename to `path`, fsync the directory:
-    readers and crashes see the old file or the complete new one."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:  # make the rename itself durable
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    with atomic_writer(path, perms=OWNER_ONLY) as f:  # owner-only, as checkpoints always were
+        torch.save(payload, f)
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> LoadedCheckpoint:
@@ -110,7 +93,7 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
             model = CaptionModel(replace(config, pretrained=False))
         model.load_state_dict(payload["state_dict"], assign=True)
     except (KeyError, TypeError, ValueError, VocabError, RuntimeError) as e:
-        reason = (str(e).splitlines() or [type(e).__name__])[0]
+        reason = first_line(e)
         raise CheckpointError(f"{path}: damaged or incompatible checkpoint ({reason})") from None
     model.to(map_location).eval()
     return LoadedCheckpoint(
@@ -125,7 +108,7 @@ def _read_payload(path: Path) -> dict:
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises many types for "not a torch file" (pickle, zip, EOF)
-        reason = (str(e).splitlines() or [type(e).__name__])[0][:200]
+        reason = first_line(e, 200)
         raise CheckpointError(f"{path}: not a readable checkpoint ({type(e).__name__}: {reason})") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a streamcap checkpoint (no '{FORMAT}' header)")

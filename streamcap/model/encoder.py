@@ -18,6 +18,7 @@ from collections import OrderedDict
 import torch
 import torch.nn as nn
 
+from streamcap.common.logs import first_line
 from streamcap.model.config import ModelConfig
 
 log = logging.getLogger(__name__)
@@ -50,7 +51,7 @@ def _load_imagenet_weights(net: nn.Module, backbone: str, weights) -> None:
         net.load_state_dict(state)
         log.info("encoder: %s with ImageNet weights %s", backbone, weights.name)
     except Exception as e:  # URLError, timeouts, a corrupt cache file: all mean "no weights"
-        reason = (str(e).splitlines() or [type(e).__name__])[0]
+        reason = first_line(e)
         log.warning("ImageNet weights for %s could not be loaded (%s: %s): the encoder starts from random weights",
                     backbone, type(e).__name__, reason)
 

@@ -20,11 +20,11 @@ from __future__ import annotations
 
 import os
 import re
-import tempfile
 import unicodedata
 from pathlib import Path
 from typing import Iterable, Sequence
 
+from streamcap.common.files import OWNER_ONLY, atomic_write_text
 from streamcap.text.bert_chars import char_class, is_nonspacing_mark, is_punctuation
 
 PAD, UNK, BOS, EOS, MASK = "[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"
@@ -134,14 +134,7 @@ class WordPieceTokenizer:
         """Write vocab.txt atomically (a temp file in the same directory, then rename)."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
-                f.write("\n".join(self.vocab) + "\n")
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        atomic_write_text(path, "\n".join(self.vocab) + "\n", perms=OWNER_ONLY)  # its mode as always
 
     @property
     def vocab_size(self) -> int:
