@@ -46,7 +46,7 @@ from dataclasses import dataclass
 import redis
 from aiohttp.abc import AbstractResolver
 
-from streamcap.downloader.claims import Claimed, PartQueue
+from streamcap.downloader.claims import Claimed, PartClaimer
 from streamcap.downloader.config import DownloaderSettings
 from streamcap.downloader.fetch import Fetcher
 from streamcap.downloader.imagepool import ImagePool
@@ -90,7 +90,7 @@ class Worker:
         self._resolver, self._policy = resolver, address_policy   # Fetcher's (tests pass their own)
         self.consumer = consumer or f"{instance_id()}-{secrets.token_hex(2)}"
         self.keys = cfg.keys
-        self.queue = PartQueue(r, self.keys, self.consumer, lease_ms=int(cfg.lease_seconds * 1000))
+        self.queue = PartClaimer(r, self.keys, self.consumer, lease_ms=int(cfg.lease_seconds * 1000))
         self.stats = LiveStats()
         self.active: dict[str, _Active] = {}
         self.state, self.reason = "idle", ""
