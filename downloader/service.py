@@ -62,7 +62,7 @@ from streamcap.shardwriter.writer import PartSuperseded
 from streamcap import __version__, bus
 from streamcap.common.logs import first_line, instance_id, setup_logging
 from streamcap.formats.records import PartRecord, SourceRecord
-from streamcap.common.settings import to_json
+from streamcap.common.settings import to_json_text
 
 log = logging.getLogger("streamcap.downloader")
 
@@ -414,7 +414,7 @@ def run(cfg: DownloaderSettings) -> int:
     """The download service: `--processes` worker processes (this one, or children)."""
     setup_logging("downloader", cfg.log_level)
     cfg.require_redis()
-    log.info("streamcap %s downloader settings: %s", __version__, to_json(cfg))
+    log.info("streamcap %s downloader settings: %s", __version__, to_json_text(cfg))
     if cfg.processes == 1:
         return run_worker(cfg)
     return supervise(cfg, _child_main)

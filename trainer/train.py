@@ -28,7 +28,7 @@ from streamcap import bus
 from streamcap.model.checkpoint import load_checkpoint, save_checkpoint
 from streamcap.common.logs import setup_logging
 from streamcap.model.caption_model import CaptionModel, ModelConfig, format_parameter_counts
-from streamcap.common.settings import ConfigError, to_json
+from streamcap.common.settings import ConfigError, to_json_text
 from streamcap.text.tokenizer import VocabError, WordPieceTokenizer
 from streamcap.trainer import checkpointing as ckpt
 from streamcap.trainer import distributed
@@ -141,10 +141,10 @@ def _setup(cfg: TrainerSettings, info: distributed.DistInfo, r: Any, tokenizer: 
 def _announce(state: Run) -> None:
     """Print the resolved config and parameter counts; save the config beside the checkpoints."""
     cfg, model = state.cfg, state.model
-    resolved = {"trainer": json.loads(to_json(cfg)), "model": model.cfg.to_dict(),
+    resolved = {"trainer": json.loads(to_json_text(cfg)), "model": model.cfg.to_dict(),
                 "world_size": state.info.world_size, "device": str(state.info.device)}
     ckpt.save_config(cfg.run_dir, resolved)
-    log.info("config: %s", to_json(cfg))
+    log.info("config: %s", to_json_text(cfg))
     log.info("model %s (%s): %s", cfg.preset, model.cfg.backbone, format_parameter_counts(model.parameter_counts()))
     log.info("run %s on %d rank(s), device %s, %s; %s", cfg.run, state.info.world_size, state.info.device,
              "resuming at step %d" % state.step if state.resumed else "starting at step 0", cfg.run_dir)
@@ -197,7 +197,7 @@ def _train(state: Run) -> int:
     if info.is_main:
         state.sink = MetricsSink.open(
             run_dir=cfg.run_dir, run=cfg.run, mode=cfg.wandb_mode, project=cfg.wandb_project, name=cfg.wandb_name,
-            config={"trainer": json.loads(to_json(cfg)), "model": state.model.cfg.to_dict()},
+            config={"trainer": json.loads(to_json_text(cfg)), "model": state.model.cfg.to_dict()},
             resume_step=state.step if state.resumed else None)
     level = SharedLevel(float((state.resumed or {}).get("aug_level", 0.0)))
     loader, tracker = _loader(state, level)

@@ -3,8 +3,8 @@
 Every service declares one frozen dataclass deriving from `CommonSettings`, with each field
 declared through `setting()`: its default, CLI flag, environment variable, one line of help and
 an optional check. The typer commands build their options from the same declaration
-(`streamcap.cli_options.option`), so a flag, its variable and its error message cannot drift
-apart, and the README's settings table is checked against it by a test.
+(`streamcap.common.commands.settings_command`), so a flag, its variable and its error message
+cannot drift apart, and the README's settings table is checked against it by a test.
 
     >>> cfg = CommonSettings(redis_url="redis://localhost:6379/0")
     >>> CommonSettings(namespace="has space")
@@ -56,7 +56,7 @@ def build(cls: type, **given: Any) -> Any:
     return cls(**{k: v for k, v in given.items() if v is not None})
 
 
-def to_json(cfg: Any) -> str:
+def to_json_text(cfg: Any) -> str:
     """The resolved settings as JSON, for logs and for saving beside outputs."""
     return json.dumps(dataclasses.asdict(cfg), default=str, sort_keys=True)
 
