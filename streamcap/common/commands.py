@@ -85,7 +85,9 @@ def settings_command(
     for fields the settings convert themselves (byte sizes read as text: "200G").
     """
     names = _option_fields(cls, only, exclude)
-    option_params = [_option_parameter(cls, name, (read_as or {}).get(name)) for name in names]
+    hints = typing.get_type_hints(cls)
+    option_params = [_option_parameter(cls, name, (read_as or {}).get(name) or _without_none(hints[name]))
+                     for name in names]
 
     def decorate(func: Callable[..., Any]) -> Callable[..., Any]:
         own = list(inspect.signature(func, eval_str=True).parameters.values())
@@ -123,9 +125,8 @@ def _option_fields(cls: type, only: Iterable[str] | None, exclude: Iterable[str]
     return [name for name in ordered if name in wanted]
 
 
-def _option_parameter(cls: type, name: str, cli_type: type | None) -> inspect.Parameter:
-    """`name: Annotated[Optional[T], option(cls, name)] = None`, T the field's type without None."""
-    value_type = cli_type or _without_none(typing.get_type_hints(cls)[name])
+def _option_parameter(cls: type, name: str, value_type: Any) -> inspect.Parameter:
+    """`name: Annotated[Optional[value_type], option(cls, name)] = None`: None means "not given"."""
     return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=None,
                              annotation=Annotated[Optional[value_type], option(cls, name)])
 
