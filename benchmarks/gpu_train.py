@@ -32,7 +32,7 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
 from streamcap import bus  # noqa: E402
 from streamcap.bus.embedded import EmbeddedRedis  # noqa: E402
-from streamcap.trainer.metrics import read_metrics  # noqa: E402
+from streamcap.trainer.metrics_sink import read_metrics  # noqa: E402
 from streamcap.trainer.synthetic import demo_samples, demo_tokenizer, register_shard, write_shard  # noqa: E402
 
 

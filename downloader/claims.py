@@ -1,10 +1,10 @@
 """Claiming parts from the `parts` stream reliably (consumer group `downloaders`).
 
-    queue = PartQueue(r, keys, consumer="host-1234", lease_ms=60_000)
-    claimed = queue.claim(block_ms=1000)       # a stale entry of a dead worker first, else a new one
-    queue.keepalive(claimed.entry_id)          # every lease/4: our entry's idle time stays ~0
-    queue.release(claimed.entry_id)            # give it back at once (graceful stop, an error)
-    queue.dead_letter(claimed, error)          # to parts:dead after --max-deliveries
+    claimer = PartClaimer(r, keys, consumer="host-1234", lease_ms=60_000)
+    claimed = claimer.claim(block_ms=1000)     # a stale entry of a dead worker first, else a new one
+    claimer.keepalive(claimed.entry_id)        # every lease/4: our entry's idle time stays ~0
+    claimer.release(claimed.entry_id)          # give it back at once (graceful stop, an error)
+    claimer.dead_letter(claimed, error)        # to parts:dead after --max-deliveries
 
 A part is pending for exactly one consumer at a time. A worker that dies stops renewing its
 claim; once the entry has been idle for the lease, the next `claim` anywhere takes it over
@@ -72,7 +72,7 @@ class Claimed:
         return PartRecord.from_message(bus.decode(self.fields))
 
 
-class PartQueue:
+class PartClaimer:
     """The downloaders' side of the `parts` stream for one consumer."""
 
     def __init__(self, r: redis.Redis, keys: bus.Keys, consumer: str, lease_ms: int,

@@ -116,7 +116,7 @@ def enqueue(r: redis.Redis, keys: bus.Keys, shard_dir: Path, record: SourceRecor
                     pipe.unwatch()
                     break
                 pipe.multi()
-                pipe.hset(keys.sources, record.id, _to_json(record))
+                pipe.hset(keys.sources, record.id, _to_json_text(record))
                 for index in range(record.parts):
                     pipe.xadd(keys.parts, bus.encode(record.part(index).to_message()))
                 pipe.execute()
@@ -146,7 +146,7 @@ def _existing(r: redis.Redis, keys: bus.Keys, record: SourceRecord) -> SourceRec
     return existing
 
 
-def _to_json(record: SourceRecord) -> str:
+def _to_json_text(record: SourceRecord) -> str:
     return json.dumps(record.to_message(), sort_keys=True)
 
 

@@ -48,7 +48,7 @@ from typing import Callable
 import redis
 from aiohttp.abc import AbstractResolver
 
-from streamcap.downloader.claims import Claimed, PartQueue
+from streamcap.downloader.claims import Claimed, PartClaimer
 from streamcap.downloader.config import DownloaderSettings
 from streamcap.downloader.fetch import Fetcher
 from streamcap.downloader.imagepool import ImagePool
@@ -64,7 +64,7 @@ from streamcap.shardwriter.writer import PartSuperseded
 from streamcap import __version__, bus
 from streamcap.common.logs import first_line, instance_id, setup_logging
 from streamcap.formats.records import PartRecord, SourceRecord
-from streamcap.common.settings import to_json
+from streamcap.common.settings import to_json_text
 
 log = logging.getLogger("streamcap.downloader")
 
@@ -92,7 +92,7 @@ class Worker:
         self._resolver, self._policy = resolver, address_policy   # Fetcher's (tests pass their own)
         self.consumer = consumer or f"{instance_id()}-{secrets.token_hex(2)}"
         self.keys = cfg.keys
-        self.queue = PartQueue(r, self.keys, self.consumer, lease_ms=int(cfg.lease_seconds * 1000))
+        self.queue = PartClaimer(r, self.keys, self.consumer, lease_ms=int(cfg.lease_seconds * 1000))
         self.stats = LiveStats()
         self.active: dict[str, _Active] = {}
         self.state, self.reason = "idle", ""
@@ -421,7 +421,7 @@ def run(cfg: DownloaderSettings) -> int:
     """The download service: `--processes` worker processes (this one, or children)."""
     setup_logging("downloader", cfg.log_level)
     cfg.require_redis()
-    log.info("streamcap %s downloader settings: %s", __version__, to_json(cfg))
+    log.info("streamcap %s downloader settings: %s", __version__, to_json_text(cfg))
     if cfg.processes == 1:
         return run_worker(cfg)
     return supervise(cfg, _child_main)

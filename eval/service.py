@@ -22,7 +22,7 @@ from streamcap.eval.external import java_metrics
 from streamcap.eval.metrics import ScoringError, normalize_pairs, score_tokenized
 from streamcap.common.commands import error, print_json
 from streamcap.common.logs import instance_id, setup_logging
-from streamcap.common.settings import to_json
+from streamcap.common.settings import to_json_text
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +32,7 @@ def run(cfg: EvalSettings) -> int:
     from streamcap import bus
 
     setup_logging("evaluator", cfg.log_level)
-    shown = {k: v for k, v in json.loads(to_json(cfg)).items() if k != "redis_url"}  # may hold a password
+    shown = {k: v for k, v in json.loads(to_json_text(cfg)).items() if k != "redis_url"}  # may hold a password
     log.info("settings: %s", json.dumps(shown, sort_keys=True))
     r = bus.connect(cfg.require_redis(), keys=cfg.keys, who=f"evaluator {instance_id()}")
     try:

@@ -32,7 +32,7 @@ import redis
 
 from streamcap.shardwriter import registry, tempfiles
 from streamcap.shardwriter.commit import part_counters
-from streamcap.ops.partqueue import PartQueue, read_part_queue
+from streamcap.ops.partqueue import PartQueueSnapshot, read_part_queue
 from streamcap.shardwriter.verify import check_shard
 from streamcap import bus
 from streamcap.formats.records import PartRecord, PartStats, ShardRecord
@@ -106,7 +106,7 @@ class _Findings:
             self.report.discrepancies.append(f"... more of: {kind} (not listed)")
 
 
-def _part_states(parts: dict[str, PartRecord], q: PartQueue, report: AuditReport, found: _Findings) -> dict[str, str]:
+def _part_states(parts: dict[str, PartRecord], q: PartQueueSnapshot, report: AuditReport, found: _Findings) -> dict[str, str]:
     """The one state of every expected part; lost parts and double states are discrepancies."""
     states: dict[str, str] = {}
     for pid, part in parts.items():

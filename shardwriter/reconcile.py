@@ -32,7 +32,7 @@ import redis
 from streamcap.shardwriter import registry, tempfiles
 from streamcap.shardwriter.commit import commit_part
 from streamcap.shardwriter.locks import PartLockBusy, part_lock
-from streamcap.ops.partqueue import PartQueue, read_part_queue
+from streamcap.ops.partqueue import PartQueueSnapshot, read_part_queue
 from streamcap import bus
 from streamcap.formats.records import PartStats
 from streamcap.formats.shards import stats_name
@@ -101,7 +101,7 @@ def _restore_sources(r: redis.Redis, keys: bus.Keys, shard_dir: Path, report: Re
             registry.save_source(shard_dir, source)
 
 
-def _restore_part(r: redis.Redis, keys: bus.Keys, shard_dir: Path, stats: PartStats, queue: PartQueue,
+def _restore_part(r: redis.Redis, keys: bus.Keys, shard_dir: Path, stats: PartStats, queue: PartQueueSnapshot,
                   registered: set[str], deleted: set[str], report: ReconcileReport) -> None:
     """Register a part's output from its stats file (or complete a done part's registration)."""
     gone = []
@@ -135,7 +135,7 @@ def _restore_part(r: redis.Redis, keys: bus.Keys, shard_dir: Path, stats: PartSt
             report.shards_registered.append(shard.name)
 
 
-def _requeue_missing(r: redis.Redis, keys: bus.Keys, shard_dir: Path, queue: PartQueue,
+def _requeue_missing(r: redis.Redis, keys: bus.Keys, shard_dir: Path, queue: PartQueueSnapshot,
                      report: ReconcileReport) -> None:
     """Enqueue every part without committed output that is not queued, in flight or dead."""
     for source in registry.all_sources(r, keys, shard_dir):

@@ -8,7 +8,7 @@
 Layout of a shard dir:
 
     <slug>-<part:06d>-<seq:04d>.tar        finalized shards
-    <slug>-<part:06d>.stats.json           one per finished part (PartStats.to_json_dict + owner)
+    <slug>-<part:06d>.stats.json           one per finished part (PartStats.to_json + owner)
     sources/<slug>.json                    source definitions (SourceRecord.to_message)
     quarantine/                            shards `shards verify --quarantine` moved away
     .tmp~...                               temporary files of writers (see tempfiles)
@@ -104,7 +104,7 @@ def load_part_stats(shard_dir: Path, problems: list[str] | None = None) -> dict[
 def read_part_stats(path: Path, problems: list[str] | None = None) -> PartStats | None:
     """One stats file; None when it is gone, or unreadable (said in `problems`)."""
     try:
-        return PartStats.from_json_dict(json.loads(path.read_text()))
+        return PartStats.from_json(json.loads(path.read_text()))
     except FileNotFoundError:
         return None
     except (OSError, ValueError, TypeError, KeyError) as e:

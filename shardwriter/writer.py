@@ -219,7 +219,7 @@ class PartWriter:
             self._remove_stale_shards(len(self._shards))
             tempfiles.fsync_dir(self.shard_dir)
             faults.maybe_crash("after_rename", self.part.part_id)
-            record = stats.to_json_dict() | {"owner": self.owner, "finished": time.time()}
+            record = stats.to_json() | {"owner": self.owner, "finished": time.time()}
             tempfiles.write_json_atomic(stats_path, record, compact=True)
         self._done = True
         return stats

@@ -25,9 +25,9 @@ from rich.console import Console
 from rich.live import Live
 
 from streamcap import __version__
-from streamcap.common.commands import JsonFlag, LogLevel, Namespace, RedisUrl, ShardDir, option, print_json, run_app
+from streamcap.common.commands import JsonFlag, print_json, run_app, settings_command
 from streamcap.demo.config import DemoSettings
-from streamcap.common.settings import CommonSettings, build
+from streamcap.common.settings import CommonSettings
 
 app = typer.Typer(
     name="streamcap",
@@ -92,11 +92,9 @@ def redis_command(
 
 
 @app.command("status")
+@settings_command(CommonSettings)
 def status_command(
-    redis_url: RedisUrl = None,
-    namespace: Namespace = None,
-    shard_dir: ShardDir = None,
-    log_level: LogLevel = None,
+    cfg: CommonSettings,
     as_json: JsonFlag = False,
     watch: Annotated[bool, typer.Option("--watch", help="Refresh live until Ctrl-C.")] = False,
     interval: Annotated[float, typer.Option("--interval", help="Seconds between refreshes with --watch.")] = 2.0,
@@ -105,7 +103,6 @@ def status_command(
     from streamcap import bus
     from streamcap.ops import status, status_view
 
-    cfg = build(CommonSettings, redis_url=redis_url, namespace=namespace, shard_dir=shard_dir, log_level=log_level)
     r = bus.connect(cfg.require_redis(), retries=2)
 
     def view():
@@ -131,15 +128,8 @@ def status_command(
 
 
 @app.command("demo")
-def demo_command(
-    workdir: Annotated[Optional[Path], option(DemoSettings, "workdir")] = None,
-    rows: Annotated[Optional[int], option(DemoSettings, "rows")] = None,
-    eval_images: Annotated[Optional[int], option(DemoSettings, "eval_images")] = None,
-    steps: Annotated[Optional[int], option(DemoSettings, "steps")] = None,
-    batch_size: Annotated[Optional[int], option(DemoSettings, "batch_size")] = None,
-    checkpoints: Annotated[Optional[int], option(DemoSettings, "checkpoints")] = None,
-    seed: Annotated[Optional[int], option(DemoSettings, "seed")] = None,
-) -> int:
+@settings_command(DemoSettings)
+def demo_command(cfg: DemoSettings) -> int:
     """The whole pipeline here, no internet: download a generated world, train while it lands, evaluate.
 
     Generated images are served on 127.0.0.1 and downloaded by a real downloader; the tiny model
@@ -149,8 +139,7 @@ def demo_command(
     """
     from streamcap.demo.run import run
 
-    return run(build(DemoSettings, workdir=workdir, rows=rows, eval_images=eval_images, steps=steps,
-                     batch_size=batch_size, checkpoints=checkpoints, seed=seed))
+    return run(cfg)
 
 
 def _register_services() -> None:

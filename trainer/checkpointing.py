@@ -7,7 +7,7 @@
                                  per rank the RNG states, loader-worker states, data counters and a
                                  digest of its parameters (equal on every rank, or DDP is broken)
         latest.json              {"step", "model", "state"}: written last, so it names a complete pair
-        metrics.jsonl, loss.png  metrics (trainer.metrics)
+        metrics.jsonl, loss.png  metrics (trainer.metrics_sink)
         reads-rank<R>.jsonl      every shard rank R finished: {"step", "shard", "fresh", "samples", "worker"}
 
 Each checkpoint is announced on the `checkpoints` stream (`CheckpointRecord`) for the evaluator.

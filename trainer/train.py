@@ -28,22 +28,22 @@ from streamcap import bus
 from streamcap.model.checkpoint import load_checkpoint, save_checkpoint
 from streamcap.common.logs import setup_logging
 from streamcap.model.caption_model import CaptionModel, ModelConfig, format_parameter_counts
-from streamcap.common.settings import ConfigError, to_json
+from streamcap.common.settings import ConfigError, to_json_text
 from streamcap.text.tokenizer import VocabError, WordPieceTokenizer
 from streamcap.trainer import checkpointing as ckpt
 from streamcap.trainer import distributed
 from streamcap.trainer.augment import SharedLevel, ramp_level
 from streamcap.trainer.config import TrainerSettings
-from streamcap.trainer.consumption import Consumption
+from streamcap.trainer.batch_accounting import BatchAccounting
 from streamcap.trainer.dataset import LoaderSpec, ShardStreamDataset, make_loader, next_batch
 from streamcap.trainer.losses import caption_loss
-from streamcap.trainer.metrics import MetricsSink
-from streamcap.trainer.monitor import RunMonitor
+from streamcap.trainer.metrics_sink import MetricsSink
+from streamcap.trainer.redis_status import RedisStatus
 from streamcap.trainer.samples import CaptionChoice, ImageNormalizer
 from streamcap.trainer.schedule import make_scheduler
 from streamcap.trainer.shardqueue import FinishedShard, ReadLedger
 from streamcap.trainer.signals import StopRequested, StopSignal
-from streamcap.trainer.telemetry import StepTelemetry
+from streamcap.trainer.step_report import StepReporter
 
 log = logging.getLogger("streamcap.trainer")
 
@@ -141,10 +141,10 @@ def _setup(cfg: TrainerSettings, info: distributed.DistInfo, r: Any, tokenizer: 
 def _announce(state: Run) -> None:
     """Print the resolved config and parameter counts; save the config beside the checkpoints."""
     cfg, model = state.cfg, state.model
-    resolved = {"trainer": json.loads(to_json(cfg)), "model": model.cfg.to_dict(),
+    resolved = {"trainer": json.loads(to_json_text(cfg)), "model": model.cfg.to_dict(),
                 "world_size": state.info.world_size, "device": str(state.info.device)}
     ckpt.save_config(cfg.run_dir, resolved)
-    log.info("config: %s", to_json(cfg))
+    log.info("config: %s", to_json_text(cfg))
     log.info("model %s (%s): %s", cfg.preset, model.cfg.backbone, format_parameter_counts(model.parameter_counts()))
     log.info("run %s on %d rank(s), device %s, %s; %s", cfg.run, state.info.world_size, state.info.device,
              "resuming at step %d" % state.step if state.resumed else "starting at step 0", cfg.run_dir)
@@ -164,7 +164,7 @@ def _wrap(state: Run) -> None:
 # --- data ------------------------------------------------------------------------------------
 
 
-def _loader(state: Run, level: SharedLevel) -> tuple[Any, Consumption]:
+def _loader(state: Run, level: SharedLevel) -> tuple[Any, BatchAccounting]:
     cfg, info, model_cfg = state.cfg, state.info, state.model.cfg
     spec = LoaderSpec(
         redis_url=cfg.require_redis(), namespace=cfg.namespace, shard_dir=cfg.shard_dir, run=cfg.run,
@@ -183,7 +183,7 @@ def _loader(state: Run, level: SharedLevel) -> tuple[Any, Consumption]:
     # the workers look at what they hold, so no finished shard is taken for an unfinished one.
     ledger.acknowledge([FinishedShard.from_dict(d) for d in saved.get("unacknowledged", [])])
     dataset = ShardStreamDataset(spec, state.tokenizer, level, worker_states)
-    tracker = Consumption(ledger, cfg.run_dir / f"reads-rank{info.rank}.jsonl", totals=saved.get("counters"))
+    tracker = BatchAccounting(ledger, cfg.run_dir / f"reads-rank{info.rank}.jsonl", totals=saved.get("counters"))
     return make_loader(dataset, pin_memory=info.device.type == "cuda"), tracker
 
 
@@ -192,17 +192,17 @@ def _loader(state: Run, level: SharedLevel) -> tuple[Any, Consumption]:
 
 def _train(state: Run) -> int:
     cfg, info = state.cfg, state.info
-    monitor = RunMonitor(state.r, cfg.keys, cfg.run, info.rank)
-    monitor.register()
+    redis_status = RedisStatus(state.r, cfg.keys, cfg.run, info.rank)
+    redis_status.register()
     if info.is_main:
         state.sink = MetricsSink.open(
             run_dir=cfg.run_dir, run=cfg.run, mode=cfg.wandb_mode, project=cfg.wandb_project, name=cfg.wandb_name,
-            config={"trainer": json.loads(to_json(cfg)), "model": state.model.cfg.to_dict()},
+            config={"trainer": json.loads(to_json_text(cfg)), "model": state.model.cfg.to_dict()},
             resume_step=state.step if state.resumed else None)
     level = SharedLevel(float((state.resumed or {}).get("aug_level", 0.0)))
     loader, tracker = _loader(state, level)
-    telemetry = StepTelemetry(state, tracker, monitor)
-    state.while_waiting = telemetry.waiting
+    reporter = StepReporter(state, tracker, redis_status)
+    state.while_waiting = reporter.waiting
     stop = StopSignal.install()
     _wrap(state)
     batches = iter(loader)
@@ -217,7 +217,7 @@ def _train(state: Run) -> int:
                 log.info("step %d: image encoder unfrozen", state.step)
             level.set(ramp_level(state.step, cfg.aug_ramp_steps, cfg.aug_max))
             terms = _optimizer_step(state, batches, tracker, stop)
-            telemetry.after_step(terms, level.get())
+            reporter.after_step(terms, level.get())
             stop_now = distributed.any_rank(info, stop.requested)
             if state.step % cfg.checkpoint_every == 0 or state.step == cfg.max_steps or stop_now:
                 _checkpoint(state, tracker, level.get())
@@ -232,17 +232,17 @@ def _train(state: Run) -> int:
     finally:
         stop.uninstall()
         del batches  # shuts the loader workers down
-        telemetry.close()
+        reporter.close()
         tracker.close()
         state.sink.close()
         if finished:
-            monitor.finish()
+            redis_status.finish()
     if finished and info.is_main:
         log.info("done: %d steps, run %s, checkpoints in %s", state.step, cfg.run, cfg.run_dir)
     return 0
 
 
-def _optimizer_step(state: Run, batches, tracker: Consumption, stop: StopSignal) -> dict[str, Any]:
+def _optimizer_step(state: Run, batches, tracker: BatchAccounting, stop: StopSignal) -> dict[str, Any]:
     """One optimizer step over --grad-accum micro-batches; returns the loss terms (tensors)."""
     cfg, info, ddp = state.cfg, state.info, state.ddp
     autocast = torch.autocast(info.device.type, dtype=torch.bfloat16) if _bf16(cfg, info) else contextlib.nullcontext()
@@ -300,7 +300,7 @@ def _bf16(cfg: TrainerSettings, info: distributed.DistInfo) -> bool:
     return cfg.precision == "auto" and info.device.type == "cuda"
 
 
-def _checkpoint(state: Run, tracker: Consumption, aug_level: float) -> None:
+def _checkpoint(state: Run, tracker: BatchAccounting, aug_level: float) -> None:
     """Save model + training state (all ranks contribute their part), announce it, then
     acknowledge the fresh shards it covers."""
     cfg, info = state.cfg, state.info

@@ -3,8 +3,8 @@
 Every service declares one frozen dataclass deriving from `CommonSettings`, with each field
 declared through `setting()`: its default, CLI flag, environment variable, one line of help and
 an optional check. The typer commands build their options from the same declaration
-(`streamcap.cli_options.option`), so a flag, its variable and its error message cannot drift
-apart, and docs/settings.md is generated from it (`make docs`; a test checks it).
+(`streamcap.common.commands.settings_command`), so a flag, its variable and its error message
+cannot drift apart, and docs/settings.md is generated from it (`make docs`; a test checks it).
 
     >>> cfg = CommonSettings(redis_url="redis://localhost:6379/0")
     >>> CommonSettings(namespace="has space")
@@ -59,7 +59,7 @@ def build(cls: type, **given: Any) -> Any:
     return cls(**{k: v for k, v in given.items() if v is not None})
 
 
-def to_json(cfg: Any) -> str:
+def to_json_text(cfg: Any) -> str:
     """The resolved settings as JSON, for logs and for saving beside outputs; passwords redacted."""
     return redact(json.dumps(dataclasses.asdict(cfg), default=str, sort_keys=True))
 

@@ -197,7 +197,7 @@ class PartStats:
             counts[f.reason] = counts.get(f.reason, 0) + 1
         return counts
 
-    def to_json_dict(self) -> dict[str, Any]:
+    def to_json(self) -> dict[str, Any]:
         return {
             "v": 1, "source": self.source, "part": self.part, "start": self.start, "end": self.end,
             "rows": self.end - self.start, "samples": self.samples, "bytes_downloaded": self.bytes_downloaded,
@@ -207,7 +207,7 @@ class PartStats:
         }
 
     @classmethod
-    def from_json_dict(cls, d: dict[str, Any]) -> "PartStats":
+    def from_json(cls, d: dict[str, Any]) -> "PartStats":
         return cls(
             source=d["source"], part=int(d["part"]), start=int(d["start"]), end=int(d["end"]),
             samples=int(d["samples"]), bytes_downloaded=int(d.get("bytes_downloaded", 0)),

@@ -26,7 +26,7 @@ def stream_id(entry_id: str) -> tuple[int, int]:
 
 
 @dataclass
-class PartQueue:
+class PartQueueSnapshot:
     entries: dict[str, list[str]]   # part id -> its entry ids in `parts`
     pending: dict[str, str]         # entry id -> consumer, for delivered, unacknowledged entries
     last_delivered: tuple[int, int]
@@ -61,7 +61,7 @@ def _xrange_all(r: redis.Redis, key: str) -> list:
     return [entry for page in bus.xrange_pages(r, key, _BATCH) for entry in page]
 
 
-def read_part_queue(r: redis.Redis, keys: bus.Keys, problems: list[str]) -> PartQueue:
+def read_part_queue(r: redis.Redis, keys: bus.Keys, problems: list[str]) -> PartQueueSnapshot:
     """The queue as it is now; unreadable entries are described in `problems`."""
     entries: dict[str, list[str]] = {}
     for entry_id, part in _decode_parts(_xrange_all(r, keys.parts), problems, "parts"):
@@ -80,4 +80,4 @@ def read_part_queue(r: redis.Redis, keys: bus.Keys, problems: list[str]) -> Part
     else:
         last = (0, 0)
     dead = {part.part_id for _, part in _decode_parts(_xrange_all(r, keys.parts_dead), problems, "parts:dead")}
-    return PartQueue(entries, pending, last, set(r.smembers(keys.parts_done)), dead)
+    return PartQueueSnapshot(entries, pending, last, set(r.smembers(keys.parts_done)), dead)

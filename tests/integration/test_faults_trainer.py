@@ -16,7 +16,7 @@ from pathlib import Path
 from streamcap import bus
 from tests.chaos_support import Fleet, children, final_audit, fleets, trainer_args, vocab_file, wait_until
 from tests.shardwriter_support import enqueue, process_part
-from streamcap.trainer.metrics import read_metrics
+from streamcap.trainer.metrics_sink import read_metrics
 
 __all__ = ["fleets"]  # fixture
 PARTS = 30  # 30 shards of 5 samples (every 7th row of 6 is a failure): ~38 steps of batch 4

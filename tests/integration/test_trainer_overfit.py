@@ -12,7 +12,7 @@ from streamcap.model.checkpoint import load_checkpoint
 from streamcap.model.decoding import greedy_decode
 from streamcap.model.caption_model import image_transform
 from streamcap.trainer.config import TrainerSettings
-from streamcap.trainer.metrics import read_metrics
+from streamcap.trainer.metrics_sink import read_metrics
 from streamcap.trainer.synthetic import demo_samples, demo_tokenizer, register_shard, write_shard
 
 STEPS = 150

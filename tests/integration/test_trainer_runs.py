@@ -16,7 +16,7 @@ import torch
 
 from streamcap import bus
 from streamcap.trainer.config import TrainerSettings
-from streamcap.trainer.metrics import read_metrics
+from streamcap.trainer.metrics_sink import read_metrics
 from streamcap.trainer.synthetic import demo_samples, demo_tokenizer, register_shard, write_shard
 
 ROOT = Path(__file__).resolve().parents[2]

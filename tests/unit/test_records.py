@@ -26,7 +26,7 @@ def test_part_stats_roundtrip_and_counts():
     stats = PartStats(source="s", part=0, start=0, end=4, samples=2,
                       failures=[FailedRow(1, "http://x", "timeout"), FailedRow(3, "", "invalid_url")])
     assert stats.failures_by_reason() == {"timeout": 1, "invalid_url": 1}
-    again = PartStats.from_json_dict(stats.to_json_dict())
+    again = PartStats.from_json(stats.to_json())
     assert again == stats
 
 

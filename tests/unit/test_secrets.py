@@ -9,7 +9,7 @@ import pytest
 import redis
 
 from streamcap.common.secrets import RedactingFilter, redact, with_password
-from streamcap.common.settings import CommonSettings, to_json
+from streamcap.common.settings import CommonSettings, to_json_text
 
 PASSWORD = "k3/Yq+Zr@x9=="  # what `openssl rand -base64` makes: '/', '+', '=' and here an '@'
 
@@ -48,7 +48,7 @@ def test_settings_take_the_password_separately_and_never_show_it(monkeypatch):
     monkeypatch.setenv("REDIS_PASSWORD", PASSWORD)
     cfg = CommonSettings(redis_url="redis://redis:6379/0")
     assert redis.connection.parse_url(cfg.require_redis())["password"] == PASSWORD
-    shown = to_json(CommonSettings(redis_url=cfg.require_redis()))
+    shown = to_json_text(CommonSettings(redis_url=cfg.require_redis()))
     assert PASSWORD not in shown and "k3%2F" not in shown
     assert json.loads(shown)["redis_url"] == "redis://:***@redis:6379/0"
 

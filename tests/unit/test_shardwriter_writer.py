@@ -61,7 +61,7 @@ def test_names_are_deterministic_and_stats_file_sits_next_to_shards(tmp_path):
     stats = write_part(tmp_path)
     assert [s.name for s in stats.shards] == [shard_name("Pop Set", 3, seq) for seq in range(4)]
     saved = json.loads((tmp_path / stats_name("Pop Set", 3)).read_text())
-    assert PartStats.from_json_dict(saved) == stats
+    assert PartStats.from_json(saved) == stats
     assert saved["failures_by_reason"] == {"timeout": 3}
     assert [f["row"] for f in saved["failures"]] == [35, 42, 49]
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([s.name for s in stats.shards] + [stats_name("Pop Set", 3)])

@@ -18,17 +18,17 @@ import torch
 
 from streamcap.model.decoding import greedy_decode
 from streamcap.trainer import distributed
-from streamcap.trainer.consumption import Consumption
-from streamcap.trainer.monitor import RunMonitor
+from streamcap.trainer.batch_accounting import BatchAccounting
+from streamcap.trainer.redis_status import RedisStatus
 
 log = logging.getLogger("streamcap.trainer")
 
 SAMPLE_IMAGES = 4
 
 
-class StepTelemetry:
-    def __init__(self, state: Any, tracker: Consumption, monitor: RunMonitor) -> None:
-        self.state, self.tracker, self.monitor = state, tracker, monitor
+class StepReporter:
+    def __init__(self, state: Any, tracker: BatchAccounting, redis_status: RedisStatus) -> None:
+        self.state, self.tracker, self.redis_status = state, tracker, redis_status
         self.last: dict[str, float] = {}
 
     def after_step(self, terms: dict[str, Any], aug_level: float) -> None:
@@ -40,7 +40,7 @@ class StepTelemetry:
             state.sink.histograms(step, state.model)
         if state.info.is_main and cfg.sample_every and step % cfg.sample_every == 0:
             state.sink.samples(step, *caption_samples(state, terms["last_batch"]))
-        if self.monitor.due():
+        if self.redis_status.due():
             self._heartbeat(step, aug_level)
 
     def _log(self, step: int, terms: dict[str, Any], aug_level: float) -> None:
@@ -66,7 +66,7 @@ class StepTelemetry:
         if not info.is_main:
             return
         metrics |= _gpu_metrics(info.device)
-        metrics |= {f"downloader/{k}": v for k, v in self.monitor.downloader_rates().items()}
+        metrics |= {f"downloader/{k}": v for k, v in self.redis_status.downloader_rates().items()}
         state.sink.log(step, metrics)
         log.info(
             "step %d/%d loss %.4f (ce %.4f, eos %.4f) lr %.2e | %.0f samples/s, data wait %.0f%%, fresh %.0f%% | aug %.2f",
@@ -76,7 +76,7 @@ class StepTelemetry:
 
     def waiting(self) -> None:
         """Called while the loop waits for data: keep the heartbeat going, saying so."""
-        if self.monitor.due():
+        if self.redis_status.due():
             self._heartbeat(self.state.step, float(self.last.get("aug_level", 0.0)), starving=True)
 
     def _heartbeat(self, step: int, aug_level: float, starving: bool = False) -> None:
@@ -84,7 +84,7 @@ class StepTelemetry:
         window = self.tracker.window("heartbeat")
         if starving:  # the wait in progress is not in the window yet
             window["data_wait_pct"] = 100.0
-        self.monitor.beat({
+        self.redis_status.beat({
             "run": state.cfg.run, "rank": state.info.rank, "world_size": state.info.world_size,
             "step": step, "max_steps": state.cfg.max_steps,
             "samples_per_s": round(window["samples_per_s"], 2), "data_wait_pct": round(window["data_wait_pct"], 1),

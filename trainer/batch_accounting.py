@@ -1,6 +1,6 @@
 """What one rank has consumed: data counters, the shards it finished, its loader workers' states.
 
-    tracker = Consumption(ledger, run_dir / f"reads-rank{rank}.jsonl", totals=saved_totals)
+    tracker = BatchAccounting(ledger, run_dir / f"reads-rank{rank}.jsonl", totals=saved_totals)
     tracker.consume(batch, step, waited_s)   # for every batch the loop trains on
     tracker.totals                           # samples, fresh, replay, fresh_wait_s, bad_samples
     tracker.window("log")                    # the same since the last call with that name, plus rates
@@ -24,7 +24,7 @@ COUNTERS = ("samples", "fresh", "replay", "fresh_wait_s", "bad_samples")
 WINDOWS = ("log", "heartbeat")
 
 
-class Consumption:
+class BatchAccounting:
     def __init__(self, ledger: ReadLedger, reads_log: Path | None, totals: dict[str, float] | None = None) -> None:
         self.ledger = ledger
         self.totals: dict[str, float] = {name: 0.0 for name in COUNTERS} | dict(totals or {})

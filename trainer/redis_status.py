@@ -38,7 +38,7 @@ OUTAGE_BACKOFF_S = 30.0
 RUN_RUNNING, RUN_FINISHED = "running", "finished"
 
 
-class RunMonitor:
+class RedisStatus:
     def __init__(self, r: redis.Redis, keys: bus.Keys, run: str, rank: int) -> None:
         self.r, self.keys, self.run, self.rank = r, keys, run, rank
         self.instance = f"{run}-rank{rank}"
