@@ -3,6 +3,7 @@
     streamcap shards ls [--json]
     streamcap shards verify [PATH...] [--quarantine] [--json]
     streamcap shards gc --max-disk-bytes 200G --min-reads 2 [--dry-run]
+    streamcap shards gc --max-disk-bytes 200G --watch [--every 30]      # as a service
     streamcap shards reconcile
     streamcap audit [--expect-done] [--json]
 
@@ -56,11 +57,22 @@ def verify_command(
 def gc_command(
     cfg: ShardWriterSettings,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Say what would be deleted, delete nothing.")] = False,
+    watch: Annotated[bool, typer.Option(
+        "--watch", help="Keep running: gc every --every seconds until SIGTERM (compose's gc service).")] = False,
+    every: Annotated[float, typer.Option("--every", min=1.0, help="Seconds between rounds with --watch.")] = 30.0,
     as_json: JsonFlag = False,
 ) -> int:
     """Delete read shards, oldest first, while the shard disk is over budget."""
     from streamcap.shardwriter import tools
 
+    if watch:
+        if dry_run or as_json:
+            raise typer.BadParameter("--watch deletes for real and logs: no --dry-run or --json with it")
+        from streamcap.common.logs import setup_logging
+        from streamcap.shardwriter.gc_watch import watch as gc_watch
+
+        setup_logging("gc", cfg.log_level)
+        return gc_watch(cfg, interval_s=every)
     return tools.gc(cfg, dry_run, as_json)
 
 

@@ -18,16 +18,12 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-import redis
-
 from streamcap import bus
-from streamcap.common.logs import first_line, instance_id
+from streamcap.common.logs import instance_id
 from streamcap.shardwriter.config import ShardWriterSettings, format_size
 from streamcap.shardwriter.retention import GcReport, gc
 
 log = logging.getLogger(__name__)
-
-REDIS_DOWN = (redis.ConnectionError, redis.TimeoutError)
 
 
 @dataclass
@@ -75,12 +71,14 @@ def watch(cfg: ShardWriterSettings, interval_s: float, stop: threading.Event | N
                          report.stopped_because)
             bus.write_heartbeat(r, keys, bus.ROLE_GC, me, totals.heartbeat(cfg, interval_s),
                                 ttl_s=max(bus.HEARTBEAT_TTL_S, int(3 * interval_s)))
-        except REDIS_DOWN as e:
-            log.warning("Redis unreachable (%s); gc waits for it", first_line(e))
-            bus.wait_for_redis(r, keys=keys, who=f"gc/{me}")
+        except bus.REDIS_DOWN as e:
+            bus.wait_out_outage(r, e, what="gc", stop=stop.is_set, keys=keys, who=f"gc/{me}")
             continue
         stop.wait(interval_s)
-    r.delete(keys.heartbeat(bus.ROLE_GC, me))
+    try:
+        r.delete(keys.heartbeat(bus.ROLE_GC, me))
+    except bus.REDIS_DOWN:  # stopped during an outage: the heartbeat expires on its own
+        pass
     log.info("gc watch stopped: %d rounds, %d shards deleted (%s)", totals.rounds, totals.deleted,
              format_size(totals.freed_bytes))
     return 0
