@@ -1,16 +1,15 @@
-"""Graceful stop: SIGTERM (or Ctrl-C) asks the loop to checkpoint and exit after the current step.
+"""Graceful stop: SIGTERM (or Ctrl-C) asks the loop to checkpoint and exit.
 
     stop = StopSignal.install()
     while ...:
-        with stop.interruptible(allowed=world_size == 1 or step == 0):
+        with stop.interruptible():
             batch = next(batches)         # may block while no data exists at all
-        ...
-        if stop.requested: save(); break
+        if any_rank(stop.requested): save(); break      # every rank meets before computing
     stop.uninstall()
 
-A wait for data can be interrupted too (StopRequested is raised inside it) where that is safe:
-in a single process, or before the first step; otherwise the step finishes first, because the
-other ranks are inside a collective and need this one to join it. A second Ctrl-C aborts.
+A wait for data is interrupted (StopRequested is raised inside it); the training loop then
+meets the other ranks before anything of the next batch is computed (trainer/train.py,
+`_next_batch`), so they all stop at the same step. A second Ctrl-C aborts.
 """
 
 from __future__ import annotations

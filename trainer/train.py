@@ -218,16 +218,14 @@ def _train(state: Run) -> int:
             level.set(ramp_level(state.step, cfg.aug_ramp_steps, cfg.aug_max))
             terms = _optimizer_step(state, batches, tracker, stop)
             reporter.after_step(terms, level.get())
-            stop_now = distributed.any_rank(info, stop.requested)
-            if state.step % cfg.checkpoint_every == 0 or state.step == cfg.max_steps or stop_now:
+            if state.step % cfg.checkpoint_every == 0 or state.step == cfg.max_steps:
                 _checkpoint(state, tracker, level.get())
-            if stop_now:
-                log.info("stopped by %s at step %d", stop.signal_name or "another rank", state.step)
-                break
         finished = state.step >= cfg.max_steps
     except StopRequested as e:
-        log.info("stopped by %s while waiting for data at step %d", e, state.step)
-        if state.step > 0 and info.world_size == 1:
+        # Every rank raised it at the same meeting point (`_next_batch`), so all of them can join
+        # the checkpoint's collectives; the batches fetched for the next step are not counted.
+        log.info("stopped by %s at step %d", e, state.step)
+        if state.step > 0 and state.step % cfg.checkpoint_every:
             _checkpoint(state, tracker, level.get())
     finally:
         stop.uninstall()
@@ -250,7 +248,7 @@ def _optimizer_step(state: Run, batches, tracker: BatchAccounting, stop: StopSig
     state.optimizer.zero_grad(set_to_none=True)
     for micro in range(cfg.grad_accum):
         started = time.perf_counter()
-        batch = _wait_for_batch(state, batches, stop)
+        batch = _next_batch(state, batches, stop)
         tracker.consume(batch, state.step, time.perf_counter() - started)
         images = state.normalize(batch.images)  # [B,3,S,S]
         if info.device.type == "cuda":
@@ -277,16 +275,32 @@ def _optimizer_step(state: Run, batches, tracker: BatchAccounting, stop: StopSig
                    "last_batch": batch}
 
 
+def _next_batch(state: Run, batches, stop: StopSignal):
+    """The next batch; StopRequested on every rank at once when any rank was asked to stop.
+
+    The ranks meet here (one tiny all-reduce) before each micro-batch is computed on. So no rank
+    ever sits in a gradient collective while another waits for data, and a stop seen by any rank,
+    even one still waiting for data, ends the run on all of them at the same point: within
+    seconds, with a checkpoint, instead of at the collective's timeout.
+    """
+    try:
+        batch = _wait_for_batch(state, batches, stop)
+    except StopRequested:
+        batch = None
+    if distributed.any_rank(state.info, batch is None or stop.requested):
+        raise StopRequested(stop.signal_name or "another rank")
+    return batch
+
+
 def _wait_for_batch(state: Run, batches, stop: StopSignal):
-    """Next batch; a stop signal may end the wait where nobody else waits on this rank: in a
-    single process, or before the first step (other ranks then sit in no collective)."""
-    may_stop = state.info.world_size == 1 or state.step == 0
+    """Next batch; a stop signal ends the wait (the other ranks wait at `_next_batch`'s meeting)."""
     if state.cfg.loader_workers == 0:  # the wait runs in this process: the signal interrupts it
-        with stop.interruptible(allowed=may_stop):
+        with stop.interruptible():
             return next(batches)
+
     def give_up() -> bool:
         state.while_waiting()
-        return may_stop and stop.requested
+        return stop.requested
 
     try:  # the wait is on worker processes: look up every few seconds
         return next_batch(batches, give_up=give_up)
