@@ -53,6 +53,13 @@ class RedisStatus:
     def finish(self) -> None:
         if self.rank == 0:
             self._safe("marking the run finished", lambda: self._write_run(RUN_FINISHED))
+        self.leave()
+
+    def leave(self) -> None:
+        """Remove this rank's heartbeat: it ended on purpose (done or stopped), so `streamcap status`
+        must not report it as a worker that stopped reporting. A crash leaves it to expire."""
+        self._safe("removing the heartbeat",
+                   lambda: self.r.delete(self.keys.heartbeat(bus.ROLE_TRAINER, self.instance)))
 
     def due(self) -> bool:
         return time.monotonic() >= self._next_beat

@@ -208,7 +208,7 @@ def _train(state: Run) -> int:
     batches = iter(loader)
     if state.rank_state.get("rng"):  # last: building the model and the loader draw random numbers
         ckpt.set_rng_state(state.rank_state["rng"])
-    finished = False
+    finished = stopped = False
     try:
         while state.step < cfg.max_steps:
             if state.model.encoder.trunk_frozen and state.step >= cfg.freeze_encoder_steps:
@@ -225,6 +225,7 @@ def _train(state: Run) -> int:
         # Every rank raised it at the same meeting point (`_next_batch`), so all of them can join
         # the checkpoint's collectives; the batches fetched for the next step are not counted.
         log.info("stopped by %s at step %d", e, state.step)
+        stopped = True
         if state.step > 0 and state.step % cfg.checkpoint_every:
             _checkpoint(state, tracker, level.get())
     finally:
@@ -235,6 +236,8 @@ def _train(state: Run) -> int:
         state.sink.close()
         if finished:
             redis_status.finish()
+        elif stopped:
+            redis_status.leave()
     if finished and info.is_main:
         log.info("done: %d steps, run %s, checkpoints in %s", state.step, cfg.run, cfg.run_dir)
     return 0
