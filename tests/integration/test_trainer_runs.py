@@ -17,7 +17,7 @@ import torch
 from streamcap import bus
 from streamcap.trainer.config import TrainerSettings
 from streamcap.trainer.metrics import read_metrics
-from streamcap.trainer.synthetic import demo_samples, demo_tokenizer, register_shard, write_shard
+from streamcap.shardwriter.synthetic import add_part, demo_samples, demo_tokenizer
 
 ROOT = Path(__file__).resolve().parents[2]
 ENV = {"WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1", "NO_ALBUMENTATIONS_UPDATE": "1"}
@@ -27,9 +27,8 @@ def make_shards(r, keys, shard_dir: Path, sizes: list[int], seed: int = 1, start
     names, row = [], start_part * 1000
     for i, n in enumerate(sizes):
         part = start_part + i
-        name = write_shard(shard_dir, "demo", part, 0, demo_samples(seed, row, n, image_size=40))
-        register_shard(r, keys, shard_dir, name, "demo", part, 0, n, first_row=row)
-        names.append(name)
+        stats = add_part(r, keys, shard_dir, "demo", part, demo_samples(seed, row, n, image_size=40))
+        names.append(stats.shards[0].name)
         row += n
     return names
 
