@@ -18,7 +18,7 @@ from streamcap.eval.datasets import load_eval_set
 from streamcap.eval.outputs import EvalResult
 from streamcap.eval.watcher import Watcher
 from streamcap import bus
-from tests.eval_support import karpathy_set, publish, tiny_checkpoint
+from tests.support.evalsets import karpathy_set, publish, tiny_checkpoint
 
 ROOT = Path(__file__).resolve().parents[2]
 FAST = {"beam": 2, "max_tokens": 4, "min_tokens": 2, "meteor": False, "gallery": 4}

@@ -15,12 +15,9 @@ import time
 
 from streamcap.shardwriter.audit import audit
 from streamcap import bus
-from tests.chaos_support import (
-    CAPTION, COMMIT_SHA, RedisProxy, cli_json, enqueue_rows, final_audit, fleets, image_host, paced_rows,
-    pending_parts, trainer_args, trainer_step, vocab_file, wait_until,
-)
-
-__all__ = ["fleets", "image_host"]  # fixtures
+from benchmarks.redis_proxy import RedisProxy
+from tests.support.fleet import cli_json, COMMIT_SHA, trainer_args, trainer_step
+from tests.support.pipeline import CAPTION, enqueue_rows, final_audit, paced_rows, pending_parts, vocab_file, wait_until
 
 
 def test_a_lost_commit_reply_is_retried_and_applied_once(r, keys, redis_url, redis_server, image_host, fleets,
