@@ -161,6 +161,31 @@ def children(pid: int) -> list[int]:
     return out
 
 
+def local_tcp_ports(pid: int) -> set[int]:
+    """Local ports of the TCP connections a live process holds (from /proc: Linux only)."""
+    inodes = set()
+    with contextlib.suppress(OSError):
+        for fd in Path(f"/proc/{pid}/fd").iterdir():
+            with contextlib.suppress(OSError):
+                target = os.readlink(fd)
+                if target.startswith("socket:["):
+                    inodes.add(target[len("socket:["):-1])
+    ports = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(OSError):
+            for line in Path(table).read_text().splitlines()[1:]:
+                fields = line.split()
+                if fields[9] in inodes:
+                    ports.add(int(fields[1].rsplit(":", 1)[1], 16))
+    return ports
+
+
+def redis_clients_of(r, pid: int) -> list[dict]:
+    """The entries of CLIENT LIST that are connections of process `pid`."""
+    ports = local_tcp_ports(pid)
+    return [c for c in r.client_list() if int(c["addr"].rsplit(":", 1)[1]) in ports]
+
+
 def process_state(pid: int) -> str:
     """The kernel's state letter of a process (R, S, T for stopped, Z, ...); '' when gone."""
     try:
