@@ -55,7 +55,7 @@ def test_redis_sigkilled_mid_run_every_service_reconnects_and_status_shows_it(r,
     wait_until(lambda: r.scard(keys.parts_done) >= 2 and trainer_step(r, keys) >= 1, 90,
                "two parts committed and the trainer stepping")
     redis_server.kill()
-    time.sleep(2.0)
+    time.sleep(2.0)  # the stimulus: Redis stays down for 2 s
     redis_server.start()  # same port, same AOF
     # The trainer's progress from its own metrics file (a line per step): its heartbeat backs off
     # for 30 s after a write that failed during the outage.

@@ -46,13 +46,16 @@ def wait_until(condition: Callable[[], Any], timeout: float = 30.0, what: str = 
         value = condition()
         if value:
             return value
-        tail = "\n" + log.read_text(errors="replace")[-4000:] if log is not None and log.exists() else ""
         if proc is not None and proc.poll() is not None:
             raise AssertionError(f"{' '.join(map(str, proc.args[2:4]))} exited ({proc.returncode}) "
-                                 f"while waiting for {what}{tail}")
+                                 f"while waiting for {what}{_tail(log)}")
         if time.monotonic() >= deadline:
-            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}{tail}")
+            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}{_tail(log)}")
         time.sleep(poll_s)
+
+
+def _tail(log: Path | None, chars: int = 4000) -> str:
+    return "\n" + log.read_text(errors="replace")[-chars:] if log is not None and log.exists() else ""
 
 
 # --- rows in ----------------------------------------------------------------------------------------
