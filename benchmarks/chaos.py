@@ -4,8 +4,8 @@
     .venv/bin/python benchmarks/chaos.py --rows 50000 --workers 4 --no-baseline
 
 `--workers` real `streamcap download` processes work through `--rows` rows (a mix of good
-images, 404s, HTML, truncated JPEGs, empty URLs and hanging servers, from a loopback host that
-answers after ~50 ms) while:
+images, 404s, HTML served as a JPEG, empty URLs and hanging servers: the demo's image host,
+answering after ~50 ms, and a host that accepts connections and never answers) while:
 - a random worker is SIGKILLed every 1.5-3 s and restarted at once (fault 1);
 - redis-server is SIGKILLed once, when 40 % of the parts are done, and restarted on its AOF
   2 s later (fault 5);
@@ -27,29 +27,120 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import random
+import signal
+import socket
+import subprocess
 import sys
 import tempfile
+import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterator
+
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from streamcap.shardwriter.audit import AuditReport, audit  # noqa: E402
+from benchmarks.redis_proxy import RedisProxy  # noqa: E402
 from streamcap import bus  # noqa: E402
 from streamcap.bus.embedded import EmbeddedRedis  # noqa: E402
-from tests.chaos_support import (  # noqa: E402
-    CAPTION, Fleet, RedisProxy, enqueue_rows, image_server, paced_rows,
-)
+from streamcap.demo.data import image_path  # noqa: E402
+from streamcap.demo.processes import Services  # noqa: E402
+from streamcap.demo.server import WorldServer  # noqa: E402
+from streamcap.downloader.config import EnqueueSettings  # noqa: E402
+from streamcap.downloader.enqueue import describe_source, enqueue  # noqa: E402
+from streamcap.shardwriter.audit import AuditReport, audit  # noqa: E402
 
 PART_SIZE = 50
+CAPTION = "A dog runs on the beach. It carries a stick."
+LATENCY_S = 0.05         # the image host answers after this long: a run lasts long enough to be disturbed
+EMPTY_EVERY = 31         # rows without a URL: `invalid_url`
 HANG_EVERY = 97          # rows that hang: each ends as `timeout` after --total-timeout
+# Fast, small downloads: tiny images, short timeouts, one image worker.
+DOWNLOAD_ARGS = ("--image-workers", "1", "--image-size", "64", "--min-size", "32", "--total-timeout", "3",
+                 "--connect-timeout", "1", "--read-timeout", "2", "--retries", "0")
 KILL_EVERY_S = (1.5, 3.0)
 REDIS_DOWN_S = 2.0
 REDIS_KILL_AT = 0.4      # fraction of parts done
 RESET_EVERY_S, BLACKHOLE_AFTER_S, BLACKHOLE_S = 5.0, 12.0, 10.0
+
+
+@contextlib.contextmanager
+def hanging_host() -> Iterator[str]:
+    """http://127.0.0.1:<port>: accepts every connection, reads nothing, never answers."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    held: list[socket.socket] = []
+
+    def accept() -> None:
+        with contextlib.suppress(OSError):  # the listener closed: the run is over
+            while True:
+                held.append(listener.accept()[0])
+
+    threading.Thread(target=accept, daemon=True, name="hanging-host").start()
+    try:
+        yield f"http://127.0.0.1:{listener.getsockname()[1]}"
+    finally:
+        listener.close()
+        for conn in held:
+            conn.close()
+
+
+def write_rows(path: Path, images_url: str, hang_url: str, n: int) -> Path:
+    """n url + caption rows: the demo world's images, with empty and hanging URLs mixed in."""
+    urls = []
+    for i in range(n):
+        if i % HANG_EVERY == HANG_EVERY - 1:
+            urls.append(f"{hang_url}/img/{i}.jpg")
+        elif i % EMPTY_EVERY == EMPTY_EVERY - 1:
+            urls.append("")
+        else:
+            urls.append(images_url + image_path(i))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.table({"url": urls, "llava_caption": [CAPTION] * n}), path)
+    return path
+
+
+@dataclass
+class Fleet:
+    """The run's `streamcap download` processes, as the demo runs its services."""
+
+    services: Services
+    args: tuple[str, ...]
+    procs: list[subprocess.Popen] = field(default_factory=list)
+    killed: set[int] = field(default_factory=set)
+
+    def start(self) -> subprocess.Popen:
+        name = f"download-{len(self.procs)}"
+        self.procs.append(self.services.start(name, ["download", *DOWNLOAD_ARGS, *self.args]))
+        return self.procs[-1]
+
+    def kill(self, proc: subprocess.Popen) -> None:
+        """SIGKILL to the worker and its image pool, as when its machine dies."""
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+        self.killed.add(proc.pid)
+
+    def wait_all(self, timeout: float) -> None:
+        """Every worker not killed exits 0 within `timeout` s, else RuntimeError quoting its log."""
+        deadline = time.monotonic() + timeout
+        for index, proc in enumerate(self.procs):
+            try:
+                code = proc.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                raise RuntimeError(f"download-{index} still running after {timeout:.0f} s"
+                                   + self.services.tail(f"download-{index}")) from None
+            if proc.pid not in self.killed and code != 0:
+                raise RuntimeError(f"download-{index} exited {code}" + self.services.tail(f"download-{index}"))
+
+
+def service_env(redis_url: str, keys: bus.Keys, shard_dir: Path) -> dict[str, str]:
+    return {**os.environ, "REDIS_URL": redis_url, "STREAMCAP_NAMESPACE": keys.namespace,
+            "STREAMCAP_SHARD_DIR": str(shard_dir), "STREAMCAP_ALLOW_PRIVATE": "1", "OMP_NUM_THREADS": "1"}
 
 
 @dataclass
@@ -63,33 +154,28 @@ class Outcome:
     dead_errors: tuple[str, ...] = ()
 
 
-def rows_for(server, n: int) -> list[tuple[str, str]]:
-    rows = paced_rows(server, n, delay_s=0.05)
-    for i in range(HANG_EVERY - 1, n, HANG_EVERY):
-        rows[i] = (server.url(f"/hang?i={i}"), CAPTION)
-    return rows
-
-
-def run_once(work: Path, server, args: argparse.Namespace, chaos: bool) -> Outcome:
+def run_once(work: Path, rows: Path, args: argparse.Namespace, chaos: bool) -> Outcome:
     shard_dir, keys = work / "shards", bus.Keys("chaos")
     with EmbeddedRedis(data_dir=work / "redis") as redis_server, contextlib.ExitStack() as stack:
         r = bus.connect(redis_server.url)
         stack.callback(r.close)
-        enqueue_rows(r, keys, shard_dir, rows_for(server, args.rows), part_size=PART_SIZE)
-        parts = (args.rows + PART_SIZE - 1) // PART_SIZE
+        record, _ = describe_source(EnqueueSettings(part_size=PART_SIZE, name="chaos"), str(rows))
+        enqueue(r, keys, shard_dir, record)
+        parts = record.parts
         proxy = stack.enter_context(RedisProxy(redis_server.port, latency_s=0.002)) if chaos else None
-        fleet = Fleet(proxy.url if proxy else redis_server.url, keys, shard_dir, work / "logs")
-        stack.callback(fleet.close)
+        env = service_env(proxy.url if proxy else redis_server.url, keys, shard_dir)
+        services = stack.enter_context(Services(work / "logs", env))
         # A kill every 1.5-3 s is far beyond any real deployment: a slow part can be in flight at
         # more kills than the default --max-deliveries allows, which would dead-letter it for no
         # fault of its own. A dead part here therefore means a part that really cannot finish.
         worker_args = ("--exit-when-empty", "--lease-seconds", "3", "--concurrency", "16", "--per-host", "16",
                        "--max-deliveries", "25")
+        fleet = Fleet(services, worker_args)
         outcome, started = Outcome(report=AuditReport(), seconds=0.0), time.monotonic()
-        workers = [fleet.start(*worker_args) for _ in range(args.workers)]
+        workers = [fleet.start() for _ in range(args.workers)]
         if proxy:
             proxy.chaos(RESET_EVERY_S, BLACKHOLE_AFTER_S, BLACKHOLE_S)
-            _make_chaos(r, keys, parts, fleet, workers, worker_args, redis_server, args.seed, outcome)
+            _make_chaos(r, keys, parts, fleet, workers, redis_server, args.seed, outcome)
         fleet.wait_all(args.timeout)
         outcome.seconds = time.monotonic() - started
         if proxy:
@@ -100,8 +186,8 @@ def run_once(work: Path, server, args: argparse.Namespace, chaos: bool) -> Outco
     return outcome
 
 
-def _make_chaos(r, keys: bus.Keys, parts: int, fleet: Fleet, workers: list, worker_args: tuple, redis_server,
-                seed: int, outcome: Outcome) -> None:
+def _make_chaos(r, keys: bus.Keys, parts: int, fleet: Fleet, workers: list, redis_server, seed: int,
+                outcome: Outcome) -> None:
     """Kill workers at random and Redis once, until every part is done or dead."""
     rng = random.Random(seed)
     next_kill = time.monotonic() + rng.uniform(*KILL_EVERY_S)
@@ -119,7 +205,7 @@ def _make_chaos(r, keys: bus.Keys, parts: int, fleet: Fleet, workers: list, work
             alive = [i for i, p in enumerate(workers) if p.poll() is None]
             victim = rng.choice(alive)
             fleet.kill(workers[victim])
-            workers[victim] = fleet.start(*worker_args)
+            workers[victim] = fleet.start()
             outcome.kills += 1
             next_kill = time.monotonic() + rng.uniform(*KILL_EVERY_S)
 
@@ -149,9 +235,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=900.0, help="Seconds the downloaders get to finish.")
     parser.add_argument("--no-baseline", dest="baseline", action="store_false", help="Skip the calm run.")
     args = parser.parse_args(argv)
-    with tempfile.TemporaryDirectory(prefix="streamcap-chaos-") as tmp, image_server() as server:
-        calm = run_once(Path(tmp) / "calm", server, args, chaos=False) if args.baseline else None
-        chaos = run_once(Path(tmp) / "chaos", server, args, chaos=True)
+    with (tempfile.TemporaryDirectory(prefix="streamcap-chaos-") as tmp,
+          WorldServer(seed=args.seed, latency_s=LATENCY_S) as images, hanging_host() as hang_url):
+        rows = write_rows(Path(tmp) / "chaos.parquet", images.base_url, hang_url, args.rows)
+        calm = run_once(Path(tmp) / "calm", rows, args, chaos=False) if args.baseline else None
+        chaos = run_once(Path(tmp) / "chaos", rows, args, chaos=True)
     print(line(args.rows, chaos, calm), flush=True)
     ok = chaos.report.ok and chaos.report.complete and (calm is None or calm.report.ok)
     return 0 if ok else 1

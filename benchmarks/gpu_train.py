@@ -32,8 +32,9 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
 from streamcap import bus  # noqa: E402
 from streamcap.bus.embedded import EmbeddedRedis  # noqa: E402
+from streamcap.formats.records import PartStats  # noqa: E402
 from streamcap.trainer.metrics_sink import read_metrics  # noqa: E402
-from streamcap.trainer.synthetic import demo_samples, demo_tokenizer, register_shard, write_shard  # noqa: E402
+from streamcap.shardwriter.synthetic import commit_written, demo_samples, demo_tokenizer, write_part  # noqa: E402
 
 
 def options() -> argparse.Namespace:
@@ -61,18 +62,18 @@ def options() -> argparse.Namespace:
     return a
 
 
-def _write_part(job: tuple) -> tuple[int, str, int]:
+def _write_part(job: tuple) -> PartStats:
     root, part, count, size = job
     samples = demo_samples(seed=11, start=part * count, count=count, image_size=size, quality=95)
-    return part, write_shard(Path(root), "gpu", part, 0, samples), count
+    return write_part(Path(root), "gpu", part, samples)
 
 
 def build_data(root: Path, r, keys, a: argparse.Namespace) -> Path:
     started = time.perf_counter()
     jobs = [(str(root / "shards"), part, a.per_shard, a.stored_size) for part in range(a.shards)]
     with ProcessPoolExecutor(max_workers=os.cpu_count()) as pool:
-        for part, name, count in pool.map(_write_part, jobs):
-            register_shard(r, keys, root / "shards", name, "gpu", part, 0, count, first_row=part * a.per_shard)
+        for stats in pool.map(_write_part, jobs):
+            commit_written(r, keys, stats)
     vocab = root / "vocab.txt"
     demo_tokenizer(demo_samples(seed=11, start=0, count=300, image_size=8), size=400).save(vocab)
     print(f"gpu_train: {a.shards} shards x {a.per_shard} samples ({a.stored_size} px) in "

@@ -39,7 +39,7 @@ from streamcap.bus.embedded import EmbeddedRedis  # noqa: E402
 from streamcap.trainer.augment import Augmenter, SharedLevel  # noqa: E402
 from streamcap.trainer.dataset import LoaderSpec, ShardStreamDataset, make_loader  # noqa: E402
 from streamcap.trainer.samples import collate, decode_image, encode_caption  # noqa: E402
-from streamcap.trainer.synthetic import demo_samples, demo_tokenizer, register_shard, write_shard  # noqa: E402
+from streamcap.shardwriter.synthetic import add_part, demo_samples, demo_tokenizer  # noqa: E402
 
 
 class WebdatasetWork:
@@ -69,8 +69,7 @@ def make_shards(root: Path, r, keys, shards: int, per_shard: int, stored: int) -
     names, captions = [], []
     for part in range(shards):
         samples = demo_samples(seed=7, start=part * per_shard, count=per_shard, image_size=stored, quality=95)
-        names.append(write_shard(root, "bench", part, 0, samples))
-        register_shard(r, keys, root, names[-1], "bench", part, 0, per_shard, first_row=part * per_shard)
+        names.append(add_part(r, keys, root, "bench", part, samples).shards[0].name)
         captions += samples[:50]
     return names, demo_tokenizer(captions, size=300)
 

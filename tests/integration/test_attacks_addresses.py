@@ -19,13 +19,16 @@ from urllib.parse import quote
 
 from streamcap.downloader.config import DownloaderSettings
 from streamcap.downloader.service import Worker
-from tests.attack_support import HostileServer, audited, download, enqueue_rows, outcomes
-from tests.downloader_support import MapResolver, jpeg_bytes, loopback_one_is_public
+from tests.support.addresses import loopback_one_is_public, MapResolver
+from tests.support.fleet import download
+from tests.support.http import ImageServer
+from tests.support.images import jpeg_bytes
+from tests.support.pipeline import enqueue_rows, final_audit, outcomes
 
 TRAPS = ("127.0.0.2", "::1")   # addresses the server also listens on, which nothing may reach
 
 
-def trap_connections(server: HostileServer) -> list:
+def trap_connections(server: ImageServer) -> list:
     """Connections accepted on any address but the one that plays the public host."""
     return [c for c in server.connections if c.local[0] != "127.0.0.1"]
 
@@ -46,7 +49,7 @@ REFUSED_HOSTS = [
 
 
 def test_private_and_loopback_hosts_in_any_notation_are_never_dialled(r, keys, redis_url, tmp_path):
-    with HostileServer(hosts=("127.0.0.1", *TRAPS)) as server:
+    with ImageServer(hosts=("127.0.0.1", *TRAPS)) as server:
         server.images["a.jpg"] = jpeg_bytes()
         urls = [f"http://{host}:{server.port}/img/a.jpg" for host in REFUSED_HOSTS]
         urls.append("http://169.254.169.254/latest/meta-data/iam/security-credentials/")  # the cloud metadata URL
@@ -64,7 +67,7 @@ def test_private_and_loopback_hosts_in_any_notation_are_never_dialled(r, keys, r
     assert wrong == {}
     assert "loopback address 127.0.0.1" in rows[REFUSED_HOSTS.index("2130706433")][1]
     assert "link-local address 169.254.169.254" in rows[len(urls) - 1][1]
-    assert audited(r, keys, shard_dir).failures_by_reason == {"blocked_address": len(urls)}
+    assert final_audit(r, keys, shard_dir).failures_by_reason == {"blocked_address": len(urls)}
 
 
 # --- attack 13: redirects checked at every hop -----------------------------------------------------
@@ -78,7 +81,7 @@ def settings(redis_url: str, keys, shard_dir, **overrides) -> DownloaderSettings
 
 
 async def test_redirects_to_refused_places_are_blocked_at_the_hop(r, keys, redis_url, tmp_path):
-    with HostileServer(hosts=("127.0.0.1", *TRAPS)) as server:
+    with ImageServer(hosts=("127.0.0.1", *TRAPS)) as server:
         server.images["a.jpg"] = jpeg_bytes()
         port = server.port
         trap = f"127.0.0.2:{port}"
@@ -112,11 +115,11 @@ async def test_redirects_to_refused_places_are_blocked_at_the_hop(r, keys, redis
     assert rows[0][1] == "redirect to loopback address 127.0.0.2"                 # refused before any lookup
     assert rows[7][1] == "redis resolves to loopback address 127.0.0.2"          # refused at the lookup
     assert len(first_hops) == len(urls) + 1  # every first hop was made (and the chain's second one)
-    report = audited(r, keys, shard_dir)
+    report = final_audit(r, keys, shard_dir)
     assert report.samples == 1 and report.failures_by_reason == {"blocked_address": len(urls) - 3, "invalid_url": 2}
 
 
-def redirect(server: HostileServer, target: str, status: int = 302) -> str:
+def redirect(server: ImageServer, target: str, status: int = 302) -> str:
     """A URL on the public host that redirects to `target`."""
     return server.url(f"/to?status={status}&url={quote(target, safe='')}")
 
@@ -157,7 +160,7 @@ class RebindingResolver(MapResolver):
 
 
 async def test_dns_rebinding_is_blocked_on_the_address_actually_dialled(r, keys, redis_url, tmp_path):
-    with HostileServer(hosts=("127.0.0.1", *TRAPS)) as public, HostileServer(hosts=("127.0.0.2",)) as other:
+    with ImageServer(hosts=("127.0.0.1", *TRAPS)) as public, ImageServer(hosts=("127.0.0.2",)) as other:
         public.images["a.jpg"] = jpeg_bytes()
         urls = [
             f"http://rebind.test:{public.port}/img/a.jpg",   # part 0, first lookup: the public address
@@ -178,4 +181,4 @@ async def test_dns_rebinding_is_blocked_on_the_address_actually_dialled(r, keys,
     assert rows[1] == ("blocked_address", "rebind.test resolves to loopback address 127.0.0.2")
     assert rows[2] == ("blocked_address", "loopback address 127.0.0.2")  # refused by the connection-time check
     assert rows[3][0] == "connect_error" and "127.0.0.1" in rows[3][1]   # tried the public address only
-    audited(r, keys, shard_dir)
+    final_audit(r, keys, shard_dir)

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import re
 
-from tests.attack_support import (
-    DRIP_EVERY_S, HostileServer, audited, download, enqueue_rows, never_accepting_port, outcomes, part_stats,
-)
-from tests.downloader_support import jpeg_bytes
+from tests.support.fleet import download
+from tests.support.http import DRIP_EVERY_S, ImageServer, never_accepting_port
+from tests.support.images import jpeg_bytes
+from tests.support.pipeline import enqueue_rows, final_audit, outcomes, part_stats
 
 CAP = 1_000_000
 CHUNK = 64 * 1024
@@ -37,7 +37,7 @@ def part_seconds(log: str) -> dict[int, float]:
 
 
 def test_hostile_bodies_and_silent_servers_end_each_row_within_its_limits(r, keys, redis_url, tmp_path):
-    with HostileServer() as server, never_accepting_port() as silent_port:
+    with ImageServer() as server, never_accepting_port() as silent_port:
         server.images["good.jpg"] = jpeg_bytes(320, 240)
         silent = f"http://127.0.0.1:{silent_port}/a.jpg"
         urls = [silent if path == "never-accept" else server.url(path) for path in ROWS]
@@ -72,5 +72,5 @@ def test_hostile_bodies_and_silent_servers_end_each_row_within_its_limits(r, key
     assert drip.body_sent <= (TOTAL_TIMEOUT + SLACK_S) / DRIP_EVERY_S  # no read timeout saved it: the total did
     assert 1 <= len(requests["/hang"]) <= 2  # a read timeout, at most the one retry, then the total timeout
 
-    report = audited(r, keys, shard_dir)
+    report = final_audit(r, keys, shard_dir)
     assert (report.samples, report.failures_by_reason) == (1, {"too_large": 3, "timeout": 4})

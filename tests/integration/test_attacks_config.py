@@ -19,7 +19,6 @@ import json
 import os
 import signal
 import subprocess
-import time
 from pathlib import Path
 
 import pyarrow as pa
@@ -40,11 +39,11 @@ from streamcap.bus.embedded import EmbeddedRedis, free_port
 from streamcap.common.settings import CommonSettings, ConfigError
 from streamcap.text.tokenizer import WordPieceTokenizer
 from streamcap.text.vocab import count_words, train_vocab
-from tests.attack_support import (
-    CAPTION, STREAMCAP, HostileServer, audited, download, enqueue_rows, outcomes,
-)
-from tests.downloader_support import jpeg_bytes
-from tests.eval_support import karpathy_set
+from tests.support.evalsets import karpathy_set
+from tests.support.fleet import download, STREAMCAP
+from tests.support.http import ImageServer
+from tests.support.images import jpeg_bytes
+from tests.support.pipeline import CAPTION, enqueue_rows, final_audit, outcomes, wait_until
 from streamcap.trainer.config import TrainerSettings
 
 # Every command of the CLI that builds settings: its settings class and positional arguments.
@@ -236,7 +235,7 @@ def test_a_source_that_breaks_after_enqueue_costs_its_parts_not_the_service(r, k
 
 
 def test_malformed_rows_of_a_source_are_row_failures_not_part_failures(r, keys, redis_url, tmp_path):
-    with HostileServer() as server:
+    with ImageServer() as server:
         server.images["a.jpg"] = jpeg_bytes()
         good = json.dumps({"url": server.url("/img/a.jpg"), "caption": CAPTION})
         lines = [good, "{not json", "[1, 2, 3]", '{"caption": "no url"}', json.dumps({"url": 12345, "caption": "x"}),
@@ -249,7 +248,7 @@ def test_malformed_rows_of_a_source_are_row_failures_not_part_failures(r, keys, 
         assert ran.returncode == 0, ran.log
     assert [outcomes(shard_dir)[i][0] for i in range(len(lines))] == [
         "sample", "invalid_url", "invalid_url", "invalid_url", "invalid_url", "empty_caption", "sample"]
-    assert audited(r, keys, shard_dir).parts["done"] == 2
+    assert final_audit(r, keys, shard_dir).parts["done"] == 2
 
 
 # --- Redis unreachable at start --------------------------------------------------------------------
@@ -279,13 +278,6 @@ def log_of(tmp_path: Path, name: str) -> str:
     return (tmp_path / f"{name}.log").read_text(errors="replace")
 
 
-def wait_for(condition, what: str, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.1)
-
-
 def test_services_started_before_redis_wait_for_it_then_carry_on(keys, tmp_path):
     port = free_port()
     url = f"redis://127.0.0.1:{port}/0"
@@ -293,7 +285,7 @@ def test_services_started_before_redis_wait_for_it_then_carry_on(keys, tmp_path)
     tokenizer = WordPieceTokenizer.from_vocab(train_vocab(count_words([CAPTION]), 60, min_frequency=1))
     tokenizer.save(tmp_path / "vocab.txt")
     common = ["--redis-url", url, "--namespace", keys.namespace]
-    with HostileServer() as server, started(tmp_path) as start:
+    with ImageServer() as server, started(tmp_path) as start:
         server.images["a.jpg"] = jpeg_bytes(96, 96)
         pq.write_table(pa.table({"url": [server.url(f"/img/a.jpg?i={i}") for i in range(8)], "caption": [CAPTION] * 8}),
                        tmp_path / "late.parquet")
@@ -316,19 +308,19 @@ def test_services_started_before_redis_wait_for_it_then_carry_on(keys, tmp_path)
         waiting = f"cannot reach Redis at 127.0.0.1:{port}"
         # Each says why it waits (after its client's own ~10 s of retries) and keeps waiting.
         for name in procs:
-            wait_for(lambda: waiting in log_of(tmp_path, name) and "retrying" in log_of(tmp_path, name),
-                     f"{name} to report the unreachable Redis")
+            wait_until(lambda: waiting in log_of(tmp_path, name) and "retrying" in log_of(tmp_path, name), 60,
+                       f"{name} to report the unreachable Redis")
         assert all(proc.poll() is None for proc in procs.values()), {n: log_of(tmp_path, n) for n in procs}
         with EmbeddedRedis(data_dir=tmp_path / "redis", port=port) as late:
             r = bus.connect(late.url)
-            assert procs["enqueue"].wait(60) == 0, log_of(tmp_path, "enqueue")
+            assert procs["enqueue"].wait(60) == 0, log_of(tmp_path, 60, "enqueue")
             assert "enqueued source late: 8 rows in 2 parts" in log_of(tmp_path, "enqueue")
-            wait_for(lambda: r.scard(keys.parts_done) == 2, "the downloader to commit both parts")
+            wait_until(lambda: r.scard(keys.parts_done) == 2, 60, "the downloader to commit both parts")
             procs["download"].send_signal(signal.SIGTERM)  # a service: stopped once its work is done
             assert procs["download"].wait(30) == 0, log_of(tmp_path, "download")
             assert procs["train"].wait(120) == 0, log_of(tmp_path, "train")
             assert procs["eval"].wait(60) == 0, log_of(tmp_path, "eval")
             assert "step-00000002" in " ".join(p.name for p in (tmp_path / "ck" / "late").iterdir())
-            report = audited(r, keys, shard_dir)
+            report = final_audit(r, keys, shard_dir)
             assert report.samples == 8
             r.close()

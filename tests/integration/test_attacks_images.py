@@ -20,8 +20,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.attack_support import HostileServer, audited, download, enqueue_rows, outcomes, samples_by_row
-from tests.downloader_support import encode, jpeg_bytes, photo, png_claiming
+from tests.support.fleet import download
+from tests.support.http import ImageServer
+from tests.support.images import encode, jpeg_bytes, photo, png_claiming
+from tests.support.pipeline import enqueue_rows, final_audit, outcomes, samples_by_row
 
 RED, GREEN, BLUE = (200, 30, 30), (30, 180, 40), (30, 40, 200)
 WHITE = (255, 255, 255)
@@ -107,7 +109,7 @@ def cases() -> dict[str, tuple[bytes, str, list]]:
     }
 
 
-def served(server: HostileServer) -> list[str]:
+def served(server: ImageServer) -> list[str]:
     urls = []
     for name, (body, _, _) in cases().items():
         server.images[name] = body
@@ -116,7 +118,7 @@ def served(server: HostileServer) -> list[str]:
 
 
 def test_odd_images_get_the_right_reason_or_the_right_pixels(r, keys, redis_url, tmp_path):
-    with HostileServer() as server:
+    with ImageServer() as server:
         urls = served(server)
         shard_dir = tmp_path / "shards"
         enqueue_rows(r, keys, shard_dir, urls, part_size=8)
@@ -134,13 +136,13 @@ def test_odd_images_get_the_right_reason_or_the_right_pixels(r, keys, redis_url,
             pixel = im[int(fy * (im.shape[0] - 1)), int(fx * (im.shape[1] - 1))].tolist()
             assert pixel == pytest.approx(list(colour), abs=14), (name, (fx, fy), pixel)
     assert rows[list(cases()).index("claims-50000.png")][1] == "2500000000 pixels > --max-pixels 89478485"
-    report = audited(r, keys, shard_dir)
+    report = final_audit(r, keys, shard_dir)
     assert report.samples == sum(1 for _, expected, _ in cases().values() if expected == "sample")
 
 
 def test_without_size_limits_an_absurd_shape_still_cannot_blow_up_the_resize(r, keys, redis_url, tmp_path):
     # 1 x 100000 resized to a 256 px shorter side would be 256 x 25,600,000 pixels.
-    with HostileServer() as server:
+    with ImageServer() as server:
         server.images.update({"tall.png": png(1, 100_000), "wide.png": png(100_000, 1), "ok.png": png(300, 200)})
         shard_dir = tmp_path / "shards"
         enqueue_rows(r, keys, shard_dir, [server.url(f"/img/{n}") for n in ("tall.png", "wide.png", "ok.png")], 3)
@@ -150,4 +152,4 @@ def test_without_size_limits_an_absurd_shape_still_cannot_blow_up_the_resize(r, 
     rows = outcomes(shard_dir)
     assert [rows[i][0] for i in range(3)] == ["decompression_bomb", "decompression_bomb", "sample"]
     assert "over --max-pixels" in rows[0][1]
-    audited(r, keys, shard_dir)
+    final_audit(r, keys, shard_dir)

@@ -12,8 +12,10 @@ from __future__ import annotations
 
 from urllib.parse import urlencode
 
-from tests.attack_support import HostileServer, audited, download, enqueue_rows, outcomes
-from tests.downloader_support import jpeg_bytes
+from tests.support.fleet import download
+from tests.support.http import ImageServer
+from tests.support.images import jpeg_bytes
+from tests.support.pipeline import enqueue_rows, final_audit, outcomes
 
 # --- attack 18: X-Robots-Tag -----------------------------------------------------------------------
 
@@ -43,7 +45,7 @@ ROBOTS = [
 
 def test_x_robots_tag_opt_outs_are_skipped_without_reading_the_body(r, keys, redis_url, tmp_path):
     image = jpeg_bytes(320, 240)
-    with HostileServer() as server:
+    with ImageServer() as server:
         server.images["a.jpg"] = image
         urls = [server.url("/robots/a.jpg?" + urlencode({"i": i, "header": name, "tag": tags}, doseq=True))
                 for i, (tags, name, _) in enumerate(ROBOTS)]
@@ -63,7 +65,7 @@ def test_x_robots_tag_opt_outs_are_skipped_without_reading_the_body(r, keys, red
             assert rows[i][0] == "sample", (tags, rows[i])
             assert req.body_sent == len(image), tags
     skipped = sum(1 for _, _, s in ROBOTS if s)
-    assert audited(r, keys, shard_dir).failures_by_reason == {"opted_out": skipped}
+    assert final_audit(r, keys, shard_dir).failures_by_reason == {"opted_out": skipped}
 
 
 # --- attack 19: one busy host ----------------------------------------------------------------------
@@ -82,7 +84,7 @@ TOO_LONG = 5   # rows whose Retry-After exceeds --retry-after-cap: one request, 
 
 
 def test_a_busy_host_gets_at_most_per_host_connections_and_its_retry_after_is_honoured(r, keys, redis_url, tmp_path):
-    with HostileServer() as server:
+    with ImageServer() as server:
         server.images["a.jpg"] = jpeg_bytes(96, 96)
         urls = [server.url("/busy/a.jpg?" + urlencode({"i": i, "delay": 0.01, **VARIANTS[i % len(VARIANTS)]}))
                 for i in range(ROWS)]
@@ -110,5 +112,5 @@ def test_a_busy_host_gets_at_most_per_host_connections_and_its_retry_after_is_ho
     assert all(len(by_row[ROWS + i]) == 1 for i in range(TOO_LONG))
     rows = outcomes(shard_dir)
     assert all(rows[ROWS + i][0] == "http_status" and "Retry-After" in rows[ROWS + i][1] for i in range(TOO_LONG))
-    report = audited(r, keys, shard_dir)
+    report = final_audit(r, keys, shard_dir)
     assert (report.samples, report.failures_by_reason) == (ROWS, {"http_status": TOO_LONG})

@@ -31,9 +31,8 @@ from streamcap.formats.records import ShardRecord
 from streamcap.formats.shards import sample_key
 from streamcap.text.tokenizer import WordPieceTokenizer
 from streamcap.text.vocab import count_words, train_vocab
-from tests.attack_support import STREAMCAP
-from tests.downloader_support import png_claiming
-from tests.shardwriter_support import jpeg
+from tests.support.fleet import STREAMCAP
+from tests.support.images import jpeg_bytes, png_claiming
 from streamcap.trainer.augment import SharedLevel
 from streamcap.trainer.dataset import LoaderSpec, ShardStreamDataset, make_loader
 
@@ -98,7 +97,7 @@ class Shards:
         shard_dir.mkdir(parents=True, exist_ok=True)
 
     def sample(self, tar: tarfile.TarFile, label: str, intact: bool = True, image: bytes | None = None) -> None:
-        image = image or jpeg(seed=self.row, size=48)
+        image = image or jpeg_bytes(48, 48, seed=self.row)
         caption = f"{label} sample number {self.row}"
         key = sample_key("attack", self.row)
         meta = {"url": f"http://example.com/{self.row}.jpg", "caption_raw": caption, "caption": caption,

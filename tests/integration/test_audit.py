@@ -13,13 +13,13 @@ from streamcap.shardwriter.tempfiles import TempOwner, temp_path
 from streamcap import bus
 from streamcap.cli import app
 from streamcap.common.commands import run_app
-from tests.shardwriter_support import claim_part, enqueue, process_part
+from tests.support.parts import claim_part, enqueue_source, process_part
 
 
 @pytest.fixture
 def pipeline(r, keys, tmp_path):
     """Three parts of 10 rows: two committed, one still pending."""
-    enqueue(r, keys, tmp_path, "src", rows=30, part_size=10)
+    enqueue_source(r, keys, tmp_path, "src", rows=30, part_size=10)
     for _ in range(2):
         assert process_part(r, keys, tmp_path, "w1").applied
     return [s for _, s in registered_shards(r, keys)]

@@ -8,6 +8,7 @@ import time
 import pytest
 
 from streamcap import bus
+from tests.support.pipeline import wait_until
 
 
 def test_client_recovers_when_the_server_is_killed_and_restarted(r, keys, redis_server):
@@ -58,7 +59,9 @@ def test_claim_stale_takes_over_idle_entries_and_drops_trimmed_ones(r, keys):
     ids = [r.xadd(keys.parts, bus.encode({"part": i})) for i in range(3)]
     r.xreadgroup(bus.GROUP_DOWNLOADERS, "dead-worker", {keys.parts: ">"}, count=3)
     r.xdel(keys.parts, ids[1])  # trimmed away while pending
-    time.sleep(0.05)
+    wait_until(lambda: all(p["time_since_delivered"] >= 10
+                           for p in r.xpending_range(keys.parts, bus.GROUP_DOWNLOADERS, "-", "+", 10)),
+               5, "the claims to be idle for 10 ms", poll_s=0.005)
     claimed = bus.claim_stale(r, keys.parts, bus.GROUP_DOWNLOADERS, "alive", min_idle_ms=10, count=5)
     assert [entry_id for entry_id, _ in claimed] == [ids[0], ids[2]]
     assert [bus.decode(fields)["part"] for _, fields in claimed] == [0, 2]
@@ -84,8 +87,7 @@ def test_heartbeats_are_read_back_and_expire(r, keys):
     assert (beat["role"], beat["id"], beat["urls_per_s"], beat["failures"]) == ("downloader", "host-1", 12.5, {"timeout": 3})
     assert beat["stale"] is False
     assert {b["role"] for b in bus.read_heartbeats(r, keys)} == {"downloader", "trainer"}
-    time.sleep(1.6)
-    assert bus.read_heartbeats(r, keys, bus.ROLE_DOWNLOADER) == []
+    wait_until(lambda: bus.read_heartbeats(r, keys, bus.ROLE_DOWNLOADER) == [], 10, "the 1 s heartbeat to expire")
     assert [b["role"] for b in bus.read_heartbeats(r, keys)] == ["trainer"]
 
 

@@ -12,6 +12,8 @@ from pathlib import Path
 
 from streamcap import bus
 from streamcap.bus.embedded import free_port
+from tests.support.fleet import redis_clients_of
+from tests.support.pipeline import wait_until
 
 STREAMCAP = [sys.executable, "-m", "streamcap"]
 
@@ -104,12 +106,15 @@ def test_a_value_of_the_wrong_type_names_the_option():
     assert out.stderr.startswith("streamcap: error: ") and "--interval" in out.stderr and "Traceback" not in out.stderr
 
 
-def test_status_watch_refreshes_until_interrupted(redis_url, keys):
+def test_status_watch_refreshes_until_interrupted(redis_url, keys, r):
     env = {**os.environ, "REDIS_URL": redis_url, "COLUMNS": "120"}
     proc = subprocess.Popen([*STREAMCAP, "status", "--watch", "--interval", "0.3", "--namespace", keys.namespace],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     try:
-        time.sleep(4)
+        # Refreshing: its connection to Redis, opened for the first view 2 s ago or more, was used
+        # again within the last second (a view reads Redis; off a terminal nothing is printed yet).
+        wait_until(lambda: any(int(c["age"]) >= 2 and int(c["idle"]) == 0 for c in redis_clients_of(r, proc.pid)),
+                   60, "status --watch to refresh", proc=proc)
     finally:
         proc.send_signal(signal.SIGINT)
         out, err = proc.communicate(timeout=30)

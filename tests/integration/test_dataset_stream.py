@@ -18,7 +18,7 @@ from streamcap.formats.records import ShardRecord
 from streamcap.trainer.augment import SharedLevel
 from streamcap.trainer.dataset import LoaderSpec, ShardStreamDataset, make_loader
 from streamcap.trainer.shardqueue import ReadLedger
-from streamcap.trainer.synthetic import demo_samples, demo_tokenizer, register_shard, write_shard
+from streamcap.shardwriter.synthetic import add_part, demo_samples, demo_tokenizer, register_shard
 
 
 def spec(redis_url: str, keys, shard_dir: Path, workers: int = 0, **overrides) -> LoaderSpec:
@@ -31,8 +31,7 @@ def add_shards(r, keys, shard_dir: Path, sizes: list[int], seed: int = 1) -> lis
     samples, row = [], 0
     for part, n in enumerate(sizes):
         batch = demo_samples(seed, row, n, image_size=48)
-        name = write_shard(shard_dir, "demo", part, 0, batch)
-        register_shard(r, keys, shard_dir, name, "demo", part, 0, n, first_row=row)
+        add_part(r, keys, shard_dir, "demo", part, batch)
         samples += batch
         row += n
     return samples
@@ -163,9 +162,8 @@ def test_corrupt_shards_and_samples_are_skipped_counted_and_named(redis_url, key
     good = demo_samples(2, 0, 16, image_size=48)
     bad_shards(tmp_path, good)
     for part, name in enumerate(sorted(p.name for p in tmp_path.glob("*.tar"))):
-        register_shard(r, keys, tmp_path, name, "demo", part, 0, 1)
-    name = write_shard(tmp_path, "demo", 99, 0, good[14:16])
-    register_shard(r, keys, tmp_path, name, "demo", 99, 0, 2)
+        register_shard(r, keys, tmp_path, name, "demo", part, 1)
+    add_part(r, keys, tmp_path, "demo", 99, good[14:16])
     escape = ShardRecord(name="../outside.tar", source="demo", part=100, seq=0, samples=1, bytes=1)
     r.xadd(keys.shards, bus.encode(escape.to_message()))  # a registry entry pointing out of the shard dir
     tok = demo_tokenizer(good)
@@ -223,8 +221,7 @@ def test_shards_a_dying_incarnation_claimed_under_the_same_name_are_adopted(redi
     stream.next_sample()
     # The previous incarnation's worker, still alive, takes the next two shards as they land.
     for part, first_row in ((2, 6), (3, 9)):
-        shard = write_shard(tmp_path, "demo", part, 0, demo_samples(1, first_row, 3, image_size=48))
-        register_shard(r, keys, tmp_path, shard, "demo", part, 0, 3, first_row=first_row)
+        add_part(r, keys, tmp_path, "demo", part, demo_samples(1, first_row, 3, image_size=48))
     r.xreadgroup("train:t", name, {keys.shards: ">"}, count=2)
     finished = []
     for _ in range(60):  # 12 fresh samples exist; the rest are replays

@@ -6,31 +6,25 @@ every enqueued row is exactly one sample or one recorded failure, nothing lost, 
 
 from __future__ import annotations
 
-import json
-import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from streamcap.downloader.config import DownloaderSettings, EnqueueSettings
-from streamcap.downloader.enqueue import describe_source, enqueue
+from streamcap.downloader.config import DownloaderSettings
 from streamcap.downloader.service import Worker
 from streamcap.shardwriter.audit import audit
 from streamcap import bus
 from streamcap.bus.embedded import EmbeddedRedis, free_port
 from streamcap.formats.shards import iter_samples
-from tests.downloader_support import (
-    ImageServer, MapResolver, encode, jpeg_bytes, loopback_one_is_public, photo, png_claiming,
-)
+from tests.support.addresses import loopback_one_is_public, MapResolver
+from tests.support.fleet import cli_json, Fleet
+from tests.support.http import ImageServer
+from tests.support.images import encode, jpeg_bytes, photo, png_claiming
+from tests.support.pipeline import enqueue_rows, failure_counters, final_audit, pending_parts, wait_until
 
-STREAMCAP = [sys.executable, "-m", "streamcap"]
 CAPTION = "A dog runs on the beach.  It carries a stick. The sky is blue."
 
 
@@ -48,25 +42,6 @@ def server():
         yield s
 
 
-def enqueue_rows(r, keys, shard_dir: Path, rows: list[tuple[str, str]], part_size: int, name: str = "src") -> None:
-    path = shard_dir.parent / f"{name}.parquet"
-    pq.write_table(pa.table({"url": [u for u, _ in rows], "llava_caption": [c for _, c in rows],
-                             "alt_txt": [f"alt {i}" for i in range(len(rows))]}), path)
-    record, _ = describe_source(EnqueueSettings(part_size=part_size, name=name), str(path))
-    assert enqueue(r, keys, shard_dir, record).added
-
-
-def audited(r, keys, shard_dir: Path):
-    report = audit(r, keys, shard_dir, expect_done=True)
-    assert report.ok and report.lost == 0 and report.duplicates == 0, report.discrepancies
-    return report
-
-
-def failures(r, keys) -> dict[str, int]:
-    stats = r.hgetall(keys.stats)
-    return {k[len(bus.STAT_FAIL_PREFIX):]: int(v) for k, v in stats.items() if k.startswith(bus.STAT_FAIL_PREFIX)}
-
-
 def settings(redis_url: str, keys, shard_dir: Path, **overrides) -> DownloaderSettings:
     values = dict(redis_url=redis_url, namespace=keys.namespace, shard_dir=shard_dir, exit_when_empty=True,
                   lease_seconds=5, total_timeout=2.0, connect_timeout=1.0, read_timeout=1.0, retries=1,
@@ -75,7 +50,7 @@ def settings(redis_url: str, keys, shard_dir: Path, **overrides) -> DownloaderSe
 
 
 async def test_every_row_becomes_a_sample_or_a_counted_failure(r, keys, redis_url, server, tmp_path):
-    with ImageServer(host="127.0.0.2") as private:
+    with ImageServer(hosts=("127.0.0.2",)) as private:
         closed = free_port()
         rows = [
             (server.url("/img/good.jpg"), CAPTION), (server.url("/img/good.png"), CAPTION),
@@ -90,18 +65,19 @@ async def test_every_row_becomes_a_sample_or_a_counted_failure(r, keys, redis_ur
             (private.url("/img/good.jpg"), CAPTION), (f"http://inside.test:{private.port}/a.jpg", CAPTION),
         ]
         shard_dir = tmp_path / "shards"
-        enqueue_rows(r, keys, shard_dir, rows, part_size=8)
+        alt_texts = {"alt_txt": [f"alt {i}" for i in range(len(rows))]}
+        enqueue_rows(r, keys, shard_dir, rows, part_size=8, columns=alt_texts)
         cfg = settings(redis_url, keys, shard_dir, max_bytes=300_000)
         worker = Worker(cfg, r, resolver=MapResolver({"inside.test": [["10.1.2.3"]]}),
                         address_policy=loopback_one_is_public)
         assert await worker.serve() == 0
-        assert private.log == []
-    assert failures(r, keys) == {
+        assert private.requests == []
+    assert failure_counters(r, keys) == {
         "http_status": 1, "not_an_image": 1, "decode_error": 1, "decompression_bomb": 1, "too_small": 1,
         "bad_aspect_ratio": 1, "invalid_url": 2, "empty_caption": 1, "too_many_redirects": 1, "opted_out": 1,
         "too_large": 1, "timeout": 1, "connect_error": 1, "dns_error": 1, "blocked_address": 2,
     }
-    report = audited(r, keys, shard_dir)
+    report = final_audit(r, keys, shard_dir)
     assert (report.samples, report.rows_enqueued) == (4, len(rows))
     sample = next(s for path in sorted(shard_dir.glob("*.tar")) for s in iter_samples(path) if s.meta["row"] == 0)
     assert sample.caption == "A dog runs on the beach. It carries a stick."
@@ -125,75 +101,46 @@ async def test_a_part_that_keeps_failing_is_dead_lettered_with_its_last_error(r,
     assert report.lost == 0 and report.dead_rows == 3 and report.parts["dead"] == 1
 
 
-_STARTED: list[subprocess.Popen] = []
-
-
-@pytest.fixture(autouse=True)
-def _no_worker_outlives_its_test():
-    yield
-    while _STARTED:
-        proc = _STARTED.pop()
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(10)
-
-
-def start_download(redis_url: str, keys, shard_dir: Path, log: Path, *args: str, env: dict | None = None):
-    full_env = {**os.environ, "REDIS_URL": redis_url, "STREAMCAP_NAMESPACE": keys.namespace,
-                "STREAMCAP_SHARD_DIR": str(shard_dir), "STREAMCAP_ALLOW_PRIVATE": "1", **(env or {})}
-    proc = subprocess.Popen([*STREAMCAP, "download", "--image-workers", "1", *args], env=full_env,
-                            stdout=subprocess.DEVNULL, stderr=open(log, "wb"))
-    _STARTED.append(proc)
-    return proc
-
-
-def wait_until(condition, timeout: float = 30.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
+def downloaders(fleets, redis_url: str, keys, shard_dir: Path) -> Fleet:
+    """`streamcap download --image-workers 1 ...` processes, killed when the test ends."""
+    return fleets(redis_url, keys, shard_dir, args=("--image-workers", "1"))
 
 
 def cli_audit(redis_url: str, keys, shard_dir: Path) -> dict:
-    out = subprocess.run([*STREAMCAP, "audit", "--expect-done", "--json", "--redis-url", redis_url, "--namespace",
-                          keys.namespace, "--shard-dir", str(shard_dir)], capture_output=True, text=True, timeout=60)
-    assert out.returncode == 0, out.stdout + out.stderr
-    return json.loads(out.stdout)
+    return cli_json(redis_url, keys, shard_dir, "audit", "--expect-done")
 
 
 def slow_rows(server: ImageServer, n: int, seconds: float = 0.3) -> list[tuple[str, str]]:
-    return [(server.url(f"/slow/good.jpg?s={seconds}&i={i}"), CAPTION) for i in range(n)]
+    return [(server.url(f"/img/good.jpg?delay={seconds}&i={i}"), CAPTION) for i in range(n)]
 
 
-def pending_for_anyone(r, keys) -> int:
-    group = bus.group_info(r, keys.parts, bus.GROUP_DOWNLOADERS)
-    return int(group["pending"]) if group else 0
-
-
-def test_sigkill_mid_part_another_worker_reclaims_it_and_nothing_is_lost(r, keys, redis_url, server, tmp_path):
+def test_sigkill_mid_part_another_worker_reclaims_it_and_nothing_is_lost(r, keys, redis_url, server, fleets,
+                                                                         tmp_path):
     shard_dir = tmp_path / "shards"
     enqueue_rows(r, keys, shard_dir, slow_rows(server, 16), part_size=8)
+    fleet = downloaders(fleets, redis_url, keys, shard_dir)
     slow = ["--concurrency", "2", "--per-host", "2", "--parts-in-flight", "1", "--lease-seconds", "2"]
-    victim = start_download(redis_url, keys, shard_dir, tmp_path / "victim.log", *slow)
-    wait_until(lambda: pending_for_anyone(r, keys) >= 1, what="the first worker to claim a part")
-    time.sleep(0.5)  # mid-part: some rows fetched, none committed
-    assert not r.smembers(keys.parts_done)
+    served_before = len(server.requests)
+    victim = fleet.start(*slow, log=tmp_path / "victim.log")
+    wait_until(lambda: pending_parts(r, keys) >= 1, what="the first worker to claim a part")
+    wait_until(lambda: any(req.body_sent for req in server.requests[served_before:]), what="the first image sent",
+               proc=victim, log=tmp_path / "victim.log")
+    assert not r.smembers(keys.parts_done)  # mid-part: some rows fetched, none committed
     victim.send_signal(signal.SIGKILL)
     victim.wait(10)
-    rescuer = start_download(redis_url, keys, shard_dir, tmp_path / "rescuer.log", "--exit-when-empty",
-                             "--lease-seconds", "2")
+    rescuer = fleet.start("--exit-when-empty", "--lease-seconds", "2", log=tmp_path / "rescuer.log")
     assert rescuer.wait(60) == 0, (tmp_path / "rescuer.log").read_text()
     assert "delivery 2" in (tmp_path / "rescuer.log").read_text()
     report = cli_audit(redis_url, keys, shard_dir)
     assert (report["lost"], report["duplicates"], report["samples"]) == (0, 0, 16)
 
 
-def test_sigterm_releases_the_part_in_flight_and_exits_cleanly(r, keys, redis_url, server, tmp_path):
+def test_sigterm_releases_the_part_in_flight_and_exits_cleanly(r, keys, redis_url, server, fleets, tmp_path):
     shard_dir = tmp_path / "shards"
     enqueue_rows(r, keys, shard_dir, slow_rows(server, 8, seconds=0.5), part_size=8)
-    worker = start_download(redis_url, keys, shard_dir, tmp_path / "worker.log", "--concurrency", "2",
-                            "--per-host", "2", "--grace-seconds", "0.5")
-    wait_until(lambda: pending_for_anyone(r, keys) >= 1, what="the worker to claim the part")
+    fleet = downloaders(fleets, redis_url, keys, shard_dir)
+    worker = fleet.start("--concurrency", "2", "--per-host", "2", "--grace-seconds", "0.5", log=tmp_path / "worker.log")
+    wait_until(lambda: pending_parts(r, keys) >= 1, what="the worker to claim the part")
     [beat] = bus.read_heartbeats(r, keys, bus.ROLE_DOWNLOADER)
     assert {"state", "urls_per_s", "images_per_s", "mb_per_s", "in_flight", "failures", "parts"} <= set(beat)
     worker.send_signal(signal.SIGTERM)
@@ -205,50 +152,53 @@ def test_sigterm_releases_the_part_in_flight_and_exits_cleanly(r, keys, redis_ur
     [pending] = r.xpending_range(keys.parts, bus.GROUP_DOWNLOADERS, "-", "+", 10)
     assert pending["times_delivered"] == 0  # a graceful release does not count against the part
     assert bus.read_heartbeats(r, keys, bus.ROLE_DOWNLOADER) == []
-    rescuer = start_download(redis_url, keys, shard_dir, tmp_path / "rescuer.log", "--exit-when-empty")
+    rescuer = fleet.start("--exit-when-empty", log=tmp_path / "rescuer.log")
     assert rescuer.wait(60) == 0, (tmp_path / "rescuer.log").read_text()
     report = cli_audit(redis_url, keys, shard_dir)
     assert (report["lost"], report["duplicates"], report["samples"]) == (0, 0, 8)
 
 
-def test_a_worker_started_before_redis_waits_for_it(keys, tmp_path, server):
+def test_a_worker_started_before_redis_waits_for_it(keys, tmp_path, server, fleets):
     port = free_port()
     redis_url = f"redis://127.0.0.1:{port}/0"
     shard_dir = tmp_path / "shards"
-    worker = start_download(redis_url, keys, shard_dir, tmp_path / "worker.log", "--exit-when-empty")
-    time.sleep(2.0)
+    log = tmp_path / "worker.log"
+    worker = downloaders(fleets, redis_url, keys, shard_dir).start("--exit-when-empty", log=log)
+    wait_until(lambda: "retrying" in log.read_text(), 60, "the worker to say it waits for Redis", proc=worker, log=log)
+    assert f"cannot reach Redis at 127.0.0.1:{port}" in log.read_text()
     assert worker.poll() is None  # still waiting, not crashed
     with EmbeddedRedis(data_dir=tmp_path / "redis", port=port) as late:
         r = bus.connect(late.url)
         enqueue_rows(r, keys, shard_dir, [(server.url("/img/good.jpg"), CAPTION)] * 3, part_size=2)
         assert worker.wait(60) == 0, (tmp_path / "worker.log").read_text()
-        audited(r, keys, shard_dir)
+        final_audit(r, keys, shard_dir)
 
 
-def test_a_live_worker_keeps_its_part_past_the_lease(r, keys, redis_url, server, tmp_path):
+def test_a_live_worker_keeps_its_part_past_the_lease(r, keys, redis_url, server, fleets, tmp_path):
     # The part takes ~3 s, the lease is 1 s: only the owner's renewals keep the other worker off it.
     shard_dir = tmp_path / "shards"
     enqueue_rows(r, keys, shard_dir, slow_rows(server, 6, seconds=1.0), part_size=6)
+    fleet = downloaders(fleets, redis_url, keys, shard_dir)
     args = ["--exit-when-empty", "--concurrency", "2", "--per-host", "2", "--lease-seconds", "1"]
-    owner = start_download(redis_url, keys, shard_dir, tmp_path / "owner.log", *args)
-    wait_until(lambda: pending_for_anyone(r, keys) >= 1, what="the first worker to claim the part")
-    other = start_download(redis_url, keys, shard_dir, tmp_path / "other.log", *args)
+    owner = fleet.start(*args, log=tmp_path / "owner.log")
+    wait_until(lambda: pending_parts(r, keys) >= 1, what="the first worker to claim the part")
+    other = fleet.start(*args, log=tmp_path / "other.log")
     assert owner.wait(60) == 0 and other.wait(60) == 0
     logs = (tmp_path / "owner.log").read_text() + (tmp_path / "other.log").read_text()
     assert "delivery 2" not in logs and "lost the claim" not in logs
     assert r.hget(keys.stats, bus.STAT_COMMITS_WASTED) is None
-    audited(r, keys, shard_dir)
+    final_audit(r, keys, shard_dir)
 
 
-def test_redis_restarting_mid_part_is_ridden_out(r, keys, redis_url, redis_server, server, tmp_path):
+def test_redis_restarting_mid_part_is_ridden_out(r, keys, redis_url, redis_server, server, fleets, tmp_path):
     shard_dir = tmp_path / "shards"
     enqueue_rows(r, keys, shard_dir, slow_rows(server, 8, seconds=0.5), part_size=4)
-    worker = start_download(redis_url, keys, shard_dir, tmp_path / "worker.log", "--exit-when-empty",
-                            "--concurrency", "2", "--per-host", "2")
-    wait_until(lambda: pending_for_anyone(r, keys) >= 1, what="the worker to claim a part")
+    fleet = downloaders(fleets, redis_url, keys, shard_dir)
+    worker = fleet.start("--exit-when-empty", "--concurrency", "2", "--per-host", "2", log=tmp_path / "worker.log")
+    wait_until(lambda: pending_parts(r, keys) >= 1, what="the worker to claim a part")
     redis_server.kill()
-    time.sleep(2.0)
+    time.sleep(2.0)  # the stimulus: an outage of 2 s, within what the client's own retries ride out
     redis_server.start()   # same port, same AOF
     assert worker.wait(90) == 0, (tmp_path / "worker.log").read_text()
-    report = audited(r, keys, shard_dir)
+    report = final_audit(r, keys, shard_dir)
     assert report.samples == 8

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.eval_support import karpathy_set, tiny_checkpoint
+from tests.support.evalsets import karpathy_set, tiny_checkpoint
 
 ROOT = Path(__file__).resolve().parents[2]
 

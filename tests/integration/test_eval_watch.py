@@ -18,7 +18,8 @@ from streamcap.eval.datasets import load_eval_set
 from streamcap.eval.outputs import EvalResult
 from streamcap.eval.watcher import Watcher
 from streamcap import bus
-from tests.eval_support import karpathy_set, publish, tiny_checkpoint
+from tests.support.evalsets import karpathy_set, publish, tiny_checkpoint
+from tests.support.pipeline import wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 FAST = {"beam": 2, "max_tokens": 4, "min_tokens": 2, "meteor": False, "gallery": 4}
@@ -101,12 +102,9 @@ def test_a_crash_mid_evaluation_leaves_the_checkpoint_to_another_evaluator(world
     proc = start_watcher(world, redis_url, keys, tmp_path / "a", "--split", "test", "--batch-size", "1",
                          "--beam", "5", "--max-tokens", "14", "--min-tokens", "14")
     try:
-        beat, deadline = {}, time.monotonic() + 60
-        while beat.get("state") not in ("loading", "captioning") and time.monotonic() < deadline:
-            assert proc.poll() is None, proc.stderr.read()
-            beats = bus.read_heartbeats(r, keys, bus.ROLE_EVALUATOR)
-            beat = beats[0] if beats else {}
-            time.sleep(0.02)
+        beat = wait_until(lambda: next((b for b in bus.read_heartbeats(r, keys, bus.ROLE_EVALUATOR)
+                                        if b.get("state") in ("loading", "captioning")), None),
+                          60, "the evaluator to work on the checkpoint", proc=proc, poll_s=0.02)
         assert beat.get("checkpoint") == str(world["checkpoints"][0].resolve())
         assert {"state", "progress", "evaluated", "latest", "metric", "best_value", "dataset", "device"} <= set(beat)
         os.killpg(proc.pid, signal.SIGKILL)  # no chance to clean up
@@ -117,7 +115,10 @@ def test_a_crash_mid_evaluation_leaves_the_checkpoint_to_another_evaluator(world
         proc.stderr.close()
     assert evals(r, keys) == [] and pending(r, keys) == 1
 
-    time.sleep(1.2)  # longer than --reclaim-after-s below: the dead evaluator's entry is now stale
+    # The dead evaluator's entry must be stale (idle past --reclaim-after-s below) for "ev-b" to take it.
+    wait_until(lambda: all(p["time_since_delivered"] > 1000
+                           for p in r.xpending_range(keys.checkpoints, bus.GROUP_EVALUATORS, "-", "+", 10)),
+               10, "the dead evaluator's entry to be idle for 1 s")
     watch_in_process(settings(world, redis_url, keys, tmp_path / "b", reclaim_after_s=1.0), r, "ev-b")
     [result] = evals(r, keys)
     assert (result["entry"], result["status"], result["evaluator"]) == (entry, "ok", "ev-b")

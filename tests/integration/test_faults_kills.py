@@ -23,12 +23,8 @@ import pytest
 from streamcap.shardwriter import faults
 from streamcap import bus
 from streamcap.formats.shards import stats_name
-from tests.chaos_support import (
-    Fleet, enqueue_rows, fault_env, final_audit, fleets, histogram_line, image_host, paced_rows, pending_parts,
-    process_state, wait_until,
-)
-
-__all__ = ["fleets", "image_host"]  # fixtures
+from tests.support.fleet import fault_env, Fleet, process_state
+from tests.support.pipeline import enqueue_rows, final_audit, histogram_line, paced_rows, pending_parts, wait_until
 
 KILLS = 10
 ROWS, PARTS = 1200, 30

@@ -12,12 +12,8 @@ from __future__ import annotations
 from streamcap.shardwriter import tempfiles
 from streamcap import bus
 from streamcap.ops.partqueue import read_part_queue
-from tests.chaos_support import (
-    cli_json, enqueue_rows, fault_env, final_audit, fleets, heartbeats, image_host, paced_rows, wait_until,
-    write_parquet,
-)
-
-__all__ = ["fleets", "image_host"]  # fixtures
+from tests.support.fleet import cli_json, fault_env, heartbeats
+from tests.support.pipeline import enqueue_rows, final_audit, paced_rows, wait_until, write_parquet
 
 
 def test_a_poison_row_gets_its_part_dead_lettered_and_everything_else_finishes(r, keys, redis_url, image_host,

@@ -15,12 +15,9 @@ import time
 
 from streamcap.shardwriter.audit import audit
 from streamcap import bus
-from tests.chaos_support import (
-    CAPTION, COMMIT_SHA, RedisProxy, cli_json, enqueue_rows, final_audit, fleets, image_host, paced_rows,
-    pending_parts, trainer_args, trainer_step, vocab_file, wait_until,
-)
-
-__all__ = ["fleets", "image_host"]  # fixtures
+from benchmarks.redis_proxy import RedisProxy
+from tests.support.fleet import cli_json, COMMIT_SHA, trainer_args, trainer_step
+from tests.support.pipeline import CAPTION, enqueue_rows, final_audit, paced_rows, pending_parts, vocab_file, wait_until
 
 
 def test_a_lost_commit_reply_is_retried_and_applied_once(r, keys, redis_url, redis_server, image_host, fleets,
@@ -58,7 +55,7 @@ def test_redis_sigkilled_mid_run_every_service_reconnects_and_status_shows_it(r,
     wait_until(lambda: r.scard(keys.parts_done) >= 2 and trainer_step(r, keys) >= 1, 90,
                "two parts committed and the trainer stepping")
     redis_server.kill()
-    time.sleep(2.0)
+    time.sleep(2.0)  # the stimulus: Redis stays down for 2 s
     redis_server.start()  # same port, same AOF
     # The trainer's progress from its own metrics file (a line per step): its heartbeat backs off
     # for 30 s after a write that failed during the outage.

@@ -14,8 +14,9 @@ import signal
 from pathlib import Path
 
 from streamcap import bus
-from tests.chaos_support import Fleet, children, final_audit, fleets, trainer_args, vocab_file, wait_until
-from tests.shardwriter_support import enqueue, process_part
+from tests.support.fleet import children, Fleet, trainer_args
+from tests.support.parts import enqueue_source, process_part
+from tests.support.pipeline import final_audit, vocab_file, wait_until
 from streamcap.trainer.metrics_sink import read_metrics
 
 __all__ = ["fleets"]  # fixture
@@ -43,7 +44,7 @@ def _reads(run_dir: Path) -> list[dict]:
 
 def test_a_trainer_killed_mid_read_resumes_without_skipping_or_rereading(r, keys, redis_url, fleets, tmp_path):
     shard_dir, run, group = tmp_path / "shards", "killed", keys.train_group("killed")
-    enqueue(r, keys, shard_dir, "src", rows=PARTS * 6, part_size=6)
+    enqueue_source(r, keys, shard_dir, "src", rows=PARTS * 6, part_size=6)
     for _ in range(PARTS):
         assert process_part(r, keys, shard_dir, "writer", max_samples=8).applied
     everything = {s["name"] for s in map(lambda e: bus.decode(e[1]), r.xrange(keys.shards))}

@@ -14,7 +14,10 @@ import pytest
 
 from streamcap.downloader.config import DownloaderSettings
 from streamcap.downloader.fetch import Fetcher
-from tests.downloader_support import ImageServer, MapResolver, jpeg_bytes, loopback_one_is_public
+from tests.support.addresses import loopback_one_is_public, MapResolver
+from tests.support.http import ImageServer
+from tests.support.images import jpeg_bytes
+from tests.support.pipeline import wait_until
 
 CAT = jpeg_bytes(320, 240)
 
@@ -35,7 +38,7 @@ def server():
 @pytest.fixture(scope="module")
 def private_server():
     """The target every refused request would reach: nothing may ever arrive here."""
-    with ImageServer(host="127.0.0.2") as s:
+    with ImageServer(hosts=("127.0.0.2",)) as s:
         s.images["cat.jpg"] = CAT
         yield s
 
@@ -48,37 +51,37 @@ async def fetch(url: str, cfg: DownloaderSettings | None = None, **kwargs):
 async def test_an_image_arrives_with_a_user_agent_naming_the_tool(server):
     result = await fetch(server.url("/img/cat.jpg"))
     assert result.data == CAT and result.reason is None
-    assert "streamcap" in server.requests("/img/cat.jpg")[-1]["ua"]
+    assert "streamcap" in server.requests_to("/img/cat.jpg")[-1].headers["user-agent"]
 
 
 async def test_a_404_fails_at_once(server):
     result = await fetch(server.url("/status/404"))
     assert (result.reason, result.attempts) == ("http_status", 1)
-    assert len(server.requests("/status/404")) == 1
+    assert len(server.requests_to("/status/404")) == 1
 
 
 async def test_503_then_200_is_retried(server):
-    result = await fetch(server.url("/flaky/cat.jpg/1"))
+    result = await fetch(server.url("/busy/cat.jpg?status=503"))
     assert result.data == CAT and result.attempts == 2
 
 
 async def test_a_500_is_retried_then_recorded(server):
     result = await fetch(server.url("/status/500"), settings(retries=2))
     assert result.reason == "http_status" and result.attempts == 3
-    assert len(server.requests("/status/500")) == 3
+    assert len(server.requests_to("/status/500")) == 3
 
 
 async def test_retry_after_is_honoured(server):
-    result = await fetch(server.url("/retry-after/cat.jpg/1"))
+    result = await fetch(server.url("/busy/cat.jpg?after=1"))
     assert result.data == CAT
-    first, second = server.requests("/retry-after/cat.jpg/1")
-    assert second["t"] - first["t"] >= 0.95  # waited as asked, not the ~0.5 s backoff
+    first, second = server.requests_to("/busy/cat.jpg?after=1")
+    assert second.t - first.t >= 0.95  # waited as asked, not the ~0.5 s backoff
 
 
 async def test_retry_after_beyond_the_cap_ends_the_row(server):
-    result = await fetch(server.url("/retry-after/cat.jpg/30"), settings(retry_after_cap=2))
+    result = await fetch(server.url("/busy/cat.jpg?after=30"), settings(retry_after_cap=2))
     assert result.reason == "http_status" and "Retry-After" in result.detail
-    assert len(server.requests("/retry-after/cat.jpg/30")) == 1
+    assert len(server.requests_to("/busy/cat.jpg?after=30")) == 1
 
 
 @pytest.mark.parametrize("path", ["/hang", "/drip"])
@@ -138,8 +141,8 @@ async def test_redirects_are_checked_at_every_hop(server, private_server, target
     url = server.url("/to?url=" + target)
     result = await fetch(url, settings(allow_private=False), resolver=resolver, address_policy=loopback_one_is_public)
     assert result.reason == reason
-    assert server.requests("/to")  # the first hop was made ...
-    assert private_server.log == []  # ... the refused one never
+    assert server.requests_to("/to")  # the first hop was made ...
+    assert private_server.requests == []  # ... the refused one never
 
 
 @pytest.mark.parametrize("host", [
@@ -149,15 +152,15 @@ async def test_redirects_are_checked_at_every_hop(server, private_server, target
 async def test_raw_ip_hosts_in_any_notation_are_refused_without_a_connection(private_server, host):
     result = await fetch(f"http://{host}:{private_server.port}/img/cat.jpg", settings(allow_private=False))
     assert result.reason == "blocked_address", result.detail
-    assert private_server.log == []
+    assert private_server.requests == []
 
 
 async def test_a_name_resolving_to_a_private_address_is_refused_unless_allowed(server):
     url = f"http://localhost:{server.port}/img/cat.jpg"
-    before = len(server.requests("/img/cat.jpg"))
+    before = len(server.requests_to("/img/cat.jpg"))
     refused = await fetch(url, settings(allow_private=False))
     assert refused.reason == "blocked_address" and "loopback" in refused.detail
-    assert len(server.requests("/img/cat.jpg")) == before
+    assert len(server.requests_to("/img/cat.jpg")) == before
     allowed = await fetch(url, settings(allow_private=True))
     assert allowed.data == CAT
 
@@ -173,7 +176,7 @@ async def test_dns_rebinding_cannot_reach_a_private_address(server, private_serv
     assert first.data == CAT
     assert second.reason == "blocked_address"
     assert resolver.lookups == ["rebind.test", "rebind.test"]
-    assert private_server.log == []
+    assert private_server.requests == []
 
 
 async def test_an_unresolvable_name_is_a_dns_error(server):
@@ -191,12 +194,13 @@ async def test_urls_that_are_not_http_are_invalid(url):
     ("otherbot: noai", False), ("nofollow", False),
 ])
 async def test_x_robots_tag_opt_out_skips_without_reading_the_body(server, tag, skipped):
-    before = server.robots_chunks_sent
     result = await fetch(server.url(f"/robots/cat.jpg?tag={tag}"))
+    request = server.requests_to("/robots/cat.jpg")[-1]
     if skipped:
         assert result.reason == "opted_out"
-        await asyncio.sleep(0.3)  # the server would keep writing (every 50 ms) if the client still read
-        assert server.robots_chunks_sent - before < 3
+        # The server holds the body back until the client hangs up (or a grace period ends).
+        wait_until(lambda: request.hung_up or request.body_sent, 10, "the client to hang up or the body to go out")
+        assert request.body_sent == 0
     else:
         assert result.data == CAT
 
@@ -204,7 +208,7 @@ async def test_x_robots_tag_opt_out_skips_without_reading_the_body(server, tag, 
 async def test_one_host_never_gets_more_connections_than_the_per_host_cap(server):
     cfg = settings(concurrency=32, per_host=4)
     async with Fetcher(cfg) as fetcher:
-        results = await asyncio.gather(*(fetcher.fetch(server.url(f"/slow/cat.jpg?s=0.1&i={i}")) for i in range(24)))
+        results = await asyncio.gather(*(fetcher.fetch(server.url(f"/img/cat.jpg?delay=0.1&i={i}")) for i in range(24)))
     assert all(r.data == CAT for r in results)
-    assert server.max_active["/slow"] == 4
-    assert all("streamcap" in entry["ua"] for entry in server.requests("/slow"))
+    assert server.max_active_by_route["/img"] == 4
+    assert all("streamcap" in entry.headers["user-agent"] for entry in server.requests_to("/img/cat.jpg?delay=0.1"))

@@ -8,12 +8,13 @@ from streamcap.shardwriter.commit import ALREADY_DONE, COMMITTED, LOST_CLAIM, Pa
 from streamcap.shardwriter.registry import registered_shards
 from streamcap.shardwriter.writer import PartSuperseded, PartWriter
 from streamcap import bus
-from tests.shardwriter_support import claim_part, enqueue, jpeg, write_rows
+from tests.support.images import jpeg_bytes
+from tests.support.parts import claim_part, enqueue_source, write_rows
 
 
 @pytest.fixture
 def part_entry(r, keys, tmp_path):
-    enqueue(r, keys, tmp_path, "src", rows=20, part_size=20)
+    enqueue_source(r, keys, tmp_path, "src", rows=20, part_size=20)
     return claim_part(r, keys, "w1")
 
 
@@ -61,7 +62,7 @@ def test_slow_consumer_never_clobbers_the_winner(r, keys, tmp_path, part_entry):
     entry_id, part = part_entry
     slow = PartWriter(tmp_path, part, max_samples=3, max_bytes=1 << 20, owner="w1",
                       claim=PartClaim(r, keys, entry_id, "w1"))
-    write_rows(slow, part, image=jpeg(99))           # slow worker still has its temp files open
+    write_rows(slow, part, image=jpeg_bytes(24, 24, seed=99))           # slow worker still has its temp files open
     [(_, _)] = bus.claim_stale(r, keys.parts, bus.GROUP_DOWNLOADERS, "w2", min_idle_ms=0)
     winner = finish(tmp_path, part, claim=PartClaim(r, keys, entry_id, "w2"), max_samples=10)
     assert commit_part(r, keys, winner, entry_id, consumer="w2").applied

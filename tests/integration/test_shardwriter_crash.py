@@ -1,6 +1,6 @@
 """A worker SIGKILLed at each step of finalize + commit; redelivery repairs it exactly.
 
-The worker is a real subprocess (`python -m tests.shardwriter_support`) that kills itself with
+The worker is a real subprocess (`python -m tests.support.parts`) that kills itself with
 SIGKILL through the documented STREAMCAP_FAULT hook; another worker (this test process) then
 reclaims what is left and the audit must find zero lost and zero duplicate rows.
 """
@@ -19,7 +19,7 @@ from streamcap.shardwriter import faults
 from streamcap.shardwriter.audit import audit
 from streamcap.shardwriter.reconcile import reconcile
 from streamcap import bus
-from tests.shardwriter_support import enqueue, process_part
+from tests.support.parts import enqueue_source, process_part
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -30,7 +30,7 @@ def run_worker(redis_url: str, keys: bus.Keys, shard_dir: Path, consumer: str, f
     if fault:
         env[faults.FAULT_ENV] = fault
     return subprocess.run(
-        [sys.executable, "-m", "tests.shardwriter_support", redis_url, keys.namespace, str(shard_dir), consumer],
+        [sys.executable, "-m", "tests.support.parts", redis_url, keys.namespace, str(shard_dir), consumer],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=60,
     )
 
@@ -43,7 +43,7 @@ def drain(r, keys, shard_dir, consumer="w2"):
 
 @pytest.mark.parametrize("window", faults.WRITER_POINTS)
 def test_crash_at_each_window_then_redelivery_is_exact(r, redis_url, keys, tmp_path, window):
-    enqueue(r, keys, tmp_path, "src", rows=24, part_size=12)  # 2 parts, 3 shards each
+    enqueue_source(r, keys, tmp_path, "src", rows=24, part_size=12)  # 2 parts, 3 shards each
     crashed = run_worker(redis_url, keys, tmp_path, "w1", fault=window)
     assert crashed.returncode == -signal.SIGKILL, crashed.stderr[-2000:]
     assert f"SIGKILL at {window}" in crashed.stderr
@@ -59,7 +59,7 @@ def test_crash_at_each_window_then_redelivery_is_exact(r, redis_url, keys, tmp_p
 
 def test_crash_before_commit_then_redis_loses_everything(r, redis_url, keys, tmp_path):
     """The shard dir alone brings the registry back: the crashed part's finished output included."""
-    enqueue(r, keys, tmp_path, "src", rows=36, part_size=12)
+    enqueue_source(r, keys, tmp_path, "src", rows=36, part_size=12)
     assert process_part(r, keys, tmp_path, "w0").applied
     assert run_worker(redis_url, keys, tmp_path, "w1", fault="before_commit").returncode == -signal.SIGKILL
     assert run_worker(redis_url, keys, tmp_path, "w1", fault="after_temp_write").returncode == -signal.SIGKILL

@@ -11,12 +11,12 @@ from streamcap.shardwriter.registry import load_sources, registered_shards, save
 from streamcap.shardwriter.retention import disk_pressure, gc, shard_bytes_on_disk
 from streamcap import bus
 from streamcap.ops import status
-from tests.shardwriter_support import enqueue, process_part
+from tests.support.parts import enqueue_source, process_part
 
 
 def fill(r, keys, shard_dir, parts=3):
     """`parts` committed parts of 8 rows, 4 samples per shard."""
-    enqueue(r, keys, shard_dir, "src", rows=8 * parts, part_size=8)
+    enqueue_source(r, keys, shard_dir, "src", rows=8 * parts, part_size=8)
     for _ in range(parts):
         assert process_part(r, keys, shard_dir, "w1").applied
     return [s for _, s in registered_shards(r, keys)]
@@ -92,7 +92,7 @@ def test_gc_without_a_running_run_or_budget_deletes_nothing(r, keys, tmp_path):
 
 
 def test_sources_are_recorded_in_the_shard_dir(r, keys, tmp_path):
-    source = enqueue(r, keys, tmp_path, "My Source", rows=10, part_size=4)
+    source = enqueue_source(r, keys, tmp_path, "My Source", rows=10, part_size=4)
     save_source(tmp_path, source)  # idempotent
     assert load_sources(tmp_path) == [source]
     assert (tmp_path / "sources" / "my-source.json").exists()

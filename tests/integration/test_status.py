@@ -7,22 +7,13 @@ import time
 
 from streamcap import bus
 from streamcap.ops import status
-from streamcap.formats.records import PartRecord, SourceRecord
+from streamcap.formats.records import PartRecord
 from streamcap.ops.status_view import render
+from tests.support.parts import enqueue_source
 
 
-def enqueue(r, keys, rows: int, part_size: int) -> SourceRecord:
-    source = SourceRecord(id="src", uri="x.parquet", format="parquet", url_col="url", caption_col="c",
-                          rows=rows, part_size=part_size)
-    r.hset(keys.sources, source.id, json.dumps(source.to_message()))
-    bus.ensure_group(r, keys.parts, bus.GROUP_DOWNLOADERS)
-    for i in range(source.parts):
-        r.xadd(keys.parts, bus.encode(source.part(i).to_message()))
-    return source
-
-
-def test_parts_by_state_and_the_invariant(r, keys):
-    enqueue(r, keys, rows=450, part_size=100)          # 5 parts: 4 of 100 rows, 1 of 50
+def test_parts_by_state_and_the_invariant(r, keys, tmp_path):
+    enqueue_source(r, keys, tmp_path, "src", rows=450, part_size=100)          # 5 parts: 4 of 100 rows, 1 of 50
     delivered = r.xreadgroup(bus.GROUP_DOWNLOADERS, "w1", {keys.parts: ">"}, count=3)[0][1]
     done_id, dead_id, flight_id = (entry_id for entry_id, _ in delivered)
     r.xack(keys.parts, bus.GROUP_DOWNLOADERS, done_id)
@@ -40,7 +31,7 @@ def test_parts_by_state_and_the_invariant(r, keys):
 
 
 def test_full_report_with_every_role_and_hints(r, keys, tmp_path):
-    enqueue(r, keys, rows=300, part_size=100)
+    enqueue_source(r, keys, tmp_path, "src", rows=300, part_size=100)
     r.hset(keys.stats, mapping={bus.STAT_ROWS: 100, bus.STAT_SAMPLES: 90, bus.STAT_FAILURES: 10,
                                 bus.STAT_FAIL_PREFIX + "timeout": 7, bus.STAT_FAIL_PREFIX + "not_an_image": 3,
                                 bus.STAT_SHARDS: 2, bus.STAT_SHARD_BYTES: 5_000_000})
@@ -75,8 +66,8 @@ def test_full_report_with_every_role_and_hints(r, keys, tmp_path):
     render(report)      # and the tables must build
 
 
-def test_no_downloader_but_parts_waiting_is_a_hint(r, keys):
-    enqueue(r, keys, rows=10, part_size=5)
+def test_no_downloader_but_parts_waiting_is_a_hint(r, keys, tmp_path):
+    enqueue_source(r, keys, tmp_path, "src", rows=10, part_size=5)
     report = status.collect(r, keys)
     assert any("no downloader is running" in h for h in report["hints"])
     assert report["trainer"]["step"] is None and report["eval"]["latest"] is None

@@ -10,7 +10,7 @@ import sys
 import time
 from pathlib import Path
 
-from streamcap.trainer.synthetic import demo_samples, demo_tokenizer, register_shard, write_shard
+from streamcap.shardwriter.synthetic import add_part, demo_samples, demo_tokenizer
 
 ROOT = Path(__file__).resolve().parents[2]
 ENV = {"WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1", "NO_ALBUMENTATIONS_UPDATE": "1"}
@@ -57,8 +57,7 @@ def test_sigterm_while_the_ranks_wait_for_data_exits_0_without_a_traceback(redis
 def test_a_run_that_reaches_max_steps_exits_0(redis_url, r, keys, tmp_path):
     shard_dir = tmp_path / "shards"
     for part in range(2):
-        name = write_shard(shard_dir, "demo", part, 0, demo_samples(1, part * 1000, 16, image_size=40))
-        register_shard(r, keys, shard_dir, name, "demo", part, 0, 16, first_row=part * 1000)
+        add_part(r, keys, shard_dir, "demo", part, demo_samples(1, part * 1000, 16, image_size=40))
     log = tmp_path / "launch.log"
     proc = launch(redis_url, keys, tmp_path, log, "--max-steps", "3")
     try:

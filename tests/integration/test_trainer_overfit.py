@@ -13,7 +13,7 @@ from streamcap.model.decoding import greedy_decode
 from streamcap.model.caption_model import image_transform
 from streamcap.trainer.config import TrainerSettings
 from streamcap.trainer.metrics_sink import read_metrics
-from streamcap.trainer.synthetic import demo_samples, demo_tokenizer, register_shard, write_shard
+from streamcap.shardwriter.synthetic import add_part, demo_samples, demo_tokenizer
 
 STEPS = 150
 
@@ -23,8 +23,7 @@ def test_tiny_model_overfits_32_samples_and_greedy_reproduces_their_captions(red
 
     samples = demo_samples(seed=3, start=0, count=32, image_size=64)
     for part in range(2):
-        name = write_shard(tmp_path / "shards", "demo", part, 0, samples[part * 16:(part + 1) * 16])
-        register_shard(r, keys, tmp_path / "shards", name, "demo", part, 0, 16, first_row=part * 16)
+        add_part(r, keys, tmp_path / "shards", "demo", part, samples[part * 16:(part + 1) * 16])
     demo_tokenizer(samples).save(tmp_path / "vocab.txt")
     cfg = TrainerSettings(
         redis_url=redis_url, namespace=keys.namespace, shard_dir=tmp_path / "shards", checkpoint_dir=tmp_path / "ck",

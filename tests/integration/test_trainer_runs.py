@@ -8,7 +8,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -17,7 +16,8 @@ import torch
 from streamcap import bus
 from streamcap.trainer.config import TrainerSettings
 from streamcap.trainer.metrics_sink import read_metrics
-from streamcap.trainer.synthetic import demo_samples, demo_tokenizer, register_shard, write_shard
+from streamcap.shardwriter.synthetic import add_part, demo_samples, demo_tokenizer
+from tests.support.pipeline import wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 ENV = {"WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1", "NO_ALBUMENTATIONS_UPDATE": "1"}
@@ -27,9 +27,8 @@ def make_shards(r, keys, shard_dir: Path, sizes: list[int], seed: int = 1, start
     names, row = [], start_part * 1000
     for i, n in enumerate(sizes):
         part = start_part + i
-        name = write_shard(shard_dir, "demo", part, 0, demo_samples(seed, row, n, image_size=40))
-        register_shard(r, keys, shard_dir, name, "demo", part, 0, n, first_row=row)
-        names.append(name)
+        stats = add_part(r, keys, shard_dir, "demo", part, demo_samples(seed, row, n, image_size=40))
+        names.append(stats.shards[0].name)
         row += n
     return names
 
@@ -69,18 +68,6 @@ def finish(proc: subprocess.Popen, log: Path, timeout: float = 90) -> None:
 def reads(run_dir: Path, rank: int = 0) -> list[dict]:
     path = run_dir / f"reads-rank{rank}.jsonl"
     return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
-
-
-def wait_until(condition, timeout: float, what: str, proc: subprocess.Popen | None = None, log: Path | None = None):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        if proc is not None and proc.poll() is not None:
-            raise AssertionError(f"trainer exited while waiting for {what}:\n" + (log.read_text()[-4000:] if log else ""))
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}:\n" + (log.read_text()[-4000:] if log else ""))
 
 
 def last_step(run_dir: Path) -> int:

@@ -7,7 +7,8 @@ import json
 import pytest
 
 from streamcap.eval.datasets import EvalSetError, load_eval_set, split_counts
-from tests.eval_support import jsonl_set, karpathy_set, make_image, references
+from tests.support.evalsets import jsonl_set, karpathy_set, references
+from tests.support.images import save_image
 
 
 def test_karpathy_test_and_val_splits(tmp_path):
@@ -94,7 +95,7 @@ def test_jsonl_set(tmp_path):
     ('["pics/x.png", ["a dog"]]', ":2: expected an object, got list"),
 ])
 def test_malformed_jsonl_lines_are_named(tmp_path, line, expected):
-    make_image(tmp_path / "pics" / "x.png", 1)
+    save_image(tmp_path / "pics" / "x.png", 1)
     path = tmp_path / "set.jsonl"
     path.write_text(json.dumps({"image": "pics/x.png", "references": ["a"]}) + "\n" + line + "\n")
     with pytest.raises(EvalSetError) as e:
@@ -103,7 +104,7 @@ def test_malformed_jsonl_lines_are_named(tmp_path, line, expected):
 
 
 def test_duplicate_ids_are_an_error(tmp_path):
-    make_image(tmp_path / "x.png", 1)
+    save_image(tmp_path / "x.png", 1)
     path = tmp_path / "set.jsonl"
     row = json.dumps({"image": "x.png", "references": ["a"]})
     path.write_text(f"{row}\n{row}\n")

@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from streamcap.downloader.imageproc import ImageOptions, ProcessedImage, Rejection, process_image
-from tests.downloader_support import encode, jpeg_bytes, photo, png_claiming
+from tests.support.images import encode, jpeg_bytes, photo, png_claiming
 
 OPTS = ImageOptions(image_size=256, min_size=64, max_aspect_ratio=10)
 

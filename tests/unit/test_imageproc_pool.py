@@ -8,7 +8,7 @@ import time
 
 from streamcap.downloader.imagepool import ImagePool
 from streamcap.downloader.imageproc import ImageOptions, ProcessedImage, Rejection, process_image
-from tests.downloader_support import jpeg_bytes
+from tests.support.images import jpeg_bytes
 
 POISON = b"POISON"
 STUCK = b"STUCK"

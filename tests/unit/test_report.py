@@ -7,7 +7,7 @@ import re
 from streamcap.eval.datasets import load_eval_set
 from streamcap.eval.outputs import EvalResult, append_result, read_results
 from streamcap.eval.report import gallery_images, plot_history, write_report
-from tests.eval_support import karpathy_set
+from tests.support.evalsets import karpathy_set
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

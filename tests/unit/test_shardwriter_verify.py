@@ -13,7 +13,8 @@ from streamcap.shardwriter.verify import check_shard, expand
 from streamcap.shardwriter.writer import PartWriter
 from streamcap.formats.records import PartRecord
 from streamcap.common.settings import ConfigError
-from tests.shardwriter_support import jpeg, write_rows
+from tests.support.images import jpeg_bytes
+from tests.support.parts import write_rows
 
 
 def good_shard(tmp_path):
@@ -35,7 +36,7 @@ def tar_of(path, members):
 
 def sample(key, image=None, caption=b"a cat", meta=None):
     meta_bytes = meta if meta is not None else json.dumps({"url": "u", "row": int(key[-12:]), "source": "src"}).encode()
-    return [(f"{key}.jpg", image or jpeg()), (f"{key}.txt", caption), (f"{key}.json", meta_bytes)]
+    return [(f"{key}.jpg", image or jpeg_bytes(24, 24)), (f"{key}.txt", caption), (f"{key}.json", meta_bytes)]
 
 
 def test_a_written_shard_verifies(tmp_path):
@@ -70,7 +71,7 @@ def test_garbage_json(tmp_path):
 
 
 def test_image_that_does_not_decode(tmp_path):
-    cut = jpeg(size=64)[:300]
+    cut = jpeg_bytes(64, 64)[:300]
     check = check_shard(tar_of(tmp_path / "s.tar", sample("src_000000000001", image=cut)))
     assert "image does not decode" in check.problems[0]
     html = check_shard(tar_of(tmp_path / "h.tar", sample("src_000000000001", image=b"<html>nope</html>")))

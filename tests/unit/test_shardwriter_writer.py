@@ -13,7 +13,8 @@ from streamcap.shardwriter import tempfiles
 from streamcap.shardwriter.writer import PartWriter
 from streamcap.formats.records import PartRecord, PartStats
 from streamcap.formats.shards import iter_samples, sample_key, shard_name, stats_name
-from tests.shardwriter_support import jpeg, write_rows
+from tests.support.images import jpeg_bytes
+from tests.support.parts import write_rows
 
 PART = PartRecord(source="Pop Set", part=3, start=30, end=50)
 
@@ -43,7 +44,7 @@ def test_rolls_over_by_sample_count(tmp_path):
 
 
 def test_rolls_over_by_bytes_and_never_exceeds_the_limit(tmp_path):
-    image = jpeg(1, size=64)
+    image = jpeg_bytes(64, 64, seed=1)
     per_sample = 3 * 512 + len(image) + 1024  # headers + image + small txt/json, padded
     limit = 3 * per_sample + 1024
     part = PartRecord("s", 0, 0, 12)
@@ -77,16 +78,16 @@ def test_sample_json_carries_the_row_and_source(tmp_path):
 
 def test_rows_in_any_order_but_each_once_and_inside_the_part(tmp_path):
     with PartWriter(tmp_path, PART, max_samples=100, max_bytes=1 << 20, owner="t") as w:
-        w.add(row=40, image=jpeg(), image_ext="jpg", caption="c", meta={})
-        w.add(row=31, image=jpeg(), image_ext="webp", caption="c", meta={})
+        w.add(row=40, image=jpeg_bytes(24, 24), image_ext="jpg", caption="c", meta={})
+        w.add(row=31, image=jpeg_bytes(24, 24), image_ext="webp", caption="c", meta={})
         with pytest.raises(ValueError, match="already"):
             w.fail(40, "u", "timeout")
         with pytest.raises(ValueError, match="outside"):
-            w.add(row=50, image=jpeg(), image_ext="jpg", caption="c", meta={})
+            w.add(row=50, image=jpeg_bytes(24, 24), image_ext="jpg", caption="c", meta={})
         with pytest.raises(ValueError, match="unknown failure reason"):
             w.fail(32, "u", "bad luck")
         with pytest.raises(ValueError, match="image_ext"):
-            w.add(row=33, image=jpeg(), image_ext="png", caption="c", meta={})
+            w.add(row=33, image=jpeg_bytes(24, 24), image_ext="png", caption="c", meta={})
         stats = w.finish()
     assert (stats.shards[0].first_row, stats.shards[0].last_row) == (31, 40)
 
@@ -106,7 +107,7 @@ def test_exception_aborts_and_leaves_no_temp_file(tmp_path):
     with pytest.raises(RuntimeError):
         with PartWriter(tmp_path, PART, max_samples=2, max_bytes=1 << 20, owner="t") as w:
             for row in range(30, 36):
-                w.add(row=row, image=jpeg(), image_ext="jpg", caption="c", meta={})
+                w.add(row=row, image=jpeg_bytes(24, 24), image_ext="jpg", caption="c", meta={})
             assert tempfiles.temp_files(tmp_path)
             raise RuntimeError("download loop broke")
     assert list(tmp_path.iterdir()) == []
@@ -114,7 +115,7 @@ def test_exception_aborts_and_leaves_no_temp_file(tmp_path):
 
 def test_temp_files_are_hidden_and_name_their_owner(tmp_path):
     with PartWriter(tmp_path, PART, max_samples=10, max_bytes=1 << 20, owner="t") as w:
-        w.add(row=30, image=jpeg(), image_ext="jpg", caption="c", meta={})
+        w.add(row=30, image=jpeg_bytes(24, 24), image_ext="jpg", caption="c", meta={})
         [temp] = tempfiles.temp_files(tmp_path)
         owner, final = tempfiles.parse_temp_name(temp.name)
         assert temp.name.startswith(".") and final == shard_name("Pop Set", 3, 0)
@@ -175,5 +176,5 @@ def test_webdataset_reads_the_shards_as_written(tmp_path):
     expected = [r for r in range(30, 50) if r % 7]
     assert [s["__key__"] for s in samples] == [sample_key("Pop Set", r) for r in expected]
     assert [s["txt"].decode() for s in samples] == [f"caption {r}" for r in expected]
-    assert [s["jpg"] for s in samples] == [jpeg(r) for r in expected]
+    assert [s["jpg"] for s in samples] == [jpeg_bytes(24, 24, seed=r) for r in expected]
     assert [json.loads(s["json"])["url"] for s in samples] == [f"http://127.0.0.1/{r}.jpg" for r in expected]

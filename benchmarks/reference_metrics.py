@@ -1,5 +1,5 @@
 """pycocoevalcap, the reference our metrics are held to, called the way COCO evaluation calls
-it; shared by the parity tests and `benchmarks/metrics.py`."""
+it; shared by `benchmarks/metrics.py` and the parity tests (tests/unit/test_metrics.py)."""
 
 from __future__ import annotations
 

@@ -1,33 +1,27 @@
-"""Helpers of the shardwriter tests: real JPEG bytes, parts written end to end, a worker process.
+"""Parts worked the way a downloader works them, minus the downloading: for shardwriter tests.
 
-`python -m tests.shardwriter_support REDIS_URL NAMESPACE SHARD_DIR CONSUMER` claims one part of the
-`parts` stream (a fresh one, else one left idle by a dead worker), writes it with PartWriter and
-commits it: the subprocess that the crash tests kill through STREAMCAP_FAULT.
+    source = enqueue_source(r, keys, shard_dir, "src", rows=24, part_size=12)   # what `streamcap enqueue` leaves
+    entry_id, part = claim_part(r, keys, "w1")          # a fresh part, else one idle in another's hands
+    write_rows(writer, part)                            # samples, and a timeout for every FAIL_EVERY-th row
+    process_part(r, keys, shard_dir, "w1")              # claim, write, finish and commit one part
+
+`python -m tests.support.parts REDIS_URL NAMESPACE SHARD_DIR CONSUMER` runs `process_part` in a
+process of its own: the worker the crash tests kill through STREAMCAP_FAULT.
 """
 
 from __future__ import annotations
 
-import io
-import json
 import sys
 from pathlib import Path
 
-from PIL import Image
-
-from streamcap.shardwriter.commit import PartClaim, commit_part
-from streamcap.shardwriter.registry import save_source
-from streamcap.shardwriter.writer import PartWriter
 from streamcap import bus
+from streamcap.downloader.enqueue import enqueue
 from streamcap.formats.records import PartRecord, SourceRecord
+from streamcap.shardwriter.commit import CommitResult, PartClaim, commit_part
+from streamcap.shardwriter.writer import PartWriter
+from tests.support.images import jpeg_bytes
 
 FAIL_EVERY = 7  # rows r with r % FAIL_EVERY == 0 fail (timeout): parts mix samples and failures
-
-
-def jpeg(seed: int = 0, size: int = 24) -> bytes:
-    img = Image.new("RGB", (size, size), ((seed * 37) % 256, (seed * 91) % 256, 120))
-    buf = io.BytesIO()
-    img.save(buf, "JPEG", quality=80)
-    return buf.getvalue()
 
 
 def write_rows(writer: PartWriter, part: PartRecord, image: bytes | None = None) -> None:
@@ -36,19 +30,15 @@ def write_rows(writer: PartWriter, part: PartRecord, image: bytes | None = None)
         if row % FAIL_EVERY == 0:
             writer.fail(row, f"http://127.0.0.1/{row}.jpg", "timeout")
         else:
-            writer.add(row=row, image=image or jpeg(row), image_ext="jpg", caption=f"caption {row}",
+            writer.add(row=row, image=image or jpeg_bytes(24, 24, seed=row), image_ext="jpg", caption=f"caption {row}",
                        meta={"url": f"http://127.0.0.1/{row}.jpg", "caption_raw": f"Caption {row}."})
 
 
-def enqueue(r, keys: bus.Keys, shard_dir: Path, source_id: str, rows: int, part_size: int) -> SourceRecord:
-    """What `streamcap enqueue` leaves behind: the source in Redis and the shard dir, its parts."""
+def enqueue_source(r, keys: bus.Keys, shard_dir: Path, source_id: str, rows: int, part_size: int) -> SourceRecord:
+    """A source of `rows` rows enqueued by the real `enqueue` (its file is never read here)."""
     source = SourceRecord(id=source_id, uri=f"/data/{source_id}.parquet", format="parquet", url_col="url",
                           caption_col="caption", rows=rows, part_size=part_size, created=1.0)
-    r.hset(keys.sources, source.id, json.dumps(source.to_message()))
-    save_source(shard_dir, source)
-    bus.ensure_group(r, keys.parts, bus.GROUP_DOWNLOADERS)
-    for index in range(source.parts):
-        r.xadd(keys.parts, bus.encode(source.part(index).to_message()))
+    assert enqueue(r, keys, shard_dir, source).added
     return source
 
 
@@ -65,7 +55,7 @@ def claim_part(r, keys: bus.Keys, consumer: str, min_idle_ms: int = 0) -> tuple[
     return entry_id, PartRecord.from_message(bus.decode(fields))
 
 
-def process_part(r, keys: bus.Keys, shard_dir: Path, consumer: str, max_samples: int = 4):
+def process_part(r, keys: bus.Keys, shard_dir: Path, consumer: str, max_samples: int = 4) -> CommitResult | None:
     """Claim, write, finish and commit one part; None when there is nothing to claim."""
     claimed = claim_part(r, keys, consumer)
     if claimed is None:

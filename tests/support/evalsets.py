@@ -1,4 +1,4 @@
-"""Helpers of the eval tests: tiny generated evaluation sets, tiny random checkpoints, and
+"""Evaluation fixtures on disk: tiny generated evaluation sets, tiny random checkpoints, and
 announcing a checkpoint on the `checkpoints` stream the way the trainer does."""
 
 from __future__ import annotations
@@ -7,24 +7,12 @@ import json
 import time
 from pathlib import Path
 
-from PIL import Image
-
 from streamcap import bus
 from streamcap.formats.records import CheckpointRecord
+from tests.support.images import save_image
 
 WORDS = ["a", "dog", "cat", "man", "woman", "runs", "sits", "on", "the", "beach", "grass", "red", "blue", "ball"]
 VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS, "."]
-
-
-def make_image(path: Path, seed: int, size: int = 48) -> Path:
-    """A small image with its own colour and a stripe, so images differ."""
-    img = Image.new("RGB", (size + seed % 7, size), ((seed * 53) % 256, (seed * 97) % 256, (seed * 29) % 256))
-    for x in range(size // 4, size // 2):
-        for y in range(size):
-            img.putpixel((x, y), (255 - (seed * 53) % 256, 40, 200))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    img.save(path)
-    return path
 
 
 def references(seed: int) -> list[str]:
@@ -40,7 +28,7 @@ def karpathy_set(root: Path, *, test: int = 4, val: int = 2, train: int = 3, ima
     for i in range(test + val + train):
         split = "test" if i < test else "val" if i < test + val else "train"
         filename = f"{1000 + i}.jpg"
-        make_image(root / image_dir / filename, i)
+        save_image(root / image_dir / filename, i)
         entries.append({"filename": filename, "imgid": i, "split": split, "sentids": [5 * i + k for k in range(3)],
                         "sentences": [{"raw": s, "tokens": s.lower().split(), "imgid": i} for s in references(i)]})
     path = root / "dataset_flickr30k.json"
@@ -51,7 +39,7 @@ def karpathy_set(root: Path, *, test: int = 4, val: int = 2, train: int = 3, ima
 def jsonl_set(root: Path, n: int = 3) -> Path:
     lines = []
     for i in range(n):
-        make_image(root / "pics" / f"p{i}.png", 50 + i)
+        save_image(root / "pics" / f"p{i}.png", 50 + i)
         lines.append(json.dumps({"image": f"pics/p{i}.png", "references": references(i)}))
     path = root / "set.jsonl"
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")

@@ -1,37 +1,40 @@
-"""Helpers of the attack suite (docs/testing.md, attacks 12-21): a hostile HTTP server and real download runs.
+"""The one HTTP server of the tests: a loopback image host that behaves, or misbehaves on request.
 
-    with HostileServer(hosts=("127.0.0.1", "127.0.0.2", "::1")) as server:   # one port on every address
+    with ImageServer(hosts=("127.0.0.1", "::1")) as server:   # one free port on every address
         server.images["cat.jpg"] = jpeg_bytes(320, 240)
-        server.url("/img/cat.jpg")                        # on the first host
-        server.url("/img/cat.jpg", host="::1")            # http://[::1]:<port>/img/cat.jpg
+        server.url("/img/cat.jpg")                             # on the first host
+        server.url("/img/cat.jpg", host="::1")                 # http://[::1]:<port>/img/cat.jpg
+        server.requests_to("/img/cat.jpg")                     # what reached it, oldest first
         server.connections        # every accepted TCP connection: addresses, open/close times, bytes written
-        server.requests           # every request: path, query, headers, response body bytes written, hang-up
-        server.max_open           # most connections open at once; server.max_active: requests being answered
+        server.max_open           # most connections open at once; max_active: requests being answered
+        server.max_active_by_route["/img"]                     # the same, per first path segment
 
-Unlike `tests.downloader_support.ImageServer` (an aiohttp app), this server speaks HTTP/1.1 over
-plain asyncio streams, so it sees everything at the socket level: a connection that never sends a
-request is still in its log, body bytes are counted as they are written, and a client hanging up
-is noticed while the server waits or dribbles.
+It speaks HTTP/1.1 over plain asyncio streams in a background thread, so it sees everything at
+the socket level: a connection that never sends a request is still in its log, body bytes are
+counted as they are written, and a client hanging up is noticed while the server waits or dribbles.
 
-Routes:
-    /img/<name>                      server.images[name] (Content-Type server.types.get(name, image/jpeg))
+Routes (a request's query string is kept whole in `Request.target`, so `i=<n>` tells rows apart):
+    /img/<name>[?delay=<s>]          server.images[name] (Content-Type server.types.get(name, image/jpeg)),
+                                     after <delay> seconds
+    /status/<code>                   that status, no body
+    /busy/<name>?status=429&after=<Retry-After>&times=1&delay=0
+                                     <status> (with Retry-After when given; `date+2`: an HTTP date two
+                                     seconds ahead) for the first <times> requests of this exact URL,
+                                     then the image after <delay> seconds
+    /redirect/<n>/<name>             a chain of n redirects, then /img/<name>
     /to?url=<target>[&status=302]    a redirect to <target>
+    /hang                            reads the request, never answers
+    /drip                            headers at once, then the body 1 byte every 200 ms, forever
+    /drip-head                       the status line and headers themselves 1 byte every 200 ms
     /huge-length                     Content-Length: 10 GB, 1000 bytes, then silence until the client hangs up
     /endless                         a chunked body of 64 KiB chunks that never ends
     /gzip-bomb                       Content-Encoding: gzip, 1 GiB of zeros, compressed as it is sent
-    /drip                            headers at once, then the body 1 byte every 200 ms, forever
-    /drip-head                       the status line and headers themselves 1 byte every 200 ms
-    /hang                            reads the request, never answers
+    /truncated                       Content-Length: 100000, 5003 bytes, then the connection closes
     /robots/<name>?tag=<v>[&tag=..][&header=<spelling>]
                                      X-Robots-Tag: <v> (one header per tag), then waits HANGUP_GRACE_S
                                      for the client to hang up before it writes a single body byte
-    /busy/<name>?status=429&after=<Retry-After>&times=1&delay=0
-                                     <status> (with Retry-After when given) for the first <times>
-                                     requests of this exact URL, then the image after <delay> seconds
 
-Also here: `never_accepting_port` (a listener that never accepts), parquet sources and their
-enqueueing, `streamcap download` runs with their peak memory, and row outcomes read back from
-the stats files and shards.
+Also here: `never_accepting_port`, a listener whose connect() never completes.
 """
 
 from __future__ import annotations
@@ -39,38 +42,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import email.utils
-import os
 import socket
-import subprocess
-import sys
 import threading
 import time
 import zlib
 from collections import Counter
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Iterator
+from typing import Iterator
 from urllib.parse import parse_qs, urlsplit
 
-import pyarrow as pa
-import pyarrow.parquet as pq
-
-from streamcap.downloader.config import EnqueueSettings
-from streamcap.downloader.enqueue import describe_source, enqueue
-from streamcap.shardwriter import registry
-from streamcap.shardwriter.audit import AuditReport, audit
-from streamcap import bus
-from streamcap.formats.records import PartStats
-from streamcap.formats.shards import iter_samples
-
-STREAMCAP = [sys.executable, "-m", "streamcap"]
-CAPTION = "A red kite flies over a green hill. Two children watch it."
 HANGUP_GRACE_S = 1.0      # /robots waits this long for a hang-up before it sends the body
 DRIP_EVERY_S = 0.2
 GIB = 2**30
-
-
-# --- the hostile server ---------------------------------------------------------------------------
 
 
 @dataclass
@@ -86,6 +69,7 @@ class Connection:
 @dataclass
 class Request:
     conn: int
+    target: str                        # path and query string, as sent
     path: str
     query: dict[str, list[str]]
     headers: dict[str, str]            # names lower-cased
@@ -164,10 +148,10 @@ class _Reply:
 
 
 _REASONS = {200: "OK", 302: "Found", 301: "Moved Permanently", 307: "Temporary Redirect", 404: "Not Found",
-            429: "Too Many Requests", 503: "Service Unavailable"}
+            429: "Too Many Requests", 500: "Internal Server Error", 503: "Service Unavailable"}
 
 
-class HostileServer:
+class ImageServer:
     """An HTTP/1.1 server on one port of each of `hosts` (loopback addresses), in a background thread."""
 
     def __init__(self, hosts: tuple[str, ...] = ("127.0.0.1",)) -> None:
@@ -179,6 +163,8 @@ class HostileServer:
         self.requests: list[Request] = []
         self.open = self.max_open = 0
         self.active = self.max_active = 0
+        self.max_active_by_route: Counter[str] = Counter()
+        self._active_by_route: Counter[str] = Counter()
         self._seen: Counter[str] = Counter()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
@@ -186,9 +172,9 @@ class HostileServer:
         self._tasks: set[asyncio.Task] = set()
 
     # --- lifecycle ---
-    def __enter__(self) -> "HostileServer":
+    def __enter__(self) -> "ImageServer":
         self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True, name="hostile-http")
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True, name="test-http")
         self._thread.start()
         asyncio.run_coroutine_threadsafe(self._listen(), self._loop).result(10)
         return self
@@ -227,7 +213,8 @@ class HostileServer:
         return f"http://{f'[{host}]' if ':' in host else host}:{self.port}{path}"
 
     def requests_to(self, prefix: str) -> list[Request]:
-        return [r for r in list(self.requests) if r.path.startswith(prefix)]
+        """Requests whose target (path and query string) starts with `prefix`, oldest first."""
+        return [r for r in list(self.requests) if r.target.startswith(prefix)]
 
     # --- connections ---
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -259,18 +246,24 @@ class HostileServer:
             name, sep, value = line.partition(":")
             if sep:
                 headers[name.strip().lower()] = value.strip()
-        request = Request(conn=conn.id, path=parts.path, query=parse_qs(parts.query, keep_blank_values=True),
-                          headers=headers, t=time.monotonic())
+        request = Request(conn=conn.id, target=target, path=parts.path,
+                          query=parse_qs(parts.query, keep_blank_values=True), headers=headers, t=time.monotonic())
         self.requests.append(request)
         reply = _Reply(reader, writer, conn, request)
-        self.active += 1
-        self.max_active = max(self.max_active, self.active)
+        route = "/" + parts.path.strip("/").split("/")[0]
+        self._count_active(route, +1)
         try:
             keep = await self._route(request, reply)
         finally:
-            self.active -= 1
+            self._count_active(route, -1)
             await reply.close_watch()
         return keep and not reply.watched
+
+    def _count_active(self, route: str, delta: int) -> None:
+        self.active += delta
+        self._active_by_route[route] += delta
+        self.max_active = max(self.max_active, self.active)
+        self.max_active_by_route[route] = max(self.max_active_by_route[route], self._active_by_route[route])
 
     async def _route(self, request: Request, reply: _Reply) -> bool:
         kind, _, rest = request.path.strip("/").partition("/")
@@ -280,17 +273,68 @@ class HostileServer:
             return True
         return await handler(request, reply, rest)
 
-    # --- routes ---
+    # --- routes that answer ---
     async def _img(self, request: Request, reply: _Reply, name: str) -> bool:
+        await asyncio.sleep(float(request.arg("delay", "0")))  # a server that takes its time: requests overlap
         if name not in self.images:
             await reply.full(404)
             return True
         await reply.full(200, self.images[name], [("Content-Type", self.types.get(name, "image/jpeg"))])
         return True
 
+    async def _status(self, request: Request, reply: _Reply, code: str) -> bool:
+        await reply.full(int(code))
+        return True
+
+    async def _busy(self, request: Request, reply: _Reply, name: str) -> bool:
+        key = request.path + "?" + "&".join(f"{k}={v}" for k, vs in sorted(request.query.items()) for v in vs)
+        self._seen[key] += 1
+        if self._seen[key] <= int(request.arg("times", "1")):
+            after = request.arg("after")
+            if after == "date+2":  # an HTTP date two seconds ahead
+                after = email.utils.formatdate(time.time() + 2, usegmt=True)
+            await reply.full(int(request.arg("status", "429")), headers=[("Retry-After", after)] if after else [])
+            return True
+        return await self._img(request, reply, name)
+
+    async def _redirect(self, request: Request, reply: _Reply, rest: str) -> bool:
+        hops, _, name = rest.partition("/")
+        target = f"/redirect/{int(hops) - 1}/{name}" if int(hops) > 1 else f"/img/{name}"
+        await reply.full(302, headers=[("Location", target)])
+        return True
+
     async def _to(self, request: Request, reply: _Reply, _: str) -> bool:
         await reply.full(int(request.arg("status", "302")), headers=[("Location", request.arg("url"))])
         return True
+
+    async def _robots(self, request: Request, reply: _Reply, name: str) -> bool:
+        spelling = request.arg("header", "X-Robots-Tag")
+        data = self.images[name]
+        await reply.head(200, [("Content-Type", "image/jpeg"), ("Content-Length", str(len(data)))]
+                         + [(spelling, tag) for tag in request.query.get("tag", [])])
+        if await reply.until_hangup(HANGUP_GRACE_S):
+            return False  # skipped: not one body byte was written
+        await reply.raw(data, body=True)
+        return True
+
+    # --- routes that never finish, or finish badly ---
+    async def _hang(self, request: Request, reply: _Reply, _: str) -> bool:
+        await reply.until_hangup()
+        return False
+
+    async def _drip(self, request: Request, reply: _Reply, _: str) -> bool:
+        await reply.head(200, [("Content-Type", "image/jpeg"), ("Content-Length", "100000")])
+        while True:
+            await reply.raw(b"\xff", body=True)
+            if await reply.until_hangup(DRIP_EVERY_S):
+                return False
+
+    async def _drip_head(self, request: Request, reply: _Reply, _: str) -> bool:
+        for byte in b"HTTP/1.1 200 OK\r\nContent-Type: image/jpeg\r\nX-Padding: " + b"a" * 4000:
+            await reply.raw(bytes([byte]))
+            if await reply.until_hangup(DRIP_EVERY_S):
+                return False
+        return False
 
     async def _huge_length(self, request: Request, reply: _Reply, _: str) -> bool:
         await reply.head(200, [("Content-Type", "image/jpeg"), ("Content-Length", str(10 * 10**9))])
@@ -316,48 +360,14 @@ class HostileServer:
         await reply.raw(b"%x\r\n" % len(tail) + tail + b"\r\n0\r\n\r\n", body=True)
         return True
 
-    async def _drip(self, request: Request, reply: _Reply, _: str) -> bool:
+    async def _truncated(self, request: Request, reply: _Reply, _: str) -> bool:
         await reply.head(200, [("Content-Type", "image/jpeg"), ("Content-Length", "100000")])
-        while True:
-            await reply.raw(b"\xff", body=True)
-            if await reply.until_hangup(DRIP_EVERY_S):
-                return False
-
-    async def _drip_head(self, request: Request, reply: _Reply, _: str) -> bool:
-        for byte in b"HTTP/1.1 200 OK\r\nContent-Type: image/jpeg\r\nX-Padding: " + b"a" * 4000:
-            await reply.raw(bytes([byte]))
-            if await reply.until_hangup(DRIP_EVERY_S):
-                return False
-        return False
-
-    async def _hang(self, request: Request, reply: _Reply, _: str) -> bool:
-        await reply.until_hangup()
-        return False
-
-    async def _robots(self, request: Request, reply: _Reply, name: str) -> bool:
-        spelling = request.arg("header", "X-Robots-Tag")
-        data = self.images[name]
-        await reply.head(200, [("Content-Type", "image/jpeg"), ("Content-Length", str(len(data)))]
-                         + [(spelling, tag) for tag in request.query.get("tag", [])])
-        if await reply.until_hangup(HANGUP_GRACE_S):
-            return False  # skipped: not one body byte was written
-        await reply.raw(data, body=True)
-        return True
-
-    async def _busy(self, request: Request, reply: _Reply, name: str) -> bool:
-        key = request.path + "?" + "&".join(f"{k}={v}" for k, vs in sorted(request.query.items()) for v in vs)
-        self._seen[key] += 1
-        if self._seen[key] <= int(request.arg("times", "1")):
-            after = request.arg("after")
-            if after == "date+2":  # an HTTP date two seconds ahead
-                after = email.utils.formatdate(time.time() + 2, usegmt=True)
-            await reply.full(int(request.arg("status", "429")), headers=[("Retry-After", after)] if after else [])
-            return True
-        await asyncio.sleep(float(request.arg("delay", "0")))  # a server that takes its time: requests overlap
-        return await self._img(request, reply, name)
+        await reply.raw(b"\xff\xd8\xff" + b"\1" * 5000, body=True)
+        return False  # the connection closes with the body 95 KB short
 
 
-_ROUTES = {"img", "to", "huge-length", "endless", "gzip-bomb", "drip", "drip-head", "hang", "robots", "busy"}
+_ROUTES = {"img", "status", "busy", "redirect", "to", "robots", "hang", "drip", "drip-head", "huge-length",
+           "endless", "gzip-bomb", "truncated"}
 
 
 @contextlib.contextmanager
@@ -371,11 +381,7 @@ def never_accepting_port(host: str = "127.0.0.1") -> Iterator[int]:
     fillers: list[socket.socket] = []
     try:
         for _ in range(16):
-            probe = socket.create_connection(address, timeout=0.5) if not fillers else None
-            if probe is not None:  # a completed handshake waits in the queue even once closed
-                fillers.append(probe)
-                continue
-            try:
+            try:  # a completed handshake waits in the queue even once closed
                 fillers.append(socket.create_connection(address, timeout=0.5))
             except (socket.timeout, TimeoutError):
                 break  # the queue is full: nothing gets through any more
@@ -386,85 +392,3 @@ def never_accepting_port(host: str = "127.0.0.1") -> Iterator[int]:
         for s in fillers:
             s.close()
         listener.close()
-
-
-# --- sources, runs, outcomes -----------------------------------------------------------------------
-
-
-def enqueue_rows(r, keys: bus.Keys, shard_dir: Path, urls: list[str], part_size: int, name: str = "src",
-                 captions: list[str] | None = None) -> None:
-    """A url+caption parquet next to `shard_dir`, enqueued as `streamcap enqueue` does."""
-    path = shard_dir.parent / f"{name}.parquet"
-    pq.write_table(pa.table({"url": urls, "caption": captions or [CAPTION] * len(urls)}), path)
-    record, _ = describe_source(EnqueueSettings(part_size=part_size, name=name), str(path))
-    assert enqueue(r, keys, shard_dir, record).added
-
-
-@dataclass
-class Ran:
-    returncode: int
-    log: str
-    peak_rss: int          # bytes: VmHWM of the download process, sampled until it exited
-
-
-def download(redis_url: str, keys: bus.Keys, shard_dir: Path, log_path: Path, *args: str, timeout: float = 90,
-             env: dict[str, str] | None = None) -> Ran:
-    """`streamcap download --exit-when-empty --image-workers 1 ARGS` to the end; killed if it overruns."""
-    full_env = {**os.environ, "REDIS_URL": redis_url, "STREAMCAP_NAMESPACE": keys.namespace,
-                "STREAMCAP_SHARD_DIR": str(shard_dir), **(env or {})}
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen([*STREAMCAP, "download", "--exit-when-empty", "--image-workers", "1", *args],
-                                env=full_env, stdout=log, stderr=subprocess.STDOUT)
-    peak, deadline = 0, time.monotonic() + timeout
-    try:
-        while proc.poll() is None:
-            peak = max(peak, peak_rss(proc.pid))
-            assert time.monotonic() < deadline, f"streamcap download ran past {timeout} s:\n{log_path.read_text()}"
-            time.sleep(0.05)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait(10)
-    return Ran(proc.returncode, log_path.read_text(), peak)
-
-
-def peak_rss(pid: int) -> int:
-    """The peak resident memory (VmHWM) of a live process, in bytes; 0 once it is gone."""
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    except (FileNotFoundError, ProcessLookupError):
-        pass
-    return 0
-
-
-def part_stats(shard_dir: Path) -> dict[int, PartStats]:
-    """Stats file of every committed part, by part index."""
-    problems: list[str] = []
-    stats = registry.load_part_stats(shard_dir, problems)
-    assert not problems, problems
-    return {s.part: s for s in stats.values()}
-
-
-def outcomes(shard_dir: Path) -> dict[int, tuple[str, str]]:
-    """row -> ('sample', '') or (failure reason, detail), from the stats files and the shards."""
-    out: dict[int, tuple[str, str]] = {}
-    for stats in part_stats(shard_dir).values():
-        for f in stats.failures:
-            out[f.row] = (f.reason, f.detail)
-        for shard in stats.shards:
-            for sample in iter_samples(shard_dir / shard.name):
-                out[sample.meta["row"]] = ("sample", "")
-    return out
-
-
-def samples_by_row(shard_dir: Path) -> dict[int, Any]:
-    return {s.meta["row"]: s for path in sorted(shard_dir.glob("*.tar")) for s in iter_samples(path)}
-
-
-def audited(r, keys: bus.Keys, shard_dir: Path) -> AuditReport:
-    """The accounting check every pipeline test ends with: nothing lost, nothing twice, no discrepancy."""
-    report = audit(r, keys, shard_dir, expect_done=True)
-    assert report.ok and report.lost == 0 and report.duplicates == 0, report.discrepancies
-    return report

@@ -1,0 +1,70 @@
+"""The pytest fixtures of every suite, registered by tests/conftest.py (`pytest_plugins`):
+tests ask for them by name and never import them.
+
+    redis_server   a real redis-server (AOF on) on a free 127.0.0.1 port, for the whole session;
+                   tests may kill and restart it (`redis_server.kill()`, `.start()`): it comes back
+                   on the same port with the same AOF, and the next test gets a running server
+    redis_url      its URL, the server started again if a previous test killed it
+    keys           a namespace no other test uses
+    r              a client of it
+    image_host     a loopback ImageServer stocked for `paced_rows`, one per test module
+    fleets         fleets(redis_url, keys, shard_dir, name="logs") -> a Fleet closed when the test ends
+"""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from streamcap import bus
+from streamcap.bus.embedded import EmbeddedRedis
+from tests.support.fleet import Fleet
+from tests.support.http import ImageServer
+from tests.support.pipeline import stock
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory):
+    with EmbeddedRedis(data_dir=tmp_path_factory.mktemp("redis")) as server:
+        yield server
+
+
+@pytest.fixture
+def redis_url(redis_server: EmbeddedRedis) -> str:
+    if not redis_server.running:  # a previous test killed it
+        redis_server.start()
+    return redis_server.url
+
+
+@pytest.fixture
+def keys() -> bus.Keys:
+    return bus.Keys(f"t{uuid.uuid4().hex[:10]}")
+
+
+@pytest.fixture
+def r(redis_url: str):
+    client = bus.connect(redis_url)
+    yield client
+    client.close()
+
+
+@pytest.fixture(scope="module")
+def image_host() -> Iterator[ImageServer]:
+    with ImageServer() as server:
+        yield stock(server)
+
+
+@pytest.fixture
+def fleets(tmp_path: Path):
+    made: list[Fleet] = []
+
+    def make(redis_url: str, keys: bus.Keys, shard_dir: Path, name: str = "logs", **kwargs) -> Fleet:
+        made.append(Fleet(redis_url, keys, shard_dir, tmp_path / name, **kwargs))
+        return made[-1]
+
+    yield make
+    for fleet in made:
+        fleet.close()
