@@ -21,10 +21,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import torch  # noqa: E402
+import torch
 
-from streamcap.model.decoding import beam_search_with_scores  # noqa: E402
-from streamcap.model.caption_model import CaptionModel, ModelConfig, format_parameter_counts  # noqa: E402
+from streamcap.model.caption_model import CaptionModel, ModelConfig, format_parameter_counts
+from streamcap.model.decoding import beam_search_with_scores
 
 
 def timed(fn, device: torch.device, repeats: int):

@@ -152,7 +152,7 @@ class TreeCPU:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
-    def __enter__(self) -> "TreeCPU":
+    def __enter__(self) -> TreeCPU:
         self._thread.start()
         return self
 

@@ -30,16 +30,16 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
-import torch  # noqa: E402
-import webdataset as wds  # noqa: E402
-from torch.utils.data import DataLoader  # noqa: E402
+import torch
+import webdataset as wds
+from torch.utils.data import DataLoader
 
-from streamcap import bus  # noqa: E402
-from streamcap.bus.embedded import EmbeddedRedis  # noqa: E402
-from streamcap.trainer.augment import Augmenter, SharedLevel  # noqa: E402
-from streamcap.trainer.dataset import LoaderSpec, ShardStreamDataset, make_loader  # noqa: E402
-from streamcap.trainer.samples import collate, decode_image, encode_caption  # noqa: E402
-from streamcap.shardwriter.synthetic import add_part, demo_samples, demo_tokenizer  # noqa: E402
+from streamcap import bus
+from streamcap.bus.embedded import EmbeddedRedis
+from streamcap.shardwriter.synthetic import add_part, demo_samples, demo_tokenizer
+from streamcap.trainer.augment import Augmenter, SharedLevel
+from streamcap.trainer.dataset import LoaderSpec, ShardStreamDataset, make_loader
+from streamcap.trainer.samples import collate, decode_image, encode_caption
 
 
 class WebdatasetWork:

@@ -21,8 +21,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from streamcap.eval.metrics import METRICS, score_tokenized  # noqa: E402
-from benchmarks.reference_metrics import reference_scores  # noqa: E402
+from benchmarks.reference_metrics import reference_scores
+from streamcap.eval.metrics import METRICS, score_tokenized
 
 # A caption-like vocabulary: frequent function words and a Zipf-ish tail of content words.
 FUNCTION_WORDS = "a the in on of with and is are at an to while near two his her their".split()

@@ -68,7 +68,7 @@ class RedisProxy:
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
-    def __enter__(self) -> "RedisProxy":
+    def __enter__(self) -> RedisProxy:
         self._thread.start()
         self._call(self._start())
         return self
@@ -101,7 +101,7 @@ class RedisProxy:
             self._flowing.set()
         self._call(stop())
 
-    def _call(self, coro):  # noqa: ANN001, ANN202
+    def _call(self, coro):
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result(30)
 
     # --- inside the proxy's loop ---

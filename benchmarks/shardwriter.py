@@ -30,9 +30,9 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from streamcap.shardwriter.writer import PartWriter  # noqa: E402
 from streamcap.formats.records import PartRecord  # noqa: E402
 from streamcap.formats.shards import sample_key  # noqa: E402
+from streamcap.shardwriter.writer import PartWriter  # noqa: E402
 
 SIZES = (256, 512, 1024)  # stored image sizes a downloader produces at common --image-size values
 

@@ -22,9 +22,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tokenizers import BertWordPieceTokenizer  # noqa: E402
+from tokenizers import BertWordPieceTokenizer
 
-from streamcap.text.tokenizer import WordPieceTokenizer  # noqa: E402
+from streamcap.text.tokenizer import WordPieceTokenizer
 
 SUBJECTS = ("a man", "a woman", "two children", "an old dog", "a black cat", "three people", "a young girl",
             "a group of tourists", "a cyclist", "the chef", "a café owner", "an elderly couple", "a surfer")

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from streamcap.shardwriter.config import ShardWriterSettings
 from streamcap import __version__
 from streamcap.common.settings import CommonSettings, at_least, between, fail, one_of, optional, setting
+from streamcap.shardwriter.config import ShardWriterSettings
 
 RESIZE_MODES = ("keep_ratio", "center_crop", "border", "no")
 IMAGE_FORMATS = ("jpg", "webp")
@@ -171,7 +171,7 @@ class DownloaderSettings(ShardWriterSettings):
     def opt_out(self) -> frozenset[str]:
         return frozenset(d.strip().lower() for d in self.opt_out_directives.split(",") if d.strip())
 
-    def worker(self) -> "DownloaderSettings":
+    def worker(self) -> DownloaderSettings:
         """The settings of one worker process of a `--processes N` run (image workers resolved)."""
         import dataclasses
 

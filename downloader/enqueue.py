@@ -21,12 +21,12 @@ from pathlib import Path
 
 import redis
 
+from streamcap import bus
+from streamcap.common.settings import ConfigError
 from streamcap.downloader.config import EnqueueSettings
 from streamcap.downloader.sources import Source, SourceError, open_source
-from streamcap.shardwriter.registry import save_source
-from streamcap import bus
 from streamcap.formats.records import SourceRecord, source_slug
-from streamcap.common.settings import ConfigError
+from streamcap.shardwriter.registry import save_source
 
 log = logging.getLogger(__name__)
 

@@ -32,18 +32,24 @@ import math
 import random
 import time
 import zlib
+from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
-from typing import AsyncIterator, Iterable
 
 import aiohttp
 from aiohttp.abc import AbstractResolver
 from yarl import URL
 
+from streamcap.common.logs import first_line
 from streamcap.downloader.config import USER_AGENT_TOKEN, DownloaderSettings
 from streamcap.downloader.security import (
-    AddressPolicy, BlockedAddressError, GuardedResolver, InvalidURLError, check_url, blocked_reason, guarded_socket_factory,
+    AddressPolicy,
+    BlockedAddressError,
+    GuardedResolver,
+    InvalidURLError,
+    blocked_reason,
+    check_url,
+    guarded_socket_factory,
 )
-from streamcap.common.logs import first_line
 
 MAX_REDIRECTS = 3
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
@@ -138,7 +144,7 @@ class Fetcher:
         by a request, or by a fetched body until its row is processed (`fetch_held`)."""
         return self.waiting > 0 or self._global.locked()
 
-    async def __aenter__(self) -> "Fetcher":
+    async def __aenter__(self) -> Fetcher:
         cfg = self.cfg
         resolver = self._resolver or aiohttp.ThreadedResolver()
         connector = aiohttp.TCPConnector(
@@ -312,7 +318,7 @@ class Fetcher:
                 raise _Final("too_large", f"body exceeds --max-bytes {cap}")
         return bytes(body)
 
-    def _host_slot(self, host: str) -> "_HostSlot":
+    def _host_slot(self, host: str) -> _HostSlot:
         return _HostSlot(self._hosts, host, self.cfg.per_host)
 
 

@@ -38,8 +38,8 @@ import socket
 import struct
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 from streamcap.downloader.imageproc import ImageOptions, ProcessedImage, Rejection, process_image
 from streamcap.shardwriter import faults
@@ -131,7 +131,7 @@ class _Worker:
 class _ResultReader(asyncio.Protocol):
     """Parses result frames from one worker; tells the pool when the worker's socket closes."""
 
-    def __init__(self, pool: "ImagePool", worker: _Worker) -> None:
+    def __init__(self, pool: ImagePool, worker: _Worker) -> None:
         self.pool, self.worker, self.buffer = pool, worker, bytearray()
 
     def data_received(self, data: bytes) -> None:

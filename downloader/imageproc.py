@@ -24,11 +24,15 @@ import math
 import re
 import warnings
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from PIL import Image, UnidentifiedImageError
 
-from streamcap.downloader.config import DownloaderSettings
 from streamcap.common.logs import first_line
+from streamcap.downloader.config import DownloaderSettings
+
+if TYPE_CHECKING:  # numpy is imported where it is used: rare images only
+    import numpy as np
 
 # The formats a web image comes in; anything else Pillow could open (EPS, PSD, ...) is refused.
 ALLOWED_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF", "AVIF")
@@ -67,7 +71,7 @@ class ImageOptions:
     max_aspect_ratio: float = 0.0
 
     @classmethod
-    def from_settings(cls, cfg: DownloaderSettings) -> "ImageOptions":
+    def from_settings(cls, cfg: DownloaderSettings) -> ImageOptions:
         return cls(
             image_size=cfg.image_size, resize_mode=cfg.resize_mode, image_format=cfg.image_format,
             quality=cfg.quality, max_pixels=cfg.max_pixels, min_size=cfg.min_size,
@@ -214,7 +218,7 @@ def _to_resizable(im: Image.Image) -> Image.Image:
     return im.convert("RGB")   # CMYK, YCbCr, LAB, HSV, RGBX
 
 
-def _to_8bit(a: "np.ndarray") -> "np.ndarray":
+def _to_8bit(a: np.ndarray) -> np.ndarray:
     """16-bit or float grey to 8 bits by scaling (Pillow's own convert would clip at 255)."""
     import numpy as np  # rare images only; the worker boots faster without it
 

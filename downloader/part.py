@@ -25,6 +25,7 @@ import errno
 from dataclasses import dataclass
 from typing import Any
 
+from streamcap.common.logs import first_line
 from streamcap.downloader.config import DownloaderSettings
 from streamcap.downloader.fetch import Fetcher
 from streamcap.downloader.imagepool import ImagePool
@@ -32,12 +33,11 @@ from streamcap.downloader.imageproc import Rejection
 from streamcap.downloader.livestats import LiveStats
 from streamcap.downloader.security import InvalidURLError, check_url
 from streamcap.downloader.sources import Source, open_source
+from streamcap.formats.records import PartRecord, PartStats, SourceRecord
 from streamcap.shardwriter import faults
 from streamcap.shardwriter.commit import PartClaim
 from streamcap.shardwriter.writer import PartWriter
-from streamcap.common.logs import first_line
 from streamcap.text.captions import process_caption
-from streamcap.formats.records import PartRecord, PartStats, SourceRecord
 
 # Fault point (STREAMCAP_FAULT=after_fetch): every row fetched and processed, nothing finalized.
 FAULT_AFTER_FETCH = "after_fetch"
@@ -172,7 +172,7 @@ async def _all_or_none(coros: list) -> None:
         raise
 
 
-async def _uninterrupted(work):  # noqa: ANN001, ANN202 - an awaitable running in a thread
+async def _uninterrupted(work):
     """Await `work`; when cancelled meanwhile, let it end before passing the cancellation on.
 
     A writer's `finish` runs in a thread: cancelling the part (its claim was lost, a second

@@ -41,13 +41,16 @@ import os
 import secrets
 import signal
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Callable
 
 import redis
 from aiohttp.abc import AbstractResolver
 
+from streamcap import __version__, bus
+from streamcap.common.logs import first_line, instance_id, setup_logging
+from streamcap.common.settings import to_json_text
 from streamcap.downloader.claims import Claimed, PartClaimer
 from streamcap.downloader.config import DownloaderSettings
 from streamcap.downloader.fetch import Fetcher
@@ -57,14 +60,11 @@ from streamcap.downloader.livestats import LiveStats
 from streamcap.downloader.part import PartRunner, describe_failure
 from streamcap.downloader.security import AddressPolicy
 from streamcap.downloader.supervisor import STOP_SIGNALS, supervise
+from streamcap.formats.records import PartRecord, SourceRecord
 from streamcap.shardwriter import registry, tempfiles
 from streamcap.shardwriter.commit import COMMITTED, PartClaim, commit_part
 from streamcap.shardwriter.retention import disk_pressure
 from streamcap.shardwriter.writer import PartSuperseded
-from streamcap import __version__, bus
-from streamcap.common.logs import first_line, instance_id, setup_logging
-from streamcap.formats.records import PartRecord, SourceRecord
-from streamcap.common.settings import to_json_text
 
 log = logging.getLogger("streamcap.downloader")
 
@@ -217,7 +217,7 @@ class Worker:
             await asyncio.to_thread(self.queue.ensure_group)  # Redis may have come back empty
         self.state = previous
 
-    async def _redis(self, fn, *args):  # noqa: ANN001, ANN202 - any blocking Redis call
+    async def _redis(self, fn, *args):
         # `bus.call_through_outages` for the event loop: the try and the wait run in threads,
         # the other parts go on, and the heartbeat's state says waiting_for_redis meanwhile.
         while True:

@@ -18,10 +18,11 @@ from __future__ import annotations
 import abc
 import glob
 import json
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import cached_property, partial
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 from streamcap.common.logs import first_line
 
@@ -65,7 +66,7 @@ def resolve_files(uri: str) -> tuple[str, list[Path]]:
     return formats.pop(), files  # type: ignore[return-value]
 
 
-def open_source(uri: str) -> "Source":
+def open_source(uri: str) -> Source:
     fmt, files = resolve_files(uri)
     return ParquetSource(uri, fmt, files) if fmt == "parquet" else TextSource(uri, fmt, files)
 

@@ -17,7 +17,7 @@ import multiprocessing as mp
 import os
 import signal
 import time
-from typing import Callable
+from collections.abc import Callable
 
 from streamcap.downloader.config import DownloaderSettings
 

@@ -5,8 +5,8 @@
 
 import sys
 
-from streamcap.eval.cli import eval_app
 from streamcap.common.commands import run_app
+from streamcap.eval.cli import eval_app
 
 if __name__ == "__main__":
     sys.exit(run_app(eval_app, prog_name="python -m streamcap.eval"))

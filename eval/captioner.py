@@ -10,20 +10,19 @@ wait for JPEG decoding.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
-from typing import Callable
 
 import torch
 from PIL import Image, UnidentifiedImageError
 
+from streamcap.common.settings import fail
 from streamcap.eval.config import EvalSettings
 from streamcap.eval.datasets import EvalImage, EvalSet, EvalSetError
-from streamcap.model.checkpoint import LoadedCheckpoint
 from streamcap.model import inference
-from streamcap.model.decoding import beam_search
 from streamcap.model.caption_model import image_transform
-from streamcap.common.settings import fail
+from streamcap.model.checkpoint import LoadedCheckpoint
+from streamcap.model.decoding import beam_search
 
 DECODE_THREADS = 4
 

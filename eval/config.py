@@ -11,8 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from streamcap.eval.metrics import METRICS
 from streamcap.common.settings import CommonSettings, at_least, between, fail, one_of, optional, setting
+from streamcap.eval.metrics import METRICS
 
 DEVICES = ("auto", "cpu", "cuda")
 WANDB_MODES = ("auto", "online", "offline", "disabled")

@@ -12,15 +12,14 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from streamcap.eval.config import EvalSettings
 from streamcap.eval.datasets import EvalSet
 from streamcap.eval.external import java_metrics
 from streamcap.eval.metrics import normalize_pairs, score_tokenized
-from streamcap.eval.outputs import (PLOT_FILE, EvalResult, append_result, evaluation_dir, read_results,
-                          write_json)
+from streamcap.eval.outputs import PLOT_FILE, EvalResult, append_result, evaluation_dir, read_results, write_json
 from streamcap.eval.report import plot_history, write_report
 
 log = logging.getLogger(__name__)

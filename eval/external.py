@@ -15,8 +15,8 @@ import importlib.util
 import logging
 import shutil
 import subprocess
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Mapping, Sequence
 
 from streamcap.common.logs import first_line
 

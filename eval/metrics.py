@@ -27,9 +27,9 @@ from __future__ import annotations
 import math
 import operator
 from collections import Counter
-from itertools import repeat
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Mapping, Sequence
+from itertools import repeat
 
 from streamcap.eval.ptb import normalize
 

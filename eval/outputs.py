@@ -60,7 +60,7 @@ class EvalResult:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_json(cls, data: dict[str, Any]) -> "EvalResult":
+    def from_json(cls, data: dict[str, Any]) -> EvalResult:
         known = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in known})
 

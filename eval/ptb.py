@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import re
 import unicodedata
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
 
 # What the COCO evaluation removes after tokenizing (pycocoevalcap's PUNCTUATIONS).
 PUNCTUATION = frozenset(
@@ -63,7 +63,7 @@ _FRACTIONS = {"\u00bc": "1/4", "\u00bd": "1/2", "\u00be": "3/4"}
 Lexeme = Callable[[str, "re.Match[str]"], list[str]]
 
 
-def _first(word: str, m: "re.Match[str]") -> list[str]:
+def _first(word: str, m: re.Match[str]) -> list[str]:
     return [m.group(0)]
 
 
@@ -71,7 +71,7 @@ def _as(token: str) -> Lexeme:
     return lambda line, m: [token]
 
 
-def _word(line: str, m: "re.Match[str]") -> list[str]:
+def _word(line: str, m: re.Match[str]) -> list[str]:
     """A word, with `n't` split off ("isn't" -> "is" "n't"); other clitics lex on their own."""
     word = m.group(0)
     rest = line[m.end():]
@@ -80,7 +80,7 @@ def _word(line: str, m: "re.Match[str]") -> list[str]:
     return [word]
 
 
-def _abbreviation(line: str, m: "re.Match[str]") -> list[str]:
+def _abbreviation(line: str, m: re.Match[str]) -> list[str]:
     """`word.`: the period stays on known abbreviations and acronyms, else is its own token."""
     word = m.group(0)[:-1]
     lower = word.lower()
@@ -95,7 +95,7 @@ def _abbreviation(line: str, m: "re.Match[str]") -> list[str]:
     return (_split_assimilation(word) if lower in _ASSIMILATIONS else [word]) + ["."]
 
 
-def _assimilation(line: str, m: "re.Match[str]") -> list[str]:
+def _assimilation(line: str, m: re.Match[str]) -> list[str]:
     return _split_assimilation(m.group(0))
 
 
@@ -104,20 +104,20 @@ def _split_assimilation(word: str) -> list[str]:
     return [word[:cut], word[cut:]]
 
 
-def _clitic(line: str, m: "re.Match[str]") -> list[str]:
+def _clitic(line: str, m: re.Match[str]) -> list[str]:
     return ["'" + m.group(0)[1:]]
 
 
-def _entity(line: str, m: "re.Match[str]") -> list[str]:
+def _entity(line: str, m: re.Match[str]) -> list[str]:
     return [{"&amp;": "&", "&lt;": "<", "&gt;": ">", "&quot;": "''", "&apos;": "'"}[m.group(0)]]
 
 
-def _negation(line: str, m: "re.Match[str]") -> list[str]:
+def _negation(line: str, m: re.Match[str]) -> list[str]:
     text = m.group(0)
     return [text[0] + "'" + text[2]]
 
 
-def _fraction(line: str, m: "re.Match[str]") -> list[str]:
+def _fraction(line: str, m: re.Match[str]) -> list[str]:
     return [re.sub(r"\s", "\u00a0", m.group(0))]
 
 

@@ -16,13 +16,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from streamcap.common.commands import error, print_json
+from streamcap.common.logs import instance_id, setup_logging
+from streamcap.common.settings import to_json_text
 from streamcap.eval.config import EvalSettings
 from streamcap.eval.datasets import EvalSetError, load_eval_set
 from streamcap.eval.external import java_metrics
 from streamcap.eval.metrics import ScoringError, normalize_pairs, score_tokenized
-from streamcap.common.commands import error, print_json
-from streamcap.common.logs import instance_id, setup_logging
-from streamcap.common.settings import to_json_text
 
 log = logging.getLogger(__name__)
 

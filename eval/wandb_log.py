@@ -13,9 +13,9 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from streamcap.common.wandb_mode import resolve_wandb_mode
 from streamcap.eval.config import EvalSettings
 from streamcap.eval.outputs import EvalResult
-from streamcap.common.wandb_mode import resolve_wandb_mode
 
 log = logging.getLogger(__name__)
 

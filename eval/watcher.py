@@ -34,13 +34,13 @@ from typing import Any
 
 import redis
 
+from streamcap import bus
+from streamcap.common.logs import first_line, instance_id
 from streamcap.eval.config import EvalSettings
 from streamcap.eval.datasets import EvalSet, EvalSetError
 from streamcap.eval.evaluate import evaluate_checkpoint
 from streamcap.eval.outputs import EvalResult, keep_best
 from streamcap.eval.wandb_log import WandbLogger
-from streamcap import bus
-from streamcap.common.logs import first_line, instance_id
 from streamcap.formats.records import CheckpointRecord
 
 log = logging.getLogger(__name__)

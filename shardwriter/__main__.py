@@ -4,8 +4,8 @@ import sys
 
 import typer
 
-from streamcap.shardwriter.cli import audit_command, shards_app
 from streamcap.common.commands import run_app
+from streamcap.shardwriter.cli import audit_command, shards_app
 
 
 def main() -> int:

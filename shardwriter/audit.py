@@ -30,13 +30,13 @@ from pathlib import Path
 
 import redis
 
-from streamcap.shardwriter import registry, tempfiles
-from streamcap.shardwriter.commit import part_counters
-from streamcap.ops.partqueue import PartQueueSnapshot, read_part_queue
-from streamcap.shardwriter.verify import check_shard
 from streamcap import bus
 from streamcap.formats.records import PartRecord, PartStats, ShardRecord
 from streamcap.formats.shards import part_prefix, sample_key
+from streamcap.ops.partqueue import PartQueueSnapshot, read_part_queue
+from streamcap.shardwriter import registry, tempfiles
+from streamcap.shardwriter.commit import part_counters
+from streamcap.shardwriter.verify import check_shard
 
 MAX_LISTED = 50  # per kind of discrepancy, so a broken run still prints a readable report
 

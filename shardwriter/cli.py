@@ -14,7 +14,7 @@ command's options are the ShardWriterSettings fields it names (`settings_command
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, List, Optional
+from typing import Annotated
 
 import typer
 
@@ -39,7 +39,7 @@ def ls_command(cfg: ShardWriterSettings, as_json: JsonFlag = False) -> int:
 @shards_app.command("verify")
 @settings_command(ShardWriterSettings, only=("quarantine_dir", *COMMON_FIELDS))
 def verify_command(
-    paths: Annotated[Optional[List[Path]], typer.Argument(help="Shard files or directories (default: the shard dir).")] = None,
+    paths: Annotated[list[Path] | None, typer.Argument(help="Shard files or directories (default: the shard dir).")] = None,
     quarantine: Annotated[bool, typer.Option("--quarantine", help="Move bad shards to the quarantine dir and unregister them.")] = False,
     *,
     cfg: ShardWriterSettings,

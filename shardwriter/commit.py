@@ -23,14 +23,14 @@ after a server restart.
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Iterable
 
 import redis
 
-from streamcap.shardwriter import faults
 from streamcap import bus
 from streamcap.formats.records import PartStats
+from streamcap.shardwriter import faults
 
 COMMITTED, ALREADY_DONE, LOST_CLAIM, CONFIRMED = "committed", "already_done", "lost_claim", "ok"
 

@@ -24,12 +24,12 @@ import fcntl
 import logging
 import os
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
-from streamcap.shardwriter.tempfiles import TempOwner
 from streamcap.formats.shards import part_prefix
+from streamcap.shardwriter.tempfiles import TempOwner
 
 log = logging.getLogger(__name__)
 

@@ -29,13 +29,13 @@ from pathlib import Path
 
 import redis
 
-from streamcap.shardwriter import registry, tempfiles
-from streamcap.shardwriter.commit import commit_part
-from streamcap.shardwriter.locks import PartLockBusy, part_lock
-from streamcap.ops.partqueue import PartQueueSnapshot, read_part_queue
 from streamcap import bus
 from streamcap.formats.records import PartStats
 from streamcap.formats.shards import stats_name
+from streamcap.ops.partqueue import PartQueueSnapshot, read_part_queue
+from streamcap.shardwriter import registry, tempfiles
+from streamcap.shardwriter.commit import commit_part
+from streamcap.shardwriter.locks import PartLockBusy, part_lock
 
 log = logging.getLogger(__name__)
 

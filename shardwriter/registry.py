@@ -18,15 +18,15 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import redis
 
-from streamcap.shardwriter import tempfiles
 from streamcap import bus
 from streamcap.formats.records import PartStats, ShardRecord, SourceRecord, source_slug
 from streamcap.formats.shards import SHARD_SUFFIX, STATS_SUFFIX
+from streamcap.shardwriter import tempfiles
 
 log = logging.getLogger(__name__)
 

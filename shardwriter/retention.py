@@ -23,10 +23,10 @@ from pathlib import Path
 
 import redis
 
-from streamcap.shardwriter import registry, tempfiles
-from streamcap.shardwriter.config import format_size
 from streamcap import bus
 from streamcap.formats.shards import SHARD_SUFFIX
+from streamcap.shardwriter import registry, tempfiles
+from streamcap.shardwriter.config import format_size
 
 log = logging.getLogger(__name__)
 

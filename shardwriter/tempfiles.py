@@ -53,7 +53,7 @@ class TempOwner:
     start: str
 
     @classmethod
-    def me(cls) -> "TempOwner":
+    def me(cls) -> TempOwner:
         pid = os.getpid()
         return cls(_host(), pid, process_start(pid))
 

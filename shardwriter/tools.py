@@ -13,11 +13,12 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from streamcap.shardwriter import registry
-from streamcap.shardwriter.config import ShardWriterSettings, format_size
-from streamcap.shardwriter.retention import gc as collect, read_counts
 from streamcap import bus
 from streamcap.common.commands import print_json
+from streamcap.shardwriter import registry
+from streamcap.shardwriter.config import ShardWriterSettings, format_size
+from streamcap.shardwriter.retention import gc as collect
+from streamcap.shardwriter.retention import read_counts
 
 
 def _connect(cfg: ShardWriterSettings):

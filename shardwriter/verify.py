@@ -27,10 +27,10 @@ from pathlib import Path
 import redis
 from PIL import Image
 
-from streamcap.shardwriter import registry
 from streamcap import bus
 from streamcap.common.logs import first_line
 from streamcap.formats.shards import iter_samples, sample_key
+from streamcap.shardwriter import registry
 
 log = logging.getLogger(__name__)
 

@@ -29,11 +29,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from streamcap.formats.records import FAILURE_REASONS, FailedRow, PartRecord, PartStats, ShardRecord
+from streamcap.formats.shards import IMAGE_EXTS, SHARD_SUFFIX, part_prefix, sample_key, shard_name, stats_name
 from streamcap.shardwriter import faults, tempfiles
 from streamcap.shardwriter.commit import CONFIRMED, PartClaim, confirm_claim
 from streamcap.shardwriter.locks import part_lock
-from streamcap.formats.records import FAILURE_REASONS, FailedRow, PartRecord, PartStats, ShardRecord
-from streamcap.formats.shards import IMAGE_EXTS, SHARD_SUFFIX, part_prefix, sample_key, shard_name, stats_name
 
 _BLOCK = tarfile.BLOCKSIZE
 _END_OF_ARCHIVE = b"\0" * (2 * _BLOCK)
@@ -257,7 +257,7 @@ class PartWriter:
             shard.temp.unlink(missing_ok=True)
         self._open = None
 
-    def __enter__(self) -> "PartWriter":
+    def __enter__(self) -> PartWriter:
         return self
 
     def __exit__(self, *exc: Any) -> None:

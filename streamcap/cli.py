@@ -18,7 +18,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -26,8 +26,8 @@ from rich.live import Live
 
 from streamcap import __version__
 from streamcap.common.commands import JsonFlag, print_json, run_app, settings_command
-from streamcap.demo.config import DemoSettings
 from streamcap.common.settings import CommonSettings
+from streamcap.demo.config import DemoSettings
 
 app = typer.Typer(
     name="streamcap",
@@ -65,7 +65,7 @@ def root(
 @app.command("redis")
 def redis_command(
     data_dir: Annotated[Path, typer.Option("--data-dir", help="Where the server keeps its AOF.")] = Path(".streamcap/redis"),
-    port: Annotated[Optional[int], typer.Option("--port", help="Port on 127.0.0.1 (default: a free one).")] = None,
+    port: Annotated[int | None, typer.Option("--port", help="Port on 127.0.0.1 (default: a free one).")] = None,
 ) -> int:
     """Run a local redis-server in the foreground (AOF on) and print the REDIS_URL to export."""
     from streamcap.bus.embedded import EmbeddedRedis

@@ -25,8 +25,8 @@ import random
 import numpy as np
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # never phone home from a worker
-import albumentations as A  # noqa: E402
-import cv2  # noqa: E402
+import albumentations as A
+import cv2
 
 LEVEL_STEPS = 50
 RAMP_SHARPNESS = 4.0  # level grows like exp(4 t): slow start, most of the strength late

@@ -150,7 +150,7 @@ class TrainerSettings(CommonSettings):
             fail(self, "tokenizer", "a vocab.txt (build one with `streamcap tokenizer build`)", None)
         return self.tokenizer  # type: ignore[return-value]
 
-    def with_run(self, run: str) -> "TrainerSettings":
+    def with_run(self, run: str) -> TrainerSettings:
         return dataclasses.replace(self, run=run)
 
     @property

@@ -22,9 +22,10 @@ from __future__ import annotations
 
 import logging
 import signal
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -33,7 +34,13 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from streamcap import bus
 from streamcap.trainer.augment import Augmenter, SharedLevel
 from streamcap.trainer.samples import (
-    CaptionChoice, SampleError, check_intact, choose_caption, collate, decode_image, encode_caption,
+    CaptionChoice,
+    SampleError,
+    check_intact,
+    choose_caption,
+    collate,
+    decode_image,
+    encode_caption,
 )
 from streamcap.trainer.shardqueue import FinishedShard, ShardQueue, consumer_name, job_consumers, parent_watch
 from streamcap.trainer.stream import SampleStream, StreamConfig
@@ -74,7 +81,7 @@ class Batch:
     def finished_shards(self) -> list[FinishedShard]:
         return [FinishedShard.from_dict(d) for d in self.finished]
 
-    def pin_memory(self) -> "Batch":
+    def pin_memory(self) -> Batch:
         self.images, self.tokens = self.images.pin_memory(), self.tokens.pin_memory()
         return self
 

@@ -40,13 +40,13 @@ class MetricsSink:
         self._file = open(run_dir / "metrics.jsonl", "a", encoding="utf-8") if run_dir else None
 
     @classmethod
-    def disabled(cls) -> "MetricsSink":
+    def disabled(cls) -> MetricsSink:
         """What ranks other than 0 use: accepts everything, writes nothing."""
         return cls(None)
 
     @classmethod
     def open(cls, *, run_dir: Path, run: str, mode: str, project: str, name: str | None,
-             config: dict[str, Any], resume_step: int | None = None) -> "MetricsSink":
+             config: dict[str, Any], resume_step: int | None = None) -> MetricsSink:
         """Open the run's log; a resumed run first drops records past its checkpoint's step."""
         if resume_step is not None:
             _truncate_after(run_dir / "metrics.jsonl", resume_step)

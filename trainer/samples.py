@@ -28,9 +28,9 @@ from PIL import Image
 from torchvision.io import ImageReadMode, decode_jpeg
 
 from streamcap.common.logs import first_line
-from streamcap.text.captions import process_caption
-from streamcap.model.caption_model import IMAGE_MEAN, IMAGE_STD
 from streamcap.formats.shards import Sample
+from streamcap.model.caption_model import IMAGE_MEAN, IMAGE_STD
+from streamcap.text.captions import process_caption
 
 STORED_CAPTION = "caption"      # the processed caption the downloader wrote (<key>.txt)
 RAW_CAPTION = "caption_raw"     # the source's caption column, as downloaded

@@ -21,8 +21,9 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import Any, Callable, TypeVar
+from typing import Any, TypeVar
 
 import redis
 from redis.exceptions import ResponseError
@@ -48,7 +49,7 @@ class ShardClaim:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "ShardClaim":
+    def from_dict(cls, d: dict[str, Any]) -> ShardClaim:
         return cls(name=d["name"], samples=int(d["samples"]), fresh=bool(d["fresh"]), entry_id=d.get("entry_id", ""))
 
 
@@ -64,7 +65,7 @@ class FinishedShard:
         return {"claim": self.claim.to_dict(), "samples": self.samples, "missing": self.missing}
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "FinishedShard":
+    def from_dict(cls, d: dict[str, Any]) -> FinishedShard:
         return cls(ShardClaim.from_dict(d["claim"]), samples=int(d["samples"]), missing=bool(d["missing"]))
 
 
@@ -192,7 +193,8 @@ class ShardQueue:
         claims = []
         for entry_id, fields in entries:
             if not fields:  # entry trimmed away while pending: nothing left to read
-                self._call("acknowledging a trimmed entry", lambda: self.r.xack(self.keys.shards, self.group, entry_id))
+                self._call("acknowledging a trimmed entry",
+                           lambda entry_id=entry_id: self.r.xack(self.keys.shards, self.group, entry_id))
                 continue
             try:
                 record = ShardRecord.from_message(bus.decode(fields))
@@ -200,7 +202,8 @@ class ShardQueue:
                     raise ValueError(f"shard name {record.name!r} is not a file name inside the shard dir")
             except (bus.MessageError, TypeError, KeyError, ValueError) as e:
                 log.warning("skipping unreadable shards entry %s: %s", entry_id, e)
-                self._call("acknowledging a bad entry", lambda: self.r.xack(self.keys.shards, self.group, entry_id))
+                self._call("acknowledging a bad entry",
+                           lambda entry_id=entry_id: self.r.xack(self.keys.shards, self.group, entry_id))
                 continue
             claims.append(ShardClaim(name=record.name, samples=int(record.samples), fresh=True, entry_id=entry_id))
         return claims

@@ -17,8 +17,9 @@ from __future__ import annotations
 import logging
 import signal
 import threading
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any, Iterator
+from typing import Any
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +36,7 @@ class StopSignal:
         self._previous: dict[int, Any] = {}
 
     @classmethod
-    def install(cls) -> "StopSignal":
+    def install(cls) -> StopSignal:
         stop = cls()
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGTERM, signal.SIGINT):

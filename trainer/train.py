@@ -18,23 +18,24 @@ import gc
 import json
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from streamcap import bus
-from streamcap.model.checkpoint import load_checkpoint, save_checkpoint
 from streamcap.common.logs import setup_logging
-from streamcap.model.caption_model import CaptionModel, ModelConfig, format_parameter_counts
 from streamcap.common.settings import ConfigError, to_json_text
+from streamcap.model.caption_model import CaptionModel, ModelConfig, format_parameter_counts
+from streamcap.model.checkpoint import load_checkpoint, save_checkpoint
 from streamcap.text.tokenizer import VocabError, WordPieceTokenizer
 from streamcap.trainer import checkpointing as ckpt
 from streamcap.trainer import distributed
 from streamcap.trainer.augment import SharedLevel, ramp_level
-from streamcap.trainer.config import TrainerSettings
 from streamcap.trainer.batch_accounting import BatchAccounting
+from streamcap.trainer.config import TrainerSettings
 from streamcap.trainer.dataset import LoaderSpec, ShardStreamDataset, make_loader, next_batch
 from streamcap.trainer.losses import caption_loss
 from streamcap.trainer.metrics_sink import MetricsSink

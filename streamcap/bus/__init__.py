@@ -14,21 +14,57 @@ reclaiming), `heartbeats`.
 """
 
 from streamcap.bus.connection import connect  # noqa: F401
-from streamcap.bus.outages import (  # noqa: F401
-    OUTAGE_MIN_S, REDIS_DOWN, RedisUnavailable, call_through_outages, describe_url, ping, record_outage,
-    wait_for_redis, wait_out_outage,
-)
 from streamcap.bus.heartbeats import (  # noqa: F401
-    read_heartbeats, write_heartbeat,
+    read_heartbeats,
+    write_heartbeat,
+)
+from streamcap.bus.outages import (  # noqa: F401
+    OUTAGE_MIN_S,
+    REDIS_DOWN,
+    RedisUnavailable,
+    call_through_outages,
+    describe_url,
+    ping,
+    record_outage,
+    wait_for_redis,
+    wait_out_outage,
 )
 from streamcap.bus.schema import (  # noqa: F401
-    BLOCK_MS, CONTROL_DISK_PAUSED, CONTROL_DISK_PAUSED_SINCE, CONTROL_LAST_OUTAGE,
-    GROUP_DOWNLOADERS, GROUP_EVALUATORS, HEARTBEAT_STALE_S, HEARTBEAT_TTL_S, MESSAGE_VERSION,
-    PART_STATES, ROLE_DOWNLOADER, ROLE_EVALUATOR, ROLE_GC, ROLE_TRAINER, SOCKET_TIMEOUT_S,
-    STAT_BYTES_DOWNLOADED, STAT_COMMITS_WASTED, STAT_FAILURES, STAT_FAIL_PREFIX,
-    STAT_PARTS_COMMITTED, STAT_PARTS_DEAD, STAT_REDIS_RECONNECTS, STAT_ROWS, STAT_SAMPLES,
-    STAT_SHARDS, STAT_SHARD_BYTES, Keys, MessageError, decode, encode,
+    BLOCK_MS,
+    CONTROL_DISK_PAUSED,
+    CONTROL_DISK_PAUSED_SINCE,
+    CONTROL_LAST_OUTAGE,
+    GROUP_DOWNLOADERS,
+    GROUP_EVALUATORS,
+    HEARTBEAT_STALE_S,
+    HEARTBEAT_TTL_S,
+    MESSAGE_VERSION,
+    PART_STATES,
+    ROLE_DOWNLOADER,
+    ROLE_EVALUATOR,
+    ROLE_GC,
+    ROLE_TRAINER,
+    SOCKET_TIMEOUT_S,
+    STAT_BYTES_DOWNLOADED,
+    STAT_COMMITS_WASTED,
+    STAT_FAIL_PREFIX,
+    STAT_FAILURES,
+    STAT_PARTS_COMMITTED,
+    STAT_PARTS_DEAD,
+    STAT_REDIS_RECONNECTS,
+    STAT_ROWS,
+    STAT_SAMPLES,
+    STAT_SHARD_BYTES,
+    STAT_SHARDS,
+    Keys,
+    MessageError,
+    decode,
+    encode,
 )
 from streamcap.bus.streams import (  # noqa: F401
-    claim_stale, delivery_count, ensure_group, group_info, xrange_pages,
+    claim_stale,
+    delivery_count,
+    ensure_group,
+    group_info,
+    xrange_pages,
 )

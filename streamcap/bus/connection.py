@@ -19,7 +19,7 @@ def connect(
     connect_timeout: float = 5.0,
     retries: int = 10,
     health_check_interval: int = 10,
-    keys: "Keys | None" = None,
+    keys: Keys | None = None,
     who: str = "",
 ) -> redis.Redis:
     """A client that rides out short outages (a restart, a failover) on its own.

@@ -75,7 +75,7 @@ class EmbeddedRedis:
     def log_path(self) -> Path:
         return self.data_dir / "redis.log"
 
-    def start(self, timeout_s: float = 15.0) -> "EmbeddedRedis":
+    def start(self, timeout_s: float = 15.0) -> EmbeddedRedis:
         """Start the server (same port and data dir as before) and wait until it answers."""
         if self.running:
             return self
@@ -131,7 +131,7 @@ class EmbeddedRedis:
             self.process.kill()
             self.process.wait()
 
-    def __enter__(self) -> "EmbeddedRedis":
+    def __enter__(self) -> EmbeddedRedis:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

@@ -10,6 +10,7 @@ import redis
 
 from streamcap.bus.schema import HEARTBEAT_STALE_S, HEARTBEAT_TTL_S, Keys
 
+
 def write_heartbeat(
     r: redis.Redis, keys: Keys, role: str, instance: str, fields: dict[str, Any], ttl_s: int = HEARTBEAT_TTL_S
 ) -> None:

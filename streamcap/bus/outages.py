@@ -17,7 +17,8 @@ import json
 import logging
 import threading
 import time
-from typing import Any, Callable, TypeVar
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import redis
 from redis.backoff import ExponentialWithJitterBackoff, NoBackoff
@@ -57,10 +58,10 @@ class OutageWatch(Retry):
         self._since: float | None = None
         self._lock = threading.Lock()
 
-    def __deepcopy__(self, memo: dict) -> "OutageWatch":
+    def __deepcopy__(self, memo: dict) -> OutageWatch:
         return self  # redis-py copies the policy per connection; the outage clock must be shared
 
-    def call_with_retry(self, do, fail, is_retryable=None, with_failure_count=False):  # noqa: ANN001, ANN201
+    def call_with_retry(self, do, fail, is_retryable=None, with_failure_count=False):
         sent = [0.0]
 
         def timed() -> Any:
@@ -100,7 +101,7 @@ def ping(r: redis.Redis) -> None:
 
 
 def wait_for_redis(
-    r: redis.Redis, timeout_s: float | None = None, *, what: str = "Redis", keys: "Keys | None" = None,
+    r: redis.Redis, timeout_s: float | None = None, *, what: str = "Redis", keys: Keys | None = None,
     who: str = "", stop: Callable[[], bool] | None = None,
 ) -> None:
     """Block until the server answers, logging one line per ~10 s of waiting.
@@ -148,7 +149,7 @@ def _single_try_client(r: redis.Redis) -> redis.Redis:
     return redis.Redis(connection_pool=redis.ConnectionPool(connection_class=r.connection_pool.connection_class, **kwargs))
 
 
-def record_outage(r: redis.Redis, keys: "Keys", seconds: float, who: str) -> None:
+def record_outage(r: redis.Redis, keys: Keys, seconds: float, who: str) -> None:
     """Note an outage a process waited out: shown by `streamcap status`, never fatal."""
     try:
         pipe = r.pipeline(transaction=True)
@@ -161,7 +162,7 @@ def record_outage(r: redis.Redis, keys: "Keys", seconds: float, who: str) -> Non
 
 
 def wait_out_outage(r: redis.Redis, error: BaseException, *, what: str, stop: Callable[[], bool] | None = None,
-                    keys: "Keys | None" = None, who: str = "") -> bool:
+                    keys: Keys | None = None, who: str = "") -> bool:
     """After `error` (one of REDIS_DOWN) during `what`: log it, then wait until Redis answers.
 
     True once it does (the outage recorded as seen by `who` with `keys`, see `wait_for_redis`);
@@ -176,7 +177,7 @@ def wait_out_outage(r: redis.Redis, error: BaseException, *, what: str, stop: Ca
 
 
 def call_through_outages(r: redis.Redis, fn: Callable[[], T], *, what: str, stop: Callable[[], bool] | None = None,
-                         on_back: Callable[[], None] | None = None, keys: "Keys | None" = None, who: str = "") -> T:
+                         on_back: Callable[[], None] | None = None, keys: Keys | None = None, who: str = "") -> T:
     """`fn()`, called again after each outage it runs into is waited out (`wait_out_outage`).
 
     `on_back()` runs when Redis is back, before the next try (e.g. to recreate a consumer group

@@ -25,7 +25,8 @@ import signal
 import sys
 import types
 import typing
-from typing import Annotated, Any, Callable, Iterable, Mapping, Optional, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Annotated, Any
 
 import typer
 
@@ -129,7 +130,7 @@ def _option_fields(cls: type, only: Iterable[str] | None, exclude: Iterable[str]
 def _option_parameter(cls: type, name: str, value_type: Any) -> inspect.Parameter:
     """`name: Annotated[Optional[value_type], option(cls, name)] = None`: None means "not given"."""
     return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=None,
-                             annotation=Annotated[Optional[value_type], option(cls, name)])
+                             annotation=Annotated[value_type | None, option(cls, name)])
 
 
 def _without_none(hint: Any) -> Any:

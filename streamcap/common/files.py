@@ -17,9 +17,10 @@ from __future__ import annotations
 
 import os
 import secrets
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import IO, Iterator
+from typing import IO
 
 # Permission bits of a new file, before the umask: what open() gives (0o666 & ~umask).
 DEFAULT_PERMS = 0o666

@@ -19,9 +19,10 @@ import dataclasses
 import json
 import os
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 from streamcap.common.secrets import PASSWORD_ENV, redact, with_password
 
@@ -126,7 +127,7 @@ def directory_path(v: Any) -> str | None:
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
 
-_PATH_TYPES = (Path, "Path", "Path | None", Optional[Path], "Optional[Path]")
+_PATH_TYPES = (Path, "Path", "Path | None", Optional[Path], "Optional[Path]")  # noqa: UP045 (matches old spellings)
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -30,13 +30,13 @@ from rich.live import Live
 from rich.table import Table
 
 from streamcap import bus
-from streamcap.ops import status
-from streamcap.text.captions import process_caption
+from streamcap.bus.embedded import EmbeddedRedis
 from streamcap.demo.config import DemoSettings
 from streamcap.demo.data import write_eval_set, write_source_parquet
 from streamcap.demo.processes import ServiceFailed, Services
 from streamcap.demo.server import WorldServer
-from streamcap.bus.embedded import EmbeddedRedis
+from streamcap.ops import status
+from streamcap.text.captions import process_caption
 
 NAMESPACE = "demo"
 RUN_ID = "demo"

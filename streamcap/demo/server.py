@@ -75,7 +75,7 @@ class WorldServer:
         self._loop.run_until_complete(self._runner.cleanup())
         self._loop.close()
 
-    def start(self) -> "WorldServer":
+    def start(self) -> WorldServer:
         self._thread = threading.Thread(target=self._serve, name="demo-http", daemon=True)
         self._thread.start()
         if not self._ready.wait(10):
@@ -87,7 +87,7 @@ class WorldServer:
             self._loop.call_soon_threadsafe(self._loop.stop)
             self._thread.join(10)
 
-    def __enter__(self) -> "WorldServer":
+    def __enter__(self) -> WorldServer:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

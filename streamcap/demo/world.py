@@ -54,7 +54,7 @@ class Scene:
     jitter: int
 
     @classmethod
-    def sample(cls, rng: random.Random) -> "Scene":
+    def sample(cls, rng: random.Random) -> Scene:
         colour_a, colour_b = rng.sample(sorted(COLOURS), 2)
         return cls(
             colour_a=colour_a, shape_a=rng.choice(SHAPES), colour_b=colour_b, shape_b=rng.choice(SHAPES),
@@ -63,7 +63,7 @@ class Scene:
         )
 
     @classmethod
-    def for_index(cls, seed: int, index: int) -> "Scene":
+    def for_index(cls, seed: int, index: int) -> Scene:
         return cls.sample(random.Random(f"{seed}:{index}"))
 
     # --- captions ---

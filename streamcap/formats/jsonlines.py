@@ -7,8 +7,9 @@ as a failure of its part, not an error that stops the run.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 
 def iter_objects(path: Path, error: type[Exception]) -> Iterator[tuple[str, dict[str, Any]]]:

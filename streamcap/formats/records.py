@@ -70,7 +70,7 @@ class SourceRecord:
     def parts(self) -> int:
         return (self.rows + self.part_size - 1) // self.part_size
 
-    def part(self, index: int) -> "PartRecord":
+    def part(self, index: int) -> PartRecord:
         start = index * self.part_size
         return PartRecord(source=self.id, part=index, start=start, end=min(start + self.part_size, self.rows))
 
@@ -78,7 +78,7 @@ class SourceRecord:
         return dataclasses.asdict(self) | {"extra_caption_cols": list(self.extra_caption_cols)}
 
     @classmethod
-    def from_message(cls, msg: dict[str, Any]) -> "SourceRecord":
+    def from_message(cls, msg: dict[str, Any]) -> SourceRecord:
         fields = {f.name for f in dataclasses.fields(cls)}
         data = {k: v for k, v in msg.items() if k in fields}
         data["extra_caption_cols"] = tuple(data.get("extra_caption_cols", ()))
@@ -106,7 +106,7 @@ class PartRecord:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_message(cls, msg: dict[str, Any]) -> "PartRecord":
+    def from_message(cls, msg: dict[str, Any]) -> PartRecord:
         return cls(source=msg["source"], part=int(msg["part"]), start=int(msg["start"]), end=int(msg["end"]))
 
 
@@ -135,7 +135,7 @@ class ShardRecord:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_message(cls, msg: dict[str, Any]) -> "ShardRecord":
+    def from_message(cls, msg: dict[str, Any]) -> ShardRecord:
         fields = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in msg.items() if k in fields})
 
@@ -157,7 +157,7 @@ class CheckpointRecord:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_message(cls, msg: dict[str, Any]) -> "CheckpointRecord":
+    def from_message(cls, msg: dict[str, Any]) -> CheckpointRecord:
         return cls(path=msg["path"], step=int(msg["step"]), run=msg["run"], created=float(msg.get("created", 0.0)))
 
 
@@ -207,7 +207,7 @@ class PartStats:
         }
 
     @classmethod
-    def from_json(cls, d: dict[str, Any]) -> "PartStats":
+    def from_json(cls, d: dict[str, Any]) -> PartStats:
         return cls(
             source=d["source"], part=int(d["part"]), start=int(d["start"]), end=int(d["end"]),
             samples=int(d["samples"]), bytes_downloaded=int(d.get("bytes_downloaded", 0)),

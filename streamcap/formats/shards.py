@@ -17,9 +17,10 @@ from __future__ import annotations
 
 import json
 import tarfile
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 from streamcap.formats.records import source_slug
 

@@ -20,14 +20,14 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from streamcap.model.encoder import ImageEncoder
 from streamcap.model.config import PRESETS, ModelConfig
+from streamcap.model.encoder import ImageEncoder
 
 __all__ = [
     "IMAGE_MEAN", "IMAGE_STD", "ModelConfig", "PRESETS", "CaptionModel", "ImageEncoder",
@@ -273,7 +273,7 @@ class CaptionModel(nn.Module):
         self.encoder.trunk_frozen = not flag
         self.train(self.training)
 
-    def train(self, mode: bool = True) -> "CaptionModel":
+    def train(self, mode: bool = True) -> CaptionModel:
         super().train(mode)
         if self.encoder.trunk_frozen:
             self.encoder.trunk.eval()

@@ -64,7 +64,7 @@ class ModelConfig:
             raise ValueError(f"pad_id, bos_id and eos_id must differ, got {ids}")
 
     @classmethod
-    def from_preset(cls, name: str, tokenizer: Any = None, **overrides: Any) -> "ModelConfig":
+    def from_preset(cls, name: str, tokenizer: Any = None, **overrides: Any) -> ModelConfig:
         """A named preset; `tokenizer` (a WordPieceTokenizer) sets vocab_size and the special ids."""
         if name not in PRESETS:
             raise ValueError(f"unknown model preset {name!r}; choose one of {', '.join(sorted(PRESETS))}")
@@ -77,7 +77,7 @@ class ModelConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "ModelConfig":
+    def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:

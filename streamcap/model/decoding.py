@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import bisect
 import contextlib
-from typing import Iterator
+from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F

@@ -11,16 +11,16 @@ becomes a result with an `error` (one line); every other image still gets its ca
 from __future__ import annotations
 
 import glob
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator
 
 import torch
 from PIL import Image, UnidentifiedImageError
 
+from streamcap.model.caption_model import image_transform
 from streamcap.model.checkpoint import LoadedCheckpoint
 from streamcap.model.decoding import beam_search_with_scores
-from streamcap.model.caption_model import image_transform
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
 

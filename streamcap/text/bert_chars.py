@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import bisect
 import unicodedata
-from functools import lru_cache
+from functools import cache
 
 # Rust's char::is_whitespace (the White_Space property), which `tokenizers` uses.
 WHITESPACE = frozenset(
@@ -87,7 +87,7 @@ def is_cjk(cp: int) -> bool:
     )
 
 
-@lru_cache(maxsize=None)
+@cache
 def char_class(ch: str) -> str:
     """How clean-text treats one raw character: 'drop', 'space', 'cjk' or 'plain'."""
     cp = ord(ch)
@@ -102,7 +102,7 @@ def char_class(ch: str) -> str:
     return "cjk" if is_cjk(cp) else "plain"
 
 
-@lru_cache(maxsize=None)
+@cache
 def is_nonspacing_mark(ch: str) -> bool:
     """A character accent stripping removes after NFD."""
     cp = ord(ch)
@@ -111,7 +111,7 @@ def is_nonspacing_mark(ch: str) -> bool:
     return unicodedata.category(ch) == "Mn" and not _in_ranges(_HF_NOT_MARK, cp)
 
 
-@lru_cache(maxsize=None)
+@cache
 def is_punctuation(ch: str) -> bool:
     """BERT punctuation: all ASCII punctuation (so $ + < = > ^ ` | ~ too) and Unicode P*."""
     cp = ord(ch)

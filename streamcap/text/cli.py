@@ -8,7 +8,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -19,10 +19,10 @@ def build_command(
     captions: Annotated[list[Path], typer.Argument(help="Caption files (.parquet, .jsonl, .txt) or directories.")],
     out: Annotated[Path, typer.Option("--out", help="Where to write vocab.txt.")],
     size: Annotated[int, typer.Option("--size", min=10, help="Vocabulary size, special tokens included.")] = 15000,
-    base: Annotated[Optional[Path], typer.Option(
+    base: Annotated[Path | None, typer.Option(
         "--base", help="A base vocab.txt (e.g. bert-base-uncased) to keep the corpus's most frequent pieces of; "
                        "without it, a vocabulary is trained from the corpus alone.")] = None,
-    column: Annotated[Optional[str], typer.Option(
+    column: Annotated[str | None, typer.Option(
         "--column", help="Caption column (parquet) or field (jsonl); default: the first of llava_caption, "
                          "caption, text, alt_txt, ...")] = None,
     sentences: Annotated[int, typer.Option("--sentences", min=0,

@@ -21,8 +21,8 @@ from __future__ import annotations
 import os
 import re
 import unicodedata
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Iterable, Sequence
 
 from streamcap.common.files import OWNER_ONLY, atomic_write_text
 from streamcap.text.bert_chars import char_class, is_nonspacing_mark, is_punctuation
@@ -111,11 +111,11 @@ class WordPieceTokenizer:
     # --- construction and storage ------------------------------------------------------------
 
     @classmethod
-    def from_vocab(cls, tokens: Iterable[str]) -> "WordPieceTokenizer":
+    def from_vocab(cls, tokens: Iterable[str]) -> WordPieceTokenizer:
         return cls(list(tokens))
 
     @classmethod
-    def from_file(cls, vocab_path: str | os.PathLike) -> "WordPieceTokenizer":
+    def from_file(cls, vocab_path: str | os.PathLike) -> WordPieceTokenizer:
         """Load a BERT-style vocab.txt: one token per line, the line number is the id."""
         path = Path(vocab_path)
         try:

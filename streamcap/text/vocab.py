@@ -23,11 +23,11 @@ from __future__ import annotations
 
 import heapq
 from collections import Counter, defaultdict
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Iterable, Iterator
 
-from streamcap.text.captions import process_caption
 from streamcap.formats.jsonlines import iter_objects
+from streamcap.text.captions import process_caption
 from streamcap.text.tokenizer import CONTINUATION, SPECIAL_TOKENS, WordPieceTokenizer, basic_tokenize
 
 CAPTION_SUFFIXES = (".parquet", ".jsonl", ".json", ".txt")

@@ -19,7 +19,7 @@ from urllib.parse import quote
 
 from streamcap.downloader.config import DownloaderSettings
 from streamcap.downloader.service import Worker
-from tests.support.addresses import loopback_one_is_public, MapResolver
+from tests.support.addresses import MapResolver, loopback_one_is_public
 from tests.support.fleet import download
 from tests.support.http import ImageServer
 from tests.support.images import jpeg_bytes

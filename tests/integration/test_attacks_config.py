@@ -26,25 +26,25 @@ import pyarrow.parquet as pq
 import pytest
 import typer
 
+from streamcap import bus
+from streamcap.bus.embedded import EmbeddedRedis, free_port
+from streamcap.cli import app
+from streamcap.common.commands import run_app
+from streamcap.common.settings import CommonSettings, ConfigError
+from streamcap.demo.config import DemoSettings
 from streamcap.downloader.config import DownloaderSettings, EnqueueSettings
 from streamcap.downloader.enqueue import describe_source, enqueue
 from streamcap.eval.config import EvalSettings
 from streamcap.shardwriter.audit import audit
 from streamcap.shardwriter.config import ShardWriterSettings
-from streamcap import bus
-from streamcap.cli import app
-from streamcap.common.commands import run_app
-from streamcap.demo.config import DemoSettings
-from streamcap.bus.embedded import EmbeddedRedis, free_port
-from streamcap.common.settings import CommonSettings, ConfigError
 from streamcap.text.tokenizer import WordPieceTokenizer
 from streamcap.text.vocab import count_words, train_vocab
+from streamcap.trainer.config import TrainerSettings
 from tests.support.evalsets import karpathy_set
-from tests.support.fleet import download, STREAMCAP
+from tests.support.fleet import STREAMCAP, download
 from tests.support.http import ImageServer
 from tests.support.images import jpeg_bytes
 from tests.support.pipeline import CAPTION, enqueue_rows, final_audit, outcomes, wait_until
-from streamcap.trainer.config import TrainerSettings
 
 # Every command of the CLI that builds settings: its settings class and positional arguments.
 COMMANDS: dict[tuple[str, ...], tuple[type, list[str]]] = {
@@ -308,7 +308,7 @@ def test_services_started_before_redis_wait_for_it_then_carry_on(keys, tmp_path)
         waiting = f"cannot reach Redis at 127.0.0.1:{port}"
         # Each says why it waits (after its client's own ~10 s of retries) and keeps waiting.
         for name in procs:
-            wait_until(lambda: waiting in log_of(tmp_path, name) and "retrying" in log_of(tmp_path, name), 60,
+            wait_until(lambda name=name: waiting in log_of(tmp_path, name) and "retrying" in log_of(tmp_path, name), 60,
                        f"{name} to report the unreachable Redis")
         assert all(proc.poll() is None for proc in procs.values()), {n: log_of(tmp_path, n) for n in procs}
         with EmbeddedRedis(data_dir=tmp_path / "redis", port=port) as late:

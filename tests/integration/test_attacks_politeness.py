@@ -56,7 +56,7 @@ def test_x_robots_tag_opt_outs_are_skipped_without_reading_the_body(r, keys, red
         requests = {int(req.arg("i")): req for req in server.requests_to("/robots")}
     assert sorted(requests) == list(range(len(ROBOTS)))  # one request per row: an opt-out is not retried
     rows = outcomes(shard_dir)
-    for i, (tags, name, skipped) in enumerate(ROBOTS):
+    for i, (tags, _name, skipped) in enumerate(ROBOTS):
         req = requests[i]
         if skipped:
             assert rows[i][0] == "opted_out", (tags, rows[i])

@@ -20,21 +20,22 @@ import subprocess
 import tarfile
 import uuid
 import zlib
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 
-from streamcap.shardwriter.registry import registered_shards
 from streamcap import bus
 from streamcap.formats.records import ShardRecord
 from streamcap.formats.shards import sample_key
+from streamcap.shardwriter.registry import registered_shards
 from streamcap.text.tokenizer import WordPieceTokenizer
 from streamcap.text.vocab import count_words, train_vocab
-from tests.support.fleet import STREAMCAP
-from tests.support.images import jpeg_bytes, png_claiming
 from streamcap.trainer.augment import SharedLevel
 from streamcap.trainer.dataset import LoaderSpec, ShardStreamDataset, make_loader
+from tests.support.fleet import STREAMCAP
+from tests.support.images import jpeg_bytes, png_claiming
 
 OUTSIDE = f"evil-{uuid.uuid4().hex[:8]}"  # what an extracting reader would create outside the shard dir
 

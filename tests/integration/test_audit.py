@@ -7,12 +7,12 @@ import shutil
 
 import pytest
 
-from streamcap.shardwriter.audit import audit
-from streamcap.shardwriter.registry import registered_shards
-from streamcap.shardwriter.tempfiles import TempOwner, temp_path
 from streamcap import bus
 from streamcap.cli import app
 from streamcap.common.commands import run_app
+from streamcap.shardwriter.audit import audit
+from streamcap.shardwriter.registry import registered_shards
+from streamcap.shardwriter.tempfiles import TempOwner, temp_path
 from tests.support.parts import claim_part, enqueue_source, process_part
 
 

@@ -11,8 +11,8 @@ import pytest
 import torch
 from PIL import Image
 
-from streamcap.model.checkpoint import save_checkpoint
 from streamcap.model.caption_model import CaptionModel, ModelConfig
+from streamcap.model.checkpoint import save_checkpoint
 from streamcap.text.tokenizer import WordPieceTokenizer
 
 ROOT = Path(__file__).resolve().parents[2]

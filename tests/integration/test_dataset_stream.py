@@ -15,10 +15,10 @@ import pytest
 
 from streamcap import bus
 from streamcap.formats.records import ShardRecord
+from streamcap.shardwriter.synthetic import add_part, demo_samples, demo_tokenizer, register_shard
 from streamcap.trainer.augment import SharedLevel
 from streamcap.trainer.dataset import LoaderSpec, ShardStreamDataset, make_loader
 from streamcap.trainer.shardqueue import ReadLedger
-from streamcap.shardwriter.synthetic import add_part, demo_samples, demo_tokenizer, register_shard
 
 
 def spec(redis_url: str, keys, shard_dir: Path, workers: int = 0, **overrides) -> LoaderSpec:

@@ -13,14 +13,14 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from streamcap.downloader.config import DownloaderSettings
-from streamcap.downloader.service import Worker
-from streamcap.shardwriter.audit import audit
 from streamcap import bus
 from streamcap.bus.embedded import EmbeddedRedis, free_port
+from streamcap.downloader.config import DownloaderSettings
+from streamcap.downloader.service import Worker
 from streamcap.formats.shards import iter_samples
-from tests.support.addresses import loopback_one_is_public, MapResolver
-from tests.support.fleet import cli_json, Fleet
+from streamcap.shardwriter.audit import audit
+from tests.support.addresses import MapResolver, loopback_one_is_public
+from tests.support.fleet import Fleet, cli_json
 from tests.support.http import ImageServer
 from tests.support.images import encode, jpeg_bytes, photo, png_claiming
 from tests.support.pipeline import enqueue_rows, failure_counters, final_audit, pending_parts, wait_until

@@ -10,9 +10,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from streamcap import bus
 from streamcap.downloader.config import EnqueueSettings
 from streamcap.downloader.enqueue import describe_source, enqueue
-from streamcap import bus
 from streamcap.formats.records import PartRecord
 
 STREAMCAP = [sys.executable, "-m", "streamcap"]

@@ -126,9 +126,9 @@ def test_run_with_a_damaged_checkpoint_names_the_file(eval_files, tmp_path):
 def test_device_cuda_without_a_gpu_is_a_setting_error():
     import torch
 
+    from streamcap.common.settings import ConfigError
     from streamcap.eval.captioner import pick_device
     from streamcap.eval.config import EvalSettings
-    from streamcap.common.settings import ConfigError
 
     if torch.cuda.is_available():
         assert pick_device(EvalSettings(device="cuda")).type == "cuda"

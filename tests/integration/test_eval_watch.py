@@ -13,11 +13,11 @@ from pathlib import Path
 
 import pytest
 
+from streamcap import bus
 from streamcap.eval.config import EvalSettings
 from streamcap.eval.datasets import load_eval_set
 from streamcap.eval.outputs import EvalResult
 from streamcap.eval.watcher import Watcher
-from streamcap import bus
 from tests.support.evalsets import karpathy_set, publish, tiny_checkpoint
 from tests.support.pipeline import wait_until
 

@@ -20,10 +20,10 @@ from pathlib import Path
 
 import pytest
 
-from streamcap.shardwriter import faults
 from streamcap import bus
 from streamcap.formats.shards import stats_name
-from tests.support.fleet import fault_env, Fleet, process_state
+from streamcap.shardwriter import faults
+from tests.support.fleet import Fleet, fault_env, process_state
 from tests.support.pipeline import enqueue_rows, final_audit, histogram_line, paced_rows, pending_parts, wait_until
 
 KILLS = 10
@@ -71,7 +71,7 @@ def test_a_kill_at_each_commit_window_ends_with_the_part_committed_once(r, redis
         fleet = fleets(redis_url, wkeys, shard_dir, name=f"{window}-logs")
         fleet.start("--lease-seconds", "1", "--parts-in-flight", "1", env=fault_env(window, part="src:0"))
         runs[window] = (wkeys, shard_dir, fleet)
-    for window, (wkeys, shard_dir, fleet) in runs.items():
+    for window, (wkeys, _shard_dir, fleet) in runs.items():
         [victim] = fleet.procs
         assert victim.wait(90) == -signal.SIGKILL, f"{window}: " + fleet.tail(victim)
         fleet.killed.add(victim.pid)

@@ -9,9 +9,9 @@ Each ends with the accounting check once every process is gone: lost = 0, duplic
 
 from __future__ import annotations
 
-from streamcap.shardwriter import tempfiles
 from streamcap import bus
 from streamcap.ops.partqueue import read_part_queue
+from streamcap.shardwriter import tempfiles
 from tests.support.fleet import cli_json, fault_env, heartbeats
 from tests.support.pipeline import enqueue_rows, final_audit, paced_rows, wait_until, write_parquet
 
@@ -50,8 +50,8 @@ def test_a_full_disk_registers_nothing_and_the_service_waits_for_space_or_gives_
         fleet.start("--exit-when-empty", "--lease-seconds", "2", "--max-deliveries", "1" if case == "stays_full" else "5",
                     env=fault_env("enospc", while_file=full))
         runs[case] = (ckeys, shard_dir, full, fleet)
-    for case, (ckeys, shard_dir, full, fleet) in runs.items():
-        [beat] = wait_until(lambda: [b for b in heartbeats(r, ckeys) if b["state"] == "paused_for_disk"], 60,
+    for case, (ckeys, _shard_dir, _full, fleet) in runs.items():
+        [beat] = wait_until(lambda ckeys=ckeys: [b for b in heartbeats(r, ckeys) if b["state"] == "paused_for_disk"], 60,
                             f"{case}: the downloader to pause for the full disk")
         assert beat["reason"].startswith("disk_full: No space left on device"), beat
         assert "shard disk full: no new parts" in fleet.logs()
@@ -63,7 +63,7 @@ def test_a_full_disk_registers_nothing_and_the_service_waits_for_space_or_gives_
         assert tempfiles.temp_files(shard_dir) == []
     frees_up, stays_full = runs["frees_up"], runs["stays_full"]
     frees_up[2].unlink()  # space is back
-    for case, (ckeys, shard_dir, _full, fleet) in runs.items():
+    for _case, (_ckeys, _shard_dir, _full, fleet) in runs.items():
         fleet.wait_all(90)  # the same process, up all along, finished or gave up by itself
     report = final_audit(r, frees_up[0], frees_up[1])
     assert report.parts["done"] == 1 and report.samples == 4 and report.deliveries == {2: 1}

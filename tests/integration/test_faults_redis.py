@@ -13,10 +13,10 @@ from __future__ import annotations
 import signal
 import time
 
-from streamcap.shardwriter.audit import audit
-from streamcap import bus
 from benchmarks.redis_proxy import RedisProxy
-from tests.support.fleet import cli_json, COMMIT_SHA, trainer_args, trainer_step
+from streamcap import bus
+from streamcap.shardwriter.audit import audit
+from tests.support.fleet import COMMIT_SHA, cli_json, trainer_args, trainer_step
 from tests.support.pipeline import CAPTION, enqueue_rows, final_audit, paced_rows, pending_parts, vocab_file, wait_until
 
 

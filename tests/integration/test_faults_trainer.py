@@ -14,12 +14,11 @@ import signal
 from pathlib import Path
 
 from streamcap import bus
-from tests.support.fleet import children, Fleet, trainer_args
+from streamcap.trainer.metrics_sink import read_metrics
+from tests.support.fleet import Fleet, children, trainer_args
 from tests.support.parts import enqueue_source, process_part
 from tests.support.pipeline import final_audit, vocab_file, wait_until
-from streamcap.trainer.metrics_sink import read_metrics
 
-__all__ = ["fleets"]  # fixture
 PARTS = 30  # 30 shards of 5 samples (every 7th row of 6 is a failure): ~38 steps of batch 4
 
 

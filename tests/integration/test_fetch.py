@@ -14,7 +14,7 @@ import pytest
 
 from streamcap.downloader.config import DownloaderSettings
 from streamcap.downloader.fetch import Fetcher
-from tests.support.addresses import loopback_one_is_public, MapResolver
+from tests.support.addresses import MapResolver, loopback_one_is_public
 from tests.support.http import ImageServer
 from tests.support.images import jpeg_bytes
 from tests.support.pipeline import wait_until

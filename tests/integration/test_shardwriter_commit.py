@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
+from streamcap import bus
 from streamcap.shardwriter.commit import ALREADY_DONE, COMMITTED, LOST_CLAIM, PartClaim, commit_part
 from streamcap.shardwriter.registry import registered_shards
 from streamcap.shardwriter.writer import PartSuperseded, PartWriter
-from streamcap import bus
 from tests.support.images import jpeg_bytes
 from tests.support.parts import claim_part, enqueue_source, write_rows
 

@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pytest
 
+from streamcap import bus
 from streamcap.shardwriter import faults
 from streamcap.shardwriter.audit import audit
 from streamcap.shardwriter.reconcile import reconcile
-from streamcap import bus
 from tests.support.parts import enqueue_source, process_part
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -7,10 +7,10 @@ import time
 
 import pytest
 
-from streamcap.shardwriter.registry import load_sources, registered_shards, save_source
-from streamcap.shardwriter.retention import disk_pressure, gc, shard_bytes_on_disk
 from streamcap import bus
 from streamcap.ops import status
+from streamcap.shardwriter.registry import load_sources, registered_shards, save_source
+from streamcap.shardwriter.retention import disk_pressure, gc, shard_bytes_on_disk
 from tests.support.parts import enqueue_source, process_part
 
 

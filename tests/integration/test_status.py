@@ -6,8 +6,8 @@ import json
 import time
 
 from streamcap import bus
-from streamcap.ops import status
 from streamcap.formats.records import PartRecord
+from streamcap.ops import status
 from streamcap.ops.status_view import render
 from tests.support.parts import enqueue_source
 

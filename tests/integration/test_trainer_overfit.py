@@ -8,12 +8,12 @@ import io
 import torch
 from PIL import Image
 
+from streamcap.model.caption_model import image_transform
 from streamcap.model.checkpoint import load_checkpoint
 from streamcap.model.decoding import greedy_decode
-from streamcap.model.caption_model import image_transform
+from streamcap.shardwriter.synthetic import add_part, demo_samples, demo_tokenizer
 from streamcap.trainer.config import TrainerSettings
 from streamcap.trainer.metrics_sink import read_metrics
-from streamcap.shardwriter.synthetic import add_part, demo_samples, demo_tokenizer
 
 STEPS = 150
 

@@ -14,9 +14,9 @@ import pytest
 import torch
 
 from streamcap import bus
+from streamcap.shardwriter.synthetic import add_part, demo_samples, demo_tokenizer
 from streamcap.trainer.config import TrainerSettings
 from streamcap.trainer.metrics_sink import read_metrics
-from streamcap.shardwriter.synthetic import add_part, demo_samples, demo_tokenizer
 from tests.support.pipeline import wait_until
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -50,8 +50,8 @@ def tiny_checkpoint(path: Path, *, seed: int = 0, step: int = 100, run: str = "r
     """A randomly initialised tiny model saved with `save_checkpoint` (no training)."""
     import torch
 
-    from streamcap.model.checkpoint import save_checkpoint
     from streamcap.model.caption_model import CaptionModel, ModelConfig
+    from streamcap.model.checkpoint import save_checkpoint
     from streamcap.text.tokenizer import WordPieceTokenizer
 
     torch.manual_seed(seed)

@@ -14,8 +14,8 @@ tests ask for them by name and never import them.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 

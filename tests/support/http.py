@@ -47,8 +47,8 @@ import threading
 import time
 import zlib
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
 from urllib.parse import parse_qs, urlsplit
 
 HANGUP_GRACE_S = 1.0      # /robots waits this long for a hang-up before it sends the body
@@ -172,7 +172,7 @@ class ImageServer:
         self._tasks: set[asyncio.Task] = set()
 
     # --- lifecycle ---
-    def __enter__(self) -> "ImageServer":
+    def __enter__(self) -> ImageServer:
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True, name="test-http")
         self._thread.start()
@@ -383,7 +383,7 @@ def never_accepting_port(host: str = "127.0.0.1") -> Iterator[int]:
         for _ in range(16):
             try:  # a completed handshake waits in the queue even once closed
                 fillers.append(socket.create_connection(address, timeout=0.5))
-            except (socket.timeout, TimeoutError):
+            except TimeoutError:
                 break  # the queue is full: nothing gets through any more
         else:
             raise RuntimeError("could not fill the accept queue of a loopback listener")

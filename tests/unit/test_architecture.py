@@ -10,8 +10,9 @@ from __future__ import annotations
 import ast
 import subprocess
 import sys
-import tomllib
 from pathlib import Path
+
+import tomllib
 
 ROOT = Path(__file__).resolve().parents[2]
 SERVICES = ("downloader", "shardwriter", "trainer", "eval")

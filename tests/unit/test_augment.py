@@ -56,7 +56,7 @@ def test_never_flips_left_and_right():
         assert (left[..., 0] - left[..., 2]).mean() > (right[..., 0] - right[..., 2]).mean(), seed
 
 
-def _read_level(level: SharedLevel, out: "multiprocessing.Queue") -> None:
+def _read_level(level: SharedLevel, out: multiprocessing.Queue) -> None:
     out.put(level.get())
 
 

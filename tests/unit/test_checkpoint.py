@@ -7,9 +7,9 @@ import threading
 import pytest
 import torch
 
+from streamcap.model.caption_model import CaptionModel, ModelConfig
 from streamcap.model.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from streamcap.model.decoding import beam_search_with_scores
-from streamcap.model.caption_model import CaptionModel, ModelConfig
 from streamcap.text.tokenizer import WordPieceTokenizer
 
 VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a", "dog", "on", "the", "beach", "."]

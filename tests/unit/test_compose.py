@@ -43,7 +43,7 @@ def compose() -> dict:
 
 @pytest.fixture(scope="module")
 def compose_cpu() -> dict:
-    return yaml.load(COMPOSE_CPU.read_text(), Loader=ComposeLoader)  # noqa: S506 (a SafeLoader subclass)
+    return yaml.load(COMPOSE_CPU.read_text(), Loader=ComposeLoader)
 
 
 def test_compose_validates_against_the_compose_specification():
@@ -154,8 +154,8 @@ def test_every_variable_is_documented_in_env_example():
 
 
 def command_tree():
-    from streamcap.eval.cli import eval_app
     from streamcap.cli import app as streamcap_app
+    from streamcap.eval.cli import eval_app
     from streamcap.trainer.__main__ import main as _trainer_main  # noqa: F401  (the module torchrun runs)
     from streamcap.trainer.cli import train_command
 

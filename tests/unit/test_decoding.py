@@ -7,8 +7,8 @@ import itertools
 import pytest
 import torch
 
-from streamcap.model.decoding import beam_search, beam_search_with_scores, greedy_decode, length_penalty
 from streamcap.model.caption_model import CaptionModel, ModelConfig
+from streamcap.model.decoding import beam_search, beam_search_with_scores, greedy_decode, length_penalty
 
 # [PAD]=0 [UNK]=1 [CLS]=2 [SEP]=3 and two words: three tokens may be generated (UNK, 4, 5).
 VOCAB = 6

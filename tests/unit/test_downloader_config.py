@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from streamcap.downloader.config import DownloaderSettings, EnqueueSettings
 from streamcap.common.settings import ConfigError
+from streamcap.downloader.config import DownloaderSettings, EnqueueSettings
 
 
 def test_defaults_follow_the_issue():

@@ -9,7 +9,12 @@ import pytest
 
 from streamcap.downloader.fetch import retry_after_seconds, robots_opt_out
 from streamcap.downloader.security import (
-    BlockedAddressError, InvalidURLError, address_allowed, blocked_reason, check_url, guarded_socket_factory,
+    BlockedAddressError,
+    InvalidURLError,
+    address_allowed,
+    blocked_reason,
+    check_url,
+    guarded_socket_factory,
     parse_ip_host,
 )
 

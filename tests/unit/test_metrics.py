@@ -16,8 +16,16 @@ from pathlib import Path
 import pytest
 from pycocoevalcap.rouge.rouge import my_lcs
 
-from streamcap.eval.metrics import METRICS, ScoringError, _lcs_length, _position_masks, score, score_captions, score_tokenized
 from benchmarks.reference_metrics import reference_scores
+from streamcap.eval.metrics import (
+    METRICS,
+    ScoringError,
+    _lcs_length,
+    _position_masks,
+    score,
+    score_captions,
+    score_tokenized,
+)
 
 REL_TOL = 1e-6
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "ptb" / "expected.json"

@@ -8,8 +8,14 @@ import pytest
 import torch
 from PIL import Image
 
-from streamcap.model.caption_model import (IMAGE_MEAN, CaptionModel, ModelConfig, PRESETS, format_parameter_counts,
-                             image_transform)
+from streamcap.model.caption_model import (
+    IMAGE_MEAN,
+    PRESETS,
+    CaptionModel,
+    ModelConfig,
+    format_parameter_counts,
+    image_transform,
+)
 
 MICRO = dict(backbone="resnet10", image_size=64, d_model=32, n_layers=2, n_heads=2, d_ff=64,
              max_len=12, vocab_size=20, dropout=0.0, pretrained=False)

@@ -1,7 +1,14 @@
 import pytest
 
-from streamcap.formats.records import (CheckpointRecord, FailedRow, PartRecord, PartStats, ShardRecord, SourceRecord,
-                               source_slug)
+from streamcap.formats.records import (
+    CheckpointRecord,
+    FailedRow,
+    PartRecord,
+    PartStats,
+    ShardRecord,
+    SourceRecord,
+    source_slug,
+)
 
 
 def test_source_splits_into_parts_covering_every_row_once():

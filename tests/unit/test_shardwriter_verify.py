@@ -8,11 +8,11 @@ import tarfile
 
 import pytest
 
+from streamcap.common.settings import ConfigError
+from streamcap.formats.records import PartRecord
 from streamcap.shardwriter.config import ShardWriterSettings, parse_size
 from streamcap.shardwriter.verify import check_shard, expand
 from streamcap.shardwriter.writer import PartWriter
-from streamcap.formats.records import PartRecord
-from streamcap.common.settings import ConfigError
 from tests.support.images import jpeg_bytes
 from tests.support.parts import write_rows
 

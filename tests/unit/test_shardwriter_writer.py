@@ -9,10 +9,10 @@ import sys
 
 import pytest
 
-from streamcap.shardwriter import tempfiles
-from streamcap.shardwriter.writer import PartWriter
 from streamcap.formats.records import PartRecord, PartStats
 from streamcap.formats.shards import iter_samples, sample_key, shard_name, stats_name
+from streamcap.shardwriter import tempfiles
+from streamcap.shardwriter.writer import PartWriter
 from tests.support.images import jpeg_bytes
 from tests.support.parts import write_rows
 
