@@ -58,15 +58,29 @@ from streamcap.shardwriter.audit import AuditReport, audit  # noqa: E402
 
 PART_SIZE = 50
 CAPTION = "A dog runs on the beach. It carries a stick."
-LATENCY_S = 0.05         # the image host answers after this long: a run lasts long enough to be disturbed
-EMPTY_EVERY = 31         # rows without a URL: `invalid_url`
-HANG_EVERY = 97          # rows that hang: each ends as `timeout` after --total-timeout
+LATENCY_S = 0.05  # the image host answers after this long: a run lasts long enough to be disturbed
+EMPTY_EVERY = 31  # rows without a URL: `invalid_url`
+HANG_EVERY = 97  # rows that hang: each ends as `timeout` after --total-timeout
 # Fast, small downloads: tiny images, short timeouts, one image worker.
-DOWNLOAD_ARGS = ("--image-workers", "1", "--image-size", "64", "--min-size", "32", "--total-timeout", "3",
-                 "--connect-timeout", "1", "--read-timeout", "2", "--retries", "0")
+DOWNLOAD_ARGS = (
+    "--image-workers",
+    "1",
+    "--image-size",
+    "64",
+    "--min-size",
+    "32",
+    "--total-timeout",
+    "3",
+    "--connect-timeout",
+    "1",
+    "--read-timeout",
+    "2",
+    "--retries",
+    "0",
+)
 KILL_EVERY_S = (1.5, 3.0)
 REDIS_DOWN_S = 2.0
-REDIS_KILL_AT = 0.4      # fraction of parts done
+REDIS_KILL_AT = 0.4  # fraction of parts done
 RESET_EVERY_S, BLACKHOLE_AFTER_S, BLACKHOLE_S = 5.0, 12.0, 10.0
 
 
@@ -132,15 +146,22 @@ class Fleet:
             try:
                 code = proc.wait(max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
-                raise RuntimeError(f"download-{index} still running after {timeout:.0f} s"
-                                   + self.services.tail(f"download-{index}")) from None
+                raise RuntimeError(
+                    f"download-{index} still running after {timeout:.0f} s" + self.services.tail(f"download-{index}")
+                ) from None
             if proc.pid not in self.killed and code != 0:
                 raise RuntimeError(f"download-{index} exited {code}" + self.services.tail(f"download-{index}"))
 
 
 def service_env(redis_url: str, keys: bus.Keys, shard_dir: Path) -> dict[str, str]:
-    return {**os.environ, "REDIS_URL": redis_url, "STREAMCAP_NAMESPACE": keys.namespace,
-            "STREAMCAP_SHARD_DIR": str(shard_dir), "STREAMCAP_ALLOW_PRIVATE": "1", "OMP_NUM_THREADS": "1"}
+    return {
+        **os.environ,
+        "REDIS_URL": redis_url,
+        "STREAMCAP_NAMESPACE": keys.namespace,
+        "STREAMCAP_SHARD_DIR": str(shard_dir),
+        "STREAMCAP_ALLOW_PRIVATE": "1",
+        "OMP_NUM_THREADS": "1",
+    }
 
 
 @dataclass
@@ -168,8 +189,17 @@ def run_once(work: Path, rows: Path, args: argparse.Namespace, chaos: bool) -> O
         # A kill every 1.5-3 s is far beyond any real deployment: a slow part can be in flight at
         # more kills than the default --max-deliveries allows, which would dead-letter it for no
         # fault of its own. A dead part here therefore means a part that really cannot finish.
-        worker_args = ("--exit-when-empty", "--lease-seconds", "3", "--concurrency", "16", "--per-host", "16",
-                       "--max-deliveries", "25")
+        worker_args = (
+            "--exit-when-empty",
+            "--lease-seconds",
+            "3",
+            "--concurrency",
+            "16",
+            "--per-host",
+            "16",
+            "--max-deliveries",
+            "25",
+        )
         fleet = Fleet(services, worker_args)
         outcome, started = Outcome(report=AuditReport(), seconds=0.0), time.monotonic()
         workers = [fleet.start() for _ in range(args.workers)]
@@ -186,8 +216,9 @@ def run_once(work: Path, rows: Path, args: argparse.Namespace, chaos: bool) -> O
     return outcome
 
 
-def _make_chaos(r, keys: bus.Keys, parts: int, fleet: Fleet, workers: list, redis_server, seed: int,
-                outcome: Outcome) -> None:
+def _make_chaos(
+    r, keys: bus.Keys, parts: int, fleet: Fleet, workers: list, redis_server, seed: int, outcome: Outcome
+) -> None:
     """Kill workers at random and Redis once, until every part is done or dead."""
     rng = random.Random(seed)
     next_kill = time.monotonic() + rng.uniform(*KILL_EVERY_S)
@@ -213,11 +244,13 @@ def _make_chaos(r, keys: bus.Keys, parts: int, fleet: Fleet, workers: list, redi
 def line(rows: int, chaos: Outcome, calm: Outcome | None) -> str:
     rep = chaos.report
     reasons = ", ".join(f"{k} {v}" for k, v in sorted(rep.failures_by_reason.items(), key=lambda kv: -kv[1]))
-    text = (f"chaos: {rows} rows, {chaos.kills} downloader kills, {chaos.redis_restarts} redis restart, "
-            f"{chaos.resets} connection resets, {chaos.blackholes} blackhole of {BLACKHOLE_S:.0f} s -> "
-            f"{rep.samples} samples + {rep.failures} failures ({reasons}), lost={rep.lost}, "
-            f"duplicates={rep.duplicates}, redelivered parts={rep.redelivered_parts}, dead parts={rep.parts['dead']}; "
-            f"{chaos.seconds:.0f} s")
+    text = (
+        f"chaos: {rows} rows, {chaos.kills} downloader kills, {chaos.redis_restarts} redis restart, "
+        f"{chaos.resets} connection resets, {chaos.blackholes} blackhole of {BLACKHOLE_S:.0f} s -> "
+        f"{rep.samples} samples + {rep.failures} failures ({reasons}), lost={rep.lost}, "
+        f"duplicates={rep.duplicates}, redelivered parts={rep.redelivered_parts}, dead parts={rep.parts['dead']}; "
+        f"{chaos.seconds:.0f} s"
+    )
     if calm is not None:
         text += f", throughput {calm.seconds / chaos.seconds:.2f}x a calm run ({calm.seconds:.0f} s)"
     if chaos.dead_errors:
@@ -235,8 +268,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=900.0, help="Seconds the downloaders get to finish.")
     parser.add_argument("--no-baseline", dest="baseline", action="store_false", help="Skip the calm run.")
     args = parser.parse_args(argv)
-    with (tempfile.TemporaryDirectory(prefix="streamcap-chaos-") as tmp,
-          WorldServer(seed=args.seed, latency_s=LATENCY_S) as images, hanging_host() as hang_url):
+    with (
+        tempfile.TemporaryDirectory(prefix="streamcap-chaos-") as tmp,
+        WorldServer(seed=args.seed, latency_s=LATENCY_S) as images,
+        hanging_host() as hang_url,
+    ):
         rows = write_rows(Path(tmp) / "chaos.parquet", images.base_url, hang_url, args.rows)
         calm = run_once(Path(tmp) / "calm", rows, args, chaos=False) if args.baseline else None
         chaos = run_once(Path(tmp) / "chaos", rows, args, chaos=True)

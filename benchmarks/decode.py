@@ -59,12 +59,15 @@ def main() -> int:
     model = CaptionModel(cfg).to(device).eval()
     images = torch.randn(args.images, 3, cfg.image_size, cfg.image_size, device=device)
     print(f"preset {args.preset}: {format_parameter_counts(model.parameter_counts())}")
-    print(f"{args.images} images of {cfg.image_size}px on {device} ({torch.get_num_threads()} threads), "
-          f"beam {args.beam}, {args.tokens} tokens per caption, vocab {cfg.vocab_size}")
+    print(
+        f"{args.images} images of {cfg.image_size}px on {device} ({torch.get_num_threads()} threads), "
+        f"beam {args.beam}, {args.tokens} tokens per caption, vocab {cfg.vocab_size}"
+    )
 
     def decode(use_cache: bool):
-        return beam_search_with_scores(model, images, beam_size=args.beam, max_len=args.tokens,
-                                       min_len=args.tokens, use_cache=use_cache)
+        return beam_search_with_scores(
+            model, images, beam_size=args.beam, max_len=args.tokens, min_len=args.tokens, use_cache=use_cache
+        )
 
     with torch.no_grad():
         encode_s, _ = timed(lambda: model.encode(images), device, args.repeats)
@@ -75,10 +78,14 @@ def main() -> int:
     diff = max(abs(c[1] - f[1]) for c, f in zip(cached, full))
     print(f"encoder alone                 {encode_s:8.3f} s")
     for name, total in (("with KV cache", cached_s), ("without KV cache", full_s)):
-        print(f"{name:17s} end to end {total:8.3f} s {tokens / total:9.1f} tokens/s | decode only "
-              f"{total - encode_s:8.3f} s {tokens / max(total - encode_s, 1e-9):9.1f} tokens/s")
-    print(f"speed-up with the cache: {full_s / cached_s:.2f}x end to end, "
-          f"{(full_s - encode_s) / max(cached_s - encode_s, 1e-9):.2f}x decoding (goal >= 3x)")
+        print(
+            f"{name:17s} end to end {total:8.3f} s {tokens / total:9.1f} tokens/s | decode only "
+            f"{total - encode_s:8.3f} s {tokens / max(total - encode_s, 1e-9):9.1f} tokens/s"
+        )
+    print(
+        f"speed-up with the cache: {full_s / cached_s:.2f}x end to end, "
+        f"{(full_s - encode_s) / max(cached_s - encode_s, 1e-9):.2f}x decoding (goal >= 3x)"
+    )
     print(f"captions identical: {agree}; largest score difference {diff:.2e}")
     return 0 if agree else 1
 

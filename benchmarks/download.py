@@ -148,7 +148,7 @@ class TreeCPU:
 
     def __init__(self, root_pid: int, interval: float = 0.25) -> None:
         self.root, self.interval = root_pid, interval
-        self.ticks: dict[tuple[int, str], int] = {}   # (pid, start time) -> utime + stime
+        self.ticks: dict[tuple[int, str], int] = {}  # (pid, start time) -> utime + stime
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -210,19 +210,51 @@ def run_streamcap(parquet: Path, work: Path, concurrency: int) -> dict:
     with EmbeddedRedis(data_dir=out / "redis") as redis_server:
         env = {**os.environ, "REDIS_URL": redis_server.url, "STREAMCAP_SHARD_DIR": str(out / "shards")}
         cli = [sys.executable, "-m", "streamcap"]
-        subprocess.run([*cli, "enqueue", str(parquet), "--part-size", "250"], env=env, check=True,
-                       capture_output=True)
-        cmd = [*cli, "download", "--processes", "2", "--concurrency", str(concurrency), "--per-host",
-               str(concurrency), "--image-size", "256", "--resize-mode", "keep_ratio", "--quality", "95",
-               "--retries", "0", "--total-timeout", str(TIMEOUT_S), "--read-timeout", str(TIMEOUT_S),
-               "--connect-timeout", str(TIMEOUT_S), "--min-size", "0", "--max-aspect-ratio", "0",
-               "--allow-private", "--exit-when-empty", "--log-level", "WARNING"]
+        subprocess.run([*cli, "enqueue", str(parquet), "--part-size", "250"], env=env, check=True, capture_output=True)
+        cmd = [
+            *cli,
+            "download",
+            "--processes",
+            "2",
+            "--concurrency",
+            str(concurrency),
+            "--per-host",
+            str(concurrency),
+            "--image-size",
+            "256",
+            "--resize-mode",
+            "keep_ratio",
+            "--quality",
+            "95",
+            "--retries",
+            "0",
+            "--total-timeout",
+            str(TIMEOUT_S),
+            "--read-timeout",
+            str(TIMEOUT_S),
+            "--connect-timeout",
+            str(TIMEOUT_S),
+            "--min-size",
+            "0",
+            "--max-aspect-ratio",
+            "0",
+            "--allow-private",
+            "--exit-when-empty",
+            "--log-level",
+            "WARNING",
+        ]
         wall, cpu, code = timed(cmd, env, out / "download.log")
         from streamcap import bus
 
         successes = int(bus.connect(redis_server.url).hget("streamcap:stats", "samples") or 0)
-    return {"tool": "streamcap", "setting": f"--concurrency {concurrency}", "wall": wall, "cpu": cpu,
-            "successes": successes, "code": code}
+    return {
+        "tool": "streamcap",
+        "setting": f"--concurrency {concurrency}",
+        "wall": wall,
+        "cpu": cpu,
+        "successes": successes,
+        "code": code,
+    }
 
 
 def ensure_img2dataset(cache: Path) -> Path:
@@ -239,17 +271,54 @@ def ensure_img2dataset(cache: Path) -> Path:
 def run_img2dataset(exe: Path, parquet: Path, work: Path, threads: int) -> dict:
     out = work / f"img2dataset-{threads}"
     shutil.rmtree(out, ignore_errors=True)
-    cmd = [str(exe), "--url_list", str(parquet), "--input_format", "parquet", "--url_col", "url",
-           "--caption_col", "caption", "--output_format", "webdataset", "--output_folder", str(out / "shards"),
-           "--processes_count", "2", "--thread_count", str(threads), "--image_size", "256",
-           "--resize_mode", "keep_ratio", "--encode_quality", "95", "--encode_format", "jpg",
-           "--timeout", str(TIMEOUT_S), "--retries", "0", "--number_sample_per_shard", "1000",
-           "--distributor", "multiprocessing", "--enable_wandb", "False"]
+    cmd = [
+        str(exe),
+        "--url_list",
+        str(parquet),
+        "--input_format",
+        "parquet",
+        "--url_col",
+        "url",
+        "--caption_col",
+        "caption",
+        "--output_format",
+        "webdataset",
+        "--output_folder",
+        str(out / "shards"),
+        "--processes_count",
+        "2",
+        "--thread_count",
+        str(threads),
+        "--image_size",
+        "256",
+        "--resize_mode",
+        "keep_ratio",
+        "--encode_quality",
+        "95",
+        "--encode_format",
+        "jpg",
+        "--timeout",
+        str(TIMEOUT_S),
+        "--retries",
+        "0",
+        "--number_sample_per_shard",
+        "1000",
+        "--distributor",
+        "multiprocessing",
+        "--enable_wandb",
+        "False",
+    ]
     out.mkdir(parents=True)
     wall, cpu, code = timed(cmd, {**os.environ, "WANDB_MODE": "disabled"}, out / "img2dataset.log")
     successes = sum(json.loads(p.read_text()).get("successes", 0) for p in (out / "shards").glob("*_stats.json"))
-    return {"tool": "img2dataset", "setting": f"--thread_count {threads}", "wall": wall, "cpu": cpu,
-            "successes": successes, "code": code}
+    return {
+        "tool": "img2dataset",
+        "setting": f"--thread_count {threads}",
+        "wall": wall,
+        "cpu": cpu,
+        "successes": successes,
+        "code": code,
+    }
 
 
 # --- the CPU floor ---------------------------------------------------------------------------------
@@ -277,10 +346,15 @@ def write_parquet(path: Path, rows: int, port: int) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    pq.write_table(pa.table({
-        "url": [f"http://127.0.0.1:{port}/i/{i}" for i in range(rows)],
-        "caption": [f"A photo of thing number {i}. It was taken on a sunny day." for i in range(rows)],
-    }), path)
+    pq.write_table(
+        pa.table(
+            {
+                "url": [f"http://127.0.0.1:{port}/i/{i}" for i in range(rows)],
+                "caption": [f"A photo of thing number {i}. It was taken on a sunny day." for i in range(rows)],
+            }
+        ),
+        path,
+    )
 
 
 def report(results: list[dict], floor: tuple[float, int], rows: int) -> None:
@@ -289,22 +363,32 @@ def report(results: list[dict], floor: tuple[float, int], rows: int) -> None:
         r["rate"] = r["successes"] / r["wall"]
         per = r["cpu"] / r["successes"] if r["successes"] else float("nan")
         flag = "" if r["code"] == 0 else f"  (exit code {r['code']})"
-        print(f"{r['tool']:<12} {r['setting']:<20} {r['successes']:>7} {r['wall']:>7.1f} {r['rate']:>9.1f} "
-              f"{per * 1000:>9.1f} ms{flag}")
-    best = {tool: max((r for r in results if r["tool"] == tool), key=lambda r: r["rate"])
-            for tool in ("streamcap", "img2dataset")}
+        print(
+            f"{r['tool']:<12} {r['setting']:<20} {r['successes']:>7} {r['wall']:>7.1f} {r['rate']:>9.1f} "
+            f"{per * 1000:>9.1f} ms{flag}"
+        )
+    best = {
+        tool: max((r for r in results if r["tool"] == tool), key=lambda r: r["rate"])
+        for tool in ("streamcap", "img2dataset")
+    }
     ours, theirs = best["streamcap"], best["img2dataset"]
     floor_rate, floor_ok = floor
     load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
     print(f"\nrows {rows}, expected images {floor_ok}, machine load average now {load}; best of each:")
-    print(f"  streamcap    {ours['rate']:7.1f} images/s ({ours['setting']}), {ours['successes']} images, "
-          f"{ours['cpu'] / max(1, ours['successes']) * 1000:.1f} ms CPU/image")
-    print(f"  img2dataset  {theirs['rate']:7.1f} images/s ({theirs['setting']}), {theirs['successes']} images, "
-          f"{theirs['cpu'] / max(1, theirs['successes']) * 1000:.1f} ms CPU/image")
+    print(
+        f"  streamcap    {ours['rate']:7.1f} images/s ({ours['setting']}), {ours['successes']} images, "
+        f"{ours['cpu'] / max(1, ours['successes']) * 1000:.1f} ms CPU/image"
+    )
+    print(
+        f"  img2dataset  {theirs['rate']:7.1f} images/s ({theirs['setting']}), {theirs['successes']} images, "
+        f"{theirs['cpu'] / max(1, theirs['successes']) * 1000:.1f} ms CPU/image"
+    )
     same = "the same successes" if ours["successes"] == theirs["successes"] else "DIFFERENT successes"
     print(f"  ratio        {ours['rate'] / theirs['rate']:.2f}x img2dataset's images/s with {same} (goal >= 2)")
-    print(f"  CPU floor    {floor_rate:7.1f} images/s (decode + resize + encode alone, {os.cpu_count()} cores); "
-          f"streamcap reaches {100 * ours['rate'] / floor_rate:.0f} % of it (goal >= 75 %)")
+    print(
+        f"  CPU floor    {floor_rate:7.1f} images/s (decode + resize + encode alone, {os.cpu_count()} cores); "
+        f"streamcap reaches {100 * ours['rate'] / floor_rate:.0f} % of it (goal >= 75 %)"
+    )
 
 
 def main() -> None:
@@ -313,7 +397,9 @@ def main() -> None:
     parser.add_argument("--distinct", type=int, default=240, help="distinct images the server cycles through")
     parser.add_argument("--cache-dir", type=Path, default=Path.home() / ".cache" / "streamcap-bench")
     parser.add_argument("--quick", action="store_true", help="one setting per tool, one round")
-    parser.add_argument("--rounds", type=int, default=2, help="rounds of all settings; the best run of each tool counts")
+    parser.add_argument(
+        "--rounds", type=int, default=2, help="rounds of all settings; the best run of each tool counts"
+    )
     parser.add_argument("--serve", nargs=2, metavar=("PORT", "IMAGE_DIR"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve:
@@ -338,7 +424,9 @@ def main() -> None:
                 results.append(run_streamcap(parquet, work, c))
                 results.append(run_img2dataset(exe, parquet, work, t))
                 for r in results[-2:]:
-                    print(f"{r['tool']:<12} {r['setting']:<20} {r['successes']} images in {r['wall']:.1f} s", flush=True)
+                    print(
+                        f"{r['tool']:<12} {r['setting']:<20} {r['successes']} images in {r['wall']:.1f} s", flush=True
+                    )
         floor = max(cpu_floor(images, args.rows) for _ in range(1 if args.quick else args.rounds))
     finally:
         server.terminate()

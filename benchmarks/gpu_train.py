@@ -76,21 +76,46 @@ def build_data(root: Path, r, keys, a: argparse.Namespace) -> Path:
             commit_written(r, keys, stats)
     vocab = root / "vocab.txt"
     demo_tokenizer(demo_samples(seed=11, start=0, count=300, image_size=8), size=400).save(vocab)
-    print(f"gpu_train: {a.shards} shards x {a.per_shard} samples ({a.stored_size} px) in "
-          f"{time.perf_counter() - started:.1f} s", flush=True)
+    print(
+        f"gpu_train: {a.shards} shards x {a.per_shard} samples ({a.stored_size} px) in "
+        f"{time.perf_counter() - started:.1f} s",
+        flush=True,
+    )
     return vocab
 
 
 def train(root: Path, url: str, vocab: Path, a: argparse.Namespace) -> float:
     args = {
-        "--redis-url": url, "--namespace": "gpu", "--shard-dir": root / "shards", "--checkpoint-dir": root / "ck",
-        "--run-id": "gpu", "--tokenizer": vocab, "--preset": a.preset, "--max-steps": a.steps,
-        "--batch-size": a.batch_size, "--loader-workers": a.workers, "--device": a.device, "--log-every": 10,
-        "--checkpoint-every": a.steps, "--sample-every": a.steps, "--histogram-every": 0,
-        "--warmup-steps": 100, "--aug-ramp-steps": a.steps // 2, "--fresh-wait-ms": 500,
+        "--redis-url": url,
+        "--namespace": "gpu",
+        "--shard-dir": root / "shards",
+        "--checkpoint-dir": root / "ck",
+        "--run-id": "gpu",
+        "--tokenizer": vocab,
+        "--preset": a.preset,
+        "--max-steps": a.steps,
+        "--batch-size": a.batch_size,
+        "--loader-workers": a.workers,
+        "--device": a.device,
+        "--log-every": 10,
+        "--checkpoint-every": a.steps,
+        "--sample-every": a.steps,
+        "--histogram-every": 0,
+        "--warmup-steps": 100,
+        "--aug-ramp-steps": a.steps // 2,
+        "--fresh-wait-ms": 500,
     }
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={a.nproc}",
-           "-m", "streamcap.trainer", "--no-pretrained", *[str(x) for kv in args.items() for x in kv]]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc-per-node={a.nproc}",
+        "-m",
+        "streamcap.trainer",
+        "--no-pretrained",
+        *[str(x) for kv in args.items() for x in kv],
+    ]
     env = os.environ | {"WANDB_MODE": "disabled", "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "4"}
     started = time.perf_counter()
     subprocess.run(cmd, cwd=ROOT, env=env, check=True)
@@ -140,7 +165,10 @@ def model_rates(vocab: Path, a: argparse.Namespace, seq_len: int) -> dict[str, f
         step()
     if cuda:
         torch.cuda.synchronize()
-    return {"flops_per_sample": counter.get_total_flops() / a.batch_size, "steps_per_s": n / (time.perf_counter() - started)}
+    return {
+        "flops_per_sample": counter.get_total_flops() / a.batch_size,
+        "steps_per_s": n / (time.perf_counter() - started),
+    }
 
 
 def summarise(root: Path, a: argparse.Namespace, wall_s: float, rates: dict[str, float]) -> dict:
@@ -151,10 +179,18 @@ def summarise(root: Path, a: argparse.Namespace, wall_s: float, rates: dict[str,
     peak = max((rec.get("gpu/max_memory_allocated_gb", 0.0) for rec in records), default=0.0)
     flops = rates["flops_per_sample"]
     report = {
-        "preset": a.preset, "steps": a.steps, "batch_size": a.batch_size, "ranks": a.nproc, "loader_workers": a.workers,
-        "wall_s": round(wall_s, 1), "samples_per_s": round(samples_per_s, 1), "data_wait_pct": round(mean("data_wait_pct"), 1),
-        "fresh_ratio": round(mean("fresh_ratio"), 3), "peak_memory_gb": round(peak, 2),
-        "final_loss": records[-1]["loss"] if records else None, "gflops_per_sample": round(flops / 1e9, 1),
+        "preset": a.preset,
+        "steps": a.steps,
+        "batch_size": a.batch_size,
+        "ranks": a.nproc,
+        "loader_workers": a.workers,
+        "wall_s": round(wall_s, 1),
+        "samples_per_s": round(samples_per_s, 1),
+        "data_wait_pct": round(mean("data_wait_pct"), 1),
+        "fresh_ratio": round(mean("fresh_ratio"), 3),
+        "peak_memory_gb": round(peak, 2),
+        "final_loss": records[-1]["loss"] if records else None,
+        "gflops_per_sample": round(flops / 1e9, 1),
         "mfu_pct": round(100 * flops * samples_per_s / (a.peak_tflops * 1e12 * a.nproc), 1),
         "gpu_only_steps_per_s": round(rates["steps_per_s"], 2),
         "gpu_only_samples_per_s": round(rates["steps_per_s"] * a.batch_size, 1),
@@ -177,13 +213,19 @@ def main() -> int:
             for name in ("metrics.jsonl", "loss.png"):
                 if (root / "ck" / "gpu" / name).exists():
                     shutil.copy(root / "ck" / "gpu" / name, a.out / name)
-    print(f"gpu_train: {report['preset']} preset, {report['steps']} steps x batch {report['batch_size']} on "
-          f"{report['ranks']} rank(s), {report['loader_workers']} loader workers each, {report['wall_s']} s in all")
-    print(f"gpu_train: training      {report['samples_per_s']} samples/s, data wait {report['data_wait_pct']} %, "
-          f"fresh {100 * report['fresh_ratio']:.0f} %, peak GPU memory {report['peak_memory_gb']} GB, "
-          f"MFU {report['mfu_pct']} % ({report['gflops_per_sample']} GFLOP per sample, fwd+bwd)")
-    print(f"gpu_train: GPU step only {report['gpu_only_steps_per_s']} steps/s = {report['gpu_only_samples_per_s']} "
-          f"samples/s, MFU {report['gpu_only_mfu_pct']} % of {a.peak_tflops:.0f} TFLOPS")
+    print(
+        f"gpu_train: {report['preset']} preset, {report['steps']} steps x batch {report['batch_size']} on "
+        f"{report['ranks']} rank(s), {report['loader_workers']} loader workers each, {report['wall_s']} s in all"
+    )
+    print(
+        f"gpu_train: training      {report['samples_per_s']} samples/s, data wait {report['data_wait_pct']} %, "
+        f"fresh {100 * report['fresh_ratio']:.0f} %, peak GPU memory {report['peak_memory_gb']} GB, "
+        f"MFU {report['mfu_pct']} % ({report['gflops_per_sample']} GFLOP per sample, fwd+bwd)"
+    )
+    print(
+        f"gpu_train: GPU step only {report['gpu_only_steps_per_s']} steps/s = {report['gpu_only_samples_per_s']} "
+        f"samples/s, MFU {report['gpu_only_mfu_pct']} % of {a.peak_tflops:.0f} TFLOPS"
+    )
     return 0
 
 

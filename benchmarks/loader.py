@@ -103,9 +103,21 @@ def rate(batches, warmup: int, measured: int, batch_size: int) -> float:
 
 
 def streamcap_round(url: str, keys, root: Path, tok, args, round_no: int) -> float:
-    spec = LoaderSpec(redis_url=url, namespace=keys.namespace, shard_dir=root, run=f"bench{round_no}", rank=0,
-                      world_size=1, workers=1, image_size=args.image_size, max_len=args.max_len,
-                      batch_size=args.batch_size, shuffle_buffer=1000, fresh_wait_ms=1000, seed=round_no)
+    spec = LoaderSpec(
+        redis_url=url,
+        namespace=keys.namespace,
+        shard_dir=root,
+        run=f"bench{round_no}",
+        rank=0,
+        world_size=1,
+        workers=1,
+        image_size=args.image_size,
+        max_len=args.max_len,
+        batch_size=args.batch_size,
+        shuffle_buffer=1000,
+        fresh_wait_ms=1000,
+        seed=round_no,
+    )
     batches = iter(make_loader(ShardStreamDataset(spec, tok, SharedLevel(1.0))))
     try:
         return rate(batches, args.warmup, args.batches, args.batch_size)
@@ -115,8 +127,13 @@ def streamcap_round(url: str, keys, root: Path, tok, args, round_no: int) -> flo
 
 def webdataset_round(root: Path, names: list[str], tok, args) -> float:
     work = WebdatasetWork(tok, args.image_size, args.max_len)
-    pipeline = (wds.WebDataset([str(root / n) for n in names], shardshuffle=False, empty_check=False)
-                .repeat(10).shuffle(1000).map(work.sample).batched(args.batch_size, collation_fn=work.batch))
+    pipeline = (
+        wds.WebDataset([str(root / n) for n in names], shardshuffle=False, empty_check=False)
+        .repeat(10)
+        .shuffle(1000)
+        .map(work.sample)
+        .batched(args.batch_size, collation_fn=work.batch)
+    )
     loader = DataLoader(pipeline, batch_size=None, num_workers=1, worker_init_fn=worker_init, prefetch_factor=2)
     batches = iter(loader)
     try:
@@ -144,29 +161,37 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp, EmbeddedRedis(data_dir=Path(tmp) / "redis") as server:
         root, keys = Path(tmp) / "shards", bus.Keys("bench")
         r = bus.connect(server.url)
-        print(f"writing {args.shards} shards x {args.per_shard} samples ({args.stored_size} px JPEG q95) ...", flush=True)
+        print(
+            f"writing {args.shards} shards x {args.per_shard} samples ({args.stored_size} px JPEG q95) ...", flush=True
+        )
         names, tok = make_shards(root, r, keys, args.shards, args.per_shard, args.stored_size)
         ours, theirs = [], []
         for round_no in range(args.rounds):
             ours.append(streamcap_round(server.url, keys, root, tok, args, round_no))
             theirs.append(webdataset_round(root, names, tok, args))
-            print(f"round {round_no + 1}: streamcap {ours[-1]:.1f} samples/s, webdataset {theirs[-1]:.1f} samples/s",
-                  flush=True)
+            print(
+                f"round {round_no + 1}: streamcap {ours[-1]:.1f} samples/s, webdataset {theirs[-1]:.1f} samples/s",
+                flush=True,
+            )
     best, baseline = max(ours), max(theirs)
     if args.gpu_steps_per_s:
         steps, how = args.gpu_steps_per_s, "measured"
     else:
         flops = flops_per_sample(args.preset, args.image_size)
         steps = args.assumed_mfu * args.peak_tflops * 1e12 / (flops * args.batch_size)
-        how = (f"stated: {args.preset} {flops / 1e9:.0f} GFLOP/sample fwd+bwd at {100 * args.assumed_mfu:.0f} % "
-               f"MFU of {args.peak_tflops:.0f} TFLOPS")
+        how = (
+            f"stated: {args.preset} {flops / 1e9:.0f} GFLOP/sample fwd+bwd at {100 * args.assumed_mfu:.0f} % "
+            f"MFU of {args.peak_tflops:.0f} TFLOPS"
+        )
     need = args.batch_size * steps
     print(f"one loader worker ({args.image_size} px, batch {args.batch_size}, decode + augment + tokenize):")
     print(f"  streamcap dataset   {best:8.1f} samples/s")
     print(f"  webdataset pipeline {baseline:8.1f} samples/s")
     print(f"  ratio               {best / baseline:8.2f}  (goal >= 1.0)")
-    print(f"one GPU at {steps:.2f} steps/s ({how}) x batch {args.batch_size} needs {need:.0f} samples/s "
-          f"-> {need / best:.1f} CPU cores of loader workers per GPU")
+    print(
+        f"one GPU at {steps:.2f} steps/s ({how}) x batch {args.batch_size} needs {need:.0f} samples/s "
+        f"-> {need / best:.1f} CPU cores of loader workers per GPU"
+    )
     return 0
 
 

@@ -33,7 +33,8 @@ class _Link:
             if reset:  # RST, not FIN: the peer sees "connection reset by peer"
                 with contextlib.suppress(OSError, AttributeError):
                     writer.get_extra_info("socket").setsockopt(
-                        socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                        socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0)
+                    )
                 writer.transport.abort()
             else:
                 writer.close()
@@ -92,6 +93,7 @@ class RedisProxy:
     def chaos(self, reset_every_s: float, blackhole_after_s: float, blackhole_s: float) -> None:
         async def start() -> None:
             self._chaos = asyncio.ensure_future(self._run_chaos(reset_every_s, blackhole_after_s, blackhole_s))
+
         self._call(start())
 
     def calm(self) -> None:
@@ -99,6 +101,7 @@ class RedisProxy:
             if self._chaos is not None:
                 self._chaos.cancel()
             self._flowing.set()
+
         self._call(stop())
 
     def _call(self, coro):

@@ -51,9 +51,17 @@ def photo_like_jpeg(size: int, seed: int) -> bytes:
 def make_samples(n: int) -> list[tuple[bytes, str, dict]]:
     images = [photo_like_jpeg(SIZES[i % len(SIZES)], i) for i in range(12)]
     return [
-        (images[i % len(images)], f"a photo of thing number {i}",
-         {"url": f"https://example.com/{i}.jpg", "caption_raw": f"A photo of thing number {i}.", "width": 256,
-          "height": 256, "sha256": "0" * 64})
+        (
+            images[i % len(images)],
+            f"a photo of thing number {i}",
+            {
+                "url": f"https://example.com/{i}.jpg",
+                "caption_raw": f"A photo of thing number {i}.",
+                "width": 256,
+                "height": 256,
+                "sha256": "0" * 64,
+            },
+        )
         for i in range(n)
     ]
 
@@ -124,15 +132,18 @@ def main() -> None:
     finally:
         shutil.rmtree(args.dir, ignore_errors=True)
     ours, theirs = (mb / statistics.median(times[k]) for k in ("streamcap", "webdataset"))
-    print(f"shardwriter benchmark: {args.samples} samples ({mb:.1f} MB, JPEG {'/'.join(map(str, SIZES))} px), "
-          f"{args.shard_samples} per shard, fsync each shard, median of {args.rounds} rounds")
+    print(
+        f"shardwriter benchmark: {args.samples} samples ({mb:.1f} MB, JPEG {'/'.join(map(str, SIZES))} px), "
+        f"{args.shard_samples} per shard, fsync each shard, median of {args.rounds} rounds"
+    )
     print(f"  streamcap PartWriter      {ours:8.1f} MB/s  (temp name, fsync, rename, dir fsync, stats file)")
     print(f"  webdataset.ShardWriter    {theirs:8.1f} MB/s  (fsync of each shard in its post hook)")
     print(f"  ratio streamcap/webdataset {ours / theirs:.2f}  (goal >= 1.0)")
     ours_import = import_seconds("import shardwriter.writer")
     wds_import = import_seconds("import webdataset")
-    print(f"  import cost: shardwriter.writer {ours_import:.2f} s, webdataset {wds_import:.2f} s "
-          f"(per downloader process)")
+    print(
+        f"  import cost: shardwriter.writer {ours_import:.2f} s, webdataset {wds_import:.2f} s (per downloader process)"
+    )
 
 
 if __name__ == "__main__":

@@ -26,15 +26,64 @@ from tokenizers import BertWordPieceTokenizer
 
 from streamcap.text.tokenizer import WordPieceTokenizer
 
-SUBJECTS = ("a man", "a woman", "two children", "an old dog", "a black cat", "three people", "a young girl",
-            "a group of tourists", "a cyclist", "the chef", "a café owner", "an elderly couple", "a surfer")
-VERBS = ("is standing", "walks", "sits", "is playing", "runs", "poses", "is cooking", "rides a bike",
-         "is reading a book", "looks at the camera", "jumps", "waits", "is smiling")
-PLACES = ("on a sandy beach", "in a busy street", "near a wooden fence", "under a blue sky", "in the park",
-          "next to a red car", "inside a small kitchen", "at the train station", "by the river",
-          "in front of an old building", "on a snowy mountain", "at a market in São Paulo")
-EXTRAS = ("", "", "", " while it rains", " at sunset", " with a colorful umbrella", ", holding a sign",
-          " wearing sunglasses", " (black-and-white photo)", " — the 2nd time today!", " in 1998", "'s backyard")
+SUBJECTS = (
+    "a man",
+    "a woman",
+    "two children",
+    "an old dog",
+    "a black cat",
+    "three people",
+    "a young girl",
+    "a group of tourists",
+    "a cyclist",
+    "the chef",
+    "a café owner",
+    "an elderly couple",
+    "a surfer",
+)
+VERBS = (
+    "is standing",
+    "walks",
+    "sits",
+    "is playing",
+    "runs",
+    "poses",
+    "is cooking",
+    "rides a bike",
+    "is reading a book",
+    "looks at the camera",
+    "jumps",
+    "waits",
+    "is smiling",
+)
+PLACES = (
+    "on a sandy beach",
+    "in a busy street",
+    "near a wooden fence",
+    "under a blue sky",
+    "in the park",
+    "next to a red car",
+    "inside a small kitchen",
+    "at the train station",
+    "by the river",
+    "in front of an old building",
+    "on a snowy mountain",
+    "at a market in São Paulo",
+)
+EXTRAS = (
+    "",
+    "",
+    "",
+    " while it rains",
+    " at sunset",
+    " with a colorful umbrella",
+    ", holding a sign",
+    " wearing sunglasses",
+    " (black-and-white photo)",
+    " — the 2nd time today!",
+    " in 1998",
+    "'s backyard",
+)
 
 
 # A long tail of made-up content words (2-4 syllables), Zipf-distributed like real captions,
@@ -94,10 +143,16 @@ def main() -> int:
     differ = sum(a != b for a, b in zip(ours_ids, hf_ids))
     tokens = sum(map(len, ours_ids))
 
-    print(f"{len(captions):,} captions, {tokens:,} tokens, vocab {ours.vocab_size}; "
-          f"captions whose ids differ from tokenizers: {differ}")
-    rows = [("streamcap, cold cache", cold_s), ("streamcap, warm cache", warm_s),
-            ("tokenizers encode (1 thread)", one_s), (f"tokenizers encode_batch ({os.cpu_count()} cores)", batch_s)]
+    print(
+        f"{len(captions):,} captions, {tokens:,} tokens, vocab {ours.vocab_size}; "
+        f"captions whose ids differ from tokenizers: {differ}"
+    )
+    rows = [
+        ("streamcap, cold cache", cold_s),
+        ("streamcap, warm cache", warm_s),
+        ("tokenizers encode (1 thread)", one_s),
+        (f"tokenizers encode_batch ({os.cpu_count()} cores)", batch_s),
+    ]
     for name, seconds in rows:
         print(f"{name:34s} {seconds:7.3f} s {len(captions) / seconds:12,.0f} sentences/s")
     print(f"streamcap / tokenizers encode:       {one_s / cold_s:.2f}x cold, {one_s / warm_s:.2f}x warm")

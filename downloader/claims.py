@@ -65,7 +65,7 @@ return 1
 class Claimed:
     entry_id: str
     fields: dict[str, str]
-    deliveries: int           # including this one
+    deliveries: int  # including this one
 
     def part(self) -> PartRecord:
         """The part this entry describes; bus.MessageError / KeyError / ValueError if unreadable."""
@@ -75,8 +75,9 @@ class Claimed:
 class PartClaimer:
     """The downloaders' side of the `parts` stream for one consumer."""
 
-    def __init__(self, r: redis.Redis, keys: bus.Keys, consumer: str, lease_ms: int,
-                 group: str = bus.GROUP_DOWNLOADERS) -> None:
+    def __init__(
+        self, r: redis.Redis, keys: bus.Keys, consumer: str, lease_ms: int, group: str = bus.GROUP_DOWNLOADERS
+    ) -> None:
         self.r, self.keys, self.consumer, self.lease_ms, self.group = r, keys, consumer, lease_ms, group
         self._keepalive = r.register_script(_KEEPALIVE)
         self._release = r.register_script(_RELEASE)
@@ -137,11 +138,24 @@ class PartClaimer:
     def dead_letter(self, claimed: Claimed, part: PartRecord | None, error: str) -> bool:
         """Move the entry to parts:dead (unless the part is done), acknowledge it, count it."""
         base = part.to_message() if part is not None else {"raw": claimed.fields}
-        message = bus.encode({**base, "error": error[:2000], "deliveries": claimed.deliveries,
-                              "entry": claimed.entry_id, "consumer": self.consumer, "ts": time.time()})["json"]
+        message = bus.encode(
+            {
+                **base,
+                "error": error[:2000],
+                "deliveries": claimed.deliveries,
+                "entry": claimed.entry_id,
+                "consumer": self.consumer,
+                "ts": time.time(),
+            }
+        )["json"]
         part_id = part.part_id if part is not None else f"?{claimed.entry_id}"
-        script_keys = [self.keys.parts, self.keys.parts_dead, self.keys.stats, self.keys.parts_errors,
-                       self.keys.parts_done]
+        script_keys = [
+            self.keys.parts,
+            self.keys.parts_dead,
+            self.keys.stats,
+            self.keys.parts_errors,
+            self.keys.parts_done,
+        ]
         args = [self.group, self.consumer, claimed.entry_id, message, part_id, bus.STAT_PARTS_DEAD]
         return bool(self._dead_letter(keys=script_keys, args=args))
 

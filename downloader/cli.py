@@ -20,7 +20,9 @@ from streamcap.shardwriter.cli import SIZES_AS_TEXT
 
 @settings_command(EnqueueSettings)
 def enqueue_command(
-    source: Annotated[str, typer.Argument(help="A parquet file, a directory or a glob of them; or a .csv/.tsv/.jsonl file.")],
+    source: Annotated[
+        str, typer.Argument(help="A parquet file, a directory or a glob of them; or a .csv/.tsv/.jsonl file.")
+    ],
     cfg: EnqueueSettings,
 ) -> int:
     """Split a URL list into parts for the downloaders (once: enqueueing it again adds nothing)."""
@@ -31,8 +33,9 @@ def enqueue_command(
 
 # Not options of `download`, as before: gc's read count, verify's quarantine dir, and the age
 # after which temp files are swept (the downloader uses its default).
-@settings_command(DownloaderSettings, exclude=("min_reads", "quarantine_dir", "temp_stale_seconds"),
-                  read_as=SIZES_AS_TEXT)
+@settings_command(
+    DownloaderSettings, exclude=("min_reads", "quarantine_dir", "temp_stale_seconds"), read_as=SIZES_AS_TEXT
+)
 def download_command(cfg: DownloaderSettings) -> int:
     """Run the downloader service: claim parts, fetch and process their images, write shards."""
     from streamcap.downloader import service

@@ -39,15 +39,17 @@ REDIS_WAIT_S = 30.0
 @dataclass(frozen=True)
 class EnqueueResult:
     source: SourceRecord
-    added: bool           # False: the source was already enqueued, nothing was added
-    caption_note: str     # how the caption column was chosen
+    added: bool  # False: the source was already enqueued, nothing was added
+    caption_note: str  # how the caption column was chosen
 
     def message(self) -> str:
         s = self.source
         if not self.added:
             return f"source {s.id} is already enqueued ({s.rows} rows in {s.parts} parts): nothing added"
-        return (f"enqueued source {s.id}: {s.rows} rows in {s.parts} parts of {s.part_size} "
-                f"(url column {s.url_col!r}, caption column {self.caption_note})")
+        return (
+            f"enqueued source {s.id}: {s.rows} rows in {s.parts} parts of {s.part_size} "
+            f"(url column {s.url_col!r}, caption column {self.caption_note})"
+        )
 
 
 def pick_caption_column(columns: list[str], given: str | None) -> tuple[str, tuple[str, ...], str]:
@@ -76,9 +78,15 @@ def describe_source(cfg: EnqueueSettings, uri: str) -> tuple[SourceRecord, str]:
     if rows == 0:
         raise SourceError(f"{uri}: the source has no rows")
     record = SourceRecord(
-        id=source_id(cfg.name, uri), uri=_absolute(uri, source), format=source.format,
-        url_col=cfg.url_col, caption_col=caption_col, rows=rows, part_size=cfg.part_size,
-        extra_caption_cols=extras, created=time.time(),
+        id=source_id(cfg.name, uri),
+        uri=_absolute(uri, source),
+        format=source.format,
+        url_col=cfg.url_col,
+        caption_col=caption_col,
+        rows=rows,
+        part_size=cfg.part_size,
+        extra_caption_cols=extras,
+        created=time.time(),
     )
     return record, note
 

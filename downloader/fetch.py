@@ -63,12 +63,12 @@ DNS_CACHE_S = 300
 @dataclass
 class FetchResult:
     data: bytes | None = None
-    reason: str | None = None         # failure reason when data is None
+    reason: str | None = None  # failure reason when data is None
     detail: str = ""
-    url: str = ""                     # the final URL after redirects
-    wire_bytes: int = 0               # bytes received, for MB/s
+    url: str = ""  # the final URL after redirects
+    wire_bytes: int = 0  # bytes received, for MB/s
     attempts: int = 0
-    holds_slot: bool = False          # a global slot stays taken for this result (fetch_held)
+    holds_slot: bool = False  # a global slot stays taken for this result (fetch_held)
 
 
 class _Retryable(Exception):
@@ -126,17 +126,22 @@ def retry_after_seconds(value: str | None) -> float | None:
 class Fetcher:
     """One aiohttp session per process, with the limits and the guard of the settings."""
 
-    def __init__(self, cfg: DownloaderSettings, resolver: AbstractResolver | None = None, *,
-                 address_policy: AddressPolicy | None = None) -> None:
+    def __init__(
+        self,
+        cfg: DownloaderSettings,
+        resolver: AbstractResolver | None = None,
+        *,
+        address_policy: AddressPolicy | None = None,
+    ) -> None:
         self.cfg = cfg
         self._resolver = resolver
-        self._policy = address_policy    # None: security.address_allowed (tests pass their own)
+        self._policy = address_policy  # None: security.address_allowed (tests pass their own)
         self._session: aiohttp.ClientSession | None = None
         self._global = asyncio.Semaphore(cfg.concurrency)
-        self._hosts: dict[str, list] = {}   # host -> [semaphore, users]
-        self.in_flight = 0                    # requests on the network now
-        self.waiting = 0                      # requests whose host is free, waiting for a global slot
-        self.wire_bytes = 0                   # bytes received since start
+        self._hosts: dict[str, list] = {}  # host -> [semaphore, users]
+        self.in_flight = 0  # requests on the network now
+        self.waiting = 0  # requests whose host is free, waiting for a global slot
+        self.wire_bytes = 0  # bytes received since start
 
     @property
     def saturated(self) -> bool:
@@ -158,7 +163,7 @@ class Fetcher:
         self._session = aiohttp.ClientSession(
             connector=connector,
             headers={"User-Agent": cfg.user_agent, "Accept": "image/*,*/*;q=0.5", "Accept-Encoding": "identity"},
-            auto_decompress=False,              # inflated here, under the size cap
+            auto_decompress=False,  # inflated here, under the size cap
             cookie_jar=aiohttp.DummyCookieJar(),
             read_bufsize=2**18,
         )
@@ -262,14 +267,16 @@ class Fetcher:
             finally:
                 self.in_flight -= 1
                 if result.data is not None and not result.holds_slot:
-                    result.holds_slot = True   # released by fetch_held once the body is processed
+                    result.holds_slot = True  # released by fetch_held once the body is processed
                 else:
                     self._global.release()
 
     async def _exchange(self, url: URL, remaining: float, result: FetchResult) -> URL | None:
         assert self._session is not None, "use `async with Fetcher(cfg)`"
         timeout = aiohttp.ClientTimeout(
-            total=remaining, sock_connect=self.cfg.connect_timeout, sock_read=self.cfg.read_timeout,
+            total=remaining,
+            sock_connect=self.cfg.connect_timeout,
+            sock_read=self.cfg.read_timeout,
         )
         async with self._session.get(url, allow_redirects=False, timeout=timeout) as resp:
             status = resp.status

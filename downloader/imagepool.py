@@ -51,9 +51,9 @@ FAULT_IMAGE_WORKER = "image_worker"
 OWNER_CHECK_S = 0.5
 # Decoding the largest image --max-pixels allows takes seconds; a minute means a stuck decoder.
 IMAGE_TIMEOUT_S = 60.0
-PIPELINE = 2                      # images queued per worker: one processing, one ready to go
-_REQUEST = struct.Struct("!IH")   # body length, tag length; then the tag, then the body
-_RESULT = struct.Struct("!I")     # pickled result length; then the pickle
+PIPELINE = 2  # images queued per worker: one processing, one ready to go
+_REQUEST = struct.Struct("!IH")  # body length, tag length; then the tag, then the body
+_RESULT = struct.Struct("!I")  # pickled result length; then the pickle
 
 
 # --- the worker process ---------------------------------------------------------------------------
@@ -123,7 +123,7 @@ class _Request:
 class _Worker:
     process: mp.process.BaseProcess
     transport: asyncio.Transport | None = None
-    queue: collections.deque = field(default_factory=collections.deque)   # sent, oldest first
+    queue: collections.deque = field(default_factory=collections.deque)  # sent, oldest first
     timer: asyncio.TimerHandle | None = None
     alive: bool = True
 
@@ -140,8 +140,8 @@ class _ResultReader(asyncio.Protocol):
             (n,) = _RESULT.unpack_from(self.buffer)
             if len(self.buffer) < _RESULT.size + n:
                 return
-            result = pickle.loads(self.buffer[_RESULT.size:_RESULT.size + n])
-            del self.buffer[:_RESULT.size + n]
+            result = pickle.loads(self.buffer[_RESULT.size : _RESULT.size + n])
+            del self.buffer[: _RESULT.size + n]
             self.pool._finished(self.worker, result)
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -151,8 +151,13 @@ class _ResultReader(asyncio.Protocol):
 class ImagePool:
     """`process_fn(data, opts)` in `workers` processes; a crash costs one image, not the pool."""
 
-    def __init__(self, opts: ImageOptions, workers: int, process_fn: ProcessFn = process_image,
-                 timeout_s: float = IMAGE_TIMEOUT_S) -> None:
+    def __init__(
+        self,
+        opts: ImageOptions,
+        workers: int,
+        process_fn: ProcessFn = process_image,
+        timeout_s: float = IMAGE_TIMEOUT_S,
+    ) -> None:
         self.opts, self.process_fn, self.timeout_s = opts, process_fn, timeout_s
         self.size = max(1, workers)
         self.crashes = 0
@@ -180,15 +185,17 @@ class ImagePool:
         mp.active_children()  # reaps workers that died earlier
         try:
             ours, theirs = socket.socketpair()
-            process = _context().Process(target=_serve, args=(theirs, self.opts, self.process_fn, os.getpid()),
-                                         daemon=True, name="image-worker")
+            process = _context().Process(
+                target=_serve, args=(theirs, self.opts, self.process_fn, os.getpid()), daemon=True, name="image-worker"
+            )
             process.start()
             theirs.close()  # the worker holds its end; ours sees EOF when it dies
             worker = _Worker(process)
             self._workers.append(worker)  # listed before the await: a worker dying at once is removed
             try:
                 transport, _ = await asyncio.get_running_loop().create_unix_connection(
-                    lambda: _ResultReader(self, worker), sock=ours)
+                    lambda: _ResultReader(self, worker), sock=ours
+                )
             except OSError:
                 worker.alive = False
                 self._workers.remove(worker)
@@ -242,8 +249,11 @@ class ImagePool:
         if worker.queue:
             head = worker.queue.popleft()
             self.crashes += 1
-            why = (f"image processing took longer than {self.timeout_s:g} s" if head.timed_out
-                   else "the image worker process died on this image")
+            why = (
+                f"image processing took longer than {self.timeout_s:g} s"
+                if head.timed_out
+                else "the image worker process died on this image"
+            )
             log.warning("image worker %s: %s; starting another", worker.process.pid, why)
             if not head.future.done():
                 head.future.set_result(Rejection("processing_crash", why))

@@ -41,8 +41,12 @@ ALLOWED_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF", "AVIF")
 _SIGNATURES = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF87a", b"GIF89a", b"BM", b"II*\x00", b"MM\x00*")
 _ORIENTATION_TAG = 0x0112
 _TRANSPOSE = {
-    2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
-    5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
     8: Image.Transpose.ROTATE_90,
 }
 # Downscaling averages the source pixels each output pixel covers (BOX, what OpenCV calls
@@ -56,7 +60,7 @@ _REDUCING_GAP = 2.0
 # (getexif() costs ~0.8 ms even on a JPEG without orientation).
 _EXIF_IN_INFO = frozenset({"JPEG", "MPO", "PNG", "WEBP", "AVIF"})
 _BORDER_COLOR = (0, 0, 0)
-_BACKGROUND = (255, 255, 255)   # transparent pixels become white, as browsers show them
+_BACKGROUND = (255, 255, 255)  # transparent pixels become white, as browsers show them
 _DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, IndexError, KeyError, TypeError, MemoryError)
 
 
@@ -73,8 +77,12 @@ class ImageOptions:
     @classmethod
     def from_settings(cls, cfg: DownloaderSettings) -> ImageOptions:
         return cls(
-            image_size=cfg.image_size, resize_mode=cfg.resize_mode, image_format=cfg.image_format,
-            quality=cfg.quality, max_pixels=cfg.max_pixels, min_size=cfg.min_size,
+            image_size=cfg.image_size,
+            resize_mode=cfg.resize_mode,
+            image_format=cfg.image_format,
+            quality=cfg.quality,
+            max_pixels=cfg.max_pixels,
+            min_size=cfg.min_size,
             max_aspect_ratio=cfg.max_aspect_ratio,
         )
 
@@ -85,14 +93,14 @@ class ProcessedImage:
     ext: str
     width: int
     height: int
-    orig_width: int      # as displayed (after EXIF rotation)
+    orig_width: int  # as displayed (after EXIF rotation)
     orig_height: int
-    sha256: str          # of the downloaded bytes
+    sha256: str  # of the downloaded bytes
 
 
 @dataclass(frozen=True)
 class Rejection:
-    reason: str          # one of streamcap.formats.records.FAILURE_REASONS
+    reason: str  # one of streamcap.formats.records.FAILURE_REASONS
     detail: str = ""
 
 
@@ -159,7 +167,7 @@ def _process_open(im: Image.Image, opts: ImageOptions, sha256: str) -> Processed
     im.load()
     im = _to_resizable(im)
     if box is not None:
-        sx, sy = im.size[0] / w, im.size[1] / h     # draft may have scaled the decoded image
+        sx, sy = im.size[0] / w, im.size[1] / h  # draft may have scaled the decoded image
         scaled_box = (box[0] * sx, box[1] * sy, box[2] * sx, box[3] * sy)
         if im.size != target or scaled_box != (0, 0, *im.size):
             shrinking = target[0] <= scaled_box[2] - scaled_box[0] and target[1] <= scaled_box[3] - scaled_box[1]
@@ -174,8 +182,9 @@ def _process_open(im: Image.Image, opts: ImageOptions, sha256: str) -> Processed
         im = im.transpose(_TRANSPOSE[orientation])
     ow, oh = (h, w) if orientation in (5, 6, 7, 8) else (w, h)
     data, ext = _encode(im, opts)
-    return ProcessedImage(data=data, ext=ext, width=im.size[0], height=im.size[1],
-                          orig_width=ow, orig_height=oh, sha256=sha256)
+    return ProcessedImage(
+        data=data, ext=ext, width=im.size[0], height=im.size[1], orig_width=ow, orig_height=oh, sha256=sha256
+    )
 
 
 def _target(w: int, h: int, opts: ImageOptions) -> tuple[tuple[int, int], tuple[float, float, float, float] | None]:
@@ -215,7 +224,7 @@ def _to_resizable(im: Image.Image) -> Image.Image:
         return im.convert("L")
     if mode in ("RGBa", "La"):
         return im.convert(mode.upper())
-    return im.convert("RGB")   # CMYK, YCbCr, LAB, HSV, RGBX
+    return im.convert("RGB")  # CMYK, YCbCr, LAB, HSV, RGBX
 
 
 def _to_8bit(a: np.ndarray) -> np.ndarray:

@@ -20,13 +20,13 @@ RATE_WINDOW_S = 30.0
 class LiveStats:
     def __init__(self) -> None:
         self.started = time.time()
-        self.urls = 0                 # rows finished (a sample or a failure)
-        self.images = 0               # rows that became a sample
+        self.urls = 0  # rows finished (a sample or a failure)
+        self.images = 0  # rows that became a sample
         self.failures: Counter[str] = Counter()
         self.parts_committed = 0
         self.parts_released = 0
-        self.parts_failed = 0         # attempts that ended in an error (the part is retried)
-        self.parts_superseded = 0     # another worker committed or reclaimed the part first
+        self.parts_failed = 0  # attempts that ended in an error (the part is retried)
+        self.parts_superseded = 0  # another worker committed or reclaimed the part first
         self.parts_dead = 0
         self._samples: deque[tuple[float, int, int, int]] = deque()
 

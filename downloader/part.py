@@ -58,7 +58,7 @@ class _Progress:
     """Per-part counters the rows update."""
 
     rows: int
-    dispatched: int = 0      # rows handed to the fetcher (or failed before it)
+    dispatched: int = 0  # rows handed to the fetcher (or failed before it)
     finished: int = 0
     wire_bytes: int = 0
 
@@ -66,7 +66,9 @@ class _Progress:
 class PartRunner:
     """What the parts of one worker process share: settings, fetcher, image pool, counters."""
 
-    def __init__(self, cfg: DownloaderSettings, fetcher: Fetcher, pool: ImagePool, stats: LiveStats, owner: str) -> None:
+    def __init__(
+        self, cfg: DownloaderSettings, fetcher: Fetcher, pool: ImagePool, stats: LiveStats, owner: str
+    ) -> None:
         self.cfg, self.fetcher, self.pool, self.stats, self.owner = cfg, fetcher, pool, stats, owner
         self._sources: dict[str, Source] = {}
         self._progress: dict[int, _Progress] = {}
@@ -94,11 +96,15 @@ class PartRunner:
         """Process every row of an admitted `part`; returns the writer's stats, not committed."""
         progress = self._progress[id(part)]
         rows = await asyncio.to_thread(self._read_rows, source, part)
-        with PartWriter(self.cfg.shard_dir, part, max_samples=self.cfg.shard_max_samples,
-                        max_bytes=self.cfg.shard_max_bytes, owner=self.owner, claim=claim) as writer:
-            await _all_or_none([
-                self._row(writer, part.start + i, rows, i, source, progress) for i in range(part.rows)
-            ])
+        with PartWriter(
+            self.cfg.shard_dir,
+            part,
+            max_samples=self.cfg.shard_max_samples,
+            max_bytes=self.cfg.shard_max_bytes,
+            owner=self.owner,
+            claim=claim,
+        ) as writer:
+            await _all_or_none([self._row(writer, part.start + i, rows, i, source, progress) for i in range(part.rows)])
             faults.maybe_crash(FAULT_AFTER_FETCH, part.part_id)
             return await _uninterrupted(asyncio.to_thread(writer.finish, progress.wire_bytes))
 
@@ -111,15 +117,29 @@ class PartRunner:
         columns = list(dict.fromkeys([source.url_col, source.caption_col, *source.extra_caption_cols]))
         return opened.read_rows(columns, part.start, part.end)
 
-    async def _row(self, writer: PartWriter, row: int, rows: dict[str, list[Any]], i: int,
-                   source: SourceRecord, progress: _Progress) -> None:
+    async def _row(
+        self,
+        writer: PartWriter,
+        row: int,
+        rows: dict[str, list[Any]],
+        i: int,
+        source: SourceRecord,
+        progress: _Progress,
+    ) -> None:
         progress.dispatched += 1
         reason = await self._row_outcome(writer, row, rows, i, source, progress)
         progress.finished += 1
         self.stats.row_done(reason)
 
-    async def _row_outcome(self, writer: PartWriter, row: int, rows: dict[str, list[Any]], i: int,
-                           source: SourceRecord, progress: _Progress) -> str | None:
+    async def _row_outcome(
+        self,
+        writer: PartWriter,
+        row: int,
+        rows: dict[str, list[Any]],
+        i: int,
+        source: SourceRecord,
+        progress: _Progress,
+    ) -> str | None:
         """Write the row as a sample (None) or a failure (its reason)."""
         url = _text(rows[source.url_col][i])
         try:
@@ -140,10 +160,14 @@ class PartRunner:
         if isinstance(image, Rejection):
             return _fail(writer, row, url, image.reason, image.detail)
         meta = {
-            "url": url, "caption_raw": caption_raw,
+            "url": url,
+            "caption_raw": caption_raw,
             "captions": {col: _text(rows[col][i]) for col in source.extra_caption_cols},
-            "width": image.width, "height": image.height,
-            "orig_width": image.orig_width, "orig_height": image.orig_height, "sha256": image.sha256,
+            "width": image.width,
+            "height": image.height,
+            "orig_width": image.orig_width,
+            "orig_height": image.orig_height,
+            "sha256": image.sha256,
         }
         writer.add(row=row, image=image.data, image_ext=image.ext, caption=caption, meta=meta)
         return None

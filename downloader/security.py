@@ -64,7 +64,7 @@ def blocked_reason(exc: BaseException | None) -> str | None:
             return exc.why
         text = str(exc)
         if marker in text:
-            return text[text.index(marker) + len(marker):].split(", " + marker)[0][:200]
+            return text[text.index(marker) + len(marker) :].split(", " + marker)[0][:200]
         exc = getattr(exc, "os_error", None) or exc.__cause__
     return None
 
@@ -76,15 +76,18 @@ class InvalidURLError(ValueError):
 def address_allowed(ip: IPAddress) -> tuple[bool, str]:
     """(True, '') for a public unicast address, else (False, why)."""
     if isinstance(ip, ipaddress.IPv6Address):
-        embedded = ip.ipv4_mapped or ip.sixtofour or (
-            ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF) if ip in _NAT64 else None
+        embedded = (
+            ip.ipv4_mapped or ip.sixtofour or (ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF) if ip in _NAT64 else None)
         )
         if embedded is not None:  # ::ffff:127.0.0.1 reaches 127.0.0.1
             ok, why = address_allowed(embedded)
             return (ok, why) if not ok else (True, "")
     kinds = (
-        ("loopback", ip.is_loopback), ("link-local", ip.is_link_local), ("multicast", ip.is_multicast),
-        ("unspecified", ip.is_unspecified), ("reserved", ip.is_reserved),
+        ("loopback", ip.is_loopback),
+        ("link-local", ip.is_link_local),
+        ("multicast", ip.is_multicast),
+        ("unspecified", ip.is_unspecified),
+        ("reserved", ip.is_reserved),
         ("unique-local" if isinstance(ip, ipaddress.IPv6Address) else "private", ip.is_private),
         ("shared (CGNAT)", isinstance(ip, ipaddress.IPv4Address) and ip in _SHARED),
         ("site-local", isinstance(ip, ipaddress.IPv6Address) and ip.is_site_local),

@@ -80,16 +80,23 @@ class _Active:
     part: PartRecord
     task: asyncio.Task
     lost: bool = False
-    committing: bool = False   # its commit is under way: the entry is acked by it, not lost
+    committing: bool = False  # its commit is under way: the entry is acked by it, not lost
 
 
 class Worker:
     """One worker process: the claim loop, the parts in flight, heartbeats and keep-alives."""
 
-    def __init__(self, cfg: DownloaderSettings, r: redis.Redis, consumer: str | None = None, *,
-                 resolver: AbstractResolver | None = None, address_policy: AddressPolicy | None = None) -> None:
+    def __init__(
+        self,
+        cfg: DownloaderSettings,
+        r: redis.Redis,
+        consumer: str | None = None,
+        *,
+        resolver: AbstractResolver | None = None,
+        address_policy: AddressPolicy | None = None,
+    ) -> None:
         self.cfg, self.r = cfg, r
-        self._resolver, self._policy = resolver, address_policy   # Fetcher's (tests pass their own)
+        self._resolver, self._policy = resolver, address_policy  # Fetcher's (tests pass their own)
         self.consumer = consumer or f"{instance_id()}-{secrets.token_hex(2)}"
         self.keys = cfg.keys
         self.queue = PartClaimer(r, self.keys, self.consumer, lease_ms=int(cfg.lease_seconds * 1000))
@@ -150,8 +157,12 @@ class Worker:
             return
         self._stop_at = now
         name = signal.Signals(sig).name if sig else "stop"
-        log.info("%s received: no new parts; finishing %d in flight (grace %.0f s)",
-                 name, len(self.active), self.cfg.grace_seconds)
+        log.info(
+            "%s received: no new parts; finishing %d in flight (grace %.0f s)",
+            name,
+            len(self.active),
+            self.cfg.grace_seconds,
+        )
         self.stop_requested.set()
 
     async def _claim_loop(self) -> str:
@@ -185,7 +196,8 @@ class Worker:
         if self.cfg.has_disk_budget and time.monotonic() >= self._disk_checked_at + DISK_RECHECK_S:
             self._disk_checked_at = time.monotonic()  # a scan of the shard dir: not on every tick
             reason = await asyncio.to_thread(
-                disk_pressure, self.r, self.keys, self.cfg.shard_dir, self.cfg.max_disk_bytes, self.cfg.min_free_bytes)
+                disk_pressure, self.r, self.keys, self.cfg.shard_dir, self.cfg.max_disk_bytes, self.cfg.min_free_bytes
+            )
             if reason:
                 if self.state != "paused_for_disk":
                     log.warning("pausing: %s", reason)
@@ -202,8 +214,11 @@ class Worker:
         waiters = [a.task for a in self.active.values()]
         stop = asyncio.ensure_future(self.stop_requested.wait())
         try:
-            await asyncio.wait([*waiters, stop], timeout=0.05 if self.active else DISK_RECHECK_S / 4,
-                               return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait(
+                [*waiters, stop],
+                timeout=0.05 if self.active else DISK_RECHECK_S / 4,
+                return_when=asyncio.FIRST_COMPLETED,
+            )
         finally:
             stop.cancel()
 
@@ -211,8 +226,9 @@ class Worker:
         """Wait out the outage `e` (in a thread), then recreate the group Redis may have lost;
         with `stop`, return as soon as it is true."""
         previous, self.state = self.state, "waiting_for_redis"
-        back = await asyncio.to_thread(bus.wait_out_outage, self.r, e, what=what, stop=stop, keys=self.keys,
-                                       who=f"downloader {self.consumer}")
+        back = await asyncio.to_thread(
+            bus.wait_out_outage, self.r, e, what=what, stop=stop, keys=self.keys, who=f"downloader {self.consumer}"
+        )
         if back:
             await asyncio.to_thread(self.queue.ensure_group)  # Redis may have come back empty
         self.state = previous
@@ -244,10 +260,15 @@ class Worker:
             return
         source = await asyncio.to_thread(self._source, part.source)
         if source is None:
-            await self._attempt_failed(claimed, part, f"source {part.source!r} is not enqueued (no definition "
-                                                      f"in Redis or in {self.cfg.shard_dir})")
+            await self._attempt_failed(
+                claimed,
+                part,
+                f"source {part.source!r} is not enqueued (no definition in Redis or in {self.cfg.shard_dir})",
+            )
             return
-        log.info("claimed part %s (rows %d-%d, delivery %d)", part.part_id, part.start, part.end - 1, claimed.deliveries)
+        log.info(
+            "claimed part %s (rows %d-%d, delivery %d)", part.part_id, part.start, part.end - 1, claimed.deliveries
+        )
         assert self.runner is not None
         self.runner.admit(part)
         task = asyncio.create_task(self._run_part(claimed, part, source), name=f"part {part.part_id}")
@@ -275,7 +296,8 @@ class Worker:
             if claimed.entry_id in self.active:
                 self.active[claimed.entry_id].committing = True
             result = await self._redis(
-                lambda: commit_part(self.r, self.keys, stats, claimed.entry_id, consumer=self.consumer))
+                lambda: commit_part(self.r, self.keys, stats, claimed.entry_id, consumer=self.consumer)
+            )
         except PartSuperseded as e:
             self.stats.parts_superseded += 1
             log.info("%s", e)
@@ -286,8 +308,14 @@ class Worker:
         else:
             if result.status == COMMITTED:
                 self.stats.parts_committed += 1
-                log.info("committed part %s: %d samples, %d failures, %d shards in %.1f s", part.part_id,
-                         stats.samples, len(stats.failures), len(stats.shards), time.monotonic() - started)
+                log.info(
+                    "committed part %s: %d samples, %d failures, %d shards in %.1f s",
+                    part.part_id,
+                    stats.samples,
+                    len(stats.failures),
+                    len(stats.shards),
+                    time.monotonic() - started,
+                )
             else:
                 self.stats.parts_superseded += 1
                 log.info("part %s: commit not applied (%s): another worker has it", part.part_id, result.status)
@@ -296,14 +324,23 @@ class Worker:
     async def _attempt_failed(self, claimed: Claimed, part: PartRecord, error: str) -> None:
         self.stats.parts_failed += 1
         disk_full = error.startswith("disk_full")
-        log.warning("part %s failed (delivery %d of at most %d): %s", part.part_id, claimed.deliveries,
-                    self.cfg.max_deliveries, error)
+        log.warning(
+            "part %s failed (delivery %d of at most %d): %s",
+            part.part_id,
+            claimed.deliveries,
+            self.cfg.max_deliveries,
+            error,
+        )
         await self._redis(self.queue.record_error, part.part_id, error)
         if disk_full:  # let space come back before trying anything again; the lease brings it back
             self._paused_until = time.monotonic() + DISK_FULL_PAUSE_S
             self.state, self.reason = "paused_for_disk", error
-            log.warning("shard disk full: no new parts for %.0f s; part %s is retried once its lease "
-                        "(%.0f s) runs out", DISK_FULL_PAUSE_S, part.part_id, self.cfg.lease_seconds)
+            log.warning(
+                "shard disk full: no new parts for %.0f s; part %s is retried once its lease (%.0f s) runs out",
+                DISK_FULL_PAUSE_S,
+                part.part_id,
+                self.cfg.lease_seconds,
+            )
             await self._redis(self._heartbeat)  # `streamcap status` says why at once
             return
         # Back off before the next try (anywhere): 2 s per delivery so far, at most the lease.
@@ -366,8 +403,9 @@ class Worker:
             renewed = await asyncio.to_thread(self.queue.keepalive, entry_id)
             if not renewed and not (active.committing or active.task.done()):  # not our own commit's ack
                 active.lost = True
-                log.warning("lost the claim on part %s (reclaimed by another worker or done): dropping it",
-                            active.part.part_id)
+                log.warning(
+                    "lost the claim on part %s (reclaimed by another worker or done): dropping it", active.part.part_id
+                )
                 active.task.cancel()
                 self.active.pop(entry_id, None)
                 self.stats.parts_superseded += 1
@@ -375,16 +413,25 @@ class Worker:
     def _heartbeat(self) -> None:
         fetcher, s = self.fetcher, self.stats
         fields = {
-            "state": self.state, "reason": self.reason,
+            "state": self.state,
+            "reason": self.reason,
             **s.rates(fetcher.wire_bytes if fetcher else 0),
             "in_flight": fetcher.in_flight if fetcher else 0,
             "rows_open": self.runner.rows_open if self.runner else 0,
             "parts": [a.part.part_id for a in self.active.values()],
-            "urls": s.urls, "images": s.images, "failures": dict(s.failures),
-            "parts_committed": s.parts_committed, "parts_released": s.parts_released,
-            "parts_failed": s.parts_failed, "parts_superseded": s.parts_superseded, "parts_dead": s.parts_dead,
+            "urls": s.urls,
+            "images": s.images,
+            "failures": dict(s.failures),
+            "parts_committed": s.parts_committed,
+            "parts_released": s.parts_released,
+            "parts_failed": s.parts_failed,
+            "parts_superseded": s.parts_superseded,
+            "parts_dead": s.parts_dead,
             "image_crashes": self.pool.crashes if self.pool else 0,
-            "concurrency": self.cfg.concurrency, "pid": os.getpid(), "started": s.started, "version": __version__,
+            "concurrency": self.cfg.concurrency,
+            "pid": os.getpid(),
+            "started": s.started,
+            "version": __version__,
         }
         bus.write_heartbeat(self.r, self.keys, bus.ROLE_DOWNLOADER, self.consumer, fields)
 

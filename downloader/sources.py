@@ -94,9 +94,7 @@ class Source(abc.ABC):
         """SourceError naming each missing column (`{column: which setting asked for it}`)."""
         missing = [f"{col!r} ({why})" for col, why in wanted.items() if col not in self.columns]
         if missing:
-            raise SourceError(
-                f"{self.uri} has no column {', '.join(missing)}; its columns: {', '.join(self.columns)}"
-            )
+            raise SourceError(f"{self.uri} has no column {', '.join(missing)}; its columns: {', '.join(self.columns)}")
 
 
 class ParquetSource(Source):
@@ -212,15 +210,22 @@ class TextSource(Source):
         import pyarrow.csv as pacsv
 
         delimiter = "\t" if self.format == "tsv" else ","
-        convert = None if columns is None else pacsv.ConvertOptions(
-            include_columns=columns, column_types={c: pa.string() for c in columns}, strings_can_be_null=False,
+        convert = (
+            None
+            if columns is None
+            else pacsv.ConvertOptions(
+                include_columns=columns,
+                column_types={c: pa.string() for c in columns},
+                strings_can_be_null=False,
+            )
         )
         try:
             return pacsv.open_csv(
                 path,
                 read_options=pacsv.ReadOptions(block_size=_TEXT_BATCH_BYTES),
-                parse_options=pacsv.ParseOptions(delimiter=delimiter, newlines_in_values=True,
-                                                 quote_char='"' if delimiter == "," else False),
+                parse_options=pacsv.ParseOptions(
+                    delimiter=delimiter, newlines_in_values=True, quote_char='"' if delimiter == "," else False
+                ),
                 convert_options=convert,
             )
         except Exception as e:

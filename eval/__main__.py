@@ -1,6 +1,6 @@
 """`python -m streamcap.eval ...` is `streamcap eval ...` (the evaluator container's entry point).
 
-    python -m streamcap.eval watch --data /data/flickr30k/dataset_flickr30k.json
+python -m streamcap.eval watch --data /data/flickr30k/dataset_flickr30k.json
 """
 
 import sys

@@ -36,12 +36,13 @@ def pick_device(cfg: EvalSettings) -> torch.device:
     return inference.pick_device(cfg.device)
 
 
-def caption_set(ckpt: LoadedCheckpoint, evalset: EvalSet, cfg: EvalSettings, device: torch.device,
-                on_batch: Progress | None = None) -> dict[str, str]:
+def caption_set(
+    ckpt: LoadedCheckpoint, evalset: EvalSet, cfg: EvalSettings, device: torch.device, on_batch: Progress | None = None
+) -> dict[str, str]:
     """Beam-search caption of every image of `evalset`, keyed by image id."""
     transform = image_transform(ckpt.config)
     images = list(evalset.images)
-    batches = [images[i:i + cfg.batch_size] for i in range(0, len(images), cfg.batch_size)]
+    batches = [images[i : i + cfg.batch_size] for i in range(0, len(images), cfg.batch_size)]
     predictions: dict[str, str] = {}
     with ThreadPoolExecutor(DECODE_THREADS, thread_name_prefix="eval-decode") as pool:
         pending = pool.submit(_load_batch, pool, batches[0], transform) if batches else None
@@ -49,9 +50,15 @@ def caption_set(ckpt: LoadedCheckpoint, evalset: EvalSet, cfg: EvalSettings, dev
             pixels = pending.result()  # type: ignore[union-attr]
             if index + 1 < len(batches):  # decode the next batch while this one is captioned
                 pending = pool.submit(_load_batch, pool, batches[index + 1], transform)
-            ids = beam_search(ckpt.model, pixels.to(device, non_blocking=True), beam_size=cfg.beam,
-                              alpha=cfg.alpha, max_len=cfg.max_tokens, min_len=cfg.min_tokens,
-                              no_repeat_ngram=cfg.no_repeat_ngram)
+            ids = beam_search(
+                ckpt.model,
+                pixels.to(device, non_blocking=True),
+                beam_size=cfg.beam,
+                alpha=cfg.alpha,
+                max_len=cfg.max_tokens,
+                min_len=cfg.min_tokens,
+                no_repeat_ngram=cfg.no_repeat_ngram,
+            )
             for image, caption_ids in zip(batch, ids):
                 predictions[image.id] = ckpt.tokenizer.decode(caption_ids)
             if on_batch is not None:

@@ -19,7 +19,10 @@ from streamcap.common.commands import JsonFlag, settings_command
 from streamcap.eval.config import EvalSettings
 
 eval_app = typer.Typer(
-    name="eval", no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+    name="eval",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
     help="Caption metrics (BLEU, CIDEr-D, ROUGE-L as the COCO evaluation computes them) and checkpoint evaluation.",
 )
 

@@ -24,55 +24,126 @@ class EvalSettings(CommonSettings):
 
     # --- the evaluation set ---
     data: Path | None = setting(
-        None, flag="--data", env="STREAMCAP_EVAL_DATA",
+        None,
+        flag="--data",
+        env="STREAMCAP_EVAL_DATA",
         help="Evaluation set: a Karpathy-split json (dataset_flickr30k.json) or a jsonl of "
-             '{"image": path, "references": [...]}.',
+        '{"image": path, "references": [...]}.',
     )
     images: Path | None = setting(
-        None, flag="--images", env="STREAMCAP_EVAL_IMAGES",
+        None,
+        flag="--images",
+        env="STREAMCAP_EVAL_IMAGES",
         help="Directory the set's image paths are relative to (default: the data file's directory).",
     )
-    split: str = setting("test", flag="--split", env="STREAMCAP_EVAL_SPLIT",
-                         help="Split of a Karpathy json to evaluate: test, val, train or restval.")
-    limit: int | None = setting(None, flag="--limit", env="STREAMCAP_EVAL_LIMIT", check=optional(at_least(1)),
-                                help="Evaluate only the first N images of the split (quick checks).")
+    split: str = setting(
+        "test",
+        flag="--split",
+        env="STREAMCAP_EVAL_SPLIT",
+        help="Split of a Karpathy json to evaluate: test, val, train or restval.",
+    )
+    limit: int | None = setting(
+        None,
+        flag="--limit",
+        env="STREAMCAP_EVAL_LIMIT",
+        check=optional(at_least(1)),
+        help="Evaluate only the first N images of the split (quick checks).",
+    )
     # --- decoding ---
-    beam: int = setting(5, flag="--beam", env="STREAMCAP_EVAL_BEAM", check=at_least(1),
-                        help="Beam size (1: greedy-like beam search).")
-    alpha: float = setting(0.6, flag="--alpha", env="STREAMCAP_EVAL_ALPHA", check=between(0, 5),
-                           help="Length normalisation of beam search: ((5+|Y|)/6)^alpha.")
-    max_tokens: int = setting(30, flag="--max-tokens", env="STREAMCAP_EVAL_MAX_TOKENS", check=at_least(1),
-                              help="Longest caption generated, in tokens (capped by the model's max_len).")
-    min_tokens: int = setting(0, flag="--min-tokens", env="STREAMCAP_EVAL_MIN_TOKENS", check=at_least(0),
-                              help="Shortest caption generated, in tokens (EOS is forbidden before).")
-    no_repeat_ngram: int = setting(0, flag="--no-repeat-ngram", env="STREAMCAP_EVAL_NO_REPEAT_NGRAM",
-                                   check=at_least(0), help="Forbid repeating any n-gram of this size (0: off).")
-    batch_size: int = setting(32, flag="--batch-size", env="STREAMCAP_EVAL_BATCH_SIZE", check=at_least(1),
-                              help="Images per beam-search batch.")
-    device: str = setting("auto", flag="--device", env="STREAMCAP_EVAL_DEVICE", check=one_of(*DEVICES),
-                          help="cuda when available under auto.")
+    beam: int = setting(
+        5, flag="--beam", env="STREAMCAP_EVAL_BEAM", check=at_least(1), help="Beam size (1: greedy-like beam search)."
+    )
+    alpha: float = setting(
+        0.6,
+        flag="--alpha",
+        env="STREAMCAP_EVAL_ALPHA",
+        check=between(0, 5),
+        help="Length normalisation of beam search: ((5+|Y|)/6)^alpha.",
+    )
+    max_tokens: int = setting(
+        30,
+        flag="--max-tokens",
+        env="STREAMCAP_EVAL_MAX_TOKENS",
+        check=at_least(1),
+        help="Longest caption generated, in tokens (capped by the model's max_len).",
+    )
+    min_tokens: int = setting(
+        0,
+        flag="--min-tokens",
+        env="STREAMCAP_EVAL_MIN_TOKENS",
+        check=at_least(0),
+        help="Shortest caption generated, in tokens (EOS is forbidden before).",
+    )
+    no_repeat_ngram: int = setting(
+        0,
+        flag="--no-repeat-ngram",
+        env="STREAMCAP_EVAL_NO_REPEAT_NGRAM",
+        check=at_least(0),
+        help="Forbid repeating any n-gram of this size (0: off).",
+    )
+    batch_size: int = setting(
+        32,
+        flag="--batch-size",
+        env="STREAMCAP_EVAL_BATCH_SIZE",
+        check=at_least(1),
+        help="Images per beam-search batch.",
+    )
+    device: str = setting(
+        "auto",
+        flag="--device",
+        env="STREAMCAP_EVAL_DEVICE",
+        check=one_of(*DEVICES),
+        help="cuda when available under auto.",
+    )
     # --- outputs ---
-    out_dir: Path = setting(Path("evals"), flag="--out-dir", env="STREAMCAP_EVAL_DIR",
-                            help="Predictions, HTML reports, results.jsonl, the metric plot and `best` go here.")
-    metric: str = setting("CIDEr", flag="--metric", env="STREAMCAP_EVAL_METRIC", check=one_of(*METRICS),
-                          help="Metric that decides the best checkpoint.")
-    meteor: bool = setting(True, flag="--meteor/--no-meteor", env="STREAMCAP_EVAL_METEOR",
-                           help="Also compute METEOR with pycocoevalcap's Java scorer when java is installed.")
-    gallery: int = setting(24, flag="--gallery", env="STREAMCAP_EVAL_GALLERY", check=at_least(0),
-                           help="Images in the report's gallery: half the best, half the worst by CIDEr.")
+    out_dir: Path = setting(
+        Path("evals"),
+        flag="--out-dir",
+        env="STREAMCAP_EVAL_DIR",
+        help="Predictions, HTML reports, results.jsonl, the metric plot and `best` go here.",
+    )
+    metric: str = setting(
+        "CIDEr",
+        flag="--metric",
+        env="STREAMCAP_EVAL_METRIC",
+        check=one_of(*METRICS),
+        help="Metric that decides the best checkpoint.",
+    )
+    meteor: bool = setting(
+        True,
+        flag="--meteor/--no-meteor",
+        env="STREAMCAP_EVAL_METEOR",
+        help="Also compute METEOR with pycocoevalcap's Java scorer when java is installed.",
+    )
+    gallery: int = setting(
+        24,
+        flag="--gallery",
+        env="STREAMCAP_EVAL_GALLERY",
+        check=at_least(0),
+        help="Images in the report's gallery: half the best, half the worst by CIDEr.",
+    )
     # --- the watcher ---
     exit_when_empty: bool = setting(
-        False, flag="--exit-when-empty", env="STREAMCAP_EVAL_EXIT_WHEN_EMPTY",
+        False,
+        flag="--exit-when-empty",
+        env="STREAMCAP_EVAL_EXIT_WHEN_EMPTY",
         help="eval watch: exit once no checkpoint is waiting (burst mode).",
     )
     reclaim_after_s: float = setting(
-        120.0, flag="--reclaim-after-s", env="STREAMCAP_EVAL_RECLAIM_AFTER_S", check=at_least(1),
+        120.0,
+        flag="--reclaim-after-s",
+        env="STREAMCAP_EVAL_RECLAIM_AFTER_S",
+        check=at_least(1),
         help="eval watch: take over a checkpoint whose evaluator stopped refreshing it this long ago.",
     )
-    wandb_project: str = setting("streamcap", flag="--wandb-project", env="STREAMCAP_WANDB_PROJECT",
-                                 help="Weights & Biases project.")
+    wandb_project: str = setting(
+        "streamcap", flag="--wandb-project", env="STREAMCAP_WANDB_PROJECT", help="Weights & Biases project."
+    )
     wandb_mode: str = setting(
-        "auto", flag="--wandb-mode", env="STREAMCAP_WANDB_MODE", check=one_of(*WANDB_MODES),
+        "auto",
+        flag="--wandb-mode",
+        env="STREAMCAP_WANDB_MODE",
+        check=one_of(*WANDB_MODES),
         help="auto: online with an API key, offline without; WANDB_MODE=disabled turns it off.",
     )
 

@@ -36,7 +36,7 @@ class EvalSetError(ValueError):
 
 @dataclass(frozen=True)
 class EvalImage:
-    id: str                      # unique within the set: the Karpathy filename or the jsonl id
+    id: str  # unique within the set: the Karpathy filename or the jsonl id
     path: Path
     references: tuple[str, ...]
 
@@ -44,7 +44,7 @@ class EvalImage:
 @dataclass(frozen=True)
 class EvalSet:
     source: Path
-    split: str | None            # None for jsonl sets
+    split: str | None  # None for jsonl sets
     images: tuple[EvalImage, ...]
 
     def __len__(self) -> int:
@@ -59,8 +59,9 @@ class EvalSet:
         return f"{self.source.name}:{self.split}" if self.split else self.source.name
 
 
-def load_eval_set(path: Path, *, split: str = "test", image_dir: Path | None = None,
-                  limit: int | None = None) -> EvalSet:
+def load_eval_set(
+    path: Path, *, split: str = "test", image_dir: Path | None = None, limit: int | None = None
+) -> EvalSet:
     """Load a Karpathy json or a jsonl set; `limit` keeps the first N images."""
     path = Path(path)
     if not path.is_file():
@@ -153,5 +154,6 @@ def _check_images_exist(path: Path, images: list[EvalImage]) -> None:
     if missing:
         shown = "; ".join(f"{im.id} -> {im.path}" for im in missing[:MISSING_SHOWN])
         more = f" (+{len(missing) - MISSING_SHOWN} more)" if len(missing) > MISSING_SHOWN else ""
-        raise EvalSetError(f"{path}: {len(missing)} image(s) not found: {shown}{more} "
-                           "(set --images to the image directory)")
+        raise EvalSetError(
+            f"{path}: {len(missing)} image(s) not found: {shown}{more} (set --images to the image directory)"
+        )

@@ -29,9 +29,18 @@ log = logging.getLogger(__name__)
 StageCallback = Callable[[str, int, int], None]
 
 
-def evaluate_checkpoint(cfg: EvalSettings, checkpoint: Path, evalset: EvalSet, device, *,
-                        step: int | None = None, run: str | None = None, entry: str = "",
-                        evaluator: str = "", on_stage: StageCallback | None = None) -> EvalResult:
+def evaluate_checkpoint(
+    cfg: EvalSettings,
+    checkpoint: Path,
+    evalset: EvalSet,
+    device,
+    *,
+    step: int | None = None,
+    run: str | None = None,
+    entry: str = "",
+    evaluator: str = "",
+    on_stage: StageCallback | None = None,
+) -> EvalResult:
     """Caption every image with beam search, score, write predictions, scores and the report.
 
     `step`/`run` default to the checkpoint's own; the watcher passes the published ones.
@@ -45,18 +54,39 @@ def evaluate_checkpoint(cfg: EvalSettings, checkpoint: Path, evalset: EvalSet, d
     stage("loading", 0, len(evalset))
     ckpt = load_checkpoint(checkpoint, map_location=device)
     step = ckpt.step if step is None else step
-    run = (run or ckpt.run or "unnamed")
-    log.info("evaluating %s (run %s, step %d) on %s: %d images, beam %d, %s",
-             checkpoint, run, step, evalset.name, len(evalset), cfg.beam, device)
+    run = run or ckpt.run or "unnamed"
+    log.info(
+        "evaluating %s (run %s, step %d) on %s: %d images, beam %d, %s",
+        checkpoint,
+        run,
+        step,
+        evalset.name,
+        len(evalset),
+        cfg.beam,
+        device,
+    )
     predictions = caption_set(ckpt, evalset, cfg, device, on_batch=lambda done, total: stage("captioning", done, total))
     del ckpt  # free GPU memory before scoring
 
     stage("scoring", len(evalset), len(evalset))
     result = EvalResult(
-        checkpoint=str(checkpoint), step=step, run=run, dataset=evalset.name, images=len(evalset),
-        metric=cfg.metric, entry=entry, evaluator=evaluator, created=time.time(),
-        settings={"beam": cfg.beam, "alpha": cfg.alpha, "max_tokens": cfg.max_tokens, "min_tokens": cfg.min_tokens,
-                  "no_repeat_ngram": cfg.no_repeat_ngram, "device": str(device)},
+        checkpoint=str(checkpoint),
+        step=step,
+        run=run,
+        dataset=evalset.name,
+        images=len(evalset),
+        metric=cfg.metric,
+        entry=entry,
+        evaluator=evaluator,
+        created=time.time(),
+        settings={
+            "beam": cfg.beam,
+            "alpha": cfg.alpha,
+            "max_tokens": cfg.max_tokens,
+            "min_tokens": cfg.min_tokens,
+            "no_repeat_ngram": cfg.no_repeat_ngram,
+            "device": str(device),
+        },
     )
     per_image = _score(cfg, result, predictions, evalset.references)
     result.seconds = round(time.time() - started, 2)
@@ -67,8 +97,9 @@ def evaluate_checkpoint(cfg: EvalSettings, checkpoint: Path, evalset: EvalSet, d
     return result
 
 
-def _score(cfg: EvalSettings, result: EvalResult, predictions: dict[str, str],
-           references: dict[str, list[str]]) -> dict[str, dict[str, float]]:
+def _score(
+    cfg: EvalSettings, result: EvalResult, predictions: dict[str, str], references: dict[str, list[str]]
+) -> dict[str, dict[str, float]]:
     tokenized_preds, tokenized_refs = normalize_pairs(predictions, references)
     scores = score_tokenized(tokenized_preds, tokenized_refs)
     extra = java_metrics(tokenized_preds, tokenized_refs, meteor=cfg.meteor)
@@ -77,8 +108,13 @@ def _score(cfg: EvalSettings, result: EvalResult, predictions: dict[str, str],
     return scores.per_image
 
 
-def write_outputs(cfg: EvalSettings, result: EvalResult, evalset: EvalSet, predictions: dict[str, str],
-                  per_image: dict[str, dict[str, float]]) -> None:
+def write_outputs(
+    cfg: EvalSettings,
+    result: EvalResult,
+    evalset: EvalSet,
+    predictions: dict[str, str],
+    per_image: dict[str, dict[str, float]],
+) -> None:
     """predictions.json, references.json, scores.json, a results.jsonl line, the plot and report.html."""
     folder = evaluation_dir(cfg.out_dir, result.run, result.step)
     result.predictions = str(folder / "predictions.json")

@@ -64,11 +64,15 @@ def score_captions(candidates: Mapping[str, str], references: Mapping[str, Seque
     return score_tokenized(*normalize_pairs(candidates, references))
 
 
-def normalize_pairs(candidates: Mapping[str, str], references: Mapping[str, Sequence[str]],
-                    ) -> tuple[dict[str, str], dict[str, list[str]]]:
+def normalize_pairs(
+    candidates: Mapping[str, str],
+    references: Mapping[str, Sequence[str]],
+) -> tuple[dict[str, str], dict[str, list[str]]]:
     """Candidates and references tokenized the way the COCO evaluation does (`eval.ptb`)."""
-    return ({k: normalize(v) for k, v in candidates.items()},
-            {k: [normalize(r) for r in refs] for k, refs in references.items()})
+    return (
+        {k: normalize(v) for k, v in candidates.items()},
+        {k: [normalize(r) for r in refs] for k, refs in references.items()},
+    )
 
 
 def check_ids(candidates: Mapping[str, object], references: Mapping[str, Sequence[str]]) -> None:

@@ -37,19 +37,19 @@ class EvalResult:
     checkpoint: str
     step: int
     run: str
-    status: str = "ok"                     # ok | failed
-    error: str = ""                        # why, when failed
-    dataset: str = ""                      # e.g. dataset_flickr30k.json:test
+    status: str = "ok"  # ok | failed
+    error: str = ""  # why, when failed
+    dataset: str = ""  # e.g. dataset_flickr30k.json:test
     images: int = 0
-    scores: dict[str, float] = field(default_factory=dict)   # BLEU-1..4, CIDEr, ROUGE-L (+ METEOR)
-    skipped: dict[str, str] = field(default_factory=dict)    # metric -> reason (SPICE, METEOR)
-    metric: str = "CIDEr"                  # what "best" is judged by
-    settings: dict[str, Any] = field(default_factory=dict)   # beam, alpha, max_tokens, ...
+    scores: dict[str, float] = field(default_factory=dict)  # BLEU-1..4, CIDEr, ROUGE-L (+ METEOR)
+    skipped: dict[str, str] = field(default_factory=dict)  # metric -> reason (SPICE, METEOR)
+    metric: str = "CIDEr"  # what "best" is judged by
+    settings: dict[str, Any] = field(default_factory=dict)  # beam, alpha, max_tokens, ...
     seconds: float = 0.0
     created: float = 0.0
     report: str = ""
     predictions: str = ""
-    entry: str = ""                        # id of the `checkpoints` stream entry, when watched
+    entry: str = ""  # id of the `checkpoints` stream entry, when watched
     evaluator: str = ""
 
     @property

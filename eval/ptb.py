@@ -31,7 +31,7 @@ PUNCTUATION = frozenset(
 _APOS = "'\u2019\u0092\u00b4"  # straight, right curly, CP1252 right quote, acute accent
 _A = f"[{_APOS}]"
 _L = r"[^\W\d_]"  # a letter
-_AN = r"[^\W_]"   # a letter or digit
+_AN = r"[^\W_]"  # a letter or digit
 _NUM = r"\d+(?:[.,:]\d+)*|\d*(?:[.,]\d+)+"
 # One piece of a hyphenated word: a decimal number (not glued to letters) or letters and digits.
 _PIECE = f"(?:[dlno]{_A}{_AN})?(?:\\d+(?:[.,:]\\d+)+(?![^\\W_])|{_AN}+)"
@@ -53,8 +53,19 @@ _NUMBER_ABBREVIATIONS = frozenset("no nos fig figs pp art prop op ca".split())
 _ASSIMILATIONS = {"cannot": 3, "gonna": 2, "gotta": 2, "wanna": 2, "lemme": 2, "gimme": 2}
 
 _BRACKETS = {"(": "-LRB-", ")": "-RRB-", "[": "-LSB-", "]": "-RSB-", "{": "-LCB-", "}": "-RCB-"}
-_QUOTES = {'"': "''", "\u201c": "``", "\u201d": "''", "\u00ab": "``", "\u00bb": "''",
-           "\u2018": "`", "\u2019": "'", "\u2039": "`", "\u203a": "'", "`": "`", "'": "'"}
+_QUOTES = {
+    '"': "''",
+    "\u201c": "``",
+    "\u201d": "''",
+    "\u00ab": "``",
+    "\u00bb": "''",
+    "\u2018": "`",
+    "\u2019": "'",
+    "\u2039": "`",
+    "\u203a": "'",
+    "`": "`",
+    "'": "'",
+}
 _CURRENCY = {"\u20ac": "$", "\u00a3": "#"}
 # Characters the Java lexer drops with a warning (besides emoji and control characters).
 _UNTOKENIZABLE = frozenset("\u2010\u2011\u2012\u20b9")
@@ -74,7 +85,7 @@ def _as(token: str) -> Lexeme:
 def _word(line: str, m: re.Match[str]) -> list[str]:
     """A word, with `n't` split off ("isn't" -> "is" "n't"); other clitics lex on their own."""
     word = m.group(0)
-    rest = line[m.end():]
+    rest = line[m.end() :]
     if word[-1:] in "nN" and len(word) > 1 and re.match(f"{_A}[tT](?!{_L})", rest):
         return [word[:-1], word[-1] + "'" + rest[1]]  # kept in the original case, lowered later
     return [word]
@@ -87,7 +98,7 @@ def _abbreviation(line: str, m: re.Match[str]) -> list[str]:
     keeps = (
         lower in _ABBREVIATIONS
         or (lower in _CAPITAL_ABBREVIATIONS and word[0].isupper())
-        or (lower in _NUMBER_ABBREVIATIONS and re.match(r"\s+\d", line[m.end():]) is not None)
+        or (lower in _NUMBER_ABBREVIATIONS and re.match(r"\s+\d", line[m.end() :]) is not None)
         or re.fullmatch(f"{_L}(?:\\.{_L})*", word) is not None  # "a.", "u.s.", "p.m."
     )
     if keeps:
@@ -141,8 +152,14 @@ _RULES: list[tuple[re.Pattern[str], Lexeme]] = [
     (re.compile(f"{_AN}(?:{_AN}|[.,])*(?:[-_]{_PIECE})+", re.I), _first),  # "u.s.a.-made"
     (re.compile(f"{_L}(?:\\.{_L})*\\.|{_L}+(?:\\.{_L}+)?\\.(?![^\\W_])"), _abbreviation),
     # apostrophes inside words: "o'neil", "l'oreal", "y'", "'em", "'80s", "rock 'n' roll"
-    (re.compile(f"[dlno]{_A}{_L}{{2,}}|[jy]{_A}|{_L}+[aeiouy]{_A}[aeiou]{_L}*|{_A}(?:em|till?|cause)(?!{_L})|{_A}n{_A}"
-                f"|{_A}[1-9]0s|(?:somethin|dunkin|ol){_A}", re.I), _first),
+    (
+        re.compile(
+            f"[dlno]{_A}{_L}{{2,}}|[jy]{_A}|{_L}+[aeiouy]{_A}[aeiou]{_L}*|{_A}(?:em|till?|cause)(?!{_L})|{_A}n{_A}"
+            f"|{_A}[1-9]0s|(?:somethin|dunkin|ol){_A}",
+            re.I,
+        ),
+        _first,
+    ),
     (re.compile(f"{_A}(?:s|m|d|re|ve|ll)(?!{_L})", re.I), _clitic),
     (re.compile(f"n{_A}t(?!{_L})", re.I), _negation),  # a lone "n't", as in "is n't"
     (re.compile(r"\.\.\.+|\u2026"), _as("...")),
@@ -198,9 +215,7 @@ def _prepare(caption: str) -> str:
     caption = caption.replace("\n", " ")
     if caption.isascii():
         return caption
-    return "".join(
-        f" {ch} " if unicodedata.category(ch) == "No" else ch for ch in caption
-    )
+    return "".join(f" {ch} " if unicodedata.category(ch) == "No" else ch for ch in caption)
 
 
 def ptb_tokenize(caption: str) -> list[str]:

@@ -48,32 +48,49 @@ img.plot { max-width: 100%; background: #fff; box-shadow: 0 1px 3px #0002; }
 """
 
 
-def write_report(path: Path, result: EvalResult, evalset: EvalSet, predictions: dict[str, str],
-                 per_image: dict[str, dict[str, float]], *, gallery: int, plot: Path | None) -> Path:
+def write_report(
+    path: Path,
+    result: EvalResult,
+    evalset: EvalSet,
+    predictions: dict[str, str],
+    per_image: dict[str, dict[str, float]],
+    *,
+    gallery: int,
+    plot: Path | None,
+) -> Path:
     """Write the HTML report of one evaluation to `path`."""
     parts = [
         "<!doctype html><html lang='en'><head><meta charset='utf-8'>",
         f"<title>{_e(result.run)} step {result.step}: {_e(result.dataset)}</title><style>{_STYLE}</style></head><body>",
         _header(result),
-        "<h2>Metrics</h2>", _metrics_table(result),
+        "<h2>Metrics</h2>",
+        _metrics_table(result),
     ]
     if plot is not None and plot.is_file():
-        parts += ["<h2>Over training</h2>", f"<img class='plot' alt='metrics over steps' src='{_data_uri(plot.read_bytes(), 'png')}'>"]
+        parts += [
+            "<h2>Over training</h2>",
+            f"<img class='plot' alt='metrics over steps' src='{_data_uri(plot.read_bytes(), 'png')}'>",
+        ]
     best, worst = gallery_images(evalset, per_image, gallery)
-    for title, images, good in ((f"The {len(best)} best images by CIDEr", best, True),
-                                (f"The {len(worst)} worst images by CIDEr", worst, False)):
+    for title, images, good in (
+        (f"The {len(best)} best images by CIDEr", best, True),
+        (f"The {len(worst)} worst images by CIDEr", worst, False),
+    ):
         if images:
-            parts += [f"<h2>{title}</h2><div class='grid'>",
-                      *(_card(im, predictions[im.id], per_image[im.id]["CIDEr"], good=good) for im in images),
-                      "</div>"]
+            parts += [
+                f"<h2>{title}</h2><div class='grid'>",
+                *(_card(im, predictions[im.id], per_image[im.id]["CIDEr"], good=good) for im in images),
+                "</div>",
+            ]
     parts.append("</body></html>")
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(parts), encoding="utf-8")
     return path
 
 
-def gallery_images(evalset: EvalSet, per_image: dict[str, dict[str, float]],
-                   size: int) -> tuple[list[EvalImage], list[EvalImage]]:
+def gallery_images(
+    evalset: EvalSet, per_image: dict[str, dict[str, float]], size: int
+) -> tuple[list[EvalImage], list[EvalImage]]:
     """(best, worst) images by CIDEr, `size` in all: best first in the one, worst first in the other.
 
     Halves of min(size, images), so the two never overlap, also on a set smaller than `size`.
@@ -163,7 +180,7 @@ def plot_history(results: list[EvalResult], path: Path) -> Path | None:
         ax.set_title(name)
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)
-    for ax in list(axes.flat)[len(names):]:
+    for ax in list(axes.flat)[len(names) :]:
         ax.axis("off")
     if len(runs) > 1:
         axes.flat[0].legend(fontsize=8)

@@ -105,7 +105,11 @@ def _read_captions(path: Path, *, list_values: bool) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ValueError(f"{path}: expected {kind} as {expected}, got a JSON {type(data).__name__}")
     for key, value in data.items():
-        ok = (isinstance(value, list) and all(isinstance(v, str) for v in value)) if list_values else isinstance(value, str)
+        ok = (
+            (isinstance(value, list) and all(isinstance(v, str) for v in value))
+            if list_values
+            else isinstance(value, str)
+        )
         if not ok:
             raise ValueError(f"{path}: {kind} of id {key!r} is not as {expected}")
     return data

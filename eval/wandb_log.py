@@ -39,10 +39,22 @@ class WandbLogger:
         import wandb
 
         self.cfg.out_dir.mkdir(parents=True, exist_ok=True)
-        run = wandb.init(project=self.cfg.wandb_project, id=f"{training_run}-eval", name=f"{training_run} eval",
-                         job_type="eval", resume="allow", mode=self.mode, dir=str(self.cfg.out_dir),
-                         reinit="create_new", config={"evalset": str(self.cfg.data), "split": self.cfg.split,
-                                                      "beam": self.cfg.beam, "metric": self.cfg.metric})
+        run = wandb.init(
+            project=self.cfg.wandb_project,
+            id=f"{training_run}-eval",
+            name=f"{training_run} eval",
+            job_type="eval",
+            resume="allow",
+            mode=self.mode,
+            dir=str(self.cfg.out_dir),
+            reinit="create_new",
+            config={
+                "evalset": str(self.cfg.data),
+                "split": self.cfg.split,
+                "beam": self.cfg.beam,
+                "metric": self.cfg.metric,
+            },
+        )
         log.info("Weights & Biases run %s-eval (%s mode)", training_run, self.mode)
         self.runs[training_run] = run
         return run

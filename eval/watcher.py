@@ -50,8 +50,9 @@ REFRESH_EVERY_S = 5.0
 
 
 class Watcher:
-    def __init__(self, cfg: EvalSettings, r: redis.Redis, evalset: EvalSet, device: Any,
-                 consumer: str | None = None) -> None:
+    def __init__(
+        self, cfg: EvalSettings, r: redis.Redis, evalset: EvalSet, device: Any, consumer: str | None = None
+    ) -> None:
         self.cfg, self.r, self.evalset, self.device = cfg, r, evalset, device
         self.keys = cfg.keys
         self.consumer = consumer or instance_id()
@@ -67,9 +68,15 @@ class Watcher:
     def run(self) -> int:
         bus.wait_for_redis(self.r, what="Redis")
         bus.ensure_group(self.r, self.keys.checkpoints, bus.GROUP_EVALUATORS)
-        log.info("watching %s as %s/%s; set %s (%d images), best by %s",
-                 self.keys.checkpoints, bus.GROUP_EVALUATORS, self.consumer, self.evalset.name,
-                 len(self.evalset), self.cfg.metric)
+        log.info(
+            "watching %s as %s/%s; set %s (%d images), best by %s",
+            self.keys.checkpoints,
+            bus.GROUP_EVALUATORS,
+            self.consumer,
+            self.evalset.name,
+            len(self.evalset),
+            self.cfg.metric,
+        )
         try:
             while not self.stop:
                 try:
@@ -101,13 +108,19 @@ class Watcher:
     def _next_entry(self) -> tuple[str, dict[str, str]] | None:
         """A stale entry of a dead evaluator first, else a new one (blocking up to BLOCK_MS)."""
         self._set_state("idle")
-        stale = bus.claim_stale(self.r, self.keys.checkpoints, bus.GROUP_EVALUATORS, self.consumer,
-                                int(self.cfg.reclaim_after_s * 1000))
+        stale = bus.claim_stale(
+            self.r, self.keys.checkpoints, bus.GROUP_EVALUATORS, self.consumer, int(self.cfg.reclaim_after_s * 1000)
+        )
         if stale:
             log.info("took over checkpoint entry %s from a stopped evaluator", stale[0][0])
             return stale[0]
-        reply = self.r.xreadgroup(bus.GROUP_EVALUATORS, self.consumer, {self.keys.checkpoints: ">"},
-                                  count=1, block=None if self.cfg.exit_when_empty else bus.BLOCK_MS)
+        reply = self.r.xreadgroup(
+            bus.GROUP_EVALUATORS,
+            self.consumer,
+            {self.keys.checkpoints: ">"},
+            count=1,
+            block=None if self.cfg.exit_when_empty else bus.BLOCK_MS,
+        )
         if not reply:
             return None
         _, entries = reply[0]
@@ -123,8 +136,18 @@ class Watcher:
         try:
             record = CheckpointRecord.from_message(bus.decode(fields))
         except (bus.MessageError, KeyError, TypeError, ValueError) as e:
-            self._commit(EvalResult(checkpoint="", step=0, run="", status="failed", error=f"bad message: {e}",
-                                    entry=entry_id, evaluator=self.consumer, created=time.time()))
+            self._commit(
+                EvalResult(
+                    checkpoint="",
+                    step=0,
+                    run="",
+                    status="failed",
+                    error=f"bad message: {e}",
+                    entry=entry_id,
+                    evaluator=self.consumer,
+                    created=time.time(),
+                )
+            )
             return
         deliveries = bus.delivery_count(self.r, self.keys.checkpoints, bus.GROUP_EVALUATORS, entry_id)
         if deliveries > MAX_DELIVERIES:
@@ -133,8 +156,14 @@ class Watcher:
         self._beat.update(checkpoint=record.path, step=record.step, run=record.run)
         try:
             result = evaluate_checkpoint(
-                self.cfg, Path(record.path), self.evalset, self.device, step=record.step, run=record.run,
-                entry=entry_id, evaluator=self.consumer,
+                self.cfg,
+                Path(record.path),
+                self.evalset,
+                self.device,
+                step=record.step,
+                run=record.run,
+                entry=entry_id,
+                evaluator=self.consumer,
                 on_stage=lambda stage, done, total: self._progress(entry_id, stage, done, total),
             )
         except (EvalSetError, ValueError, OSError) as e:  # CheckpointError is a ValueError
@@ -145,9 +174,19 @@ class Watcher:
 
     def _fail(self, record: CheckpointRecord, entry_id: str, reason: str) -> None:
         log.error("cannot evaluate %s: %s", record.path, reason)
-        self._commit(EvalResult(checkpoint=record.path, step=record.step, run=record.run, status="failed",
-                                error=reason, entry=entry_id, evaluator=self.consumer, created=time.time(),
-                                metric=self.cfg.metric))
+        self._commit(
+            EvalResult(
+                checkpoint=record.path,
+                step=record.step,
+                run=record.run,
+                status="failed",
+                error=reason,
+                entry=entry_id,
+                evaluator=self.consumer,
+                created=time.time(),
+                metric=self.cfg.metric,
+            )
+        )
 
     def _progress(self, entry_id: str, stage: str, done: int, total: int) -> None:
         self._beat.update(state=stage, progress=f"{done}/{total}")
@@ -174,9 +213,18 @@ class Watcher:
         value = "" if result.status != "ok" or result.value is None else repr(float(result.value))
         best = [x for pair in best_fields(result).items() for x in pair] if value else []
         outcome = self.r.eval(
-            _COMMIT_SCRIPT, 3, self.keys.checkpoints, self.keys.evals, self.keys.evals_best,
-            bus.GROUP_EVALUATORS, self.consumer, result.entry, bus.encode(result.to_json())["json"],
-            result.metric, value, *best,
+            _COMMIT_SCRIPT,
+            3,
+            self.keys.checkpoints,
+            self.keys.evals,
+            self.keys.evals_best,
+            bus.GROUP_EVALUATORS,
+            self.consumer,
+            result.entry,
+            bus.encode(result.to_json())["json"],
+            result.metric,
+            value,
+            *best,
         )
         if outcome == -1:
             log.warning("entry %s was taken over by another evaluator; dropping this result", result.entry)
@@ -194,8 +242,14 @@ class Watcher:
         except OSError as e:  # e.g. the trainer already deleted the file: Redis still says which
             log.warning("new best %s, but cannot keep a copy of %s: %s", result.metric, result.checkpoint, e)
         else:
-            log.info("new best %s %.4f: %s (step %d) -> %s", result.metric, result.value, result.checkpoint,
-                     result.step, path)
+            log.info(
+                "new best %s %.4f: %s (step %d) -> %s",
+                result.metric,
+                result.value,
+                result.checkpoint,
+                result.step,
+                path,
+            )
 
     # --- heartbeat ------------------------------------------------------------------------------
 
@@ -207,11 +261,23 @@ class Watcher:
 
     def _heartbeat(self) -> None:
         best = self.r.hgetall(self.keys.evals_best)
-        bus.write_heartbeat(self.r, self.keys, bus.ROLE_EVALUATOR, self.consumer, {
-            **self._beat, "evaluated": self.evaluated, "latest": self.latest, "metric": self.cfg.metric,
-            "best_value": best.get("value", ""), "best_step": best.get("step", ""),
-            "best_checkpoint": best.get("checkpoint", ""), "dataset": self.evalset.name, "device": str(self.device),
-        })
+        bus.write_heartbeat(
+            self.r,
+            self.keys,
+            bus.ROLE_EVALUATOR,
+            self.consumer,
+            {
+                **self._beat,
+                "evaluated": self.evaluated,
+                "latest": self.latest,
+                "metric": self.cfg.metric,
+                "best_value": best.get("value", ""),
+                "best_step": best.get("step", ""),
+                "best_checkpoint": best.get("checkpoint", ""),
+                "dataset": self.evalset.name,
+                "device": str(self.device),
+            },
+        )
 
 
 # KEYS: checkpoints, evals, evals:best. ARGV: group, consumer, entry id ('' when not watched),
@@ -242,7 +308,13 @@ return became
 def best_fields(result: EvalResult) -> dict[str, str]:
     """The `evals:best` hash of a result: flat strings, scores as JSON."""
     return {
-        "metric": result.metric, "value": repr(float(result.value)), "checkpoint": result.checkpoint,
-        "step": str(result.step), "run": result.run, "entry": result.entry, "report": result.report,
-        "scores": json.dumps(result.scores, sort_keys=True), "created": repr(result.created),
+        "metric": result.metric,
+        "value": repr(float(result.value)),
+        "checkpoint": result.checkpoint,
+        "step": str(result.step),
+        "run": result.run,
+        "entry": result.entry,
+        "report": result.report,
+        "scores": json.dumps(result.scores, sort_keys=True),
+        "created": repr(result.created),
     }

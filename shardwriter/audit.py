@@ -73,23 +73,35 @@ class AuditReport:
 
     def to_json(self) -> dict:
         return {
-            "ok": self.ok, "complete": self.complete, "rows_enqueued": self.rows_enqueued, "samples": self.samples,
-            "failures": self.failures, "failures_by_reason": self.failures_by_reason, "dead_rows": self.dead_rows,
-            "unfinished_rows": self.unfinished_rows, "lost": self.lost, "duplicates": self.duplicates,
-            "parts": self.parts, "shards": self.shards, "shards_deleted": self.shards_deleted,
+            "ok": self.ok,
+            "complete": self.complete,
+            "rows_enqueued": self.rows_enqueued,
+            "samples": self.samples,
+            "failures": self.failures,
+            "failures_by_reason": self.failures_by_reason,
+            "dead_rows": self.dead_rows,
+            "unfinished_rows": self.unfinished_rows,
+            "lost": self.lost,
+            "duplicates": self.duplicates,
+            "parts": self.parts,
+            "shards": self.shards,
+            "shards_deleted": self.shards_deleted,
             "deliveries": {str(k): v for k, v in sorted(self.deliveries.items())},
             "redelivered_parts": self.redelivered_parts,
-            "discrepancies": self.discrepancies, "notes": self.notes,
+            "discrepancies": self.discrepancies,
+            "notes": self.notes,
         }
 
     def summary(self) -> str:
         reasons = ", ".join(f"{k} {v}" for k, v in sorted(self.failures_by_reason.items(), key=lambda kv: -kv[1]))
         parts = ", ".join(f"{k} {v}" for k, v in self.parts.items())
-        return (f"audit: {self.rows_enqueued} rows -> {self.samples} samples + {self.failures} failures"
-                f"{f' ({reasons})' if reasons else ''}, dead rows {self.dead_rows}, unfinished rows "
-                f"{self.unfinished_rows}; parts: {parts}; redelivered parts {self.redelivered_parts}; "
-                f"lost={self.lost}, duplicates={self.duplicates}, "
-                f"discrepancies={len(self.discrepancies)}")
+        return (
+            f"audit: {self.rows_enqueued} rows -> {self.samples} samples + {self.failures} failures"
+            f"{f' ({reasons})' if reasons else ''}, dead rows {self.dead_rows}, unfinished rows "
+            f"{self.unfinished_rows}; parts: {parts}; redelivered parts {self.redelivered_parts}; "
+            f"lost={self.lost}, duplicates={self.duplicates}, "
+            f"discrepancies={len(self.discrepancies)}"
+        )
 
 
 class _Findings:
@@ -106,7 +118,9 @@ class _Findings:
             self.report.discrepancies.append(f"... more of: {kind} (not listed)")
 
 
-def _part_states(parts: dict[str, PartRecord], q: PartQueueSnapshot, report: AuditReport, found: _Findings) -> dict[str, str]:
+def _part_states(
+    parts: dict[str, PartRecord], q: PartQueueSnapshot, report: AuditReport, found: _Findings
+) -> dict[str, str]:
     """The one state of every expected part; lost parts and double states are discrepancies."""
     states: dict[str, str] = {}
     for pid, part in parts.items():
@@ -115,8 +129,10 @@ def _part_states(parts: dict[str, PartRecord], q: PartQueueSnapshot, report: Aud
             found.add("enqueued twice", f"part {pid} is enqueued {len(ids)} times ({', '.join(ids)})")
         have = q.states(pid)
         if not have:
-            found.add("lost part", f"part {pid} (rows {part.start}-{part.end - 1}) is in no state: not done, "
-                                   "dead, pending or in flight")
+            found.add(
+                "lost part",
+                f"part {pid} (rows {part.start}-{part.end - 1}) is in no state: not done, dead, pending or in flight",
+            )
             report.lost += part.rows
             continue
         if len(have) > 1:
@@ -132,8 +148,9 @@ def _part_states(parts: dict[str, PartRecord], q: PartQueueSnapshot, report: Aud
     return states
 
 
-def audit(r: redis.Redis, keys: bus.Keys, shard_dir: Path, *, expect_done: bool = False,
-          decode_images: bool = True) -> AuditReport:
+def audit(
+    r: redis.Redis, keys: bus.Keys, shard_dir: Path, *, expect_done: bool = False, decode_images: bool = True
+) -> AuditReport:
     """Reconcile Redis, the stats files and the shard contents (see the module docstring)."""
     shard_dir = Path(shard_dir)
     report = AuditReport()
@@ -143,8 +160,11 @@ def audit(r: redis.Redis, keys: bus.Keys, shard_dir: Path, *, expect_done: bool 
     queue = read_part_queue(r, keys, problems)
     states = _part_states(parts, queue, report, found)
     if expect_done and not report.complete:
-        found.add("not complete", f"{report.parts['pending']} parts pending and {report.parts['in_flight']} "
-                                  "in flight, but every part should be done or dead")
+        found.add(
+            "not complete",
+            f"{report.parts['pending']} parts pending and {report.parts['in_flight']} "
+            "in flight, but every part should be done or dead",
+        )
     all_stats = registry.load_part_stats(shard_dir, problems)
     for problem in problems:
         found.add("unreadable", problem)
@@ -161,12 +181,15 @@ def audit(r: redis.Redis, keys: bus.Keys, shard_dir: Path, *, expect_done: bool 
     return report
 
 
-def _expected_parts(r: redis.Redis, keys: bus.Keys, shard_dir: Path, report: AuditReport,
-                    found: _Findings) -> dict[str, PartRecord]:
+def _expected_parts(
+    r: redis.Redis, keys: bus.Keys, shard_dir: Path, report: AuditReport, found: _Findings
+) -> dict[str, PartRecord]:
     in_redis = {s.id for s in registry.redis_sources(r, keys)}
     in_dir = {s.id for s in registry.load_sources(shard_dir)}
     for sid in sorted(in_dir - in_redis):
-        found.add("source", f"source {sid} is recorded in the shard dir but not in Redis (run `streamcap shards reconcile`)")
+        found.add(
+            "source", f"source {sid} is recorded in the shard dir but not in Redis (run `streamcap shards reconcile`)"
+        )
     for sid in sorted(in_redis - in_dir):
         found.add("source", f"source {sid} is in Redis but has no definition in {shard_dir / registry.SOURCES_DIR}")
     parts = {}
@@ -178,8 +201,15 @@ def _expected_parts(r: redis.Redis, keys: bus.Keys, shard_dir: Path, report: Aud
     return parts
 
 
-def _check_registry(registered: list[tuple[str, ShardRecord]], deleted: set[str], done: dict[str, PartStats | None],
-                    shard_dir: Path, report: AuditReport, found: _Findings, decode_images: bool) -> dict[str, str]:
+def _check_registry(
+    registered: list[tuple[str, ShardRecord]],
+    deleted: set[str],
+    done: dict[str, PartStats | None],
+    shard_dir: Path,
+    report: AuditReport,
+    found: _Findings,
+    decode_images: bool,
+) -> dict[str, str]:
     """Verify every registered shard once; returns sample key -> shard name of every sample read."""
     keys_seen: dict[str, str] = {}
     names = Counter(s.name for _, s in registered)
@@ -196,8 +226,10 @@ def _check_registry(registered: list[tuple[str, ShardRecord]], deleted: set[str]
         if shard.part_id not in done:
             found.add("uncommitted", f"shard {shard.name} is registered but part {shard.part_id} is not done")
         elif done[shard.part_id] is not None and shard not in done[shard.part_id].shards:
-            found.add("stale registration", f"registered shard {shard.name} differs from (or is missing in) the "
-                                            f"stats file of part {shard.part_id}")
+            found.add(
+                "stale registration",
+                f"registered shard {shard.name} differs from (or is missing in) the stats file of part {shard.part_id}",
+            )
         if shard.name in deleted:
             report.shards_deleted += 1
             continue
@@ -209,7 +241,9 @@ def _check_registry(registered: list[tuple[str, ShardRecord]], deleted: set[str]
         for problem in check.problems:
             found.add("bad shard", f"shard {problem}")
         if check.samples != shard.samples:
-            found.add("sample count", f"shard {shard.name} holds {check.samples} samples, registered with {shard.samples}")
+            found.add(
+                "sample count", f"shard {shard.name} holds {check.samples} samples, registered with {shard.samples}"
+            )
         for key in check.keys:
             if key in keys_seen:
                 report.duplicates += 1
@@ -219,8 +253,15 @@ def _check_registry(registered: list[tuple[str, ShardRecord]], deleted: set[str]
     return keys_seen
 
 
-def _check_done_part(part: PartRecord, stats: PartStats | None, keys_seen: dict[str, str], registered: set[str],
-                     deleted: set[str], report: AuditReport, found: _Findings) -> None:
+def _check_done_part(
+    part: PartRecord,
+    stats: PartStats | None,
+    keys_seen: dict[str, str],
+    registered: set[str],
+    deleted: set[str],
+    report: AuditReport,
+    found: _Findings,
+) -> None:
     """Every row of a done part: exactly one sample or one failure."""
     pid = part.part_id
     if stats is None:
@@ -228,8 +269,10 @@ def _check_done_part(part: PartRecord, stats: PartStats | None, keys_seen: dict[
         report.lost += part.rows
         return
     if (stats.start, stats.end) != (part.start, part.end):
-        found.add("stats range", f"stats file of {pid} covers rows {stats.start}-{stats.end - 1}, "
-                                 f"the part is {part.start}-{part.end - 1}")
+        found.add(
+            "stats range",
+            f"stats file of {pid} covers rows {stats.start}-{stats.end - 1}, the part is {part.start}-{part.end - 1}",
+        )
     failed = Counter(f.row for f in stats.failures)
     report.failures += len(stats.failures)
     for f in stats.failures:
@@ -237,8 +280,7 @@ def _check_done_part(part: PartRecord, stats: PartStats | None, keys_seen: dict[
     listed = {s.name for s in stats.shards}
     for name in sorted(listed - registered - deleted):
         found.add("unregistered", f"shard {name} of done part {pid} is in its stats file but not registered")
-    sample_rows = {row for row in range(part.start, part.end)
-                   if keys_seen.get(sample_key(part.source, row)) in listed}
+    sample_rows = {row for row in range(part.start, part.end) if keys_seen.get(sample_key(part.source, row)) in listed}
     deleted_samples = sum(s.samples for s in stats.shards if s.name in deleted)
     report.samples += len(sample_rows) + deleted_samples
     twice = [row for row, n in failed.items() if n > 1] + sorted(sample_rows & set(failed))
@@ -248,34 +290,55 @@ def _check_done_part(part: PartRecord, stats: PartStats | None, keys_seen: dict[
     covered = len(sample_rows | set(failed)) + deleted_samples
     if covered < part.rows:
         report.lost += part.rows - covered
-        found.add("lost rows", f"part {pid}: {part.rows - covered} of {part.rows} rows are neither a sample nor a failure")
+        found.add(
+            "lost rows", f"part {pid}: {part.rows - covered} of {part.rows} rows are neither a sample nor a failure"
+        )
     if stats.samples + len(stats.failures) != part.rows:
-        found.add("stats sum", f"stats file of {pid}: {stats.samples} samples + {len(stats.failures)} failures "
-                               f"!= {part.rows} rows")
+        found.add(
+            "stats sum",
+            f"stats file of {pid}: {stats.samples} samples + {len(stats.failures)} failures != {part.rows} rows",
+        )
 
 
-_COMMIT_COUNTERS = {bus.STAT_ROWS, bus.STAT_SAMPLES, bus.STAT_FAILURES, bus.STAT_BYTES_DOWNLOADED, bus.STAT_SHARDS,
-                    bus.STAT_SHARD_BYTES, bus.STAT_PARTS_COMMITTED, bus.STAT_PARTS_DEAD}
+_COMMIT_COUNTERS = {
+    bus.STAT_ROWS,
+    bus.STAT_SAMPLES,
+    bus.STAT_FAILURES,
+    bus.STAT_BYTES_DOWNLOADED,
+    bus.STAT_SHARDS,
+    bus.STAT_SHARD_BYTES,
+    bus.STAT_PARTS_COMMITTED,
+    bus.STAT_PARTS_DEAD,
+}
 
 
-def _check_counters(r: redis.Redis, keys: bus.Keys, done_stats: list[PartStats], done_parts: int,
-                    dead_parts: int, found: _Findings) -> None:
+def _check_counters(
+    r: redis.Redis, keys: bus.Keys, done_stats: list[PartStats], done_parts: int, dead_parts: int, found: _Findings
+) -> None:
     """The counters the commits add must equal the sums of the done parts' stats files."""
     expected: Counter = Counter()
     for stats in done_stats:
         expected.update(dict(part_counters(stats)))
     expected[bus.STAT_PARTS_COMMITTED] = done_parts
     expected[bus.STAT_PARTS_DEAD] = dead_parts
-    actual = {k: int(v) for k, v in r.hgetall(keys.stats).items()
-              if k in _COMMIT_COUNTERS or k.startswith(bus.STAT_FAIL_PREFIX)}
+    actual = {
+        k: int(v)
+        for k, v in r.hgetall(keys.stats).items()
+        if k in _COMMIT_COUNTERS or k.startswith(bus.STAT_FAIL_PREFIX)
+    }
     for name in sorted(set(expected) | set(actual)):
         if expected.get(name, 0) != actual.get(name, 0):
             source = "parts:dead holds" if name == bus.STAT_PARTS_DEAD else "the done parts' stats files sum to"
             found.add("counter", f"stats counter {name} is {actual.get(name, 0)}, {source} {expected.get(name, 0)}")
 
 
-def _check_disk(shard_dir: Path, registered: list[tuple[str, ShardRecord]], states: dict[str, str],
-                found: _Findings, report: AuditReport) -> None:
+def _check_disk(
+    shard_dir: Path,
+    registered: list[tuple[str, ShardRecord]],
+    states: dict[str, str],
+    found: _Findings,
+    report: AuditReport,
+) -> None:
     """Unregistered shard files of done parts and temporary files are leftovers."""
     names = {s.name for _, s in registered}
     part_by_prefix = {}
@@ -287,7 +350,9 @@ def _check_disk(shard_dir: Path, registered: list[tuple[str, ShardRecord]], stat
             continue
         pid = part_by_prefix.get(path.name.rsplit("-", 1)[0])
         if pid is not None and states[pid] != "done":
-            report.notes.append(f"unregistered shard {path.name} of unfinished part {pid} (its redelivery overwrites it)")
+            report.notes.append(
+                f"unregistered shard {path.name} of unfinished part {pid} (its redelivery overwrites it)"
+            )
         else:
             found.add("orphan", f"shard file {path.name} is not registered{f' (part {pid} is done)' if pid else ''}")
     for path in tempfiles.temp_files(shard_dir):
@@ -299,8 +364,9 @@ def _check_disk(shard_dir: Path, registered: list[tuple[str, ShardRecord]], stat
 
 def _deliveries(r: redis.Redis, keys: bus.Keys, states: dict[str, str]) -> dict[int, int]:
     """times delivered -> parts, over done parts a worker committed and dead parts."""
-    times: dict[str, int] = {pid: int(n) for pid, n in r.hgetall(keys.parts_deliveries).items()
-                             if states.get(pid) == "done"}
+    times: dict[str, int] = {
+        pid: int(n) for pid, n in r.hgetall(keys.parts_deliveries).items() if states.get(pid) == "done"
+    }
     for _entry_id, fields in r.xrange(keys.parts_dead):
         try:
             dead = bus.decode(fields)

@@ -39,8 +39,12 @@ def ls_command(cfg: ShardWriterSettings, as_json: JsonFlag = False) -> int:
 @shards_app.command("verify")
 @settings_command(ShardWriterSettings, only=("quarantine_dir", *COMMON_FIELDS))
 def verify_command(
-    paths: Annotated[list[Path] | None, typer.Argument(help="Shard files or directories (default: the shard dir).")] = None,
-    quarantine: Annotated[bool, typer.Option("--quarantine", help="Move bad shards to the quarantine dir and unregister them.")] = False,
+    paths: Annotated[
+        list[Path] | None, typer.Argument(help="Shard files or directories (default: the shard dir).")
+    ] = None,
+    quarantine: Annotated[
+        bool, typer.Option("--quarantine", help="Move bad shards to the quarantine dir and unregister them.")
+    ] = False,
     *,
     cfg: ShardWriterSettings,
     as_json: JsonFlag = False,
@@ -52,13 +56,16 @@ def verify_command(
 
 
 @shards_app.command("gc")
-@settings_command(ShardWriterSettings, only=("max_disk_bytes", "min_free_bytes", "min_reads", *COMMON_FIELDS),
-                  read_as=SIZES_AS_TEXT)
+@settings_command(
+    ShardWriterSettings, only=("max_disk_bytes", "min_free_bytes", "min_reads", *COMMON_FIELDS), read_as=SIZES_AS_TEXT
+)
 def gc_command(
     cfg: ShardWriterSettings,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Say what would be deleted, delete nothing.")] = False,
-    watch: Annotated[bool, typer.Option(
-        "--watch", help="Keep running: gc every --every seconds until SIGTERM (compose's gc service).")] = False,
+    watch: Annotated[
+        bool,
+        typer.Option("--watch", help="Keep running: gc every --every seconds until SIGTERM (compose's gc service)."),
+    ] = False,
     every: Annotated[float, typer.Option("--every", min=1.0, help="Seconds between rounds with --watch.")] = 30.0,
     as_json: JsonFlag = False,
 ) -> int:
@@ -87,7 +94,9 @@ def reconcile_command(cfg: ShardWriterSettings, as_json: JsonFlag = False) -> in
 
 @settings_command(ShardWriterSettings, only=COMMON_FIELDS)
 def audit_command(
-    expect_done: Annotated[bool, typer.Option("--expect-done", help="Also fail unless every part is done or dead.")] = False,
+    expect_done: Annotated[
+        bool, typer.Option("--expect-done", help="Also fail unless every part is done or dead.")
+    ] = False,
     *,
     cfg: ShardWriterSettings,
     as_json: JsonFlag = False,

@@ -56,18 +56,24 @@ local function check_claim()
 end
 """ % {"wasted": bus.STAT_COMMITS_WASTED, "done": ALREADY_DONE, "lost": LOST_CLAIM}
 
-_CONFIRM = _CHECK + """
+_CONFIRM = (
+    _CHECK
+    + """
 local refused = check_claim()
 if refused then return refuse(refused) end
 if ARGV[4] ~= '' then
   redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[4], 0, ARGV[2], 'JUSTID')
 end
 return '%(ok)s'
-""" % {"ok": CONFIRMED}
+"""
+    % {"ok": CONFIRMED}
+)
 
 # KEYS[4]=shards KEYS[5]=parts:commits KEYS[6]=parts:deliveries; ARGV[5]=attempt token
 # ARGV[6]=n shards, then n shard messages, then counter name/value pairs.
-_COMMIT = _CHECK + """
+_COMMIT = (
+    _CHECK
+    + """
 local refused = check_claim()
 if refused then
   if refused == '%(done)s' and ARGV[5] ~= '' and redis.call('HGET', KEYS[5], ARGV[3]) == ARGV[5] then
@@ -86,7 +92,9 @@ redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
 redis.call('SADD', KEYS[2], ARGV[3])
 redis.call('HSET', KEYS[5], ARGV[3], ARGV[5])
 return '%(committed)s'
-""" % {"done": ALREADY_DONE, "committed": COMMITTED}
+"""
+    % {"done": ALREADY_DONE, "committed": COMMITTED}
+)
 
 
 @dataclass(frozen=True)
@@ -102,7 +110,7 @@ class PartClaim:
 
 @dataclass(frozen=True)
 class CommitResult:
-    status: str           # COMMITTED | ALREADY_DONE | LOST_CLAIM
+    status: str  # COMMITTED | ALREADY_DONE | LOST_CLAIM
     part_id: str
     shards: int = 0
     retried: bool = False  # the same attempt's commit had been applied already (reply lost)
@@ -155,8 +163,15 @@ def commit_part(
     part_id = stats.part_id
     faults.maybe_crash("before_commit", part_id)
     shard_msgs = [bus.encode(s.to_message())["json"] for s in stats.shards]
-    args: list[str | int] = [group, entry_id, part_id, consumer or "", token or f"{consumer or ''}/{entry_id}",
-                             len(shard_msgs), *shard_msgs]
+    args: list[str | int] = [
+        group,
+        entry_id,
+        part_id,
+        consumer or "",
+        token or f"{consumer or ''}/{entry_id}",
+        len(shard_msgs),
+        *shard_msgs,
+    ]
     for name, n in part_counters(stats):
         args += [name, n]
     script_keys = [keys.parts, keys.parts_done, keys.stats, keys.shards, keys.parts_commits, keys.parts_deliveries]

@@ -39,8 +39,15 @@ import threading
 FAULT_ENV = "STREAMCAP_FAULT"
 FAULT_PART_ENV = "STREAMCAP_FAULT_PART"
 FAULT_WHILE_ENV = "STREAMCAP_FAULT_WHILE"
-WRITER_POINTS = ("after_temp_write", "after_fsync", "before_rename", "after_rename", "before_commit", "during_commit",
-                 "after_commit")
+WRITER_POINTS = (
+    "after_temp_write",
+    "after_fsync",
+    "before_rename",
+    "after_rename",
+    "before_commit",
+    "during_commit",
+    "after_commit",
+)
 ENOSPC_POINT = "enospc"
 KILL, STOP = "kill", "stop"
 _SIGNALS = {KILL: signal.SIGKILL, STOP: signal.SIGSTOP}

@@ -47,9 +47,18 @@ class GcTotals:
             self.last_deleted = report.deleted[-5:]
 
     def heartbeat(self, cfg: ShardWriterSettings, interval_s: float) -> dict[str, Any]:
-        return {"state": "watching", "rounds": self.rounds, "deleted": self.deleted, "freed_bytes": self.freed_bytes,
-                "last_round_ts": self.last_round_ts, "last_result": self.last_result, "interval_s": interval_s,
-                "max_disk_bytes": cfg.max_disk_bytes, "min_free_bytes": cfg.min_free_bytes, "min_reads": cfg.min_reads}
+        return {
+            "state": "watching",
+            "rounds": self.rounds,
+            "deleted": self.deleted,
+            "freed_bytes": self.freed_bytes,
+            "last_round_ts": self.last_round_ts,
+            "last_result": self.last_result,
+            "interval_s": interval_s,
+            "max_disk_bytes": cfg.max_disk_bytes,
+            "min_free_bytes": cfg.min_free_bytes,
+            "min_reads": cfg.min_reads,
+        }
 
 
 def watch(cfg: ShardWriterSettings, interval_s: float, stop: threading.Event | None = None) -> int:
@@ -58,19 +67,39 @@ def watch(cfg: ShardWriterSettings, interval_s: float, stop: threading.Event | N
     r = bus.connect(cfg.require_redis())
     keys, me = cfg.keys, instance_id()
     totals = GcTotals()
-    log.info("gc watch: every %.0f s, budget %s, floor %s free, shards read %d times by every running run",
-             interval_s, format_size(cfg.max_disk_bytes) if cfg.max_disk_bytes else "none",
-             format_size(cfg.min_free_bytes) if cfg.min_free_bytes else "none", cfg.min_reads)
+    log.info(
+        "gc watch: every %.0f s, budget %s, floor %s free, shards read %d times by every running run",
+        interval_s,
+        format_size(cfg.max_disk_bytes) if cfg.max_disk_bytes else "none",
+        format_size(cfg.min_free_bytes) if cfg.min_free_bytes else "none",
+        cfg.min_reads,
+    )
     while not stop.is_set():
         try:
-            report = gc(r, keys, cfg.shard_dir, max_disk_bytes=cfg.max_disk_bytes,
-                        min_free_bytes=cfg.min_free_bytes, min_reads=cfg.min_reads)
+            report = gc(
+                r,
+                keys,
+                cfg.shard_dir,
+                max_disk_bytes=cfg.max_disk_bytes,
+                min_free_bytes=cfg.min_free_bytes,
+                min_reads=cfg.min_reads,
+            )
             totals.add(report)
             if report.deleted:
-                log.info("gc: deleted %d shards (%s); %s", len(report.deleted), format_size(report.freed_bytes),
-                         report.stopped_because)
-            bus.write_heartbeat(r, keys, bus.ROLE_GC, me, totals.heartbeat(cfg, interval_s),
-                                ttl_s=max(bus.HEARTBEAT_TTL_S, int(3 * interval_s)))
+                log.info(
+                    "gc: deleted %d shards (%s); %s",
+                    len(report.deleted),
+                    format_size(report.freed_bytes),
+                    report.stopped_because,
+                )
+            bus.write_heartbeat(
+                r,
+                keys,
+                bus.ROLE_GC,
+                me,
+                totals.heartbeat(cfg, interval_s),
+                ttl_s=max(bus.HEARTBEAT_TTL_S, int(3 * interval_s)),
+            )
         except bus.REDIS_DOWN as e:
             bus.wait_out_outage(r, e, what="gc", stop=stop.is_set, keys=keys, who=f"gc/{me}")
             continue
@@ -79,8 +108,12 @@ def watch(cfg: ShardWriterSettings, interval_s: float, stop: threading.Event | N
         r.delete(keys.heartbeat(bus.ROLE_GC, me))
     except bus.REDIS_DOWN:  # stopped during an outage: the heartbeat expires on its own
         pass
-    log.info("gc watch stopped: %d rounds, %d shards deleted (%s)", totals.rounds, totals.deleted,
-             format_size(totals.freed_bytes))
+    log.info(
+        "gc watch stopped: %d rounds, %d shards deleted (%s)",
+        totals.rounds,
+        totals.deleted,
+        format_size(totals.freed_bytes),
+    )
     return 0
 
 

@@ -71,8 +71,10 @@ def _acquire(path: Path, part_id: str, timeout_s: float) -> int:
         except BlockingIOError:
             os.close(fd)
             if time.monotonic() >= deadline:
-                raise PartLockBusy(f"part {part_id}: its files are locked by {_holder(path)} for over "
-                                   f"{timeout_s:.0f} s (a worker frozen while finalizing?)") from None
+                raise PartLockBusy(
+                    f"part {part_id}: its files are locked by {_holder(path)} for over "
+                    f"{timeout_s:.0f} s (a worker frozen while finalizing?)"
+                ) from None
             if not said_waiting:
                 said_waiting = True
                 log.warning("part %s: waiting for %s to finish writing the part's files", part_id, _holder(path))

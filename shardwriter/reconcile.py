@@ -56,10 +56,12 @@ class ReconcileReport:
         return dict(self.__dict__)
 
     def summary(self) -> str:
-        return (f"reconcile: {len(self.parts_restored)} parts restored from stats files, "
-                f"{len(self.shards_registered)} shards registered, {len(self.shards_marked_deleted)} marked deleted, "
-                f"{len(self.parts_requeued)} parts re-enqueued, {len(self.sources_restored)} sources restored, "
-                f"{len(self.temp_files_swept)} temporary files swept, {len(self.problems)} problems")
+        return (
+            f"reconcile: {len(self.parts_restored)} parts restored from stats files, "
+            f"{len(self.shards_registered)} shards registered, {len(self.shards_marked_deleted)} marked deleted, "
+            f"{len(self.parts_requeued)} parts re-enqueued, {len(self.sources_restored)} sources restored, "
+            f"{len(self.temp_files_swept)} temporary files swept, {len(self.problems)} problems"
+        )
 
 
 def reconcile(r: redis.Redis, keys: bus.Keys, shard_dir: Path, *, temp_stale_s: float = 3600.0) -> ReconcileReport:
@@ -101,8 +103,16 @@ def _restore_sources(r: redis.Redis, keys: bus.Keys, shard_dir: Path, report: Re
             registry.save_source(shard_dir, source)
 
 
-def _restore_part(r: redis.Redis, keys: bus.Keys, shard_dir: Path, stats: PartStats, queue: PartQueueSnapshot,
-                  registered: set[str], deleted: set[str], report: ReconcileReport) -> None:
+def _restore_part(
+    r: redis.Redis,
+    keys: bus.Keys,
+    shard_dir: Path,
+    stats: PartStats,
+    queue: PartQueueSnapshot,
+    registered: set[str],
+    deleted: set[str],
+    report: ReconcileReport,
+) -> None:
     """Register a part's output from its stats file (or complete a done part's registration)."""
     gone = []
     for shard in stats.shards:
@@ -110,9 +120,11 @@ def _restore_part(r: redis.Redis, keys: bus.Keys, shard_dir: Path, stats: PartSt
         if not path.exists():
             gone.append(shard.name)
         elif path.stat().st_size != shard.bytes:
-            report.problems.append(f"part {stats.part_id}: {shard.name} has {path.stat().st_size} bytes, its stats "
-                                   f"file says {shard.bytes}: left alone (changed since it was written? "
-                                   f"`streamcap shards verify` says more)")
+            report.problems.append(
+                f"part {stats.part_id}: {shard.name} has {path.stat().st_size} bytes, its stats "
+                f"file says {shard.bytes}: left alone (changed since it was written? "
+                f"`streamcap shards verify` says more)"
+            )
             return
     newly_gone = [name for name in gone if name not in deleted]
     if newly_gone:  # before registering, so no trainer ever claims a file that is not there
@@ -135,8 +147,9 @@ def _restore_part(r: redis.Redis, keys: bus.Keys, shard_dir: Path, stats: PartSt
             report.shards_registered.append(shard.name)
 
 
-def _requeue_missing(r: redis.Redis, keys: bus.Keys, shard_dir: Path, queue: PartQueueSnapshot,
-                     report: ReconcileReport) -> None:
+def _requeue_missing(
+    r: redis.Redis, keys: bus.Keys, shard_dir: Path, queue: PartQueueSnapshot, report: ReconcileReport
+) -> None:
     """Enqueue every part without committed output that is not queued, in flight or dead."""
     for source in registry.all_sources(r, keys, shard_dir):
         for index in range(source.parts):

@@ -71,7 +71,9 @@ def over_budget(shard_dir: Path, max_disk_bytes: int, min_free_bytes: int) -> st
     return None
 
 
-def disk_pressure(r: redis.Redis, keys: bus.Keys, shard_dir: Path, max_disk_bytes: int, min_free_bytes: int) -> str | None:
+def disk_pressure(
+    r: redis.Redis, keys: bus.Keys, shard_dir: Path, max_disk_bytes: int, min_free_bytes: int
+) -> str | None:
     """None = OK to claim; else a one-line reason. Records the paused state in keys.control."""
     reason = over_budget(shard_dir, max_disk_bytes, min_free_bytes)
     if reason:
@@ -102,18 +104,29 @@ def active_runs(r: redis.Redis, keys: bus.Keys) -> list[str]:
 class GcReport:
     deleted: list[str] = field(default_factory=list)
     freed_bytes: int = 0
-    kept_unread: int = 0          # candidates skipped: some running run has not read them enough
+    kept_unread: int = 0  # candidates skipped: some running run has not read them enough
     runs: list[str] = field(default_factory=list)
-    stopped_because: str = ""     # why gc ended (within budget, nothing else deletable, ...)
+    stopped_because: str = ""  # why gc ended (within budget, nothing else deletable, ...)
 
     def to_json(self) -> dict:
-        return {"deleted": self.deleted, "freed_bytes": self.freed_bytes, "kept_unread": self.kept_unread,
-                "runs": self.runs, "stopped_because": self.stopped_because}
+        return {
+            "deleted": self.deleted,
+            "freed_bytes": self.freed_bytes,
+            "kept_unread": self.kept_unread,
+            "runs": self.runs,
+            "stopped_because": self.stopped_because,
+        }
 
 
 def gc(
-    r: redis.Redis, keys: bus.Keys, shard_dir: Path, *, max_disk_bytes: int, min_free_bytes: int,
-    min_reads: int, dry_run: bool = False,
+    r: redis.Redis,
+    keys: bus.Keys,
+    shard_dir: Path,
+    *,
+    max_disk_bytes: int,
+    min_free_bytes: int,
+    min_reads: int,
+    dry_run: bool = False,
 ) -> GcReport:
     """Delete read shards, oldest first, while the shard disk is over budget."""
     if min_reads < 1:

@@ -50,8 +50,9 @@ class RawSample:
     meta: dict
 
 
-def demo_samples(seed: int, start: int, count: int, image_size: int = 256, source: str = "demo",
-                 quality: int = 90) -> list[RawSample]:
+def demo_samples(
+    seed: int, start: int, count: int, image_size: int = 256, source: str = "demo", quality: int = 90
+) -> list[RawSample]:
     """Rows start..start+count-1 of the demo world: JPEG, short caption, json with the raw paragraph."""
     out = []
     for row in range(start, start + count):
@@ -61,10 +62,17 @@ def demo_samples(seed: int, start: int, count: int, image_size: int = 256, sourc
         raw = scene.llava_caption()
         caption = process_caption(raw, sentences=1)
         meta = {
-            "url": f"http://demo.invalid/img/{row}.jpg", "caption_raw": raw, "caption": caption,
-            "captions": {"alt_txt": scene.alt_text()}, "width": image_size, "height": image_size,
-            "orig_width": image_size, "orig_height": image_size,
-            "sha256": hashlib.sha256(buf.getvalue()).hexdigest(), "source": source, "row": row,
+            "url": f"http://demo.invalid/img/{row}.jpg",
+            "caption_raw": raw,
+            "caption": caption,
+            "captions": {"alt_txt": scene.alt_text()},
+            "width": image_size,
+            "height": image_size,
+            "orig_width": image_size,
+            "orig_height": image_size,
+            "sha256": hashlib.sha256(buf.getvalue()).hexdigest(),
+            "source": source,
+            "row": row,
         }
         out.append(RawSample(key=sample_key(source, row), jpeg=buf.getvalue(), caption=caption, meta=meta))
     return out
@@ -81,18 +89,26 @@ def part_of(source: str, part: int, samples: list[RawSample]) -> PartRecord:
     return PartRecord(source=source, part=part, start=min(rows), end=max(rows) + 1)
 
 
-def write_part(shard_dir: Path, source: str, part: int, samples: list[RawSample],
-               claim: PartClaim | None = None) -> PartStats:
+def write_part(
+    shard_dir: Path, source: str, part: int, samples: list[RawSample], claim: PartClaim | None = None
+) -> PartStats:
     """The samples as one part with `PartWriter`: one shard and its stats file in `shard_dir`."""
-    with PartWriter(shard_dir, part_of(source, part, samples), max_samples=max(1, len(samples)),
-                    max_bytes=_NO_BYTE_LIMIT, owner=CONSUMER, claim=claim) as writer:
+    with PartWriter(
+        shard_dir,
+        part_of(source, part, samples),
+        max_samples=max(1, len(samples)),
+        max_bytes=_NO_BYTE_LIMIT,
+        owner=CONSUMER,
+        claim=claim,
+    ) as writer:
         for s in samples:
             writer.add(row=s.meta["row"], image=s.jpeg, image_ext="jpg", caption=s.caption, meta=s.meta)
         return writer.finish(bytes_downloaded=sum(len(s.jpeg) for s in samples))
 
 
-def add_part(r: redis.Redis, keys: bus.Keys, shard_dir: Path, source: str, part: int,
-             samples: list[RawSample]) -> PartStats:
+def add_part(
+    r: redis.Redis, keys: bus.Keys, shard_dir: Path, source: str, part: int, samples: list[RawSample]
+) -> PartStats:
     """Claim a new part, write the samples into it and commit it, as a downloader does."""
     claim = claim_new_part(r, keys, part_of(source, part, samples))
     stats = write_part(shard_dir, source, part, samples, claim=claim)
@@ -106,11 +122,13 @@ def commit_written(r: redis.Redis, keys: bus.Keys, stats: PartStats) -> None:
     _commit(claim, stats)
 
 
-def register_shard(r: redis.Redis, keys: bus.Keys, shard_dir: Path, name: str, source: str, part: int,
-                   samples: int) -> None:
+def register_shard(
+    r: redis.Redis, keys: bus.Keys, shard_dir: Path, name: str, source: str, part: int, samples: int
+) -> None:
     """Commit a shard file already in `shard_dir` (written by hand) as part `part` of `source`."""
-    record = ShardRecord(name=name, source=source, part=part, seq=0, samples=samples,
-                         bytes=(Path(shard_dir) / name).stat().st_size)
+    record = ShardRecord(
+        name=name, source=source, part=part, seq=0, samples=samples, bytes=(Path(shard_dir) / name).stat().st_size
+    )
     claim = claim_new_part(r, keys, PartRecord(source, part, 0, samples))
     _commit(claim, PartStats(source=source, part=part, start=0, end=samples, samples=samples, shards=[record]))
 
@@ -122,8 +140,10 @@ def claim_new_part(r: redis.Redis, keys: bus.Keys, part: PartRecord) -> PartClai
     reply = r.xreadgroup(bus.GROUP_DOWNLOADERS, CONSUMER, {keys.parts: ">"}, count=1)
     claimed = reply[0][1][0][0] if reply and reply[0][1] else None
     if claimed != entry_id:
-        raise RuntimeError(f"claimed parts entry {claimed} instead of {entry_id} ({part.part_id}): "
-                           f"another producer adds parts in namespace {keys.namespace!r}")
+        raise RuntimeError(
+            f"claimed parts entry {claimed} instead of {entry_id} ({part.part_id}): "
+            f"another producer adds parts in namespace {keys.namespace!r}"
+        )
     return PartClaim(r, keys, entry_id, CONSUMER)
 
 

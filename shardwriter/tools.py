@@ -45,11 +45,18 @@ def shard_listing(r, keys: bus.Keys, shard_dir: Path) -> list[dict]:
         path = shard_dir / shard.name
         state = "deleted" if shard.name in deleted else "ok" if path.exists() else "missing"
         per_run = {run: int(reads[run].get(shard.name, 0)) for run in runs}
-        rows.append({
-            "name": shard.name, "part": shard.part_id, "samples": shard.samples, "bytes": shard.bytes,
-            "age_s": round(now - int(entry_id.split("-")[0]) / 1000, 1), "state": state,
-            "reads": sum(per_run.values()), "reads_by_run": per_run,
-        })
+        rows.append(
+            {
+                "name": shard.name,
+                "part": shard.part_id,
+                "samples": shard.samples,
+                "bytes": shard.bytes,
+                "age_s": round(now - int(entry_id.split("-")[0]) / 1000, 1),
+                "state": state,
+                "reads": sum(per_run.values()),
+                "reads_by_run": per_run,
+            }
+        )
     return rows
 
 
@@ -62,8 +69,14 @@ def ls(cfg: ShardWriterSettings, as_json: bool) -> int:
     for col in ("name", "samples", "bytes", "age", "times read", "state"):
         table.add_column(col, justify="left" if col in ("name", "state") else "right")
     for row in rows:
-        table.add_row(row["name"], str(row["samples"]), format_size(row["bytes"]), _age(row["age_s"]),
-                      str(row["reads"]), row["state"])
+        table.add_row(
+            row["name"],
+            str(row["samples"]),
+            format_size(row["bytes"]),
+            _age(row["age_s"]),
+            str(row["reads"]),
+            row["state"],
+        )
     Console().print(table)
     return 0
 
@@ -82,8 +95,15 @@ def verify(cfg: ShardWriterSettings, paths: list[Path], quarantine: bool, as_jso
             moved[str(path)] = str(move_away(r, cfg.keys, path, cfg.quarantine_path))
     bad = [c for c in checks if not c.ok]
     if as_json:
-        print_json({"ok": not bad and not missing, "shards": len(checks), "bad": len(bad), "missing": missing,
-                    "results": [c.to_json() | {"quarantined_to": moved.get(str(c.path))} for c in checks]})
+        print_json(
+            {
+                "ok": not bad and not missing,
+                "shards": len(checks),
+                "bad": len(bad),
+                "missing": missing,
+                "results": [c.to_json() | {"quarantined_to": moved.get(str(c.path))} for c in checks],
+            }
+        )
         return 1 if bad or missing else 0
     for line in missing:
         print(f"MISSING {line}")
@@ -97,17 +117,26 @@ def verify(cfg: ShardWriterSettings, paths: list[Path], quarantine: bool, as_jso
 
 
 def gc(cfg: ShardWriterSettings, dry_run: bool, as_json: bool) -> int:
-    report = collect(_connect(cfg), cfg.keys, cfg.shard_dir, max_disk_bytes=cfg.max_disk_bytes,
-                     min_free_bytes=cfg.min_free_bytes, min_reads=cfg.min_reads, dry_run=dry_run)
+    report = collect(
+        _connect(cfg),
+        cfg.keys,
+        cfg.shard_dir,
+        max_disk_bytes=cfg.max_disk_bytes,
+        min_free_bytes=cfg.min_free_bytes,
+        min_reads=cfg.min_reads,
+        dry_run=dry_run,
+    )
     if as_json:
         print_json(report.to_json() | {"dry_run": dry_run})
         return 0
     verb = "would delete" if dry_run else "deleted"
     for name in report.deleted:
         print(f"{verb} {name}")
-    print(f"gc: {verb} {len(report.deleted)} shards ({format_size(report.freed_bytes)}); "
-          f"{report.kept_unread} kept for runs {', '.join(report.runs) or '-'} (--min-reads {cfg.min_reads}); "
-          f"{report.stopped_because}")
+    print(
+        f"gc: {verb} {len(report.deleted)} shards ({format_size(report.freed_bytes)}); "
+        f"{report.kept_unread} kept for runs {', '.join(report.runs) or '-'} (--min-reads {cfg.min_reads}); "
+        f"{report.stopped_because}"
+    )
     return 0
 
 

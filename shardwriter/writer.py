@@ -112,13 +112,14 @@ class PartWriter:
         text = caption.encode("utf-8")
         # The stored image's checksum lets `shards verify` catch flipped bytes a JPEG decoder
         # would decode without complaint.
-        meta = {**meta, "source": self.part.source, "row": row, "caption": caption,
-                "image_crc32": zlib.crc32(image)}
+        meta = {**meta, "source": self.part.source, "row": row, "caption": caption, "image_crc32": zlib.crc32(image)}
         meta_bytes = json.dumps(meta, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
         members = ((f"{key}.{image_ext}", image), (f"{key}.txt", text), (f"{key}.json", meta_bytes))
         size = sum(_member_size(len(data)) for _, data in members)
         shard = self._open
-        if shard is not None and (shard.samples >= self.max_samples or shard.bytes + size + len(_END_OF_ARCHIVE) > self.max_bytes):
+        if shard is not None and (
+            shard.samples >= self.max_samples or shard.bytes + size + len(_END_OF_ARCHIVE) > self.max_bytes
+        ):
             self._close(shard)
             shard = None
         if shard is None:
@@ -200,9 +201,14 @@ class PartWriter:
         self._sync_all()
         faults.maybe_crash("after_fsync", self.part.part_id)
         stats = PartStats(
-            source=self.part.source, part=self.part.part, start=self.part.start, end=self.part.end,
-            samples=sum(s.samples for s in self._shards), bytes_downloaded=bytes_downloaded,
-            failures=sorted(self._failures, key=lambda f: f.row), shards=[self._record(s) for s in self._shards],
+            source=self.part.source,
+            part=self.part.part,
+            start=self.part.start,
+            end=self.part.end,
+            samples=sum(s.samples for s in self._shards),
+            bytes_downloaded=bytes_downloaded,
+            failures=sorted(self._failures, key=lambda f: f.row),
+            shards=[self._record(s) for s in self._shards],
         )
         # Under the part's lock, one confirmed claim covers every rename: a worker that reclaims
         # the part meanwhile renames only after we are done, over our files.
@@ -214,8 +220,9 @@ class PartWriter:
             if stats_path.exists():
                 tempfiles.remove_durably([stats_path], self.shard_dir)
             for shard in self._shards:
-                tempfiles.publish(shard.temp, self.shard_dir / shard_name(self.part.source, self.part.part, shard.seq),
-                                  sync_dir=False)
+                tempfiles.publish(
+                    shard.temp, self.shard_dir / shard_name(self.part.source, self.part.part, shard.seq), sync_dir=False
+                )
             self._remove_stale_shards(len(self._shards))
             tempfiles.fsync_dir(self.shard_dir)
             faults.maybe_crash("after_rename", self.part.part_id)
@@ -226,9 +233,14 @@ class PartWriter:
 
     def _record(self, shard: _Shard) -> ShardRecord:
         return ShardRecord(
-            name=shard_name(self.part.source, self.part.part, shard.seq), source=self.part.source,
-            part=self.part.part, seq=shard.seq, samples=shard.samples, bytes=shard.bytes,
-            first_row=shard.first_row, last_row=shard.last_row,
+            name=shard_name(self.part.source, self.part.part, shard.seq),
+            source=self.part.source,
+            part=self.part.part,
+            seq=shard.seq,
+            samples=shard.samples,
+            bytes=shard.bytes,
+            first_row=shard.first_row,
+            last_row=shard.last_row,
         )
 
     def _ensure_claim(self) -> None:
@@ -243,7 +255,7 @@ class PartWriter:
         """Shards of an earlier attempt with a higher sequence than this one wrote."""
         prefix = part_prefix(self.part.source, self.part.part) + "-"
         for path in self.shard_dir.glob(f"{prefix}*{SHARD_SUFFIX}"):
-            seq = path.name[len(prefix):-len(SHARD_SUFFIX)]
+            seq = path.name[len(prefix) : -len(SHARD_SUFFIX)]
             if seq.isdigit() and int(seq) >= keep:
                 path.unlink(missing_ok=True)
 

@@ -56,15 +56,18 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def root(
-    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
-                                                    help="Print the version and exit.")] = False,
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
 ) -> None:
     """streamcap: a decoupled download → shards → train → evaluate pipeline."""
 
 
 @app.command("redis")
 def redis_command(
-    data_dir: Annotated[Path, typer.Option("--data-dir", help="Where the server keeps its AOF.")] = Path(".streamcap/redis"),
+    data_dir: Annotated[Path, typer.Option("--data-dir", help="Where the server keeps its AOF.")] = Path(
+        ".streamcap/redis"
+    ),
     port: Annotated[int | None, typer.Option("--port", help="Port on 127.0.0.1 (default: a free one).")] = None,
 ) -> int:
     """Run a local redis-server in the foreground (AOF on) and print the REDIS_URL to export."""

@@ -1,6 +1,6 @@
 """`python -m streamcap.trainer [OPTIONS]` is `streamcap train [OPTIONS]`; it is what torchrun starts:
 
-    torchrun --standalone --nproc-per-node 8 -m streamcap.trainer --tokenizer vocab.txt --preset base
+torchrun --standalone --nproc-per-node 8 -m streamcap.trainer --tokenizer vocab.txt --preset base
 """
 
 import sys

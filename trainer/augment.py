@@ -60,8 +60,9 @@ def build_pipeline(level: float, image_size: int) -> A.Compose:
     size = (image_size, image_size)
     lv = min(max(level, 0.0), 1.0)
     transforms: list = [
-        A.RandomResizedCrop(size=size, scale=(1.0 - 0.6 * lv, 1.0), ratio=(1.0 - 0.25 * lv, 1.0 + 0.33 * lv),
-                            area_for_downscale="image"),
+        A.RandomResizedCrop(
+            size=size, scale=(1.0 - 0.6 * lv, 1.0), ratio=(1.0 - 0.25 * lv, 1.0 + 0.33 * lv), area_for_downscale="image"
+        ),
     ]
     if lv > 0:
         transforms += [

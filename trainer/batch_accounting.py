@@ -37,8 +37,12 @@ class BatchAccounting:
     def consume(self, batch: Batch, step: int, waited_s: float) -> None:
         stats = batch.stats
         delta = {
-            "samples": float(batch.tokens.shape[0]), "fresh": stats["fresh"], "replay": stats["replay"],
-            "fresh_wait_s": stats["fresh_wait_s"], "bad_samples": stats["problems"], "data_wait_s": waited_s,
+            "samples": float(batch.tokens.shape[0]),
+            "fresh": stats["fresh"],
+            "replay": stats["replay"],
+            "fresh_wait_s": stats["fresh_wait_s"],
+            "bad_samples": stats["problems"],
+            "data_wait_s": waited_s,
         }
         for name in COUNTERS:
             self.totals[name] += delta[name]
@@ -72,10 +76,19 @@ class BatchAccounting:
         if self._reads is None:
             return
         for shard in finished:
-            self._reads.write(json.dumps({
-                "step": step, "shard": shard.claim.name, "fresh": shard.claim.fresh,
-                "samples": shard.samples, "worker": worker, "missing": shard.missing,
-            }) + "\n")
+            self._reads.write(
+                json.dumps(
+                    {
+                        "step": step,
+                        "shard": shard.claim.name,
+                        "fresh": shard.claim.fresh,
+                        "samples": shard.samples,
+                        "worker": worker,
+                        "missing": shard.missing,
+                    }
+                )
+                + "\n"
+            )
         self._reads.flush()
 
     def close(self) -> None:

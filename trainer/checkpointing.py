@@ -62,10 +62,15 @@ def save_train_state(path: Path, state: dict[str, Any]) -> None:
 
 
 def mark_latest(run_dir: Path, step: int) -> None:
-    write_json_atomic(run_dir / LATEST, {
-        "step": step, "model": model_path(run_dir, step).name, "state": state_path(run_dir, step).name,
-        "saved": time.time(),
-    })
+    write_json_atomic(
+        run_dir / LATEST,
+        {
+            "step": step,
+            "model": model_path(run_dir, step).name,
+            "state": state_path(run_dir, step).name,
+            "saved": time.time(),
+        },
+    )
 
 
 def find_latest(run_dir: Path) -> dict[str, Any] | None:

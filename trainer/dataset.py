@@ -70,13 +70,13 @@ class LoaderSpec:
 
 @dataclass
 class Batch:
-    images: torch.Tensor                 # uint8 [B, 3, S, S]
-    tokens: torch.Tensor                 # int64 [B, T]
+    images: torch.Tensor  # uint8 [B, 3, S, S]
+    tokens: torch.Tensor  # int64 [B, T]
     captions: list[str]
     worker: int
     stats: dict[str, float]
-    finished: list[dict[str, Any]]       # FinishedShard.to_dict() of shards this batch completes
-    state: dict[str, Any]                # the worker's stream state right after this batch
+    finished: list[dict[str, Any]]  # FinishedShard.to_dict() of shards this batch completes
+    state: dict[str, Any]  # the worker's stream state right after this batch
 
     def finished_shards(self) -> list[FinishedShard]:
         return [FinishedShard.from_dict(d) for d in self.finished]
@@ -89,8 +89,13 @@ class Batch:
 class ShardStreamDataset(IterableDataset):
     """Endless batches for one rank; see the module docstring."""
 
-    def __init__(self, spec: LoaderSpec, tokenizer: Any, level: SharedLevel,
-                 worker_states: dict[int, dict[str, Any]] | None = None) -> None:
+    def __init__(
+        self,
+        spec: LoaderSpec,
+        tokenizer: Any,
+        level: SharedLevel,
+        worker_states: dict[int, dict[str, Any]] | None = None,
+    ) -> None:
         super().__init__()
         self.spec, self.tokenizer, self.level = spec, tokenizer, level
         self.worker_states = worker_states or {}
@@ -123,9 +128,13 @@ class _BatchMaker:
         queue = ShardQueue(r, bus.Keys(spec.namespace), spec.run, consumer, orphaned=orphaned)
         seed = _worker_seed(spec.seed, spec.rank, worker)
         cfg = StreamConfig(
-            shard_dir=spec.shard_dir, buffer_size=spec.shuffle_buffer, fresh_wait_ms=spec.fresh_wait_ms, seed=seed,
+            shard_dir=spec.shard_dir,
+            buffer_size=spec.shuffle_buffer,
+            fresh_wait_ms=spec.fresh_wait_ms,
+            seed=seed,
             job_consumers=job_consumers(spec.run, spec.world_size, spec.workers),
-            announce_waiting=spec.rank == 0 and worker == 0, min_ready=spec.batch_size,
+            announce_waiting=spec.rank == 0 and worker == 0,
+            min_ready=spec.batch_size,
         )
         self.stream = SampleStream(queue, cfg, on_problem=self._problem)
         self.seeds = np.random.default_rng(seed + 1)  # per-sample augmentation seeds, part of the state
@@ -148,7 +157,9 @@ class _BatchMaker:
                 caption = choose_caption(sample, self.spec.caption)
                 ids = encode_caption(self.tokenizer, caption, self.spec.max_len)
                 check_intact(sample)
-                image = self.augment(decode_image(sample.image, sample.image_ext, self.spec.image_size), level, aug_seed)
+                image = self.augment(
+                    decode_image(sample.image, sample.image_ext, self.spec.image_size), level, aug_seed
+                )
             except SampleError as e:
                 self._problem(f"{claim.name}/{sample.key}", str(e))
                 continue
@@ -161,7 +172,11 @@ class _BatchMaker:
         image_batch, token_batch = collate(images, tokens, self.tokenizer.pad_id)
         stats = self.stream.counters.take() | {"aug_level": level}
         return Batch(
-            images=image_batch, tokens=token_batch, captions=captions, worker=self.worker, stats=stats,
+            images=image_batch,
+            tokens=token_batch,
+            captions=captions,
+            worker=self.worker,
+            stats=stats,
             finished=[f.to_dict() for f in self.stream.take_finished()],
             state={"stream": self.stream.state_dict(), "seeds": self.seeds.bit_generator.state},
         )
@@ -187,9 +202,14 @@ def make_loader(dataset: ShardStreamDataset, pin_memory: bool = False) -> DataLo
     for a batch gives up every LOADER_POLL_S (see `next_batch`)."""
     workers = dataset.spec.workers
     return DataLoader(
-        dataset, batch_size=None, num_workers=workers, pin_memory=pin_memory,
-        prefetch_factor=2 if workers else None, persistent_workers=False,
-        collate_fn=_keep_batch, timeout=LOADER_POLL_S if workers else 0,
+        dataset,
+        batch_size=None,
+        num_workers=workers,
+        pin_memory=pin_memory,
+        prefetch_factor=2 if workers else None,
+        persistent_workers=False,
+        collate_fn=_keep_batch,
+        timeout=LOADER_POLL_S if workers else 0,
     )
 
 

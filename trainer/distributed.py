@@ -60,8 +60,9 @@ def setup(device: str) -> DistInfo:
     control = None
     if under_torchrun:
         control = dist.new_group(backend="gloo", timeout=COLLECTIVE_TIMEOUT) if use_cuda else dist.group.WORLD
-    return DistInfo(rank=rank, world_size=world, local_rank=local_rank, device=dev, enabled=under_torchrun,
-                    control=control)
+    return DistInfo(
+        rank=rank, world_size=world, local_rank=local_rank, device=dev, enabled=under_torchrun, control=control
+    )
 
 
 def teardown(info: DistInfo) -> None:

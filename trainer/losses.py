@@ -22,13 +22,14 @@ import torch.nn.functional as F
 
 @dataclass
 class LossTerms:
-    total: torch.Tensor   # what is back-propagated
-    ce: torch.Tensor      # cross-entropy over non-padding targets
-    eos: torch.Tensor     # mean P(EOS) at early non-EOS targets (unweighted)
+    total: torch.Tensor  # what is back-propagated
+    ce: torch.Tensor  # cross-entropy over non-padding targets
+    eos: torch.Tensor  # mean P(EOS) at early non-EOS targets (unweighted)
 
 
-def eos_suppression(logits: torch.Tensor, targets: torch.Tensor, *, pad_id: int, eos_id: int,
-                    min_eos_position: int) -> torch.Tensor:
+def eos_suppression(
+    logits: torch.Tensor, targets: torch.Tensor, *, pad_id: int, eos_id: int, min_eos_position: int
+) -> torch.Tensor:
     """Mean probability of EOS where the target is a real, non-EOS token before `min_eos_position`.
 
     logits [B, T, V], targets [B, T]; zero when no position qualifies.
@@ -42,13 +43,23 @@ def eos_suppression(logits: torch.Tensor, targets: torch.Tensor, *, pad_id: int,
     return (eos_prob * weights).sum() / weights.sum().clamp(min=1.0)
 
 
-def caption_loss(logits: torch.Tensor, tokens: torch.Tensor, *, pad_id: int, eos_id: int,
-                 min_eos_position: int = 15, eos_weight: float = 1.0, label_smoothing: float = 0.0) -> LossTerms:
+def caption_loss(
+    logits: torch.Tensor,
+    tokens: torch.Tensor,
+    *,
+    pad_id: int,
+    eos_id: int,
+    min_eos_position: int = 15,
+    eos_weight: float = 1.0,
+    label_smoothing: float = 0.0,
+) -> LossTerms:
     """Loss of logits [B, T-1, V] computed from inputs tokens[:, :-1] against tokens [B, T]."""
     targets = tokens[:, 1:]  # [B, T-1]
     ce = F.cross_entropy(
-        logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1),
-        ignore_index=pad_id, label_smoothing=label_smoothing,
+        logits.reshape(-1, logits.shape[-1]).float(),
+        targets.reshape(-1),
+        ignore_index=pad_id,
+        label_smoothing=label_smoothing,
     )
     if eos_weight > 0:
         eos = eos_suppression(logits, targets, pad_id=pad_id, eos_id=eos_id, min_eos_position=min_eos_position)

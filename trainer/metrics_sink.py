@@ -45,8 +45,17 @@ class MetricsSink:
         return cls(None)
 
     @classmethod
-    def open(cls, *, run_dir: Path, run: str, mode: str, project: str, name: str | None,
-             config: dict[str, Any], resume_step: int | None = None) -> MetricsSink:
+    def open(
+        cls,
+        *,
+        run_dir: Path,
+        run: str,
+        mode: str,
+        project: str,
+        name: str | None,
+        config: dict[str, Any],
+        resume_step: int | None = None,
+    ) -> MetricsSink:
         """Open the run's log; a resumed run first drops records past its checkpoint's step."""
         if resume_step is not None:
             _truncate_after(run_dir / "metrics.jsonl", resume_step)
@@ -55,8 +64,9 @@ class MetricsSink:
         if mode != "disabled":
             import wandb
 
-            wandb_run = wandb.init(project=project, name=name or run, id=run, resume="allow", mode=mode,
-                                   dir=str(run_dir), config=config)
+            wandb_run = wandb.init(
+                project=project, name=name or run, id=run, resume="allow", mode=mode, dir=str(run_dir), config=config
+            )
             log.info("Weights & Biases run %s (%s mode)", name or run, mode)
         sink = cls(run_dir, wandb_run)
         sink._load_history()
@@ -92,8 +102,10 @@ class MetricsSink:
         if self.wandb is not None:
             import wandb
 
-            pictures = [wandb.Image(img.permute(1, 2, 0).cpu().numpy(), caption=f"{p}  |  ref: {r}")
-                        for img, p, r in zip(images, predicted, reference)]
+            pictures = [
+                wandb.Image(img.permute(1, 2, 0).cpu().numpy(), caption=f"{p}  |  ref: {r}")
+                for img, p, r in zip(images, predicted, reference)
+            ]
             self.wandb.log({"samples": pictures}, step=step)
 
     def plot(self) -> Path | None:

@@ -58,8 +58,9 @@ class RedisStatus:
     def leave(self) -> None:
         """Remove this rank's heartbeat: it ended on purpose (done or stopped), so `streamcap status`
         must not report it as a worker that stopped reporting. A crash leaves it to expire."""
-        self._safe("removing the heartbeat",
-                   lambda: self.r.delete(self.keys.heartbeat(bus.ROLE_TRAINER, self.instance)))
+        self._safe(
+            "removing the heartbeat", lambda: self.r.delete(self.keys.heartbeat(bus.ROLE_TRAINER, self.instance))
+        )
 
     def due(self) -> bool:
         return time.monotonic() >= self._next_beat
@@ -69,8 +70,10 @@ class RedisStatus:
         self._next_beat = time.monotonic() + HEARTBEAT_EVERY_S
         if self.rank == 0:
             fields = fields | {"fresh_shards_pending": self.fresh_shards_pending()}
-        ok = self._safe("writing the heartbeat", lambda: bus.write_heartbeat(
-            self.r, self.keys, bus.ROLE_TRAINER, self.instance, fields) or True)
+        ok = self._safe(
+            "writing the heartbeat",
+            lambda: bus.write_heartbeat(self.r, self.keys, bus.ROLE_TRAINER, self.instance, fields) or True,
+        )
         if ok and self.rank == 0:
             self._safe("refreshing the run", lambda: self._write_run(RUN_RUNNING))
         if not ok:  # Redis is down: don't stall every step on the client's retries
@@ -78,6 +81,7 @@ class RedisStatus:
 
     def fresh_shards_pending(self) -> int:
         """Shards in the stream this run has not claimed yet (-1 when Redis is unreachable)."""
+
         def count() -> int:
             info = bus.group_info(self.r, self.keys.shards, self.keys.train_group(self.run))
             if info is None:
@@ -92,6 +96,7 @@ class RedisStatus:
 
     def downloader_rates(self) -> dict[str, float]:
         """Live downloader rates summed over fresh heartbeats: every numeric field ending in _per_s."""
+
         def read() -> dict[str, float]:
             totals: dict[str, float] = {}
             beats = [b for b in bus.read_heartbeats(self.r, self.keys, bus.ROLE_DOWNLOADER) if not b["stale"]]

@@ -32,9 +32,9 @@ from streamcap.formats.shards import Sample
 from streamcap.model.caption_model import IMAGE_MEAN, IMAGE_STD
 from streamcap.text.captions import process_caption
 
-STORED_CAPTION = "caption"      # the processed caption the downloader wrote (<key>.txt)
-RAW_CAPTION = "caption_raw"     # the source's caption column, as downloaded
-DEFAULT_SENTENCES = 2           # the original model's cut, for captions re-shaped from raw text
+STORED_CAPTION = "caption"  # the processed caption the downloader wrote (<key>.txt)
+RAW_CAPTION = "caption_raw"  # the source's caption column, as downloaded
+DEFAULT_SENTENCES = 2  # the original model's cut, for captions re-shaped from raw text
 
 
 class SampleError(ValueError):
@@ -46,7 +46,7 @@ class CaptionChoice:
     """Which caption to train on: the stored one, or one re-cut from a raw caption column."""
 
     column: str = STORED_CAPTION
-    sentences: int | None = None   # None: as stored (or DEFAULT_SENTENCES when re-cut)
+    sentences: int | None = None  # None: as stored (or DEFAULT_SENTENCES when re-cut)
 
     @property
     def reshapes(self) -> bool:

@@ -58,8 +58,8 @@ class FinishedShard:
     """A shard whose every sample has left a worker's buffer: what the ledger records."""
 
     claim: ShardClaim
-    samples: int            # samples read from it
-    missing: bool = False   # the file was not there: not counted as a read
+    samples: int  # samples read from it
+    missing: bool = False  # the file was not there: not counted as a read
 
     def to_dict(self) -> dict[str, Any]:
         return {"claim": self.claim.to_dict(), "samples": self.samples, "missing": self.missing}
@@ -93,8 +93,13 @@ def parent_watch() -> Callable[[], bool]:
     return lambda: os.getppid() != parent
 
 
-def redis_call(r: redis.Redis, what: str, fn: Callable[[], T], on_nogroup: Callable[[], None] | None = None,
-               orphaned: Callable[[], bool] = lambda: False) -> T:
+def redis_call(
+    r: redis.Redis,
+    what: str,
+    fn: Callable[[], T],
+    on_nogroup: Callable[[], None] | None = None,
+    orphaned: Callable[[], bool] = lambda: False,
+) -> T:
     """Run `fn`, waiting out Redis outages and recreating a lost consumer group.
 
     Waits as long as it takes, unless `orphaned()` turns true (the training process died).
@@ -115,30 +120,39 @@ def redis_call(r: redis.Redis, what: str, fn: Callable[[], T], on_nogroup: Calla
 class ShardQueue:
     """The read side, used inside each loader worker."""
 
-    def __init__(self, r: redis.Redis, keys: bus.Keys, run: str, consumer: str,
-                 orphaned: Callable[[], bool] = lambda: False) -> None:
+    def __init__(
+        self, r: redis.Redis, keys: bus.Keys, run: str, consumer: str, orphaned: Callable[[], bool] = lambda: False
+    ) -> None:
         self.r, self.keys, self.run, self.consumer = r, keys, run, consumer
         self.group = keys.train_group(run)
         self.orphaned = orphaned
 
     def ensure_group(self) -> None:
-        redis_call(self.r, "creating the consumer group",
-                   lambda: bus.ensure_group(self.r, self.keys.shards, self.group), orphaned=self.orphaned)
+        redis_call(
+            self.r,
+            "creating the consumer group",
+            lambda: bus.ensure_group(self.r, self.keys.shards, self.group),
+            orphaned=self.orphaned,
+        )
 
     def _call(self, what: str, fn: Callable[[], T]) -> T:
         return redis_call(self.r, what, fn, on_nogroup=self.ensure_group, orphaned=self.orphaned)
 
     def own_pending(self) -> list[ShardClaim]:
         """Fresh shards this consumer name holds from an earlier incarnation, oldest first."""
-        reply = self._call("reading pending shards", lambda: self.r.xreadgroup(
-            self.group, self.consumer, {self.keys.shards: "0"}, count=10_000))
+        reply = self._call(
+            "reading pending shards",
+            lambda: self.r.xreadgroup(self.group, self.consumer, {self.keys.shards: "0"}, count=10_000),
+        )
         return self._claims(reply[0][1] if reply else [])
 
     def next_fresh(self, block_ms: int) -> ShardClaim | None:
         """The next never-delivered shard, waiting up to `block_ms` (0: don't wait) for one."""
         block = block_ms if block_ms > 0 else None
-        reply = self._call("claiming a fresh shard", lambda: self.r.xreadgroup(
-            self.group, self.consumer, {self.keys.shards: ">"}, count=1, block=block))
+        reply = self._call(
+            "claiming a fresh shard",
+            lambda: self.r.xreadgroup(self.group, self.consumer, {self.keys.shards: ">"}, count=1, block=block),
+        )
         claims = self._claims(reply[0][1] if reply else [])
         return claims[0] if claims else None
 
@@ -151,13 +165,18 @@ class ShardQueue:
         ids: list[str] = []
         for c in consumers:
             if c["name"] not in job and int(c.get("pending", 0)) > 0:
-                pending = self._call("reading an orphan's pending shards", lambda c=c: self.r.xpending_range(
-                    self.keys.shards, self.group, "-", "+", 1000, consumername=c["name"]))
+                pending = self._call(
+                    "reading an orphan's pending shards",
+                    lambda c=c: self.r.xpending_range(
+                        self.keys.shards, self.group, "-", "+", 1000, consumername=c["name"]
+                    ),
+                )
                 ids += [p["message_id"] for p in pending]
         if not ids:
             return []
-        entries = self._call("claiming orphaned shards", lambda: self.r.xclaim(
-            self.keys.shards, self.group, self.consumer, 0, ids))
+        entries = self._call(
+            "claiming orphaned shards", lambda: self.r.xclaim(self.keys.shards, self.group, self.consumer, 0, ids)
+        )
         claims = self._claims(entries)
         if claims:
             log.info("%s took over %d shard(s) held by consumers no longer in this job", self.consumer, len(claims))
@@ -166,12 +185,15 @@ class ShardQueue:
     def touch(self, entry_ids: list[str]) -> None:
         """Reset the idle time of shards still being read, so nobody mistakes them for orphans."""
         if entry_ids:
-            self._call("touching held shards", lambda: self.r.xclaim(
-                self.keys.shards, self.group, self.consumer, 0, entry_ids, justid=True))
+            self._call(
+                "touching held shards",
+                lambda: self.r.xclaim(self.keys.shards, self.group, self.consumer, 0, entry_ids, justid=True),
+            )
 
     def replay_candidates(self, also_read: set[str] = frozenset()) -> list[str]:
         """Shards this run has read at least once (Redis's count, plus `also_read` not yet
         counted there) and gc has not deleted, sorted by name."""
+
         def fetch() -> list[str]:
             pipe = self.r.pipeline(transaction=False)
             pipe.hkeys(self.keys.shard_reads(self.run))
@@ -186,15 +208,19 @@ class ShardQueue:
 
     def is_held(self, entry_id: str) -> bool:
         """True while a fresh shard is delivered but not yet acknowledged."""
-        return self._call("checking a shard", lambda: bus.delivery_count(
-            self.r, self.keys.shards, self.group, entry_id)) > 0
+        return (
+            self._call("checking a shard", lambda: bus.delivery_count(self.r, self.keys.shards, self.group, entry_id))
+            > 0
+        )
 
     def _claims(self, entries: list[Any]) -> list[ShardClaim]:
         claims = []
         for entry_id, fields in entries:
             if not fields:  # entry trimmed away while pending: nothing left to read
-                self._call("acknowledging a trimmed entry",
-                           lambda entry_id=entry_id: self.r.xack(self.keys.shards, self.group, entry_id))
+                self._call(
+                    "acknowledging a trimmed entry",
+                    lambda entry_id=entry_id: self.r.xack(self.keys.shards, self.group, entry_id),
+                )
                 continue
             try:
                 record = ShardRecord.from_message(bus.decode(fields))
@@ -202,8 +228,10 @@ class ShardQueue:
                     raise ValueError(f"shard name {record.name!r} is not a file name inside the shard dir")
             except (bus.MessageError, TypeError, KeyError, ValueError) as e:
                 log.warning("skipping unreadable shards entry %s: %s", entry_id, e)
-                self._call("acknowledging a bad entry",
-                           lambda entry_id=entry_id: self.r.xack(self.keys.shards, self.group, entry_id))
+                self._call(
+                    "acknowledging a bad entry",
+                    lambda entry_id=entry_id: self.r.xack(self.keys.shards, self.group, entry_id),
+                )
                 continue
             claims.append(ShardClaim(name=record.name, samples=int(record.samples), fresh=True, entry_id=entry_id))
         return claims

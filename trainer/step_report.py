@@ -48,19 +48,23 @@ class StepReporter:
         names = ("loss", "loss/ce", "loss/eos", "grad_norm")
         window = self.tracker.window("log")
         counted = ("samples_per_s", "fresh", "replay", "fresh_wait_s", "bad_samples", "data_wait_pct")
-        values = distributed.mean_over_ranks(
-            info, [float(terms[n]) for n in names] + [window[n] for n in counted])
+        values = distributed.mean_over_ranks(info, [float(terms[n]) for n in names] + [window[n] for n in counted])
         metrics = dict(zip(names, values[: len(names)]))
-        rank_mean = dict(zip(counted, values[len(names):]))
+        rank_mean = dict(zip(counted, values[len(names) :]))
         world = info.world_size
         seen = rank_mean["fresh"] + rank_mean["replay"]
         metrics |= {
-            "lr": terms["lr"], "lr/encoder": terms["lr/encoder"], "aug_level": aug_level,
+            "lr": terms["lr"],
+            "lr/encoder": terms["lr/encoder"],
+            "aug_level": aug_level,
             "aug_level_workers": self.tracker.aug_level_seen,
-            "samples_per_s": rank_mean["samples_per_s"] * world, "data_wait_pct": rank_mean["data_wait_pct"],
+            "samples_per_s": rank_mean["samples_per_s"] * world,
+            "data_wait_pct": rank_mean["data_wait_pct"],
             "fresh_ratio": rank_mean["fresh"] / seen if seen else 0.0,
-            "fresh_samples": rank_mean["fresh"] * world, "replay_samples": rank_mean["replay"] * world,
-            "fresh_wait_s": rank_mean["fresh_wait_s"], "bad_samples": rank_mean["bad_samples"] * world,
+            "fresh_samples": rank_mean["fresh"] * world,
+            "replay_samples": rank_mean["replay"] * world,
+            "fresh_wait_s": rank_mean["fresh_wait_s"],
+            "bad_samples": rank_mean["bad_samples"] * world,
         }
         self.last = metrics
         if not info.is_main:
@@ -70,8 +74,16 @@ class StepReporter:
         state.sink.log(step, metrics)
         log.info(
             "step %d/%d loss %.4f (ce %.4f, eos %.4f) lr %.2e | %.0f samples/s, data wait %.0f%%, fresh %.0f%% | aug %.2f",
-            step, state.cfg.max_steps, metrics["loss"], metrics["loss/ce"], metrics["loss/eos"], metrics["lr"],
-            metrics["samples_per_s"], metrics["data_wait_pct"], 100 * metrics["fresh_ratio"], aug_level,
+            step,
+            state.cfg.max_steps,
+            metrics["loss"],
+            metrics["loss/ce"],
+            metrics["loss/eos"],
+            metrics["lr"],
+            metrics["samples_per_s"],
+            metrics["data_wait_pct"],
+            100 * metrics["fresh_ratio"],
+            aug_level,
         )
 
     def waiting(self) -> None:
@@ -84,16 +96,25 @@ class StepReporter:
         window = self.tracker.window("heartbeat")
         if starving:  # the wait in progress is not in the window yet
             window["data_wait_pct"] = 100.0
-        self.redis_status.beat({
-            "run": state.cfg.run, "rank": state.info.rank, "world_size": state.info.world_size,
-            "step": step, "max_steps": state.cfg.max_steps,
-            "samples_per_s": round(window["samples_per_s"], 2), "data_wait_pct": round(window["data_wait_pct"], 1),
-            "fresh": int(totals["fresh"]), "replay": int(totals["replay"]),
-            "fresh_ratio": round(window["fresh_ratio"], 3), "fresh_wait_s": round(totals["fresh_wait_s"], 1),
-            "bad_samples": int(totals["bad_samples"]),
-            "loss": round(self.last.get("loss", float("nan")), 5), "lr": self.last.get("lr", 0.0),
-            "aug_level": round(aug_level, 4),
-        })
+        self.redis_status.beat(
+            {
+                "run": state.cfg.run,
+                "rank": state.info.rank,
+                "world_size": state.info.world_size,
+                "step": step,
+                "max_steps": state.cfg.max_steps,
+                "samples_per_s": round(window["samples_per_s"], 2),
+                "data_wait_pct": round(window["data_wait_pct"], 1),
+                "fresh": int(totals["fresh"]),
+                "replay": int(totals["replay"]),
+                "fresh_ratio": round(window["fresh_ratio"], 3),
+                "fresh_wait_s": round(totals["fresh_wait_s"], 1),
+                "bad_samples": int(totals["bad_samples"]),
+                "loss": round(self.last.get("loss", float("nan")), 5),
+                "lr": self.last.get("lr", 0.0),
+                "aug_level": round(aug_level, 4),
+            }
+        )
 
     def close(self) -> None:
         """A last heartbeat, so `streamcap status` shows where the rank stopped."""

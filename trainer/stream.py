@@ -61,14 +61,19 @@ class StreamCounters:
 class OpenShard:
     claim: ShardClaim
     reader: Iterator[Sample] | None = None
-    read: int = 0          # samples taken from the file (their ordinals are 0..read-1)
-    emitted: int = 0       # samples that have left the buffer
+    read: int = 0  # samples taken from the file (their ordinals are 0..read-1)
+    emitted: int = 0  # samples that have left the buffer
     done_reading: bool = False
     missing: bool = False  # the file was not there
 
     def to_dict(self) -> dict[str, Any]:
-        return {"claim": self.claim.to_dict(), "read": self.read, "emitted": self.emitted,
-                "done_reading": self.done_reading, "missing": self.missing}
+        return {
+            "claim": self.claim.to_dict(),
+            "read": self.read,
+            "emitted": self.emitted,
+            "done_reading": self.done_reading,
+            "missing": self.missing,
+        }
 
 
 @dataclass
@@ -85,8 +90,8 @@ class StreamConfig:
     fresh_wait_ms: int
     seed: int
     job_consumers: frozenset[str] = field(default_factory=frozenset)
-    announce_waiting: bool = True   # only one worker of the job says "waiting for the first shard"
-    min_ready: int = 1              # below this many buffered samples (a batch), wait or replay
+    announce_waiting: bool = True  # only one worker of the job says "waiting for the first shard"
+    min_ready: int = 1  # below this many buffered samples (a batch), wait or replay
 
 
 class SampleStream:
@@ -100,11 +105,11 @@ class SampleStream:
         self.buffer: list[Buffered] = []
         self.queued: list[ShardClaim] = []
         self.finished: list[FinishedShard] = []
-        self._unusable: set[str] = set()        # replay candidates that had no readable sample
+        self._unusable: set[str] = set()  # replay candidates that had no readable sample
         # Shards this worker read through: replayable at once, before the training process has
         # counted them in Redis (it does so only when their last sample is trained on).
         self._read_here: set[str] = set()
-        self._reading: int | None = None        # slot being read into the buffer
+        self._reading: int | None = None  # slot being read into the buffer
         self._next_slot = 0
         self._next_fresh_check = 0.0
         self._dry_until = 0.0
@@ -157,8 +162,11 @@ class SampleStream:
         and replays of shards gc deleted are dropped, so no acknowledged shard is read again.
         """
         if state.get("version") != STATE_VERSION:
-            log.warning("loader state has version %r, this trainer reads %d; starting the stream afresh",
-                        state.get("version"), STATE_VERSION)
+            log.warning(
+                "loader state has version %r, this trainer reads %d; starting the stream afresh",
+                state.get("version"),
+                STATE_VERSION,
+            )
             return
         self.rng.bit_generator.state = state["rng"]
         self._next_slot = int(state["next_slot"])
@@ -260,7 +268,8 @@ class SampleStream:
         if not self._said_waiting:
             self._said_waiting = True
             (log.info if self.cfg.announce_waiting else log.debug)(
-                "no shards to read yet; waiting for the first one to land in %s", self.queue.keys.shards)
+                "no shards to read yet; waiting for the first one to land in %s", self.queue.keys.shards
+            )
         self._dry_until = 0.0  # nothing to replay either: the next attempt waits for a fresh shard
         if dry or self.cfg.fresh_wait_ms < 200:  # XREADGROUP did not block: don't spin on Redis
             time.sleep(0.2)
@@ -304,8 +313,11 @@ class SampleStream:
         """
         strays = [c for c in self._pending_not_held() if c.name not in self._read_here]
         if strays:
-            log.info("%s adopted %d shard(s) claimed under its name by an earlier incarnation",
-                     self.queue.consumer, len(strays))
+            log.info(
+                "%s adopted %d shard(s) claimed under its name by an earlier incarnation",
+                self.queue.consumer,
+                len(strays),
+            )
         return strays
 
     def _touch_held(self) -> None:
@@ -344,5 +356,10 @@ class SampleStream:
 
 
 def _open_from_dict(d: dict[str, Any]) -> OpenShard:
-    return OpenShard(claim=ShardClaim.from_dict(d["claim"]), read=int(d["read"]), emitted=int(d["emitted"]),
-                     done_reading=bool(d["done_reading"]), missing=bool(d.get("missing", False)))
+    return OpenShard(
+        claim=ShardClaim.from_dict(d["claim"]),
+        read=int(d["read"]),
+        emitted=int(d["emitted"]),
+        done_reading=bool(d["done_reading"]),
+        missing=bool(d.get("missing", False)),
+    )

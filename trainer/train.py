@@ -105,8 +105,10 @@ def _setup(cfg: TrainerSettings, info: distributed.DistInfo, r: Any, tokenizer: 
     run_dir = cfg.run_dir
     latest = ckpt.find_latest(run_dir)
     if latest and not cfg.resume:
-        raise ConfigError(f"--run-id / STREAMCAP_RUN_ID: run {cfg.run!r} already has checkpoints in {run_dir}; "
-                          "pass --resume to continue it, or choose another --run-id")
+        raise ConfigError(
+            f"--run-id / STREAMCAP_RUN_ID: run {cfg.run!r} already has checkpoints in {run_dir}; "
+            "pass --resume to continue it, or choose another --run-id"
+        )
     torch.manual_seed(cfg.seed)  # identical initial weights on every rank
     if latest:
         loaded = load_checkpoint(run_dir / latest["model"], map_location="cpu")
@@ -128,8 +130,18 @@ def _setup(cfg: TrainerSettings, info: distributed.DistInfo, r: Any, tokenizer: 
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     optimizer = torch.optim.Adam(model.param_groups(cfg.lr, cfg.encoder_lr), lr=cfg.lr, fused=cuda)
     scheduler = make_scheduler(optimizer, cfg.warmup_steps)
-    state = Run(cfg=cfg, info=info, r=r, tokenizer=tokenizer, model=model, optimizer=optimizer,
-                scheduler=scheduler, step=step, resumed=resumed, normalize=ImageNormalizer(info.device))
+    state = Run(
+        cfg=cfg,
+        info=info,
+        r=r,
+        tokenizer=tokenizer,
+        model=model,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        step=step,
+        resumed=resumed,
+        normalize=ImageNormalizer(info.device),
+    )
     if resumed:
         optimizer.load_state_dict(resumed["optimizer"])
         scheduler.load_state_dict(resumed["scheduler"])
@@ -142,13 +154,23 @@ def _setup(cfg: TrainerSettings, info: distributed.DistInfo, r: Any, tokenizer: 
 def _announce(state: Run) -> None:
     """Print the resolved config and parameter counts; save the config beside the checkpoints."""
     cfg, model = state.cfg, state.model
-    resolved = {"trainer": json.loads(to_json_text(cfg)), "model": model.cfg.to_dict(),
-                "world_size": state.info.world_size, "device": str(state.info.device)}
+    resolved = {
+        "trainer": json.loads(to_json_text(cfg)),
+        "model": model.cfg.to_dict(),
+        "world_size": state.info.world_size,
+        "device": str(state.info.device),
+    }
     ckpt.save_config(cfg.run_dir, resolved)
     log.info("config: %s", to_json_text(cfg))
     log.info("model %s (%s): %s", cfg.preset, model.cfg.backbone, format_parameter_counts(model.parameter_counts()))
-    log.info("run %s on %d rank(s), device %s, %s; %s", cfg.run, state.info.world_size, state.info.device,
-             "resuming at step %d" % state.step if state.resumed else "starting at step 0", cfg.run_dir)
+    log.info(
+        "run %s on %d rank(s), device %s, %s; %s",
+        cfg.run,
+        state.info.world_size,
+        state.info.device,
+        "resuming at step %d" % state.step if state.resumed else "starting at step 0",
+        cfg.run_dir,
+    )
 
 
 def _wrap(state: Run) -> None:
@@ -168,17 +190,28 @@ def _wrap(state: Run) -> None:
 def _loader(state: Run, level: SharedLevel) -> tuple[Any, BatchAccounting]:
     cfg, info, model_cfg = state.cfg, state.info, state.model.cfg
     spec = LoaderSpec(
-        redis_url=cfg.require_redis(), namespace=cfg.namespace, shard_dir=cfg.shard_dir, run=cfg.run,
-        rank=info.rank, world_size=info.world_size, workers=cfg.loader_workers,
-        image_size=model_cfg.image_size, max_len=model_cfg.max_len, batch_size=cfg.batch_size,
-        shuffle_buffer=cfg.shuffle_buffer, fresh_wait_ms=cfg.fresh_wait_ms, seed=cfg.seed,
+        redis_url=cfg.require_redis(),
+        namespace=cfg.namespace,
+        shard_dir=cfg.shard_dir,
+        run=cfg.run,
+        rank=info.rank,
+        world_size=info.world_size,
+        workers=cfg.loader_workers,
+        image_size=model_cfg.image_size,
+        max_len=model_cfg.max_len,
+        batch_size=cfg.batch_size,
+        shuffle_buffer=cfg.shuffle_buffer,
+        fresh_wait_ms=cfg.fresh_wait_ms,
+        seed=cfg.seed,
         caption=CaptionChoice(cfg.caption_column, cfg.caption_sentences),
     )
     saved = state.rank_state
     worker_states = saved.get("loader") if saved.get("loader_workers") == cfg.loader_workers else None
     if saved and worker_states is None:
-        log.warning("--loader-workers changed since the checkpoint: loader workers start their streams afresh "
-                    "(held shards are read again from their start; nothing acknowledged is re-read)")
+        log.warning(
+            "--loader-workers changed since the checkpoint: loader workers start their streams afresh "
+            "(held shards are read again from their start; nothing acknowledged is re-read)"
+        )
     ledger = ReadLedger(state.r, cfg.keys, cfg.run)
     # Shards the checkpoint covers but Redis was down to acknowledge: acknowledge them before
     # the workers look at what they hold, so no finished shard is taken for an unfinished one.
@@ -197,9 +230,14 @@ def _train(state: Run) -> int:
     redis_status.register()
     if info.is_main:
         state.sink = MetricsSink.open(
-            run_dir=cfg.run_dir, run=cfg.run, mode=cfg.wandb_mode, project=cfg.wandb_project, name=cfg.wandb_name,
+            run_dir=cfg.run_dir,
+            run=cfg.run,
+            mode=cfg.wandb_mode,
+            project=cfg.wandb_project,
+            name=cfg.wandb_name,
             config={"trainer": json.loads(to_json_text(cfg)), "model": state.model.cfg.to_dict()},
-            resume_step=state.step if state.resumed else None)
+            resume_step=state.step if state.resumed else None,
+        )
     level = SharedLevel(float((state.resumed or {}).get("aug_level", 0.0)))
     loader, tracker = _loader(state, level)
     reporter = StepReporter(state, tracker, redis_status)
@@ -263,9 +301,15 @@ def _optimizer_step(state: Run, batches, tracker: BatchAccounting, stop: StopSig
         with sync:
             with autocast:
                 logits = ddp(images, tokens[:, :-1])  # [B,T-1,V]
-            terms = caption_loss(logits, tokens, pad_id=state.tokenizer.pad_id, eos_id=state.tokenizer.eos_id,
-                                 min_eos_position=cfg.min_eos_position, eos_weight=cfg.eos_weight,
-                                 label_smoothing=cfg.label_smoothing)
+            terms = caption_loss(
+                logits,
+                tokens,
+                pad_id=state.tokenizer.pad_id,
+                eos_id=state.tokenizer.eos_id,
+                min_eos_position=cfg.min_eos_position,
+                eos_weight=cfg.eos_weight,
+                label_smoothing=cfg.label_smoothing,
+            )
             (terms.total / cfg.grad_accum).backward()
         for name, value in (("loss", terms.total), ("loss/ce", terms.ce), ("loss/eos", terms.eos)):
             sums[name] = sums[name] + value.detach() / cfg.grad_accum
@@ -275,8 +319,7 @@ def _optimizer_step(state: Run, batches, tracker: BatchAccounting, stop: StopSig
     state.optimizer.step()
     state.scheduler.step()
     state.step += 1
-    return sums | {"grad_norm": grad_norm.detach(), "lr": lr[-1], "lr/encoder": lr[0],
-                   "last_batch": batch}
+    return sums | {"grad_norm": grad_norm.detach(), "lr": lr[-1], "lr/encoder": lr[0], "last_batch": batch}
 
 
 def _next_batch(state: Run, batches, stop: StopSignal):
@@ -323,7 +366,9 @@ def _checkpoint(state: Run, tracker: BatchAccounting, aug_level: float) -> None:
     acknowledge the fresh shards it covers."""
     cfg, info = state.cfg, state.info
     mine = {
-        "rng": ckpt.rng_state(), "loader": tracker.worker_states, "loader_workers": cfg.loader_workers,
+        "rng": ckpt.rng_state(),
+        "loader": tracker.worker_states,
+        "loader_workers": cfg.loader_workers,
         "counters": dict(tracker.totals),
         "unacknowledged": [f.to_dict() for f in tracker.ledger.unacknowledged],
         "param_digest": ckpt.parameter_digest(state.model) if info.world_size > 1 else None,
@@ -343,12 +388,26 @@ def _save(state: Run, ranks: list[dict[str, Any]], aug_level: float) -> None:
     if len(digests) > 1:
         log.error("parameters differ between ranks at step %d: DDP is out of sync", state.step)
     model_file = ckpt.model_path(cfg.run_dir, state.step)
-    save_checkpoint(model_file, state.model, state.tokenizer, step=state.step, run=cfg.run,
-                    extra={"preset": cfg.preset, "samples_seen": sum(s["counters"]["samples"] for s in ranks)})
-    ckpt.save_train_state(ckpt.state_path(cfg.run_dir, state.step), {
-        "step": state.step, "run": cfg.run, "world_size": info.world_size, "aug_level": aug_level,
-        "optimizer": state.optimizer.state_dict(), "scheduler": state.scheduler.state_dict(), "ranks": ranks,
-    })
+    save_checkpoint(
+        model_file,
+        state.model,
+        state.tokenizer,
+        step=state.step,
+        run=cfg.run,
+        extra={"preset": cfg.preset, "samples_seen": sum(s["counters"]["samples"] for s in ranks)},
+    )
+    ckpt.save_train_state(
+        ckpt.state_path(cfg.run_dir, state.step),
+        {
+            "step": state.step,
+            "run": cfg.run,
+            "world_size": info.world_size,
+            "aug_level": aug_level,
+            "optimizer": state.optimizer.state_dict(),
+            "scheduler": state.scheduler.state_dict(),
+            "ranks": ranks,
+        },
+    )
     ckpt.mark_latest(cfg.run_dir, state.step)
     try:
         ckpt.publish(state.r, cfg.keys, model_file, state.step, cfg.run)

@@ -101,8 +101,13 @@ def ping(r: redis.Redis) -> None:
 
 
 def wait_for_redis(
-    r: redis.Redis, timeout_s: float | None = None, *, what: str = "Redis", keys: Keys | None = None,
-    who: str = "", stop: Callable[[], bool] | None = None,
+    r: redis.Redis,
+    timeout_s: float | None = None,
+    *,
+    what: str = "Redis",
+    keys: Keys | None = None,
+    who: str = "",
+    stop: Callable[[], bool] | None = None,
 ) -> None:
     """Block until the server answers, logging one line per ~10 s of waiting.
 
@@ -146,23 +151,35 @@ def _single_try_client(r: redis.Redis) -> redis.Redis:
     kwargs = dict(r.connection_pool.connection_kwargs)
     kwargs["retry"] = Retry(NoBackoff(), 0)
     kwargs.pop("retry_on_error", None)
-    return redis.Redis(connection_pool=redis.ConnectionPool(connection_class=r.connection_pool.connection_class, **kwargs))
+    return redis.Redis(
+        connection_pool=redis.ConnectionPool(connection_class=r.connection_pool.connection_class, **kwargs)
+    )
 
 
 def record_outage(r: redis.Redis, keys: Keys, seconds: float, who: str) -> None:
     """Note an outage a process waited out: shown by `streamcap status`, never fatal."""
     try:
         pipe = r.pipeline(transaction=True)
-        pipe.hset(keys.control, CONTROL_LAST_OUTAGE,
-                  json.dumps({"ended": time.time(), "seconds": round(seconds, 1), "who": who}))
+        pipe.hset(
+            keys.control,
+            CONTROL_LAST_OUTAGE,
+            json.dumps({"ended": time.time(), "seconds": round(seconds, 1), "who": who}),
+        )
         pipe.hincrby(keys.stats, STAT_REDIS_RECONNECTS, 1)
         pipe.execute()
     except REDIS_DOWN:  # gone again: the next wait records it
         pass
 
 
-def wait_out_outage(r: redis.Redis, error: BaseException, *, what: str, stop: Callable[[], bool] | None = None,
-                    keys: Keys | None = None, who: str = "") -> bool:
+def wait_out_outage(
+    r: redis.Redis,
+    error: BaseException,
+    *,
+    what: str,
+    stop: Callable[[], bool] | None = None,
+    keys: Keys | None = None,
+    who: str = "",
+) -> bool:
     """After `error` (one of REDIS_DOWN) during `what`: log it, then wait until Redis answers.
 
     True once it does (the outage recorded as seen by `who` with `keys`, see `wait_for_redis`);
@@ -176,8 +193,16 @@ def wait_out_outage(r: redis.Redis, error: BaseException, *, what: str, stop: Ca
     return True
 
 
-def call_through_outages(r: redis.Redis, fn: Callable[[], T], *, what: str, stop: Callable[[], bool] | None = None,
-                         on_back: Callable[[], None] | None = None, keys: Keys | None = None, who: str = "") -> T:
+def call_through_outages(
+    r: redis.Redis,
+    fn: Callable[[], T],
+    *,
+    what: str,
+    stop: Callable[[], bool] | None = None,
+    on_back: Callable[[], None] | None = None,
+    keys: Keys | None = None,
+    who: str = "",
+) -> T:
     """`fn()`, called again after each outage it runs into is waited out (`wait_out_outage`).
 
     `on_back()` runs when Redis is back, before the next try (e.g. to recreate a consumer group

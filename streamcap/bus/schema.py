@@ -39,7 +39,7 @@ PART_STATES = ("pending", "in_flight", "done", "dead")
 # Counters of the `stats` hash. Failures are counted per reason as STAT_FAIL_PREFIX + reason
 # (reasons: streamcap.formats.records.FAILURE_REASONS). All are added by the part commit, so they
 # count committed work only and never twice.
-STAT_ROWS = "rows"                        # samples + failures of committed parts
+STAT_ROWS = "rows"  # samples + failures of committed parts
 STAT_SAMPLES = "samples"
 STAT_FAILURES = "failures"
 STAT_FAIL_PREFIX = "fail:"
@@ -47,7 +47,7 @@ STAT_BYTES_DOWNLOADED = "bytes_downloaded"
 STAT_SHARDS = "shards"
 STAT_SHARD_BYTES = "shard_bytes"
 STAT_PARTS_COMMITTED = "parts_committed"
-STAT_COMMITS_WASTED = "commits_wasted"    # commits of parts another worker had already committed
+STAT_COMMITS_WASTED = "commits_wasted"  # commits of parts another worker had already committed
 STAT_PARTS_DEAD = "parts_dead"
 STAT_REDIS_RECONNECTS = "redis_reconnects"  # outages waited out, summed over processes
 

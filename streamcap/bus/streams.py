@@ -77,7 +77,6 @@ def group_info(r: redis.Redis, stream: str, group: str) -> dict[str, Any] | None
     return None
 
 
-
 def xrange_pages(r: redis.Redis, stream: str, page: int = 1000) -> Iterator[list[tuple[str, dict[str, str]]]]:
     """The whole stream, oldest first, `page` entries per XRANGE round trip."""
     start = "-"

@@ -75,7 +75,10 @@ COMMON_FIELDS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(Common
 
 
 def settings_command(
-    cls: type, *, only: Iterable[str] | None = None, exclude: Iterable[str] = (),
+    cls: type,
+    *,
+    only: Iterable[str] | None = None,
+    exclude: Iterable[str] = (),
     read_as: Mapping[str, type] | None = None,
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Give a command one option per field of settings class `cls`, and call it with the settings.
@@ -88,8 +91,9 @@ def settings_command(
     """
     names = _option_fields(cls, only, exclude)
     hints = typing.get_type_hints(cls)
-    option_params = [_option_parameter(cls, name, (read_as or {}).get(name) or _without_none(hints[name]))
-                     for name in names]
+    option_params = [
+        _option_parameter(cls, name, (read_as or {}).get(name) or _without_none(hints[name])) for name in names
+    ]
 
     def decorate(func: Callable[..., Any]) -> Callable[..., Any]:
         own = list(inspect.signature(func, eval_str=True).parameters.values())
@@ -108,7 +112,7 @@ def settings_command(
         functools.update_wrapper(command, func, updated=())
         # typer reads the parameters through inspect.signature, which takes __signature__ as is.
         # Keyword-only, so that options with defaults may precede arguments without.
-        params = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in own[:at] + option_params + own[at + 1:]]
+        params = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in own[:at] + option_params + own[at + 1 :]]
         command.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
         return command
 
@@ -129,8 +133,9 @@ def _option_fields(cls: type, only: Iterable[str] | None, exclude: Iterable[str]
 
 def _option_parameter(cls: type, name: str, value_type: Any) -> inspect.Parameter:
     """`name: Annotated[Optional[value_type], option(cls, name)] = None`: None means "not given"."""
-    return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=None,
-                             annotation=Annotated[value_type | None, option(cls, name)])
+    return inspect.Parameter(
+        name, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=Annotated[value_type | None, option(cls, name)]
+    )
 
 
 def _without_none(hint: Any) -> Any:

@@ -28,23 +28,36 @@ DEFAULT_PERMS = 0o666
 OWNER_ONLY = 0o600
 
 
-def atomic_write_bytes(path: str | os.PathLike, data: bytes, *, perms: int = DEFAULT_PERMS,
-                       temp: str | os.PathLike | None = None) -> None:
+def atomic_write_bytes(
+    path: str | os.PathLike, data: bytes, *, perms: int = DEFAULT_PERMS, temp: str | os.PathLike | None = None
+) -> None:
     """Replace `path` with `data` durably (see the module docstring)."""
     with atomic_writer(path, "wb", perms=perms, temp=temp) as f:
         f.write(data)
 
 
-def atomic_write_text(path: str | os.PathLike, text: str, *, encoding: str = "utf-8",
-                      perms: int = DEFAULT_PERMS, temp: str | os.PathLike | None = None) -> None:
+def atomic_write_text(
+    path: str | os.PathLike,
+    text: str,
+    *,
+    encoding: str = "utf-8",
+    perms: int = DEFAULT_PERMS,
+    temp: str | os.PathLike | None = None,
+) -> None:
     """Replace `path` with `text` durably; line ends are written as they are in `text`."""
     atomic_write_bytes(path, text.encode(encoding), perms=perms, temp=temp)
 
 
 @contextmanager
-def atomic_writer(path: str | os.PathLike, mode: str = "wb", *, encoding: str = "utf-8",
-                  newline: str | None = None, perms: int = DEFAULT_PERMS,
-                  temp: str | os.PathLike | None = None) -> Iterator[IO]:
+def atomic_writer(
+    path: str | os.PathLike,
+    mode: str = "wb",
+    *,
+    encoding: str = "utf-8",
+    newline: str | None = None,
+    perms: int = DEFAULT_PERMS,
+    temp: str | os.PathLike | None = None,
+) -> Iterator[IO]:
     """A file open for writing (`mode` "wb" or "w") whose content replaces `path` once the
     block ends without an error; on an error `path` is untouched and the temporary file removed.
 

@@ -18,8 +18,9 @@ PASSWORD_ENV = "REDIS_PASSWORD"
 MASK = "***"
 
 # scheme://[user]:password@ — the password ends at the last '@' before the host part.
-_URL_CREDENTIALS = re.compile(r"(?P<head>\b[a-z][a-z0-9+.-]*://[^:/@\s'\"]*:)(?P<password>[^\s'\"]+?)@(?=[^@\s'\"]*(?:[\s'\"]|$))",
-                              re.IGNORECASE)
+_URL_CREDENTIALS = re.compile(
+    r"(?P<head>\b[a-z][a-z0-9+.-]*://[^:/@\s'\"]*:)(?P<password>[^\s'\"]+?)@(?=[^@\s'\"]*(?:[\s'\"]|$))", re.IGNORECASE
+)
 _QUERY_PASSWORD = re.compile(r"(?P<head>[?&]password=)[^&\s'\"]+", re.IGNORECASE)
 
 

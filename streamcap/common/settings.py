@@ -158,19 +158,31 @@ class CommonSettings(Settings):
     """Settings shared by every command. Services derive their own settings from this."""
 
     redis_url: str | None = setting(
-        None, flag="--redis-url", env="REDIS_URL", check=redis_url,
+        None,
+        flag="--redis-url",
+        env="REDIS_URL",
+        check=redis_url,
         help="Redis server URL, e.g. redis://localhost:6379/0 (`streamcap redis` prints one).",
     )
     namespace: str = setting(
-        "streamcap", flag="--namespace", env="STREAMCAP_NAMESPACE", check=namespace,
+        "streamcap",
+        flag="--namespace",
+        env="STREAMCAP_NAMESPACE",
+        check=namespace,
         help="Prefix of every Redis key, so several pipelines can share one server.",
     )
     shard_dir: Path = setting(
-        Path("shards"), flag="--shard-dir", env="STREAMCAP_SHARD_DIR", check=directory_path,
+        Path("shards"),
+        flag="--shard-dir",
+        env="STREAMCAP_SHARD_DIR",
+        check=directory_path,
         help="Directory of the WebDataset tar shards (a shared volume in compose).",
     )
     log_level: str = setting(
-        "INFO", flag="--log-level", env="STREAMCAP_LOG_LEVEL", check=one_of(*LOG_LEVELS),
+        "INFO",
+        flag="--log-level",
+        env="STREAMCAP_LOG_LEVEL",
+        check=one_of(*LOG_LEVELS),
         help="Log verbosity.",
     )
 

@@ -13,20 +13,41 @@ class DemoSettings(Settings):
     """How big `streamcap demo` runs: rows, evaluation images, steps, checkpoints, seed, folder."""
 
     workdir: Path = setting(
-        Path("demo-output"), flag="--workdir", env="STREAMCAP_DEMO_DIR",
+        Path("demo-output"),
+        flag="--workdir",
+        env="STREAMCAP_DEMO_DIR",
         help="Where the demo keeps its data, shards, checkpoints and report (run state is reset each run).",
     )
-    rows: int = setting(3000, flag="--rows", env="STREAMCAP_DEMO_ROWS", check=at_least(100),
-                        help="url+caption rows to download and train on.")
-    eval_images: int = setting(100, flag="--eval-images", env="STREAMCAP_DEMO_EVAL_IMAGES", check=at_least(10),
-                               help="Held-out images of the Flickr30K-format evaluation set.")
-    steps: int = setting(600, flag="--steps", env="STREAMCAP_DEMO_STEPS", check=at_least(10),
-                         help="Training steps of the tiny model.")
-    batch_size: int = setting(32, flag="--batch-size", env="STREAMCAP_DEMO_BATCH_SIZE", check=at_least(2),
-                              help="Training batch size.")
-    checkpoints: int = setting(3, flag="--checkpoints", env="STREAMCAP_DEMO_CHECKPOINTS", check=at_least(1),
-                               help="Checkpoints published during training (each is evaluated).")
-    seed: int = setting(0, flag="--seed", env="STREAMCAP_DEMO_SEED", help="Seed of the generated world and of training.")
+    rows: int = setting(
+        3000,
+        flag="--rows",
+        env="STREAMCAP_DEMO_ROWS",
+        check=at_least(100),
+        help="url+caption rows to download and train on.",
+    )
+    eval_images: int = setting(
+        100,
+        flag="--eval-images",
+        env="STREAMCAP_DEMO_EVAL_IMAGES",
+        check=at_least(10),
+        help="Held-out images of the Flickr30K-format evaluation set.",
+    )
+    steps: int = setting(
+        600, flag="--steps", env="STREAMCAP_DEMO_STEPS", check=at_least(10), help="Training steps of the tiny model."
+    )
+    batch_size: int = setting(
+        32, flag="--batch-size", env="STREAMCAP_DEMO_BATCH_SIZE", check=at_least(2), help="Training batch size."
+    )
+    checkpoints: int = setting(
+        3,
+        flag="--checkpoints",
+        env="STREAMCAP_DEMO_CHECKPOINTS",
+        check=at_least(1),
+        help="Checkpoints published during training (each is evaluated).",
+    )
+    seed: int = setting(
+        0, flag="--seed", env="STREAMCAP_DEMO_SEED", help="Seed of the generated world and of training."
+    )
 
     def validate(self) -> None:
         if self.checkpoints > self.steps:

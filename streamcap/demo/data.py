@@ -29,15 +29,17 @@ def image_path(index: int) -> str:
 def write_source_parquet(path: Path, base_url: str, rows: int, seed: int) -> Path:
     """url+caption rows in RELAION-POP's column layout, atomically written."""
     scenes = [Scene.for_index(seed, i) for i in range(rows)]
-    table = pa.table({
-        "key": [f"{i:09d}" for i in range(rows)],
-        "url": [base_url.rstrip("/") + image_path(i) for i in range(rows)],
-        "width": [SOURCE_IMAGE_SIZE] * rows,
-        "height": [SOURCE_IMAGE_SIZE] * rows,
-        "llava_caption": [s.llava_caption() for s in scenes],
-        "cogvlm_caption": [s.references()[2] + "." for s in scenes],
-        "alt_txt": [s.alt_text() for s in scenes],
-    })
+    table = pa.table(
+        {
+            "key": [f"{i:09d}" for i in range(rows)],
+            "url": [base_url.rstrip("/") + image_path(i) for i in range(rows)],
+            "width": [SOURCE_IMAGE_SIZE] * rows,
+            "height": [SOURCE_IMAGE_SIZE] * rows,
+            "llava_caption": [s.llava_caption() for s in scenes],
+            "cogvlm_caption": [s.references()[2] + "." for s in scenes],
+            "alt_txt": [s.alt_text() for s in scenes],
+        }
+    )
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_writer(path) as f:
         pq.write_table(table, f, row_group_size=500)
@@ -53,10 +55,14 @@ def write_eval_set(directory: Path, images: int, seed: int) -> Path:
         scene = Scene.for_index(seed, i)
         filename = f"test_{i:05d}.jpg"
         scene.render(SOURCE_IMAGE_SIZE).save(image_dir / filename, quality=92)
-        entries.append({
-            "filename": filename, "imgid": i, "split": "test",
-            "sentences": [{"raw": ref, "tokens": ref.split()} for ref in scene.references()],
-        })
+        entries.append(
+            {
+                "filename": filename,
+                "imgid": i,
+                "split": "test",
+                "sentences": [{"raw": ref, "tokens": ref.split()} for ref in scene.references()],
+            }
+        )
     target = directory / "dataset_flickr30k.json"
     atomic_write_text(target, json.dumps({"images": entries, "dataset": "streamcap-demo"}))
     return target

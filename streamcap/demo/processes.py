@@ -36,9 +36,14 @@ class Services:
 
     def start(self, name: str, args: list[str], capture: bool = False) -> subprocess.Popen:
         log = open(self.log_path(name), "ab")
-        proc = subprocess.Popen([sys.executable, "-m", "streamcap", *args],
-                                stdout=subprocess.PIPE if capture else log, stderr=log if capture else subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, env=self.env, start_new_session=True)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "streamcap", *args],
+            stdout=subprocess.PIPE if capture else log,
+            stderr=log if capture else subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=self.env,
+            start_new_session=True,
+        )
         log.close()  # the child holds its own descriptor
         self.procs[name] = proc
         return proc

@@ -40,9 +40,9 @@ from streamcap.text.captions import process_caption
 
 NAMESPACE = "demo"
 RUN_ID = "demo"
-CAPTION_SENTENCES = 1       # Flickr30K references are one short sentence: train on that style
-STORED_IMAGE_SIZE = 96      # the tiny preset trains at 64 px; leave room for random crops
-EVAL_SEED_OFFSET = 1000     # held-out scenes come from another seed than the training rows
+CAPTION_SENTENCES = 1  # Flickr30K references are one short sentence: train on that style
+STORED_IMAGE_SIZE = 96  # the tiny preset trains at 64 px; leave room for random crops
+EVAL_SEED_OFFSET = 1000  # held-out scenes come from another seed than the training rows
 # Latency per image and connections: about 60 images/s, so the download runs for a while and
 # the trainer visibly starts on the first shards while later ones are still arriving.
 SERVER_LATENCY_S = 0.1
@@ -54,8 +54,16 @@ class DemoPaths:
     root: Path
 
     def __getattr__(self, name: str) -> Path:
-        layout = {"redis": "redis", "shards": "shards", "source": "source/demo.parquet", "vocab": "vocab.txt",
-                  "checkpoints": "checkpoints", "evals": "evals", "logs": "logs", "eval_set": "eval-set"}
+        layout = {
+            "redis": "redis",
+            "shards": "shards",
+            "source": "source/demo.parquet",
+            "vocab": "vocab.txt",
+            "checkpoints": "checkpoints",
+            "evals": "evals",
+            "logs": "logs",
+            "eval_set": "eval-set",
+        }
         if name not in layout:
             raise AttributeError(name)
         return self.root / layout[name]
@@ -102,46 +110,133 @@ def run(cfg: DemoSettings) -> int:
 
 def service_env(redis_url: str, paths: DemoPaths) -> dict[str, str]:
     env = dict(os.environ)
-    env.update({
-        "REDIS_URL": redis_url, "STREAMCAP_NAMESPACE": NAMESPACE, "STREAMCAP_SHARD_DIR": str(paths.shards),
-        "NO_ALBUMENTATIONS_UPDATE": "1", "WANDB_MODE": env.get("WANDB_MODE", "disabled"),
-        # Two services share two cores: one math thread each keeps them from fighting.
-        "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
-    })
+    env.update(
+        {
+            "REDIS_URL": redis_url,
+            "STREAMCAP_NAMESPACE": NAMESPACE,
+            "STREAMCAP_SHARD_DIR": str(paths.shards),
+            "NO_ALBUMENTATIONS_UPDATE": "1",
+            "WANDB_MODE": env.get("WANDB_MODE", "disabled"),
+            # Two services share two cores: one math thread each keeps them from fighting.
+            "OMP_NUM_THREADS": "1",
+            "MKL_NUM_THREADS": "1",
+        }
+    )
     return env
 
 
 def eval_args(paths: DemoPaths) -> list[str]:
-    return ["--data", str(paths.eval_set / "dataset_flickr30k.json"), "--images", str(paths.eval_set / "images"),
-            "--out-dir", str(paths.evals), "--no-meteor", "--gallery", "24"]
+    return [
+        "--data",
+        str(paths.eval_set / "dataset_flickr30k.json"),
+        "--images",
+        str(paths.eval_set / "images"),
+        "--out-dir",
+        str(paths.evals),
+        "--no-meteor",
+        "--gallery",
+        "24",
+    ]
 
 
 def prepare_data(cfg: DemoSettings, paths: DemoPaths, base_url: str, services: Services, console: Console) -> None:
-    console.print(f"[bold]world[/bold]: {cfg.rows} url+caption rows served at {base_url}, "
-                  f"{cfg.eval_images} held-out images")
+    console.print(
+        f"[bold]world[/bold]: {cfg.rows} url+caption rows served at {base_url}, {cfg.eval_images} held-out images"
+    )
     write_source_parquet(paths.source, base_url, rows=cfg.rows, seed=cfg.seed)
     if not eval_set_ready(paths.eval_set, cfg.eval_images):
         shutil.rmtree(paths.eval_set, ignore_errors=True)
         write_eval_set(paths.eval_set, images=cfg.eval_images, seed=cfg.seed + EVAL_SEED_OFFSET)
-    services.run("tokenizer", ["tokenizer", "build", str(paths.source), "--out", str(paths.vocab), "--size", "300",
-                               "--column", "llava_caption", "--sentences", str(CAPTION_SENTENCES)])
-    services.run("enqueue", ["enqueue", str(paths.source), "--name", "demo", "--part-size", "250",
-                             "--caption-col", "llava_caption"])
+    services.run(
+        "tokenizer",
+        [
+            "tokenizer",
+            "build",
+            str(paths.source),
+            "--out",
+            str(paths.vocab),
+            "--size",
+            "300",
+            "--column",
+            "llava_caption",
+            "--sentences",
+            str(CAPTION_SENTENCES),
+        ],
+    )
+    services.run(
+        "enqueue",
+        ["enqueue", str(paths.source), "--name", "demo", "--part-size", "250", "--caption-col", "llava_caption"],
+    )
 
 
-def train_while_downloading(cfg: DemoSettings, paths: DemoPaths, services: Services, redis_url: str,
-                            console: Console) -> None:
-    services.start("downloader", [
-        "download", "--allow-private", "--exit-when-empty", "--processes", "1", "--image-workers", "1",
-        "--concurrency", str(DOWNLOAD_CONCURRENCY), "--per-host", str(DOWNLOAD_CONCURRENCY), "--image-size", str(STORED_IMAGE_SIZE),
-        "--caption-sentences", str(CAPTION_SENTENCES), "--shard-max-samples", "250"])
-    services.start("trainer", [
-        "train", "--run-id", RUN_ID, "--preset", "tiny", "--tokenizer", str(paths.vocab), "--no-pretrained",
-        "--checkpoint-dir", str(paths.checkpoints), "--max-steps", str(cfg.steps), "--batch-size", str(cfg.batch_size),
-        "--lr", "1e-3", "--warmup-steps", "50", "--checkpoint-every", str(cfg.checkpoint_every),
-        "--loader-workers", "1", "--device", "cpu", "--seed", str(cfg.seed), "--aug-max", "0.3",
-        "--aug-ramp-steps", str(cfg.steps), "--sample-every", "0", "--histogram-every", "0", "--log-every", "10",
-        "--fresh-wait-ms", "500"])
+def train_while_downloading(
+    cfg: DemoSettings, paths: DemoPaths, services: Services, redis_url: str, console: Console
+) -> None:
+    services.start(
+        "downloader",
+        [
+            "download",
+            "--allow-private",
+            "--exit-when-empty",
+            "--processes",
+            "1",
+            "--image-workers",
+            "1",
+            "--concurrency",
+            str(DOWNLOAD_CONCURRENCY),
+            "--per-host",
+            str(DOWNLOAD_CONCURRENCY),
+            "--image-size",
+            str(STORED_IMAGE_SIZE),
+            "--caption-sentences",
+            str(CAPTION_SENTENCES),
+            "--shard-max-samples",
+            "250",
+        ],
+    )
+    services.start(
+        "trainer",
+        [
+            "train",
+            "--run-id",
+            RUN_ID,
+            "--preset",
+            "tiny",
+            "--tokenizer",
+            str(paths.vocab),
+            "--no-pretrained",
+            "--checkpoint-dir",
+            str(paths.checkpoints),
+            "--max-steps",
+            str(cfg.steps),
+            "--batch-size",
+            str(cfg.batch_size),
+            "--lr",
+            "1e-3",
+            "--warmup-steps",
+            "50",
+            "--checkpoint-every",
+            str(cfg.checkpoint_every),
+            "--loader-workers",
+            "1",
+            "--device",
+            "cpu",
+            "--seed",
+            str(cfg.seed),
+            "--aug-max",
+            "0.3",
+            "--aug-ramp-steps",
+            str(cfg.steps),
+            "--sample-every",
+            "0",
+            "--histogram-every",
+            "0",
+            "--log-every",
+            "10",
+            "--fresh-wait-ms",
+            "500",
+        ],
+    )
     r = bus.connect(redis_url)
     keys = bus.Keys(NAMESPACE)
     with Live(progress_table(None, cfg), console=console, refresh_per_second=2) as live:
@@ -163,16 +258,25 @@ def progress_table(report: dict[str, Any] | None, cfg: DemoSettings) -> Table:
         table.add_row("starting", "downloader and trainer")
         return table
     urls, shards, trainer, parts = report["urls"], report["shards"], report["trainer"], report["parts"]
-    table.add_row("download", f"{urls['rows']}/{parts['rows_enqueued']} rows committed, "
-                              f"{urls['images_per_s']:.0f} images/s, {urls['failures']} failures")
+    table.add_row(
+        "download",
+        f"{urls['rows']}/{parts['rows_enqueued']} rows committed, "
+        f"{urls['images_per_s']:.0f} images/s, {urls['failures']} failures",
+    )
     table.add_row("shards", f"{shards['count']} shards, {shards['samples']} samples")
     if trainer["step"] is None:
         table.add_row("trainer", "starting (waits for the first shard)")
     else:
-        table.add_row("trainer", f"step {trainer['step']}/{cfg.steps}, loss {trainer['loss'] or 0:.3f}, "
-                                 f"{trainer['samples_per_s'] or 0:.0f} samples/s")
-        table.add_row("data", f"fresh {trainer['fresh']} / replay {trainer['replay']} samples, "
-                              f"waited {trainer['data_wait_pct'] or 0:.0f} % of the time")
+        table.add_row(
+            "trainer",
+            f"step {trainer['step']}/{cfg.steps}, loss {trainer['loss'] or 0:.3f}, "
+            f"{trainer['samples_per_s'] or 0:.0f} samples/s",
+        )
+        table.add_row(
+            "data",
+            f"fresh {trainer['fresh']} / replay {trainer['replay']} samples, "
+            f"waited {trainer['data_wait_pct'] or 0:.0f} % of the time",
+        )
     return table
 
 
@@ -186,8 +290,12 @@ def score_baseline(paths: DemoPaths, services: Services) -> dict[str, float]:
     out.mkdir(exist_ok=True)
     (out / "predictions.json").write_text(json.dumps({k: common for k in refs}))
     (out / "references.json").write_text(json.dumps(refs))
-    scores = json.loads(services.output("baseline", ["eval", "score", str(out / "predictions.json"),
-                                                     str(out / "references.json"), "--json", "--no-meteor"]))
+    scores = json.loads(
+        services.output(
+            "baseline",
+            ["eval", "score", str(out / "predictions.json"), str(out / "references.json"), "--json", "--no-meteor"],
+        )
+    )
     return {"caption": common, **scores["scores"]}
 
 
@@ -206,12 +314,18 @@ def summarise(paths: DemoPaths, baseline: dict[str, Any], console: Console, seco
     console.print(table)
     for result in sorted(results, key=lambda r: r["step"]):
         if result.get("status") == "ok":
-            console.print(f"  step {result['step']:>5}: CIDEr {result['scores']['CIDEr']:.3f}, "
-                          f"BLEU-4 {result['scores']['BLEU-4']:.3f}")
-    console.print(f"  baseline (always \"{baseline['caption']}\"): CIDEr {baseline['CIDEr']:.3f}, "
-                  f"BLEU-4 {baseline['BLEU-4']:.3f}")
+            console.print(
+                f"  step {result['step']:>5}: CIDEr {result['scores']['CIDEr']:.3f}, "
+                f"BLEU-4 {result['scores']['BLEU-4']:.3f}"
+            )
+    console.print(
+        f'  baseline (always "{baseline["caption"]}"): CIDEr {baseline["CIDEr"]:.3f}, BLEU-4 {baseline["BLEU-4"]:.3f}'
+    )
     console.print(f"  finished in {seconds / 60:.1f} min; logs in {paths.logs}")
     # Plain print: the last line is an interface (scripts grep it), never wrapped or styled.
-    print(f"demo: CIDEr {scores['CIDEr']:.3f} (baseline {baseline['CIDEr']:.3f}), "
-          f"BLEU-4 {scores['BLEU-4']:.3f}, report {report}", flush=True)
+    print(
+        f"demo: CIDEr {scores['CIDEr']:.3f} (baseline {baseline['CIDEr']:.3f}), "
+        f"BLEU-4 {scores['BLEU-4']:.3f}, report {report}",
+        flush=True,
+    )
     return 0

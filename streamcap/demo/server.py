@@ -19,7 +19,7 @@ from aiohttp import web
 from streamcap.demo.data import SOURCE_IMAGE_SIZE
 from streamcap.demo.world import Scene
 
-MISSING_EVERY = 41      # 404 Not Found
+MISSING_EVERY = 41  # 404 Not Found
 NOT_AN_IMAGE_EVERY = 59  # HTML served as image/jpeg
 
 

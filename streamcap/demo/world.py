@@ -38,7 +38,13 @@ RELATIONS = {
     "right": (("to the right of", "right of", "beside and right of"), "left", (1, 0)),
 }
 TEXTURES = ("plain", "stripes", "checks", "noise", "gradient")
-_TEXTURE_WORDS = {"plain": "plain", "stripes": "striped", "checks": "checkered", "noise": "grainy", "gradient": "shaded"}
+_TEXTURE_WORDS = {
+    "plain": "plain",
+    "stripes": "striped",
+    "checks": "checkered",
+    "noise": "grainy",
+    "gradient": "shaded",
+}
 _BACKGROUNDS = ((200, 190, 170), (150, 170, 190), (170, 200, 160), (120, 120, 120), (210, 180, 200))
 
 
@@ -57,9 +63,14 @@ class Scene:
     def sample(cls, rng: random.Random) -> Scene:
         colour_a, colour_b = rng.sample(sorted(COLOURS), 2)
         return cls(
-            colour_a=colour_a, shape_a=rng.choice(SHAPES), colour_b=colour_b, shape_b=rng.choice(SHAPES),
-            relation=rng.choice(sorted(RELATIONS)), texture=rng.choice(TEXTURES),
-            background=rng.choice(_BACKGROUNDS), jitter=rng.randrange(1 << 30),
+            colour_a=colour_a,
+            shape_a=rng.choice(SHAPES),
+            colour_b=colour_b,
+            shape_b=rng.choice(SHAPES),
+            relation=rng.choice(sorted(RELATIONS)),
+            texture=rng.choice(TEXTURES),
+            background=rng.choice(_BACKGROUNDS),
+            jitter=rng.randrange(1 << 30),
         )
 
     @classmethod
@@ -92,9 +103,11 @@ class Scene:
     def llava_caption(self) -> str:
         """A paragraph in RELAION-POP's LLaVA style; its first sentence is the short caption."""
         first = self.short_caption()
-        return (f"{first[0].upper()}{first[1:]}. The {self.shape_a} is {self.colour_a} and the "
-                f"{self.shape_b} is {self.colour_b}. The background is {_TEXTURE_WORDS[self.texture]} in muted tones, "
-                f"giving the composition a calm and simple look.")
+        return (
+            f"{first[0].upper()}{first[1:]}. The {self.shape_a} is {self.colour_a} and the "
+            f"{self.shape_b} is {self.colour_b}. The background is {_TEXTURE_WORDS[self.texture]} in muted tones, "
+            f"giving the composition a calm and simple look."
+        )
 
     def alt_text(self) -> str:
         return f"{self.colour_a} {self.shape_a} and {self.colour_b} {self.shape_b}"

@@ -18,23 +18,23 @@ from typing import Any
 
 # Every row that does not become a sample ends as exactly one of these reasons.
 FAILURE_REASONS = (
-    "invalid_url",         # empty, malformed, or not http(s)
-    "blocked_address",     # resolves to loopback/private/link-local/... and --allow-private is off
+    "invalid_url",  # empty, malformed, or not http(s)
+    "blocked_address",  # resolves to loopback/private/link-local/... and --allow-private is off
     "dns_error",
     "connect_error",
     "timeout",
-    "http_status",         # a 4xx/5xx after the allowed retries
+    "http_status",  # a 4xx/5xx after the allowed retries
     "too_many_redirects",
-    "too_large",           # Content-Length or streamed body over --max-bytes
-    "opted_out",           # X-Robots-Tag carries a configured directive
-    "not_an_image",        # the bytes are no image format Pillow knows
-    "decode_error",        # an image format, but broken (truncated, corrupt)
+    "too_large",  # Content-Length or streamed body over --max-bytes
+    "opted_out",  # X-Robots-Tag carries a configured directive
+    "not_an_image",  # the bytes are no image format Pillow knows
+    "decode_error",  # an image format, but broken (truncated, corrupt)
     "decompression_bomb",  # more pixels than --max-pixels
-    "too_small",           # below --min-size
-    "bad_aspect_ratio",    # beyond --max-aspect-ratio
+    "too_small",  # below --min-size
+    "bad_aspect_ratio",  # beyond --max-aspect-ratio
     "empty_caption",
-    "processing_crash",    # the image worker died on this row: the attempt fails and the part is
-                           # retried, then dead-lettered with it (never a committed row's outcome)
+    "processing_crash",  # the image worker died on this row: the attempt fails and the part is
+    # retried, then dead-lettered with it (never a committed row's outcome)
 )
 
 _SLUG = re.compile(r"[^a-z0-9_-]+")
@@ -58,7 +58,7 @@ class SourceRecord:
 
     id: str
     uri: str
-    format: str                          # parquet | csv | tsv | jsonl
+    format: str  # parquet | csv | tsv | jsonl
     url_col: str
     caption_col: str
     rows: int
@@ -199,8 +199,14 @@ class PartStats:
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "v": 1, "source": self.source, "part": self.part, "start": self.start, "end": self.end,
-            "rows": self.end - self.start, "samples": self.samples, "bytes_downloaded": self.bytes_downloaded,
+            "v": 1,
+            "source": self.source,
+            "part": self.part,
+            "start": self.start,
+            "end": self.end,
+            "rows": self.end - self.start,
+            "samples": self.samples,
+            "bytes_downloaded": self.bytes_downloaded,
             "failures_by_reason": self.failures_by_reason(),
             "failures": [dataclasses.asdict(f) for f in self.failures],
             "shards": [s.to_message() for s in self.shards],
@@ -209,8 +215,12 @@ class PartStats:
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> PartStats:
         return cls(
-            source=d["source"], part=int(d["part"]), start=int(d["start"]), end=int(d["end"]),
-            samples=int(d["samples"]), bytes_downloaded=int(d.get("bytes_downloaded", 0)),
+            source=d["source"],
+            part=int(d["part"]),
+            start=int(d["start"]),
+            end=int(d["end"]),
+            samples=int(d["samples"]),
+            bytes_downloaded=int(d.get("bytes_downloaded", 0)),
             failures=[FailedRow(**f) for f in d.get("failures", [])],
             shards=[ShardRecord.from_message(s) for s in d.get("shards", [])],
         )

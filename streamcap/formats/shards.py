@@ -60,7 +60,15 @@ def member_problem(info: tarfile.TarInfo, max_bytes: int = MAX_MEMBER_BYTES) -> 
     """Why a tar member must not be loaded, or None when it is a plain sample file."""
     name = info.name
     if not info.isreg():
-        kind = "symlink" if info.issym() else "hard link" if info.islnk() else "directory" if info.isdir() else "special file"
+        kind = (
+            "symlink"
+            if info.issym()
+            else "hard link"
+            if info.islnk()
+            else "directory"
+            if info.isdir()
+            else "special file"
+        )
         return f"member {name!r} is a {kind}, not a regular file"
     if name.startswith("/") or name.startswith("\\"):
         return f"member {name!r} has an absolute path"

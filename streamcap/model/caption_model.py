@@ -30,8 +30,16 @@ from streamcap.model.config import PRESETS, ModelConfig
 from streamcap.model.encoder import ImageEncoder
 
 __all__ = [
-    "IMAGE_MEAN", "IMAGE_STD", "ModelConfig", "PRESETS", "CaptionModel", "ImageEncoder",
-    "CaptionDecoder", "KVCache", "image_transform", "format_parameter_counts",
+    "IMAGE_MEAN",
+    "IMAGE_STD",
+    "ModelConfig",
+    "PRESETS",
+    "CaptionModel",
+    "ImageEncoder",
+    "CaptionDecoder",
+    "KVCache",
+    "image_transform",
+    "format_parameter_counts",
 ]
 
 IMAGE_MEAN = (0.485, 0.456, 0.406)  # ImageNet statistics the torchvision trunks were trained with
@@ -66,8 +74,8 @@ class LayerKV:
         end = self.length + k.shape[2]
         if end > self.k.shape[2]:
             raise ValueError(f"KV cache holds {self.k.shape[2]} positions, {end} requested")
-        self.k[:, :, self.length:end] = k
-        self.v[:, :, self.length:end] = v
+        self.k[:, :, self.length : end] = k
+        self.v[:, :, self.length : end] = v
         self.length = end
         return self.k[:, :, :end], self.v[:, :, :end]
 
@@ -149,13 +157,18 @@ class DecoderBlock(nn.Module):
         self.ln2 = nn.LayerNorm(cfg.d_model)
         self.cross_attn = CrossAttention(cfg.d_model, cfg.n_heads, cfg.dropout)
         self.ln3 = nn.LayerNorm(cfg.d_model)
-        self.ffn = nn.Sequential(OrderedDict(
-            fc=nn.Linear(cfg.d_model, cfg.d_ff), gelu=nn.GELU(), proj=nn.Linear(cfg.d_ff, cfg.d_model),
-        ))
+        self.ffn = nn.Sequential(
+            OrderedDict(
+                fc=nn.Linear(cfg.d_model, cfg.d_ff),
+                gelu=nn.GELU(),
+                proj=nn.Linear(cfg.d_ff, cfg.d_model),
+            )
+        )
         self.drop = nn.Dropout(cfg.dropout)
 
-    def forward(self, x: torch.Tensor, mem_k: torch.Tensor, mem_v: torch.Tensor,
-                cache: LayerKV | None = None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, mem_k: torch.Tensor, mem_v: torch.Tensor, cache: LayerKV | None = None
+    ) -> torch.Tensor:
         x = x + self.drop(self.self_attn(self.ln1(x), cache))
         x = x + self.drop(self.cross_attn(self.ln2(x), mem_k, mem_v))
         return x + self.drop(self.ffn(self.ln3(x)))
@@ -257,8 +270,12 @@ class CaptionModel(nn.Module):
         trunk, encoder, decoder = count(self.encoder.trunk), count(self.encoder), count(self.decoder)
         embeddings = count(self.decoder.tok_emb) + count(self.decoder.pos_emb)
         return {
-            "encoder": encoder, "encoder.trunk": trunk, "encoder.projection": encoder - trunk,
-            "decoder": decoder, "decoder.embeddings": embeddings, "decoder.blocks": decoder - embeddings,
+            "encoder": encoder,
+            "encoder.trunk": trunk,
+            "encoder.projection": encoder - trunk,
+            "decoder": decoder,
+            "decoder.embeddings": embeddings,
+            "decoder.blocks": decoder - embeddings,
             "total": encoder + decoder,
         }
 
@@ -285,14 +302,19 @@ class CaptionModel(nn.Module):
         trunk_ids = {id(p) for p in trunk}
         rest = [p for p in self.parameters() if id(p) not in trunk_ids]
         return [
-            {"name": "encoder.trunk", "params": trunk, "lr": lr if encoder_lr is None else encoder_lr,
-             "weight_decay": weight_decay},
+            {
+                "name": "encoder.trunk",
+                "params": trunk,
+                "lr": lr if encoder_lr is None else encoder_lr,
+                "weight_decay": weight_decay,
+            },
             {"name": "rest", "params": rest, "lr": lr, "weight_decay": weight_decay},
         ]
 
 
 def format_parameter_counts(counts: dict[str, int]) -> str:
     """'encoder 44.1M (trunk 42.5M, projection 1.6M) | decoder ... | total ...'."""
+
     def m(n: int) -> str:
         return f"{n / 1e6:.1f}M" if n >= 100_000 else f"{n / 1e3:.1f}K"
 
@@ -314,12 +336,14 @@ class ImageTransform:
         from torchvision import transforms
 
         self.image_size = image_size
-        self._pipeline = transforms.Compose([
-            transforms.Resize(image_size, interpolation=transforms.InterpolationMode.BICUBIC, antialias=True),
-            transforms.CenterCrop(image_size),
-            transforms.ToTensor(),
-            transforms.Normalize(IMAGE_MEAN, IMAGE_STD),
-        ])
+        self._pipeline = transforms.Compose(
+            [
+                transforms.Resize(image_size, interpolation=transforms.InterpolationMode.BICUBIC, antialias=True),
+                transforms.CenterCrop(image_size),
+                transforms.ToTensor(),
+                transforms.Normalize(IMAGE_MEAN, IMAGE_STD),
+            ]
+        )
 
     def __call__(self, image) -> torch.Tensor:
         return self._pipeline(image.convert("RGB") if image.mode != "RGB" else image)
@@ -335,4 +359,3 @@ def print_presets(names: list[str]) -> int:
         cfg = ModelConfig.from_preset(name, pretrained=False)
         print(f"{name:6s} {cfg.backbone:9s} {format_parameter_counts(CaptionModel(cfg).parameter_counts())}")
     return 0
-

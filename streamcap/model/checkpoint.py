@@ -36,9 +36,9 @@ class CheckpointError(ValueError):
 
 @dataclass
 class LoadedCheckpoint:
-    model: CaptionModel          # in eval mode, on map_location
+    model: CaptionModel  # in eval mode, on map_location
     tokenizer: WordPieceTokenizer
-    config: ModelConfig          # as saved (pretrained may be True; the weights come from the file)
+    config: ModelConfig  # as saved (pretrained may be True; the weights come from the file)
     step: int
     run: str
     extra: dict[str, Any] = field(default_factory=dict)
@@ -55,24 +55,40 @@ def unwrap(model: nn.Module) -> CaptionModel:
     return model
 
 
-def save_checkpoint(path: str | os.PathLike, model: nn.Module, tokenizer: WordPieceTokenizer, *,
-                    step: int, run: str, extra: dict | None = None) -> None:
+def save_checkpoint(
+    path: str | os.PathLike,
+    model: nn.Module,
+    tokenizer: WordPieceTokenizer,
+    *,
+    step: int,
+    run: str,
+    extra: dict | None = None,
+) -> None:
     """Write config + vocab + weights to `path` atomically. `extra`: JSON-like values only."""
     model = unwrap(model)
     cfg = model.cfg
     mismatch = {
-        name: (getattr(cfg, name), value) for name, value in (
-            ("vocab_size", tokenizer.vocab_size), ("pad_id", tokenizer.pad_id),
-            ("bos_id", tokenizer.bos_id), ("eos_id", tokenizer.eos_id))
+        name: (getattr(cfg, name), value)
+        for name, value in (
+            ("vocab_size", tokenizer.vocab_size),
+            ("pad_id", tokenizer.pad_id),
+            ("bos_id", tokenizer.bos_id),
+            ("eos_id", tokenizer.eos_id),
+        )
         if getattr(cfg, name) != value
     }
     if mismatch:
         raise ValueError(f"model config and tokenizer disagree (config, tokenizer): {mismatch}")
     payload = {
-        "format": FORMAT, "version": VERSION, "created": time.time(),
-        "config": cfg.to_dict(), "vocab": list(tokenizer.vocab),
+        "format": FORMAT,
+        "version": VERSION,
+        "created": time.time(),
+        "config": cfg.to_dict(),
+        "vocab": list(tokenizer.vocab),
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-        "step": int(step), "run": str(run), "extra": dict(extra or {}),
+        "step": int(step),
+        "run": str(run),
+        "extra": dict(extra or {}),
     }
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -97,8 +113,13 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
         raise CheckpointError(f"{path}: damaged or incompatible checkpoint ({reason})") from None
     model.to(map_location).eval()
     return LoadedCheckpoint(
-        model=model, tokenizer=tokenizer, config=config, step=int(payload.get("step", 0)),
-        run=str(payload.get("run", "")), extra=dict(payload.get("extra") or {}), path=path,
+        model=model,
+        tokenizer=tokenizer,
+        config=config,
+        step=int(payload.get("step", 0)),
+        run=str(payload.get("run", "")),
+        extra=dict(payload.get("extra") or {}),
+        path=path,
     )
 
 
@@ -113,5 +134,7 @@ def _read_payload(path: Path) -> dict:
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a streamcap checkpoint (no '{FORMAT}' header)")
     if payload.get("version") != VERSION:
-        raise CheckpointError(f"{path}: checkpoint format version {payload.get('version')!r}, this streamcap reads {VERSION}")
+        raise CheckpointError(
+            f"{path}: checkpoint format version {payload.get('version')!r}, this streamcap reads {VERSION}"
+        )
     return payload

@@ -20,11 +20,13 @@ def caption_command(
     images: Annotated[list[str], typer.Argument(help="Image files, directories or globs ('shots/*.jpg').")],
     beam: Annotated[int, typer.Option("--beam", min=1, help="Beam size.")] = 5,
     alpha: Annotated[float, typer.Option("--alpha", min=0.0, help="Length normalisation ((5+|Y|)/6)^alpha.")] = 0.6,
-    max_tokens: Annotated[int, typer.Option("--max-tokens", min=1,
-                                            help="Longest caption, in tokens (capped by the model's max_len).")] = 30,
+    max_tokens: Annotated[
+        int, typer.Option("--max-tokens", min=1, help="Longest caption, in tokens (capped by the model's max_len).")
+    ] = 30,
     min_tokens: Annotated[int, typer.Option("--min-tokens", min=0, help="Shortest caption, in tokens.")] = 0,
-    no_repeat_ngram: Annotated[int, typer.Option("--no-repeat-ngram", min=0,
-                                                 help="Forbid repeating any n-gram of this size (0 = off).")] = 0,
+    no_repeat_ngram: Annotated[
+        int, typer.Option("--no-repeat-ngram", min=0, help="Forbid repeating any n-gram of this size (0 = off).")
+    ] = 0,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Images decoded together.")] = 16,
     device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")] = "auto",
     as_json: JsonFlag = False,
@@ -46,8 +48,14 @@ def caption_command(
     except (CheckpointError, ValueError) as e:
         error(str(e))
         return 1
-    options = DecodeOptions(beam=beam, alpha=alpha, max_len=max_tokens, min_len=min_tokens,
-                            no_repeat_ngram=no_repeat_ngram, batch_size=batch_size)
+    options = DecodeOptions(
+        beam=beam,
+        alpha=alpha,
+        max_len=max_tokens,
+        min_len=min_tokens,
+        no_repeat_ngram=no_repeat_ngram,
+        batch_size=batch_size,
+    )
     results, failed = [], 0
     for result in caption_images(ckpt, expand_image_args(images), options, device=dev):
         failed += result.error is not None

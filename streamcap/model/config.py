@@ -24,15 +24,15 @@ class ModelConfig:
     """Everything needed to rebuild a CaptionModel; saved inside every checkpoint."""
 
     backbone: str = "resnet101"
-    image_size: int = 384        # square input side; the feature grid is image_size / 32
+    image_size: int = 384  # square input side; the feature grid is image_size / 32
     d_model: int = 768
     n_layers: int = 6
     n_heads: int = 12
     d_ff: int = 2048
     dropout: float = 0.1
-    max_len: int = 128           # longest token sequence the decoder accepts, BOS and EOS included
+    max_len: int = 128  # longest token sequence the decoder accepts, BOS and EOS included
     vocab_size: int = 15000
-    pretrained: bool = True      # ImageNet weights for the trunk when torchvision can load them
+    pretrained: bool = True  # ImageNet weights for the trunk when torchvision can load them
     # Token ids decoding needs; the defaults are the layout `streamcap tokenizer build` writes
     # ([PAD] [UNK] [CLS] [SEP] [MASK] first). `from_preset(..., tokenizer=tok)` fills all four.
     pad_id: int = 0
@@ -69,8 +69,13 @@ class ModelConfig:
         if name not in PRESETS:
             raise ValueError(f"unknown model preset {name!r}; choose one of {', '.join(sorted(PRESETS))}")
         if tokenizer is not None:
-            overrides = {"vocab_size": tokenizer.vocab_size, "pad_id": tokenizer.pad_id,
-                         "bos_id": tokenizer.bos_id, "eos_id": tokenizer.eos_id, **overrides}
+            overrides = {
+                "vocab_size": tokenizer.vocab_size,
+                "pad_id": tokenizer.pad_id,
+                "bos_id": tokenizer.bos_id,
+                "eos_id": tokenizer.eos_id,
+                **overrides,
+            }
         return dataclasses.replace(PRESETS[name], **overrides)
 
     def to_dict(self) -> dict[str, Any]:
@@ -89,9 +94,20 @@ PRESETS: dict[str, ModelConfig] = {
     # The original configuration: ResNet101 (42.5M) + a 6-layer decoder (59.6M with a 15K vocab).
     "base": ModelConfig(),
     # A single-GPU middle ground: ResNet50 + a 4-layer 512-wide decoder.
-    "small": ModelConfig(backbone="resnet50", image_size=256, d_model=512, n_layers=4, n_heads=8,
-                         d_ff=2048, max_len=96),
+    "small": ModelConfig(
+        backbone="resnet50", image_size=256, d_model=512, n_layers=4, n_heads=8, d_ff=2048, max_len=96
+    ),
     # Trains on 2 CPU cores in minutes: tests, the demo, overfitting checks.
-    "tiny": ModelConfig(backbone="resnet10", image_size=64, d_model=128, n_layers=2, n_heads=4,
-                        d_ff=512, dropout=0.1, max_len=48, vocab_size=2000, pretrained=False),
+    "tiny": ModelConfig(
+        backbone="resnet10",
+        image_size=64,
+        d_model=128,
+        n_layers=2,
+        n_heads=4,
+        d_ff=512,
+        dropout=0.1,
+        max_len=48,
+        vocab_size=2000,
+        pretrained=False,
+    ),
 }

@@ -41,8 +41,9 @@ def length_penalty(length: int, alpha: float) -> float:
 
 
 @torch.no_grad()
-def greedy_decode(model: CaptionModel, images: torch.Tensor, *, max_len: int, min_len: int = 0,
-                  use_cache: bool = True) -> list[list[int]]:
+def greedy_decode(
+    model: CaptionModel, images: torch.Tensor, *, max_len: int, min_len: int = 0, use_cache: bool = True
+) -> list[list[int]]:
     """The most likely next token at each step, for a batch of normalised images [B,3,H,W]."""
     with _eval_mode(model):
         cfg = model.cfg
@@ -62,18 +63,45 @@ def greedy_decode(model: CaptionModel, images: torch.Tensor, *, max_len: int, mi
         return [_caption_ids(row, cfg.eos_id) for row in tokens[:, 1:].tolist()]
 
 
-def beam_search(model: CaptionModel, images: torch.Tensor, *, beam_size: int = 5, alpha: float = 0.6,
-                max_len: int, min_len: int = 0, no_repeat_ngram: int = 0, use_cache: bool = True) -> list[list[int]]:
+def beam_search(
+    model: CaptionModel,
+    images: torch.Tensor,
+    *,
+    beam_size: int = 5,
+    alpha: float = 0.6,
+    max_len: int,
+    min_len: int = 0,
+    no_repeat_ngram: int = 0,
+    use_cache: bool = True,
+) -> list[list[int]]:
     """The best caption per image (ids without BOS/EOS); see the module docstring for the score."""
-    return [ids for ids, _ in beam_search_with_scores(
-        model, images, beam_size=beam_size, alpha=alpha, max_len=max_len, min_len=min_len,
-        no_repeat_ngram=no_repeat_ngram, use_cache=use_cache)]
+    return [
+        ids
+        for ids, _ in beam_search_with_scores(
+            model,
+            images,
+            beam_size=beam_size,
+            alpha=alpha,
+            max_len=max_len,
+            min_len=min_len,
+            no_repeat_ngram=no_repeat_ngram,
+            use_cache=use_cache,
+        )
+    ]
 
 
 @torch.no_grad()
-def beam_search_with_scores(model: CaptionModel, images: torch.Tensor, *, beam_size: int = 5, alpha: float = 0.6,
-                            max_len: int, min_len: int = 0, no_repeat_ngram: int = 0,
-                            use_cache: bool = True) -> list[tuple[list[int], float]]:
+def beam_search_with_scores(
+    model: CaptionModel,
+    images: torch.Tensor,
+    *,
+    beam_size: int = 5,
+    alpha: float = 0.6,
+    max_len: int,
+    min_len: int = 0,
+    no_repeat_ngram: int = 0,
+    use_cache: bool = True,
+) -> list[tuple[list[int], float]]:
     """(ids, length-normalised log-probability) of the best caption per image."""
     if beam_size < 1:
         raise ValueError(f"beam_size must be at least 1, got {beam_size}")
@@ -136,7 +164,7 @@ class _Finished:
                 # Keep best first; bisect on negated scores keeps earlier equal scores first.
                 keys = [-s for s, _ in hyps]
                 hyps.insert(bisect.bisect_right(keys, -score), (score, rows[b * self.k + beam][1:]))
-                del hyps[self.k:]
+                del hyps[self.k :]
 
     def close_hopeless(self, best_live: list[float], best_possible_lp: float) -> None:
         for b, live in enumerate(best_live):
@@ -157,8 +185,9 @@ class _Finished:
 class _Stepper:
     """Next-token log-probs [N,V] of token prefixes [N,t], with or without the KV cache."""
 
-    def __init__(self, model: CaptionModel, memory: torch.Tensor, *, repeat: int, capacity: int,
-                 use_cache: bool) -> None:
+    def __init__(
+        self, model: CaptionModel, memory: torch.Tensor, *, repeat: int, capacity: int, use_cache: bool
+    ) -> None:
         self.decoder = model.decoder
         if use_cache:
             self.cache = self.decoder.init_cache(memory, repeat=repeat, capacity=capacity)
@@ -169,7 +198,7 @@ class _Stepper:
         if self.cache is None:  # every position again, but the vocabulary projection only for the last
             logits = self.decoder.logits(self.decoder.hidden(tokens, self.memory)[:, -1])
         else:
-            logits = self.decoder.step(tokens[:, self.cache.length:], self.cache)[:, -1]
+            logits = self.decoder.step(tokens[:, self.cache.length :], self.cache)[:, -1]
         return F.log_softmax(logits.float(), dim=-1)
 
     def reorder(self, rows: torch.Tensor) -> None:
@@ -197,8 +226,8 @@ def _ban_repeated_ngrams(logp: torch.Tensor, tokens: torch.Tensor, n: int) -> No
     if tokens.shape[1] - 1 < n - 1:
         return
     for row, seq in enumerate(tokens[:, 1:].tolist()):
-        prefix = seq[len(seq) - n + 1:] if n > 1 else []
-        banned = {seq[i + n - 1] for i in range(len(seq) - n + 1) if seq[i:i + n - 1] == prefix}
+        prefix = seq[len(seq) - n + 1 :] if n > 1 else []
+        banned = {seq[i + n - 1] for i in range(len(seq) - n + 1) if seq[i : i + n - 1] == prefix}
         if banned:
             logp[row, list(banned)] = NEG_INF
 
@@ -215,7 +244,7 @@ def _check_lengths(model: CaptionModel, max_len: int, min_len: int) -> tuple[int
 
 
 def _caption_ids(row: list[int], eos_id: int) -> list[int]:
-    return row[:row.index(eos_id)] if eos_id in row else row
+    return row[: row.index(eos_id)] if eos_id in row else row
 
 
 @contextlib.contextmanager

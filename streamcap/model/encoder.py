@@ -52,8 +52,12 @@ def _load_imagenet_weights(net: nn.Module, backbone: str, weights) -> None:
         log.info("encoder: %s with ImageNet weights %s", backbone, weights.name)
     except Exception as e:  # URLError, timeouts, a corrupt cache file: all mean "no weights"
         reason = first_line(e)
-        log.warning("ImageNet weights for %s could not be loaded (%s: %s): the encoder starts from random weights",
-                    backbone, type(e).__name__, reason)
+        log.warning(
+            "ImageNet weights for %s could not be loaded (%s: %s): the encoder starts from random weights",
+            backbone,
+            type(e).__name__,
+            reason,
+        )
 
 
 def grid_positions(h: int, w: int, dim: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:

@@ -86,8 +86,12 @@ def load_image(path: str) -> Image.Image:
         raise ValueError(f"cannot read image ({e})") from None
 
 
-def caption_images(ckpt: LoadedCheckpoint, items: list[ImageItem], options: DecodeOptions = DecodeOptions(),
-                  device: torch.device | str = "cpu") -> Iterator[CaptionResult]:
+def caption_images(
+    ckpt: LoadedCheckpoint,
+    items: list[ImageItem],
+    options: DecodeOptions = DecodeOptions(),
+    device: torch.device | str = "cpu",
+) -> Iterator[CaptionResult]:
     """One result per item, in order; images are decoded and captioned in batches."""
     transform = image_transform(ckpt.config)
     model = ckpt.model.to(device).eval()
@@ -108,14 +112,24 @@ def caption_images(ckpt: LoadedCheckpoint, items: list[ImageItem], options: Deco
     yield from _flush(ckpt, model, pending, options, device)
 
 
-def _flush(ckpt: LoadedCheckpoint, model, pending: list[tuple[str, torch.Tensor]], options: DecodeOptions,
-           device: torch.device | str) -> Iterator[CaptionResult]:
+def _flush(
+    ckpt: LoadedCheckpoint,
+    model,
+    pending: list[tuple[str, torch.Tensor]],
+    options: DecodeOptions,
+    device: torch.device | str,
+) -> Iterator[CaptionResult]:
     if not pending:
         return
     images = torch.stack([x for _, x in pending]).to(device)
     results = beam_search_with_scores(
-        model, images, beam_size=options.beam, alpha=options.alpha, max_len=options.max_len,
-        min_len=options.min_len, no_repeat_ngram=options.no_repeat_ngram,
+        model,
+        images,
+        beam_size=options.beam,
+        alpha=options.alpha,
+        max_len=options.max_len,
+        min_len=options.min_len,
+        no_repeat_ngram=options.no_repeat_ngram,
     )
     for (path, _), (ids, score) in zip(pending, results):
         yield CaptionResult(path, caption=ckpt.tokenizer.decode(ids), score=score)

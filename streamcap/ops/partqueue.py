@@ -27,8 +27,8 @@ def stream_id(entry_id: str) -> tuple[int, int]:
 
 @dataclass
 class PartQueueSnapshot:
-    entries: dict[str, list[str]]   # part id -> its entry ids in `parts`
-    pending: dict[str, str]         # entry id -> consumer, for delivered, unacknowledged entries
+    entries: dict[str, list[str]]  # part id -> its entry ids in `parts`
+    pending: dict[str, str]  # entry id -> consumer, for delivered, unacknowledged entries
     last_delivered: tuple[int, int]
     done: set[str]
     dead: set[str]
@@ -37,12 +37,16 @@ class PartQueueSnapshot:
         return [i for i in self.entries.get(part_id, []) if i in self.pending]
 
     def queued(self, part_id: str) -> list[str]:
-        return [i for i in self.entries.get(part_id, []) if i not in self.pending and stream_id(i) > self.last_delivered]
+        return [
+            i for i in self.entries.get(part_id, []) if i not in self.pending and stream_id(i) > self.last_delivered
+        ]
 
     def states(self, part_id: str) -> list[str]:
         flags = (
-            ("done", part_id in self.done), ("dead", part_id in self.dead),
-            ("in_flight", bool(self.in_flight(part_id))), ("pending", bool(self.queued(part_id))),
+            ("done", part_id in self.done),
+            ("dead", part_id in self.dead),
+            ("in_flight", bool(self.in_flight(part_id))),
+            ("pending", bool(self.queued(part_id))),
         )
         return [state for state, present in flags if present]
 

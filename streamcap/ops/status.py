@@ -87,8 +87,12 @@ def part_summary(r: redis.Redis, keys: bus.Keys) -> dict[str, Any]:
         rows[states[0]] += _part_rows(sources, part_id)
     enqueued = sum(s.parts for s in sources.values())
     return {
-        "enqueued": enqueued, **counts, "rows": rows, "rows_enqueued": sum(s.rows for s in sources.values()),
-        "sources": sorted(sources), "consistent": inconsistent == 0 and sum(counts.values()) == enqueued,
+        "enqueued": enqueued,
+        **counts,
+        "rows": rows,
+        "rows_enqueued": sum(s.rows for s in sources.values()),
+        "sources": sorted(sources),
+        "consistent": inconsistent == 0 and sum(counts.values()) == enqueued,
         "problems": problems,
     }
 
@@ -107,14 +111,16 @@ def url_summary(stats: dict[str, str], downloaders: list[dict[str, Any]]) -> dic
     for beat in live:
         for reason, n in (beat.get("failures") or {}).items():
             recent[reason] = recent.get(reason, 0) + int(n)
-    by_reason = {k[len(bus.STAT_FAIL_PREFIX):]: int(v) for k, v in stats.items() if k.startswith(bus.STAT_FAIL_PREFIX)}
+    by_reason = {k[len(bus.STAT_FAIL_PREFIX) :]: int(v) for k, v in stats.items() if k.startswith(bus.STAT_FAIL_PREFIX)}
     rows, samples = int(stats.get(bus.STAT_ROWS, 0)), int(stats.get(bus.STAT_SAMPLES, 0))
     return {
         **rate,
         "success_pct": round(100 * rate["images_per_s"] / rate["urls_per_s"], 1) if rate["urls_per_s"] else None,
         "downloaders_live": len(live),
         "top_failures_live": sorted(recent.items(), key=lambda kv: -kv[1])[:5],
-        "rows": rows, "samples": samples, "failures": int(stats.get(bus.STAT_FAILURES, 0)),
+        "rows": rows,
+        "samples": samples,
+        "failures": int(stats.get(bus.STAT_FAILURES, 0)),
         "failures_by_reason": by_reason,
         "success_pct_total": round(100 * samples / rows, 1) if rows else None,
         "bytes_downloaded": int(stats.get(bus.STAT_BYTES_DOWNLOADED, 0)),
@@ -125,10 +131,14 @@ def url_summary(stats: dict[str, str], downloaders: list[dict[str, Any]]) -> dic
 def shard_summary(r: redis.Redis, keys: bus.Keys, stats: dict[str, str], shard_dir: Path | None) -> dict[str, Any]:
     control = r.hgetall(keys.control)
     summary: dict[str, Any] = {
-        "count": int(stats.get(bus.STAT_SHARDS, 0)), "samples": int(stats.get(bus.STAT_SAMPLES, 0)),
-        "bytes": int(stats.get(bus.STAT_SHARD_BYTES, 0)), "collected": int(r.scard(keys.shards_deleted)),
+        "count": int(stats.get(bus.STAT_SHARDS, 0)),
+        "samples": int(stats.get(bus.STAT_SAMPLES, 0)),
+        "bytes": int(stats.get(bus.STAT_SHARD_BYTES, 0)),
+        "collected": int(r.scard(keys.shards_deleted)),
         "paused_for_disk": control.get(bus.CONTROL_DISK_PAUSED) or None,
-        "paused_since": float(control[bus.CONTROL_DISK_PAUSED_SINCE]) if control.get(bus.CONTROL_DISK_PAUSED_SINCE) else None,
+        "paused_since": float(control[bus.CONTROL_DISK_PAUSED_SINCE])
+        if control.get(bus.CONTROL_DISK_PAUSED_SINCE)
+        else None,
         "disk": None,
         "gc": gc_summary(bus.read_heartbeats(r, keys, bus.ROLE_GC)),
     }
@@ -143,11 +153,15 @@ def gc_summary(watchers: list[dict[str, Any]]) -> dict[str, Any] | None:
     if not watchers:
         return None
     latest = max(watchers, key=lambda w: float(w.get("last_round_ts") or 0))
-    return {"watchers": len(watchers), "deleted": sum(int(w.get("deleted", 0)) for w in watchers),
-            "freed_bytes": sum(int(w.get("freed_bytes", 0)) for w in watchers),
-            "last_result": latest.get("last_result") or None,
-            "last_round_age_s": round(time.time() - float(latest["last_round_ts"]), 1)
-            if latest.get("last_round_ts") else None}
+    return {
+        "watchers": len(watchers),
+        "deleted": sum(int(w.get("deleted", 0)) for w in watchers),
+        "freed_bytes": sum(int(w.get("freed_bytes", 0)) for w in watchers),
+        "last_result": latest.get("last_result") or None,
+        "last_round_age_s": round(time.time() - float(latest["last_round_ts"]), 1)
+        if latest.get("last_round_ts")
+        else None,
+    }
 
 
 def trainer_summary(r: redis.Redis, keys: bus.Keys, ranks: list[dict[str, Any]]) -> dict[str, Any]:
@@ -157,12 +171,15 @@ def trainer_summary(r: redis.Redis, keys: bus.Keys, ranks: list[dict[str, Any]])
     waits = [float(b.get("data_wait_pct", 0)) for b in live]
     pending = [int(b["fresh_shards_pending"]) for b in live if int(b.get("fresh_shards_pending", -1) or -1) >= 0]
     return {
-        "runs": runs, "ranks": len(live), "stale_ranks": len(ranks) - len(live),
+        "runs": runs,
+        "ranks": len(live),
+        "stale_ranks": len(ranks) - len(live),
         "step": max((int(b.get("step", 0)) for b in live), default=None),
         "max_steps": max((int(b.get("max_steps", 0)) for b in live), default=None),
         "samples_per_s": round(sum(float(b.get("samples_per_s", 0)) for b in live), 2) if live else None,
         "data_wait_pct": round(sum(waits) / len(waits), 1) if waits else None,
-        "fresh": fresh, "replay": replay,
+        "fresh": fresh,
+        "replay": replay,
         "fresh_ratio": round(fresh / (fresh + replay), 3) if fresh + replay else None,
         "fresh_shards_unread": max(pending) if pending else None,
         "loss": min((float(b["loss"]) for b in live if b.get("loss") not in (None, "")), default=None),
@@ -180,7 +197,9 @@ def eval_summary(r: redis.Redis, keys: bus.Keys, evaluators: list[dict[str, Any]
     if best.get("scores"):
         best["scores"] = json.loads(best["scores"])
     return {
-        "latest": {k: latest.get(k) for k in ("step", "run", "status", "scores", "checkpoint", "report")} if latest else None,
+        "latest": {k: latest.get(k) for k in ("step", "run", "status", "scores", "checkpoint", "report")}
+        if latest
+        else None,
         "best": best or None,
         "evaluators": [{k: b.get(k) for k in ("id", "state", "progress", "checkpoint", "stale")} for b in evaluators],
     }
@@ -191,22 +210,30 @@ def hints(report: dict[str, Any]) -> list[str]:
     out = []
     parts, urls, shards, trainer = report["parts"], report["urls"], report["shards"], report["trainer"]
     if trainer["data_wait_pct"] is not None and trainer["data_wait_pct"] >= DATA_WAIT_HINT_PCT:
-        out.append(f"the trainer waited for data {trainer['data_wait_pct']:.0f} % of the time: add downloaders "
-                   "(docker compose up -d --scale downloader=N, or --processes)")
+        out.append(
+            f"the trainer waited for data {trainer['data_wait_pct']:.0f} % of the time: add downloaders "
+            "(docker compose up -d --scale downloader=N, or --processes)"
+        )
     if trainer["fresh_ratio"] is not None and trainer["fresh_ratio"] < 0.5 and parts["pending"]:
         out.append(f"only {100 * trainer['fresh_ratio']:.0f} % of trained samples are fresh: downloads lag training")
     if parts["pending"] + parts["in_flight"] and not urls["downloaders_live"]:
-        out.append(f"{parts['pending'] + parts['in_flight']} parts wait but no downloader is running: start `streamcap download`")
+        out.append(
+            f"{parts['pending'] + parts['in_flight']} parts wait but no downloader is running: start `streamcap download`"
+        )
     if shards["paused_for_disk"] and shards["gc"] is None:
-        out.append(f"downloads paused for disk ({shards['paused_for_disk']}) and no gc watch runs: "
-                   "`streamcap shards gc --watch` frees shards every running training run has read; "
-                   "or raise --max-disk-bytes")
+        out.append(
+            f"downloads paused for disk ({shards['paused_for_disk']}) and no gc watch runs: "
+            "`streamcap shards gc --watch` frees shards every running training run has read; "
+            "or raise --max-disk-bytes"
+        )
     elif shards["paused_for_disk"]:
         out.append(f"downloads paused for disk ({shards['paused_for_disk']}); gc: {shards['gc']['last_result']}")
     disk_full = [w for w in report["workers"] if str(w.get("reason") or "").startswith("disk_full")]
     if disk_full:
-        out.append(f"{len(disk_full)} downloader(s) found the shard disk full ({disk_full[0]['reason'][:120]}): "
-                   "free space there; they retry on their own")
+        out.append(
+            f"{len(disk_full)} downloader(s) found the shard disk full ({disk_full[0]['reason'][:120]}): "
+            "free space there; they retry on their own"
+        )
     if parts["dead"]:
         out.append(f"{parts['dead']} parts dead-lettered after repeated failures: their last errors are in parts:dead")
     if not parts["consistent"]:
@@ -216,8 +243,10 @@ def hints(report: dict[str, Any]) -> list[str]:
         out.append(f"{len(stale)} worker(s) stopped reporting: {', '.join(stale[:3])}")
     outage = report["redis"]["last_outage"]
     if outage and time.time() - outage["ended"] < 3600:
-        out.append(f"Redis was unreachable for {outage['seconds']:.0f} s, "
-                   f"{(time.time() - outage['ended']) / 60:.0f} min ago; services reconnected")
+        out.append(
+            f"Redis was unreachable for {outage['seconds']:.0f} s, "
+            f"{(time.time() - outage['ended']) / 60:.0f} min ago; services reconnected"
+        )
     return out
 
 
@@ -225,7 +254,10 @@ def collect(r: redis.Redis, keys: bus.Keys, shard_dir: Path | None = None) -> di
     """Everything `streamcap status` shows, as plain data."""
     bus.ping(r)
     beats = bus.read_heartbeats(r, keys)
-    by_role = {role: [b for b in beats if b["role"] == role] for role in (bus.ROLE_DOWNLOADER, bus.ROLE_TRAINER, bus.ROLE_EVALUATOR)}
+    by_role = {
+        role: [b for b in beats if b["role"] == role]
+        for role in (bus.ROLE_DOWNLOADER, bus.ROLE_TRAINER, bus.ROLE_EVALUATOR)
+    }
     stats = r.hgetall(keys.stats)
     report = {
         "namespace": keys.namespace,
@@ -241,4 +273,3 @@ def collect(r: redis.Redis, keys: bus.Keys, shard_dir: Path | None = None) -> di
     }
     report["hints"] = hints(report)
     return report
-

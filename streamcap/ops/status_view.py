@@ -31,12 +31,22 @@ def _pairs(title: str, rows: list[tuple[str, Any]]) -> Table:
 def _redis(report: dict[str, Any]) -> Table:
     server = report["redis"]
     outage = server["last_outage"]
-    return _pairs(f"Redis · namespace '{report['namespace']}'", [
-        ("version", server["version"]), ("memory", server["used_memory_human"]),
-        ("persistence", server["persistence"]), ("uptime", f"{server['uptime_s']} s"),
-        ("reconnects", server["reconnects"]),
-        ("last outage", f"{outage['seconds']:.0f} s, {time.time() - outage['ended']:.0f} s ago ({outage['who']})" if outage else None),
-    ])
+    return _pairs(
+        f"Redis · namespace '{report['namespace']}'",
+        [
+            ("version", server["version"]),
+            ("memory", server["used_memory_human"]),
+            ("persistence", server["persistence"]),
+            ("uptime", f"{server['uptime_s']} s"),
+            ("reconnects", server["reconnects"]),
+            (
+                "last outage",
+                f"{outage['seconds']:.0f} s, {time.time() - outage['ended']:.0f} s ago ({outage['who']})"
+                if outage
+                else None,
+            ),
+        ],
+    )
 
 
 def _queue(parts: dict[str, Any]) -> Table:
@@ -45,7 +55,9 @@ def _queue(parts: dict[str, Any]) -> Table:
         table.add_column(col, justify="right")
     table.add_row("parts", str(parts["enqueued"]), *(str(parts[s]) for s in ("pending", "in_flight", "done", "dead")))
     rows = parts["rows"]
-    table.add_row("rows", str(parts["rows_enqueued"]), *(str(rows[s]) for s in ("pending", "in_flight", "done", "dead")))
+    table.add_row(
+        "rows", str(parts["rows_enqueued"]), *(str(rows[s]) for s in ("pending", "in_flight", "done", "dead"))
+    )
     if not parts["consistent"]:
         table.caption = Text("states do not add up: run `streamcap audit`", style="red")
     return table
@@ -54,46 +66,63 @@ def _queue(parts: dict[str, Any]) -> Table:
 def _downloads(urls: dict[str, Any]) -> Table:
     top = ", ".join(f"{reason} {n}" for reason, n in urls["top_failures_live"]) or "-"
     total_top = sorted(urls["failures_by_reason"].items(), key=lambda kv: -kv[1])[:5]
-    return _pairs("Downloads", [
-        ("live downloaders", urls["downloaders_live"]),
-        ("urls/s · images/s", f"{urls['urls_per_s']:.1f} · {urls['images_per_s']:.1f}"),
-        ("MB/s", f"{urls['mb_per_s']:.2f}"),
-        ("success now", f"{urls['success_pct']} %" if urls["success_pct"] is not None else None),
-        ("failures now", top),
-        ("committed rows", f"{urls['rows']} ({urls['samples']} samples, {urls['failures']} failures)"),
-        ("success overall", f"{urls['success_pct_total']} %" if urls["success_pct_total"] is not None else None),
-        ("top failures overall", ", ".join(f"{r} {n}" for r, n in total_top) or "-"),
-    ])
+    return _pairs(
+        "Downloads",
+        [
+            ("live downloaders", urls["downloaders_live"]),
+            ("urls/s · images/s", f"{urls['urls_per_s']:.1f} · {urls['images_per_s']:.1f}"),
+            ("MB/s", f"{urls['mb_per_s']:.2f}"),
+            ("success now", f"{urls['success_pct']} %" if urls["success_pct"] is not None else None),
+            ("failures now", top),
+            ("committed rows", f"{urls['rows']} ({urls['samples']} samples, {urls['failures']} failures)"),
+            ("success overall", f"{urls['success_pct_total']} %" if urls["success_pct_total"] is not None else None),
+            ("top failures overall", ", ".join(f"{r} {n}" for r, n in total_top) or "-"),
+        ],
+    )
 
 
 def _shards(shards: dict[str, Any]) -> Table:
     disk = shards["disk"]
     paused = shards["paused_for_disk"]
-    return _pairs("Shards", [
-        ("shards", shards["count"]), ("samples", shards["samples"]), ("bytes", human_bytes(shards["bytes"])),
-        ("collected (gc)", shards["collected"]),
-        ("disk free", f"{human_bytes(disk['free'])} of {human_bytes(disk['total'])}" if disk else None),
-        ("downloads paused for disk", paused or "no"),
-        ("gc watch", _gc(shards["gc"])),
-    ])
+    return _pairs(
+        "Shards",
+        [
+            ("shards", shards["count"]),
+            ("samples", shards["samples"]),
+            ("bytes", human_bytes(shards["bytes"])),
+            ("collected (gc)", shards["collected"]),
+            ("disk free", f"{human_bytes(disk['free'])} of {human_bytes(disk['total'])}" if disk else None),
+            ("downloads paused for disk", paused or "no"),
+            ("gc watch", _gc(shards["gc"])),
+        ],
+    )
 
 
 def _gc(gc: dict[str, Any] | None) -> str:
     if gc is None:
         return "not running"
-    return (f"deleted {gc['deleted']} ({human_bytes(gc['freed_bytes'])}); last round {gc['last_round_age_s']} s ago: "
-            f"{gc['last_result']}")
+    return (
+        f"deleted {gc['deleted']} ({human_bytes(gc['freed_bytes'])}); last round {gc['last_round_age_s']} s ago: "
+        f"{gc['last_result']}"
+    )
 
 
 def _trainer(trainer: dict[str, Any]) -> Table:
     step = f"{trainer['step']} / {trainer['max_steps']}" if trainer["step"] is not None else None
     runs = ", ".join(f"{run} ({info.get('state')})" for run, info in trainer["runs"].items()) or None
-    return _pairs("Trainer", [
-        ("runs", runs), ("live ranks", trainer["ranks"]), ("step", step), ("samples/s", trainer["samples_per_s"]),
-        ("data wait", f"{trainer['data_wait_pct']} %" if trainer["data_wait_pct"] is not None else None),
-        ("fresh / replay", f"{trainer['fresh']} / {trainer['replay']}"),
-        ("fresh shards not yet read", trainer["fresh_shards_unread"]), ("loss", trainer["loss"]),
-    ])
+    return _pairs(
+        "Trainer",
+        [
+            ("runs", runs),
+            ("live ranks", trainer["ranks"]),
+            ("step", step),
+            ("samples/s", trainer["samples_per_s"]),
+            ("data wait", f"{trainer['data_wait_pct']} %" if trainer["data_wait_pct"] is not None else None),
+            ("fresh / replay", f"{trainer['fresh']} / {trainer['replay']}"),
+            ("fresh shards not yet read", trainer["fresh_shards_unread"]),
+            ("loss", trainer["loss"]),
+        ],
+    )
 
 
 def _eval(evaluation: dict[str, Any]) -> Table:
@@ -102,11 +131,20 @@ def _eval(evaluation: dict[str, Any]) -> Table:
     def scores(s: dict[str, Any] | None) -> str | None:
         return ", ".join(f"{k} {v:.3f}" for k, v in s.items() if isinstance(v, (int, float))) if s else None
 
-    return _pairs("Evaluator", [
-        ("latest", f"step {latest['step']} ({latest['status']}): {scores(latest.get('scores'))}" if latest else None),
-        ("best", f"step {best.get('step')}: {best.get('metric')} {float(best.get('value', 0)):.3f}" if best else None),
-        ("evaluators", ", ".join(f"{e['id']} {e['state']}" for e in evaluation["evaluators"]) or None),
-    ])
+    return _pairs(
+        "Evaluator",
+        [
+            (
+                "latest",
+                f"step {latest['step']} ({latest['status']}): {scores(latest.get('scores'))}" if latest else None,
+            ),
+            (
+                "best",
+                f"step {best.get('step')}: {best.get('metric')} {float(best.get('value', 0)):.3f}" if best else None,
+            ),
+            ("evaluators", ", ".join(f"{e['id']} {e['state']}" for e in evaluation["evaluators"]) or None),
+        ],
+    )
 
 
 def _workers(workers: list[dict[str, Any]]) -> Table:
@@ -115,8 +153,13 @@ def _workers(workers: list[dict[str, Any]]) -> Table:
         table.add_column(col)
     for w in workers:
         state = str(w.get("state") or "") + (f" ({w['reason']})" if w.get("reason") else "")
-        table.add_row(w["role"], w["id"], state, str(w["age_s"]),
-                      Text("STALE", style="red") if w["stale"] else Text("live", style="green"))
+        table.add_row(
+            w["role"],
+            w["id"],
+            state,
+            str(w["age_s"]),
+            Text("STALE", style="red") if w["stale"] else Text("live", style="green"),
+        )
     return table
 
 
@@ -131,8 +174,14 @@ def _keys(keys: dict[str, Any]) -> Table:
 
 
 def render(report: dict[str, Any]) -> Group:
-    parts: list[Any] = [_redis(report), _queue(report["parts"]), _downloads(report["urls"]), _shards(report["shards"]),
-                        _trainer(report["trainer"]), _eval(report["eval"])]
+    parts: list[Any] = [
+        _redis(report),
+        _queue(report["parts"]),
+        _downloads(report["urls"]),
+        _shards(report["shards"]),
+        _trainer(report["trainer"]),
+        _eval(report["eval"]),
+    ]
     if report["workers"]:
         parts.append(_workers(report["workers"]))
     parts.append(_keys(report["keys"]))

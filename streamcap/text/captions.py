@@ -17,9 +17,7 @@ _WHITESPACE = re.compile(r"\s+")
 # A sentence ends at . ! or ? (optionally followed by closing quotes/brackets) and whitespace.
 _SENTENCE_END = re.compile(r"(?<=[.!?])([\"'”’)\]]*)\s+")
 # Abbreviations whose period does not end a sentence.
-_ABBREVIATIONS = frozenset(
-    "mr mrs ms dr prof st jr sr vs etc e.g i.e approx no fig inc ltd co mt ft".split()
-)
+_ABBREVIATIONS = frozenset("mr mrs ms dr prof st jr sr vs etc e.g i.e approx no fig inc ltd co mt ft".split())
 
 
 def normalize_whitespace(text: str) -> str:
@@ -33,10 +31,10 @@ def split_sentences(text: str) -> list[str]:
     """Sentences of already normalised text; abbreviations like 'Dr.' or 'e.g.' don't split."""
     pieces, current, last = [], "", 0
     for match in _SENTENCE_END.finditer(text):
-        current += text[last:match.start()]
+        current += text[last : match.start()]
         last_word = current.rsplit(" ", 1)[-1].rstrip(".!?").lower()
         if last_word in _ABBREVIATIONS or (len(last_word) == 1 and last_word.isalpha()):
-            current += text[match.start():match.end()]  # not an end: keep the space
+            current += text[match.start() : match.end()]  # not an end: keep the space
         else:
             pieces.append((current + match.group(1)).strip())
             current = ""

@@ -1,8 +1,8 @@
 """`streamcap tokenizer ...`: build and inspect WordPiece vocabularies (no torch needed).
 
-    streamcap tokenizer build captions.parquet --out vocab.txt --size 15000 --base bert/vocab.txt
-    streamcap tokenizer build captions.jsonl --out vocab.txt --size 8000      # trained from the corpus
-    streamcap tokenizer encode --vocab vocab.txt "A dog runs on the beach."
+streamcap tokenizer build captions.parquet --out vocab.txt --size 15000 --base bert/vocab.txt
+streamcap tokenizer build captions.jsonl --out vocab.txt --size 8000      # trained from the corpus
+streamcap tokenizer encode --vocab vocab.txt "A dog runs on the beach."
 """
 
 from __future__ import annotations
@@ -19,16 +19,28 @@ def build_command(
     captions: Annotated[list[Path], typer.Argument(help="Caption files (.parquet, .jsonl, .txt) or directories.")],
     out: Annotated[Path, typer.Option("--out", help="Where to write vocab.txt.")],
     size: Annotated[int, typer.Option("--size", min=10, help="Vocabulary size, special tokens included.")] = 15000,
-    base: Annotated[Path | None, typer.Option(
-        "--base", help="A base vocab.txt (e.g. bert-base-uncased) to keep the corpus's most frequent pieces of; "
-                       "without it, a vocabulary is trained from the corpus alone.")] = None,
-    column: Annotated[str | None, typer.Option(
-        "--column", help="Caption column (parquet) or field (jsonl); default: the first of llava_caption, "
-                         "caption, text, alt_txt, ...")] = None,
-    sentences: Annotated[int, typer.Option("--sentences", min=0,
-                                           help="Keep each caption's first N sentences (0 = all).")] = 0,
-    min_frequency: Annotated[int, typer.Option("--min-frequency", min=1,
-                                               help="Training: merge only pairs seen this often.")] = 2,
+    base: Annotated[
+        Path | None,
+        typer.Option(
+            "--base",
+            help="A base vocab.txt (e.g. bert-base-uncased) to keep the corpus's most frequent pieces of; "
+            "without it, a vocabulary is trained from the corpus alone.",
+        ),
+    ] = None,
+    column: Annotated[
+        str | None,
+        typer.Option(
+            "--column",
+            help="Caption column (parquet) or field (jsonl); default: the first of llava_caption, "
+            "caption, text, alt_txt, ...",
+        ),
+    ] = None,
+    sentences: Annotated[
+        int, typer.Option("--sentences", min=0, help="Keep each caption's first N sentences (0 = all).")
+    ] = 0,
+    min_frequency: Annotated[
+        int, typer.Option("--min-frequency", min=1, help="Training: merge only pairs seen this often.")
+    ] = 2,
     as_json: JsonFlag = False,
 ) -> int:
     """Build a WordPiece vocabulary from captions: from a base vocab, or trained from scratch."""
@@ -36,8 +48,9 @@ def build_command(
     from streamcap.text.vocab import CorpusError, build_vocab
 
     try:
-        tok, summary = build_vocab(captions, size, base=base, column=column, sentences=sentences,
-                                   min_frequency=min_frequency)
+        tok, summary = build_vocab(
+            captions, size, base=base, column=column, sentences=sentences, min_frequency=min_frequency
+        )
     except (CorpusError, VocabError, ValueError, OSError) as e:
         error(str(e))
         return 1
@@ -81,8 +94,9 @@ def encode_command(
 
 def register(app: typer.Typer) -> None:
     """Add the `tokenizer` sub-app to the root CLI."""
-    tokenizer_app = typer.Typer(name="tokenizer", help="Build and inspect WordPiece vocabularies.",
-                                no_args_is_help=True)
+    tokenizer_app = typer.Typer(
+        name="tokenizer", help="Build and inspect WordPiece vocabularies.", no_args_is_help=True
+    )
     tokenizer_app.command("build")(build_command)
     tokenizer_app.command("encode")(encode_command)
     app.add_typer(tokenizer_app, name="tokenizer")

@@ -129,8 +129,9 @@ def vocab_from_base(word_counts: Counter[str], base: WordPieceTokenizer, size: i
     for ch in {ch for word in word_counts for ch in word}:
         keep.update(t for t in (ch, CONTINUATION + ch) if base.token_to_id(t) is not None)
     if len(keep) > size:
-        raise ValueError(f"--size {size} is too small: the special tokens and the corpus's characters "
-                         f"alone need {len(keep)} entries")
+        raise ValueError(
+            f"--size {size} is too small: the special tokens and the corpus's characters alone need {len(keep)} entries"
+        )
     piece_counts: Counter[int] = Counter()
     for word, n in word_counts.items():
         for piece in base.wordpiece(word):
@@ -154,8 +155,10 @@ def train_vocab(word_counts: Counter[str], size: int, min_frequency: int = 2) ->
     freqs = list(word_counts.values())
     vocab = list(SPECIAL_TOKENS) + sorted({s for syms in words for s in syms})
     if len(vocab) > size:
-        raise ValueError(f"--size {size} is too small: the special tokens and the corpus's characters "
-                         f"alone need {len(vocab)} entries")
+        raise ValueError(
+            f"--size {size} is too small: the special tokens and the corpus's characters "
+            f"alone need {len(vocab)} entries"
+        )
     merges = _PairMerger(words, freqs)
     known = set(vocab)
     while len(vocab) < size:
@@ -174,7 +177,7 @@ def _symbols(word: str) -> list[str]:
 
 
 def _join(a: str, b: str) -> str:
-    return a + b[len(CONTINUATION):]  # b always continues a word: drop its ## prefix
+    return a + b[len(CONTINUATION) :]  # b always continues a word: drop its ## prefix
 
 
 class _PairMerger:
@@ -232,8 +235,14 @@ class _PairMerger:
         return token
 
 
-def build_vocab(paths: Iterable[str | Path], size: int, base: Path | None = None, column: str | None = None,
-                sentences: int = 0, min_frequency: int = 2) -> tuple[WordPieceTokenizer, dict]:
+def build_vocab(
+    paths: Iterable[str | Path],
+    size: int,
+    base: Path | None = None,
+    column: str | None = None,
+    sentences: int = 0,
+    min_frequency: int = 2,
+) -> tuple[WordPieceTokenizer, dict]:
     """Read captions and build a vocabulary either way; returns it with a summary for the CLI."""
     captions = 0
 
@@ -257,7 +266,13 @@ def build_vocab(paths: Iterable[str | Path], size: int, base: Path | None = None
         split = tok.wordpiece(word)
         unk += n if split == (tok.unk_id,) else 0
         pieces += n * len(split)
-    summary = {"method": "from-base" if base else "trained", "tokens": tok.vocab_size, "captions": captions,
-               "words": words, "distinct_words": len(counts), "unk_word_rate": unk / words,
-               "pieces_per_word": pieces / words}
+    summary = {
+        "method": "from-base" if base else "trained",
+        "tokens": tok.vocab_size,
+        "captions": captions,
+        "words": words,
+        "distinct_words": len(counts),
+        "unk_word_rate": unk / words,
+        "pieces_per_word": pieces / words,
+    }
     return tok, summary

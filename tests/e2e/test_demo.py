@@ -21,14 +21,18 @@ LAST_LINE = re.compile(r"^demo: CIDEr (\d+\.\d+) \(baseline (\d+\.\d+)\), BLEU-4
 
 def demo(workdir: Path, *args: str, timeout: float) -> subprocess.CompletedProcess:
     env = {**os.environ, "COLUMNS": "120"}
-    return subprocess.run([sys.executable, "-m", "streamcap", "demo", "--workdir", str(workdir), *args],
-                          capture_output=True, text=True, env=env, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "streamcap", "demo", "--workdir", str(workdir), *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=timeout,
+    )
 
 
 @pytest.mark.timeout(900)
 def test_demo_learns_and_a_second_run_reuses_the_workdir(tmp_path):
-    out = demo(tmp_path, "--rows", "600", "--steps", "160", "--eval-images", "30", "--checkpoints", "2",
-               timeout=600)
+    out = demo(tmp_path, "--rows", "600", "--steps", "160", "--eval-images", "30", "--checkpoints", "2", timeout=600)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     match = LAST_LINE.match(out.stdout.strip().splitlines()[-1])
     assert match, out.stdout[-2000:]
@@ -38,8 +42,12 @@ def test_demo_learns_and_a_second_run_reuses_the_workdir(tmp_path):
     results = [json.loads(line) for line in (tmp_path / "evals" / "results.jsonl").read_text().splitlines()]
     assert sorted(r["step"] for r in results) == [80, 160]  # every published checkpoint evaluated once
 
-    verify = subprocess.run([sys.executable, "-m", "streamcap", "shards", "verify", "--shard-dir", str(tmp_path / "shards"),
-                             "--json"], capture_output=True, text=True, timeout=120)
+    verify = subprocess.run(
+        [sys.executable, "-m", "streamcap", "shards", "verify", "--shard-dir", str(tmp_path / "shards"), "--json"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert verify.returncode == 0, verify.stdout[-2000:]
 
     again = demo(tmp_path, "--rows", "300", "--steps", "20", "--eval-images", "30", "--checkpoints", "1", timeout=300)

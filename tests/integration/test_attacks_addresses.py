@@ -25,7 +25,7 @@ from tests.support.http import ImageServer
 from tests.support.images import jpeg_bytes
 from tests.support.pipeline import enqueue_rows, final_audit, outcomes
 
-TRAPS = ("127.0.0.2", "::1")   # addresses the server also listens on, which nothing may reach
+TRAPS = ("127.0.0.2", "::1")  # addresses the server also listens on, which nothing may reach
 
 
 def trap_connections(server: ImageServer) -> list:
@@ -36,15 +36,43 @@ def trap_connections(server: ImageServer) -> list:
 # --- attack 12: raw addresses in every spelling ----------------------------------------------------
 
 REFUSED_HOSTS = [
-    "127.0.0.2", "[::1]", "169.254.169.254", "10.0.0.1", "[fd00::1]", "[::ffff:127.0.0.2]",
-    "2130706433", "0x7f000001",                                    # loopback as one integer, in hex
-    "0177.0.0.1", "127.1", "0x7f.1", "017700000001", "127.000.000.001", "0x7F.0.0.1",  # octal, short forms
-    "[0:0:0:0:0:ffff:7f00:1]", "[::ffff:7f00:1]", "[0:0:0:0:0:0:0:1]", "[64:ff9b::7f00:1]", "[2002:7f00:1::]",
-    "[::1%25lo]", "127.0.0.1.", "0", "0.0.0.0", "[::]",            # zone id, trailing dot, "this host"
-    "100.64.0.1", "192.168.1.1", "172.16.0.1", "[fe80::1%25eth0]", "224.0.0.1", "255.255.255.255",
-    "localhost", "LOCALHOST",                                      # names: refused after the lookup
-    "１２７.０.０.１", "127。0。0。1", "①②⑦.0.0.1",                    # IDNA maps these digits and dots to ASCII
-    "user@127.0.0.2", "public.example@127.0.0.2",                 # what precedes @ is a user name, not the host
+    "127.0.0.2",
+    "[::1]",
+    "169.254.169.254",
+    "10.0.0.1",
+    "[fd00::1]",
+    "[::ffff:127.0.0.2]",
+    "2130706433",
+    "0x7f000001",  # loopback as one integer, in hex
+    "0177.0.0.1",
+    "127.1",
+    "0x7f.1",
+    "017700000001",
+    "127.000.000.001",
+    "0x7F.0.0.1",  # octal, short forms
+    "[0:0:0:0:0:ffff:7f00:1]",
+    "[::ffff:7f00:1]",
+    "[0:0:0:0:0:0:0:1]",
+    "[64:ff9b::7f00:1]",
+    "[2002:7f00:1::]",
+    "[::1%25lo]",
+    "127.0.0.1.",
+    "0",
+    "0.0.0.0",
+    "[::]",  # zone id, trailing dot, "this host"
+    "100.64.0.1",
+    "192.168.1.1",
+    "172.16.0.1",
+    "[fe80::1%25eth0]",
+    "224.0.0.1",
+    "255.255.255.255",
+    "localhost",
+    "LOCALHOST",  # names: refused after the lookup
+    "１２７.０.０.１",
+    "127。0。0。1",
+    "①②⑦.0.0.1",  # IDNA maps these digits and dots to ASCII
+    "user@127.0.0.2",
+    "public.example@127.0.0.2",  # what precedes @ is a user name, not the host
 ]
 
 
@@ -74,9 +102,21 @@ def test_private_and_loopback_hosts_in_any_notation_are_never_dialled(r, keys, r
 
 
 def settings(redis_url: str, keys, shard_dir, **overrides) -> DownloaderSettings:
-    values = dict(redis_url=redis_url, namespace=keys.namespace, shard_dir=shard_dir, exit_when_empty=True,
-                  lease_seconds=5, total_timeout=5.0, connect_timeout=2.0, read_timeout=2.0, retries=0,
-                  concurrency=16, per_host=16, image_workers=1, allow_private=False)
+    values = dict(
+        redis_url=redis_url,
+        namespace=keys.namespace,
+        shard_dir=shard_dir,
+        exit_when_empty=True,
+        lease_seconds=5,
+        total_timeout=5.0,
+        connect_timeout=2.0,
+        read_timeout=2.0,
+        retries=0,
+        concurrency=16,
+        per_host=16,
+        image_workers=1,
+        allow_private=False,
+    )
     return DownloaderSettings(**{**values, **overrides})
 
 
@@ -89,15 +129,15 @@ async def test_redirects_to_refused_places_are_blocked_at_the_hop(r, keys, redis
             f"http://{trap}/img/a.jpg": "blocked_address",
             f"http://[::1]:{port}/img/a.jpg": "blocked_address",
             f"http://[::ffff:127.0.0.2]:{port}/img/a.jpg": "blocked_address",
-            f"http://2130706434:{port}/img/a.jpg": "blocked_address",            # 127.0.0.2 as an integer
-            f"//{trap}/img/a.jpg": "blocked_address",                           # scheme-relative Location
+            f"http://2130706434:{port}/img/a.jpg": "blocked_address",  # 127.0.0.2 as an integer
+            f"//{trap}/img/a.jpg": "blocked_address",  # scheme-relative Location
             "http://169.254.169.254/latest/meta-data/": "blocked_address",
             "http://10.0.0.1/admin": "blocked_address",
-            "http://redis:6379/": "blocked_address",                            # compose's Redis, by name
-            f"http://redis:{port}/img/a.jpg": "blocked_address",                # the same name, a listening port
+            "http://redis:6379/": "blocked_address",  # compose's Redis, by name
+            f"http://redis:{port}/img/a.jpg": "blocked_address",  # the same name, a listening port
             "file:///etc/passwd": "invalid_url",
             f"gopher://{trap}/_SET%20pwned%201": "invalid_url",
-            server.url("/img/a.jpg").replace("127.0.0.1", "public.test"): "sample",   # control: public is fine
+            server.url("/img/a.jpg").replace("127.0.0.1", "public.test"): "sample",  # control: public is fine
         }
         urls = [redirect(server, target) for target in targets]
         urls += [redirect(server, f"http://{trap}/img/a.jpg", status) for status in (301, 303, 307, 308)]
@@ -112,8 +152,8 @@ async def test_redirects_to_refused_places_are_blocked_at_the_hop(r, keys, redis
     rows = outcomes(shard_dir)
     expected = list(targets.values()) + ["blocked_address"] * 5
     assert [rows[i][0] for i in range(len(urls))] == expected
-    assert rows[0][1] == "redirect to loopback address 127.0.0.2"                 # refused before any lookup
-    assert rows[7][1] == "redis resolves to loopback address 127.0.0.2"          # refused at the lookup
+    assert rows[0][1] == "redirect to loopback address 127.0.0.2"  # refused before any lookup
+    assert rows[7][1] == "redis resolves to loopback address 127.0.0.2"  # refused at the lookup
     assert len(first_hops) == len(urls) + 1  # every first hop was made (and the chain's second one)
     report = final_audit(r, keys, shard_dir)
     assert report.samples == 1 and report.failures_by_reason == {"blocked_address": len(urls) - 3, "invalid_url": 2}
@@ -149,8 +189,13 @@ class RebindingResolver(MapResolver):
     `mixed.test` answers both at once (a client falling back from the first would reach the second)."""
 
     def __init__(self) -> None:
-        super().__init__({"rebind.test": [["127.0.0.1"], ["127.0.0.2"]], "flip.test": [["127.0.0.1"]],
-                          "mixed.test": [["127.0.0.1", "127.0.0.2"]]})
+        super().__init__(
+            {
+                "rebind.test": [["127.0.0.1"], ["127.0.0.2"]],
+                "flip.test": [["127.0.0.1"]],
+                "mixed.test": [["127.0.0.1", "127.0.0.2"]],
+            }
+        )
 
     async def resolve(self, host: str, port: int = 0, family: int = socket.AF_INET):
         answers = await super().resolve(host, port, family)
@@ -163,10 +208,10 @@ async def test_dns_rebinding_is_blocked_on_the_address_actually_dialled(r, keys,
     with ImageServer(hosts=("127.0.0.1", *TRAPS)) as public, ImageServer(hosts=("127.0.0.2",)) as other:
         public.images["a.jpg"] = jpeg_bytes()
         urls = [
-            f"http://rebind.test:{public.port}/img/a.jpg",   # part 0, first lookup: the public address
-            f"http://rebind.test:{other.port}/img/a.jpg",    # part 1, a new lookup: now loopback
-            f"http://flip.test:{public.port}/img/a.jpg",     # part 2: public when checked, loopback when dialled
-            f"http://mixed.test:{other.port}/img/a.jpg",     # part 3: the public address refuses; no fallback
+            f"http://rebind.test:{public.port}/img/a.jpg",  # part 0, first lookup: the public address
+            f"http://rebind.test:{other.port}/img/a.jpg",  # part 1, a new lookup: now loopback
+            f"http://flip.test:{public.port}/img/a.jpg",  # part 2: public when checked, loopback when dialled
+            f"http://mixed.test:{other.port}/img/a.jpg",  # part 3: the public address refuses; no fallback
         ]
         shard_dir = tmp_path / "shards"
         enqueue_rows(r, keys, shard_dir, urls, part_size=1)
@@ -180,5 +225,5 @@ async def test_dns_rebinding_is_blocked_on_the_address_actually_dialled(r, keys,
     assert rows[0] == ("sample", "")
     assert rows[1] == ("blocked_address", "rebind.test resolves to loopback address 127.0.0.2")
     assert rows[2] == ("blocked_address", "loopback address 127.0.0.2")  # refused by the connection-time check
-    assert rows[3][0] == "connect_error" and "127.0.0.1" in rows[3][1]   # tried the public address only
+    assert rows[3][0] == "connect_error" and "127.0.0.1" in rows[3][1]  # tried the public address only
     final_audit(r, keys, shard_dir)

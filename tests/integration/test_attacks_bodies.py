@@ -43,9 +43,27 @@ def test_hostile_bodies_and_silent_servers_end_each_row_within_its_limits(r, key
         urls = [silent if path == "never-accept" else server.url(path) for path in ROWS]
         shard_dir = tmp_path / "shards"
         enqueue_rows(r, keys, shard_dir, urls, part_size=1)  # one row per part: per-row bytes and durations
-        ran = download(redis_url, keys, shard_dir, tmp_path / "download.log", "--allow-private",
-                       "--max-bytes", str(CAP), "--total-timeout", str(TOTAL_TIMEOUT), "--read-timeout", "1",
-                       "--connect-timeout", "1", "--retries", "1", "--concurrency", "8", "--per-host", "8")
+        ran = download(
+            redis_url,
+            keys,
+            shard_dir,
+            tmp_path / "download.log",
+            "--allow-private",
+            "--max-bytes",
+            str(CAP),
+            "--total-timeout",
+            str(TOTAL_TIMEOUT),
+            "--read-timeout",
+            "1",
+            "--connect-timeout",
+            "1",
+            "--retries",
+            "1",
+            "--concurrency",
+            "8",
+            "--per-host",
+            "8",
+        )
         assert ran.returncode == 0, ran.log
         requests = {path: server.requests_to(path) for path in ROWS}
     rows = outcomes(shard_dir)

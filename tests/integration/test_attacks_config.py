@@ -65,8 +65,19 @@ COMMANDS: dict[tuple[str, ...], tuple[type, list[str]]] = {
 # Commands whose options are their own (checked by typer), not settings.
 WITHOUT_SETTINGS = {("redis",), ("caption",), ("tokenizer", "build"), ("tokenizer", "encode")}
 # Wrong values tried in turn; the first one a setting's own check refuses is used.
-CANDIDATES = ("0", "-1", "-0.5", "0.5", "101", "1000000", "lots", "has space", "", "/no/such/vocab.txt",
-              __file__)  # an existing file where a directory belongs
+CANDIDATES = (
+    "0",
+    "-1",
+    "-0.5",
+    "0.5",
+    "101",
+    "1000000",
+    "lots",
+    "has space",
+    "",
+    "/no/such/vocab.txt",
+    __file__,
+)  # an existing file where a directory belongs
 
 
 def leaf_commands(group, path: tuple[str, ...] = ()):
@@ -117,8 +128,11 @@ def settings_options(path: tuple[str, ...]) -> list[dataclasses.Field]:
     """The settings fields a command has an option for (on/off switches left out)."""
     cls, _ = COMMANDS[path]
     by_flag = {f.metadata["flag"]: f for f in dataclasses.fields(cls) if "flag" in f.metadata}
-    return [by_flag[p.opts[0]] for p in LEAVES[path].params
-            if getattr(p, "opts", None) and p.opts[0] in by_flag and not getattr(p, "is_flag", False)]
+    return [
+        by_flag[p.opts[0]]
+        for p in LEAVES[path].params
+        if getattr(p, "opts", None) and p.opts[0] in by_flag and not getattr(p, "is_flag", False)
+    ]
 
 
 def one_line_naming(capsys, argv: list[str], flag: str) -> str | None:
@@ -127,8 +141,14 @@ def one_line_naming(capsys, argv: list[str], flag: str) -> str | None:
     rc = run_app(app, argv)
     out = capsys.readouterr()
     lines = out.err.strip().splitlines()
-    if rc == 1 and len(lines) == 1 and lines[0].startswith("streamcap: error: ") and flag in lines[0] \
-            and not out.out and "Traceback" not in out.err:
+    if (
+        rc == 1
+        and len(lines) == 1
+        and lines[0].startswith("streamcap: error: ")
+        and flag in lines[0]
+        and not out.out
+        and "Traceback" not in out.err
+    ):
         return None
     return f"{' '.join(argv)!r}: exit {rc}, stdout {out.out!r}, stderr {out.err!r}"
 
@@ -161,8 +181,10 @@ def test_each_wrong_setting_is_one_line_naming_it_and_exit_code_1(path, capsys, 
 
 def test_settings_checked_against_each_other_name_the_one_at_fault(capsys):
     cases = [
-        (["download", "--concurrency", "4", "--per-host", "8"], "--per-host / STREAMCAP_PER_HOST: expected at most "
-                                                                "--concurrency (4), got 8"),
+        (
+            ["download", "--concurrency", "4", "--per-host", "8"],
+            "--per-host / STREAMCAP_PER_HOST: expected at most --concurrency (4), got 8",
+        ),
         (["eval", "watch", "--max-tokens", "5", "--min-tokens", "9"], "--min-tokens / STREAMCAP_EVAL_MIN_TOKENS"),
         (["train", "--resume"], "--run-id / STREAMCAP_RUN_ID: expected the id of the run to resume"),
         (["demo", "--steps", "10", "--checkpoints", "20"], "--checkpoints"),
@@ -182,16 +204,24 @@ def test_a_missing_column_lists_the_columns_the_source_has(capsys, tmp_path):
     (tmp_path / "links.csv").write_text("link,caption\nhttp://a/1.jpg,a cat\n")
     (tmp_path / "links.jsonl").write_text('{"href": "http://a/1.jpg", "text": "a cat"}\n')
     cases = [
-        ("titles.parquet", [], "no caption column: none of llava_caption, cogvlm_caption, alt_txt, caption, text "
-                               "exists (pass --caption-col); its columns: url, title"),
-        ("plain.parquet", ["--caption-col", "llava_caption"], "has no column 'llava_caption' (--caption-col); "
-                                                              "its columns: url, caption"),
+        (
+            "titles.parquet",
+            [],
+            "no caption column: none of llava_caption, cogvlm_caption, alt_txt, caption, text "
+            "exists (pass --caption-col); its columns: url, title",
+        ),
+        (
+            "plain.parquet",
+            ["--caption-col", "llava_caption"],
+            "has no column 'llava_caption' (--caption-col); its columns: url, caption",
+        ),
         ("links.csv", [], "has no column 'url' (--url-col); its columns: link, caption"),
         ("links.jsonl", [], "has no column 'url' (--url-col); its columns: href, text"),
     ]
     for name, args, expected in cases:
-        assert one_line_naming(capsys, ["enqueue", str(tmp_path / name), *args, "--redis-url", NOWHERE],
-                               expected) is None
+        assert (
+            one_line_naming(capsys, ["enqueue", str(tmp_path / name), *args, "--redis-url", NOWHERE], expected) is None
+        )
 
 
 def test_an_unreadable_source_is_one_line_saying_why(capsys, tmp_path):
@@ -224,8 +254,17 @@ def test_a_source_that_breaks_after_enqueue_costs_its_parts_not_the_service(r, k
     enqueue_rows(r, keys, shard_dir, [f"http://127.0.0.1:1/{i}.jpg" for i in range(6)], part_size=3)
     source = tmp_path / "src.parquet"
     source.write_bytes(source.read_bytes()[:200])  # cut after it was enqueued
-    ran = download(redis_url, keys, shard_dir, tmp_path / "download.log", "--allow-private",
-                   "--max-deliveries", "1", "--lease-seconds", "1")
+    ran = download(
+        redis_url,
+        keys,
+        shard_dir,
+        tmp_path / "download.log",
+        "--allow-private",
+        "--max-deliveries",
+        "1",
+        "--lease-seconds",
+        "1",
+    )
     assert ran.returncode == 0, ran.log
     dead = [bus.decode(fields) for _, fields in r.xrange(keys.parts_dead)]
     assert sorted(d["part"] for d in dead) == [0, 1]
@@ -238,8 +277,15 @@ def test_malformed_rows_of_a_source_are_row_failures_not_part_failures(r, keys, 
     with ImageServer() as server:
         server.images["a.jpg"] = jpeg_bytes()
         good = json.dumps({"url": server.url("/img/a.jpg"), "caption": CAPTION})
-        lines = [good, "{not json", "[1, 2, 3]", '{"caption": "no url"}', json.dumps({"url": 12345, "caption": "x"}),
-                 json.dumps({"url": server.url("/img/a.jpg"), "caption": None}), good]
+        lines = [
+            good,
+            "{not json",
+            "[1, 2, 3]",
+            '{"caption": "no url"}',
+            json.dumps({"url": 12345, "caption": "x"}),
+            json.dumps({"url": server.url("/img/a.jpg"), "caption": None}),
+            good,
+        ]
         shard_dir = tmp_path / "shards"
         (tmp_path / "rows.jsonl").write_text("\n".join(lines) + "\n")
         record, _ = describe_source(EnqueueSettings(part_size=4), str(tmp_path / "rows.jsonl"))
@@ -247,7 +293,14 @@ def test_malformed_rows_of_a_source_are_row_failures_not_part_failures(r, keys, 
         ran = download(redis_url, keys, shard_dir, tmp_path / "download.log", "--allow-private")
         assert ran.returncode == 0, ran.log
     assert [outcomes(shard_dir)[i][0] for i in range(len(lines))] == [
-        "sample", "invalid_url", "invalid_url", "invalid_url", "invalid_url", "empty_caption", "sample"]
+        "sample",
+        "invalid_url",
+        "invalid_url",
+        "invalid_url",
+        "invalid_url",
+        "empty_caption",
+        "sample",
+    ]
     assert final_audit(r, keys, shard_dir).parts["done"] == 2
 
 
@@ -287,29 +340,95 @@ def test_services_started_before_redis_wait_for_it_then_carry_on(keys, tmp_path)
     common = ["--redis-url", url, "--namespace", keys.namespace]
     with ImageServer() as server, started(tmp_path) as start:
         server.images["a.jpg"] = jpeg_bytes(96, 96)
-        pq.write_table(pa.table({"url": [server.url(f"/img/a.jpg?i={i}") for i in range(8)], "caption": [CAPTION] * 8}),
-                       tmp_path / "late.parquet")
+        pq.write_table(
+            pa.table({"url": [server.url(f"/img/a.jpg?i={i}") for i in range(8)], "caption": [CAPTION] * 8}),
+            tmp_path / "late.parquet",
+        )
         procs = {
-            "enqueue": start("enqueue", ["enqueue", str(tmp_path / "late.parquet"), "--part-size", "4", *common,
-                                         "--shard-dir", str(shard_dir)]),
-            "download": start("download", ["download", "--allow-private", "--image-workers", "1", *common,
-                                           "--shard-dir", str(shard_dir), "--grace-seconds", "5"]),
-            "train": start("train", ["train", *common, "--shard-dir", str(shard_dir), "--run-id", "late",
-                                     "--checkpoint-dir", str(tmp_path / "ck"), "--tokenizer", str(tmp_path / "vocab.txt"),
-                                     "--preset", "tiny", "--image-size", "32", "--max-steps", "2", "--batch-size", "2",
-                                     "--loader-workers", "0", "--device", "cpu", "--shuffle-buffer", "4",
-                                     "--fresh-wait-ms", "200", "--sample-every", "0", "--histogram-every", "0",
-                                     "--warmup-steps", "1"]),
-            "eval": start("eval", ["eval", "watch", "--exit-when-empty", "--redis-url", url, "--namespace",
-                                   keys.namespace + "-eval", "--data", str(karpathy_set(tmp_path / "flickr")),
-                                   "--images", str(tmp_path / "flickr" / "images"), "--device", "cpu",
-                                   "--out-dir", str(tmp_path / "evals")]),
+            "enqueue": start(
+                "enqueue",
+                ["enqueue", str(tmp_path / "late.parquet"), "--part-size", "4", *common, "--shard-dir", str(shard_dir)],
+            ),
+            "download": start(
+                "download",
+                [
+                    "download",
+                    "--allow-private",
+                    "--image-workers",
+                    "1",
+                    *common,
+                    "--shard-dir",
+                    str(shard_dir),
+                    "--grace-seconds",
+                    "5",
+                ],
+            ),
+            "train": start(
+                "train",
+                [
+                    "train",
+                    *common,
+                    "--shard-dir",
+                    str(shard_dir),
+                    "--run-id",
+                    "late",
+                    "--checkpoint-dir",
+                    str(tmp_path / "ck"),
+                    "--tokenizer",
+                    str(tmp_path / "vocab.txt"),
+                    "--preset",
+                    "tiny",
+                    "--image-size",
+                    "32",
+                    "--max-steps",
+                    "2",
+                    "--batch-size",
+                    "2",
+                    "--loader-workers",
+                    "0",
+                    "--device",
+                    "cpu",
+                    "--shuffle-buffer",
+                    "4",
+                    "--fresh-wait-ms",
+                    "200",
+                    "--sample-every",
+                    "0",
+                    "--histogram-every",
+                    "0",
+                    "--warmup-steps",
+                    "1",
+                ],
+            ),
+            "eval": start(
+                "eval",
+                [
+                    "eval",
+                    "watch",
+                    "--exit-when-empty",
+                    "--redis-url",
+                    url,
+                    "--namespace",
+                    keys.namespace + "-eval",
+                    "--data",
+                    str(karpathy_set(tmp_path / "flickr")),
+                    "--images",
+                    str(tmp_path / "flickr" / "images"),
+                    "--device",
+                    "cpu",
+                    "--out-dir",
+                    str(tmp_path / "evals"),
+                ],
+            ),
         }
         waiting = f"cannot reach Redis at 127.0.0.1:{port}"
         # Each says why it waits (after its client's own ~10 s of retries) and keeps waiting.
         for name in procs:
-            wait_until(lambda name=name: waiting in log_of(tmp_path, name) and "retrying" in log_of(tmp_path, name), 60,
-                       f"{name} to report the unreachable Redis")
+            wait_until(
+                lambda name=name: waiting in log_of(tmp_path, name) and "retrying" in log_of(tmp_path, name),
+                60,
+                f"{name} to report the unreachable Redis",
+            )
         assert all(proc.poll() is None for proc in procs.values()), {n: log_of(tmp_path, n) for n in procs}
         with EmbeddedRedis(data_dir=tmp_path / "redis", port=port) as late:
             r = bus.connect(late.url)

@@ -34,7 +34,7 @@ def png(width: int, height: int, *, bit_depth: int = 8, color_type: int = 0, row
     10000x10000 one costs little memory. color_type: 0 grey, 2 RGB, 4 grey+alpha, 6 RGBA."""
     channels = {0: 1, 2: 3, 4: 2, 6: 4}[color_type]
     row = row if row is not None else bytes(width * channels * bit_depth // 8)
-    line = b"\0" + row                                   # filter type 0 per row
+    line = b"\0" + row  # filter type 0 per row
     packer, idat = zlib.compressobj(6), bytearray()
     block = line * max(1, min(height, 2**22 // len(line)))
     rows_left = height
@@ -90,20 +90,29 @@ def cases() -> dict[str, tuple[bytes, str, list]]:
         "real-10000.png": (png(10_000, 10_000, row=b"\x80" * 10_000), "decompression_bomb", []),
         "1x100000.png": (png(1, 100_000), "too_small", []),
         "100000x64.png": (png(100_000, 64), "bad_aspect_ratio", []),
-        "animated.gif": (animated_gif(), "sample", [((0.5, 0.5), RED)]),              # the first frame
+        "animated.gif": (animated_gif(), "sample", [((0.5, 0.5), RED)]),  # the first frame
         "transparent.gif": (transparent_gif(), "sample", [((0.05, 0.05), WHITE), ((0.5, 0.5), GREEN)]),
         "palette.png": (palette_png(False), "sample", [((0.05, 0.05), BLUE), ((0.5, 0.5), RED)]),
         "palette-trns.png": (palette_png(True), "sample", [((0.05, 0.05), WHITE), ((0.5, 0.5), RED)]),
         "rgba.png": (half_transparent_rgba(), "sample", [((0.2, 0.5), WHITE), ((0.8, 0.5), GREEN)]),
-        "cmyk.jpg": (encode(Image.new("RGB", (300, 200), RED).convert("CMYK"), "JPEG", quality=95), "sample",
-                     [((0.5, 0.5), RED)]),
-        "grey16.png": (png(120, 90, bit_depth=16, color_type=0, row=b"\xa0\x00" * 120), "sample",
-                       [((0.5, 0.5), (160,) * 3)]),
-        "rgb48.png": (png(120, 90, bit_depth=16, color_type=2, row=b"\xc8\x00\x32\x00\x19\x00" * 120), "sample",
-                      [((0.5, 0.5), (200, 50, 25))]),
+        "cmyk.jpg": (
+            encode(Image.new("RGB", (300, 200), RED).convert("CMYK"), "JPEG", quality=95),
+            "sample",
+            [((0.5, 0.5), RED)],
+        ),
+        "grey16.png": (
+            png(120, 90, bit_depth=16, color_type=0, row=b"\xa0\x00" * 120),
+            "sample",
+            [((0.5, 0.5), (160,) * 3)],
+        ),
+        "rgb48.png": (
+            png(120, 90, bit_depth=16, color_type=2, row=b"\xc8\x00\x32\x00\x19\x00" * 120),
+            "sample",
+            [((0.5, 0.5), (200, 50, 25))],
+        ),
         "grey-alpha.png": (encode(Image.new("LA", (100, 100), (90, 255)), "PNG"), "sample", [((0.5, 0.5), (90,) * 3)]),
         "1bit.png": (encode(Image.new("1", (128, 128), 1), "PNG"), "sample", [((0.5, 0.5), WHITE)]),
-        "large.jpg": (encode(photo(2400, 1600), "JPEG", quality=90), "sample", []),     # decoded at a reduced scale
+        "large.jpg": (encode(photo(2400, 1600), "JPEG", quality=90), "sample", []),  # decoded at a reduced scale
         "webp": (encode(Image.new("RGB", (200, 200), BLUE), "WEBP", quality=90), "sample", [((0.5, 0.5), BLUE)]),
         "bmp": (encode(Image.new("RGB", (200, 100), GREEN), "BMP"), "sample", [((0.5, 0.5), GREEN)]),
     }
@@ -146,8 +155,17 @@ def test_without_size_limits_an_absurd_shape_still_cannot_blow_up_the_resize(r, 
         server.images.update({"tall.png": png(1, 100_000), "wide.png": png(100_000, 1), "ok.png": png(300, 200)})
         shard_dir = tmp_path / "shards"
         enqueue_rows(r, keys, shard_dir, [server.url(f"/img/{n}") for n in ("tall.png", "wide.png", "ok.png")], 3)
-        ran = download(redis_url, keys, shard_dir, tmp_path / "download.log", "--allow-private",
-                       "--min-size", "0", "--max-aspect-ratio", "0")
+        ran = download(
+            redis_url,
+            keys,
+            shard_dir,
+            tmp_path / "download.log",
+            "--allow-private",
+            "--min-size",
+            "0",
+            "--max-aspect-ratio",
+            "0",
+        )
         assert ran.returncode == 0, ran.log
     rows = outcomes(shard_dir)
     assert [rows[i][0] for i in range(3)] == ["decompression_bomb", "decompression_bomb", "sample"]

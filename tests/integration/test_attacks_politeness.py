@@ -29,9 +29,9 @@ ROBOTS = [
     (["streamcap: noimageai"], "X-Robots-Tag", True),
     (["StreamCap:NOAI"], "X-Robots-Tag", True),
     (["STREAMCAP :   noai"], "X-Robots-Tag", True),
-    (["otherbot: noai", "noimageindex"], "X-Robots-Tag", True),   # the second header is for everyone
+    (["otherbot: noai", "noimageindex"], "X-Robots-Tag", True),  # the second header is for everyone
     (["noindex"], "X-Robots-Tag", True),
-    (["noai"], "x-robots-tag", True),                             # header names are case-insensitive
+    (["noai"], "x-robots-tag", True),  # header names are case-insensitive
     (["noimageai"], "X-ROBOTS-TAG", True),
     (["otherbot: noai"], "X-Robots-Tag", False),
     (["googlebot: noimageai, noindex"], "X-Robots-Tag", False),
@@ -47,8 +47,10 @@ def test_x_robots_tag_opt_outs_are_skipped_without_reading_the_body(r, keys, red
     image = jpeg_bytes(320, 240)
     with ImageServer() as server:
         server.images["a.jpg"] = image
-        urls = [server.url("/robots/a.jpg?" + urlencode({"i": i, "header": name, "tag": tags}, doseq=True))
-                for i, (tags, name, _) in enumerate(ROBOTS)]
+        urls = [
+            server.url("/robots/a.jpg?" + urlencode({"i": i, "header": name, "tag": tags}, doseq=True))
+            for i, (tags, name, _) in enumerate(ROBOTS)
+        ]
         shard_dir = tmp_path / "shards"
         enqueue_rows(r, keys, shard_dir, urls, part_size=10)
         ran = download(redis_url, keys, shard_dir, tmp_path / "download.log", "--allow-private", "--read-timeout", "5")
@@ -75,29 +77,45 @@ PER_HOST = 4
 # Row i asks for (query of /busy): 429 + Retry-After 1 s, 503 + Retry-After 1 s, 429 + an HTTP
 # date ~2 s ahead, 429 + Retry-After 1.5 s (not an integer, as some servers send it), 429 without
 # Retry-After (exponential backoff), or nothing special.
-VARIANTS = [{"after": "1"}, {"status": "503", "after": "1"}, {"after": "date+2"}, {"after": "1.5"}, {},
-            {"times": "0"}]
+VARIANTS = [{"after": "1"}, {"status": "503", "after": "1"}, {"after": "date+2"}, {"after": "1.5"}, {}, {"times": "0"}]
 # The least wait each variant must show between its first request and the retry (the date has
 # one-second resolution; the backoff without Retry-After is 0.25-0.5 s for a first retry).
 LEAST_WAIT = [1.0, 1.0, 0.95, 1.5, 0.25, None]
-TOO_LONG = 5   # rows whose Retry-After exceeds --retry-after-cap: one request, then http_status
+TOO_LONG = 5  # rows whose Retry-After exceeds --retry-after-cap: one request, then http_status
 
 
 def test_a_busy_host_gets_at_most_per_host_connections_and_its_retry_after_is_honoured(r, keys, redis_url, tmp_path):
     with ImageServer() as server:
         server.images["a.jpg"] = jpeg_bytes(96, 96)
-        urls = [server.url("/busy/a.jpg?" + urlencode({"i": i, "delay": 0.01, **VARIANTS[i % len(VARIANTS)]}))
-                for i in range(ROWS)]
+        urls = [
+            server.url("/busy/a.jpg?" + urlencode({"i": i, "delay": 0.01, **VARIANTS[i % len(VARIANTS)]}))
+            for i in range(ROWS)
+        ]
         urls += [server.url(f"/busy/a.jpg?i={ROWS + i}&after=3600") for i in range(TOO_LONG)]
         shard_dir = tmp_path / "shards"
         enqueue_rows(r, keys, shard_dir, urls, part_size=100)
-        ran = download(redis_url, keys, shard_dir, tmp_path / "download.log", "--allow-private",
-                       "--per-host", str(PER_HOST), "--concurrency", "64", "--image-size", "64",
-                       "--retry-after-cap", "5", "--total-timeout", "20", timeout=120)
+        ran = download(
+            redis_url,
+            keys,
+            shard_dir,
+            tmp_path / "download.log",
+            "--allow-private",
+            "--per-host",
+            str(PER_HOST),
+            "--concurrency",
+            "64",
+            "--image-size",
+            "64",
+            "--retry-after-cap",
+            "5",
+            "--total-timeout",
+            "20",
+            timeout=120,
+        )
         assert ran.returncode == 0, ran.log
         requests = server.requests_to("/busy")
         max_open, max_active, connections = server.max_open, server.max_active, len(server.connections)
-    assert 2 <= max_active <= PER_HOST, max_active      # requests being answered at once, counted by the server
+    assert 2 <= max_active <= PER_HOST, max_active  # requests being answered at once, counted by the server
     assert max_open <= PER_HOST, (max_open, connections)  # TCP connections open at once
     assert all(req.headers["user-agent"].startswith("streamcap/") for req in requests)
     by_row: dict[int, list] = {}

@@ -66,11 +66,11 @@ def declare_size(path: Path, member_index: int, size: int) -> None:
     offset = 0
     with tarfile.open(path, "r:") as tar:
         offset = tar.getmembers()[member_index].offset
-    header = data[offset:offset + 512]
+    header = data[offset : offset + 512]
     header[124:136] = b"%011o\0" % size
     header[148:156] = b"        "
     header[148:156] = b"%06o\0 " % sum(header)
-    data[offset:offset + 512] = header
+    data[offset : offset + 512] = header
     path.write_bytes(bytes(data))
 
 
@@ -92,8 +92,8 @@ class Shards:
 
     def __init__(self, shard_dir: Path) -> None:
         self.dir, self.row = shard_dir, 0
-        self.intact: set[str] = set()      # captions of samples that may be trained on
-        self.damaged: set[str] = set()     # captions that must never reach training
+        self.intact: set[str] = set()  # captions of samples that may be trained on
+        self.damaged: set[str] = set()  # captions that must never reach training
         self.reasons: dict[str, str] = {}  # shard name -> what verify must say about it
         shard_dir.mkdir(parents=True, exist_ok=True)
 
@@ -101,8 +101,14 @@ class Shards:
         image = image or jpeg_bytes(48, 48, seed=self.row)
         caption = f"{label} sample number {self.row}"
         key = sample_key("attack", self.row)
-        meta = {"url": f"http://example.com/{self.row}.jpg", "caption_raw": caption, "caption": caption,
-                "source": "attack", "row": self.row, "image_crc32": zlib.crc32(image)}
+        meta = {
+            "url": f"http://example.com/{self.row}.jpg",
+            "caption_raw": caption,
+            "caption": caption,
+            "source": "attack",
+            "row": self.row,
+            "image_crc32": zlib.crc32(image),
+        }
         sample_members(tar, key, image, caption, meta)
         (self.intact if intact else self.damaged).add(caption)
         self.row += 1
@@ -114,40 +120,77 @@ class Shards:
 
 def hostile_shards(shard_dir: Path) -> Shards:
     s = Shards(shard_dir)
-    s.shard("dotdot.tar", f"member '../{OUTSIDE}.txt' escapes the archive with '..'",
-            lambda t: (tar_member(t, f"../{OUTSIDE}.txt", b"pwned"), s.sample(t, "dotdot")))
-    s.shard("absolute.tar", f"member '/tmp/{OUTSIDE}.jpg' has an absolute path",
-            lambda t: (s.sample(t, "absolute"), tar_member(t, f"/tmp/{OUTSIDE}.jpg", b"pwned")))
-    s.shard("symlink.tar", "is a symlink, not a regular file",
-            lambda t: (tar_member(t, "attack_999999999999.jpg", type=tarfile.SYMTYPE, linkname="/etc/passwd"),
-                       s.sample(t, "symlink")))
-    s.shard("hardlink.tar", "is a hard link, not a regular file",
-            lambda t: (s.sample(t, "hardlink"), tar_member(t, "attack_999999999998.jpg", type=tarfile.LNKTYPE,
-                                                           linkname="/etc/shadow")))
-    s.shard("device.tar", "is a special file, not a regular file",
-            lambda t: (tar_member(t, "attack_999999999997.jpg", type=tarfile.CHRTYPE, devmajor=1, devminor=3),
-                       s.sample(t, "device")))
-    s.shard("directory.tar", "is a directory, not a regular file",
-            lambda t: (tar_member(t, "sub", type=tarfile.DIRTYPE), s.sample(t, "directory")))
-    s.shard("pax-dotdot.tar", "escapes the archive with '..'",  # the name only in a PAX extended header
-            lambda t: (tar_member(t, f"../../{'x' * 120}/{OUTSIDE}.jpg", b"pwned"), s.sample(t, "pax")),
-            fmt=tarfile.PAX_FORMAT)
+    s.shard(
+        "dotdot.tar",
+        f"member '../{OUTSIDE}.txt' escapes the archive with '..'",
+        lambda t: (tar_member(t, f"../{OUTSIDE}.txt", b"pwned"), s.sample(t, "dotdot")),
+    )
+    s.shard(
+        "absolute.tar",
+        f"member '/tmp/{OUTSIDE}.jpg' has an absolute path",
+        lambda t: (s.sample(t, "absolute"), tar_member(t, f"/tmp/{OUTSIDE}.jpg", b"pwned")),
+    )
+    s.shard(
+        "symlink.tar",
+        "is a symlink, not a regular file",
+        lambda t: (
+            tar_member(t, "attack_999999999999.jpg", type=tarfile.SYMTYPE, linkname="/etc/passwd"),
+            s.sample(t, "symlink"),
+        ),
+    )
+    s.shard(
+        "hardlink.tar",
+        "is a hard link, not a regular file",
+        lambda t: (
+            s.sample(t, "hardlink"),
+            tar_member(t, "attack_999999999998.jpg", type=tarfile.LNKTYPE, linkname="/etc/shadow"),
+        ),
+    )
+    s.shard(
+        "device.tar",
+        "is a special file, not a regular file",
+        lambda t: (
+            tar_member(t, "attack_999999999997.jpg", type=tarfile.CHRTYPE, devmajor=1, devminor=3),
+            s.sample(t, "device"),
+        ),
+    )
+    s.shard(
+        "directory.tar",
+        "is a directory, not a regular file",
+        lambda t: (tar_member(t, "sub", type=tarfile.DIRTYPE), s.sample(t, "directory")),
+    )
+    s.shard(
+        "pax-dotdot.tar",
+        "escapes the archive with '..'",  # the name only in a PAX extended header
+        lambda t: (tar_member(t, f"../../{'x' * 120}/{OUTSIDE}.jpg", b"pwned"), s.sample(t, "pax")),
+        fmt=tarfile.PAX_FORMAT,
+    )
     s.shard("huge-member.tar", "declares 2147483648 bytes", lambda t: s.sample(t, "huge", intact=False))
     declare_size(s.dir / "huge-member.tar", 0, 2 * 2**30)
-    s.shard("truncated.tar", "truncated or corrupt tar",
-            lambda t: [s.sample(t, "truncated", intact=i < 2) for i in range(4)])
+    s.shard(
+        "truncated.tar",
+        "truncated or corrupt tar",
+        lambda t: [s.sample(t, "truncated", intact=i < 2) for i in range(4)],
+    )
     cut_in_half(s.dir / "truncated.tar")
-    s.shard("no-tail.tar", "no end-of-archive marker",
-            lambda t: [s.sample(t, "tailless", intact=i < 2) for i in range(3)])
+    s.shard(
+        "no-tail.tar", "no end-of-archive marker", lambda t: [s.sample(t, "tailless", intact=i < 2) for i in range(3)]
+    )
     whole = (s.dir / "no-tail.tar").read_bytes()
     (s.dir / "no-tail.tar").write_bytes(whole[: len(whole.rstrip(b"\0")) + 512 - len(whole.rstrip(b"\0")) % 512])
     s.shard("flipped-header.tar", "bad checksum", lambda t: s.sample(t, "flipped header", intact=False))
     flip_bytes(s.dir / "flipped-header.tar", 100)
-    s.shard("flipped-image.tar", "do not match their image_crc32",
-            lambda t: (s.sample(t, "flipped image", intact=False), s.sample(t, "after the flip")))
+    s.shard(
+        "flipped-image.tar",
+        "do not match their image_crc32",
+        lambda t: (s.sample(t, "flipped image", intact=False), s.sample(t, "after the flip")),
+    )
     flip_quantization_table(s.dir / "flipped-image.tar", "attack_%012d.jpg" % (s.row - 2))
-    s.shard("bomb.tar", "image does not decode: DecompressionBombError",  # a sound tar, a 2.5-gigapixel header
-            lambda t: (s.sample(t, "bomb", intact=False, image=png_claiming(50_000, 50_000)), s.sample(t, "not a bomb")))
+    s.shard(
+        "bomb.tar",
+        "image does not decode: DecompressionBombError",  # a sound tar, a 2.5-gigapixel header
+        lambda t: (s.sample(t, "bomb", intact=False, image=png_claiming(50_000, 50_000)), s.sample(t, "not a bomb")),
+    )
     s.shard("good.tar", "", lambda t: [s.sample(t, "good") for _ in range(3)])
     return s
 
@@ -173,8 +216,9 @@ def flip_quantization_table(path: Path, member: str) -> None:
 
 def register(r, keys: bus.Keys, shards: Shards) -> None:
     for part, name in enumerate(sorted(shards.reasons)):
-        record = ShardRecord(name=name, source="attack", part=part, seq=0, samples=1,
-                             bytes=(shards.dir / name).stat().st_size)
+        record = ShardRecord(
+            name=name, source="attack", part=part, seq=0, samples=1, bytes=(shards.dir / name).stat().st_size
+        )
         r.xadd(keys.shards, bus.encode(record.to_message()))
 
 
@@ -196,8 +240,12 @@ def test_verify_rejects_every_damaged_shard_naming_it_and_why(tmp_path):
             assert reason in block, (name, block)
     assert out.stdout.splitlines()[-1].startswith(f"verify: {len(shards.reasons)} shards, ")
     assert out.stdout.splitlines()[-1].endswith(f"{len(bad)} bad shards") and out.stderr == ""
-    as_json = subprocess.run([*STREAMCAP, "shards", "verify", "--json", str(shards.dir / "good.tar")],
-                             capture_output=True, text=True, timeout=60)
+    as_json = subprocess.run(
+        [*STREAMCAP, "shards", "verify", "--json", str(shards.dir / "good.tar")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert as_json.returncode == 0 and json.loads(as_json.stdout)["results"][0]["samples"] == 3
     assert nothing_extracted(shards.dir)
 
@@ -205,8 +253,23 @@ def test_verify_rejects_every_damaged_shard_naming_it_and_why(tmp_path):
 def test_verify_quarantine_moves_and_unregisters_the_damaged_shards(r, keys, redis_url, tmp_path):
     shards = hostile_shards(tmp_path / "shards")
     register(r, keys, shards)
-    out = subprocess.run([*STREAMCAP, "shards", "verify", "--quarantine", "--redis-url", redis_url, "--namespace",
-                          keys.namespace, "--shard-dir", str(shards.dir)], capture_output=True, text=True, timeout=60)
+    out = subprocess.run(
+        [
+            *STREAMCAP,
+            "shards",
+            "verify",
+            "--quarantine",
+            "--redis-url",
+            redis_url,
+            "--namespace",
+            keys.namespace,
+            "--shard-dir",
+            str(shards.dir),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert out.returncode == 1, out.stdout + out.stderr
     damaged = {name for name, reason in shards.reasons.items() if reason}
     assert {p.name for p in (shards.dir / "quarantine").iterdir()} == damaged
@@ -221,9 +284,21 @@ def test_the_dataset_skips_damaged_data_counts_it_and_never_raises(redis_url, ke
     register(r, keys, shards)
     captions = shards.intact | shards.damaged
     tokenizer = WordPieceTokenizer.from_vocab(train_vocab(count_words(captions), 300, min_frequency=1))
-    spec = LoaderSpec(redis_url=redis_url, namespace=keys.namespace, shard_dir=shards.dir, run="attack", rank=0,
-                      world_size=1, workers=workers, image_size=32, max_len=24, batch_size=4, shuffle_buffer=4,
-                      fresh_wait_ms=200, seed=1)
+    spec = LoaderSpec(
+        redis_url=redis_url,
+        namespace=keys.namespace,
+        shard_dir=shards.dir,
+        run="attack",
+        rank=0,
+        world_size=1,
+        workers=workers,
+        image_size=32,
+        max_len=24,
+        batch_size=4,
+        shuffle_buffer=4,
+        fresh_wait_ms=200,
+        seed=1,
+    )
     caplog.set_level(logging.WARNING, logger="streamcap.trainer")
     batches = iter(make_loader(ShardStreamDataset(spec, tokenizer, SharedLevel())))
     seen, problems = set(), 0

@@ -144,7 +144,9 @@ def test_reconcile_registers_what_a_done_part_lost(r, keys, tmp_path, pipeline):
     r.xdel(keys.shards, entry_id)  # as a torn AOF tail might leave it
     report = audit(r, keys, tmp_path)
     assert report.lost == pipeline[1].samples
-    assert any(f"shard {pipeline[1].name} of done part src:0 is in its stats file but not registered" in d
-               for d in report.discrepancies)
+    assert any(
+        f"shard {pipeline[1].name} of done part src:0 is in its stats file but not registered" in d
+        for d in report.discrepancies
+    )
     assert reconcile(r, keys, tmp_path).shards_registered == [pipeline[1].name]
     assert audit(r, keys, tmp_path).ok

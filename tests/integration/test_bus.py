@@ -59,9 +59,14 @@ def test_claim_stale_takes_over_idle_entries_and_drops_trimmed_ones(r, keys):
     ids = [r.xadd(keys.parts, bus.encode({"part": i})) for i in range(3)]
     r.xreadgroup(bus.GROUP_DOWNLOADERS, "dead-worker", {keys.parts: ">"}, count=3)
     r.xdel(keys.parts, ids[1])  # trimmed away while pending
-    wait_until(lambda: all(p["time_since_delivered"] >= 10
-                           for p in r.xpending_range(keys.parts, bus.GROUP_DOWNLOADERS, "-", "+", 10)),
-               5, "the claims to be idle for 10 ms", poll_s=0.005)
+    wait_until(
+        lambda: all(
+            p["time_since_delivered"] >= 10 for p in r.xpending_range(keys.parts, bus.GROUP_DOWNLOADERS, "-", "+", 10)
+        ),
+        5,
+        "the claims to be idle for 10 ms",
+        poll_s=0.005,
+    )
     claimed = bus.claim_stale(r, keys.parts, bus.GROUP_DOWNLOADERS, "alive", min_idle_ms=10, count=5)
     assert [entry_id for entry_id, _ in claimed] == [ids[0], ids[2]]
     assert [bus.decode(fields)["part"] for _, fields in claimed] == [0, 2]
@@ -79,12 +84,19 @@ def test_claim_stale_leaves_fresh_claims_alone(r, keys):
 
 
 def test_heartbeats_are_read_back_and_expire(r, keys):
-    bus.write_heartbeat(r, keys, bus.ROLE_DOWNLOADER, "host-1", {"urls_per_s": 12.5, "failures": {"timeout": 3}}, ttl_s=1)
+    bus.write_heartbeat(
+        r, keys, bus.ROLE_DOWNLOADER, "host-1", {"urls_per_s": 12.5, "failures": {"timeout": 3}}, ttl_s=1
+    )
     bus.write_heartbeat(r, keys, bus.ROLE_TRAINER, "rank-0", {"step": 10}, ttl_s=30)
     beats = bus.read_heartbeats(r, keys, bus.ROLE_DOWNLOADER)
     assert len(beats) == 1
     beat = beats[0]
-    assert (beat["role"], beat["id"], beat["urls_per_s"], beat["failures"]) == ("downloader", "host-1", 12.5, {"timeout": 3})
+    assert (beat["role"], beat["id"], beat["urls_per_s"], beat["failures"]) == (
+        "downloader",
+        "host-1",
+        12.5,
+        {"timeout": 3},
+    )
     assert beat["stale"] is False
     assert {b["role"] for b in bus.read_heartbeats(r, keys)} == {"downloader", "trainer"}
     wait_until(lambda: bus.read_heartbeats(r, keys, bus.ROLE_DOWNLOADER) == [], 10, "the 1 s heartbeat to expire")

@@ -51,7 +51,9 @@ def test_a_stop_ends_the_wait_while_redis_is_still_down(redis_server, keys, r):
 
     def call() -> None:
         try:
-            bus.call_through_outages(plain, lambda: plain.incr(keys.key("never")), what="a doomed call", stop=stop.is_set)
+            bus.call_through_outages(
+                plain, lambda: plain.incr(keys.key("never")), what="a doomed call", stop=stop.is_set
+            )
         except bus.RedisUnavailable as e:
             outcome.append(str(e))
 

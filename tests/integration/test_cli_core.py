@@ -74,8 +74,12 @@ def test_version_and_help():
 
 
 def test_streamcap_redis_runs_a_server_in_the_foreground(tmp_path: Path):
-    proc = subprocess.Popen([*STREAMCAP, "redis", "--data-dir", str(tmp_path / "data")],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [*STREAMCAP, "redis", "--data-dir", str(tmp_path / "data")],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         url = None
         deadline = time.monotonic() + 30
@@ -94,7 +98,10 @@ def test_streamcap_redis_runs_a_server_in_the_foreground(tmp_path: Path):
 
 
 def test_unknown_option_or_command_is_one_line_with_exit_code_2():
-    for args, expected in ((["status", "--bogus"], "No such option: --bogus"), (["nosuch"], "No such command 'nosuch'")):
+    for args, expected in (
+        (["status", "--bogus"], "No such option: --bogus"),
+        (["nosuch"], "No such command 'nosuch'"),
+    ):
         out = run_cli(*args)
         assert out.returncode == 2, out.stderr
         assert len(out.stderr.strip().splitlines()) == 1 and expected in out.stderr and "Traceback" not in out.stderr
@@ -108,13 +115,22 @@ def test_a_value_of_the_wrong_type_names_the_option():
 
 def test_status_watch_refreshes_until_interrupted(redis_url, keys, r):
     env = {**os.environ, "REDIS_URL": redis_url, "COLUMNS": "120"}
-    proc = subprocess.Popen([*STREAMCAP, "status", "--watch", "--interval", "0.3", "--namespace", keys.namespace],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    proc = subprocess.Popen(
+        [*STREAMCAP, "status", "--watch", "--interval", "0.3", "--namespace", keys.namespace],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
     try:
         # Refreshing: its connection to Redis, opened for the first view 2 s ago or more, was used
         # again within the last second (a view reads Redis; off a terminal nothing is printed yet).
-        wait_until(lambda: any(int(c["age"]) >= 2 and int(c["idle"]) == 0 for c in redis_clients_of(r, proc.pid)),
-                   60, "status --watch to refresh", proc=proc)
+        wait_until(
+            lambda: any(int(c["age"]) >= 2 and int(c["idle"]) == 0 for c in redis_clients_of(r, proc.pid)),
+            60,
+            "status --watch to refresh",
+            proc=proc,
+        )
     finally:
         proc.send_signal(signal.SIGINT)
         out, err = proc.communicate(timeout=30)

@@ -22,8 +22,21 @@ from streamcap.trainer.shardqueue import ReadLedger
 
 
 def spec(redis_url: str, keys, shard_dir: Path, workers: int = 0, **overrides) -> LoaderSpec:
-    values = dict(redis_url=redis_url, namespace=keys.namespace, shard_dir=shard_dir, run="t", rank=0, world_size=1,
-                  workers=workers, image_size=32, max_len=24, batch_size=4, shuffle_buffer=8, fresh_wait_ms=200, seed=3)
+    values = dict(
+        redis_url=redis_url,
+        namespace=keys.namespace,
+        shard_dir=shard_dir,
+        run="t",
+        rank=0,
+        world_size=1,
+        workers=workers,
+        image_size=32,
+        max_len=24,
+        batch_size=4,
+        shuffle_buffer=8,
+        fresh_wait_ms=200,
+        seed=3,
+    )
     return LoaderSpec(**(values | overrides))
 
 
@@ -64,8 +77,9 @@ def test_two_workers_split_fresh_shards_and_a_restart_rereads_no_acked_shard(red
     samples = add_shards(r, keys, tmp_path, [4] * 6)
     tok = demo_tokenizer(samples)
     ledger = ReadLedger(r, keys, "t")
-    loader = make_loader(ShardStreamDataset(spec(redis_url, keys, tmp_path, workers=2, shuffle_buffer=4), tok,
-                                            SharedLevel()))
+    loader = make_loader(
+        ShardStreamDataset(spec(redis_url, keys, tmp_path, workers=2, shuffle_buffer=4), tok, SharedLevel())
+    )
     batches, seen = iter(loader), []
     while sum(f.claim.fresh for f in seen) < 3:
         batch = next(batches)
@@ -81,7 +95,7 @@ def test_two_workers_split_fresh_shards_and_a_restart_rereads_no_acked_shard(red
         ledger.finished(batch.finished_shards())
     del batches
     fresh_again = [f.claim.name for f in again if f.claim.fresh]
-    assert not acked & set(fresh_again)             # nothing acknowledged is read fresh again
+    assert not acked & set(fresh_again)  # nothing acknowledged is read fresh again
     assert sorted(acked | set(fresh_again)) == sorted(f"demo-{p:06d}-0000.tar" for p in range(6))
 
 
@@ -124,6 +138,7 @@ def _member(tar: tarfile.TarFile, name: str, data: bytes, **attrs) -> None:
 
 def bad_shards(shard_dir: Path, good) -> None:
     """Shards with every kind of damage, each with one good sample mixed in where it can be."""
+
     def write(name: str, build) -> None:
         with tarfile.open(shard_dir / name, "w") as tar:
             build(tar)
@@ -135,17 +150,26 @@ def bad_shards(shard_dir: Path, good) -> None:
 
     write("evil-dotdot.tar", lambda t: (_member(t, "../evil.txt", b"x"), sample_members(t, good[0])))
     write("evil-abs.tar", lambda t: (_member(t, "/etc/evil.jpg", b"x"), sample_members(t, good[1])))
-    write("evil-link.tar", lambda t: (_member(t, "a_000000000009.jpg", b"", type=tarfile.SYMTYPE, linkname="/etc/passwd"),
-                                      sample_members(t, good[2])))
+    write(
+        "evil-link.tar",
+        lambda t: (
+            _member(t, "a_000000000009.jpg", b"", type=tarfile.SYMTYPE, linkname="/etc/passwd"),
+            sample_members(t, good[2]),
+        ),
+    )
     write("huge-member.tar", lambda t: sample_members(t, good[3]))
     data = bytearray((shard_dir / "huge-member.tar").read_bytes())
     data[124:136] = b"%011o\0" % (2 * 2**30)  # first member declares 2 GiB
     (shard_dir / "huge-member.tar").write_bytes(bytes(data))
-    write("bad-samples.tar", lambda t: (
-        sample_members(t, good[4], image=b"\xff\xd8garbage"),    # undecodable image
-        sample_members(t, good[5], json_bytes=b"{not json"),     # garbage json
-        sample_members(t, good[6], caption=" "),                 # empty caption
-        sample_members(t, good[7])))
+    write(
+        "bad-samples.tar",
+        lambda t: (
+            sample_members(t, good[4], image=b"\xff\xd8garbage"),  # undecodable image
+            sample_members(t, good[5], json_bytes=b"{not json"),  # garbage json
+            sample_members(t, good[6], caption=" "),  # empty caption
+            sample_members(t, good[7]),
+        ),
+    )
     write("truncated.tar", lambda t: [sample_members(t, s) for s in good[8:12]])
     whole = (shard_dir / "truncated.tar").read_bytes()
     (shard_dir / "truncated.tar").write_bytes(whole[: len(whole) // 2])
@@ -154,7 +178,6 @@ def bad_shards(shard_dir: Path, good) -> None:
     for i in range(0, 512, 7):
         flipped[i] ^= 0xFF
     (shard_dir / "flipped.tar").write_bytes(bytes(flipped))
-
 
 
 @pytest.mark.parametrize("workers", [0, 1])
@@ -168,7 +191,9 @@ def test_corrupt_shards_and_samples_are_skipped_counted_and_named(redis_url, key
     r.xadd(keys.shards, bus.encode(escape.to_message()))  # a registry entry pointing out of the shard dir
     tok = demo_tokenizer(good)
     caplog.set_level(logging.WARNING, logger="streamcap.trainer")
-    batches = iter(make_loader(ShardStreamDataset(spec(redis_url, keys, tmp_path, workers=workers), tok, SharedLevel())))
+    batches = iter(
+        make_loader(ShardStreamDataset(spec(redis_url, keys, tmp_path, workers=workers), tok, SharedLevel()))
+    )
     problems = 0
     for _ in range(6):  # never raises; replays fill the batches once fresh data runs out
         batch = next(batches)
@@ -177,8 +202,15 @@ def test_corrupt_shards_and_samples_are_skipped_counted_and_named(redis_url, key
     assert problems >= 9  # dotdot, abs, symlink, 2 GiB, image, json, caption, truncated, flipped
     if workers == 0:  # same process: the log lines are here to read
         text = caplog.text
-        for shard in ("evil-dotdot.tar", "evil-abs.tar", "evil-link.tar", "huge-member.tar", "truncated.tar",
-                      "flipped.tar", "bad-samples.tar/"):
+        for shard in (
+            "evil-dotdot.tar",
+            "evil-abs.tar",
+            "evil-link.tar",
+            "huge-member.tar",
+            "truncated.tar",
+            "flipped.tar",
+            "bad-samples.tar/",
+        ):
             assert shard in text, shard
         assert "does not decode" in text and "empty caption" in text
         assert "'../outside.tar' is not a file name inside the shard dir" in text
@@ -214,8 +246,9 @@ def test_shards_a_dying_incarnation_claimed_under_the_same_name_are_adopted(redi
     monkeypatch.setattr(streamcap.trainer.stream, "ORPHAN_CHECK_EVERY_S", 0.0)  # check at every claim
     add_shards(r, keys, tmp_path, [3, 3])
     name = consumer_name("t", 0, 0)
-    cfg = StreamConfig(shard_dir=tmp_path, buffer_size=2, fresh_wait_ms=0, seed=1,
-                       job_consumers=job_consumers("t", 1, 1), min_ready=1)
+    cfg = StreamConfig(
+        shard_dir=tmp_path, buffer_size=2, fresh_wait_ms=0, seed=1, job_consumers=job_consumers("t", 1, 1), min_ready=1
+    )
     stream = SampleStream(ShardQueue(r, keys, "t", name), cfg, on_problem=lambda *_: None)
     stream.start()
     stream.next_sample()
@@ -231,8 +264,9 @@ def test_shards_a_dying_incarnation_claimed_under_the_same_name_are_adopted(redi
     assert fresh == [f"demo-{p:06d}-0000.tar" for p in range(4)]  # each exactly once, strays included
 
 
-def test_shards_held_by_consumers_outside_the_job_are_taken_over_and_read_once(redis_url, keys, r, tmp_path,
-                                                                               monkeypatch):
+def test_shards_held_by_consumers_outside_the_job_are_taken_over_and_read_once(
+    redis_url, keys, r, tmp_path, monkeypatch
+):
     import streamcap.trainer.stream
     from streamcap.trainer.shardqueue import ShardQueue, consumer_name, job_consumers
     from streamcap.trainer.stream import SampleStream, StreamConfig
@@ -241,8 +275,9 @@ def test_shards_held_by_consumers_outside_the_job_are_taken_over_and_read_once(r
     add_shards(r, keys, tmp_path, [3, 3, 3])
     r.xgroup_create(keys.shards, "train:t", id="0", mkstream=True)
     r.xreadgroup("train:t", consumer_name("t", 5, 0), {keys.shards: ">"}, count=2)  # a rank this job no longer has
-    cfg = StreamConfig(shard_dir=tmp_path, buffer_size=2, fresh_wait_ms=0, seed=1,
-                       job_consumers=job_consumers("t", 1, 1), min_ready=1)
+    cfg = StreamConfig(
+        shard_dir=tmp_path, buffer_size=2, fresh_wait_ms=0, seed=1, job_consumers=job_consumers("t", 1, 1), min_ready=1
+    )
     stream = SampleStream(ShardQueue(r, keys, "t", consumer_name("t", 0, 0)), cfg, on_problem=lambda *_: None)
     finished = []
     for _ in range(40):  # 9 fresh samples exist; the rest are replays

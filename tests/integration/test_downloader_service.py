@@ -33,19 +33,36 @@ def server():
     with ImageServer() as s:
         cmyk = Image.new("RGB", (320, 240), (220, 40, 40)).convert("CMYK")
         good = jpeg_bytes(640, 480)
-        s.images.update({
-            "good.jpg": good, "good.png": encode(photo(300, 200), "PNG"), "cmyk.jpg": encode(cmyk, "JPEG"),
-            "html": b"<html><body>404</body></html>", "truncated.jpg": good[: len(good) // 2],
-            "bomb.png": png_claiming(50_000, 50_000), "tiny.png": encode(Image.new("RGB", (40, 40)), "PNG"),
-            "thin.png": encode(Image.new("RGB", (64, 1000)), "PNG"),
-        })
+        s.images.update(
+            {
+                "good.jpg": good,
+                "good.png": encode(photo(300, 200), "PNG"),
+                "cmyk.jpg": encode(cmyk, "JPEG"),
+                "html": b"<html><body>404</body></html>",
+                "truncated.jpg": good[: len(good) // 2],
+                "bomb.png": png_claiming(50_000, 50_000),
+                "tiny.png": encode(Image.new("RGB", (40, 40)), "PNG"),
+                "thin.png": encode(Image.new("RGB", (64, 1000)), "PNG"),
+            }
+        )
         yield s
 
 
 def settings(redis_url: str, keys, shard_dir: Path, **overrides) -> DownloaderSettings:
-    values = dict(redis_url=redis_url, namespace=keys.namespace, shard_dir=shard_dir, exit_when_empty=True,
-                  lease_seconds=5, total_timeout=2.0, connect_timeout=1.0, read_timeout=1.0, retries=1,
-                  concurrency=16, per_host=16, image_workers=1)
+    values = dict(
+        redis_url=redis_url,
+        namespace=keys.namespace,
+        shard_dir=shard_dir,
+        exit_when_empty=True,
+        lease_seconds=5,
+        total_timeout=2.0,
+        connect_timeout=1.0,
+        read_timeout=1.0,
+        retries=1,
+        concurrency=16,
+        per_host=16,
+        image_workers=1,
+    )
     return DownloaderSettings(**{**values, **overrides})
 
 
@@ -53,29 +70,53 @@ async def test_every_row_becomes_a_sample_or_a_counted_failure(r, keys, redis_ur
     with ImageServer(hosts=("127.0.0.2",)) as private:
         closed = free_port()
         rows = [
-            (server.url("/img/good.jpg"), CAPTION), (server.url("/img/good.png"), CAPTION),
-            (server.url("/img/cmyk.jpg"), CAPTION), (server.url("/redirect/2/good.jpg"), CAPTION),
-            (server.url("/status/404"), CAPTION), (server.url("/img/html"), CAPTION),
-            (server.url("/img/truncated.jpg"), CAPTION), (server.url("/img/bomb.png"), CAPTION),
-            (server.url("/img/tiny.png"), CAPTION), (server.url("/img/thin.png"), CAPTION),
-            ("", CAPTION), ("ftp://example.com/a.jpg", CAPTION), (server.url("/img/good.jpg"), "   "),
-            (server.url("/redirect/5/good.jpg"), CAPTION), (server.url("/robots/good.jpg?tag=noai"), CAPTION),
-            (server.url("/endless"), CAPTION), (server.url("/hang"), CAPTION),
-            (f"http://127.0.0.1:{closed}/a.jpg", CAPTION), ("http://nowhere.test/a.jpg", CAPTION),
-            (private.url("/img/good.jpg"), CAPTION), (f"http://inside.test:{private.port}/a.jpg", CAPTION),
+            (server.url("/img/good.jpg"), CAPTION),
+            (server.url("/img/good.png"), CAPTION),
+            (server.url("/img/cmyk.jpg"), CAPTION),
+            (server.url("/redirect/2/good.jpg"), CAPTION),
+            (server.url("/status/404"), CAPTION),
+            (server.url("/img/html"), CAPTION),
+            (server.url("/img/truncated.jpg"), CAPTION),
+            (server.url("/img/bomb.png"), CAPTION),
+            (server.url("/img/tiny.png"), CAPTION),
+            (server.url("/img/thin.png"), CAPTION),
+            ("", CAPTION),
+            ("ftp://example.com/a.jpg", CAPTION),
+            (server.url("/img/good.jpg"), "   "),
+            (server.url("/redirect/5/good.jpg"), CAPTION),
+            (server.url("/robots/good.jpg?tag=noai"), CAPTION),
+            (server.url("/endless"), CAPTION),
+            (server.url("/hang"), CAPTION),
+            (f"http://127.0.0.1:{closed}/a.jpg", CAPTION),
+            ("http://nowhere.test/a.jpg", CAPTION),
+            (private.url("/img/good.jpg"), CAPTION),
+            (f"http://inside.test:{private.port}/a.jpg", CAPTION),
         ]
         shard_dir = tmp_path / "shards"
         alt_texts = {"alt_txt": [f"alt {i}" for i in range(len(rows))]}
         enqueue_rows(r, keys, shard_dir, rows, part_size=8, columns=alt_texts)
         cfg = settings(redis_url, keys, shard_dir, max_bytes=300_000)
-        worker = Worker(cfg, r, resolver=MapResolver({"inside.test": [["10.1.2.3"]]}),
-                        address_policy=loopback_one_is_public)
+        worker = Worker(
+            cfg, r, resolver=MapResolver({"inside.test": [["10.1.2.3"]]}), address_policy=loopback_one_is_public
+        )
         assert await worker.serve() == 0
         assert private.requests == []
     assert failure_counters(r, keys) == {
-        "http_status": 1, "not_an_image": 1, "decode_error": 1, "decompression_bomb": 1, "too_small": 1,
-        "bad_aspect_ratio": 1, "invalid_url": 2, "empty_caption": 1, "too_many_redirects": 1, "opted_out": 1,
-        "too_large": 1, "timeout": 1, "connect_error": 1, "dns_error": 1, "blocked_address": 2,
+        "http_status": 1,
+        "not_an_image": 1,
+        "decode_error": 1,
+        "decompression_bomb": 1,
+        "too_small": 1,
+        "bad_aspect_ratio": 1,
+        "invalid_url": 2,
+        "empty_caption": 1,
+        "too_many_redirects": 1,
+        "opted_out": 1,
+        "too_large": 1,
+        "timeout": 1,
+        "connect_error": 1,
+        "dns_error": 1,
+        "blocked_address": 2,
     }
     report = final_audit(r, keys, shard_dir)
     assert (report.samples, report.rows_enqueued) == (4, len(rows))
@@ -114,8 +155,7 @@ def slow_rows(server: ImageServer, n: int, seconds: float = 0.3) -> list[tuple[s
     return [(server.url(f"/img/good.jpg?delay={seconds}&i={i}"), CAPTION) for i in range(n)]
 
 
-def test_sigkill_mid_part_another_worker_reclaims_it_and_nothing_is_lost(r, keys, redis_url, server, fleets,
-                                                                         tmp_path):
+def test_sigkill_mid_part_another_worker_reclaims_it_and_nothing_is_lost(r, keys, redis_url, server, fleets, tmp_path):
     shard_dir = tmp_path / "shards"
     enqueue_rows(r, keys, shard_dir, slow_rows(server, 16), part_size=8)
     fleet = downloaders(fleets, redis_url, keys, shard_dir)
@@ -123,8 +163,12 @@ def test_sigkill_mid_part_another_worker_reclaims_it_and_nothing_is_lost(r, keys
     served_before = len(server.requests)
     victim = fleet.start(*slow, log=tmp_path / "victim.log")
     wait_until(lambda: pending_parts(r, keys) >= 1, what="the first worker to claim a part")
-    wait_until(lambda: any(req.body_sent for req in server.requests[served_before:]), what="the first image sent",
-               proc=victim, log=tmp_path / "victim.log")
+    wait_until(
+        lambda: any(req.body_sent for req in server.requests[served_before:]),
+        what="the first image sent",
+        proc=victim,
+        log=tmp_path / "victim.log",
+    )
     assert not r.smembers(keys.parts_done)  # mid-part: some rows fetched, none committed
     victim.send_signal(signal.SIGKILL)
     victim.wait(10)
@@ -198,7 +242,7 @@ def test_redis_restarting_mid_part_is_ridden_out(r, keys, redis_url, redis_serve
     wait_until(lambda: pending_parts(r, keys) >= 1, what="the worker to claim a part")
     redis_server.kill()
     time.sleep(2.0)  # the stimulus: an outage of 2 s, within what the client's own retries ride out
-    redis_server.start()   # same port, same AOF
+    redis_server.start()  # same port, same AOF
     assert worker.wait(90) == 0, (tmp_path / "worker.log").read_text()
     report = final_audit(r, keys, shard_dir)
     assert report.samples == 8

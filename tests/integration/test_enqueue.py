@@ -21,11 +21,17 @@ STREAMCAP = [sys.executable, "-m", "streamcap"]
 @pytest.fixture
 def source(tmp_path):
     path = tmp_path / "pop.parquet"
-    pq.write_table(pa.table({
-        "url": [f"http://x/{i}.jpg" for i in range(2500)],
-        "cogvlm_caption": [f"cog {i}" for i in range(2500)],
-        "llava_caption": [f"llava {i}" for i in range(2500)],
-    }), path, row_group_size=700)
+    pq.write_table(
+        pa.table(
+            {
+                "url": [f"http://x/{i}.jpg" for i in range(2500)],
+                "cogvlm_caption": [f"cog {i}" for i in range(2500)],
+                "llava_caption": [f"llava {i}" for i in range(2500)],
+            }
+        ),
+        path,
+        row_group_size=700,
+    )
     return path
 
 
@@ -42,7 +48,9 @@ def cli(capsys, redis_url, keys):
 
     def run(*args: str, shard_dir) -> Ran:
         capsys.readouterr()
-        rc = run_app(app, [*args, "--redis-url", redis_url, "--namespace", keys.namespace, "--shard-dir", str(shard_dir)])
+        rc = run_app(
+            app, [*args, "--redis-url", redis_url, "--namespace", keys.namespace, "--shard-dir", str(shard_dir)]
+        )
         out = capsys.readouterr()
         return Ran(rc, out.out, out.err)
 
@@ -74,9 +82,27 @@ def test_enqueue_then_enqueue_again_adds_nothing(r, keys, cli, source, tmp_path)
 
 def test_concurrent_enqueues_of_one_source_add_each_part_once(r, keys, redis_url, source, tmp_path):
     shard_dir = tmp_path / "shards"
-    procs = [subprocess.Popen([*STREAMCAP, "enqueue", str(source), "--part-size", "100", "--redis-url", redis_url,
-                               "--namespace", keys.namespace, "--shard-dir", str(shard_dir)],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(4)]
+    procs = [
+        subprocess.Popen(
+            [
+                *STREAMCAP,
+                "enqueue",
+                str(source),
+                "--part-size",
+                "100",
+                "--redis-url",
+                redis_url,
+                "--namespace",
+                keys.namespace,
+                "--shard-dir",
+                str(shard_dir),
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(4)
+    ]
     outs = [p.communicate(timeout=60) for p in procs]
     assert all(p.returncode == 0 for p in procs), outs
     added = [out for out, _ in outs if out.startswith("enqueued source pop: 2500 rows in 25 parts")]
@@ -88,8 +114,19 @@ def test_concurrent_enqueues_of_one_source_add_each_part_once(r, keys, redis_url
 
 
 def test_limit_name_and_explicit_columns(r, keys, cli, source, tmp_path):
-    out = cli("enqueue", str(source), "--limit", "250", "--part-size", "100", "--name", "Pop Sample",
-              "--caption-col", "cogvlm_caption", shard_dir=tmp_path)
+    out = cli(
+        "enqueue",
+        str(source),
+        "--limit",
+        "250",
+        "--part-size",
+        "100",
+        "--name",
+        "Pop Sample",
+        "--caption-col",
+        "cogvlm_caption",
+        shard_dir=tmp_path,
+    )
     assert out.returncode == 0, out.stderr
     assert out.stdout.startswith("enqueued source pop-sample: 250 rows in 3 parts of 100")
     assert [(p.source, p.start, p.end) for p in parts(r, keys)][-1] == ("pop-sample", 200, 250)

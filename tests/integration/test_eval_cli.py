@@ -17,16 +17,24 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def streamcap(*args: str, env: dict[str, str] | None = None, timeout: float = 90) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "streamcap", *args], capture_output=True, text=True, cwd=ROOT,
-                          env={**os.environ, **(env or {})}, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "streamcap", *args],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env={**os.environ, **(env or {})},
+        timeout=timeout,
+    )
 
 
 @pytest.fixture
 def caption_files(tmp_path) -> tuple[Path, Path]:
     predictions = {"1": "A dog runs on the grass.", "2": "Two men play football.", "3": "a red car"}
-    references = {"1": ["A dog running on grass.", "The brown dog runs."],
-                  "2": ["Two men are playing soccer.", "Men play football in a park."],
-                  "3": ["A red car parked on a street.", "the car is red"]}
+    references = {
+        "1": ["A dog running on grass.", "The brown dog runs."],
+        "2": ["Two men are playing soccer.", "Men play football in a park."],
+        "3": ["A red car parked on a street.", "the car is red"],
+    }
     (tmp_path / "pred.json").write_text(json.dumps(predictions))
     (tmp_path / "refs.json").write_text(json.dumps(references))
     return tmp_path / "pred.json", tmp_path / "refs.json"
@@ -47,8 +55,7 @@ def test_score_mismatched_ids_is_one_line_listing_them(caption_files, tmp_path):
     predictions.write_text(json.dumps({"1": "a dog", "9": "a cat"}))
     out = streamcap("eval", "score", str(predictions), str(references))
     assert out.returncode == 1
-    assert out.stderr == ("streamcap: error: 1 id(s) without references: 9; "
-                          "2 id(s) without a prediction: 2, 3\n")
+    assert out.stderr == ("streamcap: error: 1 id(s) without references: 9; 2 id(s) without a prediction: 2, 3\n")
 
 
 def test_score_bad_file_is_one_line(caption_files):
@@ -61,8 +68,9 @@ def test_score_bad_file_is_one_line(caption_files):
 
 
 def test_meteor_runs_where_java_is_and_is_skipped_with_a_reason_where_not(caption_files):
-    no_java = streamcap("eval", "score", *map(str, caption_files), "--json",
-                        env={"PATH": str(Path(sys.executable).parent)})
+    no_java = streamcap(
+        "eval", "score", *map(str, caption_files), "--json", env={"PATH": str(Path(sys.executable).parent)}
+    )
     assert json.loads(no_java.stdout)["skipped"]["METEOR"].startswith("no `java` on PATH")
     if shutil.which("java"):  # the branch this machine can run; the other one ran just above
         with_java = json.loads(streamcap("eval", "score", *map(str, caption_files), "--json", timeout=110).stdout)
@@ -78,9 +86,27 @@ def eval_files(tmp_path_factory) -> dict[str, Path]:
 
 def test_run_writes_predictions_scores_report_and_results(eval_files, tmp_path):
     out_dir = tmp_path / "evals"
-    out = streamcap("eval", "run", str(eval_files["checkpoint"]), "--data", str(eval_files["data"]),
-                    "--images", str(eval_files["root"] / "images"), "--split", "val", "--beam", "3",
-                    "--min-tokens", "2", "--max-tokens", "5", "--no-meteor", "--out-dir", str(out_dir), "--json")
+    out = streamcap(
+        "eval",
+        "run",
+        str(eval_files["checkpoint"]),
+        "--data",
+        str(eval_files["data"]),
+        "--images",
+        str(eval_files["root"] / "images"),
+        "--split",
+        "val",
+        "--beam",
+        "3",
+        "--min-tokens",
+        "2",
+        "--max-tokens",
+        "5",
+        "--no-meteor",
+        "--out-dir",
+        str(out_dir),
+        "--json",
+    )
     assert out.returncode == 0, out.stderr
     result = json.loads(out.stdout)
     assert (result["status"], result["step"], result["run"], result["images"]) == ("ok", 100, "r1", 2)
@@ -90,8 +116,9 @@ def test_run_writes_predictions_scores_report_and_results(eval_files, tmp_path):
     assert sorted(predictions) == ["1005.jpg", "1006.jpg"]
     scores = json.loads((folder / "scores.json").read_text())
     assert scores["corpus"] == result["scores"] and sorted(scores["per_image"]) == sorted(predictions)
-    rescored = streamcap("eval", "score", str(folder / "predictions.json"), str(folder / "references.json"),
-                         "--json", "--no-meteor")
+    rescored = streamcap(
+        "eval", "score", str(folder / "predictions.json"), str(folder / "references.json"), "--json", "--no-meteor"
+    )
     assert json.loads(rescored.stdout)["scores"] == result["scores"]  # the same numbers from the files
     page = (folder / "report.html").read_text()
     assert "The 1 best images by CIDEr" in page and "The 1 worst images by CIDEr" in page
@@ -103,8 +130,17 @@ def test_run_with_a_missing_image_is_one_line(eval_files, tmp_path):
     images = tmp_path / "images"
     shutil.copytree(eval_files["root"] / "images", images)
     (images / "1002.jpg").unlink()
-    out = streamcap("eval", "run", str(eval_files["checkpoint"]), "--data", str(eval_files["data"]),
-                    "--images", str(images), "--out-dir", str(tmp_path / "evals"))
+    out = streamcap(
+        "eval",
+        "run",
+        str(eval_files["checkpoint"]),
+        "--data",
+        str(eval_files["data"]),
+        "--images",
+        str(images),
+        "--out-dir",
+        str(tmp_path / "evals"),
+    )
     assert out.returncode == 1
     assert out.stderr.startswith("streamcap: error: ") and "1 image(s) not found: 1002.jpg" in out.stderr
     assert "Traceback" not in out.stderr

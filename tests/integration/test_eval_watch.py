@@ -29,14 +29,23 @@ FAST = {"beam": 2, "max_tokens": 4, "min_tokens": 2, "meteor": False, "gallery":
 def world(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("watch")
     data = karpathy_set(root, test=16, val=2, train=0)
-    checkpoints = [tiny_checkpoint(root / "ckpt" / f"step-{100 * (i + 1)}.pt", seed=i, step=100 * (i + 1))
-                   for i in range(4)]
+    checkpoints = [
+        tiny_checkpoint(root / "ckpt" / f"step-{100 * (i + 1)}.pt", seed=i, step=100 * (i + 1)) for i in range(4)
+    ]
     return {"root": root, "data": data, "checkpoints": checkpoints}
 
 
 def settings(world, redis_url: str, keys: bus.Keys, out_dir: Path, **over) -> EvalSettings:
-    values = dict(redis_url=redis_url, namespace=keys.namespace, data=world["data"], images=world["root"] / "images",
-                  split="val", out_dir=out_dir, exit_when_empty=True, **FAST)
+    values = dict(
+        redis_url=redis_url,
+        namespace=keys.namespace,
+        data=world["data"],
+        images=world["root"] / "images",
+        split="val",
+        out_dir=out_dir,
+        exit_when_empty=True,
+        **FAST,
+    )
     return EvalSettings(**{**values, **over})
 
 
@@ -89,22 +98,70 @@ def test_bad_messages_and_missing_files_are_recorded_not_retried(world, redis_ur
 
 
 def start_watcher(world, redis_url: str, keys: bus.Keys, out_dir: Path, *extra: str) -> subprocess.Popen:
-    args = ["--redis-url", redis_url, "--namespace", keys.namespace, "--data", str(world["data"]),
-            "--images", str(world["root"] / "images"), "--out-dir", str(out_dir), "--no-meteor",
-            "--beam", "2", "--max-tokens", "4", "--min-tokens", "2", *extra]
-    return subprocess.Popen([sys.executable, "-m", "streamcap.eval", "watch", *args], cwd=ROOT, start_new_session=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    args = [
+        "--redis-url",
+        redis_url,
+        "--namespace",
+        keys.namespace,
+        "--data",
+        str(world["data"]),
+        "--images",
+        str(world["root"] / "images"),
+        "--out-dir",
+        str(out_dir),
+        "--no-meteor",
+        "--beam",
+        "2",
+        "--max-tokens",
+        "4",
+        "--min-tokens",
+        "2",
+        *extra,
+    ]
+    return subprocess.Popen(
+        [sys.executable, "-m", "streamcap.eval", "watch", *args],
+        cwd=ROOT,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def test_a_crash_mid_evaluation_leaves_the_checkpoint_to_another_evaluator(world, redis_url, keys, r, tmp_path):
     entry = publish(r, keys, world["checkpoints"][0], 100)
     # Slow enough to be caught mid-way: 16 images, one per batch, long captions, a wide beam.
-    proc = start_watcher(world, redis_url, keys, tmp_path / "a", "--split", "test", "--batch-size", "1",
-                         "--beam", "5", "--max-tokens", "14", "--min-tokens", "14")
+    proc = start_watcher(
+        world,
+        redis_url,
+        keys,
+        tmp_path / "a",
+        "--split",
+        "test",
+        "--batch-size",
+        "1",
+        "--beam",
+        "5",
+        "--max-tokens",
+        "14",
+        "--min-tokens",
+        "14",
+    )
     try:
-        beat = wait_until(lambda: next((b for b in bus.read_heartbeats(r, keys, bus.ROLE_EVALUATOR)
-                                        if b.get("state") in ("loading", "captioning")), None),
-                          60, "the evaluator to work on the checkpoint", proc=proc, poll_s=0.02)
+        beat = wait_until(
+            lambda: next(
+                (
+                    b
+                    for b in bus.read_heartbeats(r, keys, bus.ROLE_EVALUATOR)
+                    if b.get("state") in ("loading", "captioning")
+                ),
+                None,
+            ),
+            60,
+            "the evaluator to work on the checkpoint",
+            proc=proc,
+            poll_s=0.02,
+        )
         assert beat.get("checkpoint") == str(world["checkpoints"][0].resolve())
         assert {"state", "progress", "evaluated", "latest", "metric", "best_value", "dataset", "device"} <= set(beat)
         os.killpg(proc.pid, signal.SIGKILL)  # no chance to clean up
@@ -116,9 +173,14 @@ def test_a_crash_mid_evaluation_leaves_the_checkpoint_to_another_evaluator(world
     assert evals(r, keys) == [] and pending(r, keys) == 1
 
     # The dead evaluator's entry must be stale (idle past --reclaim-after-s below) for "ev-b" to take it.
-    wait_until(lambda: all(p["time_since_delivered"] > 1000
-                           for p in r.xpending_range(keys.checkpoints, bus.GROUP_EVALUATORS, "-", "+", 10)),
-               10, "the dead evaluator's entry to be idle for 1 s")
+    wait_until(
+        lambda: all(
+            p["time_since_delivered"] > 1000
+            for p in r.xpending_range(keys.checkpoints, bus.GROUP_EVALUATORS, "-", "+", 10)
+        ),
+        10,
+        "the dead evaluator's entry to be idle for 1 s",
+    )
     watch_in_process(settings(world, redis_url, keys, tmp_path / "b", reclaim_after_s=1.0), r, "ev-b")
     [result] = evals(r, keys)
     assert (result["entry"], result["status"], result["evaluator"]) == (entry, "ok", "ev-b")
@@ -148,19 +210,35 @@ def test_two_evaluators_never_evaluate_the_same_checkpoint(world, redis_url, key
     results = evals(r, keys)
     assert sorted(e["entry"] for e in results) == sorted(entries)  # each once, none twice
     assert all(e["status"] == "ok" for e in results) and pending(r, keys) == 0
-    lines = [line for name in ("ev-a", "ev-b") if (tmp_path / name / "results.jsonl").exists()
-             for line in (tmp_path / name / "results.jsonl").read_text().splitlines()]
+    lines = [
+        line
+        for name in ("ev-a", "ev-b")
+        if (tmp_path / name / "results.jsonl").exists()
+        for line in (tmp_path / name / "results.jsonl").read_text().splitlines()
+    ]
     assert len(lines) == 4
 
 
 def crafted(world, cider: float, step: int, entry: str = "") -> EvalResult:
-    return EvalResult(checkpoint=str(world["checkpoints"][0]), step=step, run="r1", entry=entry,
-                      scores={"CIDEr": cider, "BLEU-4": 0.1}, metric="CIDEr", created=time.time())
+    return EvalResult(
+        checkpoint=str(world["checkpoints"][0]),
+        step=step,
+        run="r1",
+        entry=entry,
+        scores={"CIDEr": cider, "BLEU-4": 0.1},
+        metric="CIDEr",
+        created=time.time(),
+    )
 
 
 def test_best_moves_only_to_a_better_score(world, redis_url, keys, r, tmp_path):
-    watcher = Watcher(settings(world, redis_url, keys, tmp_path), r, load_eval_set(world["data"], split="val",
-                      image_dir=world["root"] / "images"), "cpu", consumer="ev-a")
+    watcher = Watcher(
+        settings(world, redis_url, keys, tmp_path),
+        r,
+        load_eval_set(world["data"], split="val", image_dir=world["root"] / "images"),
+        "cpu",
+        consumer="ev-a",
+    )
     for step, cider in ((100, 0.5), (200, 0.4), (300, 0.9), (400, 0.9)):
         assert watcher._commit(crafted(world, cider, step))
     best = r.hgetall(keys.evals_best)
@@ -172,7 +250,12 @@ def test_a_result_for_an_entry_taken_over_by_another_evaluator_is_dropped(world,
     entry = publish(r, keys, world["checkpoints"][0], 100)
     bus.ensure_group(r, keys.checkpoints, bus.GROUP_EVALUATORS)
     r.xreadgroup(bus.GROUP_EVALUATORS, "ev-other", {keys.checkpoints: ">"}, count=1)  # now ev-other's
-    watcher = Watcher(settings(world, redis_url, keys, tmp_path), r, load_eval_set(world["data"], split="val",
-                      image_dir=world["root"] / "images"), "cpu", consumer="ev-a")
+    watcher = Watcher(
+        settings(world, redis_url, keys, tmp_path),
+        r,
+        load_eval_set(world["data"], split="val", image_dir=world["root"] / "images"),
+        "cpu",
+        consumer="ev-a",
+    )
     assert watcher._commit(crafted(world, 0.5, 100, entry=entry)) is False
     assert evals(r, keys) == [] and pending(r, keys) == 1 and not r.exists(keys.evals_best)

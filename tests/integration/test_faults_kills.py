@@ -36,8 +36,17 @@ def test_random_sigkills_of_downloaders_lose_and_double_nothing(r, keys, redis_u
     # whatever the CPU, so ten kills 1-2 s apart land while parts are in flight.
     enqueue_rows(r, keys, shard_dir, paced_rows(image_host, ROWS, delay_s=0.3), part_size=40)
     fleet = fleets(redis_url, keys, shard_dir)
-    args = ("--exit-when-empty", "--lease-seconds", "2", "--concurrency", "6", "--per-host", "6",
-            "--parts-in-flight", "2")
+    args = (
+        "--exit-when-empty",
+        "--lease-seconds",
+        "2",
+        "--concurrency",
+        "6",
+        "--per-host",
+        "6",
+        "--parts-in-flight",
+        "2",
+    )
     workers = [fleet.start(*args) for _ in range(3)]
     wait_until(lambda: pending_parts(r, keys) >= 3, 60, "the workers to claim parts")
     rng = random.Random(1)
@@ -59,8 +68,9 @@ def test_random_sigkills_of_downloaders_lose_and_double_nothing(r, keys, redis_u
 WINDOWS = ("after_fetch", *faults.WRITER_POINTS)
 
 
-def test_a_kill_at_each_commit_window_ends_with_the_part_committed_once(r, redis_url, keys, image_host, fleets,
-                                                                         tmp_path):
+def test_a_kill_at_each_commit_window_ends_with_the_part_committed_once(
+    r, redis_url, keys, image_host, fleets, tmp_path
+):
     """Every window at once, each in its own namespace: a victim dies there on part src:0, a
     rescuer started afterwards finishes the work."""
     rows = [*paced_rows(image_host, 5, failures=False), (image_host.url("/status/404"), "A broken link.")]
@@ -99,8 +109,9 @@ def _files(shard_dir: Path) -> dict[str, tuple[int, int, str]]:
 
 
 @pytest.mark.parametrize("point", ["after_fetch", "before_commit"])
-def test_a_worker_frozen_past_its_lease_changes_nothing_when_it_wakes(point, r, keys, redis_url, image_host, fleets,
-                                                                       tmp_path):
+def test_a_worker_frozen_past_its_lease_changes_nothing_when_it_wakes(
+    point, r, keys, redis_url, image_host, fleets, tmp_path
+):
     """Frozen with every row fetched (it would finalize over the winner's shards) or with its
     shards on disk and only the commit left (its commit must be a no-op)."""
     shard_dir = tmp_path / "shards"
@@ -122,7 +133,8 @@ def test_a_worker_frozen_past_its_lease_changes_nothing_when_it_wakes(point, r, 
 
 
 def test_a_worker_frozen_between_its_claim_check_and_its_renames_cannot_overwrite_the_winner(
-        r, keys, redis_url, image_host, fleets, tmp_path):
+    r, keys, redis_url, image_host, fleets, tmp_path
+):
     """Frozen holding the part's lock with its claim confirmed: the rescuer's renames wait for
     it, so the woken worker renames first, is refused (or drops the part on its next
     keep-alive), and the committed attempt's files are the ones left on disk."""
@@ -133,8 +145,11 @@ def test_a_worker_frozen_between_its_claim_check_and_its_renames_cannot_overwrit
     wait_until(lambda: process_state(slow.pid) == "T", 60, "the worker to freeze before its renames")
     rescuer = fleet.start("--exit-when-empty", "--lease-seconds", "1")
     waiting = f"waiting for pid {slow.pid} "
-    wait_until(lambda: waiting in fleet.tail(rescuer) or r.sismember(keys.parts_done, "src:0"), 60,
-               "the rescuer to wait for the part's lock (or, without one, to commit)")
+    wait_until(
+        lambda: waiting in fleet.tail(rescuer) or r.sismember(keys.parts_done, "src:0"),
+        60,
+        "the rescuer to wait for the part's lock (or, without one, to commit)",
+    )
     os.kill(slow.pid, signal.SIGCONT)
     fleet.wait_all(60)
     stats = json.loads((shard_dir / stats_name("src", 0)).read_text())

@@ -16,14 +16,23 @@ from tests.support.fleet import cli_json, fault_env, heartbeats
 from tests.support.pipeline import enqueue_rows, final_audit, paced_rows, wait_until, write_parquet
 
 
-def test_a_poison_row_gets_its_part_dead_lettered_and_everything_else_finishes(r, keys, redis_url, image_host,
-                                                                              fleets, tmp_path):
+def test_a_poison_row_gets_its_part_dead_lettered_and_everything_else_finishes(
+    r, keys, redis_url, image_host, fleets, tmp_path
+):
     shard_dir = tmp_path / "shards"
     enqueue_rows(r, keys, shard_dir, paced_rows(image_host, 12, failures=False), part_size=4)
     fleet = fleets(redis_url, keys, shard_dir)
     # Row 5 (part src:1) kills the image worker process each time it is decoded.
-    worker = fleet.start("--exit-when-empty", "--lease-seconds", "2", "--max-deliveries", "2",
-                         "--parts-in-flight", "1", env=fault_env("image_worker", part="src:1@5"))
+    worker = fleet.start(
+        "--exit-when-empty",
+        "--lease-seconds",
+        "2",
+        "--max-deliveries",
+        "2",
+        "--parts-in-flight",
+        "1",
+        env=fault_env("image_worker", part="src:1@5"),
+    )
     fleet.wait_all(90)
     [(_, fields)] = r.xrange(keys.parts_dead)
     dead = bus.decode(fields)
@@ -38,21 +47,35 @@ def test_a_poison_row_gets_its_part_dead_lettered_and_everything_else_finishes(r
     assert (report.samples, report.failures, report.dead_rows) == (8, 0, 4)
 
 
-def test_a_full_disk_registers_nothing_and_the_service_waits_for_space_or_gives_up(r, keys, redis_url, image_host,
-                                                                                  fleets, tmp_path):
+def test_a_full_disk_registers_nothing_and_the_service_waits_for_space_or_gives_up(
+    r, keys, redis_url, image_host, fleets, tmp_path
+):
     """Two pipelines at once: on one the disk frees up, on the other it stays full."""
     runs = {}
     for case in ("frees_up", "stays_full"):
-        ckeys, shard_dir, full = bus.Keys(f"{keys.namespace}-{case}"), tmp_path / case / "shards", tmp_path / case / "full"
+        ckeys, shard_dir, full = (
+            bus.Keys(f"{keys.namespace}-{case}"),
+            tmp_path / case / "shards",
+            tmp_path / case / "full",
+        )
         enqueue_rows(r, ckeys, shard_dir, paced_rows(image_host, 4, failures=False), part_size=4)
         full.touch()
         fleet = fleets(redis_url, ckeys, shard_dir, name=f"{case}-logs")
-        fleet.start("--exit-when-empty", "--lease-seconds", "2", "--max-deliveries", "1" if case == "stays_full" else "5",
-                    env=fault_env("enospc", while_file=full))
+        fleet.start(
+            "--exit-when-empty",
+            "--lease-seconds",
+            "2",
+            "--max-deliveries",
+            "1" if case == "stays_full" else "5",
+            env=fault_env("enospc", while_file=full),
+        )
         runs[case] = (ckeys, shard_dir, full, fleet)
     for case, (ckeys, _shard_dir, _full, fleet) in runs.items():
-        [beat] = wait_until(lambda ckeys=ckeys: [b for b in heartbeats(r, ckeys) if b["state"] == "paused_for_disk"], 60,
-                            f"{case}: the downloader to pause for the full disk")
+        [beat] = wait_until(
+            lambda ckeys=ckeys: [b for b in heartbeats(r, ckeys) if b["state"] == "paused_for_disk"],
+            60,
+            f"{case}: the downloader to pause for the full disk",
+        )
         assert beat["reason"].startswith("disk_full: No space left on device"), beat
         assert "shard disk full: no new parts" in fleet.logs()
         status = cli_json(redis_url, ckeys, shard_dir, "status")
@@ -73,8 +96,9 @@ def test_a_full_disk_registers_nothing_and_the_service_waits_for_space_or_gives_
     assert report.parts["dead"] == 1 and report.dead_rows == 4
 
 
-def test_enqueueing_a_source_twice_and_concurrently_adds_each_part_once(r, keys, redis_url, image_host, fleets,
-                                                                        tmp_path):
+def test_enqueueing_a_source_twice_and_concurrently_adds_each_part_once(
+    r, keys, redis_url, image_host, fleets, tmp_path
+):
     source = write_parquet(tmp_path / "urls.parquet", paced_rows(image_host, 9, failures=False))
     enqueue = ("enqueue", str(source), "--part-size", "3", "--name", "src")
     runs = {}
@@ -90,7 +114,9 @@ def test_enqueueing_a_source_twice_and_concurrently_adds_each_part_once(r, keys,
         assert sum("enqueued source src: 9 rows in 3 parts" in m for m in messages) == 1, messages
         assert sum("already enqueued" in m for m in messages) == n - 1, messages
         queue = read_part_queue(r, ckeys, problems := [])
-        assert not problems and {pid: len(ids) for pid, ids in queue.entries.items()} == {f"src:{i}": 1 for i in range(3)}
+        assert not problems and {pid: len(ids) for pid, ids in queue.entries.items()} == {
+            f"src:{i}": 1 for i in range(3)
+        }
         assert r.xlen(ckeys.parts) == 3 and r.hlen(ckeys.sources) == 1
         fleet.start("--exit-when-empty")
         runs[case] = (ckeys, shard_dir, fleet)

@@ -52,14 +52,21 @@ def test_a_trainer_killed_mid_read_resumes_without_skipping_or_rereading(r, keys
     fleet: Fleet = fleets(redis_url, keys, shard_dir)
 
     def train(*extra: str, **flags: object):
-        return fleet.start(*trainer_args(run, tmp_path / "ck", vocab, shuffle_buffer=4, **flags), *extra,
-                           command="train")
+        return fleet.start(
+            *trainer_args(run, tmp_path / "ck", vocab, shuffle_buffer=4, **flags), *extra, command="train"
+        )
 
     first = train(max_steps=100_000, checkpoint_every=3)
     # Kill once a checkpoint has acknowledged some shards while the rank holds others.
-    wait_until(lambda: first.poll() is None and (run_dir / "latest.json").exists()
-               and len(_delivered(r, keys, group)) > len(_held(r, keys, group)) > 0, 120,
-               "a checkpoint with shards acknowledged and others held")
+    wait_until(
+        lambda: (
+            first.poll() is None
+            and (run_dir / "latest.json").exists()
+            and len(_delivered(r, keys, group)) > len(_held(r, keys, group)) > 0
+        ),
+        120,
+        "a checkpoint with shards acknowledged and others held",
+    )
     for pid in children(first.pid):  # the whole rank, loader workers included, as the OOM killer would
         os.kill(pid, signal.SIGKILL)
     fleet.kill(first)
@@ -71,18 +78,20 @@ def test_a_trainer_killed_mid_read_resumes_without_skipping_or_rereading(r, keys
     covered = {e["shard"] for e in killed_run if e["fresh"] and e["step"] < stopped_at}
     lost = {e["shard"] for e in killed_run if e["fresh"] and e["step"] >= stopped_at}
     assert held and covered and stopped_at >= 3
-    print(f"killed after checkpoint {stopped_at}: {len(covered)} shards covered by it, {len(lost)} finished "
-          f"after it, {len(held)} held unacknowledged")
+    print(
+        f"killed after checkpoint {stopped_at}: {len(covered)} shards covered by it, {len(lost)} finished "
+        f"after it, {len(held)} held unacknowledged"
+    )
 
     # One checkpoint, at the end: it acknowledges everything the resumed run finished.
     resumed = train("--resume", max_steps=stopped_at + 50, checkpoint_every=1000)
     fleet.wait_all(150)
     assert f"resuming at step {stopped_at}" in fleet.tail(resumed, 100_000)
-    after = _reads(run_dir)[len(killed_run):]
+    after = _reads(run_dir)[len(killed_run) :]
     fresh = [e["shard"] for e in after if e["fresh"]]
     replays = [e["shard"] for e in after if not e["fresh"]]
     assert (held | lost) - covered <= set(fresh)  # what it held or read uncheckpointed came back to it
-    assert not covered & set(fresh)               # nothing a checkpoint covered was read fresh again
+    assert not covered & set(fresh)  # nothing a checkpoint covered was read fresh again
     assert covered | set(fresh) == everything and len(fresh) == len(set(fresh))  # none skipped, none twice
     assert replays and set(replays) <= everything and not _held(r, keys, group)
     steps = [m for m in read_metrics(run_dir / "metrics.jsonl") if m["step"] > stopped_at]

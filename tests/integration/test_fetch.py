@@ -23,8 +23,15 @@ CAT = jpeg_bytes(320, 240)
 
 
 def settings(**overrides) -> DownloaderSettings:
-    values = dict(allow_private=True, total_timeout=5.0, connect_timeout=2.0, read_timeout=2.0, retries=2,
-                  concurrency=32, per_host=32)
+    values = dict(
+        allow_private=True,
+        total_timeout=5.0,
+        connect_timeout=2.0,
+        read_timeout=2.0,
+        retries=2,
+        concurrency=32,
+        per_host=32,
+    )
     return DownloaderSettings(**{**values, **overrides})
 
 
@@ -129,12 +136,15 @@ async def test_three_redirects_are_followed_and_the_fourth_is_refused(server):
     assert too_many.reason == "too_many_redirects"
 
 
-@pytest.mark.parametrize("target, reason", [
-    ("http://127.0.0.2:{port}/img/cat.jpg", "blocked_address"),
-    ("http://2130706434:{port}/img/cat.jpg", "blocked_address"),      # 127.0.0.2 as an integer
-    ("http://redis:6379/", "blocked_address"),                          # compose's Redis, resolved
-    ("file:///etc/passwd", "invalid_url"),
-])
+@pytest.mark.parametrize(
+    "target, reason",
+    [
+        ("http://127.0.0.2:{port}/img/cat.jpg", "blocked_address"),
+        ("http://2130706434:{port}/img/cat.jpg", "blocked_address"),  # 127.0.0.2 as an integer
+        ("http://redis:6379/", "blocked_address"),  # compose's Redis, resolved
+        ("file:///etc/passwd", "invalid_url"),
+    ],
+)
 async def test_redirects_are_checked_at_every_hop(server, private_server, target, reason):
     target = target.format(port=private_server.port)
     resolver = MapResolver({"redis": [["10.0.0.5"]]})
@@ -145,10 +155,25 @@ async def test_redirects_are_checked_at_every_hop(server, private_server, target
     assert private_server.requests == []  # ... the refused one never
 
 
-@pytest.mark.parametrize("host", [
-    "127.0.0.2", "[::1]", "169.254.169.254", "10.0.0.1", "[fd00::1]", "[::ffff:127.0.0.2]",
-    "2130706434", "0x7f000002", "0177.0.0.2", "127.2", "0x7f.0.0.2", "[::ffff:7f00:2]", "224.0.0.1", "0.0.0.0",
-])
+@pytest.mark.parametrize(
+    "host",
+    [
+        "127.0.0.2",
+        "[::1]",
+        "169.254.169.254",
+        "10.0.0.1",
+        "[fd00::1]",
+        "[::ffff:127.0.0.2]",
+        "2130706434",
+        "0x7f000002",
+        "0177.0.0.2",
+        "127.2",
+        "0x7f.0.0.2",
+        "[::ffff:7f00:2]",
+        "224.0.0.1",
+        "0.0.0.0",
+    ],
+)
 async def test_raw_ip_hosts_in_any_notation_are_refused_without_a_connection(private_server, host):
     result = await fetch(f"http://{host}:{private_server.port}/img/cat.jpg", settings(allow_private=False))
     assert result.reason == "blocked_address", result.detail
@@ -169,10 +194,15 @@ async def test_dns_rebinding_cannot_reach_a_private_address(server, private_serv
     # The first lookup answers the "public" address, the second a private one.
     resolver = MapResolver({"rebind.test": [["127.0.0.1"], ["127.0.0.2"]]})
     cfg = settings(allow_private=False)
-    first = await fetch(f"http://rebind.test:{server.port}/img/cat.jpg", cfg, resolver=resolver,
-                        address_policy=loopback_one_is_public)
-    second = await fetch(f"http://rebind.test:{private_server.port}/img/cat.jpg", cfg, resolver=resolver,
-                         address_policy=loopback_one_is_public)
+    first = await fetch(
+        f"http://rebind.test:{server.port}/img/cat.jpg", cfg, resolver=resolver, address_policy=loopback_one_is_public
+    )
+    second = await fetch(
+        f"http://rebind.test:{private_server.port}/img/cat.jpg",
+        cfg,
+        resolver=resolver,
+        address_policy=loopback_one_is_public,
+    )
     assert first.data == CAT
     assert second.reason == "blocked_address"
     assert resolver.lookups == ["rebind.test", "rebind.test"]
@@ -189,10 +219,17 @@ async def test_urls_that_are_not_http_are_invalid(url):
     assert (await fetch(url)).reason == "invalid_url"
 
 
-@pytest.mark.parametrize("tag, skipped", [
-    ("noai", True), ("NoImageAI", True), (" nofollow , noindex ", True), ("streamcap: noimageai", True),
-    ("otherbot: noai", False), ("nofollow", False),
-])
+@pytest.mark.parametrize(
+    "tag, skipped",
+    [
+        ("noai", True),
+        ("NoImageAI", True),
+        (" nofollow , noindex ", True),
+        ("streamcap: noimageai", True),
+        ("otherbot: noai", False),
+        ("nofollow", False),
+    ],
+)
 async def test_x_robots_tag_opt_out_skips_without_reading_the_body(server, tag, skipped):
     result = await fetch(server.url(f"/robots/cat.jpg?tag={tag}"))
     request = server.requests_to("/robots/cat.jpg")[-1]

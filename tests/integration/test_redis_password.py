@@ -12,20 +12,30 @@ PASSWORD = "k3/Yq+Zr@x9=="
 
 
 def streamcap(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "streamcap", *args], capture_output=True, text=True,
-                          env=os.environ | env, timeout=60)
+    return subprocess.run(
+        [sys.executable, "-m", "streamcap", *args], capture_output=True, text=True, env=os.environ | env, timeout=60
+    )
 
 
 def test_status_reaches_a_password_protected_server_and_prints_no_password(tmp_path):
     with EmbeddedRedis(data_dir=tmp_path / "redis", password=PASSWORD) as server:
         bare_url = f"redis://127.0.0.1:{server.port}/0"
-        ok = streamcap("status", "--json", "--shard-dir", str(tmp_path / "shards"),
-                       env={"REDIS_URL": bare_url, "REDIS_PASSWORD": PASSWORD})
+        ok = streamcap(
+            "status",
+            "--json",
+            "--shard-dir",
+            str(tmp_path / "shards"),
+            env={"REDIS_URL": bare_url, "REDIS_PASSWORD": PASSWORD},
+        )
         assert ok.returncode == 0, ok.stderr
         assert PASSWORD not in ok.stdout + ok.stderr
 
-        wrong = streamcap("status", "--shard-dir", str(tmp_path / "shards"),
-                          env={"REDIS_URL": bare_url, "REDIS_PASSWORD": "not-" + PASSWORD})
+        wrong = streamcap(
+            "status",
+            "--shard-dir",
+            str(tmp_path / "shards"),
+            env={"REDIS_URL": bare_url, "REDIS_PASSWORD": "not-" + PASSWORD},
+        )
         assert wrong.returncode == 1
         assert len(wrong.stderr.strip().splitlines()) == 1, wrong.stderr
         assert PASSWORD not in wrong.stderr

@@ -60,9 +60,10 @@ def test_commit_of_a_done_part_is_a_counted_no_op(r, keys, tmp_path, part_entry)
 
 def test_slow_consumer_never_clobbers_the_winner(r, keys, tmp_path, part_entry):
     entry_id, part = part_entry
-    slow = PartWriter(tmp_path, part, max_samples=3, max_bytes=1 << 20, owner="w1",
-                      claim=PartClaim(r, keys, entry_id, "w1"))
-    write_rows(slow, part, image=jpeg_bytes(24, 24, seed=99))           # slow worker still has its temp files open
+    slow = PartWriter(
+        tmp_path, part, max_samples=3, max_bytes=1 << 20, owner="w1", claim=PartClaim(r, keys, entry_id, "w1")
+    )
+    write_rows(slow, part, image=jpeg_bytes(24, 24, seed=99))  # slow worker still has its temp files open
     [(_, _)] = bus.claim_stale(r, keys.parts, bus.GROUP_DOWNLOADERS, "w2", min_idle_ms=0)
     winner = finish(tmp_path, part, claim=PartClaim(r, keys, entry_id, "w2"), max_samples=10)
     assert commit_part(r, keys, winner, entry_id, consumer="w2").applied

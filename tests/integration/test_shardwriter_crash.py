@@ -31,7 +31,11 @@ def run_worker(redis_url: str, keys: bus.Keys, shard_dir: Path, consumer: str, f
         env[faults.FAULT_ENV] = fault
     return subprocess.run(
         [sys.executable, "-m", "tests.support.parts", redis_url, keys.namespace, str(shard_dir), consumer],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=60,
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
 
 

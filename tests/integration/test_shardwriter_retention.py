@@ -23,8 +23,11 @@ def fill(r, keys, shard_dir, parts=3):
 
 
 def start_run(r, keys, run, state="running"):
-    r.hset(keys.runs, run, json.dumps({"started": time.time(), "last_seen": time.time(), "state": state,
-                                       "group": keys.train_group(run)}))
+    r.hset(
+        keys.runs,
+        run,
+        json.dumps({"started": time.time(), "last_seen": time.time(), "state": state, "group": keys.train_group(run)}),
+    )
 
 
 def read(r, keys, run, names, times=1):
@@ -84,7 +87,10 @@ def test_gc_without_a_running_run_or_budget_deletes_nothing(r, keys, tmp_path):
     shards = fill(r, keys, tmp_path, parts=1)
     start_run(r, keys, "done", state="finished")
     read(r, keys, "done", [s.name for s in shards], times=5)
-    assert "no training run is running" in gc(r, keys, tmp_path, max_disk_bytes=1, min_free_bytes=0, min_reads=1).stopped_because
+    assert (
+        "no training run is running"
+        in gc(r, keys, tmp_path, max_disk_bytes=1, min_free_bytes=0, min_reads=1).stopped_because
+    )
     assert "no disk budget" in gc(r, keys, tmp_path, max_disk_bytes=0, min_free_bytes=0, min_reads=1).stopped_because
     with pytest.raises(ValueError):
         gc(r, keys, tmp_path, max_disk_bytes=1, min_free_bytes=0, min_reads=0)

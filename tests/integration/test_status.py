@@ -13,7 +13,7 @@ from tests.support.parts import enqueue_source
 
 
 def test_parts_by_state_and_the_invariant(r, keys, tmp_path):
-    enqueue_source(r, keys, tmp_path, "src", rows=450, part_size=100)          # 5 parts: 4 of 100 rows, 1 of 50
+    enqueue_source(r, keys, tmp_path, "src", rows=450, part_size=100)  # 5 parts: 4 of 100 rows, 1 of 50
     delivered = r.xreadgroup(bus.GROUP_DOWNLOADERS, "w1", {keys.parts: ">"}, count=3)[0][1]
     done_id, dead_id, flight_id = (entry_id for entry_id, _ in delivered)
     r.xack(keys.parts, bus.GROUP_DOWNLOADERS, done_id)
@@ -32,18 +32,57 @@ def test_parts_by_state_and_the_invariant(r, keys, tmp_path):
 
 def test_full_report_with_every_role_and_hints(r, keys, tmp_path):
     enqueue_source(r, keys, tmp_path, "src", rows=300, part_size=100)
-    r.hset(keys.stats, mapping={bus.STAT_ROWS: 100, bus.STAT_SAMPLES: 90, bus.STAT_FAILURES: 10,
-                                bus.STAT_FAIL_PREFIX + "timeout": 7, bus.STAT_FAIL_PREFIX + "not_an_image": 3,
-                                bus.STAT_SHARDS: 2, bus.STAT_SHARD_BYTES: 5_000_000})
-    bus.write_heartbeat(r, keys, bus.ROLE_DOWNLOADER, "d1", {
-        "state": "paused_for_disk", "urls_per_s": 10.0, "images_per_s": 8.0, "mb_per_s": 1.5,
-        "failures": {"timeout": 2}})
-    bus.write_heartbeat(r, keys, bus.ROLE_TRAINER, "run1-rank0", {
-        "run": "run1", "rank": 0, "step": 40, "max_steps": 100, "samples_per_s": 50.0, "data_wait_pct": 35.0,
-        "fresh": 300, "replay": 700, "fresh_shards_pending": 3, "loss": 2.5})
+    r.hset(
+        keys.stats,
+        mapping={
+            bus.STAT_ROWS: 100,
+            bus.STAT_SAMPLES: 90,
+            bus.STAT_FAILURES: 10,
+            bus.STAT_FAIL_PREFIX + "timeout": 7,
+            bus.STAT_FAIL_PREFIX + "not_an_image": 3,
+            bus.STAT_SHARDS: 2,
+            bus.STAT_SHARD_BYTES: 5_000_000,
+        },
+    )
+    bus.write_heartbeat(
+        r,
+        keys,
+        bus.ROLE_DOWNLOADER,
+        "d1",
+        {
+            "state": "paused_for_disk",
+            "urls_per_s": 10.0,
+            "images_per_s": 8.0,
+            "mb_per_s": 1.5,
+            "failures": {"timeout": 2},
+        },
+    )
+    bus.write_heartbeat(
+        r,
+        keys,
+        bus.ROLE_TRAINER,
+        "run1-rank0",
+        {
+            "run": "run1",
+            "rank": 0,
+            "step": 40,
+            "max_steps": 100,
+            "samples_per_s": 50.0,
+            "data_wait_pct": 35.0,
+            "fresh": 300,
+            "replay": 700,
+            "fresh_shards_pending": 3,
+            "loss": 2.5,
+        },
+    )
     r.hset(keys.runs, "run1", json.dumps({"started": time.time(), "last_seen": time.time(), "state": "running"}))
-    r.hset(keys.control, mapping={bus.CONTROL_DISK_PAUSED: "shard bytes 5.0 GB over budget 4.0 GB",
-                                  bus.CONTROL_DISK_PAUSED_SINCE: time.time()})
+    r.hset(
+        keys.control,
+        mapping={
+            bus.CONTROL_DISK_PAUSED: "shard bytes 5.0 GB over budget 4.0 GB",
+            bus.CONTROL_DISK_PAUSED_SINCE: time.time(),
+        },
+    )
     r.xadd(keys.evals, bus.encode({"step": 40, "run": "run1", "status": "ok", "scores": {"CIDEr": 0.5, "BLEU-4": 0.1}}))
     r.hset(keys.evals_best, mapping={"metric": "CIDEr", "value": 0.5, "step": 40, "scores": json.dumps({"CIDEr": 0.5})})
     bus.record_outage(r, keys, 12.0, "downloader d1")
@@ -55,7 +94,12 @@ def test_full_report_with_every_role_and_hints(r, keys, tmp_path):
     assert urls["failures_by_reason"] == {"timeout": 7, "not_an_image": 3}
     assert report["shards"]["paused_for_disk"].startswith("shard bytes") and report["shards"]["disk"]["free"] > 0
     trainer = report["trainer"]
-    assert (trainer["step"], trainer["data_wait_pct"], trainer["fresh_ratio"], trainer["fresh_shards_unread"]) == (40, 35.0, 0.3, 3)
+    assert (trainer["step"], trainer["data_wait_pct"], trainer["fresh_ratio"], trainer["fresh_shards_unread"]) == (
+        40,
+        35.0,
+        0.3,
+        3,
+    )
     assert report["eval"]["best"]["scores"] == {"CIDEr": 0.5}
     assert report["redis"]["last_outage"]["who"] == "downloader d1" and report["redis"]["reconnects"] == 1
     hints = "\n".join(report["hints"])
@@ -63,7 +107,7 @@ def test_full_report_with_every_role_and_hints(r, keys, tmp_path):
     assert "paused for disk" in hints and "Redis was unreachable for 12 s" in hints
     assert "only 30 % of trained samples are fresh" in hints
     json.dumps(report)  # --json must be serialisable
-    render(report)      # and the tables must build
+    render(report)  # and the tables must build
 
 
 def test_no_downloader_but_parts_waiting_is_a_hint(r, keys, tmp_path):

@@ -18,11 +18,39 @@ ENV = {"WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1", "NO_ALBUMENTATIONS_UPDA
 
 def launch(redis_url: str, keys, tmp_path: Path, log: Path, *extra: str) -> subprocess.Popen:
     demo_tokenizer(demo_samples(1, 0, 200, image_size=8)).save(tmp_path / "vocab.txt")
-    args = ["--redis-url", redis_url, "--namespace", keys.namespace, "--shard-dir", str(tmp_path / "shards"),
-            "--checkpoint-dir", str(tmp_path / "ck"), "--tokenizer", str(tmp_path / "vocab.txt"),
-            "--preset", "tiny", "--image-size", "32", "--batch-size", "4", "--shuffle-buffer", "8",
-            "--fresh-wait-ms", "300", "--log-every", "1", "--sample-every", "0", "--histogram-every", "0",
-            "--loader-workers", "1", "--run-id", "r1", *extra]
+    args = [
+        "--redis-url",
+        redis_url,
+        "--namespace",
+        keys.namespace,
+        "--shard-dir",
+        str(tmp_path / "shards"),
+        "--checkpoint-dir",
+        str(tmp_path / "ck"),
+        "--tokenizer",
+        str(tmp_path / "vocab.txt"),
+        "--preset",
+        "tiny",
+        "--image-size",
+        "32",
+        "--batch-size",
+        "4",
+        "--shuffle-buffer",
+        "8",
+        "--fresh-wait-ms",
+        "300",
+        "--log-every",
+        "1",
+        "--sample-every",
+        "0",
+        "--histogram-every",
+        "0",
+        "--loader-workers",
+        "1",
+        "--run-id",
+        "r1",
+        *extra,
+    ]
     cmd = [sys.executable, "-m", "streamcap.trainer.launch", "--standalone", "--nproc-per-node", "2", *args]
     return subprocess.Popen(cmd, cwd=ROOT, env=os.environ | ENV, stdout=log.open("w"), stderr=subprocess.STDOUT)
 

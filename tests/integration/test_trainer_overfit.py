@@ -23,13 +23,29 @@ def test_tiny_model_overfits_32_samples_and_greedy_reproduces_their_captions(red
 
     samples = demo_samples(seed=3, start=0, count=32, image_size=64)
     for part in range(2):
-        add_part(r, keys, tmp_path / "shards", "demo", part, samples[part * 16:(part + 1) * 16])
+        add_part(r, keys, tmp_path / "shards", "demo", part, samples[part * 16 : (part + 1) * 16])
     demo_tokenizer(samples).save(tmp_path / "vocab.txt")
     cfg = TrainerSettings(
-        redis_url=redis_url, namespace=keys.namespace, shard_dir=tmp_path / "shards", checkpoint_dir=tmp_path / "ck",
-        run="overfit", tokenizer=tmp_path / "vocab.txt", preset="tiny", image_size=32, max_steps=STEPS,
-        batch_size=32, loader_workers=0, shuffle_buffer=32, fresh_wait_ms=100, lr=3e-3, warmup_steps=10,
-        aug_max=0.0, checkpoint_every=10_000, log_every=10, sample_every=0, histogram_every=0,
+        redis_url=redis_url,
+        namespace=keys.namespace,
+        shard_dir=tmp_path / "shards",
+        checkpoint_dir=tmp_path / "ck",
+        run="overfit",
+        tokenizer=tmp_path / "vocab.txt",
+        preset="tiny",
+        image_size=32,
+        max_steps=STEPS,
+        batch_size=32,
+        loader_workers=0,
+        shuffle_buffer=32,
+        fresh_wait_ms=100,
+        lr=3e-3,
+        warmup_steps=10,
+        aug_max=0.0,
+        checkpoint_every=10_000,
+        log_every=10,
+        sample_every=0,
+        histogram_every=0,
     )
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # the cores are shared: OpenMP spinning would crawl

@@ -40,19 +40,38 @@ def vocab(path: Path) -> Path:
 
 def train_args(redis_url: str, keys, tmp_path: Path, **extra) -> list[str]:
     values = {
-        "--redis-url": redis_url, "--namespace": keys.namespace, "--shard-dir": tmp_path / "shards",
-        "--checkpoint-dir": tmp_path / "ck", "--tokenizer": tmp_path / "vocab.txt", "--preset": "tiny",
-        "--image-size": 32, "--batch-size": 4, "--shuffle-buffer": 8, "--fresh-wait-ms": 300, "--log-every": 1,
-        "--sample-every": 0, "--histogram-every": 0, "--checkpoint-every": 1000, "--warmup-steps": 2,
+        "--redis-url": redis_url,
+        "--namespace": keys.namespace,
+        "--shard-dir": tmp_path / "shards",
+        "--checkpoint-dir": tmp_path / "ck",
+        "--tokenizer": tmp_path / "vocab.txt",
+        "--preset": "tiny",
+        "--image-size": 32,
+        "--batch-size": 4,
+        "--shuffle-buffer": 8,
+        "--fresh-wait-ms": 300,
+        "--log-every": 1,
+        "--sample-every": 0,
+        "--histogram-every": 0,
+        "--checkpoint-every": 1000,
+        "--warmup-steps": 2,
     } | {f"--{k.replace('_', '-')}": v for k, v in extra.items()}
     return [str(x) for flag, value in values.items() for x in ((flag,) if value is True else (flag, value))]
 
 
 def start(args: list[str], log: Path, torchrun: int = 0) -> subprocess.Popen:
-    launcher = ([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={torchrun}"]
-                if torchrun else [sys.executable])
-    return subprocess.Popen([*launcher, "-m", "streamcap.trainer", *args], cwd=ROOT, env=os.environ | ENV,
-                            stdout=log.open("w"), stderr=subprocess.STDOUT)
+    launcher = (
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={torchrun}"]
+        if torchrun
+        else [sys.executable]
+    )
+    return subprocess.Popen(
+        [*launcher, "-m", "streamcap.trainer", *args],
+        cwd=ROOT,
+        env=os.environ | ENV,
+        stdout=log.open("w"),
+        stderr=subprocess.STDOUT,
+    )
 
 
 def finish(proc: subprocess.Popen, log: Path, timeout: float = 90) -> None:
@@ -79,8 +98,20 @@ def test_two_gloo_ranks_read_disjoint_fresh_shards_and_stay_identical(redis_url,
     names = make_shards(r, keys, tmp_path / "shards", [6, 6, 6, 6, 6, 6, 150])  # one much larger shard
     vocab(tmp_path / "vocab.txt")
     log = tmp_path / "train.log"
-    proc = start(train_args(redis_url, keys, tmp_path, run_id="ddp", max_steps=6, loader_workers=1,
-                            freeze_encoder_steps=2, checkpoint_every=3), log, torchrun=2)
+    proc = start(
+        train_args(
+            redis_url,
+            keys,
+            tmp_path,
+            run_id="ddp",
+            max_steps=6,
+            loader_workers=1,
+            freeze_encoder_steps=2,
+            checkpoint_every=3,
+        ),
+        log,
+        torchrun=2,
+    )
     finish(proc, log, timeout=150)
     run_dir = tmp_path / "ck" / "ddp"
     state = torch.load(run_dir / "step-00000006.train.pt", weights_only=False)
@@ -91,7 +122,8 @@ def test_two_gloo_ranks_read_disjoint_fresh_shards_and_stay_identical(redis_url,
         pending = r.xpending_range(keys.shards, "train:ddp", "-", "+", 100, consumername=f"ddp-r{rank}-w0")
         ids = {p["message_id"] for p in pending}
         held[rank] = {e["shard"] for e in reads(run_dir, rank) if e["fresh"]} | {
-            bus.decode(fields)["name"] for entry_id, fields in r.xrange(keys.shards) if entry_id in ids}
+            bus.decode(fields)["name"] for entry_id, fields in r.xrange(keys.shards) if entry_id in ids
+        }
     assert held[0] and held[1] and not held[0] & held[1]
     assert held[0] | held[1] <= set(names)
     beats = {b["rank"]: b for b in bus.read_heartbeats(r, keys, bus.ROLE_TRAINER)}
@@ -109,7 +141,7 @@ def test_training_starts_with_no_shards_and_replays_when_the_writer_pauses(redis
         assert last_step(run_dir) == 0  # nothing to train on yet
         written = make_shards(r, keys, tmp_path / "shards", [8], start_part=0)
         wait_until(lambda: last_step(run_dir) >= 2, 60, "the first steps", proc, log)
-        written += make_shards(r, keys, tmp_path / "shards", [8], start_part=1)   # while training runs
+        written += make_shards(r, keys, tmp_path / "shards", [8], start_part=1)  # while training runs
         wait_until(lambda: last_step(run_dir) >= 10, 60, "more steps", proc, log)
         written += make_shards(r, keys, tmp_path / "shards", [8], start_part=2)
         finish(proc, log)  # the writer pauses: the remaining steps replay
@@ -134,10 +166,27 @@ def test_training_starts_with_no_shards_and_replays_when_the_writer_pauses(redis
 
 
 def settings(redis_url: str, keys, tmp_path: Path, **overrides) -> TrainerSettings:
-    values = dict(redis_url=redis_url, namespace=keys.namespace, shard_dir=tmp_path / "shards",
-                  checkpoint_dir=tmp_path / "ck", tokenizer=tmp_path / "vocab.txt", preset="tiny", image_size=32,
-                  batch_size=4, shuffle_buffer=8, loader_workers=0, fresh_wait_ms=200, log_every=1, sample_every=0,
-                  histogram_every=0, checkpoint_every=1000, warmup_steps=2, lr=1e-3, aug_ramp_steps=4, seed=5)
+    values = dict(
+        redis_url=redis_url,
+        namespace=keys.namespace,
+        shard_dir=tmp_path / "shards",
+        checkpoint_dir=tmp_path / "ck",
+        tokenizer=tmp_path / "vocab.txt",
+        preset="tiny",
+        image_size=32,
+        batch_size=4,
+        shuffle_buffer=8,
+        loader_workers=0,
+        fresh_wait_ms=200,
+        log_every=1,
+        sample_every=0,
+        histogram_every=0,
+        checkpoint_every=1000,
+        warmup_steps=2,
+        lr=1e-3,
+        aug_ramp_steps=4,
+        seed=5,
+    )
     return TrainerSettings(**(values | overrides))
 
 
@@ -179,12 +228,14 @@ def test_sigterm_then_resume_with_workers_rereads_no_acknowledged_shard(redis_ur
     stopped_at = json.loads((run_dir / "latest.json").read_text())["step"]
     assert f"checkpoint {run_dir}" in log.read_text() and stopped_at < 500
     before = {e["shard"] for e in reads(run_dir) if e["fresh"]}
-    acked = set(names) - {bus.decode(f)["name"] for i, f in r.xrange(keys.shards)
-                          if bus.delivery_count(r, keys.shards, "train:sig", i)}
+    acked = set(names) - {
+        bus.decode(f)["name"] for i, f in r.xrange(keys.shards) if bus.delivery_count(r, keys.shards, "train:sig", i)
+    }
     assert before and before <= acked
 
-    proc = start(train_args(redis_url, keys, tmp_path, max_steps=stopped_at + 16, resume=True, **args),
-                 tmp_path / "resume.log")
+    proc = start(
+        train_args(redis_url, keys, tmp_path, max_steps=stopped_at + 16, resume=True, **args), tmp_path / "resume.log"
+    )
     finish(proc, tmp_path / "resume.log")
     events = reads(run_dir)
     resumed_fresh = [e["shard"] for e in events if e["fresh"] and e["step"] > stopped_at]

@@ -1,7 +1,7 @@
 """The address guard in tests: 127.0.0.1 plays a public host, and names resolve as a test says.
 
-    Fetcher(cfg, resolver=MapResolver({"rebind.test": [["127.0.0.1"], ["127.0.0.2"]]}),
-            address_policy=loopback_one_is_public)
+Fetcher(cfg, resolver=MapResolver({"rebind.test": [["127.0.0.1"], ["127.0.0.2"]]}),
+        address_policy=loopback_one_is_public)
 """
 
 from __future__ import annotations
@@ -30,8 +30,17 @@ class MapResolver(AbstractResolver):
             raise OSError(socket.EAI_NONAME, f"{host}: Name or service not known")
         queue = self.answers[host]
         ips = queue.pop(0) if len(queue) > 1 else queue[0]
-        return [{"hostname": host, "host": ip, "port": port, "family": socket.AF_INET6 if ":" in ip else socket.AF_INET,
-                 "proto": 0, "flags": socket.AI_NUMERICHOST} for ip in ips]
+        return [
+            {
+                "hostname": host,
+                "host": ip,
+                "port": port,
+                "family": socket.AF_INET6 if ":" in ip else socket.AF_INET,
+                "proto": 0,
+                "flags": socket.AI_NUMERICHOST,
+            }
+            for ip in ips
+        ]
 
     async def close(self) -> None:
         pass

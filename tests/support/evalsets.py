@@ -17,9 +17,11 @@ VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS, "."]
 
 def references(seed: int) -> list[str]:
     w = WORDS
-    return [f"A {w[seed % 4 + 1]} {w[5 + seed % 2]} on the {w[9 + seed % 2]}.",
-            f"the {w[seed % 4 + 1]} is on {w[9 + seed % 2]}",
-            f"a {w[11 + seed % 2]} {w[13]} and a {w[seed % 4 + 1]}"]
+    return [
+        f"A {w[seed % 4 + 1]} {w[5 + seed % 2]} on the {w[9 + seed % 2]}.",
+        f"the {w[seed % 4 + 1]} is on {w[9 + seed % 2]}",
+        f"a {w[11 + seed % 2]} {w[13]} and a {w[seed % 4 + 1]}",
+    ]
 
 
 def karpathy_set(root: Path, *, test: int = 4, val: int = 2, train: int = 3, image_dir: str = "images") -> Path:
@@ -29,8 +31,15 @@ def karpathy_set(root: Path, *, test: int = 4, val: int = 2, train: int = 3, ima
         split = "test" if i < test else "val" if i < test + val else "train"
         filename = f"{1000 + i}.jpg"
         save_image(root / image_dir / filename, i)
-        entries.append({"filename": filename, "imgid": i, "split": split, "sentids": [5 * i + k for k in range(3)],
-                        "sentences": [{"raw": s, "tokens": s.lower().split(), "imgid": i} for s in references(i)]})
+        entries.append(
+            {
+                "filename": filename,
+                "imgid": i,
+                "split": split,
+                "sentids": [5 * i + k for k in range(3)],
+                "sentences": [{"raw": s, "tokens": s.lower().split(), "imgid": i} for s in references(i)],
+            }
+        )
     path = root / "dataset_flickr30k.json"
     path.write_text(json.dumps({"dataset": "flickr30k", "images": entries}), encoding="utf-8")
     return path
@@ -56,8 +65,9 @@ def tiny_checkpoint(path: Path, *, seed: int = 0, step: int = 100, run: str = "r
 
     torch.manual_seed(seed)
     tok = WordPieceTokenizer.from_vocab(VOCAB)
-    cfg = ModelConfig.from_preset("tiny", tokenizer=tok, image_size=32, d_model=32, n_heads=2, d_ff=64,
-                                  n_layers=1, max_len=16)
+    cfg = ModelConfig.from_preset(
+        "tiny", tokenizer=tok, image_size=32, d_model=32, n_heads=2, d_ff=64, n_layers=1, max_len=16
+    )
     save_checkpoint(path, CaptionModel(cfg), tok, step=step, run=run)
     return path
 

@@ -28,17 +28,40 @@ from streamcap.shardwriter import commit, faults
 ROOT = Path(__file__).resolve().parents[2]
 STREAMCAP = [sys.executable, "-m", "streamcap"]
 # Fast, small, reproducible downloads: tiny images, short timeouts, one image worker.
-DOWNLOAD_ARGS = ("--image-workers", "1", "--image-size", "64", "--min-size", "32", "--total-timeout", "3",
-                 "--connect-timeout", "1", "--read-timeout", "2", "--retries", "0")
+DOWNLOAD_ARGS = (
+    "--image-workers",
+    "1",
+    "--image-size",
+    "64",
+    "--min-size",
+    "32",
+    "--total-timeout",
+    "3",
+    "--connect-timeout",
+    "1",
+    "--read-timeout",
+    "2",
+    "--retries",
+    "0",
+)
 COMMIT_SHA = hashlib.sha1(commit._COMMIT.encode()).hexdigest()  # what EVALSHA of the part commit names
 
 
-def service_env(redis_url: str, keys: bus.Keys, shard_dir: Path, extra: dict | None = None,
-                allow_private: bool = True) -> dict[str, str]:
+def service_env(
+    redis_url: str, keys: bus.Keys, shard_dir: Path, extra: dict | None = None, allow_private: bool = True
+) -> dict[str, str]:
     """The environment of a service process: the pipeline's settings, no fault armed, nothing phoning home."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("STREAMCAP_FAULT")}
-    env.update({"REDIS_URL": redis_url, "STREAMCAP_NAMESPACE": keys.namespace, "STREAMCAP_SHARD_DIR": str(shard_dir),
-                "OMP_NUM_THREADS": "1", "WANDB_MODE": "disabled", "NO_ALBUMENTATIONS_UPDATE": "1"})
+    env.update(
+        {
+            "REDIS_URL": redis_url,
+            "STREAMCAP_NAMESPACE": keys.namespace,
+            "STREAMCAP_SHARD_DIR": str(shard_dir),
+            "OMP_NUM_THREADS": "1",
+            "WANDB_MODE": "disabled",
+            "NO_ALBUMENTATIONS_UPDATE": "1",
+        }
+    )
     if allow_private:  # the image host is on loopback
         env["STREAMCAP_ALLOW_PRIVATE"] = "1"
     env.update(extra or {})
@@ -51,22 +74,31 @@ class Fleet:
     Tests must `close()` it (the `fleets` fixture does): no process outlives its test.
     """
 
-    def __init__(self, redis_url: str, keys: bus.Keys, shard_dir: Path, log_dir: Path,
-                 args: tuple[str, ...] = DOWNLOAD_ARGS, allow_private: bool = True) -> None:
+    def __init__(
+        self,
+        redis_url: str,
+        keys: bus.Keys,
+        shard_dir: Path,
+        log_dir: Path,
+        args: tuple[str, ...] = DOWNLOAD_ARGS,
+        allow_private: bool = True,
+    ) -> None:
         self.redis_url, self.keys, self.shard_dir, self.log_dir, self.args = redis_url, keys, shard_dir, log_dir, args
         self.allow_private = allow_private
         self.procs: list[subprocess.Popen] = []
         self.killed: set[int] = set()
         self.log_dir.mkdir(parents=True, exist_ok=True)
 
-    def start(self, *args: str, env: dict | None = None, command: str = "download",
-              log: Path | None = None) -> subprocess.Popen:
+    def start(
+        self, *args: str, env: dict | None = None, command: str = "download", log: Path | None = None
+    ) -> subprocess.Popen:
         log = log or self.log_dir / f"{command}-{len(self.procs)}.log"
         full = [*STREAMCAP, command, *(self.args if command == "download" else ()), *args]
         proc_env = service_env(self.redis_url, self.keys, self.shard_dir, env, self.allow_private)
         with open(log, "wb") as out:
-            proc = subprocess.Popen(full, cwd=ROOT, env=proc_env, stdin=subprocess.DEVNULL, stdout=out,
-                                    stderr=subprocess.STDOUT)
+            proc = subprocess.Popen(
+                full, cwd=ROOT, env=proc_env, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT
+            )
         proc.log = log  # type: ignore[attr-defined]
         self.procs.append(proc)
         return proc
@@ -87,8 +119,9 @@ class Fleet:
             try:
                 code = proc.wait(max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
-                raise AssertionError(f"{' '.join(proc.args[3:5])} still running after {timeout:.0f} s:\n"
-                                     + self.tail(proc)) from None
+                raise AssertionError(
+                    f"{' '.join(proc.args[3:5])} still running after {timeout:.0f} s:\n" + self.tail(proc)
+                ) from None
             if proc.pid not in self.killed:
                 assert code == 0, f"{proc.args[3]} exited {code}:\n" + self.tail(proc)
 
@@ -114,15 +147,28 @@ class Fleet:
 class Ran:
     returncode: int
     log: str
-    peak_rss: int          # bytes: VmHWM of the download process, sampled until it exited
+    peak_rss: int  # bytes: VmHWM of the download process, sampled until it exited
 
 
-def download(redis_url: str, keys: bus.Keys, shard_dir: Path, log_path: Path, *args: str, timeout: float = 90,
-             env: dict[str, str] | None = None) -> Ran:
+def download(
+    redis_url: str,
+    keys: bus.Keys,
+    shard_dir: Path,
+    log_path: Path,
+    *args: str,
+    timeout: float = 90,
+    env: dict[str, str] | None = None,
+) -> Ran:
     """`streamcap download --exit-when-empty --image-workers 1 ARGS` to the end, as shipped (private
     addresses only with --allow-private in ARGS); killed if it overruns."""
-    fleet = Fleet(redis_url, keys, shard_dir, log_path.parent, args=("--exit-when-empty", "--image-workers", "1"),
-                  allow_private=False)
+    fleet = Fleet(
+        redis_url,
+        keys,
+        shard_dir,
+        log_path.parent,
+        args=("--exit-when-empty", "--image-workers", "1"),
+        allow_private=False,
+    )
     proc = fleet.start(*args, env=env, log=log_path)
     peak, deadline = 0, time.monotonic() + timeout
     try:
@@ -169,7 +215,7 @@ def local_tcp_ports(pid: int) -> set[int]:
             with contextlib.suppress(OSError):
                 target = os.readlink(fd)
                 if target.startswith("socket:["):
-                    inodes.add(target[len("socket:["):-1])
+                    inodes.add(target[len("socket:[") : -1])
     ports = set()
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):
         with contextlib.suppress(OSError):
@@ -209,11 +255,26 @@ def fault_env(point: str, part: str | None = None, while_file: Path | None = Non
 
 def trainer_args(run: str, checkpoint_dir: Path, vocab: Path, **extra: object) -> list[str]:
     """`streamcap train` flags for a tiny CPU run (extra: flag name without dashes -> value)."""
-    values = {"run-id": run, "checkpoint-dir": checkpoint_dir, "tokenizer": vocab, "preset": "tiny", "image-size": 32,
-              "batch-size": 4, "shuffle-buffer": 8, "fresh-wait-ms": 300, "log-every": 1, "sample-every": 0,
-              "histogram-every": 0, "checkpoint-every": 1000, "warmup-steps": 2, "loader-workers": 1,
-              "no-pretrained": True} | {k.replace("_", "-"): v for k, v in extra.items()}
-    return [str(x) for flag, value in values.items() for x in ((f"--{flag}",) if value is True else (f"--{flag}", value))]
+    values = {
+        "run-id": run,
+        "checkpoint-dir": checkpoint_dir,
+        "tokenizer": vocab,
+        "preset": "tiny",
+        "image-size": 32,
+        "batch-size": 4,
+        "shuffle-buffer": 8,
+        "fresh-wait-ms": 300,
+        "log-every": 1,
+        "sample-every": 0,
+        "histogram-every": 0,
+        "checkpoint-every": 1000,
+        "warmup-steps": 2,
+        "loader-workers": 1,
+        "no-pretrained": True,
+    } | {k.replace("_", "-"): v for k, v in extra.items()}
+    return [
+        str(x) for flag, value in values.items() for x in ((f"--{flag}",) if value is True else (f"--{flag}", value))
+    ]
 
 
 def trainer_step(r, keys: bus.Keys) -> int:
@@ -227,7 +288,22 @@ def heartbeats(r, keys: bus.Keys) -> list[dict]:
 
 def cli_json(redis_url: str, keys: bus.Keys, shard_dir: Path, *args: str, ok: bool = True) -> dict:
     """Run `streamcap <args> --json` against the pipeline and return its JSON output."""
-    out = subprocess.run([*STREAMCAP, *args, "--json", "--redis-url", redis_url, "--namespace", keys.namespace,
-                          "--shard-dir", str(shard_dir)], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    out = subprocess.run(
+        [
+            *STREAMCAP,
+            *args,
+            "--json",
+            "--redis-url",
+            redis_url,
+            "--namespace",
+            keys.namespace,
+            "--shard-dir",
+            str(shard_dir),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert (out.returncode == 0) == ok, out.stdout[-3000:] + out.stderr[-3000:]
     return json.loads(out.stdout)

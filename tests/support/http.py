@@ -51,7 +51,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from urllib.parse import parse_qs, urlsplit
 
-HANGUP_GRACE_S = 1.0      # /robots waits this long for a hang-up before it sends the body
+HANGUP_GRACE_S = 1.0  # /robots waits this long for a hang-up before it sends the body
 DRIP_EVERY_S = 0.2
 GIB = 2**30
 
@@ -69,14 +69,14 @@ class Connection:
 @dataclass
 class Request:
     conn: int
-    target: str                        # path and query string, as sent
+    target: str  # path and query string, as sent
     path: str
     query: dict[str, list[str]]
-    headers: dict[str, str]            # names lower-cased
+    headers: dict[str, str]  # names lower-cased
     t: float
     status: int = 0
-    body_sent: int = 0                 # response body bytes written to the socket
-    hung_up: float | None = None       # when the client hung up while this request was being answered
+    body_sent: int = 0  # response body bytes written to the socket
+    hung_up: float | None = None  # when the client hung up while this request was being answered
 
     def arg(self, name: str, default: str = "") -> str:
         return self.query.get(name, [default])[0]
@@ -89,8 +89,9 @@ class ClientGone(Exception):
 class _Reply:
     """The response side of one request: counted writes, and a watch for the client hanging up."""
 
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, conn: Connection,
-                 request: Request) -> None:
+    def __init__(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, conn: Connection, request: Request
+    ) -> None:
         self.reader, self.writer, self.conn, self.request = reader, writer, conn, request
         self.gone = asyncio.Event()
         self._watch: asyncio.Future | None = None
@@ -147,8 +148,16 @@ class _Reply:
         return self.gone.is_set()
 
 
-_REASONS = {200: "OK", 302: "Found", 301: "Moved Permanently", 307: "Temporary Redirect", 404: "Not Found",
-            429: "Too Many Requests", 500: "Internal Server Error", 503: "Service Unavailable"}
+_REASONS = {
+    200: "OK",
+    302: "Found",
+    301: "Moved Permanently",
+    307: "Temporary Redirect",
+    404: "Not Found",
+    429: "Too Many Requests",
+    500: "Internal Server Error",
+    503: "Service Unavailable",
+}
 
 
 class ImageServer:
@@ -220,8 +229,12 @@ class ImageServer:
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         self._tasks.add(task)
-        conn = Connection(id=len(self.connections), local=writer.get_extra_info("sockname"),
-                          peer=writer.get_extra_info("peername"), opened=time.monotonic())
+        conn = Connection(
+            id=len(self.connections),
+            local=writer.get_extra_info("sockname"),
+            peer=writer.get_extra_info("peername"),
+            opened=time.monotonic(),
+        )
         self.connections.append(conn)
         self.open += 1
         self.max_open = max(self.max_open, self.open)
@@ -246,8 +259,14 @@ class ImageServer:
             name, sep, value = line.partition(":")
             if sep:
                 headers[name.strip().lower()] = value.strip()
-        request = Request(conn=conn.id, target=target, path=parts.path,
-                          query=parse_qs(parts.query, keep_blank_values=True), headers=headers, t=time.monotonic())
+        request = Request(
+            conn=conn.id,
+            target=target,
+            path=parts.path,
+            query=parse_qs(parts.query, keep_blank_values=True),
+            headers=headers,
+            t=time.monotonic(),
+        )
         self.requests.append(request)
         reply = _Reply(reader, writer, conn, request)
         route = "/" + parts.path.strip("/").split("/")[0]
@@ -310,8 +329,11 @@ class ImageServer:
     async def _robots(self, request: Request, reply: _Reply, name: str) -> bool:
         spelling = request.arg("header", "X-Robots-Tag")
         data = self.images[name]
-        await reply.head(200, [("Content-Type", "image/jpeg"), ("Content-Length", str(len(data)))]
-                         + [(spelling, tag) for tag in request.query.get("tag", [])])
+        await reply.head(
+            200,
+            [("Content-Type", "image/jpeg"), ("Content-Length", str(len(data)))]
+            + [(spelling, tag) for tag in request.query.get("tag", [])],
+        )
         if await reply.until_hangup(HANGUP_GRACE_S):
             return False  # skipped: not one body byte was written
         await reply.raw(data, body=True)
@@ -349,8 +371,9 @@ class ImageServer:
             await reply.raw(chunk, body=True)
 
     async def _gzip_bomb(self, request: Request, reply: _Reply, _: str) -> bool:
-        await reply.head(200, [("Content-Type", "image/jpeg"), ("Content-Encoding", "gzip"),
-                               ("Transfer-Encoding", "chunked")])
+        await reply.head(
+            200, [("Content-Type", "image/jpeg"), ("Content-Encoding", "gzip"), ("Transfer-Encoding", "chunked")]
+        )
         packer, zeros = zlib.compressobj(9, zlib.DEFLATED, 31), b"\0" * 2**20
         for _ in range(GIB // len(zeros)):  # compressed as sent: the server never holds the gigabyte
             out = packer.compress(zeros)
@@ -366,8 +389,21 @@ class ImageServer:
         return False  # the connection closes with the body 95 KB short
 
 
-_ROUTES = {"img", "status", "busy", "redirect", "to", "robots", "hang", "drip", "drip-head", "huge-length",
-           "endless", "gzip-bomb", "truncated"}
+_ROUTES = {
+    "img",
+    "status",
+    "busy",
+    "redirect",
+    "to",
+    "robots",
+    "hang",
+    "drip",
+    "drip-head",
+    "huge-length",
+    "endless",
+    "gzip-bomb",
+    "truncated",
+}
 
 
 @contextlib.contextmanager

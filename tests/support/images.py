@@ -40,7 +40,7 @@ def jpeg_bytes(width: int = 320, height: int = 240, seed: int = 0) -> bytes:
 def png_claiming(width: int, height: int) -> bytes:
     """A tiny valid PNG whose header claims width x height (nothing else is there)."""
     raw = bytearray(encode(Image.new("RGB", (1, 1)), "PNG"))
-    ihdr = bytearray(raw[12:29])                     # b'IHDR' + 13 bytes of data
+    ihdr = bytearray(raw[12:29])  # b'IHDR' + 13 bytes of data
     ihdr[4:12] = struct.pack(">II", width, height)
     raw[12:29] = ihdr
     raw[29:33] = struct.pack(">I", zlib.crc32(bytes(ihdr)))

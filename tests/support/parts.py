@@ -30,14 +30,27 @@ def write_rows(writer: PartWriter, part: PartRecord, image: bytes | None = None)
         if row % FAIL_EVERY == 0:
             writer.fail(row, f"http://127.0.0.1/{row}.jpg", "timeout")
         else:
-            writer.add(row=row, image=image or jpeg_bytes(24, 24, seed=row), image_ext="jpg", caption=f"caption {row}",
-                       meta={"url": f"http://127.0.0.1/{row}.jpg", "caption_raw": f"Caption {row}."})
+            writer.add(
+                row=row,
+                image=image or jpeg_bytes(24, 24, seed=row),
+                image_ext="jpg",
+                caption=f"caption {row}",
+                meta={"url": f"http://127.0.0.1/{row}.jpg", "caption_raw": f"Caption {row}."},
+            )
 
 
 def enqueue_source(r, keys: bus.Keys, shard_dir: Path, source_id: str, rows: int, part_size: int) -> SourceRecord:
     """A source of `rows` rows enqueued by the real `enqueue` (its file is never read here)."""
-    source = SourceRecord(id=source_id, uri=f"/data/{source_id}.parquet", format="parquet", url_col="url",
-                          caption_col="caption", rows=rows, part_size=part_size, created=1.0)
+    source = SourceRecord(
+        id=source_id,
+        uri=f"/data/{source_id}.parquet",
+        format="parquet",
+        url_col="url",
+        caption_col="caption",
+        rows=rows,
+        part_size=part_size,
+        created=1.0,
+    )
     assert enqueue(r, keys, shard_dir, source).added
     return source
 

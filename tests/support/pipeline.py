@@ -1,11 +1,11 @@
 """What pipeline tests do around the services: put rows in, wait, read outcomes, audit at the end.
 
-    with ImageServer() as server:
-        rows = paced_rows(server, 600, delay_s=0.2)                 # (url, caption), failures mixed in
-        enqueue_rows(r, keys, shard_dir, rows, part_size=40)        # as `streamcap enqueue` does
-        wait_until(lambda: r.scard(keys.parts_done) >= 2, 60, "two parts committed")
-    outcomes(shard_dir)                                             # row -> ('sample', '') or (reason, detail)
-    report = final_audit(r, keys, shard_dir)                        # lost=0, duplicates=0, no discrepancy
+with ImageServer() as server:
+    rows = paced_rows(server, 600, delay_s=0.2)                 # (url, caption), failures mixed in
+    enqueue_rows(r, keys, shard_dir, rows, part_size=40)        # as `streamcap enqueue` does
+    wait_until(lambda: r.scard(keys.parts_done) >= 2, 60, "two parts committed")
+outcomes(shard_dir)                                             # row -> ('sample', '') or (reason, detail)
+report = final_audit(r, keys, shard_dir)                        # lost=0, duplicates=0, no discrepancy
 """
 
 from __future__ import annotations
@@ -38,8 +38,14 @@ Row = tuple[str, str]
 # --- waiting ----------------------------------------------------------------------------------------
 
 
-def wait_until(condition: Callable[[], Any], timeout: float = 30.0, what: str = "condition",
-               proc: subprocess.Popen | None = None, log: Path | None = None, poll_s: float = 0.05) -> Any:
+def wait_until(
+    condition: Callable[[], Any],
+    timeout: float = 30.0,
+    what: str = "condition",
+    proc: subprocess.Popen | None = None,
+    log: Path | None = None,
+    poll_s: float = 0.05,
+) -> Any:
     """The condition's first truthy value; AssertionError naming `what` after `timeout` s, or as
     soon as `proc` (a process the condition depends on) has exited. Failures quote `log`'s tail."""
     deadline = time.monotonic() + timeout
@@ -48,8 +54,9 @@ def wait_until(condition: Callable[[], Any], timeout: float = 30.0, what: str = 
         if value:
             return value
         if proc is not None and proc.poll() is not None:
-            raise AssertionError(f"{' '.join(map(str, proc.args[2:4]))} exited ({proc.returncode}) "
-                                 f"while waiting for {what}{_tail(log)}")
+            raise AssertionError(
+                f"{' '.join(map(str, proc.args[2:4]))} exited ({proc.returncode}) while waiting for {what}{_tail(log)}"
+            )
         if time.monotonic() >= deadline:
             raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}{_tail(log)}")
         time.sleep(poll_s)
@@ -62,8 +69,15 @@ def _tail(log: Path | None, chars: int = 4000) -> str:
 # --- rows in ----------------------------------------------------------------------------------------
 
 
-def enqueue_rows(r, keys: bus.Keys, shard_dir: Path, rows: Sequence[Row | str], part_size: int, name: str = "src",
-                 columns: dict[str, list] | None = None) -> Path:
+def enqueue_rows(
+    r,
+    keys: bus.Keys,
+    shard_dir: Path,
+    rows: Sequence[Row | str],
+    part_size: int,
+    name: str = "src",
+    columns: dict[str, list] | None = None,
+) -> Path:
     """Rows as a url + llava_caption parquet next to the shard dir, enqueued as `streamcap enqueue`
     does. A row is (url, caption), or a bare URL captioned CAPTION; `columns` adds columns."""
     path = write_parquet(shard_dir.parent / f"{name}.parquet", rows, columns)
@@ -143,7 +157,7 @@ def samples_by_row(shard_dir: Path) -> dict[int, Any]:
 def failure_counters(r, keys: bus.Keys) -> dict[str, int]:
     """The `stats` hash's failure counters, by reason."""
     stats = r.hgetall(keys.stats)
-    return {k[len(bus.STAT_FAIL_PREFIX):]: int(v) for k, v in stats.items() if k.startswith(bus.STAT_FAIL_PREFIX)}
+    return {k[len(bus.STAT_FAIL_PREFIX) :]: int(v) for k, v in stats.items() if k.startswith(bus.STAT_FAIL_PREFIX)}
 
 
 def pending_parts(r, keys: bus.Keys) -> int:

@@ -112,8 +112,12 @@ def test_torch_only_in_the_model_room_trainer_and_eval(tmp_path):
 
 
 def test_benchmarks_never_import_the_tests():
-    bad = [f"{p.name}:{line} imports {m}" for p in sorted((ROOT / "benchmarks").glob("*.py"))
-           for line, m in imported_modules(p) if m.split(".")[0] == "tests"]
+    bad = [
+        f"{p.name}:{line} imports {m}"
+        for p in sorted((ROOT / "benchmarks").glob("*.py"))
+        for line, m in imported_modules(p)
+        if m.split(".")[0] == "tests"
+    ]
     assert bad == []
 
 

@@ -7,12 +7,15 @@ def test_whitespace_and_control_characters():
     assert normalize_whitespace("  a\t b\n\nc\x00d\u00a0e  ") == "a b c d e"
 
 
-@pytest.mark.parametrize("sentences, expected", [
-    (1, "A red car."),
-    (2, "A red car. It is parked near a tree!"),
-    (0, "A red car. It is parked near a tree! Is the sky blue? Yes"),
-    (9, "A red car. It is parked near a tree! Is the sky blue? Yes"),
-])
+@pytest.mark.parametrize(
+    "sentences, expected",
+    [
+        (1, "A red car."),
+        (2, "A red car. It is parked near a tree!"),
+        (0, "A red car. It is parked near a tree! Is the sky blue? Yes"),
+        (9, "A red car. It is parked near a tree! Is the sky blue? Yes"),
+    ],
+)
 def test_cut_to_first_sentences(sentences, expected):
     raw = "  A red car.   It is parked\n near a tree! Is the sky blue? Yes"
     assert process_caption(raw, sentences) == expected

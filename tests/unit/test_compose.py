@@ -53,8 +53,9 @@ def test_compose_validates_against_the_compose_specification():
     if SHARED_SCHEMA.exists():
         schemas.append(["--schemafile", str(SHARED_SCHEMA)])
     for schema in schemas:
-        out = subprocess.run([str(BIN / "check-jsonschema"), *schema, str(COMPOSE)],
-                             capture_output=True, text=True, timeout=60)
+        out = subprocess.run(
+            [str(BIN / "check-jsonschema"), *schema, str(COMPOSE)], capture_output=True, text=True, timeout=60
+        )
         assert out.returncode == 0, out.stdout + out.stderr
 
 
@@ -93,8 +94,9 @@ def test_downloaders_can_read_the_source(compose):
 
 
 def test_the_cpu_variant_reserves_no_gpu_and_runs_on_cpu(compose, compose_cpu):
-    gpu_services = {name for name, s in compose["services"].items()
-                    if "nvidia" in str(s.get("deploy", {}).get("resources", {}))}
+    gpu_services = {
+        name for name, s in compose["services"].items() if "nvidia" in str(s.get("deploy", {}).get("resources", {}))
+    }
     assert gpu_services == {"trainer", "evaluator"}
     for name in gpu_services:
         assert isinstance(compose_cpu["services"][name]["deploy"], Reset), name
@@ -125,8 +127,14 @@ def test_trainer_reserves_all_gpus_and_shared_memory(compose):
     devices = trainer["deploy"]["resources"]["reservations"]["devices"]
     assert any(d["driver"] == "nvidia" and d["count"] == "all" and "gpu" in d["capabilities"] for d in devices)
     assert trainer["shm_size"]
-    assert trainer["command"][:6] == ["python", "-m", "streamcap.trainer.launch", "--standalone",
-                                      "--nproc-per-node", "${GPUS:-4}"]
+    assert trainer["command"][:6] == [
+        "python",
+        "-m",
+        "streamcap.trainer.launch",
+        "--standalone",
+        "--nproc-per-node",
+        "${GPUS:-4}",
+    ]
 
 
 def test_services_wait_for_a_healthy_redis(compose):
@@ -181,7 +189,7 @@ def invocations(command: list[str] | str) -> list[tuple[str, list[str]]]:
     if words[:3] == ["python", "-m", "streamcap.eval"]:
         return [("python -m streamcap.eval", words[3:])]
     if words[0] == "torchrun":
-        return [("-m streamcap.trainer", words[words.index("-m") + 2:])]
+        return [("-m streamcap.trainer", words[words.index("-m") + 2 :])]
     if words[:3] == ["python", "-m", "streamcap.trainer.launch"]:
         from streamcap.trainer.launch import split_args
 
@@ -218,8 +226,13 @@ def test_every_service_command_exists_with_its_flags_and_env_vars(compose):
 
 
 def test_dockerfiles_pass_hadolint():
-    out = subprocess.run([str(BIN / "hadolint"), "-t", "warning", "Dockerfile.downloader", "Dockerfile.trainer"],
-                         capture_output=True, text=True, cwd=ROOT, timeout=60)
+    out = subprocess.run(
+        [str(BIN / "hadolint"), "-t", "warning", "Dockerfile.downloader", "Dockerfile.trainer"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=60,
+    )
     assert out.returncode == 0, out.stdout + out.stderr
 
 

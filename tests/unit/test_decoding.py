@@ -18,8 +18,18 @@ FREE_TOKENS = (1, 4, 5)
 def sharp_model(vocab: int = VOCAB, seed: int = 0, max_len: int = 12) -> CaptionModel:
     """A tiny model with large random weights, so that next-token distributions are far from flat."""
     torch.manual_seed(seed)
-    cfg = ModelConfig(backbone="resnet10", image_size=32, d_model=16, n_layers=2, n_heads=2, d_ff=32,
-                      max_len=max_len, vocab_size=vocab, dropout=0.0, pretrained=False)
+    cfg = ModelConfig(
+        backbone="resnet10",
+        image_size=32,
+        d_model=16,
+        n_layers=2,
+        n_heads=2,
+        d_ff=32,
+        max_len=max_len,
+        vocab_size=vocab,
+        dropout=0.0,
+        pretrained=False,
+    )
     model = CaptionModel(cfg).eval()
     with torch.no_grad():
         for p in model.decoder.parameters():
@@ -44,7 +54,7 @@ def sequence_scores(model, image, seqs, alpha):
 
 
 def has_repeat(seq, n):
-    grams = [tuple(seq[i:i + n]) for i in range(len(seq) - n + 1)]
+    grams = [tuple(seq[i : i + n]) for i in range(len(seq) - n + 1)]
     return len(grams) != len(set(grams))
 
 
@@ -59,14 +69,21 @@ def test_beam_search_matches_exhaustive_search(alpha, min_len, no_repeat):
     scores = sequence_scores(model, image, seqs, alpha)
     best = max(range(len(seqs)), key=scores.__getitem__)
     # A beam as wide as the number of prefixes keeps every one alive: the search is exact.
-    [(ids, score)] = beam_search_with_scores(model, image, beam_size=len(FREE_TOKENS) ** max_len, alpha=alpha,
-                                             max_len=max_len, min_len=min_len, no_repeat_ngram=no_repeat)
+    [(ids, score)] = beam_search_with_scores(
+        model,
+        image,
+        beam_size=len(FREE_TOKENS) ** max_len,
+        alpha=alpha,
+        max_len=max_len,
+        min_len=min_len,
+        no_repeat_ngram=no_repeat,
+    )
     assert ids == seqs[best]
     assert score == pytest.approx(scores[best], abs=1e-5)
 
 
 def test_default_beam_is_exact_when_it_covers_every_prefix():
-    model = sharp_model(vocab=5, seed=3)          # free tokens: UNK and 4 -> 4 prefixes of length 2
+    model = sharp_model(vocab=5, seed=3)  # free tokens: UNK and 4 -> 4 prefixes of length 2
     image = torch.randn(1, 3, 32, 32)
     seqs = [list(s) for n in range(3) for s in itertools.product((1, 4), repeat=n)]
     scores = sequence_scores(model, image, seqs, 0.6)
@@ -99,11 +116,13 @@ def test_batch_equals_one_at_a_time():
     model = sharp_model(vocab=30, max_len=16, seed=5)
     images = torch.randn(4, 3, 32, 32)
     batched = beam_search_with_scores(model, images, beam_size=4, max_len=12, min_len=1)
-    single = [beam_search_with_scores(model, images[i:i + 1], beam_size=4, max_len=12, min_len=1)[0] for i in range(4)]
+    single = [
+        beam_search_with_scores(model, images[i : i + 1], beam_size=4, max_len=12, min_len=1)[0] for i in range(4)
+    ]
     assert [b[0] for b in batched] == [s[0] for s in single]
     assert [b[1] for b in batched] == pytest.approx([s[1] for s in single], abs=1e-5)
     greedy = greedy_decode(model, images, max_len=12)
-    assert greedy == [greedy_decode(model, images[i:i + 1], max_len=12)[0] for i in range(4)]
+    assert greedy == [greedy_decode(model, images[i : i + 1], max_len=12)[0] for i in range(4)]
 
 
 def test_length_limits_and_banned_tokens():
@@ -111,7 +130,7 @@ def test_length_limits_and_banned_tokens():
     images = torch.randn(3, 3, 32, 32)
     for ids in beam_search(model, images, max_len=5, min_len=4) + greedy_decode(model, images, max_len=5, min_len=4):
         assert 4 <= len(ids) <= 5
-        assert not {0, 2, 3} & set(ids)                  # PAD, BOS, EOS never inside a caption
+        assert not {0, 2, 3} & set(ids)  # PAD, BOS, EOS never inside a caption
     for ids in beam_search(model, images, max_len=12, no_repeat_ngram=1):
         assert len(ids) == len(set(ids))
     long = beam_search(model, images, max_len=100, min_len=15)  # capped at max_len - 1 = 15 tokens

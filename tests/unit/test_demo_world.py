@@ -17,8 +17,16 @@ def test_scene_is_determined_by_seed_and_index():
 
 
 def test_references_are_five_paraphrases_naming_both_shapes():
-    scene = Scene(colour_a="red", shape_a="circle", colour_b="blue", shape_b="square", relation="above",
-                  texture="stripes", background=(200, 190, 170), jitter=5)
+    scene = Scene(
+        colour_a="red",
+        shape_a="circle",
+        colour_b="blue",
+        shape_b="square",
+        relation="above",
+        texture="stripes",
+        background=(200, 190, 170),
+        jitter=5,
+    )
     refs = scene.references()
     assert len(refs) == 5 and refs[0] == "a red circle above a blue square"
     assert refs[1] == "a blue square below a red circle"
@@ -27,8 +35,16 @@ def test_references_are_five_paraphrases_naming_both_shapes():
 
 
 def test_shapes_are_drawn_where_the_relation_says():
-    scene = Scene(colour_a="red", shape_a="square", colour_b="blue", shape_b="square", relation="left",
-                  texture="plain", background=(120, 120, 120), jitter=1)
+    scene = Scene(
+        colour_a="red",
+        shape_a="square",
+        colour_b="blue",
+        shape_b="square",
+        relation="left",
+        texture="plain",
+        background=(120, 120, 120),
+        jitter=1,
+    )
     image = scene.render(200)
     red = [(x, y) for x in range(0, 200, 4) for y in range(0, 200, 4) if image.getpixel((x, y)) == COLOURS["red"]]
     blue = [(x, y) for x in range(0, 200, 4) for y in range(0, 200, 4) if image.getpixel((x, y)) == COLOURS["blue"]]

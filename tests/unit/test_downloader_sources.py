@@ -16,8 +16,14 @@ N = 250
 
 def table(start: int = 0, n: int = N) -> pa.Table:
     rows = range(start, start + n)
-    return pa.table({"key": [f"{i:05d}" for i in rows], "url": [f"http://x/{i}.jpg" for i in rows],
-                     "llava_caption": [f"caption {i}" for i in rows], "alt_txt": [f"alt {i}" for i in rows]})
+    return pa.table(
+        {
+            "key": [f"{i:05d}" for i in rows],
+            "url": [f"http://x/{i}.jpg" for i in rows],
+            "llava_caption": [f"caption {i}" for i in rows],
+            "alt_txt": [f"alt {i}" for i in rows],
+        }
+    )
 
 
 @pytest.fixture
@@ -53,7 +59,7 @@ def test_reading_past_the_end_says_the_source_changed(parquet_dir):
 
 def test_csv_keeps_values_as_text_and_handles_quotes(tmp_path):
     path = tmp_path / "urls.csv"
-    path.write_text('url,caption,id\n' + "".join(f'http://x/{i},"a, quoted\ncaption {i}",{i:04d}\n' for i in range(30)))
+    path.write_text("url,caption,id\n" + "".join(f'http://x/{i},"a, quoted\ncaption {i}",{i:04d}\n' for i in range(30)))
     source = open_source(str(path))
     assert source.columns == ["url", "caption", "id"] and source.count_rows() == 30
     rows = source.read_rows(["id", "caption"], 28, 30)
@@ -84,10 +90,13 @@ def test_missing_column_lists_the_columns_that_exist(parquet_dir):
     assert "its columns: key, url, llava_caption, alt_txt" in str(err.value)
 
 
-@pytest.mark.parametrize("make, message", [
-    (lambda p: p.write_bytes(b"not parquet at all"), "not a readable parquet file"),
-    (lambda p: None, "no such file or directory"),
-])
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda p: p.write_bytes(b"not parquet at all"), "not a readable parquet file"),
+        (lambda p: None, "no such file or directory"),
+    ],
+)
 def test_unreadable_sources_fail_with_one_line(tmp_path, make, message):
     path = tmp_path / "bad.parquet"
     make(path)
@@ -117,9 +126,14 @@ def test_the_caption_column_is_picked_from_relaion_pop_columns_and_said_so():
         pick_caption_column(["url", "width"], None)
 
 
-@pytest.mark.parametrize("name, uri, expected", [
-    (None, "/data/relaion-pop.parquet", "relaion-pop"), (None, "/data/pop/", "pop"),
-    (None, "/data/pop/*.parquet", "pop"), ("My Source!", "/x.csv", "my-source"),
-])
+@pytest.mark.parametrize(
+    "name, uri, expected",
+    [
+        (None, "/data/relaion-pop.parquet", "relaion-pop"),
+        (None, "/data/pop/", "pop"),
+        (None, "/data/pop/*.parquet", "pop"),
+        ("My Source!", "/x.csv", "my-source"),
+    ],
+)
 def test_source_ids(name, uri, expected):
     assert source_id(name, uri) == expected

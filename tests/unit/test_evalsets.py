@@ -51,13 +51,22 @@ def test_missing_image_names_the_entry(tmp_path):
     assert "--images" in message
 
 
-@pytest.mark.parametrize(("mutate", "expected"), [
-    (lambda doc: doc["images"][1].pop("sentences"), "images[1]: missing 'sentences'"),
-    (lambda doc: doc["images"][2].update(sentences=[]), "images[2] (1002.jpg): 'sentences' must be a non-empty list"),
-    (lambda doc: doc["images"][0]["sentences"][1].pop("raw"), "images[0] (1000.jpg): sentences[1] has no 'raw' caption"),
-    (lambda doc: doc["images"].__setitem__(1, "x.jpg"), "images[1]: expected an object, got str"),
-    (lambda doc: doc.pop("images"), 'not a Karpathy split file (expected {"images": [...]} at the top)'),
-])
+@pytest.mark.parametrize(
+    ("mutate", "expected"),
+    [
+        (lambda doc: doc["images"][1].pop("sentences"), "images[1]: missing 'sentences'"),
+        (
+            lambda doc: doc["images"][2].update(sentences=[]),
+            "images[2] (1002.jpg): 'sentences' must be a non-empty list",
+        ),
+        (
+            lambda doc: doc["images"][0]["sentences"][1].pop("raw"),
+            "images[0] (1000.jpg): sentences[1] has no 'raw' caption",
+        ),
+        (lambda doc: doc["images"].__setitem__(1, "x.jpg"), "images[1]: expected an object, got str"),
+        (lambda doc: doc.pop("images"), 'not a Karpathy split file (expected {"images": [...]} at the top)'),
+    ],
+)
 def test_malformed_karpathy_entries_are_named(tmp_path, mutate, expected):
     path = karpathy_set(tmp_path, test=3, val=0, train=0)
     doc = json.loads(path.read_text())
@@ -88,12 +97,15 @@ def test_jsonl_set(tmp_path):
     assert evalset.references["pics/p2.png"] == references(2)
 
 
-@pytest.mark.parametrize(("line", "expected"), [
-    ("{not json", ":2: not valid JSON"),
-    ('{"image": "pics/x.png"}', ":2 (pics/x.png): 'references' must be a non-empty list of strings"),
-    ('{"references": ["a dog"]}', ":2: missing 'image' (a path)"),
-    ('["pics/x.png", ["a dog"]]', ":2: expected an object, got list"),
-])
+@pytest.mark.parametrize(
+    ("line", "expected"),
+    [
+        ("{not json", ":2: not valid JSON"),
+        ('{"image": "pics/x.png"}', ":2 (pics/x.png): 'references' must be a non-empty list of strings"),
+        ('{"references": ["a dog"]}', ":2: missing 'image' (a path)"),
+        ('["pics/x.png", ["a dog"]]', ":2: expected an object, got list"),
+    ],
+)
 def test_malformed_jsonl_lines_are_named(tmp_path, line, expected):
     save_image(tmp_path / "pics" / "x.png", 1)
     path = tmp_path / "set.jsonl"

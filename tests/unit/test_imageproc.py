@@ -43,7 +43,7 @@ def test_a_jpeg_is_resized_to_the_shorter_side_and_hashed():
 
 def test_a_large_jpeg_decoded_in_draft_mode_keeps_its_content():
     im = Image.new("RGB", (2000, 1500), (200, 30, 30))
-    im.paste((30, 30, 200), (1000, 0, 2000, 1500))    # right half blue
+    im.paste((30, 30, 200), (1000, 0, 2000, 1500))  # right half blue
     out = processed(encode(im, "JPEG", quality=90))
     px = pixels(out)
     assert (out.width, out.height) == (341, 256)
@@ -51,8 +51,9 @@ def test_a_large_jpeg_decoded_in_draft_mode_keeps_its_content():
     assert px[128, 300].tolist() == pytest.approx([30, 30, 200], abs=12)
 
 
-@pytest.mark.parametrize("mode, size", [("keep_ratio", (341, 256)), ("center_crop", (256, 256)),
-                                        ("border", (256, 256)), ("no", (640, 480))])
+@pytest.mark.parametrize(
+    "mode, size", [("keep_ratio", (341, 256)), ("center_crop", (256, 256)), ("border", (256, 256)), ("no", (640, 480))]
+)
 def test_resize_modes(mode, size):
     out = processed(jpeg_bytes(640, 480), ImageOptions(resize_mode=mode))
     assert (out.width, out.height) == size
@@ -60,9 +61,9 @@ def test_resize_modes(mode, size):
 
 def test_border_pads_with_black_and_center_crop_keeps_the_middle():
     im = Image.new("RGB", (600, 300), (250, 250, 250))
-    im.paste((0, 200, 0), (0, 0, 150, 300))           # a green left quarter, cropped away by center_crop
+    im.paste((0, 200, 0), (0, 0, 150, 300))  # a green left quarter, cropped away by center_crop
     bordered = pixels(processed(encode(im, "PNG"), ImageOptions(resize_mode="border")))
-    assert bordered[5, 128].tolist() == pytest.approx([0, 0, 0], abs=3)        # padding rows
+    assert bordered[5, 128].tolist() == pytest.approx([0, 0, 0], abs=3)  # padding rows
     assert bordered[128, 200].tolist() == pytest.approx([250, 250, 250], abs=6)
     cropped = pixels(processed(encode(im, "PNG"), ImageOptions(resize_mode="center_crop")))
     assert cropped[128, 2].tolist() == pytest.approx([250, 250, 250], abs=6)
@@ -95,7 +96,7 @@ def test_between_one_and_two_times_the_limit_is_a_bomb_too():
     # Pillow only warns in this range; the limit here is --max-pixels, not Pillow's 2x error.
     opts = ImageOptions(max_pixels=1_000_000)
     assert rejected(png_claiming(1100, 1000), opts) == "decompression_bomb"
-    assert rejected(png_claiming(10_000, 10_000)) == "decompression_bomb"   # 100 MP > the default limit
+    assert rejected(png_claiming(10_000, 10_000)) == "decompression_bomb"  # 100 MP > the default limit
 
 
 def test_a_real_image_over_max_pixels_is_refused():
@@ -104,7 +105,9 @@ def test_a_real_image_over_max_pixels_is_refused():
 
 def test_too_small_and_bad_aspect_ratio():
     assert rejected(encode(Image.new("RGB", (40, 300)), "PNG")) == "too_small"
-    assert rejected(encode(Image.new("L", (1, 100_000)), "PNG"), ImageOptions(max_aspect_ratio=10)) == "bad_aspect_ratio"
+    assert (
+        rejected(encode(Image.new("L", (1, 100_000)), "PNG"), ImageOptions(max_aspect_ratio=10)) == "bad_aspect_ratio"
+    )
 
 
 def test_an_absurd_aspect_ratio_without_limits_cannot_blow_up_the_output():
@@ -145,12 +148,12 @@ def test_exif_orientation_is_applied():
     assert (out.orig_width, out.orig_height) == (200, 400)
     assert (out.width, out.height) == (256, 512)
     px = pixels(out)
-    assert px[50, 128].tolist() == pytest.approx([220, 20, 20], abs=15)      # red is on top now
+    assert px[50, 128].tolist() == pytest.approx([220, 20, 20], abs=15)  # red is on top now
     assert px[460, 128].tolist() == pytest.approx([20, 20, 220], abs=15)
 
 
 def test_16_bit_grey_is_scaled_not_clipped():
-    grey = np.full((200, 200), 32768, dtype=np.uint16)   # mid grey in 16 bits
+    grey = np.full((200, 200), 32768, dtype=np.uint16)  # mid grey in 16 bits
     im = Image.fromarray(grey)
     assert im.mode.startswith("I")
     px = pixels(processed(encode(im, "PNG")))
@@ -170,7 +173,9 @@ def test_an_animated_gif_keeps_its_first_frame():
     assert px[100, 100].tolist() == pytest.approx([200, 0, 0], abs=12)
 
 
-@pytest.mark.parametrize("fmt, kwargs", [("PNG", {}), ("WEBP", {"quality": 90}), ("BMP", {}), ("TIFF", {}), ("GIF", {})])
+@pytest.mark.parametrize(
+    "fmt, kwargs", [("PNG", {}), ("WEBP", {"quality": 90}), ("BMP", {}), ("TIFF", {}), ("GIF", {})]
+)
 def test_other_web_formats_are_read(fmt, kwargs):
     out = processed(encode(photo(320, 240), fmt, **kwargs))
     assert (out.width, out.height) == (341, 256)

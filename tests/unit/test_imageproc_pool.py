@@ -44,7 +44,7 @@ async def test_a_row_that_kills_its_worker_is_a_processing_crash_and_the_pool_re
         innocent = results[:2] + results[3:]
         assert all(isinstance(r, ProcessedImage) for r in innocent), innocent
         assert pool.crashes >= 1
-        again = await pool.process(jpeg_bytes(320, 240, seed=9))   # the pool works after the crash
+        again = await pool.process(jpeg_bytes(320, 240, seed=9))  # the pool works after the crash
         assert isinstance(again, ProcessedImage)
     finally:
         pool.close()

@@ -42,7 +42,7 @@ def test_a_true_short_caption_is_never_pushed_away_from_ending():
     # "a cat" + EOS, then padding: EOS is the target at position 2, before position 15
     targets = torch.tensor([[5, 6, EOS, PAD, PAD]])
     logits = logits_for(targets, eos_logit=NEG)
-    logits[0, 2, EOS] = 20.0   # confident, correct end
+    logits[0, 2, EOS] = 20.0  # confident, correct end
     logits[0, 3:, EOS] = 20.0  # padding positions: ignored too
     assert eos_suppression(logits, targets, pad_id=PAD, eos_id=EOS, min_eos_position=15).item() == 0.0
     logits.requires_grad_(True)

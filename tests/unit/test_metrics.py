@@ -66,12 +66,12 @@ EDGE_REFS = {
     "empty": ["children play football", "kids playing soccer on a field"],
 }
 EDGE_CANDIDATES = {
-    "same": "a dog runs on the grass",                                         # equal to a reference
-    "none": "zebras graze quietly",                                           # no overlap at all
-    "one": "horse",                                                           # one word
+    "same": "a dog runs on the grass",  # equal to a reference
+    "none": "zebras graze quietly",  # no overlap at all
+    "one": "horse",  # one word
     "long": " ".join(["two women sit on a bench in a sunny green park"] * 9),  # very long (90 words)
-    "repeat": "a a a a a dog dog dog",                                        # repeated words
-    "empty": "",                                                              # nothing left after PTB
+    "repeat": "a a a a a dog dog dog",  # repeated words
+    "empty": "",  # nothing left after PTB
 }
 
 

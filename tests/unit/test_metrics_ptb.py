@@ -48,15 +48,26 @@ def test_matches_the_java_ptb_tokenizer(cases):
     assert mismatches == []
 
 
-@pytest.mark.parametrize(("caption", "tokens"), [
-    ("A man's dog, running (fast) in the park.",
-     ["a", "man", "'s", "dog", "running", "-lrb-", "fast", "-rrb-", "in", "the", "park"]),
-    ("He can't see the U.S. flag... isn't it?", ["he", "ca", "n't", "see", "the", "u.s.", "flag", "is", "n't", "it"]),
-    ("Mr. Smith's 3-year-old cannot wait!!", ["mr.", "smith", "'s", "3-year-old", "can", "not", "wait", "!!"]),
-    ("“Curly” quotes – and dashes — go", ["curly", "quotes", "and", "dashes", "go"]),
-    ("The dogs' toys (2 of them) cost $5.", ["the", "dogs", "toys", "-lrb-", "2", "of", "them", "-rrb-", "cost", "$", "5"]),
-    ("", []),
-    ("...", []),
-])
+@pytest.mark.parametrize(
+    ("caption", "tokens"),
+    [
+        (
+            "A man's dog, running (fast) in the park.",
+            ["a", "man", "'s", "dog", "running", "-lrb-", "fast", "-rrb-", "in", "the", "park"],
+        ),
+        (
+            "He can't see the U.S. flag... isn't it?",
+            ["he", "ca", "n't", "see", "the", "u.s.", "flag", "is", "n't", "it"],
+        ),
+        ("Mr. Smith's 3-year-old cannot wait!!", ["mr.", "smith", "'s", "3-year-old", "can", "not", "wait", "!!"]),
+        ("“Curly” quotes – and dashes — go", ["curly", "quotes", "and", "dashes", "go"]),
+        (
+            "The dogs' toys (2 of them) cost $5.",
+            ["the", "dogs", "toys", "-lrb-", "2", "of", "them", "-rrb-", "cost", "$", "5"],
+        ),
+        ("", []),
+        ("...", []),
+    ],
+)
 def test_examples(caption, tokens):
     assert ptb_tokenize(caption) == tokens

@@ -17,8 +17,18 @@ from streamcap.model.caption_model import (
     image_transform,
 )
 
-MICRO = dict(backbone="resnet10", image_size=64, d_model=32, n_layers=2, n_heads=2, d_ff=64,
-             max_len=12, vocab_size=20, dropout=0.0, pretrained=False)
+MICRO = dict(
+    backbone="resnet10",
+    image_size=64,
+    d_model=32,
+    n_layers=2,
+    n_heads=2,
+    d_ff=64,
+    max_len=12,
+    vocab_size=20,
+    dropout=0.0,
+    pretrained=False,
+)
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +39,7 @@ def model() -> CaptionModel:
 
 def test_forward_shapes(model):
     images, tokens = torch.randn(2, 3, 64, 64), torch.randint(4, 20, (2, 7))
-    assert model.encode(images).shape == (2, 4, 32)           # 64 px / 32 = a 2x2 grid
+    assert model.encode(images).shape == (2, 4, 32)  # 64 px / 32 = a 2x2 grid
     assert model.encoder.forward_features(images).shape == (2, 512, 2, 2)
     assert model(images, tokens).shape == (2, 7, 20)
 
@@ -40,7 +50,7 @@ def test_decoder_is_causal(model):
     b = a.clone()
     b[0, 3:] = torch.tensor([9, 10])
     la, lb = model(images, a), model(images, b)
-    assert torch.allclose(la[:, :3], lb[:, :3], atol=1e-6)   # positions before the change: same
+    assert torch.allclose(la[:, :3], lb[:, :3], atol=1e-6)  # positions before the change: same
     assert not torch.allclose(la[:, 3:], lb[:, 3:])
 
 
@@ -100,7 +110,9 @@ def test_image_transform_normalises_any_mode():
     assert abs(float(x[0, 32, 32]) - expected) < 1e-3
     assert image_transform(cfg)(Image.new("RGBA", (30, 300))).shape == (3, 64, 64)
     again = pickle.loads(pickle.dumps(image_transform(cfg)))  # DataLoader workers receive it pickled
-    assert torch.equal(again(Image.new("RGB", (70, 70), (1, 2, 3))), image_transform(cfg)(Image.new("RGB", (70, 70), (1, 2, 3))))
+    assert torch.equal(
+        again(Image.new("RGB", (70, 70), (1, 2, 3))), image_transform(cfg)(Image.new("RGB", (70, 70), (1, 2, 3)))
+    )
 
 
 def test_unloadable_imagenet_weights_mean_one_warning_and_random_weights(caplog):

@@ -33,7 +33,7 @@ def test_scheduler_scales_every_group_and_resumes_exactly():
         opt.step()
         sched.step()
     assert math.isclose(lrs[0][1], 1e-4 * 0.1) and math.isclose(lrs[0][0], 1e-5 * 0.1)  # step 1 of 10
-    assert math.isclose(lrs[9][1], 1e-4)                                                 # step 10: peak
+    assert math.isclose(lrs[9][1], 1e-4)  # step 10: peak
     # a fresh optimizer + scheduler loaded from the state continue identically
     opt2 = torch.optim.Adam([{"params": [params[0]], "lr": 1e-5}, {"params": [params[1]], "lr": 1e-4}])
     sched2 = make_scheduler(opt2, warmup_steps=10)

@@ -27,13 +27,16 @@ def test_a_url_keeps_its_own_password_and_unix_sockets_take_it_as_a_query():
     assert with_password("redis://h:1/0", None) == "redis://h:1/0"
 
 
-@pytest.mark.parametrize("text, expected", [
-    ("redis://:pw@redis:6379/0", "redis://:***@redis:6379/0"),
-    ("at rediss://user:pw@host:1/0, then", "at rediss://user:***@host:1/0, then"),
-    ("{'redis_url': 'redis://:a%2Fb@h:1/0'}", "{'redis_url': 'redis://:***@h:1/0'}"),
-    ("unix:///r.sock?db=0&password=abc", "unix:///r.sock?db=0&password=***"),
-    ("redis://redis:6379/0 has none", "redis://redis:6379/0 has none"),
-])
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("redis://:pw@redis:6379/0", "redis://:***@redis:6379/0"),
+        ("at rediss://user:pw@host:1/0, then", "at rediss://user:***@host:1/0, then"),
+        ("{'redis_url': 'redis://:a%2Fb@h:1/0'}", "{'redis_url': 'redis://:***@h:1/0'}"),
+        ("unix:///r.sock?db=0&password=abc", "unix:///r.sock?db=0&password=***"),
+        ("redis://redis:6379/0 has none", "redis://redis:6379/0 has none"),
+    ],
+)
 def test_redact_masks_url_passwords(text, expected):
     assert redact(text) == expected
 

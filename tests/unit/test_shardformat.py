@@ -22,7 +22,11 @@ def add(tar: tarfile.TarFile, name: str, data: bytes, **attrs) -> None:
 
 def sample_members(key: str, caption: str = "a cat") -> list[tuple[str, bytes]]:
     meta = {"url": "http://x/" + key, "caption": caption, "caption_raw": caption}
-    return [(f"{key}.jpg", b"\xff\xd8fakejpeg"), (f"{key}.txt", caption.encode()), (f"{key}.json", json.dumps(meta).encode())]
+    return [
+        (f"{key}.jpg", b"\xff\xd8fakejpeg"),
+        (f"{key}.txt", caption.encode()),
+        (f"{key}.json", json.dumps(meta).encode()),
+    ]
 
 
 def write_tar(path: Path, members: list[tuple[str, bytes]]) -> Path:
@@ -54,12 +58,20 @@ def test_good_shard_reads_every_sample(tmp_path):
     path = write_tar(tmp_path / "s.tar", sample_members("a_000000000001") + sample_members("a_000000000002", "a dog"))
     samples, problems = read(path)
     assert problems == []
-    assert [(s.key, s.caption, s.image_ext) for s in samples] == [("a_000000000001", "a cat", "jpg"), ("a_000000000002", "a dog", "jpg")]
+    assert [(s.key, s.caption, s.image_ext) for s in samples] == [
+        ("a_000000000001", "a cat", "jpg"),
+        ("a_000000000002", "a dog", "jpg"),
+    ]
 
 
 @pytest.mark.parametrize(
     "bad_name, reason",
-    [("../evil.txt", "escapes"), ("/etc/passwd.txt", "absolute path"), ("dir/x.txt", "directory separator"), ("x.exe", "not <key>")],
+    [
+        ("../evil.txt", "escapes"),
+        ("/etc/passwd.txt", "absolute path"),
+        ("dir/x.txt", "directory separator"),
+        ("x.exe", "not <key>"),
+    ],
 )
 def test_unsafe_member_names_are_rejected(tmp_path, bad_name, reason):
     path = write_tar(tmp_path / "s.tar", [(bad_name, b"x")] + sample_members("a_000000000001"))

@@ -80,8 +80,13 @@ def test_image_that_does_not_decode(tmp_path):
 
 def test_key_that_disagrees_with_its_json_and_repeated_keys(tmp_path):
     meta = json.dumps({"row": 7, "source": "src"}).encode()
-    members = sample("src_000000000001", meta=meta) + sample("src_000000000002") + sample("src_000000000002")[:1] \
-        + sample("src_000000000003") + sample("src_000000000002")
+    members = (
+        sample("src_000000000001", meta=meta)
+        + sample("src_000000000002")
+        + sample("src_000000000002")[:1]
+        + sample("src_000000000003")
+        + sample("src_000000000002")
+    )
     check = check_shard(tar_of(tmp_path / "s.tar", members))
     assert any("json says source 'src' row 7" in p for p in check.problems)
     assert any("appears twice" in p for p in check.problems)
@@ -93,7 +98,9 @@ def test_expand_directories_and_missing_paths(tmp_path):
     assert files == [shard] and missing == [f"{tmp_path / 'nope.tar'}: no such file or directory"]
 
 
-@pytest.mark.parametrize("text, size", [("1000", 1000), ("500M", 500_000_000), ("2GiB", 2 * 2**30), ("1.5k", 1500), (7, 7)])
+@pytest.mark.parametrize(
+    "text, size", [("1000", 1000), ("500M", 500_000_000), ("2GiB", 2 * 2**30), ("1.5k", 1500), (7, 7)]
+)
 def test_sizes_read_as_people_write_them(text, size):
     assert parse_size(text) == size
 

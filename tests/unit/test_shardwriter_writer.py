@@ -65,7 +65,9 @@ def test_names_are_deterministic_and_stats_file_sits_next_to_shards(tmp_path):
     assert PartStats.from_json(saved) == stats
     assert saved["failures_by_reason"] == {"timeout": 3}
     assert [f["row"] for f in saved["failures"]] == [35, 42, 49]
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([s.name for s in stats.shards] + [stats_name("Pop Set", 3)])
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        [s.name for s in stats.shards] + [stats_name("Pop Set", 3)]
+    )
 
 
 def test_sample_json_carries_the_row_and_source(tmp_path):
@@ -129,8 +131,15 @@ def test_sweeper_removes_files_of_dead_writers_only(tmp_path):
     dead = tempfiles.TempOwner(tempfiles.TempOwner.me().host, int(child.stdout), "12345")
     reused_pid = tempfiles.TempOwner(tempfiles.TempOwner.me().host, os.getpid(), "1")  # same pid, other start
     foreign = tempfiles.TempOwner("other-host", 1, "5")
-    paths = {name: tempfiles.temp_path(tmp_path, "x-000001-0000.tar", owner)
-             for name, owner in [("dead", dead), ("reused", reused_pid), ("foreign", foreign), ("me", tempfiles.TempOwner.me())]}
+    paths = {
+        name: tempfiles.temp_path(tmp_path, "x-000001-0000.tar", owner)
+        for name, owner in [
+            ("dead", dead),
+            ("reused", reused_pid),
+            ("foreign", foreign),
+            ("me", tempfiles.TempOwner.me()),
+        ]
+    }
     for p in paths.values():
         p.write_bytes(b"partial")
     assert set(tempfiles.sweep(tmp_path, stale_s=3600)) == {paths["dead"], paths["reused"]}
@@ -170,6 +179,7 @@ def test_webdataset_reads_the_shards_as_written(tmp_path):
     """The writer does not use webdataset (it would import torch into the downloader), so its
     output is checked against webdataset's own reader: same samples, keys and bytes."""
     import webdataset  # imports torch: only here, not at collection
+
     stats = write_part(tmp_path, max_samples=5)
     urls = [str(tmp_path / s.name) for s in stats.shards]
     samples = list(webdataset.WebDataset(urls, shardshuffle=False))

@@ -7,8 +7,37 @@ import pytest
 from streamcap.text.tokenizer import VocabError, WordPieceTokenizer, basic_tokenize, detokenize
 
 SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-WORDS = ["a", "dog", "run", "##s", "##ning", "on", "the", "beach", ".", ",", "!", "'", "s", "t", "don",
-         "black", "-", "and", "white", "(", ")", "cafe", "猫", "[", "]", "cl", "##s", "c", "##l"]
+WORDS = [
+    "a",
+    "dog",
+    "run",
+    "##s",
+    "##ning",
+    "on",
+    "the",
+    "beach",
+    ".",
+    ",",
+    "!",
+    "'",
+    "s",
+    "t",
+    "don",
+    "black",
+    "-",
+    "and",
+    "white",
+    "(",
+    ")",
+    "cafe",
+    "猫",
+    "[",
+    "]",
+    "cl",
+    "##s",
+    "c",
+    "##l",
+]
 
 
 @pytest.fixture
@@ -29,16 +58,16 @@ def test_encode_wordpieces_and_special_tokens(tok):
 
 
 def test_unmatchable_and_overlong_words_become_unk(tok):
-    assert tok.tokenize("dogz") == ["[UNK]"]          # no piece for the tail: the whole word is [UNK]
-    assert tok.tokenize("a" * 100) == ["[UNK]"]       # 100 characters: still tried, but 'a'+'##a' fails
-    assert tok.encode("a" * 101) == [tok.unk_id]     # over 100 characters: [UNK] without trying
+    assert tok.tokenize("dogz") == ["[UNK]"]  # no piece for the tail: the whole word is [UNK]
+    assert tok.tokenize("a" * 100) == ["[UNK]"]  # 100 characters: still tried, but 'a'+'##a' fails
+    assert tok.encode("a" * 101) == [tok.unk_id]  # over 100 characters: [UNK] without trying
 
 
 def test_basic_tokenization_cleans_splits_and_strips_accents():
     assert basic_tokenize("  Café\u00a0au\tlait!!\u200b ") == ["cafe", "au", "lait", "!", "!"]
     assert basic_tokenize("猫が好き") == ["猫", "か", "好", "き"]  # ideographs alone; が loses its dakuten
     assert basic_tokenize("x\x00y\x7fz") == ["xyz"]
-    assert basic_tokenize("ΟΔΟΣ") == ["οδοσ"]           # per-character lowercase: no final sigma
+    assert basic_tokenize("ΟΔΟΣ") == ["οδοσ"]  # per-character lowercase: no final sigma
     assert basic_tokenize("") == [] and basic_tokenize(" \t\n ") == []
 
 

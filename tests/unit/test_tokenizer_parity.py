@@ -17,30 +17,140 @@ from streamcap.text.tokenizer import SPECIAL_TOKENS, WordPieceTokenizer, basic_t
 
 FRAGMENTS = [
     # accents, case, ligatures, full-width, Turkish/German/Greek specials
-    "Café", "naïve", "résumé", "Ångström", "e\u0301", "ÉCOLE", "İstanbul", "ß", "ẞ", "ΟΔΟΣ", "ﬁne", "Ｆｕｌｌ",
-    "ǅ", "Ω", "Ⅻ", "½", "²", "x̧̌",
+    "Café",
+    "naïve",
+    "résumé",
+    "Ångström",
+    "e\u0301",
+    "ÉCOLE",
+    "İstanbul",
+    "ß",
+    "ẞ",
+    "ΟΔΟΣ",
+    "ﬁne",
+    "Ｆｕｌｌ",
+    "ǅ",
+    "Ω",
+    "Ⅻ",
+    "½",
+    "²",
+    "x̧̌",
     # CJK and other scripts
-    "猫", "東京タワー", "한국어", "中文字符", "𠀋", "\U0002B820", "\U0002B920", "ひらがな", "Привет", "שלום",
-    "مرحبا", "नमस्ते", "ภาษาไทย", "ქართული", "ꓘ",
+    "猫",
+    "東京タワー",
+    "한국어",
+    "中文字符",
+    "𠀋",
+    "\U0002b820",
+    "\U0002b920",
+    "ひらがな",
+    "Привет",
+    "שלום",
+    "مرحبا",
+    "नमस्ते",
+    "ภาษาไทย",
+    "ქართული",
+    "ꓘ",
     # emoji: plain, modifiers, ZWJ sequences, flags, keycaps, variation selectors
-    "🐶", "👍🏽", "👨‍👩‍👧", "🇫🇷", "1️⃣", "❤️", "🦩", "🫨", "©", "™",
+    "🐶",
+    "👍🏽",
+    "👨‍👩‍👧",
+    "🇫🇷",
+    "1️⃣",
+    "❤️",
+    "🦩",
+    "🫨",
+    "©",
+    "™",
     # control, format and zero-width characters
-    "\x00", "\x07", "\x1b[31m", "\x7f", "\x85", "\u200b", "\u200c", "\u200d", "\u2060", "\ufeff", "\u00ad",
-    "\ue000", "\U000e0001", "\ufffd", "\u0378", "\u180e",
+    "\x00",
+    "\x07",
+    "\x1b[31m",
+    "\x7f",
+    "\x85",
+    "\u200b",
+    "\u200c",
+    "\u200d",
+    "\u2060",
+    "\ufeff",
+    "\u00ad",
+    "\ue000",
+    "\U000e0001",
+    "\ufffd",
+    "\u0378",
+    "\u180e",
     # whitespace of every kind
-    "\t", "\n", "\r\n", "\x0b", "\x0c", "\u00a0", "\u2003", "\u3000", "\u2028", "\u2029", "\u202f", "\x1c",
+    "\t",
+    "\n",
+    "\r\n",
+    "\x0b",
+    "\x0c",
+    "\u00a0",
+    "\u2003",
+    "\u3000",
+    "\u2028",
+    "\u2029",
+    "\u202f",
+    "\x1c",
     # punctuation runs and symbols
-    "!!!", "...", "?!", "—", "–", "«»", "“quoted”", "‘single’", "(parens)", "[brackets]", "{braces}",
-    "$5.99", "100%", "a+b=c", "^_^", "~", "|", "`tick`", "<b>bold</b>", "&amp;", "\\path\\to", "@user",
-    "#hashtag", "e.g.", "U.S.A.", "3:45pm", "1,000,000", "-42", "¿Qué?", "¡Hola!", "⁂", "※", "〜", "、", "。",
+    "!!!",
+    "...",
+    "?!",
+    "—",
+    "–",
+    "«»",
+    "“quoted”",
+    "‘single’",
+    "(parens)",
+    "[brackets]",
+    "{braces}",
+    "$5.99",
+    "100%",
+    "a+b=c",
+    "^_^",
+    "~",
+    "|",
+    "`tick`",
+    "<b>bold</b>",
+    "&amp;",
+    "\\path\\to",
+    "@user",
+    "#hashtag",
+    "e.g.",
+    "U.S.A.",
+    "3:45pm",
+    "1,000,000",
+    "-42",
+    "¿Qué?",
+    "¡Hola!",
+    "⁂",
+    "※",
+    "〜",
+    "、",
+    "。",
     # WordPiece edge cases: a literal ##, prefixes, very long words
-    "##", "##ing", "#", "un##able", "a" * 99, "b" * 100, "c" * 101, "supercalifragilistic" * 6,
-    "dog" * 40, "x",
+    "##",
+    "##ing",
+    "#",
+    "un##able",
+    "a" * 99,
+    "b" * 100,
+    "c" * 101,
+    "supercalifragilistic" * 6,
+    "dog" * 40,
+    "x",
     # special-token text (handled separately below)
-    "[CLS]", "[SEP]", "[MASK]", "[PAD]", "[UNK]", "[cls]",
+    "[CLS]",
+    "[SEP]",
+    "[MASK]",
+    "[PAD]",
+    "[UNK]",
+    "[cls]",
 ]
-WORDS = ("a dog runs on the beach near two people with a red umbrella and some old buildings in the "
-         "background while a man in a white shirt is playing guitar under the bright blue sky").split()
+WORDS = (
+    "a dog runs on the beach near two people with a red umbrella and some old buildings in the "
+    "background while a man in a white shirt is playing guitar under the bright blue sky"
+).split()
 
 
 def tricky_inputs() -> list[str]:
@@ -66,7 +176,9 @@ def vocab_file(tmp_path_factory):
     hf = BertWordPieceTokenizer(lowercase=True)
     hf.train_from_iterator(corpus(), vocab_size=1500, min_frequency=2, limit_alphabet=400, show_progress=False)
     path = tmp_path_factory.mktemp("vocab") / "vocab.txt"
-    path.write_text("\n".join(t for t, _ in sorted(hf.get_vocab().items(), key=lambda kv: kv[1])) + "\n", encoding="utf-8")
+    path.write_text(
+        "\n".join(t for t, _ in sorted(hf.get_vocab().items(), key=lambda kv: kv[1])) + "\n", encoding="utf-8"
+    )
     return path
 
 
@@ -111,7 +223,7 @@ def test_special_token_text_is_the_deliberate_difference(vocab_file, hf_bert):
         text = f"a dog {special} on the beach"
         special_id = ours.token_to_id(special)
         assert special_id in hf_bert.encode(text, add_special_tokens=False).ids  # HF: the control token
-        assert special_id not in ours.encode(text)                              # streamcap: plain text
+        assert special_id not in ours.encode(text)  # streamcap: plain text
 
 
 def test_decode_matches_the_text_hf_decodes(vocab_file, hf_bert):

@@ -14,16 +14,19 @@ from streamcap.trainer.config import TrainerSettings
 ROOT = Path(__file__).resolve().parents[2]
 
 
-@pytest.mark.parametrize("kwargs, names", [
-    ({"batch_size": 0}, "--batch-size / STREAMCAP_TRAIN_BATCH_SIZE"),
-    ({"preset": "huge"}, "--preset / STREAMCAP_PRESET"),
-    ({"run": "has space"}, "--run-id / STREAMCAP_RUN_ID"),
-    ({"fresh_wait_ms": 5000}, "--fresh-wait-ms / STREAMCAP_FRESH_WAIT_MS"),
-    ({"aug_max": 1.5}, "--aug-max / STREAMCAP_AUG_MAX"),
-    ({"resume": True}, "--run-id / STREAMCAP_RUN_ID"),
-    ({"tokenizer": Path("/nonexistent/vocab.txt")}, "--tokenizer / STREAMCAP_TOKENIZER"),
-    ({"caption_sentences": -1}, "--caption-sentences / STREAMCAP_TRAIN_CAPTION_SENTENCES"),
-])
+@pytest.mark.parametrize(
+    "kwargs, names",
+    [
+        ({"batch_size": 0}, "--batch-size / STREAMCAP_TRAIN_BATCH_SIZE"),
+        ({"preset": "huge"}, "--preset / STREAMCAP_PRESET"),
+        ({"run": "has space"}, "--run-id / STREAMCAP_RUN_ID"),
+        ({"fresh_wait_ms": 5000}, "--fresh-wait-ms / STREAMCAP_FRESH_WAIT_MS"),
+        ({"aug_max": 1.5}, "--aug-max / STREAMCAP_AUG_MAX"),
+        ({"resume": True}, "--run-id / STREAMCAP_RUN_ID"),
+        ({"tokenizer": Path("/nonexistent/vocab.txt")}, "--tokenizer / STREAMCAP_TOKENIZER"),
+        ({"caption_sentences": -1}, "--caption-sentences / STREAMCAP_TRAIN_CAPTION_SENTENCES"),
+    ],
+)
 def test_wrong_value_is_one_line_naming_the_setting(kwargs, names):
     with pytest.raises(ConfigError) as e:
         TrainerSettings(**kwargs)
@@ -39,11 +42,25 @@ def test_defaults_follow_the_original_and_run_dir_is_per_run(tmp_path):
 
 
 def test_train_command_reports_bad_settings_without_a_traceback(tmp_path):
-    out = subprocess.run([sys.executable, "-m", "streamcap.trainer", "--batch-size", "0"], capture_output=True, text=True,
-                         cwd=ROOT, timeout=60)
+    out = subprocess.run(
+        [sys.executable, "-m", "streamcap.trainer", "--batch-size", "0"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=60,
+    )
     assert out.returncode == 1
-    assert out.stderr.strip() == "streamcap: error: --batch-size / STREAMCAP_TRAIN_BATCH_SIZE: expected a number >= 1, got 0"
+    assert (
+        out.stderr.strip()
+        == "streamcap: error: --batch-size / STREAMCAP_TRAIN_BATCH_SIZE: expected a number >= 1, got 0"
+    )
     (tmp_path / "vocab.txt").write_text("[PAD]\n[UNK]\n[CLS]\n[SEP]\n")
-    out = subprocess.run([sys.executable, "-m", "streamcap.trainer", "--tokenizer", str(tmp_path / "vocab.txt")],
-                         capture_output=True, text=True, cwd=ROOT, timeout=60, env={"PATH": "/usr/bin:/bin"})
+    out = subprocess.run(
+        [sys.executable, "-m", "streamcap.trainer", "--tokenizer", str(tmp_path / "vocab.txt")],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=60,
+        env={"PATH": "/usr/bin:/bin"},
+    )
     assert out.returncode == 1 and "REDIS_URL is not set" in out.stderr and "Traceback" not in out.stderr

@@ -21,8 +21,13 @@ def tokenizer() -> WordPieceTokenizer:
 
 
 def sample(caption: str = "A red car is parked.", **meta) -> Sample:
-    return Sample(key="k_000000000001", image=b"", image_ext="jpg", caption=caption,
-                  meta={"caption_raw": RAW, "captions": {"alt_txt": "a dog runs"}} | meta)
+    return Sample(
+        key="k_000000000001",
+        image=b"",
+        image_ext="jpg",
+        caption=caption,
+        meta={"caption_raw": RAW, "captions": {"alt_txt": "a dog runs"}} | meta,
+    )
 
 
 def jpeg(width: int, height: int, fmt: str = "JPEG") -> bytes:
@@ -35,11 +40,14 @@ def test_caption_as_stored_by_default():
     assert choose_caption(sample(), CaptionChoice()) == "A red car is parked."
 
 
-@pytest.mark.parametrize("sentences, expected", [
-    (1, "A red car is parked."),
-    (2, "A red car is parked. It is near a tree."),
-    (0, RAW),
-])
+@pytest.mark.parametrize(
+    "sentences, expected",
+    [
+        (1, "A red car is parked."),
+        (2, "A red car is parked. It is near a tree."),
+        (0, RAW),
+    ],
+)
 def test_caption_recut_from_the_raw_text(sentences, expected):
     assert choose_caption(sample(), CaptionChoice(sentences=sentences)) == expected
 
