@@ -10,7 +10,7 @@ PYTEST_ARGS ?=
 export NO_ALBUMENTATIONS_UPDATE := 1
 export WANDB_MODE ?= disabled
 
-.PHONY: test demo docs venv clean-venv
+.PHONY: test lint format demo docs compose-check venv clean-venv
 
 venv: $(STAMP)
 
@@ -20,9 +20,18 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	@touch $(STAMP)
 
-## test: install everything into .venv (once) and run unit, integration and e2e tests
-test: $(STAMP)
+## test: install everything into .venv (once), lint, and run unit, integration and e2e tests
+test: lint
 	$(BIN)/python -m pytest --durations=15 $(PYTEST_ARGS)
+
+## lint: ruff's checks and its format check (`make format` rewrites the files)
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: $(STAMP)
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
 
 clean-venv:
 	rm -rf $(VENV)
@@ -30,6 +39,10 @@ clean-venv:
 ## demo: the whole pipeline on this machine (embedded Redis, local image host, ~5 minutes)
 demo: $(STAMP)
 	$(BIN)/streamcap demo $(DEMO_ARGS)
+
+## compose-check: the CPU compose stack for real, fresh volumes to an evaluated checkpoint (needs Docker)
+compose-check: $(STAMP)
+	scripts/compose_check.sh
 
 ## docs: regenerate docs/settings.md from the settings classes (a unit test fails when it is stale)
 docs: $(STAMP)
