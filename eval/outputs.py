@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from streamcap.common.files import OWNER_ONLY, atomic_write_text, fsync_dir
+from streamcap.common.files import atomic_write_text, fsync_dir
 
 RESULTS_FILE = "results.jsonl"
 PLOT_FILE = "metrics.png"
@@ -98,7 +98,7 @@ def write_json(path: Path, data: Any) -> None:
     """Write JSON atomically (temp file + rename), so readers never see half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     text = json.dumps(data, indent=1, sort_keys=True, ensure_ascii=False)
-    atomic_write_text(path, text, perms=OWNER_ONLY)  # owner-only, as evaluation files always were
+    atomic_write_text(path, text)
 
 
 def keep_best(out_dir: Path, result: EvalResult) -> Path:

@@ -101,6 +101,25 @@ container_state() {  # service -> "status exitcode restarts" of its (first) cont
   docker inspect -f '{{.State.Status}} {{.State.ExitCode}} {{.RestartCount}}' "$id"
 }
 
+trainer_step() {
+  compose exec -T downloader streamcap status --json 2>/dev/null |
+    "$PYTHON" -c 'import json, sys; print(json.load(sys.stdin)["trainer"]["step"] or 0)' 2>/dev/null || echo 0
+}
+
+say "docker compose stop trainer mid-run: a checkpoint, exit 0, no traceback; start resumes it"
+deadline=$((SECONDS + TIMEOUT_S))
+until [ "$(trainer_step)" -ge $((MAX_STEPS / 4)) ]; do
+  [ $SECONDS -lt $deadline ] || fail "the trainer did not reach step $((MAX_STEPS / 4))"
+  sleep 2
+done
+t0=$SECONDS
+compose stop -t 120 trainer
+read -r s code restarts <<<"$(container_state trainer)"
+echo "    stopped at step $(trainer_step) in $((SECONDS - t0)) s: $s, exit $code"
+[ "$s" = exited ] && [ "$code" = 0 ] || fail "a stopped trainer must exit 0 (got $code)"
+if compose logs trainer | grep -E "Traceback|SignalException"; then fail "traceback in the trainer's log"; fi
+compose start trainer
+
 say "waiting for the trainer to finish $MAX_STEPS steps and the evaluator to score the last checkpoint"
 report="/data/checkpoints/evals"
 deadline=$((SECONDS + TIMEOUT_S))
@@ -128,6 +147,8 @@ sleep 15  # a trainer wrongly set to restart would be back up by now
 read -r s code restarts <<<"$(container_state trainer)"
 [ "$s" = exited ] && [ "$restarts" = 0 ] || fail "the trainer was restarted after it finished ($s, $restarts)"
 
+compose logs trainer | grep -m1 "resuming at step" || fail "the restarted trainer did not resume its run"
+
 say "evaluation report"
 compose exec -T evaluator sh -c "ls -l $report/*/step-$(printf '%09d' "$MAX_STEPS")/"
 
@@ -154,5 +175,11 @@ for volume in checkpoints shards; do
   fi
   echo "    volume $volume: clean"
 done
+
+say "what the containers wrote is readable by a host user"
+unreadable=$(docker run --rm -v "${PROJECT}_checkpoints:/v:ro" --entrypoint find streamcap-downloader:latest \
+  /v -type f ! -perm -o=r)
+[ -z "$unreadable" ] || fail "files only their owner can read: $unreadable"
+echo "    checkpoints volume: every file world-readable"
 
 say "compose check passed"

@@ -27,7 +27,7 @@ import redis
 import torch
 
 from streamcap import bus
-from streamcap.common.files import OWNER_ONLY, atomic_write_text, atomic_writer
+from streamcap.common.files import atomic_write_text, atomic_writer
 from streamcap.formats.records import CheckpointRecord
 
 STATE_VERSION = 1
@@ -46,7 +46,7 @@ def state_path(run_dir: Path, step: int) -> Path:
 def write_json_atomic(path: Path, obj: Any) -> None:
     text = json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n"
     path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(path, text, perms=OWNER_ONLY)  # owner-only like the checkpoints, as always
+    atomic_write_text(path, text)
 
 
 def save_config(run_dir: Path, config: dict[str, Any]) -> Path:
@@ -57,7 +57,7 @@ def save_config(run_dir: Path, config: dict[str, Any]) -> Path:
 
 def save_train_state(path: Path, state: dict[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_writer(path, perms=OWNER_ONLY) as f:
+    with atomic_writer(path) as f:
         torch.save({"version": STATE_VERSION, **state}, f)
 
 

@@ -34,6 +34,9 @@ from streamcap.common.logs import first_line
 log = logging.getLogger(__name__)
 
 HEARTBEAT_EVERY_S = 5.0
+# Heartbeat states of a rank that ended on purpose: `streamcap status` expects no more beats.
+HEARTBEAT_FINISHED = "finished"
+HEARTBEAT_STOPPED = "stopped"
 OUTAGE_BACKOFF_S = 30.0
 RUN_RUNNING, RUN_FINISHED = "running", "finished"
 
@@ -53,14 +56,14 @@ class RedisStatus:
     def finish(self) -> None:
         if self.rank == 0:
             self._safe("marking the run finished", lambda: self._write_run(RUN_FINISHED))
-        self.leave()
+        self.leave(HEARTBEAT_FINISHED)
 
-    def leave(self) -> None:
-        """Remove this rank's heartbeat: it ended on purpose (done or stopped), so `streamcap status`
-        must not report it as a worker that stopped reporting. A crash leaves it to expire."""
-        self._safe(
-            "removing the heartbeat", lambda: self.r.delete(self.keys.heartbeat(bus.ROLE_TRAINER, self.instance))
-        )
+    def leave(self, state: str = HEARTBEAT_STOPPED) -> None:
+        """Mark this rank's last heartbeat as ended on purpose (`finished` or `stopped`): it stays
+        readable until it expires, and `streamcap status` does not count it as a worker that
+        stopped reporting. A crash leaves the heartbeat as it was, to go stale."""
+        key = self.keys.heartbeat(bus.ROLE_TRAINER, self.instance)
+        self._safe("marking the heartbeat", lambda: self.r.hset(key, "state", state))
 
     def due(self) -> bool:
         return time.monotonic() >= self._next_beat

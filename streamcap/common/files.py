@@ -24,8 +24,6 @@ from typing import IO
 
 # Permission bits of a new file, before the umask: what open() gives (0o666 & ~umask).
 DEFAULT_PERMS = 0o666
-# Owner read/write only: what files made with tempfile.mkstemp always had.
-OWNER_ONLY = 0o600
 
 
 def atomic_write_bytes(

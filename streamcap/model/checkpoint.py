@@ -21,7 +21,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from streamcap.common.files import OWNER_ONLY, atomic_writer
+from streamcap.common.files import atomic_writer
 from streamcap.common.logs import first_line
 from streamcap.model.caption_model import CaptionModel, ModelConfig
 from streamcap.text.tokenizer import VocabError, WordPieceTokenizer
@@ -92,7 +92,7 @@ def save_checkpoint(
     }
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_writer(path, perms=OWNER_ONLY) as f:  # owner-only, as checkpoints always were
+    with atomic_writer(path) as f:  # mode from the umask: a host user reads what a container wrote
         torch.save(payload, f)
 
 

@@ -26,6 +26,10 @@ _SIZE_COMMANDS = {"stream": "xlen", "hash": "hlen", "set": "scard", "string": "s
 DATA_WAIT_HINT_PCT = 20.0
 
 
+# Heartbeat states of a process that ended on purpose (trainer ranks: finished, stopped).
+ENDED_STATES = ("finished", "stopped")
+
+
 def redis_info(r: redis.Redis, keys: bus.Keys) -> dict[str, Any]:
     """Version, memory, persistence mode, and the last outage a service waited out."""
     info = r.info()
@@ -238,7 +242,8 @@ def hints(report: dict[str, Any]) -> list[str]:
         out.append(f"{parts['dead']} parts dead-lettered after repeated failures: their last errors are in parts:dead")
     if not parts["consistent"]:
         out.append("part states do not add up to the parts enqueued: run `streamcap audit`")
-    stale = [w["id"] for w in report["workers"] if w["stale"]]
+    # A rank that finished or was stopped on purpose says so in its last heartbeat.
+    stale = [w["id"] for w in report["workers"] if w["stale"] and w.get("state") not in ENDED_STATES]
     if stale:
         out.append(f"{len(stale)} worker(s) stopped reporting: {', '.join(stale[:3])}")
     outage = report["redis"]["last_outage"]

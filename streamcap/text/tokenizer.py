@@ -24,7 +24,7 @@ import unicodedata
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from streamcap.common.files import OWNER_ONLY, atomic_write_text
+from streamcap.common.files import atomic_write_text
 from streamcap.text.bert_chars import char_class, is_nonspacing_mark, is_punctuation
 
 PAD, UNK, BOS, EOS, MASK = "[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"
@@ -134,7 +134,7 @@ class WordPieceTokenizer:
         """Write vocab.txt atomically (a temp file in the same directory, then rename)."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(path, "\n".join(self.vocab) + "\n", perms=OWNER_ONLY)  # its mode as always
+        atomic_write_text(path, "\n".join(self.vocab) + "\n")
 
     @property
     def vocab_size(self) -> int:

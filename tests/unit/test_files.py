@@ -9,7 +9,7 @@ import stat
 import pytest
 
 from streamcap.common import files
-from streamcap.common.files import OWNER_ONLY, atomic_write_bytes, atomic_write_text, atomic_writer
+from streamcap.common.files import atomic_write_bytes, atomic_write_text, atomic_writer
 
 
 def test_writes_the_content_and_leaves_nothing_else(tmp_path):
@@ -88,7 +88,7 @@ def test_permissions_follow_the_umask_unless_given(tmp_path):
     old = os.umask(0o022)
     try:
         atomic_write_bytes(tmp_path / "shared.json", b"{}")
-        atomic_write_bytes(tmp_path / "private.pt", b"x", perms=OWNER_ONLY)
+        atomic_write_bytes(tmp_path / "private.pt", b"x", perms=0o600)
     finally:
         os.umask(old)
     assert stat.S_IMODE((tmp_path / "shared.json").stat().st_mode) == 0o644
