@@ -153,7 +153,9 @@ say "evaluation report"
 compose exec -T evaluator sh -c "ls -l $report/*/step-$(printf '%09d' "$MAX_STEPS")/"
 
 say "streamcap status and audit"
-compose exec -T downloader streamcap status
+status_text=$(compose exec -T downloader streamcap status)
+echo "$status_text"
+if echo "$status_text" | grep -q "stopped reporting"; then fail "status reports a worker that stopped reporting"; fi
 audit=$(compose exec -T downloader streamcap audit 2>&1) || { echo "$audit"; fail "streamcap audit exited non-zero"; }
 echo "$audit" | tail -n 5
 echo "$audit" | grep -q 'lost=0,' || fail "audit: lost is not 0"

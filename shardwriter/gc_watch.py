@@ -25,6 +25,8 @@ from streamcap.shardwriter.retention import GcReport, gc
 
 log = logging.getLogger(__name__)
 
+BEAT_EVERY_S = 5.0
+
 
 @dataclass
 class GcTotals:
@@ -74,36 +76,19 @@ def watch(cfg: ShardWriterSettings, interval_s: float, stop: threading.Event | N
         format_size(cfg.min_free_bytes) if cfg.min_free_bytes else "none",
         cfg.min_reads,
     )
+    next_round = 0.0
     while not stop.is_set():
         try:
-            report = gc(
-                r,
-                keys,
-                cfg.shard_dir,
-                max_disk_bytes=cfg.max_disk_bytes,
-                min_free_bytes=cfg.min_free_bytes,
-                min_reads=cfg.min_reads,
-            )
-            totals.add(report)
-            if report.deleted:
-                log.info(
-                    "gc: deleted %d shards (%s); %s",
-                    len(report.deleted),
-                    format_size(report.freed_bytes),
-                    report.stopped_because,
-                )
-            bus.write_heartbeat(
-                r,
-                keys,
-                bus.ROLE_GC,
-                me,
-                totals.heartbeat(cfg, interval_s),
-                ttl_s=max(bus.HEARTBEAT_TTL_S, int(3 * interval_s)),
-            )
+            if time.monotonic() >= next_round:
+                next_round = time.monotonic() + interval_s
+                _round(r, cfg, totals)
+            # Beats between rounds too: `streamcap status` calls a heartbeat older than
+            # HEARTBEAT_STALE_S a worker that stopped reporting, and rounds may be further apart.
+            bus.write_heartbeat(r, keys, bus.ROLE_GC, me, totals.heartbeat(cfg, interval_s))
         except bus.REDIS_DOWN as e:
             bus.wait_out_outage(r, e, what="gc", stop=stop.is_set, keys=keys, who=f"gc/{me}")
             continue
-        stop.wait(interval_s)
+        stop.wait(min(BEAT_EVERY_S, max(0.0, next_round - time.monotonic())))
     try:
         r.delete(keys.heartbeat(bus.ROLE_GC, me))
     except bus.REDIS_DOWN:  # stopped during an outage: the heartbeat expires on its own
@@ -115,6 +100,25 @@ def watch(cfg: ShardWriterSettings, interval_s: float, stop: threading.Event | N
         format_size(totals.freed_bytes),
     )
     return 0
+
+
+def _round(r, cfg: ShardWriterSettings, totals: GcTotals) -> None:
+    report = gc(
+        r,
+        cfg.keys,
+        cfg.shard_dir,
+        max_disk_bytes=cfg.max_disk_bytes,
+        min_free_bytes=cfg.min_free_bytes,
+        min_reads=cfg.min_reads,
+    )
+    totals.add(report)
+    if report.deleted:
+        log.info(
+            "gc: deleted %d shards (%s); %s",
+            len(report.deleted),
+            format_size(report.freed_bytes),
+            report.stopped_because,
+        )
 
 
 def _stop_on_signals() -> threading.Event:
