@@ -62,21 +62,9 @@ LATENCY_S = 0.05  # the image host answers after this long: a run lasts long eno
 EMPTY_EVERY = 31  # rows without a URL: `invalid_url`
 HANG_EVERY = 97  # rows that hang: each ends as `timeout` after --total-timeout
 # Fast, small downloads: tiny images, short timeouts, one image worker.
-DOWNLOAD_ARGS = (
-    "--image-workers",
-    "1",
-    "--image-size",
-    "64",
-    "--min-size",
-    "32",
-    "--total-timeout",
-    "3",
-    "--connect-timeout",
-    "1",
-    "--read-timeout",
-    "2",
-    "--retries",
-    "0",
+DOWNLOAD_ARGS = tuple(
+    "--image-workers 1 --image-size 64 --min-size 32 --total-timeout 3 "
+    "--connect-timeout 1 --read-timeout 2 --retries 0".split()
 )
 KILL_EVERY_S = (1.5, 3.0)
 REDIS_DOWN_S = 2.0

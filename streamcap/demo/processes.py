@@ -21,6 +21,21 @@ import time
 from pathlib import Path
 
 
+def flags(options: dict[str, object]) -> list[str]:
+    """Command-line words of `options`, one pair per flag: True stands alone, False and None drop out.
+
+    >>> flags({"--max-steps": 600, "--no-pretrained": True, "--seed": None})
+    ['--max-steps', '600', '--no-pretrained']
+    """
+    words: list[str] = []
+    for flag, value in options.items():
+        if value is True:
+            words.append(flag)
+        elif value is not None and value is not False:
+            words += [flag, str(value)]
+    return words
+
+
 class ServiceFailed(RuntimeError):
     """A child service exited with an error; the message names it and quotes its log."""
 

@@ -33,7 +33,7 @@ from streamcap import bus
 from streamcap.bus.embedded import EmbeddedRedis
 from streamcap.demo.config import DemoSettings
 from streamcap.demo.data import write_eval_set, write_source_parquet
-from streamcap.demo.processes import ServiceFailed, Services
+from streamcap.demo.processes import ServiceFailed, Services, flags
 from streamcap.demo.server import WorldServer
 from streamcap.ops import status
 from streamcap.text.captions import process_caption
@@ -126,17 +126,15 @@ def service_env(redis_url: str, paths: DemoPaths) -> dict[str, str]:
 
 
 def eval_args(paths: DemoPaths) -> list[str]:
-    return [
-        "--data",
-        str(paths.eval_set / "dataset_flickr30k.json"),
-        "--images",
-        str(paths.eval_set / "images"),
-        "--out-dir",
-        str(paths.evals),
-        "--no-meteor",
-        "--gallery",
-        "24",
-    ]
+    return flags(
+        {
+            "--data": paths.eval_set / "dataset_flickr30k.json",
+            "--images": paths.eval_set / "images",
+            "--out-dir": paths.evals,
+            "--no-meteor": True,
+            "--gallery": 24,
+        }
+    )
 
 
 def prepare_data(cfg: DemoSettings, paths: DemoPaths, base_url: str, services: Services, console: Console) -> None:
@@ -153,14 +151,14 @@ def prepare_data(cfg: DemoSettings, paths: DemoPaths, base_url: str, services: S
             "tokenizer",
             "build",
             str(paths.source),
-            "--out",
-            str(paths.vocab),
-            "--size",
-            "300",
-            "--column",
-            "llava_caption",
-            "--sentences",
-            str(CAPTION_SENTENCES),
+            *flags(
+                {
+                    "--out": paths.vocab,
+                    "--size": 300,
+                    "--column": "llava_caption",
+                    "--sentences": CAPTION_SENTENCES,
+                }
+            ),
         ],
     )
     services.run(
@@ -172,71 +170,44 @@ def prepare_data(cfg: DemoSettings, paths: DemoPaths, base_url: str, services: S
 def train_while_downloading(
     cfg: DemoSettings, paths: DemoPaths, services: Services, redis_url: str, console: Console
 ) -> None:
-    services.start(
-        "downloader",
-        [
-            "download",
-            "--allow-private",
-            "--exit-when-empty",
-            "--processes",
-            "1",
-            "--image-workers",
-            "1",
-            "--concurrency",
-            str(DOWNLOAD_CONCURRENCY),
-            "--per-host",
-            str(DOWNLOAD_CONCURRENCY),
-            "--image-size",
-            str(STORED_IMAGE_SIZE),
-            "--caption-sentences",
-            str(CAPTION_SENTENCES),
-            "--shard-max-samples",
-            "250",
-        ],
+    download = flags(
+        {
+            "--allow-private": True,
+            "--exit-when-empty": True,
+            "--processes": 1,
+            "--image-workers": 1,
+            "--concurrency": DOWNLOAD_CONCURRENCY,
+            "--per-host": DOWNLOAD_CONCURRENCY,
+            "--image-size": STORED_IMAGE_SIZE,
+            "--caption-sentences": CAPTION_SENTENCES,
+            "--shard-max-samples": 250,
+        }
     )
-    services.start(
-        "trainer",
-        [
-            "train",
-            "--run-id",
-            RUN_ID,
-            "--preset",
-            "tiny",
-            "--tokenizer",
-            str(paths.vocab),
-            "--no-pretrained",
-            "--checkpoint-dir",
-            str(paths.checkpoints),
-            "--max-steps",
-            str(cfg.steps),
-            "--batch-size",
-            str(cfg.batch_size),
-            "--lr",
-            "1e-3",
-            "--warmup-steps",
-            "50",
-            "--checkpoint-every",
-            str(cfg.checkpoint_every),
-            "--loader-workers",
-            "1",
-            "--device",
-            "cpu",
-            "--seed",
-            str(cfg.seed),
-            "--aug-max",
-            "0.3",
-            "--aug-ramp-steps",
-            str(cfg.steps),
-            "--sample-every",
-            "0",
-            "--histogram-every",
-            "0",
-            "--log-every",
-            "10",
-            "--fresh-wait-ms",
-            "500",
-        ],
+    train = flags(
+        {
+            "--run-id": RUN_ID,
+            "--preset": "tiny",
+            "--tokenizer": paths.vocab,
+            "--no-pretrained": True,
+            "--checkpoint-dir": paths.checkpoints,
+            "--max-steps": cfg.steps,
+            "--batch-size": cfg.batch_size,
+            "--lr": "1e-3",
+            "--warmup-steps": 50,
+            "--checkpoint-every": cfg.checkpoint_every,
+            "--loader-workers": 1,
+            "--device": "cpu",
+            "--seed": cfg.seed,
+            "--aug-max": 0.3,
+            "--aug-ramp-steps": cfg.steps,
+            "--sample-every": 0,
+            "--histogram-every": 0,
+            "--log-every": 10,
+            "--fresh-wait-ms": 500,
+        }
     )
+    services.start("downloader", ["download", *download])
+    services.start("trainer", ["train", *train])
     r = bus.connect(redis_url)
     keys = bus.Keys(NAMESPACE)
     with Live(progress_table(None, cfg), console=console, refresh_per_second=2) as live:

@@ -28,21 +28,9 @@ from streamcap.shardwriter import commit, faults
 ROOT = Path(__file__).resolve().parents[2]
 STREAMCAP = [sys.executable, "-m", "streamcap"]
 # Fast, small, reproducible downloads: tiny images, short timeouts, one image worker.
-DOWNLOAD_ARGS = (
-    "--image-workers",
-    "1",
-    "--image-size",
-    "64",
-    "--min-size",
-    "32",
-    "--total-timeout",
-    "3",
-    "--connect-timeout",
-    "1",
-    "--read-timeout",
-    "2",
-    "--retries",
-    "0",
+DOWNLOAD_ARGS = tuple(
+    "--image-workers 1 --image-size 64 --min-size 32 --total-timeout 3 "
+    "--connect-timeout 1 --read-timeout 2 --retries 0".split()
 )
 COMMIT_SHA = hashlib.sha1(commit._COMMIT.encode()).hexdigest()  # what EVALSHA of the part commit names
 
