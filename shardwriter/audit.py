@@ -419,7 +419,7 @@ def _deliveries(r: redis.Redis, keys: bus.Keys, states: dict[str, str]) -> dict[
     for _entry_id, fields in r.xrange(keys.parts_dead):
         try:
             dead = bus.decode(fields)
-            times[PartRecord.from_message(dead).part_id] = int(dead.get("deliveries", 0))
+            times[PartRecord.from_message(dead).done_id] = int(dead.get("deliveries", 0))
         except (bus.MessageError, KeyError, TypeError, ValueError):
             continue  # unreadable entries are discrepancies already (read_part_queue)
     return dict(sorted(Counter(times.values()).items()))
