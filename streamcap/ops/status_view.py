@@ -60,6 +60,8 @@ def _queue(parts: dict[str, Any]) -> Table:
     )
     if not parts["consistent"]:
         table.caption = Text("states do not add up: run `streamcap audit`", style="red")
+    elif parts.get("retries_open"):
+        table.caption = Text(f"{parts['retries_open']} retry parts queued or running (`streamcap parts retry`)")
     return table
 
 

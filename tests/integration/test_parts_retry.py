@@ -7,6 +7,7 @@ Issue 15, finding 4: a download without --allow-private leaves every loopback ro
 from __future__ import annotations
 
 import json
+import signal
 import socket
 
 from streamcap import bus
@@ -14,8 +15,8 @@ from streamcap.cli import app
 from streamcap.common.commands import run_app
 from streamcap.downloader.claims import PartClaimer
 from streamcap.shardwriter.audit import audit
-from tests.support.fleet import download
-from tests.support.pipeline import enqueue_rows, failure_counters, final_audit, outcomes, paced_rows
+from tests.support.fleet import download, fault_env
+from tests.support.pipeline import enqueue_rows, failure_counters, final_audit, outcomes, paced_rows, part_stats
 
 
 def streamcap(capsys, redis_url, keys, shard_dir, *args):
@@ -101,3 +102,29 @@ def test_no_option_retries_dead_parts_and_transient_failures_only(r, keys, redis
     report = final_audit(r, keys, shard_dir)  # each row once, with its latest outcome
     assert (report.failures, report.retried_rows, report.retried_samples) == (12, 4, 0)
     assert failure_counters(r, keys) == {"connect_error": 4, "http_status": 8}
+
+
+def test_a_retry_killed_before_its_commit_is_redone_once(r, keys, redis_url, image_host, fleets, tmp_path, capsys):
+    shard_dir = tmp_path / "shards"
+    enqueue_rows(r, keys, shard_dir, paced_rows(image_host, 8, failures=False), part_size=4)
+    assert download(redis_url, keys, shard_dir, tmp_path / "first.log").returncode == 0
+    code, out = streamcap(capsys, redis_url, keys, shard_dir, "parts", "retry", "--reason", "blocked_address")
+    assert last_line(out) == "retry: 0 dead parts requeued, 8 failed rows requeued"
+    retry_of_0 = f"src:0~{r.hget(keys.parts_retries, 'src:0')}"
+
+    fleet = fleets(redis_url, keys, shard_dir)
+    [victim] = [
+        fleet.start("--lease-seconds", "1", "--parts-in-flight", "1", env=fault_env("before_commit", retry_of_0))
+    ]
+    assert victim.wait(90) == -signal.SIGKILL, fleet.tail(victim)
+    fleet.killed.add(victim.pid)
+    merged = part_stats(shard_dir)[0]
+    assert list(merged.retries) == [retry_of_0.split("~")[1]] and not r.sismember(keys.parts_done, retry_of_0)
+    mid = audit(r, keys, shard_dir)  # merged on disk, not committed: the audit counts the committed outcome
+    assert mid.lost == 0 and mid.discrepancies == [] and mid.retries_open >= 1
+
+    fleet.start("--exit-when-empty", "--lease-seconds", "1")
+    fleet.wait_all(90)
+    report = final_audit(r, keys, shard_dir)
+    assert (report.samples, report.failures, report.retried_rows, report.retried_samples) == (8, 0, 8, 8)
+    assert r.hget(keys.stats, bus.STAT_PARTS_COMMITTED) == "2" and r.hlen(keys.parts_retries) == 0
