@@ -148,7 +148,7 @@ class PartClaimer:
                 "ts": time.time(),
             }
         )["json"]
-        part_id = part.part_id if part is not None else f"?{claimed.entry_id}"
+        part_id = part.done_id if part is not None else f"?{claimed.entry_id}"
         script_keys = [
             self.keys.parts,
             self.keys.parts_dead,

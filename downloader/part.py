@@ -104,7 +104,10 @@ class PartRunner:
             owner=self.owner,
             claim=claim,
         ) as writer:
-            await _all_or_none([self._row(writer, part.start + i, rows, i, source, progress) for i in range(part.rows)])
+            # A retry part fetches only its listed rows; `rows` holds the whole part's range.
+            await _all_or_none(
+                [self._row(writer, row, rows, row - part.start, source, progress) for row in part.row_numbers]
+            )
             faults.maybe_crash(FAULT_AFTER_FETCH, part.part_id)
             return await _uninterrupted(asyncio.to_thread(writer.finish, progress.wire_bytes))
 

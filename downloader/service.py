@@ -250,11 +250,11 @@ class Worker:
         except (bus.MessageError, KeyError, TypeError, ValueError) as e:
             await self._dead_letter(claimed, None, f"unreadable part entry: {e}")
             return
-        if await asyncio.to_thread(self.queue.is_done, part.part_id):
+        if await asyncio.to_thread(self.queue.is_done, part.done_id):
             await asyncio.to_thread(self.queue.ack, claimed.entry_id)  # a duplicate delivery of a done part
             return
         if claimed.deliveries > self.cfg.max_deliveries:
-            last = await asyncio.to_thread(self.queue.last_error, part.part_id)
+            last = await asyncio.to_thread(self.queue.last_error, part.done_id)
             error = (last or {}).get("error") or "no error recorded: the workers that took it died or were killed"
             await self._dead_letter(claimed, part, f"delivered {claimed.deliveries} times; last error: {error}")
             return
@@ -267,7 +267,7 @@ class Worker:
             )
             return
         log.info(
-            "claimed part %s (rows %d-%d, delivery %d)", part.part_id, part.start, part.end - 1, claimed.deliveries
+            "claimed part %s (rows %d-%d, delivery %d)", part.done_id, part.start, part.end - 1, claimed.deliveries
         )
         assert self.runner is not None
         self.runner.admit(part)
@@ -331,7 +331,7 @@ class Worker:
             self.cfg.max_deliveries,
             error,
         )
-        await self._redis(self.queue.record_error, part.part_id, error)
+        await self._redis(self.queue.record_error, part.done_id, error)
         if disk_full:  # let space come back before trying anything again; the lease brings it back
             self._paused_until = time.monotonic() + DISK_FULL_PAUSE_S
             self.state, self.reason = "paused_for_disk", error

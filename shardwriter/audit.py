@@ -10,6 +10,9 @@ Checked (the accounting invariant of docs/architecture.md, row by row):
   failure with a reason (the part's stats file); rows of dead parts are counted as dead;
 - every registered shard is registered once, exists (or was deleted by gc), verifies, and
   matches its part's stats file; no sample key appears twice anywhere;
+- rows whose shard is gone without gc (quarantined by `shards verify --quarantine`, deleted by
+  hand and marked by `shards reconcile`: `shards:lost`) are `missing`, never fine, until
+  `streamcap shards reconcile --requeue-missing` and a download fetch them again;
 - the `stats` counters equal the sums of the done parts' stats files, and `parts_dead` the
   dead parts;
 - no temporary file is left, no finalized shard of a done part is unregistered.
@@ -17,7 +20,11 @@ Checked (the accounting invariant of docs/architecture.md, row by row):
 It also reports how often parts were delivered (`deliveries`: times delivered -> parts, for
 parts a downloader committed or dead-lettered), the redelivery histogram of the chaos tests.
 
-`lost` counts rows that are in no state; `duplicates` counts samples (or rows) present twice.
+`lost` counts rows that are in no state; `missing` rows whose samples were in a lost shard;
+`duplicates` counts samples (or rows) present twice. Retries (`streamcap parts retry`) are
+merged into their part's stats file, each row counted once with its latest outcome; a retry
+merged but not committed yet is left out (retry.committed_stats), and `retried_rows` /
+`retried_samples` say how many rows were fetched again and how many became samples.
 Rows of pending and in-flight parts are `unfinished`, not lost: audit a running pipeline
 freely, and pass `expect_done=True` to also require that every part is done or dead.
 """
@@ -34,7 +41,7 @@ from streamcap import bus
 from streamcap.formats.records import PartRecord, PartStats, ShardRecord
 from streamcap.formats.shards import part_prefix, sample_key
 from streamcap.ops.partqueue import PartQueueSnapshot, read_part_queue
-from streamcap.shardwriter import registry, tempfiles
+from streamcap.shardwriter import registry, retry, tempfiles
 from streamcap.shardwriter.commit import part_counters
 from streamcap.shardwriter.verify import check_shard
 
@@ -50,6 +57,10 @@ class AuditReport:
     dead_rows: int = 0
     unfinished_rows: int = 0
     lost: int = 0
+    missing: int = 0
+    retried_rows: int = 0
+    retried_samples: int = 0
+    retries_open: int = 0
     duplicates: int = 0
     parts: dict[str, int] = field(default_factory=lambda: dict.fromkeys(bus.PART_STATES, 0))
     shards: int = 0
@@ -69,7 +80,7 @@ class AuditReport:
 
     @property
     def ok(self) -> bool:
-        return self.lost == 0 and self.duplicates == 0 and not self.discrepancies
+        return self.lost == 0 and self.missing == 0 and self.duplicates == 0 and not self.discrepancies
 
     def to_json(self) -> dict:
         return {
@@ -82,6 +93,10 @@ class AuditReport:
             "dead_rows": self.dead_rows,
             "unfinished_rows": self.unfinished_rows,
             "lost": self.lost,
+            "missing": self.missing,
+            "retried_rows": self.retried_rows,
+            "retried_samples": self.retried_samples,
+            "retries_open": self.retries_open,
             "duplicates": self.duplicates,
             "parts": self.parts,
             "shards": self.shards,
@@ -99,7 +114,8 @@ class AuditReport:
             f"audit: {self.rows_enqueued} rows -> {self.samples} samples + {self.failures} failures"
             f"{f' ({reasons})' if reasons else ''}, dead rows {self.dead_rows}, unfinished rows "
             f"{self.unfinished_rows}; parts: {parts}; redelivered parts {self.redelivered_parts}; "
-            f"lost={self.lost}, duplicates={self.duplicates}, "
+            f"retried rows {self.retried_rows} ({self.retried_samples} now samples, {self.retries_open} retries open); "
+            f"lost={self.lost}, missing={self.missing}, duplicates={self.duplicates}, "
             f"discrepancies={len(self.discrepancies)}"
         )
 
@@ -168,17 +184,25 @@ def audit(
     all_stats = registry.load_part_stats(shard_dir, problems)
     for problem in problems:
         found.add("unreadable", problem)
-    done = {pid: all_stats.get(pid) for pid, state in states.items() if state == "done"}
+    done = {pid: _committed(all_stats.get(pid), queue) for pid, state in states.items() if state == "done"}
+    report.retries_open = len(queue.retries_open)
     registered = registry.registered_shards(r, keys)
     deleted = set(r.smembers(keys.shards_deleted))
-    keys_seen = _check_registry(registered, deleted, done, shard_dir, report, found, decode_images)
+    lost = set(r.smembers(keys.shards_lost))
+    keys_seen = _check_registry(registered, deleted, lost, done, shard_dir, report, found, decode_images)
     registered_names = {s.name for _, s in registered}
     for pid, stats in done.items():
-        _check_done_part(parts[pid], stats, keys_seen, registered_names, deleted, report, found)
-    _check_counters(r, keys, [s for s in done.values() if s], len(queue.done), len(queue.dead), found)
-    _check_disk(shard_dir, registered, states, found, report)
+        _check_done_part(parts[pid], stats, keys_seen, registered_names, deleted, lost, report, found)
+    dead = len(queue.dead) + len(queue.retries_dead)
+    _check_counters(r, keys, [s for s in done.values() if s], len(queue.done), dead, found)
+    retrying = {i.partition("~")[0] for i in queue.retries_open}
+    _check_disk(shard_dir, registered, states, retrying, found, report)
     report.deliveries = _deliveries(r, keys, states)
     return report
+
+
+def _committed(stats: PartStats | None, queue: PartQueueSnapshot) -> PartStats | None:
+    return None if stats is None else retry.committed_stats(stats, queue.retries_done)
 
 
 def _expected_parts(
@@ -204,6 +228,7 @@ def _expected_parts(
 def _check_registry(
     registered: list[tuple[str, ShardRecord]],
     deleted: set[str],
+    lost: set[str],
     done: dict[str, PartStats | None],
     shard_dir: Path,
     report: AuditReport,
@@ -225,7 +250,8 @@ def _check_registry(
         checked.add(shard.name)
         if shard.part_id not in done:
             found.add("uncommitted", f"shard {shard.name} is registered but part {shard.part_id} is not done")
-        elif done[shard.part_id] is not None and shard not in done[shard.part_id].shards:
+        elif done[shard.part_id] is not None and shard not in done[shard.part_id].shards and shard.name not in lost:
+            # (a lost shard leaves its part's stats once a retry fetched its rows again)
             found.add(
                 "stale registration",
                 f"registered shard {shard.name} differs from (or is missing in) the stats file of part {shard.part_id}",
@@ -235,7 +261,11 @@ def _check_registry(
             continue
         path = shard_dir / shard.name
         if not path.exists():
-            found.add("missing shard", f"registered shard {shard.name} does not exist (and was not deleted by gc)")
+            found.add(
+                "missing shard",
+                f"registered shard {shard.name} does not exist (and was not deleted by gc): its rows are lost; "
+                "`streamcap shards reconcile --requeue-missing` fetches them again",
+            )
             continue
         check = check_shard(path, decode_images=decode_images)
         for problem in check.problems:
@@ -259,10 +289,11 @@ def _check_done_part(
     keys_seen: dict[str, str],
     registered: set[str],
     deleted: set[str],
+    lost: set[str],
     report: AuditReport,
     found: _Findings,
 ) -> None:
-    """Every row of a done part: exactly one sample or one failure."""
+    """Every row of a done part: exactly one sample or one failure (or missing: in a lost shard)."""
     pid = part.part_id
     if stats is None:
         found.add("no stats", f"part {pid} is done but has no stats file in the shard dir")
@@ -281,13 +312,26 @@ def _check_done_part(
     for name in sorted(listed - registered - deleted):
         found.add("unregistered", f"shard {name} of done part {pid} is in its stats file but not registered")
     sample_rows = {row for row in range(part.start, part.end) if keys_seen.get(sample_key(part.source, row)) in listed}
-    deleted_samples = sum(s.samples for s in stats.shards if s.name in deleted)
+    report.retried_rows += stats.retried_rows
+    report.retried_samples += stats.retried_samples
+    deleted_samples = sum(s.samples for s in stats.shards if s.name in deleted and s.name not in lost)
     report.samples += len(sample_rows) + deleted_samples
+    missing = 0
+    for shard in stats.shards:
+        if shard.name in lost:
+            missing += shard.samples
+            found.add(
+                "missing rows",
+                f"part {pid}: shard {shard.name} (rows {shard.first_row}-{shard.last_row}) was quarantined or "
+                f"went missing: {shard.samples} samples missing; `streamcap shards reconcile --requeue-missing` "
+                "fetches them again",
+            )
+    report.missing += missing
     twice = [row for row, n in failed.items() if n > 1] + sorted(sample_rows & set(failed))
     if twice:
         report.duplicates += len(twice)
         found.add("row twice", f"part {pid}: rows {twice[:10]} are recorded twice (sample and/or failure)")
-    covered = len(sample_rows | set(failed)) + deleted_samples
+    covered = len(sample_rows | set(failed)) + deleted_samples + missing
     if covered < part.rows:
         report.lost += part.rows - covered
         found.add(
@@ -309,6 +353,8 @@ _COMMIT_COUNTERS = {
     bus.STAT_SHARD_BYTES,
     bus.STAT_PARTS_COMMITTED,
     bus.STAT_PARTS_DEAD,
+    bus.STAT_RETRIED_ROWS,
+    bus.STAT_RETRIED_SAMPLES,
 }
 
 
@@ -336,6 +382,7 @@ def _check_disk(
     shard_dir: Path,
     registered: list[tuple[str, ShardRecord]],
     states: dict[str, str],
+    retrying: set[str],
     found: _Findings,
     report: AuditReport,
 ) -> None:
@@ -349,7 +396,9 @@ def _check_disk(
         if path.name in names:
             continue
         pid = part_by_prefix.get(path.name.rsplit("-", 1)[0])
-        if pid is not None and states[pid] != "done":
+        if pid is not None and pid in retrying:
+            report.notes.append(f"unregistered shard {path.name} of part {pid}: its retry is not committed yet")
+        elif pid is not None and states[pid] != "done":
             report.notes.append(
                 f"unregistered shard {path.name} of unfinished part {pid} (its redelivery overwrites it)"
             )
@@ -370,7 +419,7 @@ def _deliveries(r: redis.Redis, keys: bus.Keys, states: dict[str, str]) -> dict[
     for _entry_id, fields in r.xrange(keys.parts_dead):
         try:
             dead = bus.decode(fields)
-            times[PartRecord.from_message(dead).part_id] = int(dead.get("deliveries", 0))
+            times[PartRecord.from_message(dead).done_id] = int(dead.get("deliveries", 0))
         except (bus.MessageError, KeyError, TypeError, ValueError):
             continue  # unreadable entries are discrepancies already (read_part_queue)
     return dict(sorted(Counter(times.values()).items()))

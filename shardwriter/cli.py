@@ -4,7 +4,7 @@
     streamcap shards verify [PATH...] [--quarantine] [--json]
     streamcap shards gc --max-disk-bytes 200G --min-reads 2 [--dry-run]
     streamcap shards gc --max-disk-bytes 200G --watch [--every 30]      # as a service
-    streamcap shards reconcile
+    streamcap shards reconcile [--requeue-missing]
     streamcap audit [--expect-done] [--json]
 
 Imports only typer and the settings here; the tools load inside the command bodies. Each
@@ -85,11 +85,20 @@ def gc_command(
 
 @shards_app.command("reconcile")
 @settings_command(ShardWriterSettings, only=("temp_stale_seconds", *COMMON_FIELDS))
-def reconcile_command(cfg: ShardWriterSettings, as_json: JsonFlag = False) -> int:
+def reconcile_command(
+    cfg: ShardWriterSettings,
+    requeue_missing: Annotated[
+        bool,
+        typer.Option(
+            "--requeue-missing", help="Also queue the rows of shards gone without gc (quarantined, deleted by hand)."
+        ),
+    ] = False,
+    as_json: JsonFlag = False,
+) -> int:
     """Rebuild the registry from the shard dir after Redis lost data; re-enqueue unfinished parts."""
     from streamcap.shardwriter import tools
 
-    return tools.reconcile(cfg, as_json)
+    return tools.reconcile(cfg, as_json, requeue_missing)
 
 
 @settings_command(ShardWriterSettings, only=COMMON_FIELDS)

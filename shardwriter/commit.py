@@ -69,8 +69,10 @@ return '%(ok)s'
     % {"ok": CONFIRMED}
 )
 
-# KEYS[4]=shards KEYS[5]=parts:commits KEYS[6]=parts:deliveries; ARGV[5]=attempt token
-# ARGV[6]=n shards, then n shard messages, then counter name/value pairs.
+# KEYS[4]=shards KEYS[5]=parts:commits KEYS[6]=parts:deliveries KEYS[7]=parts:retries;
+# ARGV[5]=attempt token ARGV[6]=part id whose pending retry this commit ends ('' = none)
+# ARGV[7]=n shards, then n shard messages, then counter name/value pairs (deltas: a retry's
+# commit takes back the retried rows' old outcomes, so they may be negative).
 _COMMIT = (
     _CHECK
     + """
@@ -81,13 +83,17 @@ if refused then
   end
   return refuse(refused)
 end
-local n = tonumber(ARGV[6])
-for i = 7, 6 + n do redis.call('XADD', KEYS[4], '*', 'json', ARGV[i]) end
-for i = 7 + n, #ARGV, 2 do redis.call('HINCRBY', KEYS[3], ARGV[i], ARGV[i + 1]) end
+local n = tonumber(ARGV[7])
+for i = 8, 7 + n do redis.call('XADD', KEYS[4], '*', 'json', ARGV[i]) end
+for i = 8 + n, #ARGV, 2 do
+  -- a retry that took a reason's last failure back leaves no 'fail:<reason> 0' behind
+  if redis.call('HINCRBY', KEYS[3], ARGV[i], ARGV[i + 1]) == 0 then redis.call('HDEL', KEYS[3], ARGV[i]) end
+end
 if ARGV[4] ~= '' then
   local p = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[2], ARGV[2], 1)
   redis.call('HSET', KEYS[6], ARGV[3], p[1][4])
 end
+if ARGV[6] ~= '' then redis.call('HDEL', KEYS[7], ARGV[6]) end
 redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
 redis.call('SADD', KEYS[2], ARGV[3])
 redis.call('HSET', KEYS[5], ARGV[3], ARGV[5])
@@ -132,9 +138,22 @@ def part_counters(stats: PartStats) -> list[tuple[str, int]]:
         (bus.STAT_SHARDS, len(stats.shards)),
         (bus.STAT_SHARD_BYTES, sum(s.bytes for s in stats.shards)),
         (bus.STAT_PARTS_COMMITTED, 1),
+        (bus.STAT_RETRIED_ROWS, stats.retried_rows),
+        (bus.STAT_RETRIED_SAMPLES, stats.retried_samples),
     ]
     counters += [(bus.STAT_FAIL_PREFIX + reason, n) for reason, n in sorted(failures.items())]
     return [(name, n) for name, n in counters if n]
+
+
+def commit_counters(stats: PartStats) -> list[tuple[str, int]]:
+    """What committing `stats` adds to the `stats` hash: a part's counters, or for a retry the
+    difference its merge made (the retried rows' old outcomes out, their new ones in)."""
+    if not stats.retry:
+        return part_counters(stats)
+    delta = dict(part_counters(stats))
+    for name, n in part_counters(stats.without_retry(stats.retry)):
+        delta[name] = delta.get(name, 0) - n
+    return [(name, n) for name, n in sorted(delta.items()) if n]
 
 
 def confirm_claim(claim: PartClaim, part_id: str) -> str:
@@ -160,21 +179,32 @@ def commit_part(
     `token`: an id of this attempt; a retry of an applied commit with the same token reports
     COMMITTED (retried=True) instead of a wasted commit. Defaults to consumer + entry id.
     """
-    part_id = stats.part_id
+    part_id = stats.done_id
     faults.maybe_crash("before_commit", part_id)
-    shard_msgs = [bus.encode(s.to_message())["json"] for s in stats.shards]
+    # A retry registers only its own new shards; the part's earlier ones are registered already.
+    new = [s for s in stats.shards if s.seq >= stats.retries[stats.retry].seq0] if stats.retry else stats.shards
+    shard_msgs = [bus.encode(s.to_message())["json"] for s in new]
     args: list[str | int] = [
         group,
         entry_id,
         part_id,
         consumer or "",
         token or f"{consumer or ''}/{entry_id}",
+        stats.part_id if stats.retry else "",
         len(shard_msgs),
         *shard_msgs,
     ]
-    for name, n in part_counters(stats):
+    for name, n in commit_counters(stats):
         args += [name, n]
-    script_keys = [keys.parts, keys.parts_done, keys.stats, keys.shards, keys.parts_commits, keys.parts_deliveries]
+    script_keys = [
+        keys.parts,
+        keys.parts_done,
+        keys.stats,
+        keys.shards,
+        keys.parts_commits,
+        keys.parts_deliveries,
+        keys.parts_retries,
+    ]
     script = r.register_script(_COMMIT)
     if faults.armed("during_commit", part_id):
         _send_and_die(r, script, script_keys, args)
@@ -182,7 +212,7 @@ def commit_part(
     faults.maybe_crash("after_commit", part_id)
     retried = status.endswith(":retry")
     status = status.split(":")[0]
-    return CommitResult(status, part_id, shards=len(stats.shards) if status == COMMITTED else 0, retried=retried)
+    return CommitResult(status, part_id, shards=len(new) if status == COMMITTED else 0, retried=retried)
 
 
 def _send_and_die(r: redis.Redis, script, script_keys: list[str], args: Iterable) -> None:

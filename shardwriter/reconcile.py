@@ -16,7 +16,9 @@ disk is a committed-or-committable part. Reconcile then, safely while downloader
    from disk (gc'd, quarantined) are marked deleted instead of being trainer-visible;
 4. for done parts, registers shards missing from the `shards` stream;
 5. re-enqueues every part that has no committed output and is neither queued, in flight nor
-   dead.
+   dead;
+6. with `--requeue-missing`, queues a retry part (`retry`) for exactly the rows of shards gone
+   without gc (quarantined, deleted by hand, marked in `shards:lost`).
 After this, `streamcap audit` passes again.
 """
 
@@ -33,7 +35,7 @@ from streamcap import bus
 from streamcap.formats.records import PartStats
 from streamcap.formats.shards import stats_name
 from streamcap.ops.partqueue import PartQueueSnapshot, read_part_queue
-from streamcap.shardwriter import registry, tempfiles
+from streamcap.shardwriter import registry, retry, tempfiles
 from streamcap.shardwriter.commit import commit_part
 from streamcap.shardwriter.locks import PartLockBusy, part_lock
 
@@ -50,21 +52,29 @@ class ReconcileReport:
     shards_registered: list[str] = field(default_factory=list)
     shards_marked_deleted: list[str] = field(default_factory=list)
     parts_requeued: list[str] = field(default_factory=list)
+    requeue_missing: bool = False
+    rows_requeued: int = 0  # rows of lost shards queued again (--requeue-missing)
+    retry_parts: list[str] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict:
         return dict(self.__dict__)
 
     def summary(self) -> str:
+        requeued = f", {self.rows_requeued} missing rows requeued" if self.requeue_missing else ""
         return (
             f"reconcile: {len(self.parts_restored)} parts restored from stats files, "
             f"{len(self.shards_registered)} shards registered, {len(self.shards_marked_deleted)} marked deleted, "
             f"{len(self.parts_requeued)} parts re-enqueued, {len(self.sources_restored)} sources restored, "
-            f"{len(self.temp_files_swept)} temporary files swept, {len(self.problems)} problems"
+            f"{len(self.temp_files_swept)} temporary files swept, {len(self.problems)} problems{requeued}"
         )
 
 
-def reconcile(r: redis.Redis, keys: bus.Keys, shard_dir: Path, *, temp_stale_s: float = 3600.0) -> ReconcileReport:
+def reconcile(
+    r: redis.Redis, keys: bus.Keys, shard_dir: Path, *, temp_stale_s: float = 3600.0, requeue_missing: bool = False
+) -> ReconcileReport:
+    """Steps 1-5 of the module docstring; with `requeue_missing`, also queue a retry part for the
+    rows of every shard that is gone without gc (quarantined, deleted by hand)."""
     shard_dir = Path(shard_dir)
     report = ReconcileReport()
     report.temp_files_swept = [p.name for p in tempfiles.sweep(shard_dir, temp_stale_s)]
@@ -90,6 +100,12 @@ def reconcile(r: redis.Redis, keys: bus.Keys, shard_dir: Path, *, temp_stale_s: 
         except PartLockBusy as e:
             report.problems.append(f"{e}; left for the next reconcile")
     _requeue_missing(r, keys, shard_dir, read_part_queue(r, keys, []), report)
+    report.requeue_missing = requeue_missing
+    if requeue_missing:
+        requeued = retry.requeue_missing(r, keys, shard_dir)
+        report.rows_requeued = requeued.rows_requeued
+        report.retry_parts = requeued.retry_parts
+        report.problems += [f"part {pid}: a retry is still open; rerun when it is done" for pid in requeued.skipped]
     return report
 
 
@@ -129,6 +145,8 @@ def _restore_part(
     newly_gone = [name for name in gone if name not in deleted]
     if newly_gone:  # before registering, so no trainer ever claims a file that is not there
         r.sadd(keys.shards_deleted, *newly_gone)
+        # Gone without gc: the audit counts their rows missing until they are fetched again.
+        r.sadd(keys.shards_lost, *newly_gone)
         report.shards_marked_deleted += newly_gone
     if stats.part_id not in queue.done:
         result = commit_part(r, keys, stats, "0-0", token=RECONCILE_TOKEN)
@@ -141,7 +159,8 @@ def _restore_part(
         if queued:
             r.xdel(keys.parts, *queued)
         return
-    for shard in stats.shards:
+    # A retry merged into the stats file but not committed yet registers its shards itself.
+    for shard in retry.committed_stats(stats, queue.retries_done).shards:
         if shard.name not in registered:
             r.xadd(keys.shards, bus.encode(shard.to_message()))
             report.shards_registered.append(shard.name)

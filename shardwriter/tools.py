@@ -140,10 +140,12 @@ def gc(cfg: ShardWriterSettings, dry_run: bool, as_json: bool) -> int:
     return 0
 
 
-def reconcile(cfg: ShardWriterSettings, as_json: bool) -> int:
+def reconcile(cfg: ShardWriterSettings, as_json: bool, requeue_missing: bool = False) -> int:
     from streamcap.shardwriter.reconcile import reconcile as rebuild
 
-    report = rebuild(_connect(cfg), cfg.keys, cfg.shard_dir, temp_stale_s=cfg.temp_stale_seconds)
+    report = rebuild(
+        _connect(cfg), cfg.keys, cfg.shard_dir, temp_stale_s=cfg.temp_stale_seconds, requeue_missing=requeue_missing
+    )
     if as_json:
         print_json(report.to_json())
         return 0

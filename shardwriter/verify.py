@@ -113,10 +113,12 @@ def expand(paths: list[Path]) -> tuple[list[Path], list[str]]:
 
 
 def unregister(r: redis.Redis, keys: bus.Keys, name: str) -> int:
-    """Remove every registration of shard `name` and mark it deleted; returns entries removed."""
+    """Remove every registration of shard `name` and mark it deleted and lost; returns entries removed."""
     ids = [entry_id for entry_id, shard in registry.iter_registered(r, keys) if shard.name == name]
     pipe = r.pipeline(transaction=True)
     pipe.sadd(keys.shards_deleted, name)  # trainers stop replaying it
+    # Not gc's deliberate deletion: its rows are missing until a retry fetches them again.
+    pipe.sadd(keys.shards_lost, name)
     if ids:
         pipe.xdel(keys.shards, *ids)
     pipe.execute()

@@ -34,6 +34,7 @@ from streamcap.formats.shards import IMAGE_EXTS, SHARD_SUFFIX, part_prefix, samp
 from streamcap.shardwriter import faults, tempfiles
 from streamcap.shardwriter.commit import CONFIRMED, PartClaim, confirm_claim
 from streamcap.shardwriter.locks import part_lock
+from streamcap.shardwriter.registry import read_part_stats
 
 _BLOCK = tarfile.BLOCKSIZE
 _END_OF_ARCHIVE = b"\0" * (2 * _BLOCK)
@@ -150,7 +151,7 @@ class PartWriter:
     # --- tar writing -------------------------------------------------------------------------------
 
     def _new_shard(self) -> _Shard:
-        seq = len(self._shards)
+        seq = self.part.seq0 + len(self._shards)  # a retry part's shards follow the part's own
         temp = tempfiles.temp_path(self.shard_dir, shard_name(self.part.source, self.part.part, seq))
         shard = _Shard(seq=seq, temp=temp, file=open(temp, "wb", buffering=1 << 20))
         self._shards.append(shard)
@@ -216,20 +217,36 @@ class PartWriter:
             self._ensure_claim()
             faults.maybe_crash("before_rename", self.part.part_id)
             stats_path = self.shard_dir / stats_name(self.part.source, self.part.part)
+            if self.part.retry:
+                stats = self._merge_retry(stats_path, stats)
             # An older attempt's stats file goes first, so no stats file ever describes a mix of attempts.
-            if stats_path.exists():
+            elif stats_path.exists():
                 tempfiles.remove_durably([stats_path], self.shard_dir)
             for shard in self._shards:
                 tempfiles.publish(
                     shard.temp, self.shard_dir / shard_name(self.part.source, self.part.part, shard.seq), sync_dir=False
                 )
-            self._remove_stale_shards(len(self._shards))
+            self._remove_stale_shards(self.part.seq0 + len(self._shards))
             tempfiles.fsync_dir(self.shard_dir)
             faults.maybe_crash("after_rename", self.part.part_id)
             record = stats.to_json() | {"owner": self.owner, "finished": time.time()}
             tempfiles.write_json_atomic(stats_path, record, compact=True)
         self._done = True
         return stats
+
+    def _merge_retry(self, stats_path: Path, work: PartStats) -> PartStats:
+        """A retry part's outcome merged into its committed part's stats (under the part's lock).
+
+        The part's own shards stay as they are, so its stats file keeps describing the disk until
+        the merged one replaces it; an earlier uncommitted attempt of this retry is undone first.
+        """
+        base = read_part_stats(stats_path)
+        if base is None:
+            raise RuntimeError(f"part {self.part.part_id} has no stats file in {self.shard_dir}: nothing to retry into")
+        if self.part.retry in base.retries:
+            base = base.without_retry(self.part.retry)
+            tempfiles.write_json_atomic(stats_path, base.to_json() | {"owner": self.owner}, compact=True)
+        return base.with_retry(self.part.retry, work, list(self.part.row_list), self.part.seq0, self.part.drop)
 
     def _record(self, shard: _Shard) -> ShardRecord:
         return ShardRecord(
@@ -246,7 +263,7 @@ class PartWriter:
     def _ensure_claim(self) -> None:
         if self.claim is None:
             return
-        status = confirm_claim(self.claim, self.part.part_id)
+        status = confirm_claim(self.claim, self.part.done_id)
         if status != CONFIRMED:
             self.abort()
             raise PartSuperseded(self.part.part_id, status)

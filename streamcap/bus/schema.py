@@ -49,6 +49,9 @@ STAT_SHARD_BYTES = "shard_bytes"
 STAT_PARTS_COMMITTED = "parts_committed"
 STAT_COMMITS_WASTED = "commits_wasted"  # commits of parts another worker had already committed
 STAT_PARTS_DEAD = "parts_dead"
+STAT_RETRIED_ROWS = "retried_rows"  # rows fetched again by committed retries (`streamcap parts retry`)
+STAT_RETRIED_SAMPLES = "retried_samples"  # of those, rows whose latest outcome is a sample
+STAT_PARTS_REQUEUED = "parts_requeued"  # dead parts moved back to `parts` by `streamcap parts retry --dead`
 STAT_REDIS_RECONNECTS = "redis_reconnects"  # outages waited out, summed over processes
 
 # Fields of the `control` hash. Downloaders set CONTROL_DISK_PAUSED (a one-line reason) while
@@ -141,6 +144,17 @@ class Keys:
         """set: shard names removed by `streamcap shards gc`, so trainers stop replaying them."""
         return self.key("shards", "deleted")
 
+    @property
+    def shards_lost(self) -> str:
+        """set: shard names gone not by gc (quarantined, or found missing by reconcile); also in
+        `shards:deleted`. Their rows are `missing` until a retry fetches them again."""
+        return self.key("shards", "lost")
+
+    @property
+    def parts_retries(self) -> str:
+        """hash: part id -> id of its retry part on `parts` not committed yet (one at a time per part)."""
+        return self.key("parts", "retries")
+
     def shard_reads(self, run: str) -> str:
         """hash: shard name -> times read (fresh or replayed) by training run `run`."""
         return self.key("shards", "reads", run)
@@ -177,6 +191,8 @@ class Keys:
             "parts:errors": (self.parts_errors, "hash"),
             "shards": (self.shards, "stream"),
             "shards:deleted": (self.shards_deleted, "set"),
+            "shards:lost": (self.shards_lost, "set"),
+            "parts:retries": (self.parts_retries, "hash"),
             "stats": (self.stats, "hash"),
             "runs": (self.runs, "hash"),
             "control": (self.control, "hash"),

@@ -87,27 +87,71 @@ class SourceRecord:
 
 @dataclass(frozen=True)
 class PartRecord:
-    """Rows [start, end) of a source: the unit of work a downloader claims and commits."""
+    """Rows [start, end) of a source: the unit of work a downloader claims and commits.
+
+    A *retry part* (`retry` set, by `streamcap parts retry` or `shards reconcile
+    --requeue-missing`) names a committed part and only the rows to fetch again (`row_list`);
+    its new shards start at sequence `seq0`, and the shards in `drop` (gone from disk) leave
+    the part's stats. Its commit replaces those rows' outcomes (records.PartStats.with_retry).
+    """
 
     source: str
     part: int
     start: int
     end: int
+    retry: str = ""  # retry id; '' for the part's own work
+    row_list: tuple[int, ...] = ()
+    seq0: int = 0
+    drop: tuple[str, ...] = ()
 
     @property
     def part_id(self) -> str:
         return part_id(self.source, self.part)
 
     @property
+    def done_id(self) -> str:
+        """The id `parts:done` records once this work is committed: the part's, or its retry's."""
+        return retry_id(self.part_id, self.retry) if self.retry else self.part_id
+
+    @property
     def rows(self) -> int:
-        return self.end - self.start
+        return len(self.row_list) if self.retry else self.end - self.start
+
+    @property
+    def row_numbers(self) -> list[int]:
+        """The source rows this work fetches, in order."""
+        return sorted(self.row_list) if self.retry else list(range(self.start, self.end))
 
     def to_message(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        msg: dict[str, Any] = {"source": self.source, "part": self.part, "start": self.start, "end": self.end}
+        if self.retry:
+            msg |= {"retry": self.retry, "rows": list(self.row_list), "seq0": self.seq0, "drop": list(self.drop)}
+        return msg
 
     @classmethod
     def from_message(cls, msg: dict[str, Any]) -> PartRecord:
-        return cls(source=msg["source"], part=int(msg["part"]), start=int(msg["start"]), end=int(msg["end"]))
+        return cls(
+            source=msg["source"],
+            part=int(msg["part"]),
+            start=int(msg["start"]),
+            end=int(msg["end"]),
+            retry=str(msg.get("retry", "")),
+            row_list=tuple(int(r) for r in msg.get("rows", ())),
+            seq0=int(msg.get("seq0", 0)),
+            drop=tuple(str(n) for n in msg.get("drop", ())),
+        )
+
+
+RETRY_SEP = "~"
+
+
+def retry_id(part: str, retry: str) -> str:
+    """The `parts:done` id of a part's retry: '<part id>~<retry id>'."""
+    return f"{part}{RETRY_SEP}{retry}"
+
+
+def is_retry_id(done_id: str) -> bool:
+    return RETRY_SEP in done_id
 
 
 @dataclass(frozen=True)
@@ -174,9 +218,47 @@ class FailedRow:
 
 
 @dataclass
+class RetryRecord:
+    """What one committed retry changed in its part: enough to undo it (`PartStats.without_retry`)."""
+
+    rows: list[int]
+    seq0: int
+    samples: int = 0  # of `rows`, how many became samples
+    bytes_downloaded: int = 0
+    replaced: list[FailedRow] = field(default_factory=list)  # the rows' failures before the retry
+    dropped: list[ShardRecord] = field(default_factory=list)  # shards gone from disk, left out since
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "rows": self.rows,
+            "seq0": self.seq0,
+            "samples": self.samples,
+            "bytes_downloaded": self.bytes_downloaded,
+            "replaced": [dataclasses.asdict(f) for f in self.replaced],
+            "dropped": [s.to_message() for s in self.dropped],
+        }
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> RetryRecord:
+        return cls(
+            rows=[int(r) for r in d["rows"]],
+            seq0=int(d["seq0"]),
+            samples=int(d.get("samples", 0)),
+            bytes_downloaded=int(d.get("bytes_downloaded", 0)),
+            replaced=[FailedRow(**f) for f in d.get("replaced", [])],
+            dropped=[ShardRecord.from_message(s) for s in d.get("dropped", [])],
+        )
+
+
+@dataclass
 class PartStats:
     """Outcome of one part: written next to its shards as <slug>-<part>.stats.json, and the
-    counters the commit adds to the `stats` hash."""
+    counters the commit adds to the `stats` hash.
+
+    A part's retries are merged into it (`with_retry`): each retried row counts once, with its
+    latest outcome, and `retries` says which rows each retry fetched again and how they ended.
+    `retry` names the retry a commit of this object applies ('' for the part's own commit).
+    """
 
     source: str
     part: int
@@ -186,10 +268,62 @@ class PartStats:
     bytes_downloaded: int = 0
     failures: list[FailedRow] = field(default_factory=list)
     shards: list[ShardRecord] = field(default_factory=list)
+    retries: dict[str, RetryRecord] = field(default_factory=dict)
+    retry: str = ""
 
     @property
     def part_id(self) -> str:
         return part_id(self.source, self.part)
+
+    @property
+    def done_id(self) -> str:
+        return retry_id(self.part_id, self.retry) if self.retry else self.part_id
+
+    @property
+    def retried_rows(self) -> int:
+        return sum(len(r.rows) for r in self.retries.values())
+
+    @property
+    def retried_samples(self) -> int:
+        return sum(r.samples for r in self.retries.values())
+
+    def with_retry(self, rid: str, work: PartStats, rows: list[int], seq0: int, drop: tuple[str, ...]) -> PartStats:
+        """This (committed) outcome with `rows` replaced by `work`, a retry's outcome of exactly those
+        rows in new shards from `seq0` on, and the `drop` shards left out."""
+        retried = set(rows)
+        record = RetryRecord(
+            rows=sorted(retried),
+            seq0=seq0,
+            samples=work.samples,
+            bytes_downloaded=work.bytes_downloaded,
+            replaced=[f for f in self.failures if f.row in retried],
+            dropped=[s for s in self.shards if s.name in drop],
+        )
+        shards = [s for s in self.shards if s.name not in drop] + list(work.shards)
+        return dataclasses.replace(
+            self,
+            samples=sum(s.samples for s in shards),
+            bytes_downloaded=self.bytes_downloaded + work.bytes_downloaded,
+            failures=sorted([f for f in self.failures if f.row not in retried] + list(work.failures), key=_row),
+            shards=sorted(shards, key=lambda s: s.seq),
+            retries={**self.retries, rid: record},
+            retry=rid,
+        )
+
+    def without_retry(self, rid: str) -> PartStats:
+        """The outcome before retry `rid` (the last one merged) was applied."""
+        record = self.retries[rid]
+        retried = set(record.rows)
+        shards = [s for s in self.shards if s.seq < record.seq0] + record.dropped
+        return dataclasses.replace(
+            self,
+            samples=sum(s.samples for s in shards),
+            bytes_downloaded=self.bytes_downloaded - record.bytes_downloaded,
+            failures=sorted([f for f in self.failures if f.row not in retried] + record.replaced, key=_row),
+            shards=sorted(shards, key=lambda s: s.seq),
+            retries={k: v for k, v in self.retries.items() if k != rid},
+            retry="",
+        )
 
     def failures_by_reason(self) -> dict[str, int]:
         counts: dict[str, int] = {}
@@ -210,6 +344,7 @@ class PartStats:
             "failures_by_reason": self.failures_by_reason(),
             "failures": [dataclasses.asdict(f) for f in self.failures],
             "shards": [s.to_message() for s in self.shards],
+            "retries": {rid: r.to_json() for rid, r in self.retries.items()},
         }
 
     @classmethod
@@ -223,4 +358,9 @@ class PartStats:
             bytes_downloaded=int(d.get("bytes_downloaded", 0)),
             failures=[FailedRow(**f) for f in d.get("failures", [])],
             shards=[ShardRecord.from_message(s) for s in d.get("shards", [])],
+            retries={rid: RetryRecord.from_json(r) for rid, r in d.get("retries", {}).items()},
         )
+
+
+def _row(f: FailedRow) -> int:
+    return f.row

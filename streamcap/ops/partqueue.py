@@ -6,16 +6,20 @@
 Read by `streamcap status`, the audit and reconcile. States (bus.PART_STATES): `pending` (an entry not yet
 delivered to any downloader), `in_flight` (delivered, not acknowledged), `done` (in
 `parts:done`), `dead` (in `parts:dead`).
+
+Retry parts (`streamcap parts retry`) are listed under their own ids ('<part id>~<retry id>'),
+so a done part with a retry queued stays `done`: `retries` holds those ids' states apart.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import redis
 
 from streamcap import bus
-from streamcap.formats.records import PartRecord
+from streamcap.formats.records import PartRecord, is_retry_id
 
 _BATCH = 1000
 
@@ -32,6 +36,13 @@ class PartQueueSnapshot:
     last_delivered: tuple[int, int]
     done: set[str]
     dead: set[str]
+    retries_done: set[str] = dataclasses.field(default_factory=set)  # retry ids committed
+    retries_dead: set[str] = dataclasses.field(default_factory=set)
+
+    @property
+    def retries_open(self) -> list[str]:
+        """Retry ids on the stream (pending or in flight) not committed yet."""
+        return sorted(i for i in self.entries if is_retry_id(i) and i not in self.retries_done)
 
     def in_flight(self, part_id: str) -> list[str]:
         return [i for i in self.entries.get(part_id, []) if i in self.pending]
@@ -69,7 +80,7 @@ def read_part_queue(r: redis.Redis, keys: bus.Keys, problems: list[str]) -> Part
     """The queue as it is now; unreadable entries are described in `problems`."""
     entries: dict[str, list[str]] = {}
     for entry_id, part in _decode_parts(_xrange_all(r, keys.parts), problems, "parts"):
-        entries.setdefault(part.part_id, []).append(entry_id)
+        entries.setdefault(part.done_id, []).append(entry_id)
     group = bus.group_info(r, keys.parts, bus.GROUP_DOWNLOADERS)
     pending: dict[str, str] = {}
     if group:
@@ -83,5 +94,14 @@ def read_part_queue(r: redis.Redis, keys: bus.Keys, problems: list[str]) -> Part
             start = "(" + batch[-1]["message_id"]
     else:
         last = (0, 0)
-    dead = {part.part_id for _, part in _decode_parts(_xrange_all(r, keys.parts_dead), problems, "parts:dead")}
-    return PartQueueSnapshot(entries, pending, last, set(r.smembers(keys.parts_done)), dead)
+    dead = {part.done_id for _, part in _decode_parts(_xrange_all(r, keys.parts_dead), problems, "parts:dead")}
+    done = set(r.smembers(keys.parts_done))
+    return PartQueueSnapshot(
+        entries,
+        pending,
+        last,
+        {i for i in done if not is_retry_id(i)},
+        {i for i in dead if not is_retry_id(i)},
+        retries_done={i for i in done if is_retry_id(i)},
+        retries_dead={i for i in dead if is_retry_id(i)},
+    )

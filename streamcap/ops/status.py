@@ -19,7 +19,7 @@ from typing import Any
 import redis
 
 from streamcap import bus
-from streamcap.formats.records import SourceRecord
+from streamcap.formats.records import SourceRecord, is_retry_id
 from streamcap.ops.partqueue import read_part_queue
 
 _SIZE_COMMANDS = {"stream": "xlen", "hash": "hlen", "set": "scard", "string": "strlen", "list": "llen", "zset": "zcard"}
@@ -81,7 +81,7 @@ def part_summary(r: redis.Redis, keys: bus.Keys) -> dict[str, Any]:
     counts = dict.fromkeys(bus.PART_STATES, 0)
     rows = dict.fromkeys(bus.PART_STATES, 0)
     inconsistent = 0
-    for part_id in set(queue.entries) | queue.done | queue.dead:
+    for part_id in {i for i in queue.entries if not is_retry_id(i)} | queue.done | queue.dead:
         states = queue.states(part_id)
         if len(states) != 1:
             inconsistent += 1
@@ -96,6 +96,7 @@ def part_summary(r: redis.Redis, keys: bus.Keys) -> dict[str, Any]:
         "rows": rows,
         "rows_enqueued": sum(s.rows for s in sources.values()),
         "sources": sorted(sources),
+        "retries_open": len(queue.retries_open),  # retry parts queued or in flight
         "consistent": inconsistent == 0 and sum(counts.values()) == enqueued,
         "problems": problems,
     }
@@ -128,6 +129,8 @@ def url_summary(stats: dict[str, str], downloaders: list[dict[str, Any]]) -> dic
         "failures_by_reason": by_reason,
         "success_pct_total": round(100 * samples / rows, 1) if rows else None,
         "bytes_downloaded": int(stats.get(bus.STAT_BYTES_DOWNLOADED, 0)),
+        "retried_rows": int(stats.get(bus.STAT_RETRIED_ROWS, 0)),
+        "retried_samples": int(stats.get(bus.STAT_RETRIED_SAMPLES, 0)),
         "paused_for_disk": sum(1 for b in live if b.get("state") == "paused_for_disk"),
     }
 

@@ -60,6 +60,8 @@ def _queue(parts: dict[str, Any]) -> Table:
     )
     if not parts["consistent"]:
         table.caption = Text("states do not add up: run `streamcap audit`", style="red")
+    elif parts.get("retries_open"):
+        table.caption = Text(f"{parts['retries_open']} retry parts queued or running (`streamcap parts retry`)")
     return table
 
 
@@ -77,8 +79,15 @@ def _downloads(urls: dict[str, Any]) -> Table:
             ("committed rows", f"{urls['rows']} ({urls['samples']} samples, {urls['failures']} failures)"),
             ("success overall", f"{urls['success_pct_total']} %" if urls["success_pct_total"] is not None else None),
             ("top failures overall", ", ".join(f"{r} {n}" for r, n in total_top) or "-"),
+            ("retried rows", _retried(urls)),
         ],
     )
+
+
+def _retried(urls: dict[str, Any]) -> str:
+    """Rows fetched again by `streamcap parts retry` and how they ended."""
+    n, ok = urls.get("retried_rows", 0), urls.get("retried_samples", 0)
+    return f"{n} ({ok} now samples, {n - ok} failed again)" if n else "-"
 
 
 def _shards(shards: dict[str, Any]) -> Table:

@@ -110,8 +110,9 @@ def test_verify_quarantines_and_unregisters_a_bad_shard(r, keys, tmp_path, redis
     assert not bad.exists() and (tmp_path / "quarantine" / bad.name).exists()
     assert bad.name not in [s.name for _, s in registered_shards(r, keys)]
     assert r.sismember(keys.shards_deleted, bad.name)
-    report = audit(r, keys, tmp_path)  # its samples count as deleted, not as lost
-    assert report.lost == 0 and report.discrepancies == []
+    report = audit(r, keys, tmp_path)  # its samples are missing (not gc'd): never fine (issue 15)
+    assert report.lost == 0 and report.missing == pipeline[0].samples and not report.ok
+    assert any(f"shard {bad.name}" in d and "was quarantined" in d for d in report.discrepancies)
 
 
 def test_tools_without_redis_say_so_in_one_line(tmp_path, capsys, monkeypatch):

@@ -68,3 +68,25 @@ def test_source_slug():
     assert source_slug("LAION/POP v1.2") == "laion-pop-v1-2"
     with pytest.raises(ValueError):
         source_slug("...")
+
+
+def test_a_retry_replaces_its_rows_outcomes_and_can_be_undone():
+    from streamcap.formats.records import FailedRow, PartStats, ShardRecord
+
+    old = ShardRecord("s-000000-0000.tar", "s", 0, 0, samples=2, bytes=10, first_row=0, last_row=1)
+    lost = ShardRecord("s-000000-0001.tar", "s", 0, 1, samples=1, bytes=10, first_row=4, last_row=4)
+    base = PartStats(
+        "s", 0, 0, 5, samples=3, bytes_downloaded=7, shards=[old, lost],
+        failures=[FailedRow(2, "u2", "blocked_address"), FailedRow(3, "u3", "timeout")],
+    )  # fmt: skip
+    new = ShardRecord("s-000000-0002.tar", "s", 0, 2, samples=2, bytes=10, first_row=2, last_row=4)
+    work = PartStats(
+        "s", 0, 0, 5, samples=2, bytes_downloaded=5, shards=[new], failures=[FailedRow(3, "u3", "connect_error")]
+    )
+    merged = base.with_retry("r1", work, [2, 3, 4], seq0=2, drop=(lost.name,))
+    assert merged.done_id == "s:0~r1" and merged.samples == 4 and merged.bytes_downloaded == 12
+    assert [s.name for s in merged.shards] == [old.name, new.name]
+    assert [(f.row, f.reason) for f in merged.failures] == [(3, "connect_error")]
+    assert (merged.retried_rows, merged.retried_samples) == (3, 2)
+    again = PartStats.from_json(merged.to_json())
+    assert again.retries == merged.retries and again.without_retry("r1").to_json() == base.to_json()
