@@ -158,7 +158,7 @@ class TextSource(Source):
                 if i >= _JSONL_SCHEMA_LINES:
                     break
             return list(seen)
-        names = [self._csv_reader(path, None).schema.names for path in self.files]
+        names = [self._header(path) for path in self.files]
         _require_same_columns(self.files, names)
         return list(names[0])
 
@@ -207,6 +207,12 @@ class TextSource(Source):
             except Exception as e:
                 raise SourceError(f"{path}: not a readable {self.format} file ({first_line(e)})") from None
             yield record_batch.num_rows, partial(_take_columns, record_batch, columns)
+
+    def _header(self, path: Path) -> list[str]:
+        try:
+            return list(self._csv_reader(path, None).schema.names)
+        except UnicodeDecodeError as e:  # values may be any bytes (see _utf8); names must be text
+            raise SourceError(f"{path}: not a readable {self.format} file (header: {e.reason})") from None
 
     def _csv_reader(self, path: Path, columns: list[str] | None) -> Any:
         """A streaming reader; the requested columns are read as bytes, decoded per value by

@@ -1,4 +1,4 @@
-"""User errors are one line, not a traceback (docs/testing.md, attack 23), and the demo keeps
+"""User errors are one line, not a traceback (docs/testing.md, attack 21), and the demo keeps
 what it did not make.
 
 Each case runs the real `streamcap` command in a subprocess and expects exit code 1, exactly
