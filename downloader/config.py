@@ -75,10 +75,15 @@ class EnqueueSettings(CommonSettings):
         from streamcap.formats.records import source_slug
 
         if self.name is not None:
+            # Sample keys keep only ASCII letters and digits of a name: 'ünï' would become 'n'.
+            if not (self.name.isascii() and self.name.isprintable()):
+                fail(self, "name", "a name in ASCII letters, digits and punctuation", self.name)
             try:
                 source_slug(self.name)
             except ValueError:
                 fail(self, "name", "a name with letters or digits", self.name)
+        if self.caption_col is not None and self.caption_col == self.url_col:
+            fail(self, "caption_col", f"a column other than the URL column ({self.url_col!r})", self.caption_col)
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -27,12 +27,10 @@ from streamcap.downloader.config import EnqueueSettings
 from streamcap.downloader.sources import Source, SourceError, open_source
 from streamcap.formats.records import SourceRecord, source_slug
 from streamcap.shardwriter.registry import save_source
+from streamcap.text.captions import CAPTION_COLUMNS
 
 log = logging.getLogger(__name__)
 
-# RELAION-POP's caption columns in order of preference (the original model trained on LLaVA's),
-# then the names other URL lists commonly use.
-CAPTION_COLUMNS = ("llava_caption", "cogvlm_caption", "alt_txt", "caption", "text")
 REDIS_WAIT_S = 30.0
 
 

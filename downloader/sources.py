@@ -110,9 +110,11 @@ class ParquetSource(Source):
                 raise SourceError(f"{path}: not a readable parquet file ({first_line(e)})") from None
         return metas
 
-    @property
+    @cached_property
     def columns(self) -> list[str]:
-        return list(self._meta[0].schema.to_arrow_schema().names)
+        names = [m.schema.to_arrow_schema().names for m in self._meta]
+        _require_same_columns(self.files, names)
+        return list(names[0])
 
     def count_rows(self) -> int:
         return sum(m.num_rows for m in self._meta)
@@ -156,7 +158,9 @@ class TextSource(Source):
                 if i >= _JSONL_SCHEMA_LINES:
                     break
             return list(seen)
-        return list(self._csv_reader(self.files[0], None).schema.names)
+        names = [self._header(path) for path in self.files]
+        _require_same_columns(self.files, names)
+        return list(names[0])
 
     @property
     def columns(self) -> list[str]:
@@ -204,8 +208,15 @@ class TextSource(Source):
                 raise SourceError(f"{path}: not a readable {self.format} file ({first_line(e)})") from None
             yield record_batch.num_rows, partial(_take_columns, record_batch, columns)
 
+    def _header(self, path: Path) -> list[str]:
+        try:
+            return list(self._csv_reader(path, None).schema.names)
+        except UnicodeDecodeError as e:  # values may be any bytes (see _utf8); names must be text
+            raise SourceError(f"{path}: not a readable {self.format} file (header: {e.reason})") from None
+
     def _csv_reader(self, path: Path, columns: list[str] | None) -> Any:
-        """A streaming reader; the requested columns are read as strings (a URL like '0001' stays)."""
+        """A streaming reader; the requested columns are read as bytes, decoded per value by
+        `_take_columns` (a URL like '0001' stays text; one non-UTF-8 value costs its row only)."""
         import pyarrow as pa
         import pyarrow.csv as pacsv
 
@@ -215,7 +226,7 @@ class TextSource(Source):
             if columns is None
             else pacsv.ConvertOptions(
                 include_columns=columns,
-                column_types={c: pa.string() for c in columns},
+                column_types={c: pa.binary() for c in columns},
                 strings_can_be_null=False,
             )
         )
@@ -252,7 +263,26 @@ def _take_rows(rows: list[dict[str, Any]], columns: list[str], lo: int, hi: int)
 
 
 def _take_columns(record_batch: Any, columns: list[str], lo: int, hi: int) -> dict[str, list[Any]]:
-    return {c: record_batch.column(c).slice(lo, hi - lo).to_pylist() for c in columns}
+    return {c: [_utf8(v) for v in record_batch.column(c).slice(lo, hi - lo).to_pylist()] for c in columns}
+
+
+def _utf8(value: bytes | None) -> str | None:
+    """A csv value as text; one that is not UTF-8 reads as missing, so its row fails (an invalid
+    URL, an empty caption) instead of the whole batch."""
+    try:
+        return None if value is None else value.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+
+
+def _require_same_columns(files: list[Path], names: list[list[str]]) -> None:
+    """SourceError naming the first file whose columns differ from the first file's."""
+    for path, columns in zip(files[1:], names[1:]):
+        if set(columns) != set(names[0]):
+            raise SourceError(
+                f"{path}: columns {', '.join(columns)} differ from those of {files[0]} ({', '.join(names[0])}); "
+                "every file of a source needs the same columns"
+            )
 
 
 def _checked(out: dict[str, list[Any]], columns: list[str], start: int, end: int, uri: str) -> dict[str, list[Any]]:

@@ -11,7 +11,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from streamcap.common.settings import CommonSettings, at_least, between, fail, one_of, optional, setting
+from streamcap.common.settings import (
+    CommonSettings,
+    at_least,
+    between,
+    directory_path,
+    fail,
+    one_of,
+    optional,
+    setting,
+)
 from streamcap.eval.metrics import METRICS
 
 DEVICES = ("auto", "cpu", "cuda")
@@ -100,6 +109,7 @@ class EvalSettings(CommonSettings):
         Path("evals"),
         flag="--out-dir",
         env="STREAMCAP_EVAL_DIR",
+        check=directory_path,
         help="Predictions, HTML reports, results.jsonl, the metric plot and `best` go here.",
     )
     metric: str = setting(

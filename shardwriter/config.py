@@ -14,7 +14,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from streamcap.common.settings import CommonSettings, at_least, fail, optional, setting
+from streamcap.common.settings import CommonSettings, at_least, directory_path, fail, optional, setting
 
 _UNITS = {
     "": 1,
@@ -96,6 +96,7 @@ class ShardWriterSettings(CommonSettings):
         None,
         flag="--quarantine-dir",
         env="STREAMCAP_QUARANTINE_DIR",
+        check=optional(directory_path),
         help="Where `shards verify --quarantine` moves bad shards (default: <shard-dir>/quarantine).",
     )
     temp_stale_seconds: float = setting(

@@ -68,7 +68,9 @@ def redis_command(
     data_dir: Annotated[Path, typer.Option("--data-dir", help="Where the server keeps its AOF.")] = Path(
         ".streamcap/redis"
     ),
-    port: Annotated[int | None, typer.Option("--port", help="Port on 127.0.0.1 (default: a free one).")] = None,
+    port: Annotated[
+        int | None, typer.Option("--port", min=1, max=65535, help="Port on 127.0.0.1 (default: a free one).")
+    ] = None,
 ) -> int:
     """Run a local redis-server in the foreground (AOF on) and print the REDIS_URL to export."""
     from streamcap.bus.embedded import EmbeddedRedis
@@ -86,7 +88,7 @@ def redis_command(
     except KeyboardInterrupt:
         pass
     finally:
-        server.stop()
+        server.release()
     if not stop.is_set() and not server.running and server.process and server.process.returncode not in (0, None):
         typer.echo(f"redis-server exited with code {server.process.returncode}; see {server.log_path}", err=True)
         return 1

@@ -13,7 +13,16 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from streamcap.common.settings import CommonSettings, at_least, between, fail, one_of, optional, setting
+from streamcap.common.settings import (
+    CommonSettings,
+    at_least,
+    between,
+    directory_path,
+    fail,
+    one_of,
+    optional,
+    setting,
+)
 
 PRESETS = ("tiny", "base")
 DEVICES = ("auto", "cpu", "cuda")
@@ -43,6 +52,7 @@ class TrainerSettings(CommonSettings):
         Path("checkpoints"),
         flag="--checkpoint-dir",
         env="STREAMCAP_CHECKPOINT_DIR",
+        check=directory_path,
         help="Checkpoints, training state, config and metrics go to <dir>/<run>/.",
     )
     resume: bool = setting(

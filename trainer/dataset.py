@@ -32,6 +32,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from streamcap import bus
+from streamcap.common.lifetime import die_with_parent
 from streamcap.trainer.augment import Augmenter, SharedLevel
 from streamcap.trainer.samples import (
     CaptionChoice,
@@ -109,6 +110,7 @@ class ShardStreamDataset(IterableDataset):
             # shutdown (one waiting for shards): it must keep its default, or the rank hangs at exit.
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
             signal.signal(signal.SIGINT, signal.SIG_IGN)
+            die_with_parent(signal.SIGTERM)  # a worker waiting for shards ends with its rank
             torch.set_num_threads(1)
         return _BatchMaker(self, worker, in_worker=info is not None).batches()
 

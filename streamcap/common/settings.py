@@ -23,6 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
+from urllib.parse import parse_qsl, urlparse
 
 from streamcap.common.secrets import PASSWORD_ENV, redact, with_password
 
@@ -104,9 +105,24 @@ def optional(inner: Check) -> Check:
 
 
 def redis_url(v: Any) -> str | None:
-    if v is None or re.match(r"^(redis|rediss|unix)://\S+$", str(v)):
+    expected = "a URL like redis://host:6379/0 (or rediss://, unix:///path/redis.sock?db=0)"
+    if v is None:
         return None
-    return "a URL like redis://host:6379/0 (or rediss://, unix://)"
+    if not re.match(r"^(redis|rediss|unix)://\S+$", str(v)):
+        return expected
+    # redis-py reads a db index it cannot parse as db 0, silently: refuse it here instead.
+    url = urlparse(str(v))
+    db_in_path = url.path if url.scheme != "unix" else ""
+    query_db = [value for key, value in parse_qsl(url.query) if key == "db"]
+    if not re.fullmatch(r"/?(\d+)?", db_in_path) or not all(value.isdigit() for value in query_db):
+        return expected + ", whose db index is a number"
+    try:
+        url.port  # noqa: B018 (raises on a port that is not a number)
+    except ValueError:
+        return expected + ", whose port is a number"
+    if url.scheme == "unix" and not url.path:
+        return expected + ", with the socket's path"
+    return None
 
 
 def namespace(v: Any) -> str | None:

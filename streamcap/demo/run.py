@@ -31,6 +31,7 @@ from rich.table import Table
 
 from streamcap import bus
 from streamcap.bus.embedded import EmbeddedRedis
+from streamcap.common.settings import fail
 from streamcap.demo.config import DemoSettings
 from streamcap.demo.data import write_eval_set, write_source_parquet
 from streamcap.demo.processes import ServiceFailed, Services, flags
@@ -47,6 +48,8 @@ EVAL_SEED_OFFSET = 1000  # held-out scenes come from another seed than the train
 # the trainer visibly starts on the first shards while later ones are still arriving.
 SERVER_LATENCY_S = 0.1
 DOWNLOAD_CONCURRENCY = 6
+# Written into every workdir the demo makes; the demo resets only a folder that carries it.
+MARKER = ".streamcap-demo"
 
 
 @dataclass(frozen=True)
@@ -79,6 +82,15 @@ class DemoPaths:
                 path.unlink()
 
 
+def claim_workdir(cfg: DemoSettings, root: Path) -> None:
+    """Make `root` the demo's: a new or empty folder gets the marker; a folder holding anything
+    without it is refused, since each run deletes the shards and checkpoints it finds there."""
+    if root.is_dir() and not (root / MARKER).is_file() and any(root.iterdir()):
+        fail(cfg, "workdir", f"a new or empty folder, or one an earlier demo made (it holds {MARKER})", root)
+    root.mkdir(parents=True, exist_ok=True)
+    (root / MARKER).write_text("made by `streamcap demo`; each demo run resets this folder's run state\n")
+
+
 def eval_set_ready(directory: Path, images: int) -> bool:
     try:
         entries = json.loads((directory / "dataset_flickr30k.json").read_text())["images"]
@@ -90,7 +102,7 @@ def eval_set_ready(directory: Path, images: int) -> bool:
 def run(cfg: DemoSettings) -> int:
     console = Console()
     paths = DemoPaths(cfg.workdir.resolve())
-    paths.root.mkdir(parents=True, exist_ok=True)
+    claim_workdir(cfg, paths.root)
     paths.reset_run_state()
     started = time.monotonic()
     with EmbeddedRedis(paths.redis) as redis_server, WorldServer(seed=cfg.seed, latency_s=SERVER_LATENCY_S) as web:

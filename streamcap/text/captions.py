@@ -13,6 +13,11 @@ from __future__ import annotations
 import re
 import unicodedata
 
+# Caption columns tried in order when none is named, by `streamcap enqueue` and `streamcap
+# tokenizer build` alike: RELAION-POP's (the original model trained on LLaVA's), then the names
+# other URL lists commonly use.
+CAPTION_COLUMNS = ("llava_caption", "cogvlm_caption", "alt_txt", "caption", "text")
+
 _WHITESPACE = re.compile(r"\s+")
 # A sentence ends at . ! or ? (optionally followed by closing quotes/brackets) and whitespace.
 _SENTENCE_END = re.compile(r"(?<=[.!?])([\"'”’)\]]*)\s+")

@@ -16,7 +16,9 @@ from streamcap.common.commands import JsonFlag, error, print_json
 
 
 def build_command(
-    captions: Annotated[list[Path], typer.Argument(help="Caption files (.parquet, .jsonl, .txt) or directories.")],
+    captions: Annotated[
+        list[Path], typer.Argument(help="Caption files (.parquet, .csv, .tsv, .jsonl, .txt) or directories.")
+    ],
     out: Annotated[Path, typer.Option("--out", help="Where to write vocab.txt.")],
     size: Annotated[int, typer.Option("--size", min=10, help="Vocabulary size, special tokens included.")] = 15000,
     base: Annotated[
@@ -31,8 +33,8 @@ def build_command(
         str | None,
         typer.Option(
             "--column",
-            help="Caption column (parquet) or field (jsonl); default: the first of llava_caption, "
-            "caption, text, alt_txt, ...",
+            help="Caption column (parquet, csv, tsv) or field (jsonl); default: the first of llava_caption, "
+            "cogvlm_caption, alt_txt, caption, text, ... (as `streamcap enqueue`).",
         ),
     ] = None,
     sentences: Annotated[
@@ -47,6 +49,9 @@ def build_command(
     from streamcap.text.tokenizer import VocabError
     from streamcap.text.vocab import CorpusError, build_vocab
 
+    if out.is_dir():  # found before the corpus is read, not after
+        error(f"--out {out} is a directory; name the file to write, e.g. {out / 'vocab.txt'}")
+        return 1
     try:
         tok, summary = build_vocab(
             captions, size, base=base, column=column, sentences=sentences, min_frequency=min_frequency

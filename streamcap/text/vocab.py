@@ -25,14 +25,18 @@ import heapq
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import Any
 
+from streamcap.common.logs import first_line
 from streamcap.formats.jsonlines import iter_objects
-from streamcap.text.captions import process_caption
+from streamcap.text.captions import CAPTION_COLUMNS, process_caption
 from streamcap.text.tokenizer import CONTINUATION, SPECIAL_TOKENS, WordPieceTokenizer, basic_tokenize
 
-CAPTION_SUFFIXES = (".parquet", ".jsonl", ".json", ".txt")
-# Caption columns tried in order when none is named (RELAION-POP's first).
-DEFAULT_COLUMNS = ("llava_caption", "caption", "text", "alt_txt", "cogvlm_caption", "TEXT", "raw")
+# The formats `streamcap enqueue` reads (.csv .tsv .jsonl .ndjson .parquet), plus .json lines and .txt.
+CAPTION_SUFFIXES = (".parquet", ".csv", ".tsv", ".jsonl", ".ndjson", ".json", ".txt")
+# Caption columns tried in order when none is named: enqueue's, then LAION's and Flickr30K's names.
+DEFAULT_COLUMNS = (*CAPTION_COLUMNS, "TEXT", "raw")
+_CSV_BLOCK_BYTES = 1 << 22
 
 
 class CorpusError(ValueError):
@@ -53,18 +57,20 @@ def caption_files(paths: Iterable[str | Path]) -> list[Path]:
         else:
             raise CorpusError(f"{p}: no such file or directory")
     if not files:
-        raise CorpusError("no caption files found (expected .parquet, .jsonl or .txt)")
+        raise CorpusError(f"no caption files found (expected {', '.join(CAPTION_SUFFIXES)})")
     return files
 
 
 def read_captions(paths: Iterable[str | Path], column: str | None = None, sentences: int = 0) -> Iterator[str]:
-    """Captions from parquet (a column), jsonl (a field) or txt (one per line) files, cut to
-    their first `sentences` sentences (0 keeps all), empty ones skipped."""
+    """Captions from parquet or csv/tsv (a column), jsonl (a field) or txt (one per line) files,
+    cut to their first `sentences` sentences (0 keeps all), empty ones skipped."""
     for path in caption_files(paths):
         suffix = path.suffix.lower()
         if suffix == ".parquet":
             raw = _parquet_captions(path, column)
-        elif suffix in (".jsonl", ".json"):
+        elif suffix in (".csv", ".tsv"):
+            raw = _csv_captions(path, column, delimiter="\t" if suffix == ".tsv" else ",")
+        elif suffix in (".jsonl", ".ndjson", ".json"):
             raw = _jsonl_captions(path, column)
         else:
             raw = _txt_captions(path)
@@ -95,6 +101,37 @@ def _parquet_captions(path: Path, column: str | None) -> Iterator[str]:
     name = _pick_column(path, pf.schema_arrow.names, column)
     for batch in pf.iter_batches(columns=[name], batch_size=65536):
         yield from (v for v in batch.column(0).to_pylist() if isinstance(v, str))
+
+
+def _csv_captions(path: Path, column: str | None, delimiter: str) -> Iterator[str]:
+    """One column of a csv/tsv with a header row, streamed, parsed as `streamcap enqueue` does."""
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
+
+    def reader(columns: list[str] | None) -> Any:
+        convert = (
+            None
+            if columns is None
+            else pacsv.ConvertOptions(include_columns=columns, column_types={c: pa.binary() for c in columns})
+        )
+        return pacsv.open_csv(
+            path,
+            read_options=pacsv.ReadOptions(block_size=_CSV_BLOCK_BYTES),
+            parse_options=pacsv.ParseOptions(
+                delimiter=delimiter, newlines_in_values=True, quote_char='"' if delimiter == "," else False
+            ),
+            convert_options=convert,
+        )
+
+    try:
+        name = _pick_column(path, reader(None).schema.names, column)
+        for batch in reader([name]):
+            # A byte that is not UTF-8 costs a character of the vocabulary corpus, not the file.
+            yield from (v.decode("utf-8", errors="replace") for v in batch.column(0).to_pylist() if v is not None)
+    except CorpusError:
+        raise
+    except Exception as e:  # pyarrow raises ArrowInvalid/OSError for a file that is no csv
+        raise CorpusError(f"{path}: not a readable {path.suffix[1:]} file ({first_line(e)})") from None
 
 
 def _jsonl_captions(path: Path, column: str | None) -> Iterator[str]:

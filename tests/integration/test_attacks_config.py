@@ -234,7 +234,8 @@ def test_an_unreadable_source_is_one_line_saying_why(capsys, tmp_path):
     pq.write_table(table, tmp_path / "mixed" / "a.parquet")
     (tmp_path / "mixed" / "b.parquet").write_bytes(b"PAR1 garbage PAR1")
     (tmp_path / "nothing").mkdir()
-    (tmp_path / "binary.csv").write_bytes(b"url,caption\n\xff\xfe\x00\x01,\x80\x81\n")
+    # Binary from its first byte (a value that is not UTF-8 below a readable header costs its row only).
+    (tmp_path / "binary.csv").write_bytes(b"\xff\xfe\x00\x01,\x80\x81\nurl,caption\n")
     pq.write_table(table.slice(0, 0), tmp_path / "no-rows.parquet")
     cases = {
         "half.parquet": "half.parquet: not a readable parquet file (",

@@ -137,3 +137,25 @@ def test_the_caption_column_is_picked_from_relaion_pop_columns_and_said_so():
 )
 def test_source_ids(name, uri, expected):
     assert source_id(name, uri) == expected
+
+
+def test_a_csv_value_that_is_not_utf8_costs_its_row_only(tmp_path):
+    path = tmp_path / "rows.csv"
+    path.write_bytes(b"url,caption\nhttp://h/1.jpg,a cat\nhttp://h/2.jpg,a \xff dog\nhttp://h/\xfe.jpg,a bird\n")
+    rows = open_source(str(path)).read_rows(["url", "caption"], 0, 3)
+    # Missing values: the downloader records row 1 as empty_caption and row 2 as invalid_url.
+    assert rows == {"url": ["http://h/1.jpg", "http://h/2.jpg", None], "caption": ["a cat", None, "a bird"]}
+
+
+@pytest.mark.parametrize("suffix", [".parquet", ".csv"])
+def test_files_of_one_source_that_disagree_on_columns_are_refused_naming_the_file(tmp_path, suffix):
+    folder = tmp_path / "src"
+    folder.mkdir()
+    for name, caption_col in (("a", "caption"), ("b", "alt_txt")):
+        table = pa.table({"url": ["http://h/1.jpg"], caption_col: ["a cat"]})
+        if suffix == ".parquet":
+            pq.write_table(table, folder / f"{name}{suffix}")
+        else:
+            (folder / f"{name}{suffix}").write_text(f"url,{caption_col}\nhttp://h/1.jpg,a cat\n")
+    with pytest.raises(SourceError, match=rf"b{suffix}: columns url, alt_txt differ"):
+        print(open_source(str(folder)).columns)

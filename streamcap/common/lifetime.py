@@ -1,0 +1,34 @@
+"""Processes that must not outlive the process that started them.
+
+    die_with_parent()      # first thing in a torchrun rank or a DataLoader worker
+
+A rank whose launcher was SIGKILLed (the OOM killer, a lost SSH session) would otherwise keep
+training, writing checkpoints and consuming fresh shards, and a `--resume` started meanwhile
+would run a second incarnation on the same run directory and consumer names.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import sys
+
+_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+
+
+def die_with_parent(sig: int = signal.SIGTERM) -> bool:
+    """On Linux, have the kernel send `sig` to this process when its parent exits; False elsewhere.
+
+    The signal comes when the parent *thread* that started this process exits, so call it only in
+    processes started from their parent's main thread (torchrun's ranks, DataLoader workers).
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    parent = os.getppid()
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(_PR_SET_PDEATHSIG, int(sig), 0, 0, 0) != 0:
+        return False
+    if os.getppid() != parent:  # the parent died before the request was in place
+        os.kill(os.getpid(), sig)
+    return True
