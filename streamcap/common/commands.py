@@ -199,6 +199,8 @@ def run_app(app: typer.Typer, argv: Sequence[str] | None = None, prog_name: str 
         error(f"Redis refused the REDIS_URL's db index: {first_line(e)} (a server has 16 by default, 0-15)")
         return 1
     except OSError as e:  # a path given that cannot be made, read or written
+        if e.filename is None:  # no path to name: more likely a bug than a user's mistake, so show it
+            raise
         error(os_error_line(e))
         return 1
     except (KeyboardInterrupt, *_ABORT):
