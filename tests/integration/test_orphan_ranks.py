@@ -1,4 +1,4 @@
-"""No orphan training ranks (docs/testing.md, faults): when the `torchrun` launcher is
+"""No orphan training ranks (docs/testing.md, "Launchers that die"): when the `torchrun` launcher is
 SIGKILLed (the OOM killer, a lost SSH session), every rank and every loader worker exits
 instead of training on, writing checkpoints and consuming fresh shards."""
 
