@@ -129,6 +129,7 @@ def url_summary(stats: dict[str, str], downloaders: list[dict[str, Any]]) -> dic
         "success_pct_total": round(100 * samples / rows, 1) if rows else None,
         "bytes_downloaded": int(stats.get(bus.STAT_BYTES_DOWNLOADED, 0)),
         "paused_for_disk": sum(1 for b in live if b.get("state") == "paused_for_disk"),
+        "paused": sum(1 for b in live if b.get("state") == "paused"),
     }
 
 
@@ -238,6 +239,10 @@ def hints(report: dict[str, Any]) -> list[str]:
             f"{len(disk_full)} downloader(s) found the shard disk full ({disk_full[0]['reason'][:120]}): "
             "free space there; they retry on their own"
         )
+    paused = [w for w in report["workers"] if w.get("state") == "paused" and not w["stale"]]
+    if paused:
+        reason = str(paused[0].get("reason") or "")
+        out.append(f"{len(paused)} downloader(s) paused: {reason[:160]}: {_environment_advice(reason)}")
     if parts["dead"]:
         out.append(f"{parts['dead']} parts dead-lettered after repeated failures: their last errors are in parts:dead")
     if not parts["consistent"]:
@@ -253,6 +258,19 @@ def hints(report: dict[str, Any]) -> list[str]:
             f"{(time.time() - outage['ended']) / 60:.0f} min ago; services reconnected"
         )
     return out
+
+
+# What to do about each environment failure (reasons from streamcap.downloader.failures).
+_ADVICE = {
+    "shard dir not writable": "make the shard dir writable for the downloaders (a read-only mount? "
+    "its owner?); they release their parts uncounted and retry on their own",
+    "source unreadable": "mount or copy the source file on that host; other downloaders take its "
+    "parts meanwhile, and it retries on its own",
+}
+
+
+def _environment_advice(reason: str) -> str:
+    return next((advice for kind, advice in _ADVICE.items() if reason.startswith(kind)), "they retry on their own")
 
 
 def collect(r: redis.Redis, keys: bus.Keys, shard_dir: Path | None = None) -> dict[str, Any]:
