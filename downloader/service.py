@@ -128,6 +128,7 @@ class Worker:
         self._disk_checked_at = -DISK_RECHECK_S
         self._env_since: float | None = None  # the environment has failed since (no commit since)
         self._env_backoff = 0.0
+        self._env_retry_said = False
         self.gave_up = ""  # the environment failure --exit-when-empty gave up on
 
     # --- lifecycle -------------------------------------------------------------------------------
@@ -194,7 +195,10 @@ class Worker:
                     continue
                 # Short blocks while parts run (claims must not lag) or a batch run waits to end.
                 block_ms = 200 if self.active or self.cfg.exit_when_empty else 1000
-                if self.state in (STATE_PAUSED, STATE_PAUSED_FOR_DISK):
+                if self._env_since is not None and not self._env_retry_said:
+                    log.info("trying a part again after the pause (%s)", self.reason)
+                    self._env_retry_said = True
+                elif self._env_since is None and self.state == STATE_PAUSED_FOR_DISK:
                     log.info("claiming parts again after the pause (%s)", self.reason)
                 claimed = await asyncio.to_thread(self.queue.claim, block_ms)
                 if claimed is not None:
@@ -402,6 +406,7 @@ class Worker:
             self._env_since = now
         self._env_backoff = min(ENV_BACKOFF_MAX_S, max(ENV_BACKOFF_S, 2 * self._env_backoff))
         self._paused_until = max(self._paused_until, now + self._env_backoff)
+        self._env_retry_said = False
         self.state = STATE_PAUSED_FOR_DISK if is_disk_full(reason) else STATE_PAUSED
         self.reason = reason
         if is_disk_full(reason):

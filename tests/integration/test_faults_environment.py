@@ -143,7 +143,7 @@ def test_a_full_tmpfs_leaves_no_temporary_shard_and_loses_no_part(
     enqueue_rows(r, keys, shard_dir, paced_rows(image_host, 16, failures=False), part_size=4)
     filler = fill(shard_dir, leave=4096)  # a part's shard (~20 KB) cannot fit
     fleet = fleets(redis_url, keys, shard_dir)
-    first = fleet.start("--exit-when-empty", "--lease-seconds", "2", "--max-deliveries", "1")
+    first = fleet.start("--exit-when-empty", "--lease-seconds", "2", "--max-deliveries", "1", "--parts-in-flight", "1")
     wait_until(
         lambda: paused(r, keys, "paused_for_disk", "disk_full: No space left on device"),
         60,
