@@ -146,7 +146,7 @@ async def test_a_part_that_keeps_failing_is_dead_lettered_with_its_last_error(r,
 async def test_a_missing_source_file_pauses_the_worker_without_costing_its_parts(r, keys, redis_url, server, tmp_path):
     """A source file missing on this machine is the environment's failure, not the part's: the
     part is released uncounted, a batch run gives up with exit code 3, and once the file is
-    back every row is downloaded (docs/testing.md, faults 12)."""
+    back every row is downloaded (docs/testing.md, fault 24)."""
     shard_dir = tmp_path / "shards"
     enqueue_rows(r, keys, shard_dir, [(server.url("/img/good.jpg"), CAPTION)] * 6, part_size=3, name="gone")
     source, hidden = tmp_path / "gone.parquet", tmp_path / "gone.parquet.away"

@@ -1,13 +1,13 @@
-"""Reliability suite (docs/testing.md, faults 12-15): the environment fails, not the part.
+"""Reliability suite (docs/testing.md, faults 22-25): the environment fails, not the part.
 
-12. the shard dir is a read-only mount: every downloader pauses and says why, no part is
+22. the shard dir is a read-only mount: every downloader pauses and says why, no part is
     counted against or dead; once it is writable every row is downloaded; a batch run that
     stays read-only gives up with exit code 3 and one line;
-13. the shard dir is a real, tiny tmpfs with no room left: no temporary shard outlives its
+23. the shard dir is a real, tiny tmpfs with no room left: no temporary shard outlives its
     attempt, no part dies, and the parts finish once there is space;
-14. the source file is missing on one downloader host (a mount namespace hides it): that host
+24. the source file is missing on one downloader host (a mount namespace hides it): that host
     releases what it claims, uncounted, and a healthy host does every part;
-15. deliveries lost to killed workers do not make a healthy part dead, while a part that takes
+25. deliveries lost to killed workers do not make a healthy part dead, while a part that takes
     its worker down every time still dies in a bounded number of deliveries.
 
 Mounts are real (`mount -t tmpfs`, `mount --bind` + `remount,ro`, `unshare -m`): the tests run
