@@ -4,13 +4,19 @@
     claimed = claimer.claim(block_ms=1000)     # a stale entry of a dead worker first, else a new one
     claimer.keepalive(claimed.entry_id)        # every lease/4: our entry's idle time stays ~0
     claimer.release(claimed.entry_id)          # give it back at once (graceful stop, an error)
-    claimer.dead_letter(claimed, error)        # to parts:dead after --max-deliveries
+    claimer.strike(claimed.entry_id)           # an attempt failed through the part's own fault
+    claimer.dead_letter(claimed, error)        # to parts:dead after --max-deliveries strikes
 
 A part is pending for exactly one consumer at a time. A worker that dies stops renewing its
 claim; once the entry has been idle for the lease, the next `claim` anywhere takes it over
 (XAUTOCLAIM, which also counts the delivery). Every ownership-sensitive step runs as one Lua
 script that first checks the entry is still pending for this consumer, so a worker that was
 paused past its lease never steals its part back from the worker that reclaimed it.
+
+Redis's delivery counter counts every delivery, lost ones too (a worker killed, or too busy to
+renew its lease). Those are no fault of the part, so the part's own failures are counted
+apart, as *strikes* (`parts:strikes`, by entry id); the service dead-letters a part on
+strikes, and on lost deliveries only far beyond anything churn produces (`service`).
 """
 
 from __future__ import annotations
@@ -46,7 +52,7 @@ redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, ARGV[3], 'IDLE', ARGV[4], 'RE
 return 1
 """
 
-# KEYS[2]=parts:dead KEYS[3]=stats KEYS[4]=parts:errors KEYS[5]=parts:done
+# KEYS[2]=parts:dead KEYS[3]=stats KEYS[4]=parts:errors KEYS[5]=parts:done KEYS[6]=parts:strikes
 # ARGV[4]=dead message json ARGV[5]=part id ARGV[6]=dead counter name. Returns 1 when moved.
 _DEAD_LETTER = """
 local p = redis.pcall('XPENDING', KEYS[1], ARGV[1], ARGV[3], ARGV[3], 1)
@@ -57,6 +63,7 @@ if redis.call('SISMEMBER', KEYS[5], ARGV[5]) == 0 then
 end
 redis.call('XACK', KEYS[1], ARGV[1], ARGV[3])
 redis.call('HDEL', KEYS[4], ARGV[5])
+redis.call('HDEL', KEYS[6], ARGV[3])
 return 1
 """
 
@@ -115,7 +122,7 @@ class PartClaimer:
     def release(self, entry_id: str, *, count_delivery: bool, after_ms: int = 0) -> bool:
         """Let any worker claim the entry in `after_ms` (its idle time is set to lease - after).
 
-        A graceful stop does not count as a delivery; a failed attempt does.
+        A graceful stop or an environment failure does not count as a delivery; a part failure does.
         """
         deliveries = self.deliveries(entry_id)
         retry_count = deliveries if count_delivery else max(0, deliveries - 1)
@@ -127,6 +134,18 @@ class PartClaimer:
         """Remember why an attempt failed, for the dead letter if it comes to that."""
         value = json.dumps({"error": error[:1000], "consumer": self.consumer, "ts": time.time()})
         self.r.hset(self.keys.parts_errors, part_id, value)
+
+    def strike(self, entry_id: str) -> int:
+        """Count an attempt that failed through the part's own fault; returns the strikes so far."""
+        return int(self.r.hincrby(self.keys.parts_strikes, entry_id, 1))
+
+    def strikes(self, entry_id: str) -> int:
+        """Attempts of this entry that failed through the part's own fault (not lost ones)."""
+        return int(self.r.hget(self.keys.parts_strikes, entry_id) or 0)
+
+    def forget_strikes(self, entry_id: str) -> None:
+        """The entry is done: its strikes are history."""
+        self.r.hdel(self.keys.parts_strikes, entry_id)
 
     def last_error(self, part_id: str) -> dict[str, Any] | None:
         raw = self.r.hget(self.keys.parts_errors, part_id)
@@ -155,6 +174,7 @@ class PartClaimer:
             self.keys.stats,
             self.keys.parts_errors,
             self.keys.parts_done,
+            self.keys.parts_strikes,
         ]
         args = [self.group, self.consumer, claimed.entry_id, message, part_id, bus.STAT_PARTS_DEAD]
         return bool(self._dead_letter(keys=script_keys, args=args))

@@ -116,7 +116,18 @@ class DownloaderSettings(ShardWriterSettings):
         flag="--max-deliveries",
         env="STREAMCAP_MAX_DELIVERIES",
         check=at_least(1),
-        help="Deliveries of a part before it moves to parts:dead with its last error.",
+        help="Failed attempts (the part's own fault: a row that crashes the decoder, a corrupt source) "
+        "before a part moves to parts:dead with its last error; deliveries lost to a killed or stalled "
+        "worker and failures of the environment do not count.",
+    )
+    environment_patience: float = setting(
+        120.0,
+        flag="--environment-patience",
+        env="STREAMCAP_ENVIRONMENT_PATIENCE",
+        check=at_least(0),
+        help="With --exit-when-empty: seconds the environment may keep failing (shard dir not writable "
+        "or full, source unreadable) with no part committed before the run gives up with exit code 3. "
+        "Without it, downloaders wait for the environment as long as it takes.",
     )
     grace_seconds: float = setting(
         30.0,

@@ -25,7 +25,8 @@ class LiveStats:
         self.failures: Counter[str] = Counter()
         self.parts_committed = 0
         self.parts_released = 0
-        self.parts_failed = 0  # attempts that ended in an error (the part is retried)
+        self.parts_failed = 0  # attempts that ended in an error of the part (a strike; retried)
+        self.parts_env_failed = 0  # attempts the environment failed (released uncounted)
         self.parts_superseded = 0  # another worker committed or reclaimed the part first
         self.parts_dead = 0
         self._samples: deque[tuple[float, int, int, int]] = deque()
@@ -58,7 +59,8 @@ class LiveStats:
         rate = self.images / elapsed if elapsed > 0 else 0.0
         return (
             f"{self.parts_committed} parts committed, {self.parts_released} released, "
-            f"{self.parts_failed} failed attempts, {self.parts_dead} dead; {self.urls} urls -> "
+            f"{self.parts_failed} failed attempts, {self.parts_env_failed} given back to the environment, "
+            f"{self.parts_dead} dead; {self.urls} urls -> "
             f"{self.images} images + {sum(self.failures.values())} failures"
             f"{f' ({top})' if top else ''} in {elapsed:.0f} s ({rate:.1f} images/s)"
         )

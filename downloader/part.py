@@ -15,7 +15,8 @@ A row whose image kills the image worker (or hangs it) fails the whole attempt (
 the other rows being cancelled: a crash may be passing (the OOM killer under a burst of large
 images), so the part is retried like any failed attempt, and a row that crashes the decoder
 every time gets the part dead-lettered after --max-deliveries with that row named in its last
-error. A full disk (ENOSPC) fails the attempt the same way (`describe_failure`: `disk_full`).
+error. A full or read-only shard dir and a source file missing on this machine fail the attempt
+too, as failures of the environment, not of the part (`failures.environment_failure`).
 """
 
 from __future__ import annotations

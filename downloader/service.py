@@ -12,16 +12,25 @@ Each worker process runs one asyncio event loop with one aiohttp session and one
 pool, and works on up to `--parts-in-flight` parts at once: it claims another part whenever
 every connection slot is busy with nothing waiting for one (so the slow tail of one part never
 leaves the network idle). It keeps its claims alive while working (re-XCLAIM of its own entries
-every lease/4), takes over parts whose worker stopped renewing for `--lease-seconds`, and moves
-a part delivered more than `--max-deliveries` times to `parts:dead` with its last error.
+every lease/4) and takes over parts whose worker stopped renewing for `--lease-seconds`.
+
+Failures (`failures`): a row's failure is recorded for the row. A part failure (a row that kills
+the image process, a corrupt source) is a strike: the part is released, counted, and after
+`--max-deliveries` strikes moved to `parts:dead` with its last error. A delivery lost to a dead
+or stalled worker is no strike: a healthy part in flight at a run of kills is not poison; only
+LOST_DELIVERIES_FACTOR x `--max-deliveries` lost deliveries dead-letter it (a part that takes
+its whole worker down every time). An environment failure (shard dir full or read-only, source
+unreadable here) releases the part uncounted and pauses claiming, backing off from
+ENV_BACKOFF_S up to ENV_BACKOFF_MAX_S; a commit ends the pause. With `--exit-when-empty` the
+worker gives up after `--environment-patience` s of it with exit code EXIT_GAVE_UP (3).
 SIGTERM/SIGINT: no new claims; the parts in flight get `--grace-seconds` to finish and commit,
 the rest are released for other workers (their delivery not counted); one summary line. A
 second signal stops at once. Redis outages are waited out (`bus.wait_out_outage`); a stop
 signal ends the claim loop's wait.
 
 Heartbeat (`hb:downloader:<id>`, refreshed every HEARTBEAT_EVERY_S), fields:
-    state            working | idle | paused_for_disk | waiting_for_redis | stopping
-    reason           why paused ('' otherwise)
+    state            working | idle | paused | paused_for_disk | waiting_for_redis | stopping
+    reason           why paused, e.g. "shard dir not writable: ..." ('' otherwise)
     urls_per_s, images_per_s, mb_per_s    rates over the last 30 s
     in_flight        requests on the network now
     rows_open        rows of claimed parts not finished yet
@@ -29,6 +38,7 @@ Heartbeat (`hb:downloader:<id>`, refreshed every HEARTBEAT_EVERY_S), fields:
     urls, images     totals since start (rows finished; rows that became samples)
     failures         JSON {reason: count} since start
     parts_committed, parts_released, parts_failed, parts_superseded, parts_dead, image_crashes
+    parts_env_failed attempts given back because of the environment
     concurrency, pid, started, version
 """
 
@@ -53,6 +63,7 @@ from streamcap.common.logs import first_line, instance_id, setup_logging
 from streamcap.common.settings import to_json_text
 from streamcap.downloader.claims import Claimed, PartClaimer
 from streamcap.downloader.config import DownloaderSettings
+from streamcap.downloader.failures import EXIT_GAVE_UP, environment_failure, is_disk_full
 from streamcap.downloader.fetch import Fetcher
 from streamcap.downloader.imagepool import ImagePool
 from streamcap.downloader.imageproc import ImageOptions
@@ -70,7 +81,12 @@ log = logging.getLogger("streamcap.downloader")
 
 HEARTBEAT_EVERY_S = 5.0
 DISK_RECHECK_S = 2.0
-DISK_FULL_PAUSE_S = 10.0
+ENV_BACKOFF_S, ENV_BACKOFF_MAX_S = 2.0, 30.0
+# Lost deliveries (killed or stalled workers) that dead-letter a part with no strike: far beyond
+# churn (a part would have to be in flight at 20 kills), yet an end for a part that kills its
+# whole worker process every time, which no worker lives to record as a strike.
+LOST_DELIVERIES_FACTOR = 4
+STATE_PAUSED, STATE_PAUSED_FOR_DISK = "paused", "paused_for_disk"
 _REDIS_DOWN = (*bus.REDIS_DOWN, bus.RedisUnavailable)
 
 
@@ -110,6 +126,10 @@ class Worker:
         self._paused_until = 0.0
         self._stop_at = 0.0
         self._disk_checked_at = -DISK_RECHECK_S
+        self._env_since: float | None = None  # the environment has failed since (no commit since)
+        self._env_backoff = 0.0
+        self._env_retry_said = False
+        self.gave_up = ""  # the environment failure --exit-when-empty gave up on
 
     # --- lifecycle -------------------------------------------------------------------------------
 
@@ -143,7 +163,7 @@ class Worker:
             self.pool.close()
             await asyncio.to_thread(self._clear_heartbeat)
         log.info("downloader %s stopped (%s): %s", self.consumer, why, self.stats.summary(time.monotonic() - started))
-        return 0
+        return EXIT_GAVE_UP if self.gave_up else 0
 
     def request_stop(self, sig: int | None = None) -> None:
         now = time.monotonic()
@@ -168,22 +188,42 @@ class Worker:
     async def _claim_loop(self) -> str:
         while not self.stop_requested.is_set():
             try:
+                if self._should_give_up():
+                    return f"gave up: {self.gave_up}"
                 if not await self._may_claim():
                     await self._wait_for_change()
                     continue
                 # Short blocks while parts run (claims must not lag) or a batch run waits to end.
                 block_ms = 200 if self.active or self.cfg.exit_when_empty else 1000
-                if self.state == "paused_for_disk":
+                if self._env_since is not None and not self._env_retry_said:
+                    log.info("trying a part again after the pause (%s)", self.reason)
+                    self._env_retry_said = True
+                elif self._env_since is None and self.state == STATE_PAUSED_FOR_DISK:
                     log.info("claiming parts again after the pause (%s)", self.reason)
                 claimed = await asyncio.to_thread(self.queue.claim, block_ms)
                 if claimed is not None:
                     await self._start(claimed)
                 elif not self.active and self.cfg.exit_when_empty and await asyncio.to_thread(self.queue.is_empty):
                     return "queue empty"
-                self.state, self.reason = ("working" if self.active else "idle"), ""
+                if self._env_since is None:  # while the environment fails, status keeps saying why
+                    self.state, self.reason = ("working" if self.active else "idle"), ""
             except _REDIS_DOWN as e:
                 await self._wait_for_redis(e, "claiming parts", stop=self.stop_requested.is_set)
         return "stop requested"
+
+    def _should_give_up(self) -> bool:
+        """A batch run whose environment has failed for --environment-patience s, nothing running."""
+        if not self.cfg.exit_when_empty or self._env_since is None or self.active:
+            return False
+        if time.monotonic() - self._env_since < self.cfg.environment_patience:
+            return False
+        self.gave_up = self.reason
+        log.error(
+            "giving up after %.0f s of failures of the environment (--environment-patience): %s",
+            time.monotonic() - self._env_since,
+            self.reason,
+        )
+        return True
 
     async def _may_claim(self) -> bool:
         """Room for another part: a free part slot, and (with parts running) idle connections."""
@@ -253,10 +293,9 @@ class Worker:
         if await asyncio.to_thread(self.queue.is_done, part.done_id):
             await asyncio.to_thread(self.queue.ack, claimed.entry_id)  # a duplicate delivery of a done part
             return
-        if claimed.deliveries > self.cfg.max_deliveries:
-            last = await asyncio.to_thread(self.queue.last_error, part.done_id)
-            error = (last or {}).get("error") or "no error recorded: the workers that took it died or were killed"
-            await self._dead_letter(claimed, part, f"delivered {claimed.deliveries} times; last error: {error}")
+        verdict = await self._verdict(claimed, part) if claimed.deliveries > 1 else None
+        if verdict:
+            await self._dead_letter(claimed, part, verdict)
             return
         source = await asyncio.to_thread(self._source, part.source)
         if source is None:
@@ -275,6 +314,19 @@ class Worker:
         task.add_done_callback(lambda _task: self.runner.forget(part))
         self.active[claimed.entry_id] = _Active(claimed, part, task)
         self.state = "working"
+
+    async def _verdict(self, claimed: Claimed, part: PartRecord) -> str | None:
+        """Why a redelivered part is dead, or None: `--max-deliveries` strikes (failures of its
+        own), or so many lost deliveries that it must be taking its workers down."""
+        strikes = await asyncio.to_thread(self.queue.strikes, claimed.entry_id)
+        lost = claimed.deliveries - 1 - strikes  # earlier deliveries that ended with no verdict
+        if strikes < self.cfg.max_deliveries and lost < LOST_DELIVERIES_FACTOR * self.cfg.max_deliveries:
+            return None
+        last = await asyncio.to_thread(self.queue.last_error, part.done_id)
+        error = (last or {}).get("error") or "no error recorded: the workers that took it died or were killed"
+        if strikes < self.cfg.max_deliveries:
+            return f"delivered {claimed.deliveries} times, its worker lost {lost} times; last error: {error}"
+        return f"delivered {claimed.deliveries} times; last error: {error}"
 
     def _sweep_temp_files(self) -> int:
         self.cfg.shard_dir.mkdir(parents=True, exist_ok=True)
@@ -303,11 +355,18 @@ class Worker:
             log.info("%s", e)
         except asyncio.CancelledError:
             raise
-        except Exception as e:  # the part failed as a whole: recorded, released, retried later
-            await self._attempt_failed(claimed, part, describe_failure(e))
+        except Exception as e:  # the part failed as a whole: released, retried later
+            environment = environment_failure(e, self.cfg.shard_dir)
+            if environment:
+                await self._environment_failed(claimed, part, environment)
+            else:
+                await self._attempt_failed(claimed, part, describe_failure(e))
         else:
             if result.status == COMMITTED:
                 self.stats.parts_committed += 1
+                self._environment_recovered()
+                if claimed.deliveries > 1:
+                    await self._redis(self.queue.forget_strikes, claimed.entry_id)
                 log.info(
                     "committed part %s: %d samples, %d failures, %d shards in %.1f s",
                     part.part_id,
@@ -322,30 +381,56 @@ class Worker:
         self.active.pop(claimed.entry_id, None)
 
     async def _attempt_failed(self, claimed: Claimed, part: PartRecord, error: str) -> None:
+        """The part's own failure: a strike, the error recorded, the part released for a retry."""
         self.stats.parts_failed += 1
-        disk_full = error.startswith("disk_full")
+        await self._redis(self.queue.record_error, part.done_id, error)
+        strikes = await self._redis(self.queue.strike, claimed.entry_id)
         log.warning(
-            "part %s failed (delivery %d of at most %d): %s",
+            "part %s failed (strike %d of at most %d, delivery %d): %s",
             part.part_id,
-            claimed.deliveries,
+            strikes,
             self.cfg.max_deliveries,
+            claimed.deliveries,
             error,
         )
-        await self._redis(self.queue.record_error, part.done_id, error)
-        if disk_full:  # let space come back before trying anything again; the lease brings it back
-            self._paused_until = time.monotonic() + DISK_FULL_PAUSE_S
-            self.state, self.reason = "paused_for_disk", error
-            log.warning(
-                "shard disk full: no new parts for %.0f s; part %s is retried once its lease (%.0f s) runs out",
-                DISK_FULL_PAUSE_S,
-                part.part_id,
-                self.cfg.lease_seconds,
-            )
-            await self._redis(self._heartbeat)  # `streamcap status` says why at once
-            return
-        # Back off before the next try (anywhere): 2 s per delivery so far, at most the lease.
-        delay_ms = min(self.queue.lease_ms, 2000 * claimed.deliveries)
+        # Back off before the next try (anywhere): 2 s per strike so far, at most the lease.
+        delay_ms = min(self.queue.lease_ms, 2000 * strikes)
         await self._redis(lambda: self.queue.release(claimed.entry_id, count_delivery=True, after_ms=delay_ms))
+
+    async def _environment_failed(self, claimed: Claimed, part: PartRecord, reason: str) -> None:
+        """Not the part's fault: give it back uncounted (another worker may take it now), stop
+        claiming for a while, and say why in the heartbeat."""
+        self.stats.parts_env_failed += 1
+        now = time.monotonic()
+        if self._env_since is None:
+            self._env_since = now
+        self._env_backoff = min(ENV_BACKOFF_MAX_S, max(ENV_BACKOFF_S, 2 * self._env_backoff))
+        self._paused_until = max(self._paused_until, now + self._env_backoff)
+        self._env_retry_said = False
+        self.state = STATE_PAUSED_FOR_DISK if is_disk_full(reason) else STATE_PAUSED
+        self.reason = reason
+        if is_disk_full(reason):
+            log.warning(
+                "shard disk full: no new parts for %.0f s; part %s released for a retry, its delivery not counted (%s)",
+                self._env_backoff,
+                part.part_id,
+                reason,
+            )
+        else:
+            log.warning(
+                "part %s not done: %s; released without counting the delivery; no new parts for %.0f s",
+                part.part_id,
+                reason,
+                self._env_backoff,
+            )
+        await self._redis(lambda: self.queue.release(claimed.entry_id, count_delivery=False))
+        await self._redis(self._heartbeat)  # `streamcap status` says why at once
+
+    def _environment_recovered(self) -> None:
+        if self._env_since is not None:
+            log.info("a part committed: the environment works again (was: %s)", self.reason)
+            self._env_since, self._env_backoff = None, 0.0
+            self.state, self.reason = ("working" if self.active else "idle"), ""
 
     async def _dead_letter(self, claimed: Claimed, part: PartRecord | None, error: str) -> None:
         if await self._redis(self.queue.dead_letter, claimed, part, error):
@@ -427,6 +512,7 @@ class Worker:
             "parts_failed": s.parts_failed,
             "parts_superseded": s.parts_superseded,
             "parts_dead": s.parts_dead,
+            "parts_env_failed": s.parts_env_failed,
             "image_crashes": self.pool.crashes if self.pool else 0,
             "concurrency": self.cfg.concurrency,
             "pid": os.getpid(),

@@ -38,6 +38,18 @@ class SourceError(ValueError):
     """A source cannot be read; the message is one line naming the file and why."""
 
 
+class SourceUnavailable(SourceError):
+    """The source's file is not there or cannot be opened on this machine (missing, no
+    permission, an I/O error), as opposed to a file that is there but corrupt."""
+
+
+def _unreadable(path: Path, e: Exception, what: str) -> SourceError:
+    """The SourceError for `e` raised while reading `path`: SourceUnavailable for an OSError."""
+    if isinstance(e, OSError):
+        return SourceUnavailable(f"{path}: cannot read ({e.strerror or first_line(e)})")
+    return SourceError(f"{path}: {what} ({first_line(e)})")
+
+
 def format_of(path: Path) -> str | None:
     return FORMATS.get(path.suffix.lower())
 
@@ -56,7 +68,7 @@ def resolve_files(uri: str) -> tuple[str, list[Path]]:
         if not files:
             raise SourceError(f"{uri}: no file matches the pattern")
     else:
-        raise SourceError(f"{uri}: no such file or directory")
+        raise SourceUnavailable(f"{uri}: no such file or directory")
     formats = {format_of(p) for p in files}
     if None in formats:
         bad = next(p for p in files if not format_of(p))
@@ -107,7 +119,7 @@ class ParquetSource(Source):
             try:
                 metas.append(pq.ParquetFile(path).metadata)
             except Exception as e:  # pyarrow raises several types for a bad file
-                raise SourceError(f"{path}: not a readable parquet file ({first_line(e)})") from None
+                raise _unreadable(path, e, "not a readable parquet file") from None
         return metas
 
     @cached_property
@@ -138,7 +150,7 @@ class ParquetSource(Source):
             try:
                 table = pq.ParquetFile(path).read_row_groups(groups, columns=columns)
             except Exception as e:
-                raise SourceError(f"{path}: cannot read rows {start}..{end} ({first_line(e)})") from None
+                raise _unreadable(path, e, f"cannot read rows {start}..{end}") from None
             lo = max(start, first) - first
             table = table.slice(lo, min(end, first + table.num_rows) - first - lo)
             for c in columns:
@@ -240,7 +252,7 @@ class TextSource(Source):
                 convert_options=convert,
             )
         except Exception as e:
-            raise SourceError(f"{path}: not a readable {self.format} file ({first_line(e)})") from None
+            raise _unreadable(path, e, f"not a readable {self.format} file") from None
 
     @staticmethod
     def _iter_jsonl(path: Path) -> Iterator[dict[str, Any]]:
@@ -255,7 +267,7 @@ class TextSource(Source):
                         row = None
                     yield row if isinstance(row, dict) else {}
         except OSError as e:
-            raise SourceError(f"{path}: cannot read ({e.strerror or e})") from None
+            raise SourceUnavailable(f"{path}: cannot read ({e.strerror or e})") from None
 
 
 def _take_rows(rows: list[dict[str, Any]], columns: list[str], lo: int, hi: int) -> dict[str, list[Any]]:

@@ -7,7 +7,8 @@ event loop, socket or Redis connection at that point, and a forked worker skips 
 service (about 0.6 CPU-seconds each); elsewhere they are spawned. SIGTERM or SIGINT reaching the parent is passed on to every worker as
 SIGTERM, so each finishes or releases its parts by itself; a worker that dies without being
 asked to (OOM killer, a crash) is restarted after RESTART_DELAY_S, its parts being reclaimed by
-the lease like any dead worker's. Workers that exit 0 (`--exit-when-empty`) are not restarted.
+the lease like any dead worker's. Workers that exit 0 (`--exit-when-empty`) or gave up on a
+failing environment (EXIT_GAVE_UP) are not restarted.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import time
 from collections.abc import Callable
 
 from streamcap.downloader.config import DownloaderSettings
+from streamcap.downloader.failures import EXIT_GAVE_UP
 
 log = logging.getLogger("streamcap.downloader")
 
@@ -62,10 +64,12 @@ def supervise(cfg: DownloaderSettings, child_main: Callable[[DownloaderSettings,
             p.join(timeout=0.2)
             if p.exitcode is None:
                 continue
-            if p.exitcode != 0 and not stopping:
+            if p.exitcode not in (0, EXIT_GAVE_UP) and not stopping:
                 log.error("worker process %d (pid %s) died with exit code %s; restarting it", i, p.pid, p.exitcode)
                 time.sleep(RESTART_DELAY_S)
                 procs[i] = start(i)
                 continue
             codes[i] = p.exitcode
-    return 0 if all(c == 0 for c in codes.values()) else 1
+    if all(c == 0 for c in codes.values()):
+        return 0
+    return EXIT_GAVE_UP if all(c in (0, EXIT_GAVE_UP) for c in codes.values()) else 1

@@ -277,14 +277,22 @@ class PartWriter:
                 path.unlink(missing_ok=True)
 
     def abort(self) -> None:
-        """Close and remove this writer's temporary files; finalized files stay."""
+        """Close and remove this writer's temporary files; finalized files stay. Never raises
+        for a file it cannot close: on a full disk, closing flushes the buffer and fails
+        with ENOSPC again, and the temporary file (the disk's last free bytes) must go anyway."""
         self._done = True
+        self._open = None
         for shard in self._shards:
             if shard.file is not None:
-                shard.file.close()
+                try:
+                    shard.file.close()  # a failed flush still closes the descriptor
+                except OSError:
+                    pass
                 shard.file = None
-            shard.temp.unlink(missing_ok=True)
-        self._open = None
+            try:
+                shard.temp.unlink(missing_ok=True)
+            except OSError:  # the directory turned read-only: the sweeper removes it later
+                pass
 
     def __enter__(self) -> PartWriter:
         return self

@@ -140,6 +140,11 @@ class Keys:
         return self.key("parts", "errors")
 
     @property
+    def parts_strikes(self) -> str:
+        """hash: part entry id -> attempts that failed through the part's own fault (toward --max-deliveries)."""
+        return self.key("parts", "strikes")
+
+    @property
     def shards_deleted(self) -> str:
         """set: shard names removed by `streamcap shards gc`, so trainers stop replaying them."""
         return self.key("shards", "deleted")
@@ -189,6 +194,7 @@ class Keys:
             "parts:commits": (self.parts_commits, "hash"),
             "parts:deliveries": (self.parts_deliveries, "hash"),
             "parts:errors": (self.parts_errors, "hash"),
+            "parts:strikes": (self.parts_strikes, "hash"),
             "shards": (self.shards, "stream"),
             "shards:deleted": (self.shards_deleted, "set"),
             "shards:lost": (self.shards_lost, "set"),

@@ -132,6 +132,7 @@ def url_summary(stats: dict[str, str], downloaders: list[dict[str, Any]]) -> dic
         "retried_rows": int(stats.get(bus.STAT_RETRIED_ROWS, 0)),
         "retried_samples": int(stats.get(bus.STAT_RETRIED_SAMPLES, 0)),
         "paused_for_disk": sum(1 for b in live if b.get("state") == "paused_for_disk"),
+        "paused": sum(1 for b in live if b.get("state") == "paused"),
     }
 
 
@@ -241,6 +242,10 @@ def hints(report: dict[str, Any]) -> list[str]:
             f"{len(disk_full)} downloader(s) found the shard disk full ({disk_full[0]['reason'][:120]}): "
             "free space there; they retry on their own"
         )
+    paused = [w for w in report["workers"] if w.get("state") == "paused" and not w["stale"]]
+    if paused:
+        reason = str(paused[0].get("reason") or "")
+        out.append(f"{len(paused)} downloader(s) paused: {reason[:160]}: {_environment_advice(reason)}")
     if parts["dead"]:
         out.append(f"{parts['dead']} parts dead-lettered after repeated failures: their last errors are in parts:dead")
     if not parts["consistent"]:
@@ -256,6 +261,19 @@ def hints(report: dict[str, Any]) -> list[str]:
             f"{(time.time() - outage['ended']) / 60:.0f} min ago; services reconnected"
         )
     return out
+
+
+# What to do about each environment failure (reasons from streamcap.downloader.failures).
+_ADVICE = {
+    "shard dir not writable": "make the shard dir writable for the downloaders (a read-only mount? "
+    "its owner?); they release their parts uncounted and retry on their own",
+    "source unreadable": "mount or copy the source file on that host; other downloaders take its "
+    "parts meanwhile, and it retries on its own",
+}
+
+
+def _environment_advice(reason: str) -> str:
+    return next((advice for kind, advice in _ADVICE.items() if reason.startswith(kind)), "they retry on their own")
 
 
 def collect(r: redis.Redis, keys: bus.Keys, shard_dir: Path | None = None) -> dict[str, Any]:

@@ -130,16 +130,39 @@ async def test_every_row_becomes_a_sample_or_a_counted_failure(r, keys, redis_ur
 async def test_a_part_that_keeps_failing_is_dead_lettered_with_its_last_error(r, keys, redis_url, server, tmp_path):
     shard_dir = tmp_path / "shards"
     enqueue_rows(r, keys, shard_dir, [(server.url("/img/good.jpg"), CAPTION)] * 3, part_size=10, name="gone")
-    (tmp_path / "gone.parquet").unlink()  # every attempt to read the part's rows fails now
+    source = tmp_path / "gone.parquet"
+    source.write_bytes(source.read_bytes()[:100])  # corrupt: every attempt to read the part's rows fails now
     cfg = settings(redis_url, keys, shard_dir, lease_seconds=1, max_deliveries=2)
     assert await Worker(cfg, r).serve() == 0
     [(_, fields)] = r.xrange(keys.parts_dead)
     dead = bus.decode(fields)
     assert (dead["source"], dead["part"], dead["deliveries"]) == ("gone", 0, 3)
-    assert "delivered 3 times; last error: SourceError" in dead["error"] and "no such file" in dead["error"]
-    assert r.hget(keys.stats, bus.STAT_PARTS_DEAD) == "1"
+    assert "delivered 3 times; last error: SourceError" in dead["error"] and "not a readable parquet" in dead["error"]
+    assert r.hget(keys.stats, bus.STAT_PARTS_DEAD) == "1" and r.hlen(keys.parts_strikes) == 0
     report = audit(r, keys, shard_dir, expect_done=True)
     assert report.lost == 0 and report.dead_rows == 3 and report.parts["dead"] == 1
+
+
+async def test_a_missing_source_file_pauses_the_worker_without_costing_its_parts(r, keys, redis_url, server, tmp_path):
+    """A source file missing on this machine is the environment's failure, not the part's: the
+    part is released uncounted, a batch run gives up with exit code 3, and once the file is
+    back every row is downloaded (docs/testing.md, fault 24)."""
+    shard_dir = tmp_path / "shards"
+    enqueue_rows(r, keys, shard_dir, [(server.url("/img/good.jpg"), CAPTION)] * 6, part_size=3, name="gone")
+    source, hidden = tmp_path / "gone.parquet", tmp_path / "gone.parquet.away"
+    source.rename(hidden)
+    cfg = settings(redis_url, keys, shard_dir, lease_seconds=1, max_deliveries=1, environment_patience=3)
+    worker = Worker(cfg, r)
+    assert await worker.serve() == 3
+    assert worker.gave_up.startswith("source unreadable: ") and "no such file" in worker.gave_up
+    assert worker.stats.parts_env_failed >= 2 and worker.stats.parts_failed == 0
+    assert r.xlen(keys.parts_dead) == 0 and r.hlen(keys.parts_strikes) == 0
+    assert r.scard(keys.parts_done) == 0
+    hidden.rename(source)
+    cfg = settings(redis_url, keys, shard_dir, lease_seconds=1, max_deliveries=1)
+    assert await Worker(cfg, r, address_policy=loopback_one_is_public).serve() == 0
+    report = final_audit(r, keys, shard_dir)
+    assert report.parts["dead"] == 0 and report.samples == 6 and report.deliveries == {1: 2}
 
 
 def downloaders(fleets, redis_url: str, keys, shard_dir: Path) -> Fleet:

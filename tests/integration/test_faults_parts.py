@@ -50,7 +50,9 @@ def test_a_poison_row_gets_its_part_dead_lettered_and_everything_else_finishes(
 def test_a_full_disk_registers_nothing_and_the_service_waits_for_space_or_gives_up(
     r, keys, redis_url, image_host, fleets, tmp_path
 ):
-    """Two pipelines at once: on one the disk frees up, on the other it stays full."""
+    """Two pipelines at once: on one the disk frees up, on the other it stays full. A full disk
+    is the environment's failure: no delivery is counted and no part dies, whatever
+    --max-deliveries; a batch run that stays full gives up with exit code 3 and one line."""
     runs = {}
     for case in ("frees_up", "stays_full"):
         ckeys, shard_dir, full = (
@@ -66,7 +68,9 @@ def test_a_full_disk_registers_nothing_and_the_service_waits_for_space_or_gives_
             "--lease-seconds",
             "2",
             "--max-deliveries",
-            "1" if case == "stays_full" else "5",
+            "1",
+            "--environment-patience",
+            "8" if case == "stays_full" else "600",
             env=fault_env("enospc", while_file=full),
         )
         runs[case] = (ckeys, shard_dir, full, fleet)
@@ -86,14 +90,21 @@ def test_a_full_disk_registers_nothing_and_the_service_waits_for_space_or_gives_
         assert tempfiles.temp_files(shard_dir) == []
     frees_up, stays_full = runs["frees_up"], runs["stays_full"]
     frees_up[2].unlink()  # space is back
-    for _case, (_ckeys, _shard_dir, _full, fleet) in runs.items():
-        fleet.wait_all(90)  # the same process, up all along, finished or gave up by itself
+    frees_up[3].wait_all(90)  # the same process, up all along, finished by itself
     report = final_audit(r, frees_up[0], frees_up[1])
-    assert report.parts["done"] == 1 and report.samples == 4 and report.deliveries == {2: 1}
-    [(_, fields)] = r.xrange(stays_full[0].parts_dead)
-    assert "last error: disk_full: No space left on device" in bus.decode(fields)["error"]
-    report = final_audit(r, stays_full[0], stays_full[1])
-    assert report.parts["dead"] == 1 and report.dead_rows == 4
+    assert report.parts["done"] == 1 and report.samples == 4 and report.deliveries == {1: 1}
+    [gave_up] = stays_full[3].procs
+    assert gave_up.wait(90) == 3, stays_full[3].tail(gave_up)
+    last = stays_full[3].tail(gave_up).strip().splitlines()
+    assert any("giving up after" in line and "disk_full: No space left on device" in line for line in last[-3:])
+    report = final_audit(r, stays_full[0], stays_full[1], expect_done=False)
+    # Released for the next run (claimable at once), never counted against: nothing is dead.
+    assert (report.parts["done"], report.parts["dead"], report.parts["pending"] + report.parts["in_flight"]) == (
+        0,
+        0,
+        1,
+    )
+    assert r.hlen(stays_full[0].parts_strikes) == 0
 
 
 def test_enqueueing_a_source_twice_and_concurrently_adds_each_part_once(

@@ -78,10 +78,16 @@ class Fleet:
         self.log_dir.mkdir(parents=True, exist_ok=True)
 
     def start(
-        self, *args: str, env: dict | None = None, command: str = "download", log: Path | None = None
+        self,
+        *args: str,
+        env: dict | None = None,
+        command: str = "download",
+        log: Path | None = None,
+        prefix: tuple[str, ...] = (),
     ) -> subprocess.Popen:
+        """`streamcap <command> ...`; `prefix` runs it through a wrapper (e.g. `unshare -m ...`)."""
         log = log or self.log_dir / f"{command}-{len(self.procs)}.log"
-        full = [*STREAMCAP, command, *(self.args if command == "download" else ()), *args]
+        full = [*prefix, *STREAMCAP, command, *(self.args if command == "download" else ()), *args]
         proc_env = service_env(self.redis_url, self.keys, self.shard_dir, env, self.allow_private)
         with open(log, "wb") as out:
             proc = subprocess.Popen(
