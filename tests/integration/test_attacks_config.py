@@ -54,6 +54,7 @@ COMMANDS: dict[tuple[str, ...], tuple[type, list[str]]] = {
     ("shards", "verify"): (ShardWriterSettings, []),
     ("shards", "gc"): (ShardWriterSettings, []),
     ("shards", "reconcile"): (ShardWriterSettings, []),
+    ("parts", "retry"): (ShardWriterSettings, []),
     ("audit",): (ShardWriterSettings, []),
     ("train",): (TrainerSettings, []),
     ("eval", "run"): (EvalSettings, ["step-000100.pt"]),
