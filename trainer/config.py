@@ -23,8 +23,10 @@ from streamcap.common.settings import (
     optional,
     setting,
 )
+from streamcap.model.config import PRESETS as MODEL_PRESETS
 
-PRESETS = ("tiny", "base")
+# Every preset the model defines: a second list here drifted once (`small` was documented and rejected).
+PRESETS = tuple(sorted(MODEL_PRESETS))
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("auto", "bf16", "fp32")
 WANDB_MODES = ("auto", "online", "offline", "disabled")
