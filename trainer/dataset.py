@@ -2,7 +2,7 @@
 
     spec = LoaderSpec(redis_url=..., namespace="streamcap", shard_dir=Path("shards"), run="run-1",
                       rank=0, world_size=1, workers=4, image_size=224, max_len=32, batch_size=64, ...)
-    dataset = ShardStreamDataset(spec, tokenizer, SharedLevel())
+    dataset = ShardStreamDataset(spec, tokenizer, LevelSchedule(ramp_steps=10_000, max_level=1.0))
     loader = make_loader(dataset)
     for batch in loader:   # never ends: fresh shards first, replays when they lag
         batch.images  # uint8 [B, 3, S, S]     batch.tokens  # int64 [B, T], padded with pad_id
@@ -33,7 +33,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from streamcap import bus
 from streamcap.common.lifetime import die_with_parent
-from streamcap.trainer.augment import Augmenter, SharedLevel
+from streamcap.trainer.augment import Augmenter, LevelSchedule
 from streamcap.trainer.samples import (
     CaptionChoice,
     SampleError,
@@ -94,11 +94,11 @@ class ShardStreamDataset(IterableDataset):
         self,
         spec: LoaderSpec,
         tokenizer: Any,
-        level: SharedLevel,
+        levels: LevelSchedule,
         worker_states: dict[int, dict[str, Any]] | None = None,
     ) -> None:
         super().__init__()
-        self.spec, self.tokenizer, self.level = spec, tokenizer, level
+        self.spec, self.tokenizer, self.levels = spec, tokenizer, levels
         self.worker_states = worker_states or {}
 
     def __iter__(self) -> Iterator[Batch]:
@@ -120,7 +120,8 @@ class _BatchMaker:
 
     def __init__(self, dataset: ShardStreamDataset, worker: int, in_worker: bool) -> None:
         spec = dataset.spec
-        self.spec, self.worker, self.level = spec, worker, dataset.level
+        self.spec, self.worker, self.levels = spec, worker, dataset.levels
+        self.made = 0  # batches this worker made since the loader started
         self.tokenizer = dataset.tokenizer
         self.augment = Augmenter(spec.image_size)
         self.problems_logged = 0
@@ -151,7 +152,10 @@ class _BatchMaker:
 
     def next_batch(self) -> Batch:
         images, tokens, captions = [], [], []
-        level = self.level.get()
+        # The DataLoader takes batches from its workers round robin, so this worker's n-th batch
+        # is the loader's (n * workers + worker)-th: the level is that of the step training it.
+        level = self.levels.level(self.made * max(self.spec.workers, 1) + self.worker)
+        self.made += 1
         while len(images) < self.spec.batch_size:
             sample, claim = self.stream.next_sample()
             aug_seed = int(self.seeds.integers(2**62))

@@ -16,7 +16,7 @@ import pytest
 from streamcap import bus
 from streamcap.formats.records import ShardRecord
 from streamcap.shardwriter.synthetic import add_part, demo_samples, demo_tokenizer, register_shard
-from streamcap.trainer.augment import SharedLevel
+from streamcap.trainer.augment import LevelSchedule
 from streamcap.trainer.dataset import LoaderSpec, ShardStreamDataset, make_loader
 from streamcap.trainer.shardqueue import ReadLedger
 
@@ -54,7 +54,7 @@ def test_fresh_shards_are_read_once_then_replayed(redis_url, keys, r, tmp_path):
     samples = add_shards(r, keys, tmp_path, [6, 6, 6])
     tok = demo_tokenizer(samples)
     ledger = ReadLedger(r, keys, "t")
-    batches = iter(make_loader(ShardStreamDataset(spec(redis_url, keys, tmp_path), tok, SharedLevel())))
+    batches = iter(make_loader(ShardStreamDataset(spec(redis_url, keys, tmp_path), tok, LevelSchedule())))
     fresh = replay = 0
     finished = []
     for _ in range(12):  # 48 samples from 18 that exist
@@ -78,7 +78,7 @@ def test_two_workers_split_fresh_shards_and_a_restart_rereads_no_acked_shard(red
     tok = demo_tokenizer(samples)
     ledger = ReadLedger(r, keys, "t")
     loader = make_loader(
-        ShardStreamDataset(spec(redis_url, keys, tmp_path, workers=2, shuffle_buffer=4), tok, SharedLevel())
+        ShardStreamDataset(spec(redis_url, keys, tmp_path, workers=2, shuffle_buffer=4), tok, LevelSchedule())
     )
     batches, seen = iter(loader), []
     while sum(f.claim.fresh for f in seen) < 3:
@@ -102,7 +102,7 @@ def test_two_workers_split_fresh_shards_and_a_restart_rereads_no_acked_shard(red
 def test_stream_state_continues_exactly(redis_url, keys, r, tmp_path):
     samples = add_shards(r, keys, tmp_path, [5, 7, 6, 4])
     tok = demo_tokenizer(samples)
-    level = SharedLevel(0.5)
+    level = LevelSchedule(max_level=0.5)
 
     def consume(batches, ledger, n):  # as the training loop does: record finished shards per batch
         out = []
@@ -192,7 +192,7 @@ def test_corrupt_shards_and_samples_are_skipped_counted_and_named(redis_url, key
     tok = demo_tokenizer(good)
     caplog.set_level(logging.WARNING, logger="streamcap.trainer")
     batches = iter(
-        make_loader(ShardStreamDataset(spec(redis_url, keys, tmp_path, workers=workers), tok, SharedLevel()))
+        make_loader(ShardStreamDataset(spec(redis_url, keys, tmp_path, workers=workers), tok, LevelSchedule()))
     )
     problems = 0
     for _ in range(6):  # never raises; replays fill the batches once fresh data runs out

@@ -216,6 +216,32 @@ def test_interrupted_and_resumed_run_reproduces_the_losses(redis_url, keys, r, t
     assert split[9]["aug_level"] == whole[9]["aug_level"] > 0
 
 
+def test_stops_and_resumes_with_a_loader_worker_and_augmentation_are_bit_identical(redis_url, keys, r, tmp_path):
+    # A loader worker builds batches ahead of training: the level of each batch must come from
+    # the step that trains on it, not from the level the training process had set by then.
+    from streamcap.trainer.train import run
+
+    make_shards(r, keys, tmp_path / "shards", [7, 9, 8])  # 24 samples: the last steps replay
+    vocab(tmp_path / "vocab.txt")
+    common = dict(loader_workers=1, aug_ramp_steps=8, aug_max=1.0, grad_accum=2)
+    assert run(settings(redis_url, keys, tmp_path, run="whole", max_steps=9, **common)) == 0
+    for stop in (2, 5, 9):
+        resume = stop > 2
+        assert run(settings(redis_url, keys, tmp_path, run="split", max_steps=stop, resume=resume, **common)) == 0
+    whole = {rec["step"]: rec for rec in read_metrics(tmp_path / "ck" / "whole" / "metrics.jsonl")}
+    split = {rec["step"]: rec for rec in read_metrics(tmp_path / "ck" / "split" / "metrics.jsonl")}
+    assert sorted(split) == sorted(whole) == list(range(1, 10))
+    assert sum(whole[s]["replay_samples"] for s in whole) > 0
+    for step in range(1, 10):
+        assert split[step]["aug_level"] == whole[step]["aug_level"], step
+        for name in ("loss", "loss/ce", "loss/eos", "grad_norm"):
+            assert split[step][name] == whole[step][name], (step, name)
+    whole_ck = torch.load(tmp_path / "ck" / "whole" / "step-00000009.pt", weights_only=False)
+    split_ck = torch.load(tmp_path / "ck" / "split" / "step-00000009.pt", weights_only=False)
+    for name, tensor in whole_ck["state_dict"].items():
+        assert torch.equal(tensor, split_ck["state_dict"][name]), name
+
+
 def test_sigterm_then_resume_with_workers_rereads_no_acknowledged_shard(redis_url, keys, r, tmp_path):
     names = make_shards(r, keys, tmp_path / "shards", [6] * 8)
     vocab(tmp_path / "vocab.txt")
