@@ -8,9 +8,9 @@ back the shards its previous incarnation held (its pending entries). Shards held
 that no longer exist (the job restarted with fewer ranks or workers) are claimed over.
 
 Workers only read from Redis (`ShardQueue`). The training process writes the accounting
-(`ReadLedger`): it counts a read (fresh or replay) in `shards:reads:<run>` when training has
-consumed the shard's last sample, and acknowledges a fresh shard when the checkpoint that
-covers it is saved, so what Redis calls done is in the model a resume starts from.
+(`ReadLedger`): once the checkpoint covering them is saved, it counts the reads (fresh or replay)
+of the shards whose last sample training consumed in `shards:reads:<run>` and acknowledges the
+fresh ones, so what Redis counts and calls done is in the model a resume starts from.
 
 Every call rides out Redis outages: it waits for the server and retries, and recreates the
 group when Redis lost it.
@@ -240,54 +240,78 @@ class ShardQueue:
 class ReadLedger:
     """The write side, used by each rank's training process as it consumes batches.
 
-    A read (fresh or replay) is counted as soon as training consumed the shard's last sample;
-    a fresh shard is acknowledged only once a checkpoint covering it is saved (`acknowledge`),
-    so a rank killed between checkpoints gets its shards back on `--resume` and skips none.
-    Writes that fail (Redis down past the client's retries) are kept and retried, so training
-    never stops for the accounting.
+    Reads (fresh or replay) and the acknowledgement of fresh shards are recorded only when a
+    checkpoint covers them (`commit`), in one transaction that also notes the checkpoint's step
+    for this rank: a rank killed between checkpoints gets its fresh shards back on `--resume`
+    and skips none, and reads it redoes after the crash are counted once, not twice.
+    A commit that fails (Redis down past the client's retries) is kept, retried, and saved with
+    the checkpoint; `commit_saved` applies it on resume unless Redis shows it already applied.
     """
 
-    def __init__(self, r: redis.Redis, keys: bus.Keys, run: str) -> None:
-        self.r, self.keys, self.run = r, keys, run
+    def __init__(self, r: redis.Redis, keys: bus.Keys, run: str, rank: int = 0) -> None:
+        self.r, self.keys, self.run, self.rank = r, keys, run, rank
         self.group = keys.train_group(run)
-        self._uncounted: list[FinishedShard] = []
-        self._unacked: list[FinishedShard] = []
+        self._consumed: list[FinishedShard] = []  # since the last checkpoint
+        self._owed: list[FinishedShard] = []  # covered by checkpoint `_owed_step`, not yet written
+        self._owed_step = 0
         self._retry_at = 0.0
 
     def finished(self, shards: list[FinishedShard]) -> None:
-        """Count the reads of shards whose last sample training has consumed."""
-        self._uncounted += [s for s in shards if not s.missing]
-        self._unacked += [s for s in shards if s.claim.fresh]
-        if not self._uncounted or time.monotonic() < self._retry_at:
-            return
-        pipe = self.r.pipeline(transaction=True)
-        for shard in self._uncounted:
-            pipe.hincrby(self.keys.shard_reads(self.run), shard.claim.name, 1)
-        if self._write(pipe, "count %d shard read(s)" % len(self._uncounted)):
-            self._uncounted.clear()
+        """Training consumed the last sample of these shards; recorded at the next checkpoint."""
+        self._consumed += shards
 
-    def acknowledge(self, extra: list[FinishedShard] = ()) -> bool:
-        """Acknowledge the fresh shards finished so far (call when a checkpoint is saved)."""
-        self._unacked += list(extra)
-        if not self._unacked:
+    def commit(self, step: int) -> bool:
+        """Count the reads and acknowledge the fresh shards that checkpoint `step` covers."""
+        self._owed += self._consumed
+        self._consumed = []
+        self._owed_step = step
+        return self.retry(force=True)
+
+    def retry(self, force: bool = False) -> bool:
+        """Write what a failed commit left owed (at most every 15 s unless `force`)."""
+        if not self._owed and not force:
             return True
-        pipe = self.r.pipeline(transaction=True)
-        for shard in self._unacked:
-            pipe.xack(self.keys.shards, self.group, shard.claim.entry_id)
-        if self._write(pipe, "acknowledge %d shard(s)" % len(self._unacked)):
-            self._unacked.clear()
+        if not force and time.monotonic() < self._retry_at:
+            return False
+        if self._write(self._pipeline(self._owed, self._owed_step), "record %d shard read(s)" % len(self._owed)):
+            self._owed = []
             return True
         return False
 
+    def commit_saved(self, step: int, shards: list[FinishedShard]) -> None:
+        """On resume from checkpoint `step`: record what it covered but could not write, unless
+        this rank's commit of `step` (or a later one) reached Redis after all."""
+        if not shards:
+            return
+        done = bus.call_through_outages(
+            self.r,
+            lambda: self.r.hget(self.keys.shard_reads_commits(self.run), str(self.rank)),
+            what="reading the last recorded checkpoint",
+        )
+        if done is not None and int(done) >= step:
+            return
+        self._owed, self._owed_step = list(shards) + self._owed, step
+        self.retry(force=True)
+
     @property
     def unacknowledged(self) -> list[FinishedShard]:
-        """Fresh shards finished but not yet acknowledged (saved with a checkpoint for when
-        Redis was down while it was written)."""
-        return list(self._unacked)
+        """Shards consumed and not yet recorded in Redis: saved with a checkpoint (the name
+        predates replays being recorded at checkpoints)."""
+        return self._owed + self._consumed
 
     @property
     def behind(self) -> bool:
-        return bool(self._uncounted)
+        return bool(self._owed)
+
+    def _pipeline(self, shards: list[FinishedShard], step: int) -> Any:
+        pipe = self.r.pipeline(transaction=True)
+        for shard in shards:
+            if not shard.missing:
+                pipe.hincrby(self.keys.shard_reads(self.run), shard.claim.name, 1)
+            if shard.claim.fresh:
+                pipe.xack(self.keys.shards, self.group, shard.claim.entry_id)
+        pipe.hset(self.keys.shard_reads_commits(self.run), str(self.rank), step)
+        return pipe
 
     def _write(self, pipe: Any, what: str) -> bool:
         try:

@@ -212,10 +212,10 @@ def _loader(state: Run) -> tuple[Any, BatchAccounting]:
             "--loader-workers changed since the checkpoint: loader workers start their streams afresh "
             "(held shards are read again from their start; nothing acknowledged is re-read)"
         )
-    ledger = ReadLedger(state.r, cfg.keys, cfg.run)
-    # Shards the checkpoint covers but Redis was down to acknowledge: acknowledge them before
-    # the workers look at what they hold, so no finished shard is taken for an unfinished one.
-    ledger.acknowledge([FinishedShard.from_dict(d) for d in saved.get("unacknowledged", [])])
+    ledger = ReadLedger(state.r, cfg.keys, cfg.run, info.rank)
+    # Reads the checkpoint covers but Redis was down to record: record them before the workers
+    # look at what they hold, so no finished shard is taken for an unfinished one.
+    ledger.commit_saved(state.step, [FinishedShard.from_dict(d) for d in saved.get("unacknowledged", [])])
     levels = LevelSchedule(cfg.aug_ramp_steps, cfg.aug_max, cfg.grad_accum, start_step=state.step)
     dataset = ShardStreamDataset(spec, state.tokenizer, levels, worker_states)
     tracker = BatchAccounting(ledger, cfg.run_dir / f"reads-rank{info.rank}.jsonl", totals=saved.get("counters"))
@@ -362,7 +362,7 @@ def _bf16(cfg: TrainerSettings, info: distributed.DistInfo) -> bool:
 
 def _checkpoint(state: Run, tracker: BatchAccounting, aug_level: float) -> None:
     """Save model + training state (all ranks contribute their part), announce it, then
-    acknowledge the fresh shards it covers."""
+    record the reads it covers and acknowledge its fresh shards."""
     cfg, info = state.cfg, state.info
     mine = {
         "rng": ckpt.rng_state(),
@@ -376,7 +376,7 @@ def _checkpoint(state: Run, tracker: BatchAccounting, aug_level: float) -> None:
     if info.is_main:
         _save(state, ranks, aug_level)
     distributed.broadcast(info, state.step)  # every rank waits until the checkpoint is on disk
-    tracker.ledger.acknowledge()
+    tracker.ledger.commit(state.step)
     if info.is_main:  # after the barrier: no rank waits for the chart
         state.sink.plot()
 

@@ -63,7 +63,7 @@ def test_fresh_shards_are_read_once_then_replayed(redis_url, keys, r, tmp_path):
         fresh, replay = fresh + batch.stats["fresh"], replay + batch.stats["replay"]
         finished += batch.finished_shards()
         ledger.finished(batch.finished_shards())
-    ledger.acknowledge()  # what a checkpoint does
+    ledger.commit(step=1)  # what a checkpoint does
     assert fresh == 18 and replay == 30  # every fresh sample exactly once, the rest replayed
     fresh_names = [f.claim.name for f in finished if f.claim.fresh]
     assert sorted(fresh_names) == ["demo-000000-0000.tar", "demo-000001-0000.tar", "demo-000002-0000.tar"]
@@ -85,7 +85,7 @@ def test_two_workers_split_fresh_shards_and_a_restart_rereads_no_acked_shard(red
         batch = next(batches)
         seen += batch.finished_shards()
         ledger.finished(batch.finished_shards())
-    ledger.acknowledge()  # a checkpoint
+    ledger.commit(step=1)  # a checkpoint
     del batches  # "crash": whatever the workers held stays pending under their consumer names
     acked = {f.claim.name for f in seen if f.claim.fresh}
     batches, again = iter(loader), []
@@ -118,7 +118,7 @@ def test_stream_state_continues_exactly(redis_url, keys, r, tmp_path):
     first = iter(ShardStreamDataset(other, tok, level))
     ledger = ReadLedger(r, keys, "u")
     got = consume(first, ledger, 2)
-    ledger.acknowledge()  # the checkpoint the state belongs to
+    ledger.commit(step=1)  # the checkpoint the state belongs to
     first.close()
     resumed = iter(ShardStreamDataset(other, tok, level, worker_states={0: got[-1].state}))
     got += consume(resumed, ReadLedger(r, keys, "u"), 4)
@@ -285,3 +285,27 @@ def test_shards_held_by_consumers_outside_the_job_are_taken_over_and_read_once(
         finished += stream.take_finished()
     fresh = sorted(f.claim.name for f in finished if f.claim.fresh)
     assert fresh == [f"demo-{p:06d}-0000.tar" for p in range(3)]  # each exactly once
+
+
+def test_reads_are_recorded_once_by_the_checkpoint_that_covers_them(r, keys):
+    from streamcap.trainer.shardqueue import FinishedShard, ShardClaim
+
+    def counts(run):
+        return {k: int(v) for k, v in r.hgetall(keys.shard_reads(run)).items()}
+
+    fresh = FinishedShard(ShardClaim("a.tar", 5, fresh=True, entry_id="0-1"), samples=5)
+    replay = FinishedShard(ShardClaim("b.tar", -1, fresh=False), samples=4)
+    gone = FinishedShard(ShardClaim("c.tar", -1, fresh=False), samples=0, missing=True)
+    ledger = ReadLedger(r, keys, "run", rank=1)
+    ledger.finished([fresh, replay, gone])
+    assert counts("run") == {}  # a crash now must leave nothing counted: the resumed run reads them again
+    saved = ledger.unacknowledged  # what the checkpoint of step 3 saves, before it commits
+    assert ledger.commit(3) and counts("run") == {"a.tar": 1, "b.tar": 1}
+    assert ledger.unacknowledged == []
+    # A run resumed from that checkpoint finds its commit applied: no second count.
+    ReadLedger(r, keys, "run", rank=1).commit_saved(3, saved)
+    assert counts("run") == {"a.tar": 1, "b.tar": 1}
+    # Another rank's commit, or an older one, does not stand for this rank's.
+    ReadLedger(r, keys, "run", rank=0).commit_saved(3, [replay])
+    ReadLedger(r, keys, "run", rank=1).commit_saved(5, [replay])
+    assert counts("run") == {"a.tar": 1, "b.tar": 3}
