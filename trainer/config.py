@@ -30,6 +30,7 @@ PRESETS = tuple(sorted(MODEL_PRESETS))
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("auto", "bf16", "fp32")
 WANDB_MODES = ("auto", "online", "offline", "disabled")
+REPLAY_RULES = ("balanced", "uniform")
 
 
 def _run_id(v: object) -> str | None:
@@ -135,6 +136,14 @@ class TrainerSettings(CommonSettings):
         env="STREAMCAP_FRESH_WAIT_MS",
         check=between(0, 1900),
         help="How long a loader worker waits for a fresh shard before replaying a read one.",
+    )
+    replay: str = setting(
+        "balanced",
+        flag="--replay",
+        env="STREAMCAP_REPLAY",
+        check=one_of(*REPLAY_RULES),
+        help="Which read shard a loader worker replays when fresh ones lag: balanced (one it has read "
+        "least often) or uniform (any, at random; the first shards end up read far more often).",
     )
     seed: int = setting(
         0,

@@ -67,6 +67,7 @@ class LoaderSpec:
     fresh_wait_ms: int
     seed: int
     caption: CaptionChoice = field(default_factory=CaptionChoice)
+    replay: str = "balanced"
 
 
 @dataclass
@@ -138,6 +139,7 @@ class _BatchMaker:
             job_consumers=job_consumers(spec.run, spec.world_size, spec.workers),
             announce_waiting=spec.rank == 0 and worker == 0,
             min_ready=spec.batch_size,
+            replay=spec.replay,
         )
         self.stream = SampleStream(queue, cfg, on_problem=self._problem)
         self.seeds = np.random.default_rng(seed + 1)  # per-sample augmentation seeds, part of the state

@@ -6,8 +6,11 @@ Order of sources when the worker needs another shard:
    own name by a loader worker of its previous incarnation that outlived it;
 3. a never-read fresh shard (taken at once when there is one; once fewer than `min_ready`
    samples are buffered, waiting up to `fresh_wait_ms` for one to land);
-4. a replay: a random shard this run has already read that gc has not deleted (seeded per
-   rank and worker), so no GPU idles while any data exists;
+4. a replay of a shard this run has already read that gc has not deleted, so no GPU idles
+   while any data exists: with `replay="balanced"` (the default) one this worker has read least
+   often (fresh or replayed; ties broken at random, seeded per rank and worker), so every
+   shard's read count stays close to the mean however long fresh shards lag; `uniform` picks
+   any at random, which reads the first shards of a run over and over;
 5. nothing at all yet: wait, and say so once.
 
 Samples pass through a shuffle buffer that mixes shards. A shard is *finished* when its last
@@ -92,6 +95,7 @@ class StreamConfig:
     job_consumers: frozenset[str] = field(default_factory=frozenset)
     announce_waiting: bool = True  # only one worker of the job says "waiting for the first shard"
     min_ready: int = 1  # below this many buffered samples (a batch), wait or replay
+    replay: str = "balanced"  # or "uniform"; see the module docstring
 
 
 class SampleStream:
@@ -109,6 +113,7 @@ class SampleStream:
         # Shards this worker read through: replayable at once, before the training process has
         # counted them in Redis (it does so only when their last sample is trained on).
         self._read_here: set[str] = set()
+        self._opened: dict[str, int] = {}  # times this worker started reading each shard
         self._reading: int | None = None  # slot being read into the buffer
         self._next_slot = 0
         self._next_fresh_check = 0.0
@@ -153,6 +158,7 @@ class SampleStream:
             "queued": [c.to_dict() for c in self.queued],
             "next_slot": self._next_slot,
             "read_here": sorted(self._read_here),
+            "opened": dict(sorted(self._opened.items())),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -171,6 +177,7 @@ class SampleStream:
         self.rng.bit_generator.state = state["rng"]
         self._next_slot = int(state["next_slot"])
         self._read_here = set(state.get("read_here", []))
+        self._opened = {name: int(n) for name, n in state.get("opened", {}).items()}
         self.queued = [c for c in map(ShardClaim.from_dict, state["queued"]) if self._still_readable(c)]
         wanted: dict[int, list[tuple[int, int]]] = {}
         for position, (slot, ordinal) in enumerate(state["buffer"]):
@@ -225,8 +232,19 @@ class SampleStream:
         shard.read += 1
         return Buffered(slot=slot, ordinal=shard.read - 1, sample=sample)
 
+    def _pick_replay(self, candidates: list[str]) -> str:
+        if self.cfg.replay == "balanced":
+            # This worker's own counts: they need no Redis round trip, are saved with the
+            # checkpoint (so a resume picks the same) and include reads not yet recorded. Every
+            # worker balances its own reads over the shards it knows, so a shard's total stays
+            # within about one read per worker of any other's.
+            least = min(self._opened.get(name, 0) for name in candidates)
+            candidates = [name for name in candidates if self._opened.get(name, 0) == least]
+        return candidates[int(self.rng.integers(len(candidates)))]
+
     def _open(self, claim: ShardClaim) -> int:
         slot, self._next_slot = self._next_slot, self._next_slot + 1
+        self._opened[claim.name] = self._opened.get(claim.name, 0) + 1
         path = self.cfg.shard_dir / claim.name
         if path.is_file():
             reader: Iterator[Sample] | None = iter_samples(path, on_problem=self._report)
@@ -263,8 +281,7 @@ class SampleStream:
             self._dry_until = time.monotonic() + DRY_RECHECK_S
         candidates = [name for name in self.queue.replay_candidates(self._read_here) if name not in self._unusable]
         if candidates:
-            name = candidates[int(self.rng.integers(len(candidates)))]
-            return ShardClaim(name=name, samples=-1, fresh=False)
+            return ShardClaim(name=self._pick_replay(candidates), samples=-1, fresh=False)
         if not self._said_waiting:
             self._said_waiting = True
             (log.info if self.cfg.announce_waiting else log.debug)(

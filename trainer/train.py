@@ -204,6 +204,7 @@ def _loader(state: Run) -> tuple[Any, BatchAccounting]:
         fresh_wait_ms=cfg.fresh_wait_ms,
         seed=cfg.seed,
         caption=CaptionChoice(cfg.caption_column, cfg.caption_sentences),
+        replay=cfg.replay,
     )
     saved = state.rank_state
     worker_states = saved.get("loader") if saved.get("loader_workers") == cfg.loader_workers else None

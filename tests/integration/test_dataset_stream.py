@@ -309,3 +309,27 @@ def test_reads_are_recorded_once_by_the_checkpoint_that_covers_them(r, keys):
     ReadLedger(r, keys, "run", rank=0).commit_saved(3, [replay])
     ReadLedger(r, keys, "run", rank=1).commit_saved(5, [replay])
     assert counts("run") == {"a.tar": 1, "b.tar": 3}
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_balanced_replay_keeps_every_shards_reads_close_to_the_mean(redis_url, keys, r, tmp_path, workers):
+    # Fresh shards stop coming after the first 8: from then on every shard is a replay. Picked
+    # uniformly, the first shards pulled ahead by chance (and, as shards land, by their head start).
+    samples = add_shards(r, keys, tmp_path, [4] * 8)
+    tok = demo_tokenizer(samples)
+    ledger = ReadLedger(r, keys, "t")
+    loader = make_loader(
+        ShardStreamDataset(spec(redis_url, keys, tmp_path, workers=workers, shuffle_buffer=4), tok, LevelSchedule())
+    )
+    reads: dict[str, int] = {}
+    fresh: list[str] = []
+    for step, batch in zip(range(100), loader):
+        for shard in batch.finished_shards():
+            reads[shard.claim.name] = reads.get(shard.claim.name, 0) + 1
+            fresh += [shard.claim.name] if shard.claim.fresh else []
+        ledger.finished(batch.finished_shards())
+        if step % 10 == 9:
+            ledger.commit(step)
+    assert sorted(fresh) == sorted(reads) and len(fresh) == 8  # fresh first, each exactly once
+    # Each worker keeps its own reads within one of each other: the job's, within one per worker.
+    assert max(reads.values()) - min(reads.values()) <= max(workers, 1) + 1, reads
