@@ -65,6 +65,7 @@ class Run:
     normalize: ImageNormalizer  # uint8 batch -> model input on the run's device
     ddp: torch.nn.Module | None = None
     sink: MetricsSink = field(default_factory=MetricsSink.disabled)
+    announcer: ckpt.Announcer | None = None  # rank 0: checkpoints to announce on the stream
     while_waiting: Callable[[], None] = lambda: None  # heartbeats while no batch comes
 
     @property
@@ -257,6 +258,8 @@ def _train(state: Run) -> int:
                 log.info("step %d: image encoder unfrozen", state.step)
             terms = _optimizer_step(state, batches, tracker, stop)
             reporter.after_step(terms, tracker.aug_level_seen)
+            if state.announcer is not None:
+                state.announcer.retry()
             if state.step % cfg.checkpoint_every == 0 or state.step == cfg.max_steps:
                 _checkpoint(state, tracker, tracker.aug_level_seen)
         finished = state.step >= cfg.max_steps
@@ -269,6 +272,8 @@ def _train(state: Run) -> int:
             _checkpoint(state, tracker, tracker.aug_level_seen)
     finally:
         stop.uninstall()
+        if state.announcer is not None:
+            state.announcer.retry(force=True)  # a last try for what Redis was down to hear
         del batches  # shuts the loader workers down
         reporter.close()
         tracker.close()
@@ -409,8 +414,7 @@ def _save(state: Run, ranks: list[dict[str, Any]], aug_level: float) -> None:
         },
     )
     ckpt.mark_latest(cfg.run_dir, state.step)
-    try:
-        ckpt.publish(state.r, cfg.keys, model_file, state.step, cfg.run)
-    except Exception as e:  # Redis down: the evaluator finds it on the next one
-        log.warning("could not announce checkpoint %s: %s", model_file.name, e)
+    if state.announcer is None:
+        state.announcer = ckpt.Announcer(state.r, cfg.keys, cfg.run)
+    state.announcer.add(model_file, state.step)  # kept and retried while Redis is down
     log.info("checkpoint %s (step %d)", model_file, state.step)
