@@ -129,7 +129,11 @@ class _BatchMaker:
         r = bus.connect(spec.redis_url)
         consumer = consumer_name(spec.run, spec.rank, worker)
         orphaned = parent_watch() if in_worker else (lambda: False)
-        queue = ShardQueue(r, bus.Keys(spec.namespace), spec.run, consumer, orphaned=orphaned)
+        # Fails within a few seconds when Redis is down (longer than the longest fresh-shard wait).
+        quick = bus.connect(
+            spec.redis_url, retries=0, connect_timeout=1.0, socket_timeout=spec.fresh_wait_ms / 1000 + 2
+        )
+        queue = ShardQueue(r, bus.Keys(spec.namespace), spec.run, consumer, orphaned=orphaned, quick=quick)
         seed = _worker_seed(spec.seed, spec.rank, worker)
         cfg = StreamConfig(
             shard_dir=spec.shard_dir,

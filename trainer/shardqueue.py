@@ -18,10 +18,11 @@ group when Redis lost it.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from typing import Any, TypeVar
 
@@ -117,32 +118,69 @@ def redis_call(
             raise
 
 
+class RedisDown(Exception):
+    """Redis did not answer an impatient call (`ShardQueue.impatient`)."""
+
+
 class ShardQueue:
     """The read side, used inside each loader worker."""
 
     def __init__(
-        self, r: redis.Redis, keys: bus.Keys, run: str, consumer: str, orphaned: Callable[[], bool] = lambda: False
+        self,
+        r: redis.Redis,
+        keys: bus.Keys,
+        run: str,
+        consumer: str,
+        orphaned: Callable[[], bool] = lambda: False,
+        quick: redis.Redis | None = None,
     ) -> None:
         self.r, self.keys, self.run, self.consumer = r, keys, run, consumer
         self.group = keys.train_group(run)
         self.orphaned = orphaned
+        # A client without retries and with a short timeout, for calls a worker can do without
+        # while Redis is down (see `impatient`); None: every call waits the outage out.
+        self.quick = quick
+        self._impatient = False
+
+    @contextlib.contextmanager
+    def impatient(self, enabled: bool = True) -> Iterator[None]:
+        """Inside: calls fail fast with RedisDown instead of waiting out an outage (with a
+        `quick` client), for a worker that has shards it can replay meanwhile."""
+        before, self._impatient = self._impatient, enabled and self.quick is not None
+        try:
+            yield
+        finally:
+            self._impatient = before
+
+    @property
+    def _c(self) -> redis.Redis:
+        return self.quick if self._impatient and self.quick is not None else self.r
 
     def ensure_group(self) -> None:
         redis_call(
             self.r,
             "creating the consumer group",
-            lambda: bus.ensure_group(self.r, self.keys.shards, self.group),
+            lambda: bus.ensure_group(self._c, self.keys.shards, self.group),
             orphaned=self.orphaned,
         )
 
     def _call(self, what: str, fn: Callable[[], T]) -> T:
+        if self._impatient:
+            try:
+                return fn()
+            except bus.REDIS_DOWN as e:
+                raise RedisDown(f"{what}: {first_line(e)}") from None
+            except ResponseError as e:
+                if "NOGROUP" not in str(e):
+                    raise
+                # Redis is up but lost the group: the patient path below recreates it.
         return redis_call(self.r, what, fn, on_nogroup=self.ensure_group, orphaned=self.orphaned)
 
     def own_pending(self) -> list[ShardClaim]:
         """Fresh shards this consumer name holds from an earlier incarnation, oldest first."""
         reply = self._call(
             "reading pending shards",
-            lambda: self.r.xreadgroup(self.group, self.consumer, {self.keys.shards: "0"}, count=10_000),
+            lambda: self._c.xreadgroup(self.group, self.consumer, {self.keys.shards: "0"}, count=10_000),
         )
         return self._claims(reply[0][1] if reply else [])
 
@@ -151,7 +189,7 @@ class ShardQueue:
         block = block_ms if block_ms > 0 else None
         reply = self._call(
             "claiming a fresh shard",
-            lambda: self.r.xreadgroup(self.group, self.consumer, {self.keys.shards: ">"}, count=1, block=block),
+            lambda: self._c.xreadgroup(self.group, self.consumer, {self.keys.shards: ">"}, count=1, block=block),
         )
         claims = self._claims(reply[0][1] if reply else [])
         return claims[0] if claims else None
@@ -159,7 +197,7 @@ class ShardQueue:
     def reclaim_orphans(self, job: frozenset[str]) -> list[ShardClaim]:
         """Take over fresh shards held by consumers that are not part of this job."""
         try:
-            consumers = self._call("listing consumers", lambda: self.r.xinfo_consumers(self.keys.shards, self.group))
+            consumers = self._call("listing consumers", lambda: self._c.xinfo_consumers(self.keys.shards, self.group))
         except ResponseError:  # no stream yet
             return []
         ids: list[str] = []
@@ -167,7 +205,7 @@ class ShardQueue:
             if c["name"] not in job and int(c.get("pending", 0)) > 0:
                 pending = self._call(
                     "reading an orphan's pending shards",
-                    lambda c=c: self.r.xpending_range(
+                    lambda c=c: self._c.xpending_range(
                         self.keys.shards, self.group, "-", "+", 1000, consumername=c["name"]
                     ),
                 )
@@ -175,7 +213,7 @@ class ShardQueue:
         if not ids:
             return []
         entries = self._call(
-            "claiming orphaned shards", lambda: self.r.xclaim(self.keys.shards, self.group, self.consumer, 0, ids)
+            "claiming orphaned shards", lambda: self._c.xclaim(self.keys.shards, self.group, self.consumer, 0, ids)
         )
         claims = self._claims(entries)
         if claims:
@@ -187,7 +225,7 @@ class ShardQueue:
         if entry_ids:
             self._call(
                 "touching held shards",
-                lambda: self.r.xclaim(self.keys.shards, self.group, self.consumer, 0, entry_ids, justid=True),
+                lambda: self._c.xclaim(self.keys.shards, self.group, self.consumer, 0, entry_ids, justid=True),
             )
 
     def replay_candidates(self, also_read: set[str] = frozenset()) -> list[str]:
@@ -195,7 +233,7 @@ class ShardQueue:
         counted there) and gc has not deleted, sorted by name."""
 
         def fetch() -> list[str]:
-            pipe = self.r.pipeline(transaction=False)
+            pipe = self._c.pipeline(transaction=False)
             pipe.hkeys(self.keys.shard_reads(self.run))
             pipe.smembers(self.keys.shards_deleted)
             read, deleted = pipe.execute()
@@ -204,12 +242,12 @@ class ShardQueue:
         return self._call("listing shards to replay", fetch)
 
     def is_deleted(self, name: str) -> bool:
-        return bool(self._call("checking a shard", lambda: self.r.sismember(self.keys.shards_deleted, name)))
+        return bool(self._call("checking a shard", lambda: self._c.sismember(self.keys.shards_deleted, name)))
 
     def is_held(self, entry_id: str) -> bool:
         """True while a fresh shard is delivered but not yet acknowledged."""
         return (
-            self._call("checking a shard", lambda: bus.delivery_count(self.r, self.keys.shards, self.group, entry_id))
+            self._call("checking a shard", lambda: bus.delivery_count(self._c, self.keys.shards, self.group, entry_id))
             > 0
         )
 
@@ -219,7 +257,7 @@ class ShardQueue:
             if not fields:  # entry trimmed away while pending: nothing left to read
                 self._call(
                     "acknowledging a trimmed entry",
-                    lambda entry_id=entry_id: self.r.xack(self.keys.shards, self.group, entry_id),
+                    lambda entry_id=entry_id: self._c.xack(self.keys.shards, self.group, entry_id),
                 )
                 continue
             try:
@@ -230,7 +268,7 @@ class ShardQueue:
                 log.warning("skipping unreadable shards entry %s: %s", entry_id, e)
                 self._call(
                     "acknowledging a bad entry",
-                    lambda entry_id=entry_id: self.r.xack(self.keys.shards, self.group, entry_id),
+                    lambda entry_id=entry_id: self._c.xack(self.keys.shards, self.group, entry_id),
                 )
                 continue
             claims.append(ShardClaim(name=record.name, samples=int(record.samples), fresh=True, entry_id=entry_id))

@@ -13,6 +13,11 @@ Order of sources when the worker needs another shard:
    any at random, which reads the first shards of a run over and over;
 5. nothing at all yet: wait, and say so once.
 
+While Redis is down, a worker that knows shards it can replay (read by itself, or listed by
+Redis before the outage) does not wait for Redis: it replays them, asking Redis again every
+REDIS_RECHECK_S, and takes fresh shards again once Redis answers. (The training process records
+the reads once Redis is back: `ReadLedger`.) A worker that knows none waits the outage out.
+
 Samples pass through a shuffle buffer that mixes shards. A shard is *finished* when its last
 sample has left the buffer; finished shards travel with the batch that carries that sample,
 so the training process acknowledges and counts them only once it has trained on them.
@@ -24,6 +29,7 @@ bytes stay on disk; `load_state_dict()` reads them back.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Iterator
@@ -34,13 +40,14 @@ from typing import Any
 import numpy as np
 
 from streamcap.formats.shards import Sample, iter_samples
-from streamcap.trainer.shardqueue import FinishedShard, Orphaned, ShardClaim, ShardQueue
+from streamcap.trainer.shardqueue import FinishedShard, Orphaned, RedisDown, ShardClaim, ShardQueue
 
 log = logging.getLogger(__name__)
 
 TOUCH_EVERY_S = 30.0
 ORPHAN_CHECK_EVERY_S = 30.0
 DRY_RECHECK_S = 10.0  # after an empty wait for a fresh shard, replay without waiting this long
+REDIS_RECHECK_S = 10.0  # while Redis is down, replay known shards this long before asking again
 STATE_VERSION = 1
 
 
@@ -114,6 +121,8 @@ class SampleStream:
         # counted them in Redis (it does so only when their last sample is trained on).
         self._read_here: set[str] = set()
         self._opened: dict[str, int] = {}  # times this worker started reading each shard
+        self._known: list[str] = []  # replay candidates Redis listed last time it answered
+        self._redis_down_until = 0.0
         self._reading: int | None = None  # slot being read into the buffer
         self._next_slot = 0
         self._next_fresh_check = 0.0
@@ -136,13 +145,15 @@ class SampleStream:
         """The next raw sample and the shard it came from; blocks only while no data exists at all."""
         if not self._started:
             self.start()
-        self._touch_held()
-        while True:
-            self._refill()
-            if self.buffer:
-                return self._emit()
-            if self.queue.orphaned():
-                raise Orphaned(0)
+        # With shards to replay, no Redis call may hold the worker up during an outage.
+        with self.queue.impatient(bool(self._local_candidates())):
+            self._touch_held()
+            while True:
+                self._refill()
+                if self.buffer:
+                    return self._emit()
+                if self.queue.orphaned():
+                    raise Orphaned(0)
 
     def take_finished(self) -> list[FinishedShard]:
         out, self.finished = self.finished, []
@@ -256,6 +267,25 @@ class SampleStream:
 
     def _next_claim(self, may_wait: bool) -> ShardClaim | None:
         now = time.monotonic()
+        if now < self._redis_down_until:
+            return self._replay_known() if may_wait else None
+        try:
+            return self._next_claim_from_redis(may_wait, now)
+        except RedisDown as e:
+            log.warning("Redis is not answering (%s); replaying shards this worker knows meanwhile", e)
+            self._redis_down_until = time.monotonic() + REDIS_RECHECK_S
+            return self._replay_known() if may_wait else None
+
+    def _local_candidates(self) -> list[str]:
+        return [n for n in sorted(self._read_here | set(self._known)) if n not in self._unusable]
+
+    def _replay_known(self) -> ShardClaim | None:
+        candidates = self._local_candidates()
+        if not candidates:
+            return None
+        return ShardClaim(name=self._pick_replay(candidates), samples=-1, fresh=False)
+
+    def _next_claim_from_redis(self, may_wait: bool, now: float) -> ShardClaim | None:
         if now >= self._next_orphan_check:
             self._next_orphan_check = now + ORPHAN_CHECK_EVERY_S
             self.queued += self.queue.reclaim_orphans(self.cfg.job_consumers)
@@ -279,7 +309,8 @@ class SampleStream:
             return fresh
         if not dry:
             self._dry_until = time.monotonic() + DRY_RECHECK_S
-        candidates = [name for name in self.queue.replay_candidates(self._read_here) if name not in self._unusable]
+        self._known = self.queue.replay_candidates(self._read_here)
+        candidates = [name for name in self._known if name not in self._unusable]
         if candidates:
             return ShardClaim(name=self._pick_replay(candidates), samples=-1, fresh=False)
         if not self._said_waiting:
@@ -341,7 +372,8 @@ class SampleStream:
         now = time.monotonic()
         if now >= self._next_touch:
             self._next_touch = now + TOUCH_EVERY_S
-            self.queue.touch([s.claim.entry_id for s in self.open.values() if s.claim.fresh])
+            with contextlib.suppress(RedisDown):  # touched again at the next period
+                self.queue.touch([s.claim.entry_id for s in self.open.values() if s.claim.fresh])
 
     # --- restoring ----------------------------------------------------------------------
 

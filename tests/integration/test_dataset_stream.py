@@ -333,3 +333,22 @@ def test_balanced_replay_keeps_every_shards_reads_close_to_the_mean(redis_url, k
     assert sorted(fresh) == sorted(reads) and len(fresh) == 8  # fresh first, each exactly once
     # Each worker keeps its own reads within one of each other: the job's, within one per worker.
     assert max(reads.values()) - min(reads.values()) <= max(workers, 1) + 1, reads
+
+
+def test_a_worker_replays_the_shards_it_knows_while_redis_is_down(redis_server, keys, r, tmp_path):
+    from benchmarks.redis_proxy import RedisProxy
+
+    samples = add_shards(r, keys, tmp_path, [4, 4, 4])
+    tok = demo_tokenizer(samples)
+    with RedisProxy(redis_server.port) as proxy:
+        loader = make_loader(
+            ShardStreamDataset(spec(proxy.url, keys, tmp_path, shuffle_buffer=4), tok, LevelSchedule())
+        )
+        batches = iter(loader)
+        before = [next(batches) for _ in range(4)]  # the 12 fresh samples, then replays
+        assert sum(b.stats["fresh"] for b in before) == 12
+        proxy.blackhole(120)
+        during = [next(batches) for _ in range(6)]
+        assert proxy.holding  # made while Redis was unreachable, not after it came back
+        assert all(b.stats["replay"] == 4 for b in during)
+        del batches
