@@ -37,7 +37,7 @@ from torch.utils.data import DataLoader
 from streamcap import bus
 from streamcap.bus.embedded import EmbeddedRedis
 from streamcap.shardwriter.synthetic import add_part, demo_samples, demo_tokenizer
-from streamcap.trainer.augment import Augmenter, SharedLevel
+from streamcap.trainer.augment import Augmenter, LevelSchedule
 from streamcap.trainer.dataset import LoaderSpec, ShardStreamDataset, make_loader
 from streamcap.trainer.samples import collate, decode_image, encode_caption
 
@@ -118,7 +118,7 @@ def streamcap_round(url: str, keys, root: Path, tok, args, round_no: int) -> flo
         fresh_wait_ms=1000,
         seed=round_no,
     )
-    batches = iter(make_loader(ShardStreamDataset(spec, tok, SharedLevel(1.0))))
+    batches = iter(make_loader(ShardStreamDataset(spec, tok, LevelSchedule(max_level=1.0))))
     try:
         return rate(batches, args.warmup, args.batches, args.batch_size)
     finally:

@@ -84,6 +84,11 @@ class RedisProxy:
     def drop_replies(self, script_sha: str, times: int = 1) -> None:
         self._drop_sha, self._drops_left = script_sha.encode(), times
 
+    @property
+    def holding(self) -> bool:
+        """True while a blackhole holds every byte."""
+        return not self._flowing.is_set()
+
     def reset_all(self) -> int:
         return self._call(self._reset_all())
 

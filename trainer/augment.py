@@ -1,16 +1,19 @@
 """Training augmentation (albumentations 2.x) whose strength ramps up with the step.
 
     level = ramp_level(step, ramp_steps=10_000, max_level=1.0)   # 0 at step 0, max at the end
-    shared = SharedLevel(); shared.set(level)                     # seen by every loader worker
+    schedule = LevelSchedule(ramp_steps=10_000, max_level=1.0, grad_accum=2, start_step=40)
+    schedule.level(batch_index)                                   # the level of the step that trains on it
     augment = Augmenter(image_size=224)
-    out = augment(image_hwc_uint8, shared.get(), seed=1234)       # image_size x image_size x 3 uint8
+    out = augment(image_hwc_uint8, level, seed=1234)              # image_size x image_size x 3 uint8
 
 The pipeline: random resized crop, small rotation, colour jitter, blur and noise. No flips:
 captions say "left" and "right". At level 0 it is a plain centre crop at full scale (what the
 evaluator sees); every range and probability grows linearly with the level.
 
-The level reaches DataLoader worker processes through a `multiprocessing.Value` in shared
-memory, created before the workers start; the training process writes it every step.
+A loader worker computes the level of each batch it builds from the optimizer step that will
+train on that batch (`LevelSchedule`), not from state shared with the training process: workers
+build batches ahead, so a shared level lagged a few steps in a running job and not in a resumed
+one, and a resumed run diverged from an uninterrupted one at its first step.
 Pipelines are cached per level rounded to 1/LEVEL_STEPS, so a ramp rebuilds them a few dozen
 times, not every step.
 """
@@ -18,9 +21,9 @@ times, not every step.
 from __future__ import annotations
 
 import math
-import multiprocessing
 import os
 import random
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -42,17 +45,21 @@ def ramp_level(step: int, ramp_steps: int, max_level: float) -> float:
     return max_level * (math.exp(RAMP_SHARPNESS * t) - 1) / (math.exp(RAMP_SHARPNESS) - 1)
 
 
-class SharedLevel:
-    """The current augmentation level, shared with loader worker processes."""
+@dataclass(frozen=True)
+class LevelSchedule:
+    """The augmentation level of each batch a rank's loader makes, numbered from 0 in the order
+    the training loop takes them (the DataLoader hands them over worker by worker, round robin)."""
 
-    def __init__(self, value: float = 0.0) -> None:
-        self._value = multiprocessing.get_context().Value("d", value, lock=False)
+    ramp_steps: int = 0
+    max_level: float = 0.0  # with ramp_steps 0: this level for every batch
+    grad_accum: int = 1
+    start_step: int = 0  # the step the loader's first batch trains (a resumed run's step)
 
-    def set(self, value: float) -> None:
-        self._value.value = float(value)
+    def step_of(self, batch_index: int) -> int:
+        return self.start_step + batch_index // self.grad_accum
 
-    def get(self) -> float:
-        return float(self._value.value)
+    def level(self, batch_index: int) -> float:
+        return ramp_level(self.step_of(batch_index), self.ramp_steps, self.max_level)
 
 
 def build_pipeline(level: float, image_size: int) -> A.Compose:

@@ -5,9 +5,9 @@
     tracker.totals                           # samples, fresh, replay, fresh_wait_s, bad_samples
     tracker.window("log")                    # the same since the last call with that name, plus rates
 
-Consuming a batch records, in Redis through the ledger, the shards whose last sample it
-carries, appends them to the rank's reads log, and keeps the producing worker's state for the
-next checkpoint.
+Consuming a batch hands the ledger the shards whose last sample it carries (recorded in Redis
+at the next checkpoint), appends them to the rank's reads log, and keeps the producing worker's
+state for the next checkpoint.
 """
 
 from __future__ import annotations
@@ -55,8 +55,8 @@ class BatchAccounting:
         if finished:
             self.ledger.finished(finished)
             self._log_reads(step, batch.worker, finished)
-        elif self.ledger.behind:
-            self.ledger.finished([])  # retry what an outage left uncounted
+        if self.ledger.behind:
+            self.ledger.retry()  # what an outage kept a checkpoint from recording
 
     def window(self, name: str) -> dict[str, float]:
         """Counters since the last call with this `name` (one per reader: logs, heartbeats),

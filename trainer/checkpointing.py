@@ -10,13 +10,15 @@
         metrics.jsonl, loss.png  metrics (trainer.metrics_sink)
         reads-rank<R>.jsonl      every shard rank R finished: {"step", "shard", "fresh", "samples", "worker"}
 
-Each checkpoint is announced on the `checkpoints` stream (`CheckpointRecord`) for the evaluator.
+Each checkpoint is announced on the `checkpoints` stream (`CheckpointRecord`) for the evaluator;
+an announcement Redis was down for is retried (`Announcer`) until it lands, oldest first.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import random
 import time
 from pathlib import Path
@@ -28,9 +30,13 @@ import torch
 
 from streamcap import bus
 from streamcap.common.files import atomic_write_text, atomic_writer
+from streamcap.common.logs import first_line
 from streamcap.formats.records import CheckpointRecord
 
+log = logging.getLogger(__name__)
+
 STATE_VERSION = 1
+ANNOUNCE_RETRY_S = 15.0
 LATEST = "latest.json"
 CONFIG = "config.json"
 
@@ -95,6 +101,38 @@ def publish(r: redis.Redis, keys: bus.Keys, path: Path, step: int, run: str) -> 
     """Announce a checkpoint on the `checkpoints` stream; returns the entry id."""
     record = CheckpointRecord(path=str(path.resolve()), step=step, run=run, created=time.time())
     return r.xadd(keys.checkpoints, bus.encode(record.to_message()))
+
+
+class Announcer:
+    """Checkpoints to announce, in order; one Redis was down for is kept and retried.
+
+    announcer.add(path, step)        # at each checkpoint: announces it (and any still owed)
+    announcer.retry()                # from the loop: at most every ANNOUNCE_RETRY_S while owed
+    """
+
+    def __init__(self, r: redis.Redis, keys: bus.Keys, run: str) -> None:
+        self.r, self.keys, self.run = r, keys, run
+        self.owed: list[tuple[Path, int]] = []
+        self._retry_at = 0.0
+
+    def add(self, path: Path, step: int) -> None:
+        self.owed.append((path, step))
+        self.retry(force=True)
+
+    def retry(self, force: bool = False) -> None:
+        if not self.owed or (not force and time.monotonic() < self._retry_at):
+            return
+        while self.owed:
+            path, step = self.owed[0]
+            try:
+                publish(self.r, self.keys, path, step, self.run)
+            except redis.RedisError as e:  # down, or refusing writes: the evaluator must still hear of it
+                self._retry_at = time.monotonic() + ANNOUNCE_RETRY_S
+                log.warning("could not announce checkpoint %s (%s); will retry", path.name, first_line(e))
+                return
+            self.owed.pop(0)
+            if not force or self.owed:
+                log.info("announced checkpoint %s after Redis came back", path.name)
 
 
 # --- randomness ----------------------------------------------------------------------------

@@ -23,11 +23,14 @@ from streamcap.common.settings import (
     optional,
     setting,
 )
+from streamcap.model.config import PRESETS as MODEL_PRESETS
 
-PRESETS = ("tiny", "base")
+# Every preset the model defines: a second list here drifted once (`small` was documented and rejected).
+PRESETS = tuple(sorted(MODEL_PRESETS))
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("auto", "bf16", "fp32")
 WANDB_MODES = ("auto", "online", "offline", "disabled")
+REPLAY_RULES = ("balanced", "uniform")
 
 
 def _run_id(v: object) -> str | None:
@@ -133,6 +136,14 @@ class TrainerSettings(CommonSettings):
         env="STREAMCAP_FRESH_WAIT_MS",
         check=between(0, 1900),
         help="How long a loader worker waits for a fresh shard before replaying a read one.",
+    )
+    replay: str = setting(
+        "balanced",
+        flag="--replay",
+        env="STREAMCAP_REPLAY",
+        check=one_of(*REPLAY_RULES),
+        help="Which read shard a loader worker replays when fresh ones lag: balanced (one it has read "
+        "least often) or uniform (any, at random; the first shards end up read far more often).",
     )
     seed: int = setting(
         0,

@@ -2,7 +2,7 @@
 
     spec = LoaderSpec(redis_url=..., namespace="streamcap", shard_dir=Path("shards"), run="run-1",
                       rank=0, world_size=1, workers=4, image_size=224, max_len=32, batch_size=64, ...)
-    dataset = ShardStreamDataset(spec, tokenizer, SharedLevel())
+    dataset = ShardStreamDataset(spec, tokenizer, LevelSchedule(ramp_steps=10_000, max_level=1.0))
     loader = make_loader(dataset)
     for batch in loader:   # never ends: fresh shards first, replays when they lag
         batch.images  # uint8 [B, 3, S, S]     batch.tokens  # int64 [B, T], padded with pad_id
@@ -33,7 +33,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from streamcap import bus
 from streamcap.common.lifetime import die_with_parent
-from streamcap.trainer.augment import Augmenter, SharedLevel
+from streamcap.trainer.augment import Augmenter, LevelSchedule
 from streamcap.trainer.samples import (
     CaptionChoice,
     SampleError,
@@ -67,6 +67,7 @@ class LoaderSpec:
     fresh_wait_ms: int
     seed: int
     caption: CaptionChoice = field(default_factory=CaptionChoice)
+    replay: str = "balanced"
 
 
 @dataclass
@@ -94,11 +95,11 @@ class ShardStreamDataset(IterableDataset):
         self,
         spec: LoaderSpec,
         tokenizer: Any,
-        level: SharedLevel,
+        levels: LevelSchedule,
         worker_states: dict[int, dict[str, Any]] | None = None,
     ) -> None:
         super().__init__()
-        self.spec, self.tokenizer, self.level = spec, tokenizer, level
+        self.spec, self.tokenizer, self.levels = spec, tokenizer, levels
         self.worker_states = worker_states or {}
 
     def __iter__(self) -> Iterator[Batch]:
@@ -120,14 +121,19 @@ class _BatchMaker:
 
     def __init__(self, dataset: ShardStreamDataset, worker: int, in_worker: bool) -> None:
         spec = dataset.spec
-        self.spec, self.worker, self.level = spec, worker, dataset.level
+        self.spec, self.worker, self.levels = spec, worker, dataset.levels
+        self.made = 0  # batches this worker made since the loader started
         self.tokenizer = dataset.tokenizer
         self.augment = Augmenter(spec.image_size)
         self.problems_logged = 0
         r = bus.connect(spec.redis_url)
         consumer = consumer_name(spec.run, spec.rank, worker)
         orphaned = parent_watch() if in_worker else (lambda: False)
-        queue = ShardQueue(r, bus.Keys(spec.namespace), spec.run, consumer, orphaned=orphaned)
+        # Fails within a few seconds when Redis is down (longer than the longest fresh-shard wait).
+        quick = bus.connect(
+            spec.redis_url, retries=0, connect_timeout=1.0, socket_timeout=spec.fresh_wait_ms / 1000 + 2
+        )
+        queue = ShardQueue(r, bus.Keys(spec.namespace), spec.run, consumer, orphaned=orphaned, quick=quick)
         seed = _worker_seed(spec.seed, spec.rank, worker)
         cfg = StreamConfig(
             shard_dir=spec.shard_dir,
@@ -137,6 +143,7 @@ class _BatchMaker:
             job_consumers=job_consumers(spec.run, spec.world_size, spec.workers),
             announce_waiting=spec.rank == 0 and worker == 0,
             min_ready=spec.batch_size,
+            replay=spec.replay,
         )
         self.stream = SampleStream(queue, cfg, on_problem=self._problem)
         self.seeds = np.random.default_rng(seed + 1)  # per-sample augmentation seeds, part of the state
@@ -151,7 +158,10 @@ class _BatchMaker:
 
     def next_batch(self) -> Batch:
         images, tokens, captions = [], [], []
-        level = self.level.get()
+        # The DataLoader takes batches from its workers round robin, so this worker's n-th batch
+        # is the loader's (n * workers + worker)-th: the level is that of the step training it.
+        level = self.levels.level(self.made * max(self.spec.workers, 1) + self.worker)
+        self.made += 1
         while len(images) < self.spec.batch_size:
             sample, claim = self.stream.next_sample()
             aug_seed = int(self.seeds.integers(2**62))

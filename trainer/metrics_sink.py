@@ -12,6 +12,11 @@ one per sample-caption batch ({"step": N, "samples": [{"predicted", "reference"}
 with W&B off. W&B mode: `--wandb-mode auto` is online when an API key is configured, offline
 otherwise (sync later with `wandb sync`); WANDB_MODE in the environment wins, which is how the
 tests turn it off.
+
+A resumed run continues the same W&B run (`resume="allow"` with the run id). W&B already holds
+the steps logged between the checkpoint and the crash and drops any step below its next one,
+so the sink sends W&B nothing until training is past the steps W&B has (`wandb_run.step`);
+`metrics.jsonl` is cut back to the checkpoint and gets every step again.
 """
 
 from __future__ import annotations
@@ -36,6 +41,8 @@ PLOTTED = ("loss", "loss/ce", "loss/eos")
 class MetricsSink:
     def __init__(self, run_dir: Path | None, wandb_run: Any = None) -> None:
         self.run_dir, self.wandb = run_dir, wandb_run
+        # The first step W&B accepts: 0 for a new run, past its last logged step for a resumed one.
+        self.wandb_from = int(getattr(wandb_run, "step", 0) or 0) if wandb_run is not None else 0
         self.history: dict[str, list[tuple[int, float]]] = {name: [] for name in PLOTTED}
         self._file = open(run_dir / "metrics.jsonl", "a", encoding="utf-8") if run_dir else None
 
@@ -78,12 +85,11 @@ class MetricsSink:
         for name in PLOTTED:
             if name in clean:
                 self.history[name].append((step, clean[name]))
-        if self.wandb is not None:
-            self.wandb.log(clean, step=step)
+        self._to_wandb(step, clean)
 
     def histograms(self, step: int, model: torch.nn.Module) -> None:
         """Parameter and gradient histograms (W&B only: too big for the JSONL log)."""
-        if self.wandb is None:
+        if self.wandb is None or step < self.wandb_from:
             return
         import wandb
 
@@ -92,21 +98,26 @@ class MetricsSink:
             data[f"params/{name}"] = wandb.Histogram(p.detach().float().cpu().numpy())
             if p.grad is not None:
                 data[f"grads/{name}"] = wandb.Histogram(p.grad.detach().float().cpu().numpy())
-        self.wandb.log(data, step=step)
+        self._to_wandb(step, data)
 
     def samples(self, step: int, images: torch.Tensor, predicted: list[str], reference: list[str]) -> None:
         """A few greedy captions next to their references (and images, in W&B)."""
         self._write({"step": step, "samples": [{"predicted": p, "reference": r} for p, r in zip(predicted, reference)]})
         for p, r in zip(predicted[:2], reference[:2]):
             log.info("step %d sample: %r (reference %r)", step, p, r)
-        if self.wandb is not None:
+        if self.wandb is not None and step >= self.wandb_from:
             import wandb
 
             pictures = [
                 wandb.Image(img.permute(1, 2, 0).cpu().numpy(), caption=f"{p}  |  ref: {r}")
                 for img, p, r in zip(images, predicted, reference)
             ]
-            self.wandb.log({"samples": pictures}, step=step)
+            self._to_wandb(step, {"samples": pictures})
+
+    def _to_wandb(self, step: int, data: dict[str, Any]) -> None:
+        if self.wandb is None or step < self.wandb_from:
+            return  # a step a resumed run's W&B history already has: W&B would drop it with a warning
+        self.wandb.log(data, step=step)
 
     def plot(self) -> Path | None:
         """Write the loss curves to <run_dir>/loss.png (matplotlib, no display needed)."""

@@ -8,9 +8,9 @@ back the shards its previous incarnation held (its pending entries). Shards held
 that no longer exist (the job restarted with fewer ranks or workers) are claimed over.
 
 Workers only read from Redis (`ShardQueue`). The training process writes the accounting
-(`ReadLedger`): it counts a read (fresh or replay) in `shards:reads:<run>` when training has
-consumed the shard's last sample, and acknowledges a fresh shard when the checkpoint that
-covers it is saved, so what Redis calls done is in the model a resume starts from.
+(`ReadLedger`): once the checkpoint covering them is saved, it counts the reads (fresh or replay)
+of the shards whose last sample training consumed in `shards:reads:<run>` and acknowledges the
+fresh ones, so what Redis counts and calls done is in the model a resume starts from.
 
 Every call rides out Redis outages: it waits for the server and retries, and recreates the
 group when Redis lost it.
@@ -18,10 +18,11 @@ group when Redis lost it.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from typing import Any, TypeVar
 
@@ -117,32 +118,69 @@ def redis_call(
             raise
 
 
+class RedisDown(Exception):
+    """Redis did not answer an impatient call (`ShardQueue.impatient`)."""
+
+
 class ShardQueue:
     """The read side, used inside each loader worker."""
 
     def __init__(
-        self, r: redis.Redis, keys: bus.Keys, run: str, consumer: str, orphaned: Callable[[], bool] = lambda: False
+        self,
+        r: redis.Redis,
+        keys: bus.Keys,
+        run: str,
+        consumer: str,
+        orphaned: Callable[[], bool] = lambda: False,
+        quick: redis.Redis | None = None,
     ) -> None:
         self.r, self.keys, self.run, self.consumer = r, keys, run, consumer
         self.group = keys.train_group(run)
         self.orphaned = orphaned
+        # A client without retries and with a short timeout, for calls a worker can do without
+        # while Redis is down (see `impatient`); None: every call waits the outage out.
+        self.quick = quick
+        self._impatient = False
+
+    @contextlib.contextmanager
+    def impatient(self, enabled: bool = True) -> Iterator[None]:
+        """Inside: calls fail fast with RedisDown instead of waiting out an outage (with a
+        `quick` client), for a worker that has shards it can replay meanwhile."""
+        before, self._impatient = self._impatient, enabled and self.quick is not None
+        try:
+            yield
+        finally:
+            self._impatient = before
+
+    @property
+    def _c(self) -> redis.Redis:
+        return self.quick if self._impatient and self.quick is not None else self.r
 
     def ensure_group(self) -> None:
         redis_call(
             self.r,
             "creating the consumer group",
-            lambda: bus.ensure_group(self.r, self.keys.shards, self.group),
+            lambda: bus.ensure_group(self._c, self.keys.shards, self.group),
             orphaned=self.orphaned,
         )
 
     def _call(self, what: str, fn: Callable[[], T]) -> T:
+        if self._impatient:
+            try:
+                return fn()
+            except bus.REDIS_DOWN as e:
+                raise RedisDown(f"{what}: {first_line(e)}") from None
+            except ResponseError as e:
+                if "NOGROUP" not in str(e):
+                    raise
+                # Redis is up but lost the group: the patient path below recreates it.
         return redis_call(self.r, what, fn, on_nogroup=self.ensure_group, orphaned=self.orphaned)
 
     def own_pending(self) -> list[ShardClaim]:
         """Fresh shards this consumer name holds from an earlier incarnation, oldest first."""
         reply = self._call(
             "reading pending shards",
-            lambda: self.r.xreadgroup(self.group, self.consumer, {self.keys.shards: "0"}, count=10_000),
+            lambda: self._c.xreadgroup(self.group, self.consumer, {self.keys.shards: "0"}, count=10_000),
         )
         return self._claims(reply[0][1] if reply else [])
 
@@ -151,7 +189,7 @@ class ShardQueue:
         block = block_ms if block_ms > 0 else None
         reply = self._call(
             "claiming a fresh shard",
-            lambda: self.r.xreadgroup(self.group, self.consumer, {self.keys.shards: ">"}, count=1, block=block),
+            lambda: self._c.xreadgroup(self.group, self.consumer, {self.keys.shards: ">"}, count=1, block=block),
         )
         claims = self._claims(reply[0][1] if reply else [])
         return claims[0] if claims else None
@@ -159,7 +197,7 @@ class ShardQueue:
     def reclaim_orphans(self, job: frozenset[str]) -> list[ShardClaim]:
         """Take over fresh shards held by consumers that are not part of this job."""
         try:
-            consumers = self._call("listing consumers", lambda: self.r.xinfo_consumers(self.keys.shards, self.group))
+            consumers = self._call("listing consumers", lambda: self._c.xinfo_consumers(self.keys.shards, self.group))
         except ResponseError:  # no stream yet
             return []
         ids: list[str] = []
@@ -167,7 +205,7 @@ class ShardQueue:
             if c["name"] not in job and int(c.get("pending", 0)) > 0:
                 pending = self._call(
                     "reading an orphan's pending shards",
-                    lambda c=c: self.r.xpending_range(
+                    lambda c=c: self._c.xpending_range(
                         self.keys.shards, self.group, "-", "+", 1000, consumername=c["name"]
                     ),
                 )
@@ -175,7 +213,7 @@ class ShardQueue:
         if not ids:
             return []
         entries = self._call(
-            "claiming orphaned shards", lambda: self.r.xclaim(self.keys.shards, self.group, self.consumer, 0, ids)
+            "claiming orphaned shards", lambda: self._c.xclaim(self.keys.shards, self.group, self.consumer, 0, ids)
         )
         claims = self._claims(entries)
         if claims:
@@ -187,7 +225,7 @@ class ShardQueue:
         if entry_ids:
             self._call(
                 "touching held shards",
-                lambda: self.r.xclaim(self.keys.shards, self.group, self.consumer, 0, entry_ids, justid=True),
+                lambda: self._c.xclaim(self.keys.shards, self.group, self.consumer, 0, entry_ids, justid=True),
             )
 
     def replay_candidates(self, also_read: set[str] = frozenset()) -> list[str]:
@@ -195,7 +233,7 @@ class ShardQueue:
         counted there) and gc has not deleted, sorted by name."""
 
         def fetch() -> list[str]:
-            pipe = self.r.pipeline(transaction=False)
+            pipe = self._c.pipeline(transaction=False)
             pipe.hkeys(self.keys.shard_reads(self.run))
             pipe.smembers(self.keys.shards_deleted)
             read, deleted = pipe.execute()
@@ -204,12 +242,12 @@ class ShardQueue:
         return self._call("listing shards to replay", fetch)
 
     def is_deleted(self, name: str) -> bool:
-        return bool(self._call("checking a shard", lambda: self.r.sismember(self.keys.shards_deleted, name)))
+        return bool(self._call("checking a shard", lambda: self._c.sismember(self.keys.shards_deleted, name)))
 
     def is_held(self, entry_id: str) -> bool:
         """True while a fresh shard is delivered but not yet acknowledged."""
         return (
-            self._call("checking a shard", lambda: bus.delivery_count(self.r, self.keys.shards, self.group, entry_id))
+            self._call("checking a shard", lambda: bus.delivery_count(self._c, self.keys.shards, self.group, entry_id))
             > 0
         )
 
@@ -219,7 +257,7 @@ class ShardQueue:
             if not fields:  # entry trimmed away while pending: nothing left to read
                 self._call(
                     "acknowledging a trimmed entry",
-                    lambda entry_id=entry_id: self.r.xack(self.keys.shards, self.group, entry_id),
+                    lambda entry_id=entry_id: self._c.xack(self.keys.shards, self.group, entry_id),
                 )
                 continue
             try:
@@ -230,7 +268,7 @@ class ShardQueue:
                 log.warning("skipping unreadable shards entry %s: %s", entry_id, e)
                 self._call(
                     "acknowledging a bad entry",
-                    lambda entry_id=entry_id: self.r.xack(self.keys.shards, self.group, entry_id),
+                    lambda entry_id=entry_id: self._c.xack(self.keys.shards, self.group, entry_id),
                 )
                 continue
             claims.append(ShardClaim(name=record.name, samples=int(record.samples), fresh=True, entry_id=entry_id))
@@ -240,54 +278,78 @@ class ShardQueue:
 class ReadLedger:
     """The write side, used by each rank's training process as it consumes batches.
 
-    A read (fresh or replay) is counted as soon as training consumed the shard's last sample;
-    a fresh shard is acknowledged only once a checkpoint covering it is saved (`acknowledge`),
-    so a rank killed between checkpoints gets its shards back on `--resume` and skips none.
-    Writes that fail (Redis down past the client's retries) are kept and retried, so training
-    never stops for the accounting.
+    Reads (fresh or replay) and the acknowledgement of fresh shards are recorded only when a
+    checkpoint covers them (`commit`), in one transaction that also notes the checkpoint's step
+    for this rank: a rank killed between checkpoints gets its fresh shards back on `--resume`
+    and skips none, and reads it redoes after the crash are counted once, not twice.
+    A commit that fails (Redis down past the client's retries) is kept, retried, and saved with
+    the checkpoint; `commit_saved` applies it on resume unless Redis shows it already applied.
     """
 
-    def __init__(self, r: redis.Redis, keys: bus.Keys, run: str) -> None:
-        self.r, self.keys, self.run = r, keys, run
+    def __init__(self, r: redis.Redis, keys: bus.Keys, run: str, rank: int = 0) -> None:
+        self.r, self.keys, self.run, self.rank = r, keys, run, rank
         self.group = keys.train_group(run)
-        self._uncounted: list[FinishedShard] = []
-        self._unacked: list[FinishedShard] = []
+        self._consumed: list[FinishedShard] = []  # since the last checkpoint
+        self._owed: list[FinishedShard] = []  # covered by checkpoint `_owed_step`, not yet written
+        self._owed_step = 0
         self._retry_at = 0.0
 
     def finished(self, shards: list[FinishedShard]) -> None:
-        """Count the reads of shards whose last sample training has consumed."""
-        self._uncounted += [s for s in shards if not s.missing]
-        self._unacked += [s for s in shards if s.claim.fresh]
-        if not self._uncounted or time.monotonic() < self._retry_at:
-            return
-        pipe = self.r.pipeline(transaction=True)
-        for shard in self._uncounted:
-            pipe.hincrby(self.keys.shard_reads(self.run), shard.claim.name, 1)
-        if self._write(pipe, "count %d shard read(s)" % len(self._uncounted)):
-            self._uncounted.clear()
+        """Training consumed the last sample of these shards; recorded at the next checkpoint."""
+        self._consumed += shards
 
-    def acknowledge(self, extra: list[FinishedShard] = ()) -> bool:
-        """Acknowledge the fresh shards finished so far (call when a checkpoint is saved)."""
-        self._unacked += list(extra)
-        if not self._unacked:
+    def commit(self, step: int) -> bool:
+        """Count the reads and acknowledge the fresh shards that checkpoint `step` covers."""
+        self._owed += self._consumed
+        self._consumed = []
+        self._owed_step = step
+        return self.retry(force=True)
+
+    def retry(self, force: bool = False) -> bool:
+        """Write what a failed commit left owed (at most every 15 s unless `force`)."""
+        if not self._owed and not force:
             return True
-        pipe = self.r.pipeline(transaction=True)
-        for shard in self._unacked:
-            pipe.xack(self.keys.shards, self.group, shard.claim.entry_id)
-        if self._write(pipe, "acknowledge %d shard(s)" % len(self._unacked)):
-            self._unacked.clear()
+        if not force and time.monotonic() < self._retry_at:
+            return False
+        if self._write(self._pipeline(self._owed, self._owed_step), "record %d shard read(s)" % len(self._owed)):
+            self._owed = []
             return True
         return False
 
+    def commit_saved(self, step: int, shards: list[FinishedShard]) -> None:
+        """On resume from checkpoint `step`: record what it covered but could not write, unless
+        this rank's commit of `step` (or a later one) reached Redis after all."""
+        if not shards:
+            return
+        done = bus.call_through_outages(
+            self.r,
+            lambda: self.r.hget(self.keys.shard_reads_commits(self.run), str(self.rank)),
+            what="reading the last recorded checkpoint",
+        )
+        if done is not None and int(done) >= step:
+            return
+        self._owed, self._owed_step = list(shards) + self._owed, step
+        self.retry(force=True)
+
     @property
     def unacknowledged(self) -> list[FinishedShard]:
-        """Fresh shards finished but not yet acknowledged (saved with a checkpoint for when
-        Redis was down while it was written)."""
-        return list(self._unacked)
+        """Shards consumed and not yet recorded in Redis: saved with a checkpoint (the name
+        predates replays being recorded at checkpoints)."""
+        return self._owed + self._consumed
 
     @property
     def behind(self) -> bool:
-        return bool(self._uncounted)
+        return bool(self._owed)
+
+    def _pipeline(self, shards: list[FinishedShard], step: int) -> Any:
+        pipe = self.r.pipeline(transaction=True)
+        for shard in shards:
+            if not shard.missing:
+                pipe.hincrby(self.keys.shard_reads(self.run), shard.claim.name, 1)
+            if shard.claim.fresh:
+                pipe.xack(self.keys.shards, self.group, shard.claim.entry_id)
+        pipe.hset(self.keys.shard_reads_commits(self.run), str(self.rank), step)
+        return pipe
 
     def _write(self, pipe: Any, what: str) -> bool:
         try:

@@ -6,9 +6,17 @@ Order of sources when the worker needs another shard:
    own name by a loader worker of its previous incarnation that outlived it;
 3. a never-read fresh shard (taken at once when there is one; once fewer than `min_ready`
    samples are buffered, waiting up to `fresh_wait_ms` for one to land);
-4. a replay: a random shard this run has already read that gc has not deleted (seeded per
-   rank and worker), so no GPU idles while any data exists;
+4. a replay of a shard this run has already read that gc has not deleted, so no GPU idles
+   while any data exists: with `replay="balanced"` (the default) one this worker has read least
+   often (fresh or replayed; ties broken at random, seeded per rank and worker), so every
+   shard's read count stays close to the mean however long fresh shards lag; `uniform` picks
+   any at random, which reads the first shards of a run over and over;
 5. nothing at all yet: wait, and say so once.
+
+While Redis is down, a worker that knows shards it can replay (read by itself, or listed by
+Redis before the outage) does not wait for Redis: it replays them, asking Redis again every
+REDIS_RECHECK_S, and takes fresh shards again once Redis answers. (The training process records
+the reads once Redis is back: `ReadLedger`.) A worker that knows none waits the outage out.
 
 Samples pass through a shuffle buffer that mixes shards. A shard is *finished* when its last
 sample has left the buffer; finished shards travel with the batch that carries that sample,
@@ -21,6 +29,7 @@ bytes stay on disk; `load_state_dict()` reads them back.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Iterator
@@ -31,13 +40,14 @@ from typing import Any
 import numpy as np
 
 from streamcap.formats.shards import Sample, iter_samples
-from streamcap.trainer.shardqueue import FinishedShard, Orphaned, ShardClaim, ShardQueue
+from streamcap.trainer.shardqueue import FinishedShard, Orphaned, RedisDown, ShardClaim, ShardQueue
 
 log = logging.getLogger(__name__)
 
 TOUCH_EVERY_S = 30.0
 ORPHAN_CHECK_EVERY_S = 30.0
 DRY_RECHECK_S = 10.0  # after an empty wait for a fresh shard, replay without waiting this long
+REDIS_RECHECK_S = 10.0  # while Redis is down, replay known shards this long before asking again
 STATE_VERSION = 1
 
 
@@ -92,6 +102,7 @@ class StreamConfig:
     job_consumers: frozenset[str] = field(default_factory=frozenset)
     announce_waiting: bool = True  # only one worker of the job says "waiting for the first shard"
     min_ready: int = 1  # below this many buffered samples (a batch), wait or replay
+    replay: str = "balanced"  # or "uniform"; see the module docstring
 
 
 class SampleStream:
@@ -109,6 +120,9 @@ class SampleStream:
         # Shards this worker read through: replayable at once, before the training process has
         # counted them in Redis (it does so only when their last sample is trained on).
         self._read_here: set[str] = set()
+        self._opened: dict[str, int] = {}  # times this worker started reading each shard
+        self._known: list[str] = []  # replay candidates Redis listed last time it answered
+        self._redis_down_until = 0.0
         self._reading: int | None = None  # slot being read into the buffer
         self._next_slot = 0
         self._next_fresh_check = 0.0
@@ -131,13 +145,15 @@ class SampleStream:
         """The next raw sample and the shard it came from; blocks only while no data exists at all."""
         if not self._started:
             self.start()
-        self._touch_held()
-        while True:
-            self._refill()
-            if self.buffer:
-                return self._emit()
-            if self.queue.orphaned():
-                raise Orphaned(0)
+        # With shards to replay, no Redis call may hold the worker up during an outage.
+        with self.queue.impatient(bool(self._local_candidates())):
+            self._touch_held()
+            while True:
+                self._refill()
+                if self.buffer:
+                    return self._emit()
+                if self.queue.orphaned():
+                    raise Orphaned(0)
 
     def take_finished(self) -> list[FinishedShard]:
         out, self.finished = self.finished, []
@@ -153,6 +169,7 @@ class SampleStream:
             "queued": [c.to_dict() for c in self.queued],
             "next_slot": self._next_slot,
             "read_here": sorted(self._read_here),
+            "opened": dict(sorted(self._opened.items())),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -171,6 +188,7 @@ class SampleStream:
         self.rng.bit_generator.state = state["rng"]
         self._next_slot = int(state["next_slot"])
         self._read_here = set(state.get("read_here", []))
+        self._opened = {name: int(n) for name, n in state.get("opened", {}).items()}
         self.queued = [c for c in map(ShardClaim.from_dict, state["queued"]) if self._still_readable(c)]
         wanted: dict[int, list[tuple[int, int]]] = {}
         for position, (slot, ordinal) in enumerate(state["buffer"]):
@@ -225,8 +243,19 @@ class SampleStream:
         shard.read += 1
         return Buffered(slot=slot, ordinal=shard.read - 1, sample=sample)
 
+    def _pick_replay(self, candidates: list[str]) -> str:
+        if self.cfg.replay == "balanced":
+            # This worker's own counts: they need no Redis round trip, are saved with the
+            # checkpoint (so a resume picks the same) and include reads not yet recorded. Every
+            # worker balances its own reads over the shards it knows, so a shard's total stays
+            # within about one read per worker of any other's.
+            least = min(self._opened.get(name, 0) for name in candidates)
+            candidates = [name for name in candidates if self._opened.get(name, 0) == least]
+        return candidates[int(self.rng.integers(len(candidates)))]
+
     def _open(self, claim: ShardClaim) -> int:
         slot, self._next_slot = self._next_slot, self._next_slot + 1
+        self._opened[claim.name] = self._opened.get(claim.name, 0) + 1
         path = self.cfg.shard_dir / claim.name
         if path.is_file():
             reader: Iterator[Sample] | None = iter_samples(path, on_problem=self._report)
@@ -238,6 +267,25 @@ class SampleStream:
 
     def _next_claim(self, may_wait: bool) -> ShardClaim | None:
         now = time.monotonic()
+        if now < self._redis_down_until:
+            return self._replay_known() if may_wait else None
+        try:
+            return self._next_claim_from_redis(may_wait, now)
+        except RedisDown as e:
+            log.warning("Redis is not answering (%s); replaying shards this worker knows meanwhile", e)
+            self._redis_down_until = time.monotonic() + REDIS_RECHECK_S
+            return self._replay_known() if may_wait else None
+
+    def _local_candidates(self) -> list[str]:
+        return [n for n in sorted(self._read_here | set(self._known)) if n not in self._unusable]
+
+    def _replay_known(self) -> ShardClaim | None:
+        candidates = self._local_candidates()
+        if not candidates:
+            return None
+        return ShardClaim(name=self._pick_replay(candidates), samples=-1, fresh=False)
+
+    def _next_claim_from_redis(self, may_wait: bool, now: float) -> ShardClaim | None:
         if now >= self._next_orphan_check:
             self._next_orphan_check = now + ORPHAN_CHECK_EVERY_S
             self.queued += self.queue.reclaim_orphans(self.cfg.job_consumers)
@@ -261,10 +309,10 @@ class SampleStream:
             return fresh
         if not dry:
             self._dry_until = time.monotonic() + DRY_RECHECK_S
-        candidates = [name for name in self.queue.replay_candidates(self._read_here) if name not in self._unusable]
+        self._known = self.queue.replay_candidates(self._read_here)
+        candidates = [name for name in self._known if name not in self._unusable]
         if candidates:
-            name = candidates[int(self.rng.integers(len(candidates)))]
-            return ShardClaim(name=name, samples=-1, fresh=False)
+            return ShardClaim(name=self._pick_replay(candidates), samples=-1, fresh=False)
         if not self._said_waiting:
             self._said_waiting = True
             (log.info if self.cfg.announce_waiting else log.debug)(
@@ -324,7 +372,8 @@ class SampleStream:
         now = time.monotonic()
         if now >= self._next_touch:
             self._next_touch = now + TOUCH_EVERY_S
-            self.queue.touch([s.claim.entry_id for s in self.open.values() if s.claim.fresh])
+            with contextlib.suppress(RedisDown):  # touched again at the next period
+                self.queue.touch([s.claim.entry_id for s in self.open.values() if s.claim.fresh])
 
     # --- restoring ----------------------------------------------------------------------
 

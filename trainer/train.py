@@ -4,7 +4,7 @@
     torchrun --standalone --nproc-per-node 8 -m streamcap.trainer --tokenizer vocab.txt --preset base
 
 One process per GPU under torchrun (nccl), or one CPU process (gloo under torchrun, none alone).
-Each step: set the augmentation level, take `--grad-accum` batches from the streaming loader,
+Each step: take `--grad-accum` batches (augmented at the level of this step) from the streaming loader,
 forward under bf16 autocast on GPU, cross-entropy + EOS suppression, backward (gradients
 all-reduced on the last micro-batch only), clip, Adam, schedule. Every `--checkpoint-every`
 steps, at `--max-steps` and on SIGTERM: a checkpoint with the full training state, announced on
@@ -33,7 +33,7 @@ from streamcap.model.checkpoint import load_checkpoint, save_checkpoint
 from streamcap.text.tokenizer import VocabError, WordPieceTokenizer
 from streamcap.trainer import checkpointing as ckpt
 from streamcap.trainer import distributed
-from streamcap.trainer.augment import SharedLevel, ramp_level
+from streamcap.trainer.augment import LevelSchedule
 from streamcap.trainer.batch_accounting import BatchAccounting
 from streamcap.trainer.config import TrainerSettings
 from streamcap.trainer.dataset import LoaderSpec, ShardStreamDataset, make_loader, next_batch
@@ -65,6 +65,7 @@ class Run:
     normalize: ImageNormalizer  # uint8 batch -> model input on the run's device
     ddp: torch.nn.Module | None = None
     sink: MetricsSink = field(default_factory=MetricsSink.disabled)
+    announcer: ckpt.Announcer | None = None  # rank 0: checkpoints to announce on the stream
     while_waiting: Callable[[], None] = lambda: None  # heartbeats while no batch comes
 
     @property
@@ -187,7 +188,7 @@ def _wrap(state: Run) -> None:
 # --- data ------------------------------------------------------------------------------------
 
 
-def _loader(state: Run, level: SharedLevel) -> tuple[Any, BatchAccounting]:
+def _loader(state: Run) -> tuple[Any, BatchAccounting]:
     cfg, info, model_cfg = state.cfg, state.info, state.model.cfg
     spec = LoaderSpec(
         redis_url=cfg.require_redis(),
@@ -204,6 +205,7 @@ def _loader(state: Run, level: SharedLevel) -> tuple[Any, BatchAccounting]:
         fresh_wait_ms=cfg.fresh_wait_ms,
         seed=cfg.seed,
         caption=CaptionChoice(cfg.caption_column, cfg.caption_sentences),
+        replay=cfg.replay,
     )
     saved = state.rank_state
     worker_states = saved.get("loader") if saved.get("loader_workers") == cfg.loader_workers else None
@@ -212,11 +214,12 @@ def _loader(state: Run, level: SharedLevel) -> tuple[Any, BatchAccounting]:
             "--loader-workers changed since the checkpoint: loader workers start their streams afresh "
             "(held shards are read again from their start; nothing acknowledged is re-read)"
         )
-    ledger = ReadLedger(state.r, cfg.keys, cfg.run)
-    # Shards the checkpoint covers but Redis was down to acknowledge: acknowledge them before
-    # the workers look at what they hold, so no finished shard is taken for an unfinished one.
-    ledger.acknowledge([FinishedShard.from_dict(d) for d in saved.get("unacknowledged", [])])
-    dataset = ShardStreamDataset(spec, state.tokenizer, level, worker_states)
+    ledger = ReadLedger(state.r, cfg.keys, cfg.run, info.rank)
+    # Reads the checkpoint covers but Redis was down to record: record them before the workers
+    # look at what they hold, so no finished shard is taken for an unfinished one.
+    ledger.commit_saved(state.step, [FinishedShard.from_dict(d) for d in saved.get("unacknowledged", [])])
+    levels = LevelSchedule(cfg.aug_ramp_steps, cfg.aug_max, cfg.grad_accum, start_step=state.step)
+    dataset = ShardStreamDataset(spec, state.tokenizer, levels, worker_states)
     tracker = BatchAccounting(ledger, cfg.run_dir / f"reads-rank{info.rank}.jsonl", totals=saved.get("counters"))
     return make_loader(dataset, pin_memory=info.device.type == "cuda"), tracker
 
@@ -238,8 +241,7 @@ def _train(state: Run) -> int:
             config={"trainer": json.loads(to_json_text(cfg)), "model": state.model.cfg.to_dict()},
             resume_step=state.step if state.resumed else None,
         )
-    level = SharedLevel(float((state.resumed or {}).get("aug_level", 0.0)))
-    loader, tracker = _loader(state, level)
+    loader, tracker = _loader(state)
     reporter = StepReporter(state, tracker, redis_status)
     state.while_waiting = reporter.waiting
     stop = StopSignal.install()
@@ -254,11 +256,12 @@ def _train(state: Run) -> int:
                 state.model.set_encoder_trainable(True)
                 _wrap(state)
                 log.info("step %d: image encoder unfrozen", state.step)
-            level.set(ramp_level(state.step, cfg.aug_ramp_steps, cfg.aug_max))
             terms = _optimizer_step(state, batches, tracker, stop)
-            reporter.after_step(terms, level.get())
+            reporter.after_step(terms, tracker.aug_level_seen)
+            if state.announcer is not None:
+                state.announcer.retry()
             if state.step % cfg.checkpoint_every == 0 or state.step == cfg.max_steps:
-                _checkpoint(state, tracker, level.get())
+                _checkpoint(state, tracker, tracker.aug_level_seen)
         finished = state.step >= cfg.max_steps
     except StopRequested as e:
         # Every rank raised it at the same meeting point (`_next_batch`), so all of them can join
@@ -266,9 +269,11 @@ def _train(state: Run) -> int:
         log.info("stopped by %s at step %d", e, state.step)
         stopped = True
         if state.step > 0 and state.step % cfg.checkpoint_every:
-            _checkpoint(state, tracker, level.get())
+            _checkpoint(state, tracker, tracker.aug_level_seen)
     finally:
         stop.uninstall()
+        if state.announcer is not None:
+            state.announcer.retry(force=True)  # a last try for what Redis was down to hear
         del batches  # shuts the loader workers down
         reporter.close()
         tracker.close()
@@ -363,7 +368,7 @@ def _bf16(cfg: TrainerSettings, info: distributed.DistInfo) -> bool:
 
 def _checkpoint(state: Run, tracker: BatchAccounting, aug_level: float) -> None:
     """Save model + training state (all ranks contribute their part), announce it, then
-    acknowledge the fresh shards it covers."""
+    record the reads it covers and acknowledge its fresh shards."""
     cfg, info = state.cfg, state.info
     mine = {
         "rng": ckpt.rng_state(),
@@ -377,7 +382,7 @@ def _checkpoint(state: Run, tracker: BatchAccounting, aug_level: float) -> None:
     if info.is_main:
         _save(state, ranks, aug_level)
     distributed.broadcast(info, state.step)  # every rank waits until the checkpoint is on disk
-    tracker.ledger.acknowledge()
+    tracker.ledger.commit(state.step)
     if info.is_main:  # after the barrier: no rank waits for the chart
         state.sink.plot()
 
@@ -409,8 +414,7 @@ def _save(state: Run, ranks: list[dict[str, Any]], aug_level: float) -> None:
         },
     )
     ckpt.mark_latest(cfg.run_dir, state.step)
-    try:
-        ckpt.publish(state.r, cfg.keys, model_file, state.step, cfg.run)
-    except Exception as e:  # Redis down: the evaluator finds it on the next one
-        log.warning("could not announce checkpoint %s: %s", model_file.name, e)
+    if state.announcer is None:
+        state.announcer = ckpt.Announcer(state.r, cfg.keys, cfg.run)
+    state.announcer.add(model_file, state.step)  # kept and retried while Redis is down
     log.info("checkpoint %s (step %d)", model_file, state.step)

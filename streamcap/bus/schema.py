@@ -164,6 +164,11 @@ class Keys:
         """hash: shard name -> times read (fresh or replayed) by training run `run`."""
         return self.key("shards", "reads", run)
 
+    def shard_reads_commits(self, run: str) -> str:
+        """hash: rank -> step of the last checkpoint whose reads that rank of run `run` counted in
+        `shard_reads` (a resumed rank re-applies a checkpoint's saved reads only if behind)."""
+        return self.key("shards", "reads-commits", run)
+
     @property
     def runs(self) -> str:
         """hash: training run id -> JSON (started, last seen); gc keeps shards they still need."""

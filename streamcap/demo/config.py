@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from streamcap.common.settings import Settings, at_least, fail, setting
+from streamcap.common.settings import Settings, at_least, between, fail, one_of, setting
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -47,6 +47,22 @@ class DemoSettings(Settings):
     )
     seed: int = setting(
         0, flag="--seed", env="STREAMCAP_DEMO_SEED", help="Seed of the generated world and of training."
+    )
+
+    replay: str = setting(
+        "balanced",
+        flag="--replay",
+        env="STREAMCAP_DEMO_REPLAY",
+        check=one_of("balanced", "uniform"),
+        help="The trainer's --replay rule (what a worker replays while fresh shards lag).",
+    )
+    download_latency: float = setting(
+        0.1,
+        flag="--download-latency",
+        env="STREAMCAP_DEMO_DOWNLOAD_LATENCY",
+        check=between(0.0, 10.0),
+        help="Seconds the image server waits before each answer: larger throttles the downloader, "
+        "so that more of what the trainer reads are replays.",
     )
 
     def validate(self) -> None:

@@ -46,7 +46,6 @@ STORED_IMAGE_SIZE = 96  # the tiny preset trains at 64 px; leave room for random
 EVAL_SEED_OFFSET = 1000  # held-out scenes come from another seed than the training rows
 # Latency per image and connections: about 60 images/s, so the download runs for a while and
 # the trainer visibly starts on the first shards while later ones are still arriving.
-SERVER_LATENCY_S = 0.1
 DOWNLOAD_CONCURRENCY = 6
 # Written into every workdir the demo makes; the demo resets only a folder that carries it.
 MARKER = ".streamcap-demo"
@@ -105,7 +104,7 @@ def run(cfg: DemoSettings) -> int:
     claim_workdir(cfg, paths.root)
     paths.reset_run_state()
     started = time.monotonic()
-    with EmbeddedRedis(paths.redis) as redis_server, WorldServer(seed=cfg.seed, latency_s=SERVER_LATENCY_S) as web:
+    with EmbeddedRedis(paths.redis) as redis_server, WorldServer(seed=cfg.seed, latency_s=cfg.download_latency) as web:
         env = service_env(redis_server.url, paths)
         with Services(paths.logs, env) as services:
             try:
@@ -216,6 +215,7 @@ def train_while_downloading(
             "--histogram-every": 0,
             "--log-every": 10,
             "--fresh-wait-ms": 500,
+            "--replay": cfg.replay,
         }
     )
     services.start("downloader", ["download", *download])

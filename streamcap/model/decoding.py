@@ -12,7 +12,11 @@ generated). Beam search ranks finished captions by GNMT's length-normalised log-
     score(Y) = log P(Y) / lp(Y),   lp(Y) = ((5 + |Y|) / 6) ** alpha
 
 where |Y| = n + 1 counts the EOS and log P(Y) includes it; alpha = 0 is the raw log-probability,
-larger alpha favours longer captions. An image stops early once its best live beam can no
+larger alpha favours longer captions. A live beam followed by EOS becomes a finished caption only
+when that candidate ranks among the image's top `beam_size` of all live beams' continuations
+(ties included), as in fairseq and Hugging Face; at max_len EOS is the only continuation, so every
+live beam finishes. With beam_size 1 and alpha 0 the search is greedy decoding. It is exhaustive only
+when the beam holds every candidate of every step. An image stops early once its best live beam can no
 longer beat its beam_size-th finished caption (with log P <= 0 and alpha >= 0, a live beam's
 best future score is its score / lp(max_len + 1)), so stopping changes no result.
 
@@ -123,7 +127,12 @@ def beam_search_with_scores(
             if no_repeat_ngram:
                 _ban_repeated_ngrams(logp, tokens, no_repeat_ngram)
             cand = scores[:, :, None] + logp.view(b, k, -1)  # [B,K,V]
-            finished.add(cand[:, :, cfg.eos_id], tokens, t + 1)
+            # EOS finishes a beam only where it ranks among the image's top k candidates (the
+            # rule of fairseq and Hugging Face): admitting every live beam's EOS let a likely-ish
+            # EOS at step 0 end a young model's captions empty where greedy decoding runs on.
+            kth = cand.view(b, -1).topk(k, dim=1).values[:, -1:]  # [B,1]
+            eos = cand[:, :, cfg.eos_id]
+            finished.add(eos.masked_fill(eos < kth, NEG_INF), tokens, t + 1)
             if t == max_len:
                 break
             cand[:, :, cfg.eos_id] = NEG_INF

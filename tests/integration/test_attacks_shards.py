@@ -32,7 +32,7 @@ from streamcap.formats.shards import sample_key
 from streamcap.shardwriter.registry import registered_shards
 from streamcap.text.tokenizer import WordPieceTokenizer
 from streamcap.text.vocab import count_words, train_vocab
-from streamcap.trainer.augment import SharedLevel
+from streamcap.trainer.augment import LevelSchedule
 from streamcap.trainer.dataset import LoaderSpec, ShardStreamDataset, make_loader
 from tests.support.fleet import STREAMCAP
 from tests.support.images import jpeg_bytes, png_claiming
@@ -300,7 +300,7 @@ def test_the_dataset_skips_damaged_data_counts_it_and_never_raises(redis_url, ke
         seed=1,
     )
     caplog.set_level(logging.WARNING, logger="streamcap.trainer")
-    batches = iter(make_loader(ShardStreamDataset(spec, tokenizer, SharedLevel())))
+    batches = iter(make_loader(ShardStreamDataset(spec, tokenizer, LevelSchedule())))
     seen, problems = set(), 0
     for _ in range(12):  # every fresh shard, then replays of the readable ones; never an exception
         batch = next(batches)

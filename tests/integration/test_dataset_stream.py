@@ -16,7 +16,7 @@ import pytest
 from streamcap import bus
 from streamcap.formats.records import ShardRecord
 from streamcap.shardwriter.synthetic import add_part, demo_samples, demo_tokenizer, register_shard
-from streamcap.trainer.augment import SharedLevel
+from streamcap.trainer.augment import LevelSchedule
 from streamcap.trainer.dataset import LoaderSpec, ShardStreamDataset, make_loader
 from streamcap.trainer.shardqueue import ReadLedger
 
@@ -54,7 +54,7 @@ def test_fresh_shards_are_read_once_then_replayed(redis_url, keys, r, tmp_path):
     samples = add_shards(r, keys, tmp_path, [6, 6, 6])
     tok = demo_tokenizer(samples)
     ledger = ReadLedger(r, keys, "t")
-    batches = iter(make_loader(ShardStreamDataset(spec(redis_url, keys, tmp_path), tok, SharedLevel())))
+    batches = iter(make_loader(ShardStreamDataset(spec(redis_url, keys, tmp_path), tok, LevelSchedule())))
     fresh = replay = 0
     finished = []
     for _ in range(12):  # 48 samples from 18 that exist
@@ -63,7 +63,7 @@ def test_fresh_shards_are_read_once_then_replayed(redis_url, keys, r, tmp_path):
         fresh, replay = fresh + batch.stats["fresh"], replay + batch.stats["replay"]
         finished += batch.finished_shards()
         ledger.finished(batch.finished_shards())
-    ledger.acknowledge()  # what a checkpoint does
+    ledger.commit(step=1)  # what a checkpoint does
     assert fresh == 18 and replay == 30  # every fresh sample exactly once, the rest replayed
     fresh_names = [f.claim.name for f in finished if f.claim.fresh]
     assert sorted(fresh_names) == ["demo-000000-0000.tar", "demo-000001-0000.tar", "demo-000002-0000.tar"]
@@ -78,14 +78,14 @@ def test_two_workers_split_fresh_shards_and_a_restart_rereads_no_acked_shard(red
     tok = demo_tokenizer(samples)
     ledger = ReadLedger(r, keys, "t")
     loader = make_loader(
-        ShardStreamDataset(spec(redis_url, keys, tmp_path, workers=2, shuffle_buffer=4), tok, SharedLevel())
+        ShardStreamDataset(spec(redis_url, keys, tmp_path, workers=2, shuffle_buffer=4), tok, LevelSchedule())
     )
     batches, seen = iter(loader), []
     while sum(f.claim.fresh for f in seen) < 3:
         batch = next(batches)
         seen += batch.finished_shards()
         ledger.finished(batch.finished_shards())
-    ledger.acknowledge()  # a checkpoint
+    ledger.commit(step=1)  # a checkpoint
     del batches  # "crash": whatever the workers held stays pending under their consumer names
     acked = {f.claim.name for f in seen if f.claim.fresh}
     batches, again = iter(loader), []
@@ -102,7 +102,7 @@ def test_two_workers_split_fresh_shards_and_a_restart_rereads_no_acked_shard(red
 def test_stream_state_continues_exactly(redis_url, keys, r, tmp_path):
     samples = add_shards(r, keys, tmp_path, [5, 7, 6, 4])
     tok = demo_tokenizer(samples)
-    level = SharedLevel(0.5)
+    level = LevelSchedule(max_level=0.5)
 
     def consume(batches, ledger, n):  # as the training loop does: record finished shards per batch
         out = []
@@ -118,7 +118,7 @@ def test_stream_state_continues_exactly(redis_url, keys, r, tmp_path):
     first = iter(ShardStreamDataset(other, tok, level))
     ledger = ReadLedger(r, keys, "u")
     got = consume(first, ledger, 2)
-    ledger.acknowledge()  # the checkpoint the state belongs to
+    ledger.commit(step=1)  # the checkpoint the state belongs to
     first.close()
     resumed = iter(ShardStreamDataset(other, tok, level, worker_states={0: got[-1].state}))
     got += consume(resumed, ReadLedger(r, keys, "u"), 4)
@@ -192,7 +192,7 @@ def test_corrupt_shards_and_samples_are_skipped_counted_and_named(redis_url, key
     tok = demo_tokenizer(good)
     caplog.set_level(logging.WARNING, logger="streamcap.trainer")
     batches = iter(
-        make_loader(ShardStreamDataset(spec(redis_url, keys, tmp_path, workers=workers), tok, SharedLevel()))
+        make_loader(ShardStreamDataset(spec(redis_url, keys, tmp_path, workers=workers), tok, LevelSchedule()))
     )
     problems = 0
     for _ in range(6):  # never raises; replays fill the batches once fresh data runs out
@@ -285,3 +285,70 @@ def test_shards_held_by_consumers_outside_the_job_are_taken_over_and_read_once(
         finished += stream.take_finished()
     fresh = sorted(f.claim.name for f in finished if f.claim.fresh)
     assert fresh == [f"demo-{p:06d}-0000.tar" for p in range(3)]  # each exactly once
+
+
+def test_reads_are_recorded_once_by_the_checkpoint_that_covers_them(r, keys):
+    from streamcap.trainer.shardqueue import FinishedShard, ShardClaim
+
+    def counts(run):
+        return {k: int(v) for k, v in r.hgetall(keys.shard_reads(run)).items()}
+
+    fresh = FinishedShard(ShardClaim("a.tar", 5, fresh=True, entry_id="0-1"), samples=5)
+    replay = FinishedShard(ShardClaim("b.tar", -1, fresh=False), samples=4)
+    gone = FinishedShard(ShardClaim("c.tar", -1, fresh=False), samples=0, missing=True)
+    ledger = ReadLedger(r, keys, "run", rank=1)
+    ledger.finished([fresh, replay, gone])
+    assert counts("run") == {}  # a crash now must leave nothing counted: the resumed run reads them again
+    saved = ledger.unacknowledged  # what the checkpoint of step 3 saves, before it commits
+    assert ledger.commit(3) and counts("run") == {"a.tar": 1, "b.tar": 1}
+    assert ledger.unacknowledged == []
+    # A run resumed from that checkpoint finds its commit applied: no second count.
+    ReadLedger(r, keys, "run", rank=1).commit_saved(3, saved)
+    assert counts("run") == {"a.tar": 1, "b.tar": 1}
+    # Another rank's commit, or an older one, does not stand for this rank's.
+    ReadLedger(r, keys, "run", rank=0).commit_saved(3, [replay])
+    ReadLedger(r, keys, "run", rank=1).commit_saved(5, [replay])
+    assert counts("run") == {"a.tar": 1, "b.tar": 3}
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_balanced_replay_keeps_every_shards_reads_close_to_the_mean(redis_url, keys, r, tmp_path, workers):
+    # Fresh shards stop coming after the first 8: from then on every shard is a replay. Picked
+    # uniformly, the first shards pulled ahead by chance (and, as shards land, by their head start).
+    samples = add_shards(r, keys, tmp_path, [4] * 8)
+    tok = demo_tokenizer(samples)
+    ledger = ReadLedger(r, keys, "t")
+    loader = make_loader(
+        ShardStreamDataset(spec(redis_url, keys, tmp_path, workers=workers, shuffle_buffer=4), tok, LevelSchedule())
+    )
+    reads: dict[str, int] = {}
+    fresh: list[str] = []
+    for step, batch in zip(range(100), loader):
+        for shard in batch.finished_shards():
+            reads[shard.claim.name] = reads.get(shard.claim.name, 0) + 1
+            fresh += [shard.claim.name] if shard.claim.fresh else []
+        ledger.finished(batch.finished_shards())
+        if step % 10 == 9:
+            ledger.commit(step)
+    assert sorted(fresh) == sorted(reads) and len(fresh) == 8  # fresh first, each exactly once
+    # Each worker keeps its own reads within one of each other: the job's, within one per worker.
+    assert max(reads.values()) - min(reads.values()) <= max(workers, 1) + 1, reads
+
+
+def test_a_worker_replays_the_shards_it_knows_while_redis_is_down(redis_server, keys, r, tmp_path):
+    from benchmarks.redis_proxy import RedisProxy
+
+    samples = add_shards(r, keys, tmp_path, [4, 4, 4])
+    tok = demo_tokenizer(samples)
+    with RedisProxy(redis_server.port) as proxy:
+        loader = make_loader(
+            ShardStreamDataset(spec(proxy.url, keys, tmp_path, shuffle_buffer=4), tok, LevelSchedule())
+        )
+        batches = iter(loader)
+        before = [next(batches) for _ in range(4)]  # the 12 fresh samples, then replays
+        assert sum(b.stats["fresh"] for b in before) == 12
+        proxy.blackhole(120)
+        during = [next(batches) for _ in range(6)]
+        assert proxy.holding  # made while Redis was unreachable, not after it came back
+        assert all(b.stats["replay"] == 4 for b in during)
+        del batches

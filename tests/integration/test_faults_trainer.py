@@ -99,4 +99,8 @@ def test_a_trainer_killed_mid_read_resumes_without_skipping_or_rereading(r, keys
     assert sum(m["fresh_samples"] + m["replay_samples"] for m in steps) == 4 * 50
     reads = {name: int(n) for name, n in r.hgetall(keys.shard_reads(run)).items()}
     assert all(reads[name] >= 2 for name in replays)  # a replay is counted as another read
+    # Reads are counted by the checkpoint covering them: those the kill lost are read again
+    # after the resume and counted once, not twice.
+    counted = [e for e in killed_run if e["step"] < stopped_at] + after
+    assert sum(reads.values()) == sum(1 for e in counted if not e["missing"])
     final_audit(r, keys, shard_dir)

@@ -3,6 +3,7 @@ shards, exact resume, and a SIGTERM'd multi-worker run that resumes without re-r
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -17,6 +18,7 @@ from streamcap import bus
 from streamcap.shardwriter.synthetic import add_part, demo_samples, demo_tokenizer
 from streamcap.trainer.config import TrainerSettings
 from streamcap.trainer.metrics_sink import read_metrics
+from tests.support.fleet import children
 from tests.support.pipeline import wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -216,6 +218,32 @@ def test_interrupted_and_resumed_run_reproduces_the_losses(redis_url, keys, r, t
     assert split[9]["aug_level"] == whole[9]["aug_level"] > 0
 
 
+def test_stops_and_resumes_with_a_loader_worker_and_augmentation_are_bit_identical(redis_url, keys, r, tmp_path):
+    # A loader worker builds batches ahead of training: the level of each batch must come from
+    # the step that trains on it, not from the level the training process had set by then.
+    from streamcap.trainer.train import run
+
+    make_shards(r, keys, tmp_path / "shards", [7, 9, 8])  # 24 samples: the last steps replay
+    vocab(tmp_path / "vocab.txt")
+    common = dict(loader_workers=1, aug_ramp_steps=8, aug_max=1.0, grad_accum=2)
+    assert run(settings(redis_url, keys, tmp_path, run="whole", max_steps=9, **common)) == 0
+    for stop in (2, 5, 9):
+        resume = stop > 2
+        assert run(settings(redis_url, keys, tmp_path, run="split", max_steps=stop, resume=resume, **common)) == 0
+    whole = {rec["step"]: rec for rec in read_metrics(tmp_path / "ck" / "whole" / "metrics.jsonl")}
+    split = {rec["step"]: rec for rec in read_metrics(tmp_path / "ck" / "split" / "metrics.jsonl")}
+    assert sorted(split) == sorted(whole) == list(range(1, 10))
+    assert sum(whole[s]["replay_samples"] for s in whole) > 0
+    for step in range(1, 10):
+        assert split[step]["aug_level"] == whole[step]["aug_level"], step
+        for name in ("loss", "loss/ce", "loss/eos", "grad_norm"):
+            assert split[step][name] == whole[step][name], (step, name)
+    whole_ck = torch.load(tmp_path / "ck" / "whole" / "step-00000009.pt", weights_only=False)
+    split_ck = torch.load(tmp_path / "ck" / "split" / "step-00000009.pt", weights_only=False)
+    for name, tensor in whole_ck["state_dict"].items():
+        assert torch.equal(tensor, split_ck["state_dict"][name]), name
+
+
 def test_sigterm_then_resume_with_workers_rereads_no_acknowledged_shard(redis_url, keys, r, tmp_path):
     names = make_shards(r, keys, tmp_path / "shards", [6] * 8)
     vocab(tmp_path / "vocab.txt")
@@ -242,3 +270,90 @@ def test_sigterm_then_resume_with_workers_rereads_no_acknowledged_shard(redis_ur
     assert not before & set(resumed_fresh)  # nothing acknowledged was read fresh again
     assert sorted(before | set(resumed_fresh)) == sorted(names) and len(resumed_fresh) == len(set(resumed_fresh))
     assert "resuming at step %d" % stopped_at in (tmp_path / "resume.log").read_text()
+
+
+def descendants(pid: int) -> list[int]:
+    out, todo = [], [pid]
+    while todo:
+        kids = children(todo.pop())
+        out += kids
+        todo += kids
+    return out
+
+
+def start_node(node_rank: int, port: int, args: list[str], log: Path) -> subprocess.Popen:
+    """One torchrun launcher of a two-node job on this machine (its own session, to kill it whole)."""
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--node-rank", str(node_rank)]
+    launcher += ["--nproc-per-node", "1", "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{port}"]
+    launcher += ["--rdzv-id", "two-nodes"]
+    return subprocess.Popen(
+        [*launcher, "-m", "streamcap.trainer", *args],
+        cwd=ROOT,
+        env=os.environ | ENV,
+        stdout=log.open("w"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+
+
+@pytest.mark.slow
+def test_two_nodes_share_fresh_shards_stay_identical_and_survive_a_killed_node(redis_url, keys, r, tmp_path):
+    from streamcap.bus.embedded import free_port
+
+    names = make_shards(r, keys, tmp_path / "shards", [6] * 12)
+    vocab(tmp_path / "vocab.txt")
+    run_dir = tmp_path / "ck" / "nodes"
+
+    def both(max_steps: int, tag: str, **extra) -> list[tuple[subprocess.Popen, Path]]:
+        port = free_port()
+        args = train_args(redis_url, keys, tmp_path, run_id="nodes", max_steps=max_steps, loader_workers=1, **extra)
+        return [
+            (start_node(n, port, args, tmp_path / f"{tag}-node{n}.log"), tmp_path / f"{tag}-node{n}.log")
+            for n in (0, 1)
+        ]
+
+    for proc, log in both(6, "first", checkpoint_every=3):
+        finish(proc, log, timeout=240)
+    state = torch.load(run_dir / "step-00000006.train.pt", weights_only=False)
+    digests = [rank["param_digest"] for rank in state["ranks"]]
+    assert len(digests) == 2 and digests[0] == digests[1]  # identical parameters on both nodes
+    fresh = {rank: [e["shard"] for e in reads(run_dir, rank) if e["fresh"]] for rank in (0, 1)}
+    assert fresh[0] and fresh[1] and not set(fresh[0]) & set(fresh[1])  # each fresh shard read by one node
+    assert all(len(f) == len(set(f)) for f in fresh.values()) and set(fresh[0]) | set(fresh[1]) <= set(names)
+    beats = {b["rank"]: b for b in bus.read_heartbeats(r, keys, bus.ROLE_TRAINER)}
+    assert beats[0]["step"] == beats[1]["step"] == 6
+
+    # Kill one whole node mid-run (launcher, rank and loader worker: torchrun starts each rank in
+    # a session of its own): the other must exit, not hang in a collective.
+    nodes = both(10_000, "second", checkpoint_every=2, resume=True)
+    try:
+        wait_until(lambda: last_step(run_dir) >= 9, 240, "the resumed job past step 9", nodes[0][0], nodes[0][1])
+        for pid in [nodes[1][0].pid, *descendants(nodes[1][0].pid)]:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        nodes[1][0].wait()
+        try:
+            assert nodes[0][0].wait(timeout=180) != 0
+        except subprocess.TimeoutExpired:
+            raise AssertionError("the surviving node hung:\n" + nodes[0][1].read_text()[-4000:]) from None
+    finally:
+        for proc, _ in nodes:
+            for pid in [*descendants(proc.pid), proc.pid]:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            proc.wait()
+    resumed_at = json.loads((run_dir / "latest.json").read_text())["step"]
+    assert resumed_at >= 8
+
+    logs = []
+    for proc, log in both(resumed_at + 4, "third", checkpoint_every=2, resume=True):
+        finish(proc, log, timeout=240)
+        logs.append(log.read_text())
+    assert any(f"resuming at step {resumed_at}" in text for text in logs)  # rank 0 says it, on either node
+    state = torch.load(run_dir / f"step-{resumed_at + 4:08d}.train.pt", weights_only=False)
+    digests = [rank["param_digest"] for rank in state["ranks"]]
+    assert digests[0] == digests[1]
+    done = {e["shard"] for rank in (0, 1) for e in reads(run_dir, rank) if e["fresh"]}
+    pending = {p["message_id"] for p in r.xpending_range(keys.shards, "train:nodes", "-", "+", 100)}
+    held = {bus.decode(fields)["name"] for entry_id, fields in r.xrange(keys.shards) if entry_id in pending}
+    assert done | held == set(names)  # every fresh shard read or still held: none lost to the kill

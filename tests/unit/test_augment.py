@@ -1,14 +1,12 @@
 """Augmentation: exponential ramp, level 0 is a plain centre crop, reproducible, no flips,
-and the level reaches another process."""
+and each batch's level is that of the step that trains on it."""
 
 from __future__ import annotations
-
-import multiprocessing
 
 import numpy as np
 import pytest
 
-from streamcap.trainer.augment import Augmenter, SharedLevel, ramp_level
+from streamcap.trainer.augment import Augmenter, LevelSchedule, ramp_level
 
 
 def test_ramp_goes_from_zero_to_max_exponentially():
@@ -56,21 +54,11 @@ def test_never_flips_left_and_right():
         assert (left[..., 0] - left[..., 2]).mean() > (right[..., 0] - right[..., 2]).mean(), seed
 
 
-def _read_level(level: SharedLevel, out: multiprocessing.Queue) -> None:
-    out.put(level.get())
-
-
-@pytest.mark.parametrize("method", ["fork", "spawn"])
-def test_shared_level_reaches_a_worker_process(method):
-    if method not in multiprocessing.get_all_start_methods():
-        method = multiprocessing.get_start_method()
-    level = SharedLevel()
-    level.set(0.37)
-    ctx = multiprocessing.get_context(method)
-    out = ctx.Queue()
-    proc = ctx.Process(target=_read_level, args=(level, out))
-    proc.start()
-    try:
-        assert out.get(timeout=60) == pytest.approx(0.37)
-    finally:
-        proc.join(timeout=60)
+def test_a_batch_gets_the_level_of_the_step_that_trains_on_it():
+    ramp = LevelSchedule(ramp_steps=100, max_level=0.9, grad_accum=3)
+    assert [ramp.step_of(i) for i in range(7)] == [0, 0, 0, 1, 1, 1, 2]
+    assert ramp.level(50) == ramp_level(16, 100, 0.9)
+    # A loader started by a resumed run numbers its batches from 0 again, at the resumed step.
+    resumed = LevelSchedule(ramp_steps=100, max_level=0.9, grad_accum=3, start_step=10)
+    assert [resumed.level(i) for i in range(9)] == [ramp.level(30 + i) for i in range(9)]
+    assert LevelSchedule(max_level=0.4).level(12345) == 0.4

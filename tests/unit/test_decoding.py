@@ -68,11 +68,13 @@ def test_beam_search_matches_exhaustive_search(alpha, min_len, no_repeat):
         seqs = [s for s in seqs if not has_repeat(s, no_repeat)]
     scores = sequence_scores(model, image, seqs, alpha)
     best = max(range(len(seqs)), key=scores.__getitem__)
-    # A beam as wide as the number of prefixes keeps every one alive: the search is exact.
+    # A beam as wide as the candidates of the widest step (every prefix of max_len - 1 tokens,
+    # each followed by a free token or EOS) keeps every prefix alive and ranks every EOS among
+    # its top beam_size: the search is exact.
     [(ids, score)] = beam_search_with_scores(
         model,
         image,
-        beam_size=len(FREE_TOKENS) ** max_len,
+        beam_size=(len(FREE_TOKENS) + 1) * len(FREE_TOKENS) ** (max_len - 1),
         alpha=alpha,
         max_len=max_len,
         min_len=min_len,
@@ -82,13 +84,54 @@ def test_beam_search_matches_exhaustive_search(alpha, min_len, no_repeat):
     assert score == pytest.approx(scores[best], abs=1e-5)
 
 
-def test_default_beam_is_exact_when_it_covers_every_prefix():
-    model = sharp_model(vocab=5, seed=3)  # free tokens: UNK and 4 -> 4 prefixes of length 2
+def test_default_beam_is_exact_when_it_covers_every_candidate():
+    model = sharp_model(vocab=5, seed=3)  # free tokens UNK and 4: at most 2 prefixes x (UNK, 4, EOS) < 5 + 1
     image = torch.randn(1, 3, 32, 32)
     seqs = [list(s) for n in range(3) for s in itertools.product((1, 4), repeat=n)]
     scores = sequence_scores(model, image, seqs, 0.6)
     [(ids, score)] = beam_search_with_scores(model, image, max_len=2)
     assert (ids, score) == (seqs[max(range(len(seqs)), key=scores.__getitem__)], pytest.approx(max(scores), abs=1e-5))
+
+
+def constant_model(logits: list[float]) -> CaptionModel:
+    """A real CaptionModel whose next-token logits are `logits` after any prefix and image."""
+    model = sharp_model(vocab=len(logits), max_len=40)
+    with torch.no_grad():
+        # ln_f outputs its bias e_0 whatever the input, so the tied projection yields column 0.
+        model.decoder.ln_f.weight.zero_()
+        model.decoder.ln_f.bias.zero_()
+        model.decoder.ln_f.bias[0] = 1.0
+        model.decoder.tok_emb.weight[:, 0] = torch.tensor(logits)
+    return model
+
+
+def test_eos_finishes_a_beam_only_among_the_top_candidates():
+    # EOS is likely (p ~ 0.08 at every step) but never among the top 5: greedy runs to max_len, and
+    # a search that admitted every beam's EOS returned the empty caption (log 0.08 beats any
+    # long caption's normalised score) for beam 1 and beam 5 alike.
+    logits = [0.0] * 20
+    logits[4] = 3.0
+    for word in range(5, 11):
+        logits[word] = 1.5
+    logits[3] = 1.0  # EOS ([SEP])
+    model = constant_model(logits)
+    images = torch.randn(2, 3, 32, 32)
+    greedy = greedy_decode(model, images, max_len=30)
+    assert greedy == [[4] * 30] * 2
+    assert beam_search(model, images, beam_size=1, max_len=30) == greedy
+    for ids in beam_search(model, images, beam_size=5, max_len=30):
+        assert len(ids) == 30
+    # Where EOS is the top candidate it still ends the caption at once.
+    logits[3] = 4.0
+    assert beam_search(constant_model(logits), images, beam_size=5, max_len=30) == [[], []]
+
+
+def test_beam_of_one_is_greedy():
+    model = sharp_model(vocab=30, max_len=16, seed=11)
+    images = torch.randn(6, 3, 32, 32)
+    for min_len in (0, 3):
+        greedy = greedy_decode(model, images, max_len=12, min_len=min_len)
+        assert beam_search(model, images, beam_size=1, alpha=0.0, max_len=12, min_len=min_len) == greedy
 
 
 def test_cached_step_logits_equal_full_recomputation():

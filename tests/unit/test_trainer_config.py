@@ -64,3 +64,11 @@ def test_train_command_reports_bad_settings_without_a_traceback(tmp_path):
         env={"PATH": "/usr/bin:/bin"},
     )
     assert out.returncode == 1 and "REDIS_URL is not set" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_every_model_preset_is_a_trainer_preset():
+    # `small` was in the model table and the README but `train` rejected it.
+    from streamcap.model.config import PRESETS as MODEL_PRESETS
+
+    for name in MODEL_PRESETS:
+        assert TrainerSettings(preset=name).preset == name
