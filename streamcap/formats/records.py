@@ -85,8 +85,25 @@ class SourceRecord:
         return cls(**data)
 
 
+class _PartIds:
+    """The ids of a part's work, for records that carry `source`, `part` and `retry`."""
+
+    source: str
+    part: int
+    retry: str
+
+    @property
+    def part_id(self) -> str:
+        return part_id(self.source, self.part)
+
+    @property
+    def done_id(self) -> str:
+        """The id `parts:done` records once this work is committed: the part's, or its retry's."""
+        return retry_id(self.part_id, self.retry) if self.retry else self.part_id
+
+
 @dataclass(frozen=True)
-class PartRecord:
+class PartRecord(_PartIds):
     """Rows [start, end) of a source: the unit of work a downloader claims and commits.
 
     A *retry part* (`retry` set, by `streamcap parts retry` or `shards reconcile
@@ -103,15 +120,6 @@ class PartRecord:
     row_list: tuple[int, ...] = ()
     seq0: int = 0
     drop: tuple[str, ...] = ()
-
-    @property
-    def part_id(self) -> str:
-        return part_id(self.source, self.part)
-
-    @property
-    def done_id(self) -> str:
-        """The id `parts:done` records once this work is committed: the part's, or its retry's."""
-        return retry_id(self.part_id, self.retry) if self.retry else self.part_id
 
     @property
     def rows(self) -> int:
@@ -251,7 +259,7 @@ class RetryRecord:
 
 
 @dataclass
-class PartStats:
+class PartStats(_PartIds):
     """Outcome of one part: written next to its shards as <slug>-<part>.stats.json, and the
     counters the commit adds to the `stats` hash.
 
@@ -270,14 +278,6 @@ class PartStats:
     shards: list[ShardRecord] = field(default_factory=list)
     retries: dict[str, RetryRecord] = field(default_factory=dict)
     retry: str = ""
-
-    @property
-    def part_id(self) -> str:
-        return part_id(self.source, self.part)
-
-    @property
-    def done_id(self) -> str:
-        return retry_id(self.part_id, self.retry) if self.retry else self.part_id
 
     @property
     def retried_rows(self) -> int:
