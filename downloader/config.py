@@ -141,7 +141,20 @@ class DownloaderSettings(ShardWriterSettings):
         flag="--parts-in-flight",
         env="STREAMCAP_PARTS_IN_FLIGHT",
         check=at_least(1),
-        help="Parts one process works on at once, so slow rows at a part's end leave no connection idle.",
+        help=(
+            "Parts one process works on at once, so slow rows at a part's end leave no connection idle; "
+            "parts whose open rows all wait on servers do not count (up to 4x this many in all)."
+        ),
+    )
+    straggler_seconds: float = setting(
+        5.0,
+        flag="--straggler-seconds",
+        env="STREAMCAP_STRAGGLER_SECONDS",
+        check=at_least(0),
+        help=(
+            "Once half a part is done and none of it has finished for this long, rows on the network "
+            "this long are deferred: the part commits, a retry part fetches them later (0: never)."
+        ),
     )
     # --- fetching ---
     concurrency: int = setting(

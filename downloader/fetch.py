@@ -69,6 +69,7 @@ class FetchResult:
     wire_bytes: int = 0  # bytes received, for MB/s
     attempts: int = 0
     holds_slot: bool = False  # a global slot stays taken for this result (fetch_held)
+    on_wire_since: float | None = None  # loop time its first request got a connection slot
 
 
 class _Retryable(Exception):
@@ -179,9 +180,10 @@ class Fetcher:
             return result
 
     @contextlib.asynccontextmanager
-    async def fetch_held(self, url: str | None) -> AsyncIterator[FetchResult]:
-        """`fetch`, keeping a successful row's global slot until the block ends."""
-        result = await self._fetch(url)
+    async def fetch_held(self, url: str | None, result: FetchResult | None = None) -> AsyncIterator[FetchResult]:
+        """`fetch`, keeping a successful row's global slot until the block ends. Pass `result`
+        to watch the fetch while it runs (its `on_wire_since`: see downloader.stragglers)."""
+        result = await self._fetch(url, result or FetchResult())
         try:
             yield result
         finally:
@@ -189,10 +191,10 @@ class Fetcher:
                 result.holds_slot = False
                 self._global.release()
 
-    async def _fetch(self, url: str | None) -> FetchResult:
+    async def _fetch(self, url: str | None, result: FetchResult) -> FetchResult:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.cfg.total_timeout
-        result = FetchResult(url=url or "")
+        result.url = url or ""
         try:
             current = check_url(url or "", allow_private=self.cfg.allow_private, policy=self._policy)
         except InvalidURLError as e:
@@ -246,14 +248,18 @@ class Fetcher:
             finally:
                 self.waiting -= 1
             self.in_flight += 1
+            started = asyncio.get_running_loop().time()
+            if result.on_wire_since is None:
+                result.on_wire_since = started
             try:
                 return await self._exchange(url, remaining, result)
             except (_Final, _Retryable):
                 raise
             except BlockedAddressError as e:
                 raise _Final("blocked_address", e.why) from None
-            except (asyncio.TimeoutError, aiohttp.ServerTimeoutError):
-                raise _Retryable("timeout", "timed out") from None
+            except (asyncio.TimeoutError, aiohttp.ServerTimeoutError) as e:
+                waited = asyncio.get_running_loop().time() - started
+                raise _Retryable("timeout", f"timed out after {waited:.1f} s: {_which_timeout(e)}") from None
             except aiohttp.InvalidURL as e:
                 raise _Final("invalid_url", f"malformed URL: {e}") from None
             except aiohttp.ClientConnectorDNSError as e:
@@ -384,6 +390,17 @@ def _inflater(encoding: str) -> _Inflater | None:
     if encoding.strip().lower() in ("gzip", "x-gzip", "deflate"):
         return _Inflater()
     return None  # identity, or an encoding we did not ask for: the image check judges the bytes
+
+
+def _which_timeout(e: BaseException) -> str:
+    """Which limit ran out: aiohttp names the connect and read timeouts; a bare TimeoutError
+    is the row's --total-timeout budget."""
+    text = first_line(e, default="").lower()
+    if "connect" in text:
+        return "no connection within --connect-timeout"
+    if "read" in text:
+        return "no data within --read-timeout"
+    return "--total-timeout reached"
 
 
 def _failed(result: FetchResult, reason: str, detail: str) -> FetchResult:

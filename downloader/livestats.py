@@ -29,6 +29,7 @@ class LiveStats:
         self.parts_env_failed = 0  # attempts the environment failed (released uncounted)
         self.parts_superseded = 0  # another worker committed or reclaimed the part first
         self.parts_dead = 0
+        self.rows_deferred = 0  # stragglers cut from committed parts, fetched again by a retry part
         self._samples: deque[tuple[float, int, int, int]] = deque()
 
     def row_done(self, reason: str | None) -> None:
@@ -62,5 +63,7 @@ class LiveStats:
             f"{self.parts_failed} failed attempts, {self.parts_env_failed} given back to the environment, "
             f"{self.parts_dead} dead; {self.urls} urls -> "
             f"{self.images} images + {sum(self.failures.values())} failures"
-            f"{f' ({top})' if top else ''} in {elapsed:.0f} s ({rate:.1f} images/s)"
+            f"{f' ({top})' if top else ''}"
+            f"{f', {self.rows_deferred} slow rows deferred to retry parts' if self.rows_deferred else ''}"
+            f" in {elapsed:.0f} s ({rate:.1f} images/s)"
         )

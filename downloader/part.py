@@ -2,14 +2,16 @@
 
     runner = PartRunner(cfg, fetcher, pool, stats, owner="host-1234")
     runner.admit(part)                                      # when claimed; runner.forget(part) when over
-    part_stats = await runner.run(part, source, claim)    # shards + stats file on disk
-    commit_part(r, keys, part_stats, entry_id, consumer=...) # the caller commits
+    part_stats, deferred = await runner.run(part, source, claim)   # shards + stats file on disk
+    commit_part(r, keys, part_stats, entry_id, consumer=..., follow_up=...)   # the caller commits
 
 Every row of the part ends as exactly one `writer.add` (a sample) or one `writer.fail` (a
 reason from streamcap.formats.records.FAILURE_REASONS); rows with an empty or malformed URL are not
 dropped but recorded as `invalid_url`. All rows of a part run concurrently; the fetcher's
 global and per-host limits decide how many are on the network at once, and a downloaded body
-keeps its fetch slot until its image is processed (`Fetcher.fetch_held`).
+keeps its fetch slot until its image is processed (`Fetcher.fetch_held`). Rows still on the
+network long after the rest of the part is done are deferred (`downloader.stragglers`): they
+fail as `timeout` now and are fetched again by a retry part the commit enqueues.
 
 A row whose image kills the image worker (or hangs it) fails the whole attempt (`PoisonRow`),
 the other rows being cancelled: a crash may be passing (the OOM killer under a burst of large
@@ -23,7 +25,6 @@ from __future__ import annotations
 
 import asyncio
 import errno
-from dataclasses import dataclass
 from typing import Any
 
 from streamcap.common.logs import first_line
@@ -34,6 +35,7 @@ from streamcap.downloader.imageproc import Rejection
 from streamcap.downloader.livestats import LiveStats
 from streamcap.downloader.security import InvalidURLError, check_url
 from streamcap.downloader.sources import Source, open_source
+from streamcap.downloader.stragglers import PartProgress, watch_stragglers
 from streamcap.formats.records import PartRecord, PartStats, SourceRecord
 from streamcap.shardwriter import faults
 from streamcap.shardwriter.commit import PartClaim
@@ -54,16 +56,6 @@ class PoisonRow(RuntimeError):
         super().__init__(f"row {row} ({url[:200]}): {detail}")
 
 
-@dataclass
-class _Progress:
-    """Per-part counters the rows update."""
-
-    rows: int
-    dispatched: int = 0  # rows handed to the fetcher (or failed before it)
-    finished: int = 0
-    wire_bytes: int = 0
-
-
 class PartRunner:
     """What the parts of one worker process share: settings, fetcher, image pool, counters."""
 
@@ -72,12 +64,15 @@ class PartRunner:
     ) -> None:
         self.cfg, self.fetcher, self.pool, self.stats, self.owner = cfg, fetcher, pool, stats, owner
         self._sources: dict[str, Source] = {}
-        self._progress: dict[int, _Progress] = {}
+        self._progress: dict[int, PartProgress] = {}
 
     def admit(self, part: PartRecord) -> None:
         """Count a claimed part's rows as open at once, before its task first runs, so the
         worker does not claim more parts on the strength of counters that lag behind."""
-        self._progress[id(part)] = _Progress(rows=part.rows)  # by identity: a duplicate delivery is its own
+        # A retry part's rows are the stragglers of an earlier try: each gets its full --total-timeout.
+        straggler_s = 0.0 if part.retry else self.cfg.straggler_seconds
+        # by identity: a duplicate delivery is its own
+        self._progress[id(part)] = PartProgress(rows=part.rows, straggler_s=straggler_s)
 
     def forget(self, part: PartRecord) -> None:
         """The part's task ended (done, failed or cancelled, even before it started)."""
@@ -93,8 +88,14 @@ class PartRunner:
         """Rows of running parts not yet handed to the fetcher."""
         return sum(p.rows - p.dispatched for p in self._progress.values())
 
-    async def run(self, part: PartRecord, source: SourceRecord, claim: PartClaim | None) -> PartStats:
-        """Process every row of an admitted `part`; returns the writer's stats, not committed."""
+    @property
+    def parts_in_tail(self) -> int:
+        """Running parts whose every open row is on the network: waiting on servers, not on us."""
+        return sum(1 for p in self._progress.values() if p.finished < p.rows and len(p.fetching) == p.rows - p.finished)
+
+    async def run(self, part: PartRecord, source: SourceRecord, claim: PartClaim | None) -> tuple[PartStats, list[int]]:
+        """Process every row of an admitted `part`; returns the writer's stats (not committed)
+        and the rows deferred as stragglers (downloader.stragglers)."""
         progress = self._progress[id(part)]
         rows = await asyncio.to_thread(self._read_rows, source, part)
         with PartWriter(
@@ -105,12 +106,19 @@ class PartRunner:
             owner=self.owner,
             claim=claim,
         ) as writer:
-            # A retry part fetches only its listed rows; `rows` holds the whole part's range.
-            await _all_or_none(
-                [self._row(writer, row, rows, row - part.start, source, progress) for row in part.row_numbers]
-            )
+            watch = asyncio.create_task(watch_stragglers(progress)) if progress.straggler_s > 0 else None
+            try:
+                # A retry part fetches only its listed rows; `rows` holds the whole part's range.
+                await _all_or_none(
+                    [self._row(writer, row, rows, row - part.start, source, progress) for row in part.row_numbers]
+                )
+            finally:
+                if watch is not None:
+                    watch.cancel()
+                    await asyncio.gather(watch, return_exceptions=True)
             faults.maybe_crash(FAULT_AFTER_FETCH, part.part_id)
-            return await _uninterrupted(asyncio.to_thread(writer.finish, progress.wire_bytes))
+            stats = await _uninterrupted(asyncio.to_thread(writer.finish, progress.wire_bytes))
+            return stats, sorted(progress.deferred)
 
     def _read_rows(self, source: SourceRecord, part: PartRecord) -> dict[str, list[Any]]:
         opened = self._sources.get(source.uri)
@@ -128,11 +136,21 @@ class PartRunner:
         rows: dict[str, list[Any]],
         i: int,
         source: SourceRecord,
-        progress: _Progress,
+        progress: PartProgress,
     ) -> None:
         progress.dispatched += 1
-        reason = await self._row_outcome(writer, row, rows, i, source, progress)
-        progress.finished += 1
+        try:
+            reason = await self._row_outcome(writer, row, rows, i, source, progress)
+        except asyncio.CancelledError:
+            why = progress.deferral(row)
+            task = asyncio.current_task()
+            # Deferred, and cancelled by nothing else (a lost claim, a second stop signal).
+            if why is None or task is None or task.uncancel() > 0:
+                raise
+            reason = _fail(writer, row, _text(rows[source.url_col][i]), "timeout", why)
+        finally:
+            progress.off_wire(row)
+        progress.row_finished()
         self.stats.row_done(reason)
 
     async def _row_outcome(
@@ -142,7 +160,7 @@ class PartRunner:
         rows: dict[str, list[Any]],
         i: int,
         source: SourceRecord,
-        progress: _Progress,
+        progress: PartProgress,
     ) -> str | None:
         """Write the row as a sample (None) or a failure (its reason)."""
         url = _text(rows[source.url_col][i])
@@ -154,7 +172,8 @@ class PartRunner:
         caption = process_caption(caption_raw, self.cfg.caption_sentences)
         if not caption:
             return _fail(writer, row, url, "empty_caption", "caption is empty after normalisation")
-        async with self.fetcher.fetch_held(url) as result:
+        async with self.fetcher.fetch_held(url, progress.on_wire(row)) as result:
+            progress.off_wire(row)  # before any await: a row past its fetch is never cut
             progress.wire_bytes += result.wire_bytes
             if result.data is None:
                 return _fail(writer, row, url, result.reason or "connect_error", result.detail)

@@ -9,9 +9,10 @@
     run(DownloaderSettings(redis_url=..., exit_when_empty=True))  # -> exit code
 
 Each worker process runs one asyncio event loop with one aiohttp session and one image-process
-pool, and works on up to `--parts-in-flight` parts at once: it claims another part whenever
-every connection slot is busy with nothing waiting for one (so the slow tail of one part never
-leaves the network idle). It keeps its claims alive while working (re-XCLAIM of its own entries
+pool, and works on up to `--parts-in-flight` parts at once: it claims another part whenever a
+connection slot is free and no row waits for one (so the slow tail of one part never leaves the
+network idle). Parts whose open rows all wait on servers do not count; their stragglers are
+deferred to a retry part after `--straggler-seconds` (downloader.stragglers). It keeps its claims alive while working (re-XCLAIM of its own entries
 every lease/4) and takes over parts whose worker stopped renewing for `--lease-seconds`.
 
 Failures (`failures`): a row's failure is recorded for the row. A part failure (a row that kills
@@ -39,6 +40,7 @@ Heartbeat (`hb:downloader:<id>`, refreshed every HEARTBEAT_EVERY_S), fields:
     failures         JSON {reason: count} since start
     parts_committed, parts_released, parts_failed, parts_superseded, parts_dead, image_crashes
     parts_env_failed attempts given back because of the environment
+    rows_deferred    slow rows deferred to a retry part (downloader.stragglers)
     concurrency, pid, started, version
 """
 
@@ -75,6 +77,7 @@ from streamcap.formats.records import PartRecord, SourceRecord
 from streamcap.shardwriter import registry, tempfiles
 from streamcap.shardwriter.commit import COMMITTED, PartClaim, commit_part
 from streamcap.shardwriter.retention import disk_pressure
+from streamcap.shardwriter.retry import retry_part
 from streamcap.shardwriter.writer import PartSuperseded
 
 log = logging.getLogger("streamcap.downloader")
@@ -86,6 +89,7 @@ ENV_BACKOFF_S, ENV_BACKOFF_MAX_S = 2.0, 30.0
 # churn (a part would have to be in flight at 20 kills), yet an end for a part that kills its
 # whole worker process every time, which no worker lives to record as a strike.
 LOST_DELIVERIES_FACTOR = 4
+MAX_PARTS_FACTOR = 4  # parts in flight, tails included, at most this many x --parts-in-flight
 STATE_PAUSED, STATE_PAUSED_FOR_DISK = "paused", "paused_for_disk"
 _REDIS_DOWN = (*bus.REDIS_DOWN, bus.RedisUnavailable)
 
@@ -226,11 +230,18 @@ class Worker:
         return True
 
     async def _may_claim(self) -> bool:
-        """Room for another part: a free part slot, and (with parts running) idle connections."""
-        if len(self.active) >= self.cfg.parts_in_flight or time.monotonic() < self._paused_until:
+        """Room for another part: a free part slot, and (with parts running) idle connections.
+
+        A part whose open rows all wait on servers (its tail) takes no slot: its rows are
+        deferred within --straggler-seconds anyway, and meanwhile its connections' share of
+        the work is elsewhere. MAX_PARTS_FACTOR x --parts-in-flight bounds the parts (their
+        rows, open shards and file handles) held at once."""
+        if time.monotonic() < self._paused_until or len(self.active) >= MAX_PARTS_FACTOR * self.cfg.parts_in_flight:
             return False
         if self.active:
             assert self.runner is not None and self.fetcher is not None
+            if len(self.active) - self.runner.parts_in_tail >= self.cfg.parts_in_flight:
+                return False
             if self.runner.rows_undispatched or self.fetcher.saturated:
                 return False
         if self.cfg.has_disk_budget and time.monotonic() >= self._disk_checked_at + DISK_RECHECK_S:
@@ -344,11 +355,14 @@ class Worker:
         claim = PartClaim(self.r, self.keys, claimed.entry_id, self.consumer)
         started = time.monotonic()
         try:
-            stats = await self.runner.run(part, source, claim)
+            stats, deferred = await self.runner.run(part, source, claim)
             if claimed.entry_id in self.active:
                 self.active[claimed.entry_id].committing = True
+            follow_up = retry_part(stats, deferred) if deferred else None
             result = await self._redis(
-                lambda: commit_part(self.r, self.keys, stats, claimed.entry_id, consumer=self.consumer)
+                lambda: commit_part(
+                    self.r, self.keys, stats, claimed.entry_id, consumer=self.consumer, follow_up=follow_up
+                )
             )
         except PartSuperseded as e:
             self.stats.parts_superseded += 1
@@ -367,13 +381,15 @@ class Worker:
                 self._environment_recovered()
                 if claimed.deliveries > 1:
                     await self._redis(self.queue.forget_strikes, claimed.entry_id)
+                self.stats.rows_deferred += len(deferred)
                 log.info(
-                    "committed part %s: %d samples, %d failures, %d shards in %.1f s",
-                    part.part_id,
+                    "committed part %s: %d samples, %d failures, %d shards in %.1f s%s",
+                    part.done_id,
                     stats.samples,
                     len(stats.failures),
                     len(stats.shards),
                     time.monotonic() - started,
+                    f"; {len(deferred)} slow rows deferred to a retry part" if deferred else "",
                 )
             else:
                 self.stats.parts_superseded += 1
@@ -513,6 +529,7 @@ class Worker:
             "parts_superseded": s.parts_superseded,
             "parts_dead": s.parts_dead,
             "parts_env_failed": s.parts_env_failed,
+            "rows_deferred": s.rows_deferred,
             "image_crashes": self.pool.crashes if self.pool else 0,
             "concurrency": self.cfg.concurrency,
             "pid": os.getpid(),

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 import redis
 
 from streamcap import bus
-from streamcap.formats.records import PartStats
+from streamcap.formats.records import PartRecord, PartStats
 from streamcap.shardwriter import faults
 
 COMMITTED, ALREADY_DONE, LOST_CLAIM, CONFIRMED = "committed", "already_done", "lost_claim", "ok"
@@ -71,7 +71,8 @@ return '%(ok)s'
 
 # KEYS[4]=shards KEYS[5]=parts:commits KEYS[6]=parts:deliveries KEYS[7]=parts:retries;
 # ARGV[5]=attempt token ARGV[6]=part id whose pending retry this commit ends ('' = none)
-# ARGV[7]=n shards, then n shard messages, then counter name/value pairs (deltas: a retry's
+# ARGV[7]=retry id and ARGV[8]=message of a follow-up retry part to enqueue ('' = none)
+# ARGV[9]=n shards, then n shard messages, then counter name/value pairs (deltas: a retry's
 # commit takes back the retried rows' old outcomes, so they may be negative).
 _COMMIT = (
     _CHECK
@@ -83,9 +84,9 @@ if refused then
   end
   return refuse(refused)
 end
-local n = tonumber(ARGV[7])
-for i = 8, 7 + n do redis.call('XADD', KEYS[4], '*', 'json', ARGV[i]) end
-for i = 8 + n, #ARGV, 2 do
+local n = tonumber(ARGV[9])
+for i = 10, 9 + n do redis.call('XADD', KEYS[4], '*', 'json', ARGV[i]) end
+for i = 10 + n, #ARGV, 2 do
   -- a retry that took a reason's last failure back leaves no 'fail:<reason> 0' behind
   if redis.call('HINCRBY', KEYS[3], ARGV[i], ARGV[i + 1]) == 0 then redis.call('HDEL', KEYS[3], ARGV[i]) end
 end
@@ -97,6 +98,9 @@ if ARGV[6] ~= '' then redis.call('HDEL', KEYS[7], ARGV[6]) end
 redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
 redis.call('SADD', KEYS[2], ARGV[3])
 redis.call('HSET', KEYS[5], ARGV[3], ARGV[5])
+if ARGV[8] ~= '' and redis.call('HSETNX', KEYS[7], ARGV[3], ARGV[7]) == 1 then
+  redis.call('XADD', KEYS[1], '*', 'json', ARGV[8])
+end
 return '%(committed)s'
 """
     % {"done": ALREADY_DONE, "committed": COMMITTED}
@@ -172,14 +176,20 @@ def commit_part(
     *,
     consumer: str | None = None,
     token: str | None = None,
+    follow_up: PartRecord | None = None,
 ) -> CommitResult:
     """Register the part's shards, add its counters, ack it, mark it done: all or nothing.
 
     `consumer` (recommended): refuse unless the entry is still pending for this consumer.
     `token`: an id of this attempt; a retry of an applied commit with the same token reports
     COMMITTED (retried=True) instead of a wasted commit. Defaults to consumer + entry id.
+    `follow_up`: a retry part of this part (shardwriter.retry.retry_part) enqueued at the end
+    of `parts` by the same script, recorded as the part's open retry: the rows a downloader
+    deferred are never left behind by a crash between the commit and their retry.
     """
     part_id = stats.done_id
+    if follow_up is not None and stats.retry:
+        raise ValueError("a retry's commit enqueues no follow-up: its rows had their full time")
     faults.maybe_crash("before_commit", part_id)
     # A retry registers only its own new shards; the part's earlier ones are registered already.
     new = [s for s in stats.shards if s.seq >= stats.retries[stats.retry].seq0] if stats.retry else stats.shards
@@ -191,6 +201,8 @@ def commit_part(
         consumer or "",
         token or f"{consumer or ''}/{entry_id}",
         stats.part_id if stats.retry else "",
+        follow_up.retry if follow_up else "",
+        bus.encode(follow_up.to_message())["json"] if follow_up else "",
         len(shard_msgs),
         *shard_msgs,
     ]

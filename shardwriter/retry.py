@@ -123,21 +123,27 @@ def next_seq(stats: PartStats) -> int:
     return max(seqs, default=-1) + 1
 
 
-def enqueue_retry(
-    r: redis.Redis, keys: bus.Keys, stats: PartStats, rows: Iterable[int], drop: Iterable[str] = ()
-) -> str | None:
-    """Queue a retry part of done part `stats` for `rows`; its id, or None when one is open already."""
-    rid = f"r{time.time_ns():x}"
-    part = PartRecord(
+def retry_part(stats: PartStats, rows: Iterable[int], drop: Iterable[str] = ()) -> PartRecord:
+    """A retry part of the part `stats` describes, fetching `rows` again (and leaving out the
+    `drop` shards), with a new retry id and shard numbers no shard of the part ever had."""
+    return PartRecord(
         source=stats.source,
         part=stats.part,
         start=stats.start,
         end=stats.end,
-        retry=rid,
+        retry=f"r{time.time_ns():x}",
         row_list=tuple(sorted(set(rows))),
         seq0=next_seq(stats),
         drop=tuple(sorted(set(drop))),
     )
+
+
+def enqueue_retry(
+    r: redis.Redis, keys: bus.Keys, stats: PartStats, rows: Iterable[int], drop: Iterable[str] = ()
+) -> str | None:
+    """Queue a retry part of done part `stats` for `rows`; its id, or None when one is open already."""
+    part = retry_part(stats, rows, drop)
+    rid = part.retry
     script = r.register_script(_ENQUEUE_RETRY)
     msg = bus.encode(part.to_message())["json"]
     applied = script(keys=[keys.parts_retries, keys.parts, keys.parts_done], args=[stats.part_id, rid, msg])
