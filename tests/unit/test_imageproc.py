@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import hashlib
 import io
+import sys
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from streamcap.downloader import imageproc
 from streamcap.downloader.imageproc import ImageOptions, ProcessedImage, Rejection, process_image
 from tests.support.images import encode, jpeg_bytes, photo, png_claiming
 
@@ -183,3 +185,113 @@ def test_other_web_formats_are_read(fmt, kwargs):
 
 def test_formats_outside_the_web_set_are_refused():
     assert rejected(encode(photo(100, 100), "PPM")) == "not_an_image"
+
+
+# --- the simplejpeg path for JPEGs, and where Pillow still decodes them -------------------------------
+
+
+class SpyCodec:
+    """simplejpeg, noting what process_image asks it to decode and what it refused."""
+
+    def __init__(self, real: object) -> None:
+        self.real, self.decoded, self.refused = real, [], []
+
+    def decode_jpeg_header(self, data: bytes, *args: object, **kwargs: object) -> tuple:
+        return self._call(self.real.decode_jpeg_header, data, *args, **kwargs)
+
+    def decode_jpeg(self, data: bytes, *args: object, **kwargs: object) -> np.ndarray:
+        self.decoded.append(kwargs)
+        return self._call(self.real.decode_jpeg, data, *args, **kwargs)
+
+    def _call(self, fn, *args: object, **kwargs: object):
+        try:
+            return fn(*args, **kwargs)
+        except Exception as e:
+            self.refused.append(e)
+            raise
+
+
+@pytest.fixture
+def codec(monkeypatch) -> SpyCodec:
+    real = imageproc._simplejpeg()
+    if real is None:
+        pytest.skip("simplejpeg is not installed")
+    spy = SpyCodec(real)
+    monkeypatch.setattr(imageproc, "_simplejpeg", lambda: spy)
+    return spy
+
+
+def test_a_large_jpeg_is_decoded_by_simplejpeg_at_the_smallest_eighth_covering_the_target(codec):
+    out = processed(jpeg_bytes(1600, 1200))
+    # 341x256 needs 1600 * m/8 >= 341 and 1200 * m/8 >= 256: m = 2, so 400x300 is decoded.
+    assert codec.decoded == [{"min_width": 400, "min_height": 300, "strict": True}]
+    assert (out.width, out.height, out.orig_width, out.orig_height) == (341, 256, 1600, 1200)
+    cropped = processed(jpeg_bytes(1000, 600), ImageOptions(resize_mode="center_crop"))
+    # the 600x600 middle to 256x256: m = 4 (600 * 3/8 = 225 < 256), so 500x300
+    assert codec.decoded[-1]["min_width"] == 500 and (cropped.width, cropped.height) == (256, 256)
+
+
+def test_without_simplejpeg_jpegs_are_decoded_by_pillow_as_before(monkeypatch):
+    monkeypatch.setitem(sys.modules, "simplejpeg", None)  # what `import simplejpeg` finds: ImportError
+    assert imageproc._simplejpeg.__wrapped__() is None
+    monkeypatch.setattr(imageproc, "_simplejpeg", lambda: None)
+    data = jpeg_bytes(640, 480)
+    out = processed(data)
+    assert (out.width, out.height) == (341, 256)
+    assert out.data == imageproc._process_image_pillow(data, OPTS).data
+
+
+def test_a_jpeg_cut_short_but_closed_is_still_decoded_by_pillow(codec):
+    # Half the scan is missing but the file ends with its EOI marker: libjpeg warns ("premature
+    # end of data segment"), simplejpeg refuses, and Pillow decodes it as it always did (the
+    # lost half comes out grey).
+    data = jpeg_bytes(640, 480)
+    cut = data[: len(data) // 2] + b"\xff\xd9"
+    out = processed(cut)
+    assert len(codec.refused) == 1
+    assert out.data == imageproc._process_image_pillow(cut, OPTS).data
+    assert pixels(out)[250, 170].tolist() == pytest.approx([128, 128, 128], abs=3)
+
+
+def test_junk_between_jpeg_markers_is_still_decoded_by_pillow(codec):
+    data = jpeg_bytes(640, 480)
+    assert data[20:22] == b"\xff\xdb"  # JFIF's APP0 ends here; the quantisation table follows
+    junk = data[:20] + b"\x00\x11junk" + data[20:]
+    out = processed(junk)
+    assert len(codec.refused) == 1
+    assert out.data == imageproc._process_image_pillow(junk, OPTS).data
+
+
+def test_a_truncated_jpeg_is_refused_by_both_decoders(codec):
+    data = jpeg_bytes(640, 480)
+    assert rejected(data[:-100]) == "decode_error"
+    assert len(codec.refused) == 1
+
+
+def test_jpegs_over_the_pixel_limit_never_reach_simplejpeg(codec):
+    assert rejected(jpeg_bytes(640, 480), ImageOptions(max_pixels=300_000)) == "decompression_bomb"
+    assert codec.decoded == []
+
+
+def test_cmyk_jpegs_are_left_to_pillow(codec):
+    cmyk = Image.new("RGB", (320, 240), (220, 40, 40)).convert("CMYK")
+    processed(encode(cmyk, "JPEG", quality=95))
+    assert codec.decoded == []
+
+
+def test_a_multi_picture_jpeg_keeps_its_first_picture(codec):
+    buf = io.BytesIO()
+    first, second = Image.new("RGB", (640, 480), (200, 30, 30)), Image.new("RGB", (640, 480), (30, 30, 200))
+    first.save(buf, "MPO", save_all=True, append_images=[second], quality=90)
+    assert Image.open(io.BytesIO(buf.getvalue())).format == "MPO"
+    px = pixels(processed(buf.getvalue()))
+    assert len(codec.decoded) == 1 and not codec.refused
+    assert px[128, 170].tolist() == pytest.approx([200, 30, 30], abs=10)
+
+
+def test_a_grey_jpeg_is_decoded_grey_and_stored_as_rgb(codec):
+    im = Image.fromarray(np.tile(np.linspace(0, 255, 800).astype(np.uint8), (600, 1)), "L")
+    px = pixels(processed(encode(im, "JPEG", quality=95)))
+    assert len(codec.decoded) == 1 and not codec.refused
+    assert px[100, 10, 0] == px[100, 10, 1] == px[100, 10, 2]
+    assert np.diff(px[100, :, 0]).min() >= -3 and px[100, 330, 0] - px[100, 10, 0] > 200  # still a ramp
