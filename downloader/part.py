@@ -65,6 +65,9 @@ class PartRunner:
         self.cfg, self.fetcher, self.pool, self.stats, self.owner = cfg, fetcher, pool, stats, owner
         self._sources: dict[str, Source] = {}
         self._progress: dict[int, PartProgress] = {}
+        # Parts wait in the queue (the claim loop's last look found one): stragglers are worth
+        # deferring only then (downloader.stragglers).
+        self.work_waiting = True
 
     def admit(self, part: PartRecord) -> None:
         """Count a claimed part's rows as open at once, before its task first runs, so the
@@ -106,7 +109,9 @@ class PartRunner:
             owner=self.owner,
             claim=claim,
         ) as writer:
-            watch = asyncio.create_task(watch_stragglers(progress)) if progress.straggler_s > 0 else None
+            watch = None
+            if progress.straggler_s > 0:
+                watch = asyncio.create_task(watch_stragglers(progress, lambda: self.work_waiting))
             try:
                 # A retry part fetches only its listed rows; `rows` holds the whole part's range.
                 await _all_or_none(
@@ -150,7 +155,7 @@ class PartRunner:
             reason = _fail(writer, row, _text(rows[source.url_col][i]), "timeout", why)
         finally:
             progress.off_wire(row)
-        progress.row_finished()
+        progress.row_finished(row)
         self.stats.row_done(reason)
 
     async def _row_outcome(

@@ -205,6 +205,8 @@ class Worker:
                 elif self._env_since is None and self.state == STATE_PAUSED_FOR_DISK:
                     log.info("claiming parts again after the pause (%s)", self.reason)
                 claimed = await asyncio.to_thread(self.queue.claim, block_ms)
+                assert self.runner is not None
+                self.runner.work_waiting = claimed is not None
                 if claimed is not None:
                     await self._start(claimed)
                 elif not self.active and self.cfg.exit_when_empty and await asyncio.to_thread(self.queue.is_empty):

@@ -63,8 +63,11 @@ async def test_a_part_commits_without_its_stragglers_and_a_retry_part_fetches_th
     shard_dir = tmp_path / "shards"
     rows = [server.url(f"/img/good.jpg?i={i}") for i in range(8)]
     rows += [server.url("/hang?i=8"), server.url("/img/good.jpg?delay=2.5&i=9")]  # never answers; slow but fine
+    # Parts 1-5 keep work waiting in the queue (stragglers are deferred only then); their rows
+    # all take 2 s, so none of them is ever the slow tail of a part that is otherwise done.
+    rows += [server.url(f"/img/good.jpg?delay=2&i={i}") for i in range(10, 60)]
     enqueue_rows(r, keys, shard_dir, rows, part_size=10)
-    worker = asyncio.create_task(Worker(settings(redis_url, keys, shard_dir), r).serve())
+    worker = asyncio.create_task(Worker(settings(redis_url, keys, shard_dir, parts_in_flight=1), r).serve())
     # Committed while both slow rows are still on the network: long before either could time out.
     await wait_for(lambda: r.sismember(keys.parts_done, part_id("src", 0)), TOTAL_TIMEOUT_S - 3, "the part's commit")
     first = part_stats(shard_dir)[0]
@@ -72,12 +75,12 @@ async def test_a_part_commits_without_its_stragglers_and_a_retry_part_fetches_th
     for failure in first.failures:
         assert failure.reason == "timeout" and failure.detail.startswith("deferred after ")
         assert "--straggler-seconds 1" in failure.detail
-    assert r.hlen(keys.parts_retries) == 1  # its retry part is queued by the same commit
+    assert r.hget(keys.parts_retries, part_id("src", 0))  # its retry part is queued by the same commit
 
     assert await worker == 0
     report = final_audit(r, keys, shard_dir)
     assert report.lost == 0 and report.duplicates == 0 and report.retries_open == 0
-    assert (report.samples, report.failures, report.retried_rows, report.retried_samples) == (9, 1, 2, 1)
+    assert (report.samples, report.failures, report.retried_rows, report.retried_samples) == (59, 1, 2, 1)
     # The retry gave each row its whole --total-timeout: the slow row arrived, the hang timed out.
     assert outcomes(shard_dir)[9] == ("sample", "")
     reason, detail = outcomes(shard_dir)[8]
@@ -122,7 +125,7 @@ async def test_open_rows_are_stragglers_only_when_every_condition_holds():
         progress.fetching[row] = _OnWire(task, FetchResult(on_wire_since=now - 6))
     assert progress.stragglers(now) == [3, 7]
 
-    progress.last_finished = now - 1  # a row finished a second ago: the part still moves
+    progress.last_finished = now - 1  # a fast row finished a second ago: the part still moves
     assert progress.stragglers(now) == []
     progress.last_finished = now - 6
 
@@ -141,6 +144,20 @@ async def test_open_rows_are_stragglers_only_when_every_condition_holds():
     progress.fetching[7] = _OnWire(tasks[1], FetchResult(on_wire_since=now - 6))
 
     assert PartProgress(rows=10, straggler_s=0.0, finished=8, last_finished=0).stragglers(now) == []
+    progress.last_finished = None  # every row so far was slow: one slow host, nothing to wait less for
+    assert progress.stragglers(now) == []
+    progress.last_finished = now - 6
+    # A slow row that does finish leaves the clock alone; a fast one restarts it.
+    loop = asyncio.get_running_loop()
+    clock = PartProgress(rows=4, straggler_s=5.0, last_finished=loop.time() - 9)
+    clock.fetching[0] = _OnWire(tasks[0], FetchResult(on_wire_since=loop.time() - 6))
+    clock.off_wire(0)
+    clock.row_finished(0)
+    assert loop.time() - clock.last_finished >= 9
+    clock.fetching[1] = _OnWire(tasks[0], FetchResult(on_wire_since=loop.time() - 0.5))
+    clock.off_wire(1)
+    clock.row_finished(1)
+    assert loop.time() - clock.last_finished < 1 and clock.finished == 2
     assert progress.defer(now) == 2 and progress.fetching == {}
     assert "deferred after 6.0 s" in progress.deferral(3)
     await asyncio.gather(*tasks, return_exceptions=True)
