@@ -9,10 +9,12 @@ augmentation at full strength (`trainer.augment.Augmenter`), tokenization, batch
 1000-sample shuffle buffer. streamcap's also claims shards from Redis (an embedded
 redis-server), replays, snapshots its resumable state into every batch and checks tar members.
 Rounds alternate between the two; each figure is the best round, in samples/s of one worker.
+Each round also reads the CPU time the worker process spent (Linux: /proc/<pid>/stat), so the
+cores figure holds even where a library inside the worker runs more than one thread.
 
-Then: CPU cores (one loader worker each) that keep one GPU fed at --batch-size, given the GPU's
-training rate in optimizer steps/s: measured (`--gpu-steps-per-s`, e.g. the "GPU step only"
-line of `benchmarks/gpu_train.sh`) or, without it, stated: the model's FLOPs per sample
+Then: CPU cores (one loader worker each, and by the worker's CPU time) that keep one GPU fed at
+--batch-size, given the GPU's training rate in optimizer steps/s: measured (`--gpu-steps-per-s`,
+e.g. the "GPU step only" line of `benchmarks/gpu_train.sh`) or, without it, stated: the model's FLOPs per sample
 (forward + backward, counted with torch's FlopCounterMode on the meta device) at an assumed
 model FLOP utilisation (`--assumed-mfu`, default 10 %: ResNet training is memory-bound, far
 from a GPU's matrix peak) of `--peak-tflops` (H200 bf16 dense: 989).
@@ -93,16 +95,34 @@ def flops_per_sample(preset: str, image_size: int, seq_len: int = 24) -> float:
     return counter.get_total_flops() / 2
 
 
-def rate(batches, warmup: int, measured: int, batch_size: int) -> float:
+def worker_cpu_s(batches) -> float | None:
+    """CPU seconds (user + system) the DataLoader's worker processes have used so far (Linux)."""
+    ticks = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+    total = 0.0
+    try:
+        for worker in batches._workers:  # the DataLoader iterator's worker processes
+            fields = Path(f"/proc/{worker.pid}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / ticks  # utime, stime
+    except (AttributeError, OSError, IndexError, ValueError):
+        return None
+    return total
+
+
+def rate(batches, warmup: int, measured: int, batch_size: int) -> tuple[float, float | None]:
+    """Samples/s of the loader, and the worker CPU ms spent per sample (None where unreadable)."""
     for _ in range(warmup):
         next(batches)
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), worker_cpu_s(batches)
     for _ in range(measured):
         next(batches)
-    return measured * batch_size / (time.perf_counter() - start)
+    elapsed, cpu_end = time.perf_counter() - start, worker_cpu_s(batches)
+    samples = measured * batch_size
+    # The prefetched batches are in flight at both ends, so the CPU window matches the timed one.
+    cpu_ms = None if cpu is None or cpu_end is None else 1000 * (cpu_end - cpu) / samples
+    return samples / elapsed, cpu_ms
 
 
-def streamcap_round(url: str, keys, root: Path, tok, args, round_no: int) -> float:
+def streamcap_round(url: str, keys, root: Path, tok, args, round_no: int) -> tuple[float, float | None]:
     spec = LoaderSpec(
         redis_url=url,
         namespace=keys.namespace,
@@ -125,7 +145,7 @@ def streamcap_round(url: str, keys, root: Path, tok, args, round_no: int) -> flo
         del batches
 
 
-def webdataset_round(root: Path, names: list[str], tok, args) -> float:
+def webdataset_round(root: Path, names: list[str], tok, args) -> tuple[float, float | None]:
     work = WebdatasetWork(tok, args.image_size, args.max_len)
     pipeline = (
         wds.WebDataset([str(root / n) for n in names], shardshuffle=False, empty_check=False)
@@ -165,12 +185,17 @@ def main() -> int:
             f"writing {args.shards} shards x {args.per_shard} samples ({args.stored_size} px JPEG q95) ...", flush=True
         )
         names, tok = make_shards(root, r, keys, args.shards, args.per_shard, args.stored_size)
-        ours, theirs = [], []
+        ours, theirs, cpu_ms = [], [], []
         for round_no in range(args.rounds):
-            ours.append(streamcap_round(server.url, keys, root, tok, args, round_no))
-            theirs.append(webdataset_round(root, names, tok, args))
+            speed, cpu = streamcap_round(server.url, keys, root, tok, args, round_no)
+            ours.append(speed)
+            if cpu is not None:
+                cpu_ms.append(cpu)
+            theirs.append(webdataset_round(root, names, tok, args)[0])
             print(
-                f"round {round_no + 1}: streamcap {ours[-1]:.1f} samples/s, webdataset {theirs[-1]:.1f} samples/s",
+                f"round {round_no + 1}: streamcap {ours[-1]:.1f} samples/s"
+                + (f" ({cpu:.2f} worker CPU ms/sample)" if cpu is not None else "")
+                + f", webdataset {theirs[-1]:.1f} samples/s",
                 flush=True,
             )
     best, baseline = max(ours), max(theirs)
@@ -192,6 +217,11 @@ def main() -> int:
         f"one GPU at {steps:.2f} steps/s ({how}) x batch {args.batch_size} needs {need:.0f} samples/s "
         f"-> {need / best:.1f} CPU cores of loader workers per GPU"
     )
+    if cpu_ms:
+        print(
+            f"  by worker CPU time ({min(cpu_ms):.2f} ms/sample, best round): "
+            f"{need * min(cpu_ms) / 1000:.1f} CPU cores of loader workers per GPU"
+        )
     return 0
 
 

@@ -1,12 +1,19 @@
 """Augmentation: exponential ramp, level 0 is a plain centre crop, reproducible, no flips,
-and each batch's level is that of the step that trains on it."""
+each batch's level is that of the step that trains on it, and the cheaper noise transform gives
+albumentations' GaussNoise images."""
 
 from __future__ import annotations
 
+import random
+
+import albumentations as A
+import cv2
 import numpy as np
 import pytest
 
-from streamcap.trainer.augment import Augmenter, LevelSchedule, ramp_level
+from streamcap.trainer import augment
+from streamcap.trainer.augment import Augmenter, LevelSchedule, build_pipeline, ramp_level
+from tests.support.images import photo
 
 
 def test_ramp_goes_from_zero_to_max_exponentially():
@@ -62,3 +69,51 @@ def test_a_batch_gets_the_level_of_the_step_that_trains_on_it():
     resumed = LevelSchedule(ramp_steps=100, max_level=0.9, grad_accum=3, start_step=10)
     assert [resumed.level(i) for i in range(9)] == [ramp.level(30 + i) for i in range(9)]
     assert LevelSchedule(max_level=0.4).level(12345) == 0.4
+
+
+def run(transform, image: np.ndarray, seed: int) -> np.ndarray:
+    pipeline = A.Compose([transform])
+    pipeline.set_random_state(np.random.default_rng(seed), random.Random(seed))
+    return pipeline(image=image)["image"]
+
+
+@pytest.mark.parametrize("std_range", [(0.0, 0.08), (0.2, 0.44)])
+def test_uint8_noise_is_albumentations_gauss_noise(std_range):
+    """Same seed, same image: the same noisy pixels (float32 against float64 noise may differ by
+    one level where a value sits on an integer boundary, about once in ten million)."""
+    image = np.asarray(photo(96, 64, seed=4))
+    differ = total = 0
+    for seed in range(30):
+        ours = run(augment._UInt8GaussNoise(std_range=std_range, p=1.0), image, seed)
+        theirs = run(A.GaussNoise(std_range=std_range, p=1.0), image, seed)
+        assert ours.dtype == np.uint8 and ours.shape == image.shape
+        assert np.abs(ours.astype(int) - theirs).max() <= 1
+        differ, total = differ + int((ours != theirs).sum()), total + ours.size
+    assert differ <= total * 1e-5
+    # and it is noise: zero-mean, of the drawn strength
+    noise = run(augment._UInt8GaussNoise(std_range=(0.05, 0.05), p=1.0), image, 0).astype(float) - image
+    assert abs(noise.mean()) < 0.5 and noise.std() == pytest.approx(0.05 * 255, rel=0.1)
+
+
+def test_full_pipeline_matches_the_albumentations_one(monkeypatch):
+    """The pipeline at full strength against the same pipeline built with A.GaussNoise."""
+    image = np.asarray(photo(120, 90, seed=8))
+    ours = build_pipeline(1.0, 48)
+    assert isinstance(ours.transforms[-1], augment._UInt8GaussNoise)
+    monkeypatch.setattr(augment, "_UInt8GaussNoise", A.GaussNoise)
+    theirs = build_pipeline(1.0, 48)
+    monkeypatch.setattr(augment, "_UInt8GaussNoise", lambda **_: A.NoOp())
+    quiet = build_pipeline(1.0, 48)
+    noisy = 0
+    for seed in range(40):
+        out = []
+        for pipeline in (ours, theirs, quiet):
+            pipeline.set_random_state(np.random.default_rng(seed), random.Random(seed))
+            out.append(pipeline(image=image)["image"].astype(int))
+        assert np.abs(out[0] - out[1]).max() <= 1 and (out[0] != out[1]).mean() < 1e-3
+        noisy += bool((out[0] != out[2]).any())
+    assert 4 <= noisy <= 24  # the noise fired on about 30 % of the images
+
+
+def test_opencv_runs_one_thread_per_process():
+    assert cv2.getNumThreads() == 1  # set when trainer.augment is imported, before any worker forks
