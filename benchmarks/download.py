@@ -226,7 +226,7 @@ def _slow_seconds(row: int) -> float:
     return SLOW_S[0] + (SLOW_S[1] - SLOW_S[0]) * random.Random(row).random()
 
 
-def serve(port: int, image_dir: Path) -> None:
+def serve(port: int, image_dir: Path, drip_s: float = DRIP_S) -> None:
     """The benchmark's HTTP server (runs in its own process: `download.py --serve PORT DIR`)."""
     import asyncio
 
@@ -263,7 +263,7 @@ def serve(port: int, image_dir: Path) -> None:
                 await asyncio.sleep(HANG_S)
             else:
                 try:
-                    for i in range(int(DRIP_S / DRIP_EVERY_S)):
+                    for i in range(int(drip_s / DRIP_EVERY_S)):
                         await resp.write(data[i : i + 1])
                         await asyncio.sleep(DRIP_EVERY_S)
                 except ConnectionError:  # the client gave up first (aiohttp's reset errors subclass it)
@@ -740,10 +740,16 @@ def main() -> None:
         help="streamcap's timeout and retry flags ('' for its own defaults)",
     )
     parser.add_argument("--streamcap-args", default="", help="more flags appended to the streamcap command")
+    parser.add_argument(
+        "--drip-seconds",
+        type=float,
+        default=DRIP_S,
+        help=f"how long a drip row's server drips before it closes (default {DRIP_S:g}; 0: at once, like a cut body)",
+    )
     parser.add_argument("--serve", nargs=2, metavar=("PORT", "IMAGE_DIR"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve:
-        serve(int(args.serve[0]), Path(args.serve[1]))
+        serve(int(args.serve[0]), Path(args.serve[1]), args.drip_seconds)
         return
     rows = args.rows or (LONG_ROWS if args.long else ROWS)
     cache = args.cache_dir
@@ -753,12 +759,22 @@ def main() -> None:
     work = cache / "runs"
     work.mkdir(parents=True, exist_ok=True)
     print(
-        f"rows {rows}; streamcap {' '.join([args.streamcap_timeouts, args.streamcap_args]).strip() or '(defaults)'}; "
+        f"rows {rows}, drip rows close after {args.drip_seconds:g} s; streamcap {' '.join([args.streamcap_timeouts, args.streamcap_args]).strip() or '(defaults)'}; "
         f"img2dataset --timeout {I2D_TIMEOUT_S} --retries 0",
         flush=True,
     )
     port = free_port()
-    server = subprocess.Popen([sys.executable, __file__, "--serve", str(port), str(images[0].parent)])
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            __file__,
+            "--serve",
+            str(port),
+            str(images[0].parent),
+            "--drip-seconds",
+            str(args.drip_seconds),
+        ]
+    )
     try:
         time.sleep(2.0)
         parquet = work / "rows.parquet"
