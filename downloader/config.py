@@ -152,7 +152,7 @@ class DownloaderSettings(ShardWriterSettings):
         env="STREAMCAP_STRAGGLER_SECONDS",
         check=at_least(0),
         help=(
-            "Once half a part is done and none of it has finished for this long, rows on the network "
+            "Once half a part is done and no fast row of it has finished for this long, rows on the network "
             "this long are deferred: the part commits, a retry part fetches them later (0: never)."
         ),
     )
