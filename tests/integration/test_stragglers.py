@@ -62,14 +62,15 @@ async def test_a_part_commits_without_its_stragglers_and_a_retry_part_fetches_th
 ):
     shard_dir = tmp_path / "shards"
     rows = [server.url(f"/img/good.jpg?i={i}") for i in range(8)]
-    rows += [server.url("/hang?i=8"), server.url("/img/good.jpg?delay=2.5&i=9")]  # never answers; slow but fine
+    rows += [server.url("/hang?i=8"), server.url("/img/good.jpg?delay=5&i=9")]  # never answers; slow but fine
     # Parts 1-5 keep work waiting in the queue (stragglers are deferred only then); their rows
     # all take 2 s, so none of them is ever the slow tail of a part that is otherwise done.
     rows += [server.url(f"/img/good.jpg?delay=2&i={i}") for i in range(10, 60)]
     enqueue_rows(r, keys, shard_dir, rows, part_size=10)
     worker = asyncio.create_task(Worker(settings(redis_url, keys, shard_dir, parts_in_flight=1), r).serve())
-    # Committed while both slow rows are still on the network: long before either could time out.
-    await wait_for(lambda: r.sismember(keys.parts_done, part_id("src", 0)), TOTAL_TIMEOUT_S - 3, "the part's commit")
+    # Committed while both slow rows were still on the network (both are recorded as deferred,
+    # not as timed out); the bound is generous so that a loaded machine cannot fail the test.
+    await wait_for(lambda: r.sismember(keys.parts_done, part_id("src", 0)), 3 * TOTAL_TIMEOUT_S, "the part's commit")
     first = part_stats(shard_dir)[0]
     assert first.samples == 8 and sorted(f.row for f in first.failures) == [8, 9]
     for failure in first.failures:
@@ -102,9 +103,10 @@ async def test_a_part_waiting_on_servers_takes_no_part_slot(r, keys, redis_url, 
     shard_dir = tmp_path / "shards"
     rows = [server.url("/hang?i=0")] + [server.url(f"/img/good.jpg?i={i}") for i in range(1, 6)]
     enqueue_rows(r, keys, shard_dir, rows, part_size=3)
-    cfg = settings(redis_url, keys, shard_dir, parts_in_flight=1, straggler_seconds=0, total_timeout=5.0)
+    slow = dict(total_timeout=15.0, read_timeout=15.0, connect_timeout=15.0)
+    cfg = settings(redis_url, keys, shard_dir, parts_in_flight=1, straggler_seconds=0, **slow)
     worker = asyncio.create_task(Worker(cfg, r).serve())
-    await wait_for(lambda: r.sismember(keys.parts_done, part_id("src", 1)), 4, "part 1's commit")
+    await wait_for(lambda: r.sismember(keys.parts_done, part_id("src", 1)), 12, "part 1's commit")
     assert not r.sismember(keys.parts_done, part_id("src", 0))  # still waiting for its hang
     assert await worker == 0
     assert final_audit(r, keys, shard_dir).samples == 5
