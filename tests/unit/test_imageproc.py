@@ -214,8 +214,7 @@ class SpyCodec:
 @pytest.fixture
 def codec(monkeypatch) -> SpyCodec:
     real = imageproc._simplejpeg()
-    if real is None:
-        pytest.skip("simplejpeg is not installed")
+    assert real is not None, "simplejpeg is a dependency of streamcap: install it (make venv)"
     spy = SpyCodec(real)
     monkeypatch.setattr(imageproc, "_simplejpeg", lambda: spy)
     return spy

@@ -22,8 +22,6 @@ from streamcap.downloader.imageproc import (
     process_image,
 )
 
-pytestmark = pytest.mark.skipif(_simplejpeg() is None, reason="simplejpeg is not installed")
-
 TOLERANCE_DB = 0.1
 
 
@@ -79,6 +77,7 @@ def reference(data: bytes, out: ProcessedImage, opts: ImageOptions) -> np.ndarra
     ids=["1600x1067", "1200x800", "900x600", "513x400", "center_crop", "progressive-384", "border-444"],
 )
 def test_the_simplejpeg_path_is_as_close_to_lanczos_as_the_pillow_path(size, opts, save):
+    assert _simplejpeg() is not None, "simplejpeg is a dependency of streamcap: install it (make venv)"
     for seed in range(2):
         data = photo_jpeg(*size, seed=seed, **save)
         new, old = process_image(data, opts), _process_image_pillow(data, opts)
