@@ -116,6 +116,8 @@ def test_a_kill_at_each_commit_window_ends_with_the_part_committed_once(
         assert r.hget(wkeys.stats, bus.STAT_PARTS_COMMITTED) == "2", window
         assert sorted(r.hkeys(wkeys.parts_commits)) == ["src:0", "src:1"], window
         if window not in ("during_commit", "after_commit"):  # the rescuer redid src:0
+            assert r.hget(wkeys.parts_deliveries, "src:0") == "2", (window, report.deliveries)
+            # --parts-in-flight 1 and no part in its tail: the victim held src:0 alone
             assert report.deliveries == {1: 1, 2: 1}, (window, report.deliveries)
 
 
