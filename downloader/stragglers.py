@@ -92,7 +92,10 @@ class PartProgress:
         open_rows = self.rows - self.finished
         if not open_rows or self.finished < TAIL_SHARE * self.rows or len(self.fetching) != open_rows:
             return False
-        return all(w.fetch.on_wire_since is not None and now - w.fetch.on_wire_since >= TAIL_WAIT_S for w in self.fetching.values())
+        return all(
+            w.fetch.on_wire_since is not None and now - w.fetch.on_wire_since >= TAIL_WAIT_S
+            for w in self.fetching.values()
+        )
 
     def stragglers(self, now: float) -> list[int]:
         """The open rows to defer now (see the module doc); [] when there are none."""
