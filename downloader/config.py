@@ -143,7 +143,7 @@ class DownloaderSettings(ShardWriterSettings):
         check=at_least(1),
         help=(
             "Parts one process works on at once, so slow rows at a part's end leave no connection idle; "
-            "a part half done whose open rows have all waited on servers for 1 s does not count (up to 4x this many in all)."
+            "parts whose open rows all wait on servers do not count (up to 4x this many in all)."
         ),
     )
     straggler_seconds: float = setting(

@@ -93,9 +93,8 @@ class PartRunner:
 
     @property
     def parts_in_tail(self) -> int:
-        """Running parts in their tail (PartProgress.in_tail): waiting on servers, not on us."""
-        now = asyncio.get_running_loop().time()
-        return sum(1 for p in self._progress.values() if p.in_tail(now))
+        """Running parts whose every open row is on the network: waiting on servers, not on us."""
+        return sum(1 for p in self._progress.values() if p.finished < p.rows and len(p.fetching) == p.rows - p.finished)
 
     async def run(self, part: PartRecord, source: SourceRecord, claim: PartClaim | None) -> tuple[PartStats, list[int]]:
         """Process every row of an admitted `part`; returns the writer's stats (not committed)

@@ -38,9 +38,6 @@ from streamcap.downloader.fetch import FetchResult
 TAIL_SHARE = 0.5
 # How often a part's open rows are looked at: a straggler is cut at most this late.
 WATCH_EVERY_S = 0.25
-# A part is in its tail (and takes no --parts-in-flight slot) once its open rows have all been
-# on the network this long: long past a healthy fetch, far short of any timeout.
-TAIL_WAIT_S = 1.0
 
 
 @dataclass
@@ -85,17 +82,6 @@ class PartProgress:
 
     def deferral(self, row: int) -> str | None:
         return self.deferred.get(row)
-
-    def in_tail(self, now: float) -> bool:
-        """At least half the part done and every open row on the network for TAIL_WAIT_S or more:
-        the part waits on servers, not on this process (downloader.service claims past it)."""
-        open_rows = self.rows - self.finished
-        if not open_rows or self.finished < TAIL_SHARE * self.rows or len(self.fetching) != open_rows:
-            return False
-        return all(
-            w.fetch.on_wire_since is not None and now - w.fetch.on_wire_since >= TAIL_WAIT_S
-            for w in self.fetching.values()
-        )
 
     def stragglers(self, now: float) -> list[int]:
         """The open rows to defer now (see the module doc); [] when there are none."""

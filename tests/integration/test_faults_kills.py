@@ -117,8 +117,9 @@ def test_a_kill_at_each_commit_window_ends_with_the_part_committed_once(
         assert sorted(r.hkeys(wkeys.parts_commits)) == ["src:0", "src:1"], window
         if window not in ("during_commit", "after_commit"):  # the rescuer redid src:0
             assert r.hget(wkeys.parts_deliveries, "src:0") == "2", (window, report.deliveries)
-            # --parts-in-flight 1 and no part in its tail: the victim held src:0 alone
-            assert report.deliveries == {1: 1, 2: 1}, (window, report.deliveries)
+            # src:1 twice as well when the victim had claimed it past src:0's tail (its last
+            # rows all on the network take no --parts-in-flight slot) and died holding it
+            assert r.hget(wkeys.parts_deliveries, "src:1") in ("1", "2"), (window, report.deliveries)
 
 
 def _files(shard_dir: Path) -> dict[str, tuple[int, int, str]]:

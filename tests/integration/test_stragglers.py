@@ -164,26 +164,3 @@ async def test_open_rows_are_stragglers_only_when_every_condition_holds():
     assert "deferred after 6.0 s" in progress.deferral(3)
     await asyncio.gather(*tasks, return_exceptions=True)
     assert all(t.cancelled() for t in tasks)
-
-
-async def test_a_part_is_in_its_tail_only_half_done_with_every_open_row_waiting_on_servers():
-    """The tail takes no --parts-in-flight slot, so it must not be every part whose rows are all
-    in flight: a fresh part's rows are all fetching too, and it is nobody's tail."""
-    now = 100.0
-    task = asyncio.create_task(asyncio.sleep(3600))
-    progress = PartProgress(rows=3, finished=2)
-    progress.fetching[2] = _OnWire(task, FetchResult(on_wire_since=now - 1.5))
-    assert progress.in_tail(now)
-    progress.fetching[2].fetch.on_wire_since = now - 0.2  # a healthy fetch, just begun
-    assert not progress.in_tail(now)
-    progress.fetching[2].fetch.on_wire_since = None  # waiting for a connection slot
-    assert not progress.in_tail(now)
-    progress.fetching[2].fetch.on_wire_since = now - 1.5
-    progress.finished = 1  # fewer than half done
-    progress.fetching[1] = _OnWire(task, FetchResult(on_wire_since=now - 1.5))
-    assert not progress.in_tail(now)
-    progress.finished = 2
-    del progress.fetching[1]
-    assert not PartProgress(rows=3, finished=3).in_tail(now)  # done: committing, not waiting
-    task.cancel()
-    await asyncio.gather(task, return_exceptions=True)
