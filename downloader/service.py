@@ -12,8 +12,9 @@ Each worker process runs one asyncio event loop with one aiohttp session and one
 pool, and works on up to `--parts-in-flight` parts at once: it claims another part whenever a
 connection slot is free and no row waits for one (so the slow tail of one part never leaves the
 network idle). Parts whose open rows all wait on servers do not count; their stragglers are
-deferred to a retry part after `--straggler-seconds` (downloader.stragglers). It keeps its claims alive while working (re-XCLAIM of its own entries
-every lease/4) and takes over parts whose worker stopped renewing for `--lease-seconds`.
+deferred to a retry part after `--straggler-seconds` (downloader.stragglers). It keeps its
+claims alive while working (re-XCLAIM of its own entries every lease/4) and takes over parts
+whose worker stopped renewing for `--lease-seconds`.
 
 Failures (`failures`): a row's failure is recorded for the row. A part failure (a row that kills
 the image process, a corrupt source) is a strike: the part is released, counted, and after

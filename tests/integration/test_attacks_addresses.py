@@ -23,7 +23,7 @@ from tests.support.addresses import MapResolver, loopback_one_is_public
 from tests.support.fleet import download
 from tests.support.http import ImageServer
 from tests.support.images import jpeg_bytes
-from tests.support.pipeline import enqueue_rows, final_audit, outcomes
+from tests.support.pipeline import enqueue_rows, final_audit, outcomes, worker_settings
 
 TRAPS = ("127.0.0.2", "::1")  # addresses the server also listens on, which nothing may reach
 
@@ -102,22 +102,8 @@ def test_private_and_loopback_hosts_in_any_notation_are_never_dialled(r, keys, r
 
 
 def settings(redis_url: str, keys, shard_dir, **overrides) -> DownloaderSettings:
-    values = dict(
-        redis_url=redis_url,
-        namespace=keys.namespace,
-        shard_dir=shard_dir,
-        exit_when_empty=True,
-        lease_seconds=5,
-        total_timeout=5.0,
-        connect_timeout=2.0,
-        read_timeout=2.0,
-        retries=0,
-        concurrency=16,
-        per_host=16,
-        image_workers=1,
-        allow_private=False,
-    )
-    return DownloaderSettings(**{**values, **overrides})
+    defaults = dict(total_timeout=5.0, connect_timeout=2.0, read_timeout=2.0, allow_private=False)
+    return worker_settings(redis_url, keys, shard_dir, **{**defaults, **overrides})
 
 
 async def test_redirects_to_refused_places_are_blocked_at_the_hop(r, keys, redis_url, tmp_path):

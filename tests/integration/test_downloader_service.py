@@ -23,7 +23,14 @@ from tests.support.addresses import MapResolver, loopback_one_is_public
 from tests.support.fleet import Fleet, cli_json
 from tests.support.http import ImageServer
 from tests.support.images import encode, jpeg_bytes, photo, png_claiming
-from tests.support.pipeline import enqueue_rows, failure_counters, final_audit, pending_parts, wait_until
+from tests.support.pipeline import (
+    enqueue_rows,
+    failure_counters,
+    final_audit,
+    pending_parts,
+    wait_until,
+    worker_settings,
+)
 
 CAPTION = "A dog runs on the beach.  It carries a stick. The sky is blue."
 
@@ -49,21 +56,8 @@ def server():
 
 
 def settings(redis_url: str, keys, shard_dir: Path, **overrides) -> DownloaderSettings:
-    values = dict(
-        redis_url=redis_url,
-        namespace=keys.namespace,
-        shard_dir=shard_dir,
-        exit_when_empty=True,
-        lease_seconds=5,
-        total_timeout=2.0,
-        connect_timeout=1.0,
-        read_timeout=1.0,
-        retries=1,
-        concurrency=16,
-        per_host=16,
-        image_workers=1,
-    )
-    return DownloaderSettings(**{**values, **overrides})
+    defaults = dict(total_timeout=2.0, connect_timeout=1.0, read_timeout=1.0, retries=1)
+    return worker_settings(redis_url, keys, shard_dir, **{**defaults, **overrides})
 
 
 async def test_every_row_becomes_a_sample_or_a_counted_failure(r, keys, redis_url, server, tmp_path):

@@ -17,7 +17,7 @@ from streamcap.downloader.stragglers import PartProgress, _OnWire
 from streamcap.formats.records import part_id
 from tests.support.http import ImageServer
 from tests.support.images import jpeg_bytes
-from tests.support.pipeline import enqueue_rows, final_audit, outcomes, part_stats
+from tests.support.pipeline import enqueue_rows, final_audit, outcomes, part_stats, worker_settings
 
 TOTAL_TIMEOUT_S = 8.0
 
@@ -30,23 +30,9 @@ def server():
 
 
 def settings(redis_url: str, keys, shard_dir: Path, **overrides) -> DownloaderSettings:
-    values = dict(
-        redis_url=redis_url,
-        namespace=keys.namespace,
-        shard_dir=shard_dir,
-        exit_when_empty=True,
-        lease_seconds=5,
-        total_timeout=TOTAL_TIMEOUT_S,
-        connect_timeout=TOTAL_TIMEOUT_S,
-        read_timeout=TOTAL_TIMEOUT_S,
-        retries=0,
-        concurrency=16,
-        per_host=16,
-        image_workers=1,
-        allow_private=True,
-        straggler_seconds=1.0,
-    )
-    return DownloaderSettings(**{**values, **overrides})
+    timeouts = dict(total_timeout=TOTAL_TIMEOUT_S, connect_timeout=TOTAL_TIMEOUT_S, read_timeout=TOTAL_TIMEOUT_S)
+    defaults = dict(allow_private=True, straggler_seconds=1.0, **timeouts)
+    return worker_settings(redis_url, keys, shard_dir, **{**defaults, **overrides})
 
 
 async def wait_for(condition, timeout: float, what: str) -> None:

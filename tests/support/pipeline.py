@@ -20,7 +20,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from streamcap import bus
-from streamcap.downloader.config import EnqueueSettings
+from streamcap.downloader.config import DownloaderSettings, EnqueueSettings
 from streamcap.downloader.enqueue import describe_source, enqueue
 from streamcap.formats.records import PartStats
 from streamcap.formats.shards import iter_samples
@@ -64,6 +64,26 @@ def wait_until(
 
 def _tail(log: Path | None, chars: int = 4000) -> str:
     return "\n" + log.read_text(errors="replace")[-chars:] if log is not None and log.exists() else ""
+
+
+# --- an in-process downloader ----------------------------------------------------------------------
+
+
+def worker_settings(redis_url: str, keys: bus.Keys, shard_dir: Path, **overrides: Any) -> DownloaderSettings:
+    """Settings of an in-process batch worker (`Worker(cfg, r).serve()`): one image process, 16
+    connections, no retries unless `overrides` say; each test module sets its own timeouts."""
+    values: dict[str, Any] = dict(
+        redis_url=redis_url,
+        namespace=keys.namespace,
+        shard_dir=shard_dir,
+        exit_when_empty=True,
+        lease_seconds=5,
+        retries=0,
+        concurrency=16,
+        per_host=16,
+        image_workers=1,
+    )
+    return DownloaderSettings(**{**values, **overrides})
 
 
 # --- rows in ----------------------------------------------------------------------------------------
