@@ -46,5 +46,5 @@ compose-check: $(STAMP)
 
 ## docs: regenerate docs/settings.md from the settings classes (a unit test fails when it is stale)
 docs: $(STAMP)
-	$(BIN)/python -m streamcap.common.settings_doc > docs/settings.md.tmp
+	$(BIN)/python -m streamcap.settings_doc > docs/settings.md.tmp
 	mv docs/settings.md.tmp docs/settings.md

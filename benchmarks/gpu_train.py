@@ -32,8 +32,8 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
 from streamcap import bus  # noqa: E402
 from streamcap.bus.embedded import EmbeddedRedis  # noqa: E402
+from streamcap.demo.synthetic import commit_written, demo_samples, demo_tokenizer, write_part  # noqa: E402
 from streamcap.formats.records import PartStats  # noqa: E402
-from streamcap.shardwriter.synthetic import commit_written, demo_samples, demo_tokenizer, write_part  # noqa: E402
 from streamcap.trainer.metrics_sink import read_metrics  # noqa: E402
 
 

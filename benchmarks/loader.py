@@ -38,7 +38,7 @@ from torch.utils.data import DataLoader
 
 from streamcap import bus
 from streamcap.bus.embedded import EmbeddedRedis
-from streamcap.shardwriter.synthetic import add_part, demo_samples, demo_tokenizer
+from streamcap.demo.synthetic import add_part, demo_samples, demo_tokenizer
 from streamcap.trainer.augment import Augmenter, LevelSchedule
 from streamcap.trainer.dataset import LoaderSpec, ShardStreamDataset, make_loader
 from streamcap.trainer.samples import collate, decode_image, encode_caption

@@ -4,8 +4,8 @@ import sys
 
 import typer
 
-from streamcap.common.commands import run_app
 from streamcap.downloader.cli import download_command
+from streamcap.entrypoint import run_app
 
 
 def main() -> None:

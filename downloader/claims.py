@@ -30,8 +30,8 @@ import redis
 from redis.exceptions import ResponseError
 
 from streamcap import bus
+from streamcap.bus.partqueue import stream_id
 from streamcap.formats.records import PartRecord
-from streamcap.ops.partqueue import stream_id
 
 # KEYS[1]=parts; ARGV[1]=group ARGV[2]=consumer ARGV[3]=entry id. Returns 1 when renewed.
 # Each script checks ownership first; XPENDING runs under pcall, so a group that vanished

@@ -164,6 +164,6 @@ def run(cfg: EnqueueSettings, uri: str) -> int:
         raise ConfigError(str(e)) from None
     r = bus.connect(cfg.require_redis())
     bus.wait_for_redis(r, timeout_s=REDIS_WAIT_S)
-    result = enqueue(r, cfg.keys, cfg.shard_dir, record, note)
+    result = enqueue(r, bus.Keys(cfg.namespace), cfg.shard_dir, record, note)
     print(result.message(), flush=True)
     return 0

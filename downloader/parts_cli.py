@@ -48,7 +48,9 @@ def retry_command(
     everything = not dead and not chosen
     r = bus.connect(cfg.require_redis(), retries=2)
     bus.ping(r)
-    report = retry.retry(r, cfg.keys, cfg.shard_dir, dead=dead or everything, reasons=chosen, transient=everything)
+    report = retry.retry(
+        r, bus.Keys(cfg.namespace), cfg.shard_dir, dead=dead or everything, reasons=chosen, transient=everything
+    )
     if as_json:
         print_json(report.to_json())
         return 0

@@ -119,7 +119,7 @@ class Worker:
         self.cfg, self.r = cfg, r
         self._resolver, self._policy = resolver, address_policy  # Fetcher's (tests pass their own)
         self.consumer = consumer or f"{instance_id()}-{secrets.token_hex(2)}"
-        self.keys = cfg.keys
+        self.keys = bus.Keys(cfg.namespace)
         self.queue = PartClaimer(r, self.keys, self.consumer, lease_ms=int(cfg.lease_seconds * 1000))
         self.stats = LiveStats()
         self.active: dict[str, _Active] = {}
@@ -557,7 +557,7 @@ class Worker:
 
 def run_worker(cfg: DownloaderSettings) -> int:
     """One worker process (what `--processes 1` runs)."""
-    r = bus.connect(cfg.require_redis(), keys=cfg.keys, who=f"downloader {instance_id()}")
+    r = bus.connect(cfg.require_redis(), keys=bus.Keys(cfg.namespace), who=f"downloader {instance_id()}")
     bus.wait_for_redis(r, what="Redis (downloader start)")
     try:
         return asyncio.run(Worker(cfg, r).serve())

@@ -5,7 +5,7 @@ python -m streamcap.eval watch --data /data/flickr30k/dataset_flickr30k.json
 
 import sys
 
-from streamcap.common.commands import run_app
+from streamcap.entrypoint import run_app
 from streamcap.eval.cli import eval_app
 
 if __name__ == "__main__":

@@ -34,7 +34,7 @@ def run(cfg: EvalSettings) -> int:
     setup_logging("evaluator", cfg.log_level)
     shown = {k: v for k, v in json.loads(to_json_text(cfg)).items() if k != "redis_url"}  # may hold a password
     log.info("settings: %s", json.dumps(shown, sort_keys=True))
-    r = bus.connect(cfg.require_redis(), keys=cfg.keys, who=f"evaluator {instance_id()}")
+    r = bus.connect(cfg.require_redis(), keys=bus.Keys(cfg.namespace), who=f"evaluator {instance_id()}")
     try:
         evalset = load_eval_set(cfg.require_data(), split=cfg.split, image_dir=cfg.images, limit=cfg.limit)
     except EvalSetError as e:

@@ -54,7 +54,7 @@ class Watcher:
         self, cfg: EvalSettings, r: redis.Redis, evalset: EvalSet, device: Any, consumer: str | None = None
     ) -> None:
         self.cfg, self.r, self.evalset, self.device = cfg, r, evalset, device
-        self.keys = cfg.keys
+        self.keys = bus.Keys(cfg.namespace)
         self.consumer = consumer or instance_id()
         self.stop = False
         self.evaluated = 0

@@ -4,7 +4,7 @@ import sys
 
 import typer
 
-from streamcap.common.commands import run_app
+from streamcap.entrypoint import run_app
 from streamcap.shardwriter.cli import audit_command, shards_app
 
 

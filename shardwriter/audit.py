@@ -38,9 +38,9 @@ from pathlib import Path
 import redis
 
 from streamcap import bus
+from streamcap.bus.partqueue import PartQueueSnapshot, read_part_queue
 from streamcap.formats.records import PartRecord, PartStats, ShardRecord
 from streamcap.formats.shards import part_prefix, sample_key
-from streamcap.ops.partqueue import PartQueueSnapshot, read_part_queue
 from streamcap.shardwriter import registry, retry, tempfiles
 from streamcap.shardwriter.commit import part_counters
 from streamcap.shardwriter.verify import check_shard

@@ -67,7 +67,7 @@ def watch(cfg: ShardWriterSettings, interval_s: float, stop: threading.Event | N
     """Run gc every `interval_s` seconds until `stop` is set (SIGTERM/SIGINT set it when not given)."""
     stop = stop or _stop_on_signals()
     r = bus.connect(cfg.require_redis())
-    keys, me = cfg.keys, instance_id()
+    keys, me = bus.Keys(cfg.namespace), instance_id()
     totals = GcTotals()
     log.info(
         "gc watch: every %.0f s, budget %s, floor %s free, shards read %d times by every running run",
@@ -105,7 +105,7 @@ def watch(cfg: ShardWriterSettings, interval_s: float, stop: threading.Event | N
 def _round(r, cfg: ShardWriterSettings, totals: GcTotals) -> None:
     report = gc(
         r,
-        cfg.keys,
+        bus.Keys(cfg.namespace),
         cfg.shard_dir,
         max_disk_bytes=cfg.max_disk_bytes,
         min_free_bytes=cfg.min_free_bytes,

@@ -32,9 +32,9 @@ from pathlib import Path
 import redis
 
 from streamcap import bus
+from streamcap.bus.partqueue import PartQueueSnapshot, read_part_queue
 from streamcap.formats.records import PartStats
 from streamcap.formats.shards import stats_name
-from streamcap.ops.partqueue import PartQueueSnapshot, read_part_queue
 from streamcap.shardwriter import registry, retry, tempfiles
 from streamcap.shardwriter.commit import commit_part
 from streamcap.shardwriter.locks import PartLockBusy, part_lock

@@ -29,9 +29,9 @@ from pathlib import Path
 import redis
 
 from streamcap import bus
+from streamcap.bus.partqueue import read_part_queue
 from streamcap.formats.records import FAILURE_REASONS, FailedRow, PartRecord, PartStats, retry_id
 from streamcap.formats.shards import sample_key
-from streamcap.ops.partqueue import read_part_queue
 from streamcap.shardwriter import registry
 from streamcap.shardwriter.verify import check_shard
 

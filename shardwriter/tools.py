@@ -61,7 +61,7 @@ def shard_listing(r, keys: bus.Keys, shard_dir: Path) -> list[dict]:
 
 
 def ls(cfg: ShardWriterSettings, as_json: bool) -> int:
-    rows = shard_listing(_connect(cfg), cfg.keys, cfg.shard_dir)
+    rows = shard_listing(_connect(cfg), bus.Keys(cfg.namespace), cfg.shard_dir)
     if as_json:
         print_json(rows)
         return 0
@@ -92,7 +92,7 @@ def verify(cfg: ShardWriterSettings, paths: list[Path], quarantine: bool, as_jso
         check = check_shard(path)
         checks.append(check)
         if not check.ok and quarantine:
-            moved[str(path)] = str(move_away(r, cfg.keys, path, cfg.quarantine_path))
+            moved[str(path)] = str(move_away(r, bus.Keys(cfg.namespace), path, cfg.quarantine_path))
     bad = [c for c in checks if not c.ok]
     if as_json:
         print_json(
@@ -119,7 +119,7 @@ def verify(cfg: ShardWriterSettings, paths: list[Path], quarantine: bool, as_jso
 def gc(cfg: ShardWriterSettings, dry_run: bool, as_json: bool) -> int:
     report = collect(
         _connect(cfg),
-        cfg.keys,
+        bus.Keys(cfg.namespace),
         cfg.shard_dir,
         max_disk_bytes=cfg.max_disk_bytes,
         min_free_bytes=cfg.min_free_bytes,
@@ -144,7 +144,11 @@ def reconcile(cfg: ShardWriterSettings, as_json: bool, requeue_missing: bool = F
     from streamcap.shardwriter.reconcile import reconcile as rebuild
 
     report = rebuild(
-        _connect(cfg), cfg.keys, cfg.shard_dir, temp_stale_s=cfg.temp_stale_seconds, requeue_missing=requeue_missing
+        _connect(cfg),
+        bus.Keys(cfg.namespace),
+        cfg.shard_dir,
+        temp_stale_s=cfg.temp_stale_seconds,
+        requeue_missing=requeue_missing,
     )
     if as_json:
         print_json(report.to_json())
@@ -158,7 +162,7 @@ def reconcile(cfg: ShardWriterSettings, as_json: bool, requeue_missing: bool = F
 def audit(cfg: ShardWriterSettings, as_json: bool, expect_done: bool) -> int:
     from streamcap.shardwriter.audit import audit as check
 
-    report = check(_connect(cfg), cfg.keys, cfg.shard_dir, expect_done=expect_done)
+    report = check(_connect(cfg), bus.Keys(cfg.namespace), cfg.shard_dir, expect_done=expect_done)
     if as_json:
         print_json(report.to_json())
     else:

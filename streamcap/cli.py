@@ -25,9 +25,10 @@ from rich.console import Console
 from rich.live import Live
 
 from streamcap import __version__
-from streamcap.common.commands import JsonFlag, print_json, run_app, settings_command
+from streamcap.common.commands import JsonFlag, print_json, settings_command
 from streamcap.common.settings import CommonSettings
 from streamcap.demo.config import DemoSettings
+from streamcap.entrypoint import run_app
 
 app = typer.Typer(
     name="streamcap",
@@ -111,10 +112,10 @@ def status_command(
     r = bus.connect(cfg.require_redis(), retries=2)
 
     def view():
-        return status_view.render(status.collect(r, cfg.keys, cfg.shard_dir))
+        return status_view.render(status.collect(r, bus.Keys(cfg.namespace), cfg.shard_dir))
 
     if as_json:
-        print_json(status.collect(r, cfg.keys, cfg.shard_dir))
+        print_json(status.collect(r, bus.Keys(cfg.namespace), cfg.shard_dir))
         return 0
     console = Console()
     if not watch:

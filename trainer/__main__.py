@@ -7,7 +7,7 @@ import sys
 
 import typer
 
-from streamcap.common.commands import run_app
+from streamcap.entrypoint import run_app
 from streamcap.trainer.cli import train_command
 
 

@@ -14,7 +14,6 @@ the exit code is torchrun's.
 
 from __future__ import annotations
 
-import ctypes
 import logging
 import os
 import signal
@@ -23,10 +22,9 @@ import sys
 from pathlib import Path
 
 from streamcap.common.logs import setup_logging
+from streamcap.trainer.lifetime import die_with_parent
 
 log = logging.getLogger(__name__)
-
-PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
 
 def split_args(argv: list[str]) -> tuple[list[str], list[str]]:
@@ -62,20 +60,12 @@ def child_pids(pid: int) -> list[int]:
     return found
 
 
-def _die_with_parent() -> None:
-    """In the child before exec: SIGTERM it when the launcher dies, even by SIGKILL (Linux)."""
-    try:
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-    except (OSError, AttributeError):  # not Linux: a killed launcher leaves torchrun running
-        pass
-
-
 def main(argv: list[str] | None = None) -> int:
     setup_logging("launcher")
     launcher, trainer = split_args(list(sys.argv[1:] if argv is None else argv))
     command = [sys.executable, "-m", "torch.distributed.run", *launcher, "-m", "streamcap.trainer", *trainer]
     # Its own session: a terminal's Ctrl-C reaches this process alone, and is passed on from here.
-    torchrun = subprocess.Popen(command, start_new_session=True, preexec_fn=_die_with_parent)
+    torchrun = subprocess.Popen(command, start_new_session=True, preexec_fn=die_with_parent)
 
     def pass_on(signum: int, frame: object) -> None:
         ranks = child_pids(torchrun.pid)

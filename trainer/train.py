@@ -84,7 +84,7 @@ def run(cfg: TrainerSettings) -> int:
     try:
         cfg = cfg.with_run(distributed.broadcast(info, cfg.run or time.strftime("run-%Y%m%d-%H%M%S")))
         setup_logging("trainer", cfg.log_level, instance=f"{cfg.run}-rank{info.rank}")
-        r = bus.connect(redis_url, retries=2, keys=cfg.keys, who=f"trainer {cfg.run} rank {info.rank}")
+        r = bus.connect(redis_url, retries=2, keys=bus.Keys(cfg.namespace), who=f"trainer {cfg.run} rank {info.rank}")
         bus.wait_for_redis(r)
         state = _setup(cfg, info, r, tokenizer)
         return _train(state)
@@ -214,7 +214,7 @@ def _loader(state: Run) -> tuple[Any, BatchAccounting]:
             "--loader-workers changed since the checkpoint: loader workers start their streams afresh "
             "(held shards are read again from their start; nothing acknowledged is re-read)"
         )
-    ledger = ReadLedger(state.r, cfg.keys, cfg.run, info.rank)
+    ledger = ReadLedger(state.r, bus.Keys(cfg.namespace), cfg.run, info.rank)
     # Reads the checkpoint covers but Redis was down to record: record them before the workers
     # look at what they hold, so no finished shard is taken for an unfinished one.
     ledger.commit_saved(state.step, [FinishedShard.from_dict(d) for d in saved.get("unacknowledged", [])])
@@ -229,7 +229,7 @@ def _loader(state: Run) -> tuple[Any, BatchAccounting]:
 
 def _train(state: Run) -> int:
     cfg, info = state.cfg, state.info
-    redis_status = RedisStatus(state.r, cfg.keys, cfg.run, info.rank)
+    redis_status = RedisStatus(state.r, bus.Keys(cfg.namespace), cfg.run, info.rank)
     redis_status.register()
     if info.is_main:
         state.sink = MetricsSink.open(
@@ -415,6 +415,6 @@ def _save(state: Run, ranks: list[dict[str, Any]], aug_level: float) -> None:
     )
     ckpt.mark_latest(cfg.run_dir, state.step)
     if state.announcer is None:
-        state.announcer = ckpt.Announcer(state.r, cfg.keys, cfg.run)
+        state.announcer = ckpt.Announcer(state.r, bus.Keys(cfg.namespace), cfg.run)
     state.announcer.add(model_file, state.step)  # kept and retried while Redis is down
     log.info("checkpoint %s (step %d)", model_file, state.step)

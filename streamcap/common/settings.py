@@ -212,12 +212,6 @@ class CommonSettings(Settings):
         # A password given on its own (any character) is encoded into the URL here, not by people.
         return with_password(self.redis_url, os.environ.get(PASSWORD_ENV))
 
-    @property
-    def keys(self):  # -> streamcap.bus.Keys (imported here to keep settings import-light)
-        from streamcap.bus import Keys
-
-        return Keys(self.namespace)
-
 
 def all_settings_classes() -> list[type]:
     """Every settings class imported so far (base classes included)."""

@@ -19,8 +19,8 @@ from typing import Any
 import redis
 
 from streamcap import bus
+from streamcap.bus.partqueue import read_part_queue
 from streamcap.formats.records import SourceRecord, is_retry_id
-from streamcap.ops.partqueue import read_part_queue
 
 _SIZE_COMMANDS = {"stream": "xlen", "hash": "hlen", "set": "scard", "string": "strlen", "list": "llen", "zset": "zcard"}
 DATA_WAIT_HINT_PCT = 20.0

@@ -29,11 +29,11 @@ import typer
 from streamcap import bus
 from streamcap.bus.embedded import EmbeddedRedis, free_port
 from streamcap.cli import app
-from streamcap.common.commands import run_app
 from streamcap.common.settings import CommonSettings, ConfigError
 from streamcap.demo.config import DemoSettings
 from streamcap.downloader.config import DownloaderSettings, EnqueueSettings
 from streamcap.downloader.enqueue import describe_source, enqueue
+from streamcap.entrypoint import run_app
 from streamcap.eval.config import EvalSettings
 from streamcap.shardwriter.audit import audit
 from streamcap.shardwriter.config import ShardWriterSettings

@@ -9,7 +9,7 @@ import pytest
 
 from streamcap import bus
 from streamcap.cli import app
-from streamcap.common.commands import run_app
+from streamcap.entrypoint import run_app
 from streamcap.shardwriter.audit import audit
 from streamcap.shardwriter.registry import registered_shards
 from streamcap.shardwriter.tempfiles import TempOwner, temp_path

@@ -9,7 +9,7 @@ gc's deliberate deletions stay fine (tests/integration/test_audit.py).
 from __future__ import annotations
 
 from streamcap.cli import app
-from streamcap.common.commands import run_app
+from streamcap.entrypoint import run_app
 from streamcap.formats.shards import iter_samples
 from streamcap.shardwriter.audit import audit
 from tests.support.fleet import download

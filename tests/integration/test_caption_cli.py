@@ -50,7 +50,7 @@ def run(*args: str, cwd: Path) -> subprocess.CompletedProcess:
 def run_here(capsys, monkeypatch, *args: str, cwd: Path) -> tuple[int, str, str]:
     """The same command in this process (torch is imported already: seconds cheaper than a subprocess)."""
     from streamcap.cli import app
-    from streamcap.common.commands import run_app
+    from streamcap.entrypoint import run_app
 
     monkeypatch.chdir(cwd)
     code = run_app(app, ["caption", *args])

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from streamcap import bus
+from streamcap.demo.synthetic import add_part, demo_samples, demo_tokenizer, register_shard
 from streamcap.formats.records import ShardRecord
-from streamcap.shardwriter.synthetic import add_part, demo_samples, demo_tokenizer, register_shard
 from streamcap.trainer.augment import LevelSchedule
 from streamcap.trainer.dataset import LoaderSpec, ShardStreamDataset, make_loader
 from streamcap.trainer.shardqueue import ReadLedger

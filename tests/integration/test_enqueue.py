@@ -44,7 +44,7 @@ class Ran:
 def cli(capsys, redis_url, keys):
     """`streamcap ARGS` run in this process (the same typer app and error handling as the command)."""
     from streamcap.cli import app
-    from streamcap.common.commands import run_app
+    from streamcap.entrypoint import run_app
 
     def run(*args: str, shard_dir) -> Ran:
         capsys.readouterr()

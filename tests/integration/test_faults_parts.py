@@ -10,7 +10,7 @@ Each ends with the accounting check once every process is gone: lost = 0, duplic
 from __future__ import annotations
 
 from streamcap import bus
-from streamcap.ops.partqueue import read_part_queue
+from streamcap.bus.partqueue import read_part_queue
 from streamcap.shardwriter import tempfiles
 from tests.support.fleet import cli_json, fault_env, heartbeats
 from tests.support.pipeline import enqueue_rows, final_audit, paced_rows, wait_until, write_parquet

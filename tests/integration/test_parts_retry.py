@@ -12,8 +12,8 @@ import socket
 
 from streamcap import bus
 from streamcap.cli import app
-from streamcap.common.commands import run_app
 from streamcap.downloader.claims import PartClaimer
+from streamcap.entrypoint import run_app
 from streamcap.shardwriter.audit import audit
 from tests.support.fleet import download, fault_env
 from tests.support.pipeline import enqueue_rows, failure_counters, final_audit, outcomes, paced_rows, part_stats

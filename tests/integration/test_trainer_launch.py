@@ -10,7 +10,7 @@ import sys
 import time
 from pathlib import Path
 
-from streamcap.shardwriter.synthetic import add_part, demo_samples, demo_tokenizer
+from streamcap.demo.synthetic import add_part, demo_samples, demo_tokenizer
 
 ROOT = Path(__file__).resolve().parents[2]
 ENV = {"WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1", "NO_ALBUMENTATIONS_UPDATE": "1"}

@@ -8,10 +8,10 @@ import io
 import torch
 from PIL import Image
 
+from streamcap.demo.synthetic import add_part, demo_samples, demo_tokenizer
 from streamcap.model.caption_model import image_transform
 from streamcap.model.checkpoint import load_checkpoint
 from streamcap.model.decoding import greedy_decode
-from streamcap.shardwriter.synthetic import add_part, demo_samples, demo_tokenizer
 from streamcap.trainer.config import TrainerSettings
 from streamcap.trainer.metrics_sink import read_metrics
 

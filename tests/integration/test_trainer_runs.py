@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from streamcap import bus
-from streamcap.shardwriter.synthetic import add_part, demo_samples, demo_tokenizer
+from streamcap.demo.synthetic import add_part, demo_samples, demo_tokenizer
 from streamcap.trainer.config import TrainerSettings
 from streamcap.trainer.metrics_sink import read_metrics
 from tests.support.fleet import children

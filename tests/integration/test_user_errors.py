@@ -26,7 +26,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from streamcap.bus.embedded import EmbeddedRedis, find_redis_server
-from streamcap.shardwriter.synthetic import add_part, demo_samples
+from streamcap.demo.synthetic import add_part, demo_samples
 from tests.integration.test_orphan_ranks import alive
 from tests.support.fleet import STREAMCAP
 from tests.support.pipeline import wait_until

@@ -10,8 +10,9 @@ from typing import Annotated
 import pytest
 import typer
 
-from streamcap.common.commands import COMMON_FIELDS, JsonFlag, run_app, settings_command
+from streamcap.common.commands import COMMON_FIELDS, JsonFlag, settings_command
 from streamcap.common.settings import setting
+from streamcap.entrypoint import run_app
 from streamcap.eval.config import EvalSettings
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from streamcap.common import settings_doc
+from streamcap import settings_doc
 from streamcap.common.settings import all_settings_classes, all_settings_fields
 
 ROOT = Path(__file__).resolve().parents[2]

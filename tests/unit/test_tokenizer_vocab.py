@@ -12,7 +12,7 @@ import pytest
 from tokenizers import BertWordPieceTokenizer
 
 from streamcap.cli import app
-from streamcap.common.commands import run_app
+from streamcap.entrypoint import run_app
 from streamcap.text.tokenizer import SPECIAL_TOKENS, WordPieceTokenizer
 from streamcap.text.vocab import CorpusError, count_words, read_captions, train_vocab, vocab_from_base
 

@@ -6,7 +6,7 @@ default, help), so the reference cannot drift from the code. A test compares the
 file with `render()`.
 
     make docs                                                  # rewrites docs/settings.md
-    python -m streamcap.common.settings_doc > docs/settings.md  # the same by hand
+    python -m streamcap.settings_doc > docs/settings.md  # the same by hand
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ SETTINGS_MODULES = (
 )
 
 COMMAND = "make docs"
-MODULE_COMMAND = "python -m streamcap.common.settings_doc > docs/settings.md"
+MODULE_COMMAND = "python -m streamcap.settings_doc > docs/settings.md"
 
 INTRO = """\
 Every setting has a CLI flag and an environment variable (compose sets the variables). The flag
