@@ -13,7 +13,7 @@ wherever they change a number, so that the scores here can be compared with publ
 - ROUGE-L: LCS-based F-measure with beta 1.2, best precision and best recall over the
   references taken separately.
 
-    >>> from eval.metrics import score
+    >>> from streamcap.eval.metrics import score
     >>> s = score({"1": "A dog runs on the grass."}, {"1": ["A dog running on grass.", "a brown dog runs"]})
     >>> sorted(s)
     ['BLEU-1', 'BLEU-2', 'BLEU-3', 'BLEU-4', 'CIDEr', 'ROUGE-L']

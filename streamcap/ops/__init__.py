@@ -1,1 +1,1 @@
-"""Operating the pipeline: the part-queue snapshot and `streamcap status`."""
+"""Operating the pipeline: `streamcap status` (the part-queue snapshot it reads is `streamcap.bus.partqueue`)."""
