@@ -139,7 +139,7 @@ def main() -> None:
     print(f"  streamcap PartWriter      {ours:8.1f} MB/s  (temp name, fsync, rename, dir fsync, stats file)")
     print(f"  webdataset.ShardWriter    {theirs:8.1f} MB/s  (fsync of each shard in its post hook)")
     print(f"  ratio streamcap/webdataset {ours / theirs:.2f}  (goal >= 1.0)")
-    ours_import = import_seconds("import shardwriter.writer")
+    ours_import = import_seconds("import streamcap.shardwriter.writer")
     wds_import = import_seconds("import webdataset")
     print(
         f"  import cost: shardwriter.writer {ours_import:.2f} s, webdataset {wds_import:.2f} s (per downloader process)"

@@ -3,7 +3,8 @@
     q = read_part_queue(r, keys, problems=[])
     q.states("relaion:3")     # e.g. ['in_flight'] or ['done'] -- more than one is a discrepancy
 
-Read by `streamcap status`, the audit and reconcile. States (bus.PART_STATES): `pending` (an entry not yet
+Read by `streamcap status`, the audit, reconcile, `streamcap parts retry` and the downloader's
+claims (for stream ids). States (bus.PART_STATES): `pending` (an entry not yet
 delivered to any downloader), `in_flight` (delivered, not acknowledged), `done` (in
 `parts:done`), `dead` (in `parts:dead`).
 
