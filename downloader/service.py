@@ -30,19 +30,8 @@ the rest are released for other workers (their delivery not counted); one summar
 second signal stops at once. Redis outages are waited out (`bus.wait_out_outage`); a stop
 signal ends the claim loop's wait.
 
-Heartbeat (`hb:downloader:<id>`, refreshed every HEARTBEAT_EVERY_S), fields:
-    state            working | idle | paused | paused_for_disk | waiting_for_redis | stopping
-    reason           why paused, e.g. "shard dir not writable: ..." ('' otherwise)
-    urls_per_s, images_per_s, mb_per_s    rates over the last 30 s
-    in_flight        requests on the network now
-    rows_open        rows of claimed parts not finished yet
-    parts            JSON list of the part ids in flight
-    urls, images     totals since start (rows finished; rows that became samples)
-    failures         JSON {reason: count} since start
-    parts_committed, parts_released, parts_failed, parts_superseded, parts_dead, image_crashes
-    parts_env_failed attempts given back because of the environment
-    rows_deferred    slow rows deferred to a retry part (downloader.stragglers)
-    concurrency, pid, started, version
+Heartbeat (`hb:downloader:<id>`, refreshed every HEARTBEAT_EVERY_S): a `DownloaderHeartbeat`
+(streamcap.formats.heartbeats): the state and why, live rates, the parts in flight, counters.
 """
 
 from __future__ import annotations
@@ -74,6 +63,7 @@ from streamcap.downloader.livestats import LiveStats
 from streamcap.downloader.part import PartRunner, describe_failure
 from streamcap.downloader.security import AddressPolicy
 from streamcap.downloader.supervisor import STOP_SIGNALS, supervise
+from streamcap.formats.heartbeats import DownloaderHeartbeat
 from streamcap.formats.records import PartRecord, SourceRecord
 from streamcap.shardwriter import registry, tempfiles
 from streamcap.shardwriter.commit import COMMITTED, PartClaim, commit_part
@@ -520,30 +510,33 @@ class Worker:
 
     def _heartbeat(self) -> None:
         fetcher, s = self.fetcher, self.stats
-        fields = {
-            "state": self.state,
-            "reason": self.reason,
-            **s.rates(fetcher.wire_bytes if fetcher else 0),
-            "in_flight": fetcher.in_flight if fetcher else 0,
-            "rows_open": self.runner.rows_open if self.runner else 0,
-            "parts": [a.part.part_id for a in self.active.values()],
-            "urls": s.urls,
-            "images": s.images,
-            "failures": dict(s.failures),
-            "parts_committed": s.parts_committed,
-            "parts_released": s.parts_released,
-            "parts_failed": s.parts_failed,
-            "parts_superseded": s.parts_superseded,
-            "parts_dead": s.parts_dead,
-            "parts_env_failed": s.parts_env_failed,
-            "rows_deferred": s.rows_deferred,
-            "image_crashes": self.pool.crashes if self.pool else 0,
-            "concurrency": self.cfg.concurrency,
-            "pid": os.getpid(),
-            "started": s.started,
-            "version": __version__,
-        }
-        bus.write_heartbeat(self.r, self.keys, bus.ROLE_DOWNLOADER, self.consumer, fields)
+        rates = s.rates(fetcher.wire_bytes if fetcher else 0)
+        beat = DownloaderHeartbeat(
+            state=self.state,
+            reason=self.reason,
+            urls_per_s=rates["urls_per_s"],
+            images_per_s=rates["images_per_s"],
+            mb_per_s=rates["mb_per_s"],
+            in_flight=fetcher.in_flight if fetcher else 0,
+            rows_open=self.runner.rows_open if self.runner else 0,
+            parts=[a.part.part_id for a in self.active.values()],
+            urls=s.urls,
+            images=s.images,
+            failures=dict(s.failures),
+            parts_committed=s.parts_committed,
+            parts_released=s.parts_released,
+            parts_failed=s.parts_failed,
+            parts_superseded=s.parts_superseded,
+            parts_dead=s.parts_dead,
+            parts_env_failed=s.parts_env_failed,
+            rows_deferred=s.rows_deferred,
+            image_crashes=self.pool.crashes if self.pool else 0,
+            concurrency=self.cfg.concurrency,
+            pid=os.getpid(),
+            started=s.started,
+            version=__version__,
+        )
+        bus.write_heartbeat(self.r, self.keys, self.consumer, beat)
 
     def _clear_heartbeat(self) -> None:
         try:

@@ -273,11 +273,21 @@ def trainer_args(run: str, checkpoint_dir: Path, vocab: Path, **extra: object) -
 
 def trainer_step(r, keys: bus.Keys) -> int:
     """The highest step any live trainer rank reports (-1 before the first heartbeat)."""
-    return max((int(b.get("step", 0)) for b in bus.read_heartbeats(r, keys, bus.ROLE_TRAINER)), default=-1)
+    return max((b.step for b in records(r, keys, bus.ROLE_TRAINER)), default=-1)
 
 
-def heartbeats(r, keys: bus.Keys) -> list[dict]:
-    return bus.read_heartbeats(r, keys, bus.ROLE_DOWNLOADER)
+def records(r, keys: bus.Keys, role: str) -> list:
+    """The heartbeat records of `role` (streamcap.formats.heartbeats); one that does not read
+    fails the test with its reason."""
+    beats = bus.read_heartbeats(r, keys, role)
+    unreadable = [f"{b.id}: {b.problem}" for b in beats if b.record is None]
+    assert not unreadable, unreadable
+    return [b.record for b in beats]
+
+
+def heartbeats(r, keys: bus.Keys) -> list:
+    """The downloaders' heartbeat records (DownloaderHeartbeat)."""
+    return records(r, keys, bus.ROLE_DOWNLOADER)
 
 
 def cli_json(redis_url: str, keys: bus.Keys, shard_dir: Path, *args: str, ok: bool = True) -> dict:
