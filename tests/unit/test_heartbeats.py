@@ -7,9 +7,16 @@ import dataclasses
 import math
 
 import pytest
+import redis
 
 from streamcap import bus
 from streamcap.bus import heartbeats as bus_heartbeats
+from streamcap.downloader.claims import PartClaimer
+from streamcap.downloader.config import DownloaderSettings
+from streamcap.downloader.heartbeat import downloader_heartbeat
+from streamcap.downloader.inflight import PartsInFlight
+from streamcap.downloader.livestats import LiveStats
+from streamcap.downloader.pausing import Pausing
 from streamcap.formats.heartbeats import (
     HEARTBEAT_VERSION,
     VERSION_FIELD,
@@ -142,6 +149,19 @@ def test_every_role_of_the_schema_has_a_record_and_records_name_their_role():
         assert bus.role_of(record(record_type)) == role
     with pytest.raises(TypeError, match="no heartbeat record"):
         bus.role_of(object())  # type: ignore[arg-type]
+
+
+def test_the_downloaders_heartbeat_reads_back():
+    """What the downloader writes (downloader.heartbeat) is a record the readers take."""
+    cfg = DownloaderSettings(concurrency=16)
+    queue = PartClaimer(redis.Redis(), bus.Keys("unit"), "host-1", lease_ms=60_000)  # never connects here
+    stats, pausing = LiveStats(), Pausing(cfg, queue)
+    stats.row_done(None)
+    stats.row_done("timeout")
+    parts = PartsInFlight(cfg, queue, stats, claiming=None, pausing=pausing, beat_now=lambda: None)  # type: ignore[arg-type]
+    beat = downloader_heartbeat(cfg, pausing, stats, parts, pool=None)
+    assert (beat.state, beat.urls, beat.images, beat.failures, beat.concurrency) == ("idle", 2, 1, {"timeout": 1}, 16)
+    assert DownloaderHeartbeat.from_fields(beat.to_fields()) == beat
 
 
 def test_the_gc_watchs_heartbeat_reads_back():
