@@ -18,16 +18,17 @@ import sys
 _PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
 
-def die_with_parent(sig: int = signal.SIGTERM) -> bool:
+def die_with_parent(sig: int = signal.SIGTERM, parent: int | None = None) -> bool:
     """On Linux, have the kernel send `sig` to this process when its parent exits; False elsewhere.
 
     The signal comes when the parent *thread* that started this process exits, so call it only in
     processes started from their parent's main thread (torchrun's ranks, DataLoader workers,
-    the downloader's `--processes` workers).
+    the downloader's `--processes` workers). `parent` is the pid the parent had when it started
+    this process (os.getpid() there): one that died even before this call then counts too.
     """
     if not sys.platform.startswith("linux"):
         return False
-    parent = os.getppid()
+    parent = os.getppid() if parent is None else parent
     libc = ctypes.CDLL(None, use_errno=True)
     if libc.prctl(_PR_SET_PDEATHSIG, int(sig), 0, 0, 0) != 0:
         return False

@@ -201,6 +201,39 @@ def children(pid: int) -> list[int]:
     return out
 
 
+def process_tree(pid: int) -> set[tuple[int, int]]:
+    """Every live descendant of `pid` (children, theirs, ...), each as (pid, start time): the
+    start time tells a process from a later one given the same pid."""
+    parents: dict[int, list[tuple[int, int]]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if fields[0] not in ("Z", "X"):
+            parents.setdefault(int(fields[1]), []).append((int(stat.parent.name), int(fields[19])))
+    found, todo = set(), [pid]
+    while todo:
+        for child in parents.get(todo.pop(), []):
+            if child not in found:
+                found.add(child)
+                todo.append(child[0])
+    return found
+
+
+def running(processes: set[tuple[int, int]]) -> list[int]:
+    """The pids of `processes` (from process_tree) still running: not gone, not a zombie."""
+    out = []
+    for pid, started in processes:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if fields[0] not in ("Z", "X") and int(fields[19]) == started:
+            out.append(pid)
+    return sorted(out)
+
+
 def local_tcp_ports(pid: int) -> set[int]:
     """Local ports of the TCP connections a live process holds (from /proc: Linux only)."""
     inodes = set()
