@@ -19,7 +19,7 @@ from streamcap.eval.datasets import load_eval_set
 from streamcap.eval.outputs import EvalResult
 from streamcap.eval.watcher import Watcher
 from tests.support.evalsets import karpathy_set, publish, tiny_checkpoint
-from tests.support.fleet import records
+from tests.support.fleet import heartbeat_records
 from tests.support.pipeline import wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -151,7 +151,7 @@ def test_a_crash_mid_evaluation_leaves_the_checkpoint_to_another_evaluator(world
     try:
         beat = wait_until(
             lambda: next(
-                (b for b in records(r, keys, bus.ROLE_EVALUATOR) if b.state in ("loading", "captioning")),
+                (b for b in heartbeat_records(r, keys, bus.ROLE_EVALUATOR) if b.state in ("loading", "captioning")),
                 None,
             ),
             60,

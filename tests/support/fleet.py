@@ -306,10 +306,10 @@ def trainer_args(run: str, checkpoint_dir: Path, vocab: Path, **extra: object) -
 
 def trainer_step(r, keys: bus.Keys) -> int:
     """The highest step any live trainer rank reports (-1 before the first heartbeat)."""
-    return max((b.step for b in records(r, keys, bus.ROLE_TRAINER)), default=-1)
+    return max((b.step for b in heartbeat_records(r, keys, bus.ROLE_TRAINER)), default=-1)
 
 
-def records(r, keys: bus.Keys, role: str) -> list:
+def heartbeat_records(r, keys: bus.Keys, role: str) -> list:
     """The heartbeat records of `role` (streamcap.formats.heartbeats); one that does not read
     fails the test with its reason."""
     beats = bus.read_heartbeats(r, keys, role)
@@ -320,7 +320,7 @@ def records(r, keys: bus.Keys, role: str) -> list:
 
 def heartbeats(r, keys: bus.Keys) -> list:
     """The downloaders' heartbeat records (DownloaderHeartbeat)."""
-    return records(r, keys, bus.ROLE_DOWNLOADER)
+    return heartbeat_records(r, keys, bus.ROLE_DOWNLOADER)
 
 
 def cli_json(redis_url: str, keys: bus.Keys, shard_dir: Path, *args: str, ok: bool = True) -> dict:
