@@ -244,7 +244,7 @@ def _evaluator(beat: bus.Heartbeat) -> dict[str, Any]:
     }
 
 
-def worker(beat: bus.Heartbeat) -> dict[str, Any]:
+def worker_row(beat: bus.Heartbeat) -> dict[str, Any]:
     """A heartbeat as a row of `workers`: who, doing what, why (a pause's reason, or what makes
     it unreadable), how fresh."""
     reason = beat.problem or (beat.record.reason if isinstance(beat.record, DownloaderHeartbeat) else "")
@@ -343,7 +343,7 @@ def collect(r: redis.Redis, keys: bus.Keys, shard_dir: Path | None = None) -> di
         "keys": key_sizes(r, keys),
         "parts": part_summary(r, keys),
         "urls": url_summary(stats, by_role[bus.ROLE_DOWNLOADER]),
-        "workers": [worker(b) for b in beats],
+        "workers": [worker_row(b) for b in beats],
         "shards": shard_summary(r, keys, stats, shard_dir),
         "trainer": trainer_summary(r, keys, by_role[bus.ROLE_TRAINER]),
         "eval": eval_summary(r, keys, by_role[bus.ROLE_EVALUATOR]),
