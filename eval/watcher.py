@@ -12,19 +12,15 @@ evaluator that stopped doing that for --reclaim-after-s loses the entry to anoth
 takes it over with `bus.claim_stale`. A checkpoint delivered MAX_DELIVERIES times without
 succeeding is recorded as failed instead of crashing evaluators forever.
 
-Heartbeat (`hb:evaluator:<id>`, refreshed while idle and during an evaluation):
-  state            idle | loading | captioning | scoring | writing
-  checkpoint       path being evaluated ("" when idle); step, run: its step and run
-  progress         images captioned / images in the set, e.g. "320/1000"
-  evaluated        checkpoints this process has finished (failed ones included)
-  latest           {"step", "run", <metric>: value ...} of the last finished evaluation
-  metric           the metric that picks the best checkpoint
-  best_value, best_step, best_checkpoint   the best so far (from `evals:best`)
-  dataset, device
+Heartbeat (`hb:evaluator:<id>`, refreshed while idle and during an evaluation): an
+`EvaluatorHeartbeat` (streamcap.formats.heartbeats): the state (idle | loading | captioning |
+scoring | writing), the checkpoint being evaluated and the progress, the checkpoints finished,
+the latest scores, and the best so far.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import signal
@@ -41,6 +37,7 @@ from streamcap.eval.datasets import EvalSet, EvalSetError
 from streamcap.eval.evaluate import evaluate_checkpoint
 from streamcap.eval.outputs import EvalResult, keep_best
 from streamcap.eval.wandb_log import WandbLogger
+from streamcap.formats.heartbeats import EvaluatorHeartbeat
 from streamcap.formats.records import CheckpointRecord
 
 log = logging.getLogger(__name__)
@@ -60,7 +57,21 @@ class Watcher:
         self.evaluated = 0
         self.latest: dict[str, Any] = {}
         self.wandb = WandbLogger(cfg)
-        self._beat: dict[str, Any] = {"state": "idle", "checkpoint": "", "progress": ""}
+        self._beat = EvaluatorHeartbeat(
+            state="idle",
+            checkpoint="",
+            step=None,
+            run="",
+            progress="",
+            evaluated=0,
+            latest={},
+            metric=cfg.metric,
+            best_value=None,
+            best_step=None,
+            best_checkpoint="",
+            dataset=evalset.name,
+            device=str(device),
+        )
         self._last_refresh = 0.0
 
     # --- the loop -------------------------------------------------------------------------------
@@ -153,7 +164,7 @@ class Watcher:
         if deliveries > MAX_DELIVERIES:
             self._fail(record, entry_id, f"gave up after {deliveries - 1} evaluations that did not finish")
             return
-        self._beat.update(checkpoint=record.path, step=record.step, run=record.run)
+        self._beat = dataclasses.replace(self._beat, checkpoint=record.path, step=record.step, run=record.run)
         try:
             result = evaluate_checkpoint(
                 self.cfg,
@@ -189,7 +200,7 @@ class Watcher:
         )
 
     def _progress(self, entry_id: str, stage: str, done: int, total: int) -> None:
-        self._beat.update(state=stage, progress=f"{done}/{total}")
+        self._beat = dataclasses.replace(self._beat, state=stage, progress=f"{done}/{total}")
         now = time.monotonic()
         # Refresh well within --reclaim-after-s, so a live evaluation is never taken over.
         if now - self._last_refresh >= min(REFRESH_EVERY_S, self.cfg.reclaim_after_s / 4):
@@ -255,29 +266,21 @@ class Watcher:
 
     def _set_state(self, state: str) -> None:
         if state == "idle":
-            self._beat.update(checkpoint="", step="", run="", progress="")
-        self._beat["state"] = state
+            self._beat = dataclasses.replace(self._beat, checkpoint="", step=None, run="", progress="")
+        self._beat = dataclasses.replace(self._beat, state=state)
         self._heartbeat()
 
     def _heartbeat(self) -> None:
         best = self.r.hgetall(self.keys.evals_best)
-        bus.write_heartbeat(
-            self.r,
-            self.keys,
-            bus.ROLE_EVALUATOR,
-            self.consumer,
-            {
-                **self._beat,
-                "evaluated": self.evaluated,
-                "latest": self.latest,
-                "metric": self.cfg.metric,
-                "best_value": best.get("value", ""),
-                "best_step": best.get("step", ""),
-                "best_checkpoint": best.get("checkpoint", ""),
-                "dataset": self.evalset.name,
-                "device": str(self.device),
-            },
+        self._beat = dataclasses.replace(
+            self._beat,
+            evaluated=self.evaluated,
+            latest=self.latest,
+            best_value=float(best["value"]) if best.get("value") else None,
+            best_step=int(best["step"]) if best.get("step") else None,
+            best_checkpoint=best.get("checkpoint", ""),
         )
+        bus.write_heartbeat(self.r, self.keys, self.consumer, self._beat)
 
 
 # KEYS: checkpoints, evals, evals:best. ARGV: group, consumer, entry id ('' when not watched),

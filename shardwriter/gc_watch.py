@@ -16,10 +16,10 @@ import signal
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any
 
 from streamcap import bus
 from streamcap.common.logs import instance_id
+from streamcap.formats.heartbeats import GC_WATCHING, GcHeartbeat
 from streamcap.shardwriter.config import ShardWriterSettings, format_size
 from streamcap.shardwriter.retention import GcReport, gc
 
@@ -30,7 +30,7 @@ BEAT_EVERY_S = 5.0
 
 @dataclass
 class GcTotals:
-    """What the watch has done since it started: the heartbeat's fields."""
+    """What the watch has done since it started: most of its heartbeat."""
 
     rounds: int = 0
     deleted: int = 0
@@ -48,19 +48,19 @@ class GcTotals:
         if report.deleted:
             self.last_deleted = report.deleted[-5:]
 
-    def heartbeat(self, cfg: ShardWriterSettings, interval_s: float) -> dict[str, Any]:
-        return {
-            "state": "watching",
-            "rounds": self.rounds,
-            "deleted": self.deleted,
-            "freed_bytes": self.freed_bytes,
-            "last_round_ts": self.last_round_ts,
-            "last_result": self.last_result,
-            "interval_s": interval_s,
-            "max_disk_bytes": cfg.max_disk_bytes,
-            "min_free_bytes": cfg.min_free_bytes,
-            "min_reads": cfg.min_reads,
-        }
+    def heartbeat(self, cfg: ShardWriterSettings, interval_s: float) -> GcHeartbeat:
+        return GcHeartbeat(
+            state=GC_WATCHING,
+            rounds=self.rounds,
+            deleted=self.deleted,
+            freed_bytes=self.freed_bytes,
+            last_round_ts=self.last_round_ts,
+            last_result=self.last_result,
+            interval_s=float(interval_s),
+            max_disk_bytes=cfg.max_disk_bytes,
+            min_free_bytes=cfg.min_free_bytes,
+            min_reads=cfg.min_reads,
+        )
 
 
 def watch(cfg: ShardWriterSettings, interval_s: float, stop: threading.Event | None = None) -> int:
@@ -84,7 +84,7 @@ def watch(cfg: ShardWriterSettings, interval_s: float, stop: threading.Event | N
                 _round(r, cfg, totals)
             # Beats between rounds too: `streamcap status` calls a heartbeat older than
             # HEARTBEAT_STALE_S a worker that stopped reporting, and rounds may be further apart.
-            bus.write_heartbeat(r, keys, bus.ROLE_GC, me, totals.heartbeat(cfg, interval_s))
+            bus.write_heartbeat(r, keys, me, totals.heartbeat(cfg, interval_s))
         except bus.REDIS_DOWN as e:
             bus.wait_out_outage(r, e, what="gc", stop=stop.is_set, keys=keys, who=f"gc/{me}")
             continue

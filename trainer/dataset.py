@@ -32,8 +32,8 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from streamcap import bus
+from streamcap.common.lifetime import die_with_parent
 from streamcap.trainer.augment import Augmenter, LevelSchedule
-from streamcap.trainer.lifetime import die_with_parent
 from streamcap.trainer.samples import (
     CaptionChoice,
     SampleError,

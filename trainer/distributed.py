@@ -19,7 +19,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from streamcap.trainer.lifetime import die_with_parent
+from streamcap.common.lifetime import die_with_parent
 
 # Ranks wait for each other at every step; the first shard of a brand-new pipeline may take a
 # while to land, so the collectives wait longer than torch's default before giving up.

@@ -21,8 +21,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from streamcap.common.lifetime import die_with_parent
 from streamcap.common.logs import setup_logging
-from streamcap.trainer.lifetime import die_with_parent
 
 log = logging.getLogger(__name__)
 

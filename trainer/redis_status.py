@@ -5,38 +5,29 @@ Run registry (`runs` hash, written by rank 0): field = run id, value = JSON
 `streamcap shards gc` keeps shards that running runs still need.
 
 Heartbeats: one per rank, `hb:trainer:<run>-rank<rank>` (`bus.write_heartbeat`), refreshed every
-HEARTBEAT_EVERY_S with these fields (what `streamcap status` shows):
-    run, rank, world_size, step, max_steps
-    samples_per_s        samples this rank trained on per second, since the last heartbeat
-    data_wait_pct        % of that time the training loop waited for the next batch
-    fresh, replay        samples of fresh / replayed shards this rank has trained on (totals)
-    fresh_ratio          fresh / (fresh + replay) since the last heartbeat
-    fresh_wait_s         seconds loader workers blocked waiting for a fresh shard (total)
-    fresh_shards_pending shards registered but not yet claimed by this run (rank 0 only)
-    bad_samples          samples skipped as corrupt or unusable (total)
-    loss, lr, aug_level  latest values
+HEARTBEAT_EVERY_S: a `TrainerHeartbeat` (streamcap.formats.heartbeats: step, samples/s, data
+wait, fresh/replay counts, loss, ...; what `streamcap status` shows), with the shards not yet
+claimed by the run counted on rank 0.
 
 Every write survives a Redis outage: it is logged and skipped, and training goes on.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import time
-from typing import Any
 
 import redis
 
 from streamcap import bus
 from streamcap.common.logs import first_line
+from streamcap.formats.heartbeats import TRAINER_FINISHED, TRAINER_STOPPED, DownloaderHeartbeat, TrainerHeartbeat
 
 log = logging.getLogger(__name__)
 
 HEARTBEAT_EVERY_S = 5.0
-# Heartbeat states of a rank that ended on purpose: `streamcap status` expects no more beats.
-HEARTBEAT_FINISHED = "finished"
-HEARTBEAT_STOPPED = "stopped"
 OUTAGE_BACKOFF_S = 30.0
 RUN_RUNNING, RUN_FINISHED = "running", "finished"
 
@@ -47,6 +38,7 @@ class RedisStatus:
         self.instance = f"{run}-rank{rank}"
         self._next_beat = 0.0
         self._warned_at = 0.0
+        self._last_beat: TrainerHeartbeat | None = None  # what `leave` marks as ended
 
     def register(self) -> None:
         """Mark the run running (rank 0); keeps the first start time across resumes."""
@@ -56,26 +48,30 @@ class RedisStatus:
     def finish(self) -> None:
         if self.rank == 0:
             self._safe("marking the run finished", lambda: self._write_run(RUN_FINISHED))
-        self.leave(HEARTBEAT_FINISHED)
+        self.leave(TRAINER_FINISHED)
 
-    def leave(self, state: str = HEARTBEAT_STOPPED) -> None:
-        """Mark this rank's last heartbeat as ended on purpose (`finished` or `stopped`): it stays
-        readable until it expires, and `streamcap status` does not count it as a worker that
-        stopped reporting. A crash leaves the heartbeat as it was, to go stale."""
-        key = self.keys.heartbeat(bus.ROLE_TRAINER, self.instance)
-        self._safe("marking the heartbeat", lambda: self.r.hset(key, "state", state))
+    def leave(self, state: str = TRAINER_STOPPED) -> None:
+        """Write this rank's last heartbeat again, marked as ended on purpose (`finished` or
+        `stopped`): it stays readable until it expires, and `streamcap status` does not count
+        it as a worker that stopped reporting. A crash leaves the heartbeat as it was, to go
+        stale; a rank that never wrote one has nothing to mark."""
+        if self._last_beat is None:
+            return
+        ended = dataclasses.replace(self._last_beat, state=state)
+        self._safe("marking the heartbeat", lambda: bus.write_heartbeat(self.r, self.keys, self.instance, ended))
 
     def due(self) -> bool:
         return time.monotonic() >= self._next_beat
 
-    def beat(self, fields: dict[str, Any]) -> None:
+    def beat(self, record: TrainerHeartbeat) -> None:
         """Write this rank's heartbeat (and the run's last_seen on rank 0)."""
         self._next_beat = time.monotonic() + HEARTBEAT_EVERY_S
         if self.rank == 0:
-            fields = fields | {"fresh_shards_pending": self.fresh_shards_pending()}
+            record = dataclasses.replace(record, fresh_shards_pending=self.fresh_shards_pending())
+        self._last_beat = record
         ok = self._safe(
             "writing the heartbeat",
-            lambda: bus.write_heartbeat(self.r, self.keys, bus.ROLE_TRAINER, self.instance, fields) or True,
+            lambda: bus.write_heartbeat(self.r, self.keys, self.instance, record) or True,
         )
         if ok and self.rank == 0:
             self._safe("refreshing the run", lambda: self._write_run(RUN_RUNNING))
@@ -98,16 +94,17 @@ class RedisStatus:
         return -1 if result is None else result
 
     def downloader_rates(self) -> dict[str, float]:
-        """Live downloader rates summed over fresh heartbeats: every numeric field ending in _per_s."""
+        """Live downloader rates summed over fresh heartbeats (`DownloaderHeartbeat.rates`), and
+        `live`: how many there are. Heartbeats this streamcap cannot read are left out."""
 
         def read() -> dict[str, float]:
             totals: dict[str, float] = {}
-            beats = [b for b in bus.read_heartbeats(self.r, self.keys, bus.ROLE_DOWNLOADER) if not b["stale"]]
-            for beat in beats:
-                for name, value in beat.items():
-                    if name.endswith("_per_s") and isinstance(value, (int, float)) and not isinstance(value, bool):
-                        totals[name] = totals.get(name, 0.0) + float(value)
-            totals["live"] = float(len(beats))
+            beats = [b for b in bus.read_heartbeats(self.r, self.keys, bus.ROLE_DOWNLOADER) if not b.stale]
+            records = [b.record for b in beats if isinstance(b.record, DownloaderHeartbeat)]
+            for record in records:
+                for name, value in record.rates().items():
+                    totals[name] = totals.get(name, 0.0) + value
+            totals["live"] = float(len(records))
             return totals
 
         return self._safe("reading downloader heartbeats", read) or {}

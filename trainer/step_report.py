@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from streamcap.formats.heartbeats import TRAINER_TRAINING, TRAINER_WAITING_FOR_DATA, TrainerHeartbeat
 from streamcap.model.decoding import greedy_decode
 from streamcap.trainer import distributed
 from streamcap.trainer.batch_accounting import BatchAccounting
@@ -97,23 +98,25 @@ class StepReporter:
         if starving:  # the wait in progress is not in the window yet
             window["data_wait_pct"] = 100.0
         self.redis_status.beat(
-            {
-                "run": state.cfg.run,
-                "rank": state.info.rank,
-                "world_size": state.info.world_size,
-                "step": step,
-                "max_steps": state.cfg.max_steps,
-                "samples_per_s": round(window["samples_per_s"], 2),
-                "data_wait_pct": round(window["data_wait_pct"], 1),
-                "fresh": int(totals["fresh"]),
-                "replay": int(totals["replay"]),
-                "fresh_ratio": round(window["fresh_ratio"], 3),
-                "fresh_wait_s": round(totals["fresh_wait_s"], 1),
-                "bad_samples": int(totals["bad_samples"]),
-                "loss": round(self.last.get("loss", float("nan")), 5),
-                "lr": self.last.get("lr", 0.0),
-                "aug_level": round(aug_level, 4),
-            }
+            TrainerHeartbeat(
+                state=TRAINER_WAITING_FOR_DATA if starving else TRAINER_TRAINING,
+                run=state.cfg.run,
+                rank=state.info.rank,
+                world_size=state.info.world_size,
+                step=step,
+                max_steps=state.cfg.max_steps,
+                samples_per_s=round(window["samples_per_s"], 2),
+                data_wait_pct=round(window["data_wait_pct"], 1),
+                fresh=int(totals["fresh"]),
+                replay=int(totals["replay"]),
+                fresh_ratio=round(window["fresh_ratio"], 3),
+                fresh_wait_s=round(totals["fresh_wait_s"], 1),
+                fresh_shards_pending=-1,  # counted by rank 0 (RedisStatus.beat)
+                bad_samples=int(totals["bad_samples"]),
+                loss=round(float(self.last.get("loss", float("nan"))), 5),
+                lr=float(self.last.get("lr", 0.0)),
+                aug_level=round(aug_level, 4),
+            )
         )
 
     def close(self) -> None:

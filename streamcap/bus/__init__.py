@@ -10,12 +10,15 @@ All services meet here. Nothing else in the code base spells a Redis key: ask `K
 
 `schema` (keys, groups, TTLs, roles, states, counters, messages), `connection` (the client),
 `outages` (REDIS_DOWN, waiting an outage out, recording it), `streams` (consumer groups,
-reclaiming), `heartbeats`.
+reclaiming), `heartbeats` (the records themselves are in streamcap.formats.heartbeats).
 """
 
 from streamcap.bus.connection import connect  # noqa: F401
 from streamcap.bus.heartbeats import (  # noqa: F401
+    UNREADABLE,
+    Heartbeat,
     read_heartbeats,
+    role_of,
     write_heartbeat,
 )
 from streamcap.bus.outages import (  # noqa: F401

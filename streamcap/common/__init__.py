@@ -1,2 +1,2 @@
 """What every service is made of: typed settings, the typer commands built from them,
-logging, and the W&B mode."""
+logging, the W&B mode, and child processes that die with their parent."""

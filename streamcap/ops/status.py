@@ -6,28 +6,45 @@
 Sections (and --json objects): `redis`, `parts` (the queue), `urls` (downloads), `workers`
 (heartbeats), `shards`, `trainer`, `eval`, and `hints` — short advice where the numbers call
 for it ("the trainer waited for data 30 % of the time: add downloaders").
+
+Heartbeats are read as their records (streamcap.formats.heartbeats), never by field name here;
+one no record reads (another streamcap version) is listed in `workers` as `unreadable`, with
+the reason, and left out of every sum.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import redis
 
 from streamcap import bus
 from streamcap.bus.partqueue import read_part_queue
+from streamcap.formats.heartbeats import (
+    DOWNLOADER_PAUSED,
+    DOWNLOADER_PAUSED_FOR_DISK,
+    ENDED_STATES,
+    DownloaderHeartbeat,
+    EvaluatorHeartbeat,
+    GcHeartbeat,
+    HeartbeatRecord,
+    TrainerHeartbeat,
+)
 from streamcap.formats.records import SourceRecord, is_retry_id
 
 _SIZE_COMMANDS = {"stream": "xlen", "hash": "hlen", "set": "scard", "string": "strlen", "list": "llen", "zset": "zcard"}
 DATA_WAIT_HINT_PCT = 20.0
+R = TypeVar("R", bound=HeartbeatRecord)
 
 
-# Heartbeat states of a process that ended on purpose (trainer ranks: finished, stopped).
-ENDED_STATES = ("finished", "stopped")
+def live_records(beats: list[bus.Heartbeat], record_type: type[R]) -> list[R]:
+    """The records of the heartbeats that are fresh and readable as `record_type`."""
+    return [b.record for b in beats if not b.stale and isinstance(b.record, record_type)]
 
 
 def redis_info(r: redis.Redis, keys: bus.Keys) -> dict[str, Any]:
@@ -108,13 +125,17 @@ def _part_rows(sources: dict[str, SourceRecord], part_id: str) -> int:
     return source.part(int(index)).rows if source and index.isdigit() else 0
 
 
-def url_summary(stats: dict[str, str], downloaders: list[dict[str, Any]]) -> dict[str, Any]:
+def url_summary(stats: dict[str, str], downloaders: list[bus.Heartbeat]) -> dict[str, Any]:
     """Live rates from downloader heartbeats; totals of committed parts from `stats`."""
-    live = [b for b in downloaders if not b["stale"]]
-    rate = {k: round(sum(float(b.get(k, 0) or 0) for b in live), 3) for k in ("urls_per_s", "images_per_s", "mb_per_s")}
+    live = live_records(downloaders, DownloaderHeartbeat)
+    rate = {
+        "urls_per_s": round(sum(b.urls_per_s for b in live), 3),
+        "images_per_s": round(sum(b.images_per_s for b in live), 3),
+        "mb_per_s": round(sum(b.mb_per_s for b in live), 3),
+    }
     recent: dict[str, int] = {}
     for beat in live:
-        for reason, n in (beat.get("failures") or {}).items():
+        for reason, n in beat.failures.items():
             recent[reason] = recent.get(reason, 0) + int(n)
     by_reason = {k[len(bus.STAT_FAIL_PREFIX) :]: int(v) for k, v in stats.items() if k.startswith(bus.STAT_FAIL_PREFIX)}
     rows, samples = int(stats.get(bus.STAT_ROWS, 0)), int(stats.get(bus.STAT_SAMPLES, 0))
@@ -131,8 +152,8 @@ def url_summary(stats: dict[str, str], downloaders: list[dict[str, Any]]) -> dic
         "bytes_downloaded": int(stats.get(bus.STAT_BYTES_DOWNLOADED, 0)),
         "retried_rows": int(stats.get(bus.STAT_RETRIED_ROWS, 0)),
         "retried_samples": int(stats.get(bus.STAT_RETRIED_SAMPLES, 0)),
-        "paused_for_disk": sum(1 for b in live if b.get("state") == "paused_for_disk"),
-        "paused": sum(1 for b in live if b.get("state") == "paused"),
+        "paused_for_disk": sum(1 for b in live if b.state == DOWNLOADER_PAUSED_FOR_DISK),
+        "paused": sum(1 for b in live if b.state == DOWNLOADER_PAUSED),
     }
 
 
@@ -156,45 +177,44 @@ def shard_summary(r: redis.Redis, keys: bus.Keys, stats: dict[str, str], shard_d
     return summary
 
 
-def gc_summary(watchers: list[dict[str, Any]]) -> dict[str, Any] | None:
+def gc_summary(beats: list[bus.Heartbeat]) -> dict[str, Any] | None:
     """The `shards gc --watch` loop's heartbeat (None when none runs): what it freed, what it found."""
+    watchers = [b.record for b in beats if isinstance(b.record, GcHeartbeat)]
     if not watchers:
         return None
-    latest = max(watchers, key=lambda w: float(w.get("last_round_ts") or 0))
+    latest = max(watchers, key=lambda w: w.last_round_ts)
     return {
         "watchers": len(watchers),
-        "deleted": sum(int(w.get("deleted", 0)) for w in watchers),
-        "freed_bytes": sum(int(w.get("freed_bytes", 0)) for w in watchers),
-        "last_result": latest.get("last_result") or None,
-        "last_round_age_s": round(time.time() - float(latest["last_round_ts"]), 1)
-        if latest.get("last_round_ts")
-        else None,
+        "deleted": sum(w.deleted for w in watchers),
+        "freed_bytes": sum(w.freed_bytes for w in watchers),
+        "last_result": latest.last_result or None,
+        "last_round_age_s": round(time.time() - latest.last_round_ts, 1) if latest.last_round_ts else None,
     }
 
 
-def trainer_summary(r: redis.Redis, keys: bus.Keys, ranks: list[dict[str, Any]]) -> dict[str, Any]:
+def trainer_summary(r: redis.Redis, keys: bus.Keys, ranks: list[bus.Heartbeat]) -> dict[str, Any]:
     runs = {run: json.loads(raw) for run, raw in r.hgetall(keys.runs).items()}
-    live = [b for b in ranks if not b["stale"]]
-    fresh, replay = sum(int(b.get("fresh", 0)) for b in live), sum(int(b.get("replay", 0)) for b in live)
-    waits = [float(b.get("data_wait_pct", 0)) for b in live]
-    pending = [int(b["fresh_shards_pending"]) for b in live if int(b.get("fresh_shards_pending", -1) or -1) >= 0]
+    live = live_records(ranks, TrainerHeartbeat)
+    fresh, replay = sum(b.fresh for b in live), sum(b.replay for b in live)
+    waits = [b.data_wait_pct for b in live]
+    pending = [b.fresh_shards_pending for b in live if b.fresh_shards_pending >= 0]
     return {
         "runs": runs,
         "ranks": len(live),
-        "stale_ranks": len(ranks) - len(live),
-        "step": max((int(b.get("step", 0)) for b in live), default=None),
-        "max_steps": max((int(b.get("max_steps", 0)) for b in live), default=None),
-        "samples_per_s": round(sum(float(b.get("samples_per_s", 0)) for b in live), 2) if live else None,
+        "stale_ranks": sum(1 for b in ranks if b.stale),
+        "step": max((b.step for b in live), default=None),
+        "max_steps": max((b.max_steps for b in live), default=None),
+        "samples_per_s": round(sum(b.samples_per_s for b in live), 2) if live else None,
         "data_wait_pct": round(sum(waits) / len(waits), 1) if waits else None,
         "fresh": fresh,
         "replay": replay,
         "fresh_ratio": round(fresh / (fresh + replay), 3) if fresh + replay else None,
         "fresh_shards_unread": max(pending) if pending else None,
-        "loss": min((float(b["loss"]) for b in live if b.get("loss") not in (None, "")), default=None),
+        "loss": min((b.loss for b in live if not math.isnan(b.loss)), default=None),  # NaN: no step logged yet
     }
 
 
-def eval_summary(r: redis.Redis, keys: bus.Keys, evaluators: list[dict[str, Any]]) -> dict[str, Any]:
+def eval_summary(r: redis.Redis, keys: bus.Keys, evaluators: list[bus.Heartbeat]) -> dict[str, Any]:
     latest = None
     for _entry_id, fields in r.xrevrange(keys.evals, count=1):
         try:
@@ -209,7 +229,32 @@ def eval_summary(r: redis.Redis, keys: bus.Keys, evaluators: list[dict[str, Any]
         if latest
         else None,
         "best": best or None,
-        "evaluators": [{k: b.get(k) for k in ("id", "state", "progress", "checkpoint", "stale")} for b in evaluators],
+        "evaluators": [_evaluator(b) for b in evaluators],
+    }
+
+
+def _evaluator(beat: bus.Heartbeat) -> dict[str, Any]:
+    record = beat.record if isinstance(beat.record, EvaluatorHeartbeat) else None
+    return {
+        "id": beat.id,
+        "state": beat.state,
+        "progress": record.progress if record else None,
+        "checkpoint": record.checkpoint if record else None,
+        "stale": beat.stale,
+    }
+
+
+def worker_row(beat: bus.Heartbeat) -> dict[str, Any]:
+    """A heartbeat as a row of `workers`: who, doing what, why (a pause's reason, or what makes
+    it unreadable), how fresh."""
+    reason = beat.problem or (beat.record.reason if isinstance(beat.record, DownloaderHeartbeat) else "")
+    return {
+        "role": beat.role,
+        "id": beat.id,
+        "state": beat.state,
+        "reason": reason,
+        "age_s": beat.age_s,
+        "stale": beat.stale,
     }
 
 
@@ -236,24 +281,30 @@ def hints(report: dict[str, Any]) -> list[str]:
         )
     elif shards["paused_for_disk"]:
         out.append(f"downloads paused for disk ({shards['paused_for_disk']}); gc: {shards['gc']['last_result']}")
-    disk_full = [w for w in report["workers"] if str(w.get("reason") or "").startswith("disk_full")]
+    disk_full = [w for w in report["workers"] if w["reason"].startswith("disk_full")]
     if disk_full:
         out.append(
             f"{len(disk_full)} downloader(s) found the shard disk full ({disk_full[0]['reason'][:120]}): "
             "free space there; they retry on their own"
         )
-    paused = [w for w in report["workers"] if w.get("state") == "paused" and not w["stale"]]
+    paused = [w for w in report["workers"] if w["state"] == DOWNLOADER_PAUSED and not w["stale"]]
     if paused:
-        reason = str(paused[0].get("reason") or "")
+        reason = paused[0]["reason"]
         out.append(f"{len(paused)} downloader(s) paused: {reason[:160]}: {_environment_advice(reason)}")
     if parts["dead"]:
         out.append(f"{parts['dead']} parts dead-lettered after repeated failures: their last errors are in parts:dead")
     if not parts["consistent"]:
         out.append("part states do not add up to the parts enqueued: run `streamcap audit`")
     # A rank that finished or was stopped on purpose says so in its last heartbeat.
-    stale = [w["id"] for w in report["workers"] if w["stale"] and w.get("state") not in ENDED_STATES]
+    stale = [w["id"] for w in report["workers"] if w["stale"] and w["state"] not in ENDED_STATES]
     if stale:
         out.append(f"{len(stale)} worker(s) stopped reporting: {', '.join(stale[:3])}")
+    unreadable = [w for w in report["workers"] if w["state"] == bus.UNREADABLE]
+    if unreadable:
+        out.append(
+            f"{len(unreadable)} heartbeat(s) this streamcap cannot read, left out of the numbers above "
+            f"({unreadable[0]['role']} {unreadable[0]['id']}: {unreadable[0]['reason'][:200]})"
+        )
     outage = report["redis"]["last_outage"]
     if outage and time.time() - outage["ended"] < 3600:
         out.append(
@@ -281,7 +332,7 @@ def collect(r: redis.Redis, keys: bus.Keys, shard_dir: Path | None = None) -> di
     bus.ping(r)
     beats = bus.read_heartbeats(r, keys)
     by_role = {
-        role: [b for b in beats if b["role"] == role]
+        role: [b for b in beats if b.role == role]
         for role in (bus.ROLE_DOWNLOADER, bus.ROLE_TRAINER, bus.ROLE_EVALUATOR)
     }
     stats = r.hgetall(keys.stats)
@@ -292,7 +343,7 @@ def collect(r: redis.Redis, keys: bus.Keys, shard_dir: Path | None = None) -> di
         "keys": key_sizes(r, keys),
         "parts": part_summary(r, keys),
         "urls": url_summary(stats, by_role[bus.ROLE_DOWNLOADER]),
-        "workers": [{k: b.get(k) for k in ("role", "id", "state", "reason", "age_s", "stale")} for b in beats],
+        "workers": [worker_row(b) for b in beats],
         "shards": shard_summary(r, keys, stats, shard_dir),
         "trainer": trainer_summary(r, keys, by_role[bus.ROLE_TRAINER]),
         "eval": eval_summary(r, keys, by_role[bus.ROLE_EVALUATOR]),

@@ -161,7 +161,7 @@ def _workers(workers: list[dict[str, Any]]) -> Table:
     for col in ("role", "id", "state", "age s", ""):
         table.add_column(col)
     for w in workers:
-        state = str(w.get("state") or "") + (f": {w['reason']}" if w.get("reason") else "")
+        state = w["state"] + (f": {w['reason']}" if w["reason"] else "")
         table.add_row(
             w["role"],
             w["id"],

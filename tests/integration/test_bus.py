@@ -8,6 +8,8 @@ import time
 import pytest
 
 from streamcap import bus
+from streamcap.formats.heartbeats import DownloaderHeartbeat, EvaluatorHeartbeat, TrainerHeartbeat
+from tests.support.heartbeats import record
 from tests.support.pipeline import wait_until
 
 
@@ -84,29 +86,32 @@ def test_claim_stale_leaves_fresh_claims_alone(r, keys):
 
 
 def test_heartbeats_are_read_back_and_expire(r, keys):
-    bus.write_heartbeat(
-        r, keys, bus.ROLE_DOWNLOADER, "host-1", {"urls_per_s": 12.5, "failures": {"timeout": 3}}, ttl_s=1
-    )
-    bus.write_heartbeat(r, keys, bus.ROLE_TRAINER, "rank-0", {"step": 10}, ttl_s=30)
-    beats = bus.read_heartbeats(r, keys, bus.ROLE_DOWNLOADER)
-    assert len(beats) == 1
-    beat = beats[0]
-    assert (beat["role"], beat["id"], beat["urls_per_s"], beat["failures"]) == (
-        "downloader",
-        "host-1",
-        12.5,
-        {"timeout": 3},
-    )
-    assert beat["stale"] is False
-    assert {b["role"] for b in bus.read_heartbeats(r, keys)} == {"downloader", "trainer"}
+    sent = record(DownloaderHeartbeat, urls_per_s=12.5, failures={"timeout": 3}, parts=["src:1"])
+    bus.write_heartbeat(r, keys, "host-1", sent, ttl_s=1)
+    bus.write_heartbeat(r, keys, "rank-0", record(TrainerHeartbeat, step=10), ttl_s=30)
+    [beat] = bus.read_heartbeats(r, keys, bus.ROLE_DOWNLOADER)
+    assert (beat.role, beat.id, beat.record, beat.problem, beat.stale) == ("downloader", "host-1", sent, "", False)
+    assert {b.role for b in bus.read_heartbeats(r, keys)} == {"downloader", "trainer"}
     wait_until(lambda: bus.read_heartbeats(r, keys, bus.ROLE_DOWNLOADER) == [], 10, "the 1 s heartbeat to expire")
-    assert [b["role"] for b in bus.read_heartbeats(r, keys)] == ["trainer"]
+    assert [b.role for b in bus.read_heartbeats(r, keys)] == ["trainer"]
 
 
 def test_a_heartbeat_not_refreshed_is_flagged_stale(r, keys):
-    bus.write_heartbeat(r, keys, bus.ROLE_EVALUATOR, "e1", {"state": "idle"})
+    bus.write_heartbeat(r, keys, "e1", record(EvaluatorHeartbeat, state="idle"))
     r.hset(keys.heartbeat(bus.ROLE_EVALUATOR, "e1"), "ts", time.time() - bus.HEARTBEAT_STALE_S - 5)
-    assert bus.read_heartbeats(r, keys, bus.ROLE_EVALUATOR)[0]["stale"] is True
+    assert bus.read_heartbeats(r, keys, bus.ROLE_EVALUATOR)[0].stale is True
+
+
+def test_a_heartbeat_of_another_version_is_listed_with_the_reason_it_does_not_read(r, keys):
+    fields = record(DownloaderHeartbeat, state="working").to_fields()
+    r.hset(keys.heartbeat(bus.ROLE_DOWNLOADER, "newer"), mapping=fields | {"v": "2", "ts": time.time()})
+    renamed = {("url_rate" if k == "urls_per_s" else k): v for k, v in fields.items()}
+    r.hset(keys.heartbeat(bus.ROLE_DOWNLOADER, "renamed"), mapping=renamed | {"ts": time.time()})
+    newer, renamed_beat = bus.read_heartbeats(r, keys, bus.ROLE_DOWNLOADER)
+    assert (newer.id, newer.record, newer.state, newer.stale) == ("newer", None, bus.UNREADABLE, False)
+    assert "version 2, this streamcap reads 1" in newer.problem
+    assert renamed_beat.record is None and "lacks urls_per_s" in renamed_beat.problem
+    assert "does not know: url_rate" in renamed_beat.problem
 
 
 def test_an_outage_waited_out_is_recorded_for_status(r, keys, redis_server):

@@ -12,7 +12,9 @@ from pathlib import Path
 
 from streamcap import bus
 from streamcap.bus.embedded import free_port
+from streamcap.formats.heartbeats import DownloaderHeartbeat
 from tests.support.fleet import redis_clients_of
+from tests.support.heartbeats import record
 from tests.support.pipeline import wait_until
 
 STREAMCAP = [sys.executable, "-m", "streamcap"]
@@ -26,7 +28,7 @@ def run_cli(*args: str, env: dict | None = None, timeout: float = 60) -> subproc
 def test_status_json_reports_server_and_key_sizes(r, keys, redis_url):
     r.xadd(keys.parts, bus.encode({"part": 0}))
     r.sadd(keys.parts_done, "s:0")
-    bus.write_heartbeat(r, keys, bus.ROLE_DOWNLOADER, "w1", {"urls_per_s": 1})
+    bus.write_heartbeat(r, keys, "w1", record(DownloaderHeartbeat, urls_per_s=1.0))
     out = run_cli("status", "--json", "--namespace", keys.namespace, env={"REDIS_URL": redis_url})
     assert out.returncode == 0, out.stderr
     report = json.loads(out.stdout)

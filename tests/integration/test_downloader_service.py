@@ -20,7 +20,7 @@ from streamcap.downloader.service import Worker
 from streamcap.formats.shards import iter_samples
 from streamcap.shardwriter.audit import audit
 from tests.support.addresses import MapResolver, loopback_one_is_public
-from tests.support.fleet import Fleet, cli_json
+from tests.support.fleet import Fleet, cli_json, heartbeats
 from tests.support.http import ImageServer
 from tests.support.images import encode, jpeg_bytes, photo, png_claiming
 from tests.support.pipeline import (
@@ -202,8 +202,8 @@ def test_sigterm_releases_the_part_in_flight_and_exits_cleanly(r, keys, redis_ur
     fleet = downloaders(fleets, redis_url, keys, shard_dir)
     worker = fleet.start("--concurrency", "2", "--per-host", "2", "--grace-seconds", "0.5", log=tmp_path / "worker.log")
     wait_until(lambda: pending_parts(r, keys) >= 1, what="the worker to claim the part")
-    [beat] = bus.read_heartbeats(r, keys, bus.ROLE_DOWNLOADER)
-    assert {"state", "urls_per_s", "images_per_s", "mb_per_s", "in_flight", "failures", "parts"} <= set(beat)
+    [beat] = heartbeats(r, keys)
+    assert beat.pid == worker.pid and beat.concurrency == 2 and beat.state in ("idle", "working")
     worker.send_signal(signal.SIGTERM)
     assert worker.wait(20) == 0
     log = (tmp_path / "worker.log").read_text()

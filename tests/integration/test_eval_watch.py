@@ -19,6 +19,7 @@ from streamcap.eval.datasets import load_eval_set
 from streamcap.eval.outputs import EvalResult
 from streamcap.eval.watcher import Watcher
 from tests.support.evalsets import karpathy_set, publish, tiny_checkpoint
+from tests.support.fleet import heartbeat_records
 from tests.support.pipeline import wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -150,11 +151,7 @@ def test_a_crash_mid_evaluation_leaves_the_checkpoint_to_another_evaluator(world
     try:
         beat = wait_until(
             lambda: next(
-                (
-                    b
-                    for b in bus.read_heartbeats(r, keys, bus.ROLE_EVALUATOR)
-                    if b.get("state") in ("loading", "captioning")
-                ),
+                (b for b in heartbeat_records(r, keys, bus.ROLE_EVALUATOR) if b.state in ("loading", "captioning")),
                 None,
             ),
             60,
@@ -162,8 +159,8 @@ def test_a_crash_mid_evaluation_leaves_the_checkpoint_to_another_evaluator(world
             proc=proc,
             poll_s=0.02,
         )
-        assert beat.get("checkpoint") == str(world["checkpoints"][0].resolve())
-        assert {"state", "progress", "evaluated", "latest", "metric", "best_value", "dataset", "device"} <= set(beat)
+        assert beat.checkpoint == str(world["checkpoints"][0].resolve()) and beat.step == 100
+        assert beat.metric and beat.dataset and beat.device and beat.evaluated == 0
         os.killpg(proc.pid, signal.SIGKILL)  # no chance to clean up
     finally:
         if proc.poll() is None:

@@ -92,7 +92,7 @@ def fill(directory: Path, leave: int) -> Path:
 
 
 def paused(r, keys: bus.Keys, state: str, reason: str) -> list[dict]:
-    return [b for b in heartbeats(r, keys) if b["state"] == state and str(b["reason"]).startswith(reason)]
+    return [b for b in heartbeats(r, keys) if b.state == state and b.reason.startswith(reason)]
 
 
 def test_a_read_only_shard_dir_pauses_downloads_until_it_is_writable(

@@ -76,11 +76,11 @@ def test_a_full_disk_registers_nothing_and_the_service_waits_for_space_or_gives_
         runs[case] = (ckeys, shard_dir, full, fleet)
     for case, (ckeys, _shard_dir, _full, fleet) in runs.items():
         [beat] = wait_until(
-            lambda ckeys=ckeys: [b for b in heartbeats(r, ckeys) if b["state"] == "paused_for_disk"],
+            lambda ckeys=ckeys: [b for b in heartbeats(r, ckeys) if b.state == "paused_for_disk"],
             60,
             f"{case}: the downloader to pause for the full disk",
         )
-        assert beat["reason"].startswith("disk_full: No space left on device"), beat
+        assert beat.reason.startswith("disk_full: No space left on device"), beat
         assert "shard disk full: no new parts" in fleet.logs()
         status = cli_json(redis_url, ckeys, shard_dir, "status")
         assert status["urls"]["paused_for_disk"] == 1

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from streamcap import bus
 from tests.integration.test_trainer_runs import make_shards, start, train_args, vocab
+from tests.support.fleet import heartbeat_records
 from tests.support.pipeline import wait_until
 
 
@@ -42,8 +43,8 @@ def test_sigkilled_torchrun_takes_its_ranks_and_workers_along(redis_url, keys, r
     workers: list[int] = []
 
     def training() -> bool:
-        beats = bus.read_heartbeats(r, keys, bus.ROLE_TRAINER)
-        return len(beats) == 2 and all(b.get("step", 0) >= 1 for b in beats)
+        beats = heartbeat_records(r, keys, bus.ROLE_TRAINER)
+        return len(beats) == 2 and all(b.step >= 1 for b in beats)
 
     try:
         wait_until(training, timeout=150, what="both ranks training", proc=proc, log=log)

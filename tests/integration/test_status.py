@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 
 from streamcap import bus
+from streamcap.formats.heartbeats import DownloaderHeartbeat, GcHeartbeat, TrainerHeartbeat
 from streamcap.formats.records import PartRecord
 from streamcap.ops import status
 from streamcap.ops.status_view import render
+from tests.support.heartbeats import record
 from tests.support.parts import enqueue_source
 
 
@@ -44,37 +47,35 @@ def test_full_report_with_every_role_and_hints(r, keys, tmp_path):
             bus.STAT_SHARD_BYTES: 5_000_000,
         },
     )
-    bus.write_heartbeat(
-        r,
-        keys,
-        bus.ROLE_DOWNLOADER,
-        "d1",
-        {
-            "state": "paused_for_disk",
-            "urls_per_s": 10.0,
-            "images_per_s": 8.0,
-            "mb_per_s": 1.5,
-            "failures": {"timeout": 2},
-        },
+    downloader = record(
+        DownloaderHeartbeat,
+        state="paused_for_disk",
+        reason="shard bytes over budget",
+        urls_per_s=10.0,
+        images_per_s=8.0,
+        mb_per_s=1.5,
+        failures={"timeout": 2},
     )
-    bus.write_heartbeat(
-        r,
-        keys,
-        bus.ROLE_TRAINER,
-        "run1-rank0",
-        {
-            "run": "run1",
-            "rank": 0,
-            "step": 40,
-            "max_steps": 100,
-            "samples_per_s": 50.0,
-            "data_wait_pct": 35.0,
-            "fresh": 300,
-            "replay": 700,
-            "fresh_shards_pending": 3,
-            "loss": 2.5,
-        },
+    bus.write_heartbeat(r, keys, "d1", downloader)
+    trainer = record(
+        TrainerHeartbeat,
+        state="training",
+        run="run1",
+        step=40,
+        max_steps=100,
+        samples_per_s=50.0,
+        data_wait_pct=35.0,
+        fresh=300,
+        replay=700,
+        fresh_shards_pending=3,
+        loss=2.5,
     )
+    bus.write_heartbeat(r, keys, "run1-rank0", trainer)
+    # Rank 1 has logged no loss yet (NaN), and only rank 0 counts the shards not yet read (-1).
+    rank1 = record(TrainerHeartbeat, state="training", run="run1", rank=1, step=39, data_wait_pct=35.0)
+    bus.write_heartbeat(r, keys, "run1-rank1", dataclasses.replace(rank1, fresh_shards_pending=-1, loss=float("nan")))
+    gc = record(GcHeartbeat, state="watching", deleted=4, last_result="nothing more to free", last_round_ts=time.time())
+    bus.write_heartbeat(r, keys, "gc1", gc)
     r.hset(keys.runs, "run1", json.dumps({"started": time.time(), "last_seen": time.time(), "state": "running"}))
     r.hset(
         keys.control,
@@ -100,6 +101,19 @@ def test_full_report_with_every_role_and_hints(r, keys, tmp_path):
         0.3,
         3,
     )
+    assert (trainer["ranks"], trainer["loss"]) == (2, 2.5)
+    assert report["shards"]["gc"]["deleted"] == 4 and report["shards"]["gc"]["last_result"] == "nothing more to free"
+    assert report["urls"]["top_failures_live"] == [("timeout", 2)]
+    workers = {w["id"]: w for w in report["workers"]}
+    assert workers["d1"] == {
+        "role": "downloader",
+        "id": "d1",
+        "state": "paused_for_disk",
+        "reason": "shard bytes over budget",
+        "age_s": workers["d1"]["age_s"],
+        "stale": False,
+    }
+    assert workers["run1-rank0"]["state"] == "training" and workers["gc1"]["role"] == "gc"
     assert report["eval"]["best"]["scores"] == {"CIDEr": 0.5}
     assert report["redis"]["last_outage"]["who"] == "downloader d1" and report["redis"]["reconnects"] == 1
     hints = "\n".join(report["hints"])
@@ -115,3 +129,17 @@ def test_no_downloader_but_parts_waiting_is_a_hint(r, keys, tmp_path):
     report = status.collect(r, keys)
     assert any("no downloader is running" in h for h in report["hints"])
     assert report["trainer"]["step"] is None and report["eval"]["latest"] is None
+
+
+def test_a_heartbeat_this_streamcap_cannot_read_is_shown_not_summed(r, keys):
+    """A downloader of a newer streamcap (heartbeat version 2) counts in no rate, and says why."""
+    fields = record(DownloaderHeartbeat, state="working", urls_per_s=99.0).to_fields() | {"v": "2"}
+    r.hset(keys.heartbeat(bus.ROLE_DOWNLOADER, "d-new"), mapping=fields | {"ts": time.time()})
+    bus.write_heartbeat(r, keys, "d-old", record(DownloaderHeartbeat, state="working", urls_per_s=5.0))
+    report = status.collect(r, keys)
+    assert (report["urls"]["urls_per_s"], report["urls"]["downloaders_live"]) == (5.0, 1)
+    unreadable = next(w for w in report["workers"] if w["id"] == "d-new")
+    assert unreadable["state"] == "unreadable" and "version 2, this streamcap reads 1" in unreadable["reason"]
+    assert any("1 heartbeat(s) this streamcap cannot read" in h and "d-new" in h for h in report["hints"])
+    json.dumps(report)
+    render(report)

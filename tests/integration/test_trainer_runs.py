@@ -18,7 +18,7 @@ from streamcap import bus
 from streamcap.demo.synthetic import add_part, demo_samples, demo_tokenizer
 from streamcap.trainer.config import TrainerSettings
 from streamcap.trainer.metrics_sink import read_metrics
-from tests.support.fleet import children
+from tests.support.fleet import children, heartbeat_records
 from tests.support.pipeline import wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -128,8 +128,8 @@ def test_two_gloo_ranks_read_disjoint_fresh_shards_and_stay_identical(redis_url,
         }
     assert held[0] and held[1] and not held[0] & held[1]
     assert held[0] | held[1] <= set(names)
-    beats = {b["rank"]: b for b in bus.read_heartbeats(r, keys, bus.ROLE_TRAINER)}
-    assert beats[0]["step"] == beats[1]["step"] == 6  # neither rank hung on the big shard
+    beats = {b.rank: b for b in heartbeat_records(r, keys, bus.ROLE_TRAINER)}
+    assert beats[0].step == beats[1].step == 6  # neither rank hung on the big shard
 
 
 def test_training_starts_with_no_shards_and_replays_when_the_writer_pauses(redis_url, keys, r, tmp_path):
@@ -138,8 +138,9 @@ def test_training_starts_with_no_shards_and_replays_when_the_writer_pauses(redis
     proc = start(train_args(redis_url, keys, tmp_path, run_id="live", max_steps=40, loader_workers=1), log)
     try:
         wait_until(lambda: r.hget(keys.runs, "live"), 60, "the run to register", proc, log)
-        waiting = wait_until(lambda: bus.read_heartbeats(r, keys, bus.ROLE_TRAINER), 60, "a heartbeat", proc, log)
-        assert waiting[0]["step"] == 0 and waiting[0]["data_wait_pct"] == 100.0  # waiting, and saying so
+        waiting = wait_until(lambda: heartbeat_records(r, keys, bus.ROLE_TRAINER), 60, "a heartbeat", proc, log)
+        assert waiting[0].step == 0 and waiting[0].data_wait_pct == 100.0  # waiting, and saying so
+        assert waiting[0].state == "waiting_for_data"
         assert last_step(run_dir) == 0  # nothing to train on yet
         written = make_shards(r, keys, tmp_path / "shards", [8], start_part=0)
         wait_until(lambda: last_step(run_dir) >= 2, 60, "the first steps", proc, log)
@@ -159,8 +160,8 @@ def test_training_starts_with_no_shards_and_replays_when_the_writer_pauses(redis
     assert sum(rec["fresh_samples"] for rec in records) == 24
     assert sum(rec["replay_samples"] for rec in records) == 40 * 4 - 24
     assert sum(rec["fresh_wait_s"] for rec in records) > 0
-    beat = bus.read_heartbeats(r, keys, bus.ROLE_TRAINER)[0]
-    assert beat["fresh"] == 24 and beat["replay"] == 136 and beat["step"] == 40
+    beat = heartbeat_records(r, keys, bus.ROLE_TRAINER)[0]
+    assert beat.fresh == 24 and beat.replay == 136 and beat.step == 40 and beat.state == "finished"
     assert "waiting for the first one" in log.read_text()
     reads_counted = {k: int(v) for k, v in r.hgetall(keys.shard_reads("live")).items()}
     assert set(reads_counted) == set(written) and sum(reads_counted.values()) == len(events)
@@ -320,8 +321,8 @@ def test_two_nodes_share_fresh_shards_stay_identical_and_survive_a_killed_node(r
     fresh = {rank: [e["shard"] for e in reads(run_dir, rank) if e["fresh"]] for rank in (0, 1)}
     assert fresh[0] and fresh[1] and not set(fresh[0]) & set(fresh[1])  # each fresh shard read by one node
     assert all(len(f) == len(set(f)) for f in fresh.values()) and set(fresh[0]) | set(fresh[1]) <= set(names)
-    beats = {b["rank"]: b for b in bus.read_heartbeats(r, keys, bus.ROLE_TRAINER)}
-    assert beats[0]["step"] == beats[1]["step"] == 6
+    beats = {b.rank: b for b in heartbeat_records(r, keys, bus.ROLE_TRAINER)}
+    assert beats[0].step == beats[1].step == 6
 
     # Kill one whole node mid-run (launcher, rank and loader worker: torchrun starts each rank in
     # a session of its own): the other must exit, not hang in a collective.

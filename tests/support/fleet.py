@@ -201,6 +201,39 @@ def children(pid: int) -> list[int]:
     return out
 
 
+def process_tree(pid: int) -> set[tuple[int, int]]:
+    """Every live descendant of `pid` (children, theirs, ...), each as (pid, start time): the
+    start time tells a process from a later one given the same pid."""
+    parents: dict[int, list[tuple[int, int]]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if fields[0] not in ("Z", "X"):
+            parents.setdefault(int(fields[1]), []).append((int(stat.parent.name), int(fields[19])))
+    found, todo = set(), [pid]
+    while todo:
+        for child in parents.get(todo.pop(), []):
+            if child not in found:
+                found.add(child)
+                todo.append(child[0])
+    return found
+
+
+def running(processes: set[tuple[int, int]]) -> list[int]:
+    """The pids of `processes` (from process_tree) still running: not gone, not a zombie."""
+    out = []
+    for pid, started in processes:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if fields[0] not in ("Z", "X") and int(fields[19]) == started:
+            out.append(pid)
+    return sorted(out)
+
+
 def local_tcp_ports(pid: int) -> set[int]:
     """Local ports of the TCP connections a live process holds (from /proc: Linux only)."""
     inodes = set()
@@ -273,11 +306,21 @@ def trainer_args(run: str, checkpoint_dir: Path, vocab: Path, **extra: object) -
 
 def trainer_step(r, keys: bus.Keys) -> int:
     """The highest step any live trainer rank reports (-1 before the first heartbeat)."""
-    return max((int(b.get("step", 0)) for b in bus.read_heartbeats(r, keys, bus.ROLE_TRAINER)), default=-1)
+    return max((b.step for b in heartbeat_records(r, keys, bus.ROLE_TRAINER)), default=-1)
 
 
-def heartbeats(r, keys: bus.Keys) -> list[dict]:
-    return bus.read_heartbeats(r, keys, bus.ROLE_DOWNLOADER)
+def heartbeat_records(r, keys: bus.Keys, role: str) -> list:
+    """The heartbeat records of `role` (streamcap.formats.heartbeats); one that does not read
+    fails the test with its reason."""
+    beats = bus.read_heartbeats(r, keys, role)
+    unreadable = [f"{b.id}: {b.problem}" for b in beats if b.record is None]
+    assert not unreadable, unreadable
+    return [b.record for b in beats]
+
+
+def heartbeats(r, keys: bus.Keys) -> list:
+    """The downloaders' heartbeat records (DownloaderHeartbeat)."""
+    return heartbeat_records(r, keys, bus.ROLE_DOWNLOADER)
 
 
 def cli_json(redis_url: str, keys: bus.Keys, shard_dir: Path, *args: str, ok: bool = True) -> dict:
