@@ -57,55 +57,20 @@ def format_size(n: float) -> str:
 class ShardWriterSettings(CommonSettings):
     """Shard roll-over, the disk budget and the shard tools' knobs."""
 
-    shard_max_samples: int = setting(
-        1000,
-        flag="--shard-max-samples",
-        env="STREAMCAP_SHARD_MAX_SAMPLES",
-        check=at_least(1),
-        help="A shard rolls over to the next one after this many samples.",
-    )
-    shard_max_bytes: int = setting(
-        256 * 2**20,
-        flag="--shard-max-bytes",
-        env="STREAMCAP_SHARD_MAX_BYTES",
-        check=at_least(4096),
-        help="A shard rolls over before it would grow past this size (e.g. 256MiB).",
-    )
-    max_disk_bytes: int = setting(
-        0,
-        flag="--max-disk-bytes",
-        env="STREAMCAP_MAX_DISK_BYTES",
-        check=at_least(0),
-        help="Disk budget for shards (e.g. 200G): downloaders pause above it, gc deletes read shards; 0 = none.",
-    )
-    min_free_bytes: int = setting(
-        0,
-        flag="--min-free-bytes",
-        env="STREAMCAP_MIN_FREE_BYTES",
-        check=at_least(0),
-        help="Free-space floor of the shard filesystem (e.g. 5G): downloaders pause below it; 0 = none.",
-    )
-    min_reads: int = setting(
-        1,
-        flag="--min-reads",
-        env="STREAMCAP_MIN_READS",
-        check=at_least(1),
-        help="gc deletes a shard only once every running training run has read it this many times.",
-    )
-    quarantine_dir: Path | None = setting(
-        None,
-        flag="--quarantine-dir",
-        env="STREAMCAP_QUARANTINE_DIR",
-        check=optional(directory_path),
-        help="Where `shards verify --quarantine` moves bad shards (default: <shard-dir>/quarantine).",
-    )
-    temp_stale_seconds: float = setting(
-        3600.0,
-        flag="--temp-stale-seconds",
-        env="STREAMCAP_TEMP_STALE_SECONDS",
-        check=optional(at_least(1)),
-        help="A temporary shard file of a writer on another host is swept after this long untouched.",
-    )
+    shard_max_samples: int = setting(1000, check=at_least(1))
+    """A shard rolls over to the next one after this many samples."""
+    shard_max_bytes: int = setting(256 * 2**20, check=at_least(4096))
+    """A shard rolls over before it would grow past this size (e.g. 256MiB)."""
+    max_disk_bytes: int = setting(0, check=at_least(0))
+    """Disk budget for shards (e.g. 200G): downloaders pause above it, gc deletes read shards; 0 = none."""
+    min_free_bytes: int = setting(0, check=at_least(0))
+    """Free-space floor of the shard filesystem (e.g. 5G): downloaders pause below it; 0 = none."""
+    min_reads: int = setting(1, check=at_least(1))
+    """gc deletes a shard only once every running training run has read it this many times."""
+    quarantine_dir: Path | None = setting(None, check=optional(directory_path))
+    """Where `shards verify --quarantine` moves bad shards (default: <shard-dir>/quarantine)."""
+    temp_stale_seconds: float = setting(3600.0, check=optional(at_least(1)))
+    """A temporary shard file of a writer on another host is swept after this long untouched."""
 
     def __post_init__(self) -> None:
         for name in SIZE_FIELDS:
