@@ -5,7 +5,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from streamcap.common.settings import Settings, at_least, between, fail, one_of, setting
+from streamcap.common.settings import Settings, between, fail, one_of, setting
+
+# Upper bounds: the demo runs the whole pipeline on one machine, in minutes at the defaults; these
+# are about an hour or more of it.
+MAX_ROWS = 100_000
+MAX_EVAL_IMAGES = 10_000
+MAX_STEPS = 100_000
+MAX_BATCH_SIZE = 1024
+MAX_CHECKPOINTS = 100  # each one is evaluated
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -14,15 +22,15 @@ class DemoSettings(Settings, env_prefix="STREAMCAP_DEMO_"):
 
     workdir: Path = setting(Path("demo-output"), env="STREAMCAP_DEMO_DIR")
     """Where the demo keeps its data, shards, checkpoints and report (run state is reset each run)."""
-    rows: int = setting(3000, check=at_least(100))
+    rows: int = setting(3000, check=between(100, MAX_ROWS))
     """url+caption rows to download and train on."""
-    eval_images: int = setting(100, check=at_least(10))
+    eval_images: int = setting(100, check=between(10, MAX_EVAL_IMAGES))
     """Held-out images of the Flickr30K-format evaluation set."""
-    steps: int = setting(600, check=at_least(10))
+    steps: int = setting(600, check=between(10, MAX_STEPS))
     """Training steps of the tiny model."""
-    batch_size: int = setting(32, check=at_least(2))
+    batch_size: int = setting(32, check=between(2, MAX_BATCH_SIZE))
     """Training batch size."""
-    checkpoints: int = setting(3, check=at_least(1))
+    checkpoints: int = setting(3, check=between(1, MAX_CHECKPOINTS))
     """Checkpoints published during training (each is evaluated)."""
     seed: int = setting(0)
     """Seed of the generated world and of training."""

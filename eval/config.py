@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from streamcap.common.settings import (
+    DEVICES,
     CommonSettings,
     at_least,
     between,
@@ -21,10 +22,14 @@ from streamcap.common.settings import (
     optional,
     setting,
 )
+from streamcap.common.wandb_mode import WANDB_MODES
 from streamcap.eval.metrics import METRICS
+from streamcap.model.config import MAX_LEN
 
-DEVICES = ("auto", "cpu", "cuda")
-WANDB_MODES = ("auto", "online", "offline", "disabled")
+# Upper bounds of the counts and sizes, past which a value is a slip rather than a plan.
+MAX_BEAM = 64  # hypotheses kept per image; quality stops improving long before
+MAX_BATCH_SIZE = 1024  # images per batch, each with --beam hypotheses on the device
+MAX_GALLERY = 1000  # images embedded in one HTML report
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -42,17 +47,17 @@ class EvalSettings(CommonSettings, env_prefix="STREAMCAP_EVAL_"):
     limit: int | None = setting(None, check=optional(at_least(1)))
     """Evaluate only the first N images of the split (quick checks)."""
     # --- decoding ---
-    beam: int = setting(5, check=at_least(1))
+    beam: int = setting(5, check=between(1, MAX_BEAM))
     """Beam size (1: greedy-like beam search)."""
     alpha: float = setting(0.6, check=between(0, 5))
     """Length normalisation of beam search: ((5+|Y|)/6)^alpha."""
-    max_tokens: int = setting(30, check=at_least(1))
+    max_tokens: int = setting(30, check=between(1, MAX_LEN))
     """Longest caption generated, in tokens (capped by the model's max_len)."""
-    min_tokens: int = setting(0, check=at_least(0))
+    min_tokens: int = setting(0, check=between(0, MAX_LEN))
     """Shortest caption generated, in tokens (EOS is forbidden before)."""
-    no_repeat_ngram: int = setting(0, check=at_least(0))
+    no_repeat_ngram: int = setting(0, check=between(0, MAX_LEN))
     """Forbid repeating any n-gram of this size (0: off)."""
-    batch_size: int = setting(32, check=at_least(1))
+    batch_size: int = setting(32, check=between(1, MAX_BATCH_SIZE))
     """Images per beam-search batch."""
     device: str = setting("auto", check=one_of(*DEVICES))
     """cuda when available under auto."""
@@ -63,7 +68,7 @@ class EvalSettings(CommonSettings, env_prefix="STREAMCAP_EVAL_"):
     """Metric that decides the best checkpoint."""
     meteor: bool = setting(True, flag="--meteor/--no-meteor")
     """Also compute METEOR with pycocoevalcap's Java scorer when java is installed."""
-    gallery: int = setting(24, check=at_least(0))
+    gallery: int = setting(24, check=between(0, MAX_GALLERY))
     """Images in the report's gallery: half the best, half the worst by CIDEr."""
     # --- the watcher ---
     exit_when_empty: bool = setting(False)

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from streamcap.common.settings import (
+    DEVICES,
     CommonSettings,
     at_least,
     between,
@@ -23,14 +24,22 @@ from streamcap.common.settings import (
     optional,
     setting,
 )
+from streamcap.common.wandb_mode import WANDB_MODES
+from streamcap.model.config import MAX_IMAGE_SIZE, MAX_LEN
 from streamcap.model.config import PRESETS as MODEL_PRESETS
 
 # Every preset the model defines: a second list here drifted once (`small` was documented and rejected).
 PRESETS = tuple(sorted(MODEL_PRESETS))
-DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("auto", "bf16", "fp32")
-WANDB_MODES = ("auto", "online", "offline", "disabled")
 REPLAY_RULES = ("balanced", "uniform")
+# Upper bounds of the counts and sizes, past which a value is a slip rather than a plan.
+MAX_STEPS = 10_000_000  # 100x the default run; every step/interval setting shares it
+MAX_BATCH_SIZE = 4096  # per rank and micro-batch; --grad-accum multiplies it further
+MAX_GRAD_ACCUM = 1024
+MAX_LOADER_WORKERS = 64  # processes per rank, each with its own shuffle buffer and Redis connections
+# Samples held per loader worker, raw bytes of tens of kB each: 20,000 is about a GB per worker.
+MAX_SHUFFLE_BUFFER = 20_000
+MAX_CAPTION_SENTENCES = 100
 
 
 def _run_id(v: object) -> str | None:
@@ -57,20 +66,24 @@ class TrainerSettings(CommonSettings):
     """WordPiece vocab.txt (`streamcap tokenizer build` makes one from captions)."""
     pretrained: bool = setting(True, flag="--pretrained/--no-pretrained")
     """Start the encoder from ImageNet weights when they can be loaded."""
-    image_size: int | None = setting(None, check=optional(at_least(32)), env="STREAMCAP_TRAIN_IMAGE_SIZE")
+    image_size: int | None = setting(
+        None, check=optional(between(32, MAX_IMAGE_SIZE)), env="STREAMCAP_TRAIN_IMAGE_SIZE"
+    )
     """Square training image side in pixels (default: the preset's)."""
-    max_len: int | None = setting(None, check=optional(at_least(3)))
+    max_len: int | None = setting(None, check=optional(between(3, MAX_LEN)))
     """Longest token sequence (with BOS/EOS); longer captions are cut (default: the preset's)."""
     caption_column: str = setting("caption")
     """'caption' (as downloaded), 'caption_raw', or an extra caption column kept in the shards."""
-    caption_sentences: int | None = setting(None, check=optional(at_least(0)), env="STREAMCAP_TRAIN_CAPTION_SENTENCES")
+    caption_sentences: int | None = setting(
+        None, check=optional(between(0, MAX_CAPTION_SENTENCES)), env="STREAMCAP_TRAIN_CAPTION_SENTENCES"
+    )
     """Re-cut captions from the raw text to this many sentences (0 keeps all; default: as stored, 2 for another column)."""
     # --- data ---
-    batch_size: int = setting(64, check=at_least(1), env="STREAMCAP_TRAIN_BATCH_SIZE")
+    batch_size: int = setting(64, check=between(1, MAX_BATCH_SIZE), env="STREAMCAP_TRAIN_BATCH_SIZE")
     """Samples per micro-batch on each rank."""
-    loader_workers: int = setting(4, check=at_least(0))
+    loader_workers: int = setting(4, check=between(0, MAX_LOADER_WORKERS))
     """DataLoader worker processes per rank (0 reads in the training process)."""
-    shuffle_buffer: int = setting(1000, check=at_least(1))
+    shuffle_buffer: int = setting(1000, check=between(1, MAX_SHUFFLE_BUFFER))
     """Samples each loader worker mixes across shards before yielding."""
     fresh_wait_ms: int = setting(1000, check=between(0, 1900))
     """How long a loader worker waits for a fresh shard before replaying a read one."""
@@ -80,30 +93,30 @@ class TrainerSettings(CommonSettings):
     seed: int = setting(0, check=at_least(0))
     """Seed of model init, shuffling, replay choice and augmentation."""
     # --- optimisation ---
-    max_steps: int = setting(100_000, check=at_least(1))
+    max_steps: int = setting(100_000, check=between(1, MAX_STEPS))
     """Optimizer steps to train for."""
     lr: float = setting(1e-4, check=between(0, 1))
     """Peak Adam learning rate."""
     encoder_lr: float | None = setting(None, check=optional(between(0, 1)))
     """Peak learning rate of the image encoder (default: --lr)."""
-    warmup_steps: int = setting(1000, check=at_least(0))
+    warmup_steps: int = setting(1000, check=between(0, MAX_STEPS))
     """Linear warmup, then inverse-square-root decay."""
-    freeze_encoder_steps: int = setting(0, check=at_least(0))
+    freeze_encoder_steps: int = setting(0, check=between(0, MAX_STEPS))
     """Keep the image encoder frozen for this many steps."""
     grad_clip: float = setting(1.0, check=at_least(0))
     """Clip the global gradient norm to this (0: off)."""
-    grad_accum: int = setting(1, check=at_least(1))
+    grad_accum: int = setting(1, check=between(1, MAX_GRAD_ACCUM))
     """Micro-batches per optimizer step."""
     label_smoothing: float = setting(0.0, check=between(0, 0.5))
     """Label smoothing of the cross-entropy."""
-    min_eos_position: int = setting(15, check=at_least(0))
+    min_eos_position: int = setting(15, check=between(0, MAX_LEN))
     """EOS suppression: penalise P(EOS) at caption positions before this one whose target is not EOS."""
     eos_weight: float = setting(1.0, check=at_least(0))
     """Weight of the EOS-suppression term (0: off)."""
     # --- augmentation ---
     aug_max: float = setting(1.0, check=between(0, 1))
     """Augmentation strength reached at the end of the ramp (0: off)."""
-    aug_ramp_steps: int = setting(10_000, check=at_least(0))
+    aug_ramp_steps: int = setting(10_000, check=between(0, MAX_STEPS))
     """Steps over which augmentation ramps up exponentially."""
     # --- hardware ---
     device: str = setting("auto", check=one_of(*DEVICES), env="STREAMCAP_TRAIN_DEVICE")
@@ -111,13 +124,13 @@ class TrainerSettings(CommonSettings):
     precision: str = setting("auto", check=one_of(*PRECISIONS))
     """auto: bf16 autocast on GPU, fp32 on CPU."""
     # --- checkpoints and logging ---
-    checkpoint_every: int = setting(1000, check=at_least(1))
+    checkpoint_every: int = setting(1000, check=between(1, MAX_STEPS))
     """Save and publish a checkpoint every N steps."""
-    log_every: int = setting(10, check=at_least(1))
+    log_every: int = setting(10, check=between(1, MAX_STEPS))
     """Write metrics every N steps."""
-    sample_every: int = setting(1000, check=at_least(0))
+    sample_every: int = setting(1000, check=between(0, MAX_STEPS))
     """Log a few greedy captions with their images every N steps (0: off)."""
-    histogram_every: int = setting(1000, check=at_least(0))
+    histogram_every: int = setting(1000, check=between(0, MAX_STEPS))
     """Log parameter/gradient histograms every N steps (0: off)."""
     wandb_project: str = setting("streamcap")
     """Weights & Biases project."""

@@ -52,7 +52,7 @@ def test_train_command_reports_bad_settings_without_a_traceback(tmp_path):
     assert out.returncode == 1
     assert (
         out.stderr.strip()
-        == "streamcap: error: --batch-size / STREAMCAP_TRAIN_BATCH_SIZE: expected a number >= 1, got 0"
+        == "streamcap: error: --batch-size / STREAMCAP_TRAIN_BATCH_SIZE: expected a number from 1 to 4096, got 0"
     )
     (tmp_path / "vocab.txt").write_text("[PAD]\n[UNK]\n[CLS]\n[SEP]\n")
     out = subprocess.run(
