@@ -53,13 +53,13 @@ class ConfigError(ValueError):
 
 
 class _FromName:
-    """The flag or variable a `setting()` leaves to its field's name (see the module docstring)."""
+    """The variable a `setting()` leaves to its field's name (see the module docstring)."""
 
     def __repr__(self) -> str:
-        return "FROM_NAME"
+        return "<from the field's name>"
 
 
-FROM_NAME: Any = _FromName()
+_FROM_NAME: Any = _FromName()
 
 
 def setting(
@@ -67,7 +67,7 @@ def setting(
     *,
     check: Check | None = None,
     flag: str | None = None,
-    env: str | None = FROM_NAME,
+    env: str | None = _FROM_NAME,
     help: str | None = None,
 ) -> Any:
     """Declare a settings field: its default and an optional check.
@@ -233,12 +233,12 @@ class Settings:
         for name, f in own.items():
             meta = dict(f.metadata)
             meta["flag"] = meta["flag"] or "--" + name.replace("_", "-")
-            meta["env"] = cls.env_prefix + name.upper() if meta["env"] is FROM_NAME else meta["env"]
+            meta["env"] = cls.env_prefix + name.upper() if meta["env"] is _FROM_NAME else meta["env"]
             if meta["help"] is None:
-                # Without source to read, the settings still work: without help texts.
+                # Without source to read (docs None), the settings still work: without help texts.
                 meta["help"] = "" if docs is None else docs.get(name)
-            if meta["help"] is None:
-                raise TypeError(f"{cls.__qualname__}.{name}: a setting needs its help, as the docstring below it")
+                if meta["help"] is None:
+                    raise TypeError(f"{cls.__qualname__}.{name}: a setting needs its help, as the docstring below it")
             f.metadata = types.MappingProxyType(meta)
 
     def __post_init__(self) -> None:

@@ -19,17 +19,8 @@ MODEL = ModelConfig.from_preset("tiny", image_size=32, max_len=24)
 
 
 def loader_settings(keys, shard_dir: Path, **overrides: Any) -> TrainerSettings:
-    values = dict(
-        namespace=keys.namespace,
-        shard_dir=shard_dir,
-        run="t",
-        loader_workers=0,
-        batch_size=4,
-        shuffle_buffer=8,
-        fresh_wait_ms=200,
-        seed=3,
-    )
-    return TrainerSettings(**(values | overrides))
+    small = dict(run="t", loader_workers=0, batch_size=4, shuffle_buffer=8, fresh_wait_ms=200, seed=3)
+    return TrainerSettings(namespace=keys.namespace, shard_dir=shard_dir, **(small | overrides))
 
 
 def stream_dataset(
