@@ -39,8 +39,10 @@ from torch.utils.data import DataLoader
 from streamcap import bus
 from streamcap.bus.embedded import EmbeddedRedis
 from streamcap.demo.synthetic import add_part, demo_samples, demo_tokenizer
+from streamcap.model.config import ModelConfig
 from streamcap.trainer.augment import Augmenter, LevelSchedule
-from streamcap.trainer.dataset import LoaderSpec, ShardStreamDataset, make_loader
+from streamcap.trainer.config import TrainerSettings
+from streamcap.trainer.dataset import ShardStreamDataset, make_loader
 from streamcap.trainer.samples import collate, decode_image, encode_caption
 
 
@@ -123,22 +125,19 @@ def rate(batches, warmup: int, measured: int, batch_size: int) -> tuple[float, f
 
 
 def streamcap_round(url: str, keys, root: Path, tok, args, round_no: int) -> tuple[float, float | None]:
-    spec = LoaderSpec(
-        redis_url=url,
+    cfg = TrainerSettings(
         namespace=keys.namespace,
         shard_dir=root,
         run=f"bench{round_no}",
-        rank=0,
-        world_size=1,
-        workers=1,
-        image_size=args.image_size,
-        max_len=args.max_len,
+        loader_workers=1,
         batch_size=args.batch_size,
         shuffle_buffer=1000,
         fresh_wait_ms=1000,
         seed=round_no,
     )
-    batches = iter(make_loader(ShardStreamDataset(spec, tok, LevelSchedule(max_level=1.0))))
+    model = ModelConfig(image_size=args.image_size, max_len=args.max_len)  # all the loader reads of it
+    dataset = ShardStreamDataset(cfg, model, tok, LevelSchedule(max_level=1.0), redis_url=url)
+    batches = iter(make_loader(dataset))
     try:
         return rate(batches, args.warmup, args.batches, args.batch_size)
     finally:

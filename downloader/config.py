@@ -27,6 +27,21 @@ DEFAULT_USER_AGENT = (
 # Pillow's own default limit (about 89.5 megapixels, e.g. 9459 x 9459).
 DEFAULT_MAX_PIXELS = 89_478_485
 
+# Upper bounds of the counts and sizes: what a real machine can honour. Past them a value is a
+# slip that would fork, connect or allocate until the machine falls over (--processes 100000).
+MAX_PART_SIZE = 100_000  # rows one downloader holds and must finish within its lease
+# The largest machines have about this many cores; each process starts its own image workers.
+MAX_PROCESSES = 256
+MAX_PARTS_IN_FLIGHT = 64  # per process, each with its rows in memory (up to 4x this many in all)
+MAX_DELIVERIES = 100  # each one downloads the whole part again
+MAX_CONCURRENCY = 4096  # a socket each, per process: past a few thousand, add --processes instead
+MAX_RETRIES = 10  # --total-timeout ends a row long before more would run
+MAX_RESPONSE_BYTES = 1_000_000_000  # bodies are held in memory, --concurrency of them per process
+MAX_IMAGE_SIZE = 8192  # stored side: 8192 x 8192 RGB is 200 MB decoded, per image worker
+MAX_DECODED_PIXELS = 1_000_000_000  # a decoded gigapixel RGB image is 3 GB, per image worker
+MAX_MIN_SIZE = 65_535  # the longest side a JPEG can have
+MAX_CAPTION_SENTENCES = 100
+
 
 def _directives(v: object) -> str | None:
     items = [d.strip() for d in str(v).split(",")]
@@ -43,33 +58,16 @@ def _user_agent(v: object) -> str | None:
 class EnqueueSettings(CommonSettings):
     """How `streamcap enqueue` reads a source and splits it into parts."""
 
-    url_col: str = setting("url", flag="--url-col", env="STREAMCAP_URL_COL", help="Column holding the image URL.")
-    caption_col: str | None = setting(
-        None,
-        flag="--caption-col",
-        env="STREAMCAP_CAPTION_COL",
-        help="Caption column (default: the first present of llava_caption, cogvlm_caption, alt_txt, caption, text).",
-    )
-    part_size: int = setting(
-        1000,
-        flag="--part-size",
-        env="STREAMCAP_PART_SIZE",
-        check=at_least(1),
-        help="Rows per part, the unit a downloader claims and commits.",
-    )
-    limit: int | None = setting(
-        None,
-        flag="--limit",
-        env="STREAMCAP_LIMIT",
-        check=optional(at_least(1)),
-        help="Take only the first N rows of the source.",
-    )
-    name: str | None = setting(
-        None,
-        flag="--name",
-        env="STREAMCAP_SOURCE_NAME",
-        help="Name of the source (default: the file or directory name); part of every sample key.",
-    )
+    url_col: str = setting("url")
+    """Column holding the image URL."""
+    caption_col: str | None = setting(None)
+    """Caption column (default: the first present of llava_caption, cogvlm_caption, alt_txt, caption, text)."""
+    part_size: int = setting(1000, check=between(1, MAX_PART_SIZE))
+    """Rows per part, the unit a downloader claims and commits."""
+    limit: int | None = setting(None, check=optional(at_least(1)))
+    """Take only the first N rows of the source."""
+    name: str | None = setting(None, env="STREAMCAP_SOURCE_NAME")
+    """Name of the source (default: the file or directory name); part of every sample key."""
 
     def validate(self) -> None:
         from streamcap.formats.records import source_slug
@@ -91,212 +89,70 @@ class DownloaderSettings(ShardWriterSettings):
     """The download service: claiming, fetching, security, image processing."""
 
     # --- the service ---
-    processes: int = setting(
-        1,
-        flag="--processes",
-        env="STREAMCAP_PROCESSES",
-        check=at_least(1),
-        help="Worker processes, each with its own event loop.",
-    )
-    exit_when_empty: bool = setting(
-        False,
-        flag="--exit-when-empty",
-        env="STREAMCAP_EXIT_WHEN_EMPTY",
-        help="Exit once no part is pending or in flight (batch runs, benchmarks).",
-    )
-    lease_seconds: float = setting(
-        60.0,
-        flag="--lease-seconds",
-        env="STREAMCAP_LEASE_SECONDS",
-        check=at_least(1),
-        help="A part whose worker stopped renewing its claim this long ago is reclaimed by another.",
-    )
-    max_deliveries: int = setting(
-        5,
-        flag="--max-deliveries",
-        env="STREAMCAP_MAX_DELIVERIES",
-        check=at_least(1),
-        help="Failed attempts (the part's own fault: a row that crashes the decoder, a corrupt source) "
-        "before a part moves to parts:dead with its last error; deliveries lost to a killed or stalled "
-        "worker and failures of the environment do not count.",
-    )
-    environment_patience: float = setting(
-        120.0,
-        flag="--environment-patience",
-        env="STREAMCAP_ENVIRONMENT_PATIENCE",
-        check=at_least(0),
-        help="With --exit-when-empty: seconds the environment may keep failing (shard dir not writable "
-        "or full, source unreadable) with no part committed before the run gives up with exit code 3. "
-        "Without it, downloaders wait for the environment as long as it takes.",
-    )
-    grace_seconds: float = setting(
-        30.0,
-        flag="--grace-seconds",
-        env="STREAMCAP_GRACE_SECONDS",
-        check=at_least(0),
-        help="On SIGTERM/SIGINT, time to finish the parts in flight before releasing them.",
-    )
-    parts_in_flight: int = setting(
-        8,
-        flag="--parts-in-flight",
-        env="STREAMCAP_PARTS_IN_FLIGHT",
-        check=at_least(1),
-        help=(
-            "Parts one process works on at once, so slow rows at a part's end leave no connection idle; "
-            "parts whose open rows all wait on servers do not count (up to 4x this many in all)."
-        ),
-    )
-    straggler_seconds: float = setting(
-        5.0,
-        flag="--straggler-seconds",
-        env="STREAMCAP_STRAGGLER_SECONDS",
-        check=at_least(0),
-        help=(
-            "Once half a part is done and no fast row of it has finished for this long, rows on the network "
-            "this long are deferred: the part commits, a retry part fetches them later (0: never)."
-        ),
-    )
+    processes: int = setting(1, check=between(1, MAX_PROCESSES))
+    """Worker processes, each with its own event loop."""
+    exit_when_empty: bool = setting(False)
+    """Exit once no part is pending or in flight (batch runs, benchmarks)."""
+    lease_seconds: float = setting(60.0, check=at_least(1))
+    """A part whose worker stopped renewing its claim this long ago is reclaimed by another."""
+    max_deliveries: int = setting(5, check=between(1, MAX_DELIVERIES))
+    """Failed attempts (the part's own fault: a row that crashes the decoder, a corrupt source) before a part moves to
+    parts:dead with its last error; deliveries lost to a killed or stalled worker and failures of the environment do
+    not count."""
+    environment_patience: float = setting(120.0, check=at_least(0))
+    """With --exit-when-empty: seconds the environment may keep failing (shard dir not writable or full, source
+    unreadable) with no part committed before the run gives up with exit code 3. Without it, downloaders wait for the
+    environment as long as it takes."""
+    grace_seconds: float = setting(30.0, check=at_least(0))
+    """On SIGTERM/SIGINT, time to finish the parts in flight before releasing them."""
+    parts_in_flight: int = setting(8, check=between(1, MAX_PARTS_IN_FLIGHT))
+    """Parts one process works on at once, so slow rows at a part's end leave no connection idle; parts whose open rows
+    all wait on servers do not count (up to 4x this many in all)."""
+    straggler_seconds: float = setting(5.0, check=at_least(0))
+    """Once half a part is done and no fast row of it has finished for this long, rows on the network this long are
+    deferred: the part commits, a retry part fetches them later (0: never)."""
     # --- fetching ---
-    concurrency: int = setting(
-        128,
-        flag="--concurrency",
-        env="STREAMCAP_CONCURRENCY",
-        check=at_least(1),
-        help="Requests in flight per process.",
-    )
-    per_host: int = setting(
-        8,
-        flag="--per-host",
-        env="STREAMCAP_PER_HOST",
-        check=at_least(1),
-        help="Connections in flight to one host per process.",
-    )
-    connect_timeout: float = setting(
-        10.0,
-        flag="--connect-timeout",
-        env="STREAMCAP_CONNECT_TIMEOUT",
-        check=at_least(0.1),
-        help="Seconds to open a connection.",
-    )
-    read_timeout: float = setting(
-        15.0,
-        flag="--read-timeout",
-        env="STREAMCAP_READ_TIMEOUT",
-        check=at_least(0.1),
-        help="Seconds to wait for the next bytes of a response.",
-    )
-    total_timeout: float = setting(
-        30.0,
-        flag="--total-timeout",
-        env="STREAMCAP_TOTAL_TIMEOUT",
-        check=at_least(0.1),
-        help="Seconds one row may take in all: every retry, redirect and backoff included.",
-    )
-    retries: int = setting(
-        2,
-        flag="--retries",
-        env="STREAMCAP_RETRIES",
-        check=at_least(0),
-        help="Retries after a timeout, connection error, 429 or 5xx (none for other 4xx).",
-    )
-    retry_after_cap: float = setting(
-        20.0,
-        flag="--retry-after-cap",
-        env="STREAMCAP_RETRY_AFTER_CAP",
-        check=at_least(0),
-        help="Longest Retry-After (s) honoured; a longer one ends the row as http_status.",
-    )
-    max_bytes: int = setting(
-        25_000_000,
-        flag="--max-bytes",
-        env="STREAMCAP_MAX_BYTES",
-        check=at_least(1024),
-        help="Largest response body (decoded) accepted, in bytes.",
-    )
-    user_agent: str = setting(
-        DEFAULT_USER_AGENT,
-        flag="--user-agent",
-        env="STREAMCAP_USER_AGENT",
-        check=_user_agent,
-        help="User-Agent header sent with every request.",
-    )
-    opt_out_directives: str = setting(
-        DEFAULT_OPT_OUT,
-        flag="--opt-out-directives",
-        env="STREAMCAP_OPT_OUT_DIRECTIVES",
-        check=_directives,
-        help="X-Robots-Tag directives that opt an image out (counted as opted_out).",
-    )
-    allow_private: bool = setting(
-        False,
-        flag="--allow-private",
-        env="STREAMCAP_ALLOW_PRIVATE",
-        help="Allow loopback/private/link-local addresses (tests and the demo only).",
-    )
+    concurrency: int = setting(128, check=between(1, MAX_CONCURRENCY))
+    """Requests in flight per process."""
+    per_host: int = setting(8, check=between(1, MAX_CONCURRENCY))
+    """Connections in flight to one host per process."""
+    connect_timeout: float = setting(10.0, check=at_least(0.1))
+    """Seconds to open a connection."""
+    read_timeout: float = setting(15.0, check=at_least(0.1))
+    """Seconds to wait for the next bytes of a response."""
+    total_timeout: float = setting(30.0, check=at_least(0.1))
+    """Seconds one row may take in all: every retry, redirect and backoff included."""
+    retries: int = setting(2, check=between(0, MAX_RETRIES))
+    """Retries after a timeout, connection error, 429 or 5xx (none for other 4xx)."""
+    retry_after_cap: float = setting(20.0, check=at_least(0))
+    """Longest Retry-After (s) honoured; a longer one ends the row as http_status."""
+    max_bytes: int = setting(25_000_000, check=between(1024, MAX_RESPONSE_BYTES))
+    """Largest response body (decoded) accepted, in bytes."""
+    user_agent: str = setting(DEFAULT_USER_AGENT, check=_user_agent)
+    """User-Agent header sent with every request."""
+    opt_out_directives: str = setting(DEFAULT_OPT_OUT, check=_directives)
+    """X-Robots-Tag directives that opt an image out (counted as opted_out)."""
+    allow_private: bool = setting(False)
+    """Allow loopback/private/link-local addresses (tests and the demo only)."""
     # --- image processing ---
-    image_size: int = setting(
-        256,
-        flag="--image-size",
-        env="STREAMCAP_IMAGE_SIZE",
-        check=at_least(8),
-        help="Target size in pixels (see --resize-mode).",
-    )
-    resize_mode: str = setting(
-        "keep_ratio",
-        flag="--resize-mode",
-        env="STREAMCAP_RESIZE_MODE",
-        check=one_of(*RESIZE_MODES),
-        help="keep_ratio: shorter side = size; center_crop: square crop; border: pad to a square; no: as is.",
-    )
-    image_format: str = setting(
-        "jpg",
-        flag="--image-format",
-        env="STREAMCAP_IMAGE_FORMAT",
-        check=one_of(*IMAGE_FORMATS),
-        help="Stored image format.",
-    )
-    quality: int = setting(
-        95,
-        flag="--quality",
-        env="STREAMCAP_QUALITY",
-        check=between(1, 100),
-        help="JPEG/WebP quality of the stored images.",
-    )
-    max_pixels: int = setting(
-        DEFAULT_MAX_PIXELS,
-        flag="--max-pixels",
-        env="STREAMCAP_MAX_PIXELS",
-        check=at_least(1),
-        help="Images with more pixels are refused as decompression bombs, before decoding.",
-    )
-    min_size: int = setting(
-        64,
-        flag="--min-size",
-        env="STREAMCAP_MIN_SIZE",
-        check=at_least(0),
-        help="Images whose shorter side is smaller are refused (too_small).",
-    )
-    max_aspect_ratio: float = setting(
-        10.0,
-        flag="--max-aspect-ratio",
-        env="STREAMCAP_MAX_ASPECT_RATIO",
-        check=at_least(0),
-        help="Images whose long/short side ratio is larger are refused (0: no limit).",
-    )
-    image_workers: int = setting(
-        0,
-        flag="--image-workers",
-        env="STREAMCAP_IMAGE_WORKERS",
-        check=at_least(0),
-        help="Image-processing processes per worker process (0: one per CPU core).",
-    )
-    caption_sentences: int = setting(
-        2,
-        flag="--caption-sentences",
-        env="STREAMCAP_CAPTION_SENTENCES",
-        check=at_least(0),
-        help="Keep the first N sentences of each caption (0 keeps all); the raw caption stays in the json.",
-    )
+    image_size: int = setting(256, check=between(8, MAX_IMAGE_SIZE))
+    """Target size in pixels (see --resize-mode)."""
+    resize_mode: str = setting("keep_ratio", check=one_of(*RESIZE_MODES))
+    """keep_ratio: shorter side = size; center_crop: square crop; border: pad to a square; no: as is."""
+    image_format: str = setting("jpg", check=one_of(*IMAGE_FORMATS))
+    """Stored image format."""
+    quality: int = setting(95, check=between(1, 100))
+    """JPEG/WebP quality of the stored images."""
+    max_pixels: int = setting(DEFAULT_MAX_PIXELS, check=between(1, MAX_DECODED_PIXELS))
+    """Images with more pixels are refused as decompression bombs, before decoding."""
+    min_size: int = setting(64, check=between(0, MAX_MIN_SIZE))
+    """Images whose shorter side is smaller are refused (too_small)."""
+    max_aspect_ratio: float = setting(10.0, check=at_least(0))
+    """Images whose long/short side ratio is larger are refused (0: no limit)."""
+    image_workers: int = setting(0, check=between(0, MAX_PROCESSES))
+    """Image-processing processes per worker process (0: one per CPU core)."""
+    caption_sentences: int = setting(2, check=between(0, MAX_CAPTION_SENTENCES))
+    """Keep the first N sentences of each caption (0 keeps all); the raw caption stays in the json."""
 
     def validate(self) -> None:
         super().validate()

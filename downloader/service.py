@@ -41,6 +41,7 @@ The worker is put together from parts, each in its module, in the order they act
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import secrets
 import signal
@@ -188,9 +189,9 @@ class Worker:
 # --- entry points ------------------------------------------------------------------------------------
 
 
-def run_worker(cfg: DownloaderSettings) -> int:
-    """One worker process (what `--processes 1` runs)."""
-    r = bus.connect(cfg.require_redis(), keys=bus.Keys(cfg.namespace), who=f"downloader {instance_id()}")
+def run_worker(cfg: DownloaderSettings, redis_url: str) -> int:
+    """One worker process (what `--processes 1` runs); `redis_url` as `run` resolved it."""
+    r = bus.connect(redis_url, keys=bus.Keys(cfg.namespace), who=f"downloader {instance_id()}")
     bus.wait_for_redis(r, what="Redis (downloader start)")
     try:
         return asyncio.run(Worker(cfg, r).serve())
@@ -198,20 +199,20 @@ def run_worker(cfg: DownloaderSettings) -> int:
         r.close()
 
 
-def _child_main(cfg: DownloaderSettings, index: int) -> None:
+def _child_main(cfg: DownloaderSettings, index: int, redis_url: str) -> None:
     # A forked worker inherits the parent's handlers and (see supervisor) blocked stop signals.
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
     setup_logging("downloader", cfg.log_level)
-    raise SystemExit(run_worker(cfg))
+    raise SystemExit(run_worker(cfg, redis_url))
 
 
 def run(cfg: DownloaderSettings) -> int:
     """The download service: `--processes` worker processes (this one, or children)."""
     setup_logging("downloader", cfg.log_level)
-    cfg.require_redis()
+    redis_url = cfg.require_redis()  # before any process starts: a missing URL is one line
     log.info("streamcap %s downloader settings: %s", __version__, to_json_text(cfg))
     if cfg.processes == 1:
-        return run_worker(cfg)
-    return supervise(cfg, _child_main)
+        return run_worker(cfg, redis_url)
+    return supervise(cfg, functools.partial(_child_main, redis_url=redis_url))

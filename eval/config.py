@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from streamcap.common.settings import (
+    DEVICES,
     CommonSettings,
     at_least,
     between,
@@ -21,141 +22,63 @@ from streamcap.common.settings import (
     optional,
     setting,
 )
+from streamcap.common.wandb_mode import WANDB_MODES
 from streamcap.eval.metrics import METRICS
+from streamcap.model.config import MAX_LEN
 
-DEVICES = ("auto", "cpu", "cuda")
-WANDB_MODES = ("auto", "online", "offline", "disabled")
+# Upper bounds of the counts and sizes, past which a value is a slip rather than a plan.
+MAX_BEAM = 64  # hypotheses kept per image; quality stops improving long before
+MAX_BATCH_SIZE = 1024  # images per batch, each with --beam hypotheses on the device
+MAX_GALLERY = 1000  # images embedded in one HTML report
 
 
 @dataclass(frozen=True, kw_only=True)
-class EvalSettings(CommonSettings):
+class EvalSettings(CommonSettings, env_prefix="STREAMCAP_EVAL_"):
     """Everything `streamcap eval score|run|watch` accept."""
 
     # --- the evaluation set ---
-    data: Path | None = setting(
-        None,
-        flag="--data",
-        env="STREAMCAP_EVAL_DATA",
-        help="Evaluation set: a Karpathy-split json (dataset_flickr30k.json) or a jsonl of "
-        '{"image": path, "references": [...]}.',
-    )
-    images: Path | None = setting(
-        None,
-        flag="--images",
-        env="STREAMCAP_EVAL_IMAGES",
-        help="Directory the set's image paths are relative to (default: the data file's directory).",
-    )
-    split: str = setting(
-        "test",
-        flag="--split",
-        env="STREAMCAP_EVAL_SPLIT",
-        help="Split of a Karpathy json to evaluate: test, val, train or restval.",
-    )
-    limit: int | None = setting(
-        None,
-        flag="--limit",
-        env="STREAMCAP_EVAL_LIMIT",
-        check=optional(at_least(1)),
-        help="Evaluate only the first N images of the split (quick checks).",
-    )
+    data: Path | None = setting(None)
+    """Evaluation set: a Karpathy-split json (dataset_flickr30k.json) or a jsonl of {"image": path, "references":
+    [...]}."""
+    images: Path | None = setting(None)
+    """Directory the set's image paths are relative to (default: the data file's directory)."""
+    split: str = setting("test")
+    """Split of a Karpathy json to evaluate: test, val, train or restval."""
+    limit: int | None = setting(None, check=optional(at_least(1)))
+    """Evaluate only the first N images of the split (quick checks)."""
     # --- decoding ---
-    beam: int = setting(
-        5, flag="--beam", env="STREAMCAP_EVAL_BEAM", check=at_least(1), help="Beam size (1: greedy-like beam search)."
-    )
-    alpha: float = setting(
-        0.6,
-        flag="--alpha",
-        env="STREAMCAP_EVAL_ALPHA",
-        check=between(0, 5),
-        help="Length normalisation of beam search: ((5+|Y|)/6)^alpha.",
-    )
-    max_tokens: int = setting(
-        30,
-        flag="--max-tokens",
-        env="STREAMCAP_EVAL_MAX_TOKENS",
-        check=at_least(1),
-        help="Longest caption generated, in tokens (capped by the model's max_len).",
-    )
-    min_tokens: int = setting(
-        0,
-        flag="--min-tokens",
-        env="STREAMCAP_EVAL_MIN_TOKENS",
-        check=at_least(0),
-        help="Shortest caption generated, in tokens (EOS is forbidden before).",
-    )
-    no_repeat_ngram: int = setting(
-        0,
-        flag="--no-repeat-ngram",
-        env="STREAMCAP_EVAL_NO_REPEAT_NGRAM",
-        check=at_least(0),
-        help="Forbid repeating any n-gram of this size (0: off).",
-    )
-    batch_size: int = setting(
-        32,
-        flag="--batch-size",
-        env="STREAMCAP_EVAL_BATCH_SIZE",
-        check=at_least(1),
-        help="Images per beam-search batch.",
-    )
-    device: str = setting(
-        "auto",
-        flag="--device",
-        env="STREAMCAP_EVAL_DEVICE",
-        check=one_of(*DEVICES),
-        help="cuda when available under auto.",
-    )
+    beam: int = setting(5, check=between(1, MAX_BEAM))
+    """Beam size (1: greedy-like beam search)."""
+    alpha: float = setting(0.6, check=between(0, 5))
+    """Length normalisation of beam search: ((5+|Y|)/6)^alpha."""
+    max_tokens: int = setting(30, check=between(1, MAX_LEN))
+    """Longest caption generated, in tokens (capped by the model's max_len)."""
+    min_tokens: int = setting(0, check=between(0, MAX_LEN))
+    """Shortest caption generated, in tokens (EOS is forbidden before)."""
+    no_repeat_ngram: int = setting(0, check=between(0, MAX_LEN))
+    """Forbid repeating any n-gram of this size (0: off)."""
+    batch_size: int = setting(32, check=between(1, MAX_BATCH_SIZE))
+    """Images per beam-search batch."""
+    device: str = setting("auto", check=one_of(*DEVICES))
+    """cuda when available under auto."""
     # --- outputs ---
-    out_dir: Path = setting(
-        Path("evals"),
-        flag="--out-dir",
-        env="STREAMCAP_EVAL_DIR",
-        check=directory_path,
-        help="Predictions, HTML reports, results.jsonl, the metric plot and `best` go here.",
-    )
-    metric: str = setting(
-        "CIDEr",
-        flag="--metric",
-        env="STREAMCAP_EVAL_METRIC",
-        check=one_of(*METRICS),
-        help="Metric that decides the best checkpoint.",
-    )
-    meteor: bool = setting(
-        True,
-        flag="--meteor/--no-meteor",
-        env="STREAMCAP_EVAL_METEOR",
-        help="Also compute METEOR with pycocoevalcap's Java scorer when java is installed.",
-    )
-    gallery: int = setting(
-        24,
-        flag="--gallery",
-        env="STREAMCAP_EVAL_GALLERY",
-        check=at_least(0),
-        help="Images in the report's gallery: half the best, half the worst by CIDEr.",
-    )
+    out_dir: Path = setting(Path("evals"), check=directory_path, env="STREAMCAP_EVAL_DIR")
+    """Predictions, HTML reports, results.jsonl, the metric plot and `best` go here."""
+    metric: str = setting("CIDEr", check=one_of(*METRICS))
+    """Metric that decides the best checkpoint."""
+    meteor: bool = setting(True, flag="--meteor/--no-meteor")
+    """Also compute METEOR with pycocoevalcap's Java scorer when java is installed."""
+    gallery: int = setting(24, check=between(0, MAX_GALLERY))
+    """Images in the report's gallery: half the best, half the worst by CIDEr."""
     # --- the watcher ---
-    exit_when_empty: bool = setting(
-        False,
-        flag="--exit-when-empty",
-        env="STREAMCAP_EVAL_EXIT_WHEN_EMPTY",
-        help="eval watch: exit once no checkpoint is waiting (burst mode).",
-    )
-    reclaim_after_s: float = setting(
-        120.0,
-        flag="--reclaim-after-s",
-        env="STREAMCAP_EVAL_RECLAIM_AFTER_S",
-        check=at_least(1),
-        help="eval watch: take over a checkpoint whose evaluator stopped refreshing it this long ago.",
-    )
-    wandb_project: str = setting(
-        "streamcap", flag="--wandb-project", env="STREAMCAP_WANDB_PROJECT", help="Weights & Biases project."
-    )
-    wandb_mode: str = setting(
-        "auto",
-        flag="--wandb-mode",
-        env="STREAMCAP_WANDB_MODE",
-        check=one_of(*WANDB_MODES),
-        help="auto: online with an API key, offline without; WANDB_MODE=disabled turns it off.",
-    )
+    exit_when_empty: bool = setting(False)
+    """eval watch: exit once no checkpoint is waiting (burst mode)."""
+    reclaim_after_s: float = setting(120.0, check=at_least(1))
+    """eval watch: take over a checkpoint whose evaluator stopped refreshing it this long ago."""
+    wandb_project: str = setting("streamcap", env="STREAMCAP_WANDB_PROJECT")
+    """Weights & Biases project."""
+    wandb_mode: str = setting("auto", check=one_of(*WANDB_MODES), env="STREAMCAP_WANDB_MODE")
+    """auto: online with an API key, offline without; WANDB_MODE=disabled turns it off."""
 
     def validate(self) -> None:
         if self.min_tokens > self.max_tokens:

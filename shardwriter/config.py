@@ -14,7 +14,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from streamcap.common.settings import CommonSettings, at_least, directory_path, fail, optional, setting
+from streamcap.common.settings import Check, CommonSettings, at_least, between, directory_path, fail, optional, setting
 
 _UNITS = {
     "": 1,
@@ -31,6 +31,15 @@ _UNITS = {
 _SIZE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*")
 SIZE_FIELDS = ("shard_max_bytes", "max_disk_bytes", "min_free_bytes")
 
+# Upper bounds: a larger value is a slip of the keyboard, not a plan.
+MAX_SHARD_SAMPLES = 1_000_000
+# A shard is one file a loader worker reads from start to end, and a replay reads again whole;
+# webdataset shards are usually well under a few GB.
+MAX_SHARD_BYTES = 64 * 2**30
+# More than any shard volume holds ("P" is not even a unit here).
+MAX_DISK_BYTES = 1000 * 10**12
+MAX_READS = 1000
+
 
 def parse_size(value: object) -> int | None:
     """Bytes from 123, '123', '1.5G', '256MiB'; None when the text is no size."""
@@ -42,6 +51,24 @@ def parse_size(value: object) -> int | None:
     if not match or match.group(2).lower() not in _UNITS:
         return None
     return int(float(match.group(1)) * _UNITS[match.group(2).lower()])
+
+
+def byte_size(lo: int, hi: int) -> Check:
+    """A check: a byte count from `lo` to `hi`, said in the units people type."""
+
+    def check(v: object) -> str | None:
+        ok = isinstance(v, int) and lo <= v <= hi
+        return None if ok else f"a byte size from {_in_units(lo)} to {_in_units(hi)}"
+
+    return check
+
+
+def _in_units(n: int) -> str:
+    """4096 -> '4KiB', 200_000_000_000 -> '200G': the largest unit that divides it exactly."""
+    for unit in ("TiB", "T", "GiB", "G", "MiB", "M", "KiB", "K"):
+        if n and n % _UNITS[unit.lower()] == 0:
+            return f"{n // _UNITS[unit.lower()]}{unit}"
+    return str(n)
 
 
 def format_size(n: float) -> str:
@@ -57,55 +84,20 @@ def format_size(n: float) -> str:
 class ShardWriterSettings(CommonSettings):
     """Shard roll-over, the disk budget and the shard tools' knobs."""
 
-    shard_max_samples: int = setting(
-        1000,
-        flag="--shard-max-samples",
-        env="STREAMCAP_SHARD_MAX_SAMPLES",
-        check=at_least(1),
-        help="A shard rolls over to the next one after this many samples.",
-    )
-    shard_max_bytes: int = setting(
-        256 * 2**20,
-        flag="--shard-max-bytes",
-        env="STREAMCAP_SHARD_MAX_BYTES",
-        check=at_least(4096),
-        help="A shard rolls over before it would grow past this size (e.g. 256MiB).",
-    )
-    max_disk_bytes: int = setting(
-        0,
-        flag="--max-disk-bytes",
-        env="STREAMCAP_MAX_DISK_BYTES",
-        check=at_least(0),
-        help="Disk budget for shards (e.g. 200G): downloaders pause above it, gc deletes read shards; 0 = none.",
-    )
-    min_free_bytes: int = setting(
-        0,
-        flag="--min-free-bytes",
-        env="STREAMCAP_MIN_FREE_BYTES",
-        check=at_least(0),
-        help="Free-space floor of the shard filesystem (e.g. 5G): downloaders pause below it; 0 = none.",
-    )
-    min_reads: int = setting(
-        1,
-        flag="--min-reads",
-        env="STREAMCAP_MIN_READS",
-        check=at_least(1),
-        help="gc deletes a shard only once every running training run has read it this many times.",
-    )
-    quarantine_dir: Path | None = setting(
-        None,
-        flag="--quarantine-dir",
-        env="STREAMCAP_QUARANTINE_DIR",
-        check=optional(directory_path),
-        help="Where `shards verify --quarantine` moves bad shards (default: <shard-dir>/quarantine).",
-    )
-    temp_stale_seconds: float = setting(
-        3600.0,
-        flag="--temp-stale-seconds",
-        env="STREAMCAP_TEMP_STALE_SECONDS",
-        check=optional(at_least(1)),
-        help="A temporary shard file of a writer on another host is swept after this long untouched.",
-    )
+    shard_max_samples: int = setting(1000, check=between(1, MAX_SHARD_SAMPLES))
+    """A shard rolls over to the next one after this many samples."""
+    shard_max_bytes: int = setting(256 * 2**20, check=byte_size(4096, MAX_SHARD_BYTES))
+    """A shard rolls over before it would grow past this size (e.g. 256MiB)."""
+    max_disk_bytes: int = setting(0, check=byte_size(0, MAX_DISK_BYTES))
+    """Disk budget for shards (e.g. 200G): downloaders pause above it, gc deletes read shards; 0 = none."""
+    min_free_bytes: int = setting(0, check=byte_size(0, MAX_DISK_BYTES))
+    """Free-space floor of the shard filesystem (e.g. 5G): downloaders pause below it; 0 = none."""
+    min_reads: int = setting(1, check=between(1, MAX_READS))
+    """gc deletes a shard only once every running training run has read it this many times."""
+    quarantine_dir: Path | None = setting(None, check=optional(directory_path))
+    """Where `shards verify --quarantine` moves bad shards (default: <shard-dir>/quarantine)."""
+    temp_stale_seconds: float = setting(3600.0, check=optional(at_least(1)))
+    """A temporary shard file of a writer on another host is swept after this long untouched."""
 
     def __post_init__(self) -> None:
         for name in SIZE_FIELDS:

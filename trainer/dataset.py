@@ -1,17 +1,19 @@
 """The streaming training data: an IterableDataset over the run's shard registry in Redis.
 
-    spec = LoaderSpec(redis_url=..., namespace="streamcap", shard_dir=Path("shards"), run="run-1",
-                      rank=0, world_size=1, workers=4, image_size=224, max_len=32, batch_size=64, ...)
-    dataset = ShardStreamDataset(spec, tokenizer, LevelSchedule(ramp_steps=10_000, max_level=1.0))
+    cfg = TrainerSettings(shard_dir=Path("shards"), run="run-1", loader_workers=4, batch_size=64, ...)
+    dataset = ShardStreamDataset(cfg, model_cfg, tokenizer, LevelSchedule(ramp_steps=10_000, max_level=1.0),
+                                 redis_url=cfg.require_redis(), rank=0, world_size=1)
     loader = make_loader(dataset)
     for batch in loader:   # never ends: fresh shards first, replays when they lag
         batch.images  # uint8 [B, 3, S, S]     batch.tokens  # int64 [B, T], padded with pad_id
         batch.stats   # fresh/replay samples, fresh-wait seconds, skipped samples, aug level used
         batch.finished, batch.state   # shards to record as read, the worker's resumable state
 
-Each DataLoader worker (or the training process itself with 0 workers) builds whole batches,
-so every batch carries the state of the worker that made it: the training process keeps the
-latest state per worker and saves it with each checkpoint (see `trainer.stream`).
+The loader takes the trainer's settings as they are (it reads the loader and caption ones) and
+the model's config (input size, longest caption); each DataLoader worker gets both, pickled under
+the spawn start method. Each worker (or the training process itself with 0 workers) builds whole
+batches, so every batch carries the state of the worker that made it: the training process keeps
+the latest state per worker and saves it with each checkpoint (see `trainer.stream`).
 
 Nothing raises out of a worker for bad data: a sample that cannot be used (corrupt tar member,
 undecodable image, image bytes that fail their checksum, missing caption column, empty caption)
@@ -23,8 +25,7 @@ from __future__ import annotations
 import logging
 import signal
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -33,7 +34,9 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from streamcap import bus
 from streamcap.common.lifetime import die_with_parent
+from streamcap.model.config import ModelConfig
 from streamcap.trainer.augment import Augmenter, LevelSchedule
+from streamcap.trainer.config import TrainerSettings
 from streamcap.trainer.samples import (
     CaptionChoice,
     SampleError,
@@ -44,30 +47,11 @@ from streamcap.trainer.samples import (
     encode_caption,
 )
 from streamcap.trainer.shardqueue import FinishedShard, ShardQueue, consumer_name, job_consumers, parent_watch
-from streamcap.trainer.stream import SampleStream, StreamConfig
+from streamcap.trainer.stream import SampleStream
 
 log = logging.getLogger(__name__)
 
 MAX_PROBLEM_LOGS = 200  # per worker; past this, problems are only counted
-
-
-@dataclass(frozen=True)
-class LoaderSpec:
-    redis_url: str
-    namespace: str
-    shard_dir: Path
-    run: str
-    rank: int
-    world_size: int
-    workers: int
-    image_size: int
-    max_len: int
-    batch_size: int
-    shuffle_buffer: int
-    fresh_wait_ms: int
-    seed: int
-    caption: CaptionChoice = field(default_factory=CaptionChoice)
-    replay: str = "balanced"
 
 
 @dataclass
@@ -93,13 +77,20 @@ class ShardStreamDataset(IterableDataset):
 
     def __init__(
         self,
-        spec: LoaderSpec,
+        cfg: TrainerSettings,
+        model: ModelConfig,
         tokenizer: Any,
         levels: LevelSchedule,
+        *,
+        redis_url: str,
+        rank: int = 0,
+        world_size: int = 1,
         worker_states: dict[int, dict[str, Any]] | None = None,
     ) -> None:
+        """`cfg.run` names the run; `redis_url` is the resolved one (`require_redis`, password included)."""
         super().__init__()
-        self.spec, self.tokenizer, self.levels = spec, tokenizer, levels
+        self.cfg, self.model, self.tokenizer, self.levels = cfg, model, tokenizer, levels
+        self.redis_url, self.rank, self.world_size = redis_url, rank, world_size
         self.worker_states = worker_states or {}
 
     def __iter__(self) -> Iterator[Batch]:
@@ -120,32 +111,30 @@ class _BatchMaker:
     """Everything one worker holds: its Redis consumer, sample stream and augmenter."""
 
     def __init__(self, dataset: ShardStreamDataset, worker: int, in_worker: bool) -> None:
-        spec = dataset.spec
-        self.spec, self.worker, self.levels = spec, worker, dataset.levels
+        cfg, rank = dataset.cfg, dataset.rank
+        self.cfg, self.model, self.worker, self.levels = cfg, dataset.model, worker, dataset.levels
+        self.caption = CaptionChoice(cfg.caption_column, cfg.caption_sentences)
         self.made = 0  # batches this worker made since the loader started
         self.tokenizer = dataset.tokenizer
-        self.augment = Augmenter(spec.image_size)
+        self.augment = Augmenter(self.model.image_size)
         self.problems_logged = 0
-        r = bus.connect(spec.redis_url)
-        consumer = consumer_name(spec.run, spec.rank, worker)
+        r = bus.connect(dataset.redis_url)
+        consumer = consumer_name(cfg.run, rank, worker)
         orphaned = parent_watch() if in_worker else (lambda: False)
         # Fails within a few seconds when Redis is down (longer than the longest fresh-shard wait).
         quick = bus.connect(
-            spec.redis_url, retries=0, connect_timeout=1.0, socket_timeout=spec.fresh_wait_ms / 1000 + 2
+            dataset.redis_url, retries=0, connect_timeout=1.0, socket_timeout=cfg.fresh_wait_ms / 1000 + 2
         )
-        queue = ShardQueue(r, bus.Keys(spec.namespace), spec.run, consumer, orphaned=orphaned, quick=quick)
-        seed = _worker_seed(spec.seed, spec.rank, worker)
-        cfg = StreamConfig(
-            shard_dir=spec.shard_dir,
-            buffer_size=spec.shuffle_buffer,
-            fresh_wait_ms=spec.fresh_wait_ms,
-            seed=seed,
-            job_consumers=job_consumers(spec.run, spec.world_size, spec.workers),
-            announce_waiting=spec.rank == 0 and worker == 0,
-            min_ready=spec.batch_size,
-            replay=spec.replay,
+        queue = ShardQueue(r, bus.Keys(cfg.namespace), cfg.run, consumer, orphaned=orphaned, quick=quick)
+        seed = _worker_seed(cfg.seed, rank, worker)
+        self.stream = SampleStream(
+            queue,
+            cfg,
+            on_problem=self._problem,
+            worker_seed=seed,
+            job_consumers=job_consumers(cfg.run, dataset.world_size, cfg.loader_workers),
+            announce_waiting=rank == 0 and worker == 0,
         )
-        self.stream = SampleStream(queue, cfg, on_problem=self._problem)
         self.seeds = np.random.default_rng(seed + 1)  # per-sample augmentation seeds, part of the state
         state = dataset.worker_states.get(worker)
         if state:
@@ -160,17 +149,17 @@ class _BatchMaker:
         images, tokens, captions = [], [], []
         # The DataLoader takes batches from its workers round robin, so this worker's n-th batch
         # is the loader's (n * workers + worker)-th: the level is that of the step training it.
-        level = self.levels.level(self.made * max(self.spec.workers, 1) + self.worker)
+        level = self.levels.level(self.made * max(self.cfg.loader_workers, 1) + self.worker)
         self.made += 1
-        while len(images) < self.spec.batch_size:
+        while len(images) < self.cfg.batch_size:
             sample, claim = self.stream.next_sample()
             aug_seed = int(self.seeds.integers(2**62))
             try:
-                caption = choose_caption(sample, self.spec.caption)
-                ids = encode_caption(self.tokenizer, caption, self.spec.max_len)
+                caption = choose_caption(sample, self.caption)
+                ids = encode_caption(self.tokenizer, caption, self.model.max_len)
                 check_intact(sample)
                 image = self.augment(
-                    decode_image(sample.image, sample.image_ext, self.spec.image_size), level, aug_seed
+                    decode_image(sample.image, sample.image_ext, self.model.image_size), level, aug_seed
                 )
             except SampleError as e:
                 self._problem(f"{claim.name}/{sample.key}", str(e))
@@ -212,7 +201,7 @@ LOADER_POLL_S = 2.0  # how often a wait for a batch from loader workers looks up
 def make_loader(dataset: ShardStreamDataset, pin_memory: bool = False) -> DataLoader:
     """A DataLoader over already-made batches (batch_size=None). With worker processes, a wait
     for a batch gives up every LOADER_POLL_S (see `next_batch`)."""
-    workers = dataset.spec.workers
+    workers = dataset.cfg.loader_workers
     return DataLoader(
         dataset,
         batch_size=None,

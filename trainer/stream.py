@@ -33,13 +33,13 @@ import contextlib
 import logging
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from streamcap.formats.shards import Sample, iter_samples
+from streamcap.trainer.config import TrainerSettings
 from streamcap.trainer.shardqueue import FinishedShard, Orphaned, RedisDown, ShardClaim, ShardQueue
 
 log = logging.getLogger(__name__)
@@ -93,24 +93,28 @@ class Buffered:
     sample: Sample
 
 
-@dataclass
-class StreamConfig:
-    shard_dir: Path
-    buffer_size: int
-    fresh_wait_ms: int
-    seed: int
-    job_consumers: frozenset[str] = field(default_factory=frozenset)
-    announce_waiting: bool = True  # only one worker of the job says "waiting for the first shard"
-    min_ready: int = 1  # below this many buffered samples (a batch), wait or replay
-    replay: str = "balanced"  # or "uniform"; see the module docstring
-
-
 class SampleStream:
-    """Raw samples of one worker, shuffled across shards; see the module docstring."""
+    """Raw samples of one worker, shuffled across shards; see the module docstring.
 
-    def __init__(self, queue: ShardQueue, cfg: StreamConfig, on_problem) -> None:
+    It reads the loader settings of `cfg` as they are: --shard-dir, --shuffle-buffer (the buffer),
+    --fresh-wait-ms, --replay and --batch-size (below a batch of buffered samples it waits or
+    replays). What is this worker's own comes beside them: its seed, the consumers of the whole
+    job (whose shards are not orphans) and whether it is the one to say it waits for a shard.
+    """
+
+    def __init__(
+        self,
+        queue: ShardQueue,
+        cfg: TrainerSettings,
+        on_problem,
+        *,
+        worker_seed: int,
+        job_consumers: frozenset[str] = frozenset(),
+        announce_waiting: bool = True,
+    ) -> None:
         self.queue, self.cfg, self._report = queue, cfg, on_problem
-        self.rng = np.random.default_rng(cfg.seed)
+        self.job_consumers, self.announce_waiting = job_consumers, announce_waiting
+        self.rng = np.random.default_rng(worker_seed)
         self.counters = StreamCounters()
         self.open: dict[int, OpenShard] = {}
         self.buffer: list[Buffered] = []
@@ -130,7 +134,7 @@ class SampleStream:
         self._next_touch = time.monotonic() + TOUCH_EVERY_S
         self._next_orphan_check = 0.0
         self._said_waiting = False
-        self._low_water = max(1, min(cfg.buffer_size // 2, cfg.min_ready))
+        self._low_water = max(1, min(cfg.shuffle_buffer // 2, cfg.batch_size))
         self._started = False
 
     # --- public ---------------------------------------------------------------------------
@@ -207,7 +211,7 @@ class SampleStream:
 
     def _refill(self) -> None:
         """Read samples in until the buffer is full or no sample is available without waiting."""
-        while len(self.buffer) < self.cfg.buffer_size:
+        while len(self.buffer) < self.cfg.shuffle_buffer:
             # Waiting for a fresh shard, then replaying, only once the buffer runs low: fresh
             # samples must not be diluted by replays while buffered ones last.
             item = self._read_one(may_wait=len(self.buffer) < self._low_water)
@@ -288,7 +292,7 @@ class SampleStream:
     def _next_claim_from_redis(self, may_wait: bool, now: float) -> ShardClaim | None:
         if now >= self._next_orphan_check:
             self._next_orphan_check = now + ORPHAN_CHECK_EVERY_S
-            self.queued += self.queue.reclaim_orphans(self.cfg.job_consumers)
+            self.queued += self.queue.reclaim_orphans(self.job_consumers)
             self.queued += self._strays()  # after the orphans are queued: they are pending here too
         if self.queued:
             return self.queued.pop(0)
@@ -315,7 +319,7 @@ class SampleStream:
             return ShardClaim(name=self._pick_replay(candidates), samples=-1, fresh=False)
         if not self._said_waiting:
             self._said_waiting = True
-            (log.info if self.cfg.announce_waiting else log.debug)(
+            (log.info if self.announce_waiting else log.debug)(
                 "no shards to read yet; waiting for the first one to land in %s", self.queue.keys.shards
             )
         self._dry_until = 0.0  # nothing to replay either: the next attempt waits for a fresh shard

@@ -36,11 +36,11 @@ from streamcap.trainer import distributed
 from streamcap.trainer.augment import LevelSchedule
 from streamcap.trainer.batch_accounting import BatchAccounting
 from streamcap.trainer.config import TrainerSettings
-from streamcap.trainer.dataset import LoaderSpec, ShardStreamDataset, make_loader, next_batch
+from streamcap.trainer.dataset import ShardStreamDataset, make_loader, next_batch
 from streamcap.trainer.losses import caption_loss
 from streamcap.trainer.metrics_sink import MetricsSink
 from streamcap.trainer.redis_status import RedisStatus
-from streamcap.trainer.samples import CaptionChoice, ImageNormalizer
+from streamcap.trainer.samples import ImageNormalizer
 from streamcap.trainer.schedule import make_scheduler
 from streamcap.trainer.shardqueue import FinishedShard, ReadLedger
 from streamcap.trainer.signals import StopRequested, StopSignal
@@ -55,6 +55,7 @@ class Run:
 
     cfg: TrainerSettings
     info: distributed.DistInfo
+    redis_url: str  # resolved once at start (password included); the loader workers connect with it
     r: Any
     tokenizer: WordPieceTokenizer
     model: CaptionModel
@@ -86,7 +87,7 @@ def run(cfg: TrainerSettings) -> int:
         setup_logging("trainer", cfg.log_level, instance=f"{cfg.run}-rank{info.rank}")
         r = bus.connect(redis_url, retries=2, keys=bus.Keys(cfg.namespace), who=f"trainer {cfg.run} rank {info.rank}")
         bus.wait_for_redis(r)
-        state = _setup(cfg, info, r, tokenizer)
+        state = _setup(cfg, info, redis_url, r, tokenizer)
         return _train(state)
     finally:
         distributed.teardown(info)
@@ -102,7 +103,9 @@ def _load_tokenizer(path) -> WordPieceTokenizer:
 # --- setup: resume point, model, optimizer ----------------------------------------------------
 
 
-def _setup(cfg: TrainerSettings, info: distributed.DistInfo, r: Any, tokenizer: WordPieceTokenizer) -> Run:
+def _setup(
+    cfg: TrainerSettings, info: distributed.DistInfo, redis_url: str, r: Any, tokenizer: WordPieceTokenizer
+) -> Run:
     run_dir = cfg.run_dir
     latest = ckpt.find_latest(run_dir)
     if latest and not cfg.resume:
@@ -134,6 +137,7 @@ def _setup(cfg: TrainerSettings, info: distributed.DistInfo, r: Any, tokenizer: 
     state = Run(
         cfg=cfg,
         info=info,
+        redis_url=redis_url,
         r=r,
         tokenizer=tokenizer,
         model=model,
@@ -189,24 +193,7 @@ def _wrap(state: Run) -> None:
 
 
 def _loader(state: Run) -> tuple[Any, BatchAccounting]:
-    cfg, info, model_cfg = state.cfg, state.info, state.model.cfg
-    spec = LoaderSpec(
-        redis_url=cfg.require_redis(),
-        namespace=cfg.namespace,
-        shard_dir=cfg.shard_dir,
-        run=cfg.run,
-        rank=info.rank,
-        world_size=info.world_size,
-        workers=cfg.loader_workers,
-        image_size=model_cfg.image_size,
-        max_len=model_cfg.max_len,
-        batch_size=cfg.batch_size,
-        shuffle_buffer=cfg.shuffle_buffer,
-        fresh_wait_ms=cfg.fresh_wait_ms,
-        seed=cfg.seed,
-        caption=CaptionChoice(cfg.caption_column, cfg.caption_sentences),
-        replay=cfg.replay,
-    )
+    cfg, info = state.cfg, state.info
     saved = state.rank_state
     worker_states = saved.get("loader") if saved.get("loader_workers") == cfg.loader_workers else None
     if saved and worker_states is None:
@@ -219,7 +206,16 @@ def _loader(state: Run) -> tuple[Any, BatchAccounting]:
     # look at what they hold, so no finished shard is taken for an unfinished one.
     ledger.commit_saved(state.step, [FinishedShard.from_dict(d) for d in saved.get("unacknowledged", [])])
     levels = LevelSchedule(cfg.aug_ramp_steps, cfg.aug_max, cfg.grad_accum, start_step=state.step)
-    dataset = ShardStreamDataset(spec, state.tokenizer, levels, worker_states)
+    dataset = ShardStreamDataset(
+        cfg,
+        state.model.cfg,  # a resumed run's, which may differ from a preset's
+        state.tokenizer,
+        levels,
+        redis_url=state.redis_url,
+        rank=info.rank,
+        world_size=info.world_size,
+        worker_states=worker_states,
+    )
     tracker = BatchAccounting(ledger, cfg.run_dir / f"reads-rank{info.rank}.jsonl", totals=saved.get("counters"))
     return make_loader(dataset, pin_memory=info.device.type == "cuda"), tracker
 

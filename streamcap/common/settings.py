@@ -1,8 +1,21 @@
 """Typed settings: defaults < environment variable < CLI flag.
 
-Every service declares one frozen dataclass deriving from `CommonSettings`, with each field
-declared through `setting()`: its default, CLI flag, environment variable, one line of help and
-an optional check. The typer commands build their options from the same declaration
+Every service declares one frozen dataclass deriving from `Settings` (most from `CommonSettings`).
+A setting is a field declared with `setting(default, check=...)` and the docstring below it,
+its help. The field's name gives the rest: field `part_size` is the flag `--part-size` and the
+environment variable `STREAMCAP_PART_SIZE`, whose prefix belongs to the class: a class keyword,
+inherited by subclasses, `STREAMCAP_` unless a class names another.
+
+    @dataclass(frozen=True, kw_only=True)
+    class EvalSettings(CommonSettings, env_prefix="STREAMCAP_EVAL_"):
+        beam: int = setting(5, check=between(1, 64))  # --beam, STREAMCAP_EVAL_BEAM
+        "Beam size (1: greedy-like beam search)."
+        out_dir: Path = setting(Path("evals"), env="STREAMCAP_EVAL_DIR")  # an exception
+        "Predictions, HTML reports and `best` go here."
+
+`flag=` and `env=` name the exceptions (`env=None`: the setting has no variable). The names and
+the help are filled in as the class is created, so each field's metadata holds its final "flag",
+"env", "help" and "check". The typer commands build their options from the same declaration
 (`streamcap.common.commands.settings_command`), so a flag, its variable and its error message
 cannot drift apart, and docs/settings.md is generated from it (`make docs`; a test checks it).
 
@@ -15,14 +28,18 @@ cannot drift apart, and docs/settings.md is generated from it (`make docs`; a te
 
 from __future__ import annotations
 
+import ast
 import dataclasses
+import inspect
 import json
 import os
 import re
+import textwrap
+import types
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, ClassVar, Optional
 from urllib.parse import parse_qsl, urlparse
 
 from streamcap.common.secrets import PASSWORD_ENV, redact, with_password
@@ -35,12 +52,64 @@ class ConfigError(ValueError):
     """A setting has a wrong value. The message is one line naming the setting."""
 
 
-def setting(default: Any, *, flag: str, env: str | None, help: str, check: Check | None = None) -> Any:
-    """Declare a settings field with its CLI flag, environment variable and help line."""
+class _FromName:
+    """The variable a `setting()` leaves to its field's name (see the module docstring)."""
+
+    def __repr__(self) -> str:
+        return "<from the field's name>"
+
+
+_FROM_NAME: Any = _FromName()
+
+
+def setting(
+    default: Any,
+    *,
+    check: Check | None = None,
+    flag: str | None = None,
+    env: str | None = _FROM_NAME,
+    help: str | None = None,
+) -> Any:
+    """Declare a settings field: its default and an optional check.
+
+    In a `Settings` class, the flag and the environment variable follow from the field's name and
+    the class's prefix unless given (`env=None`: no variable), and the help is the docstring right
+    below the field unless given. Elsewhere, give all three.
+    """
     meta = {"flag": flag, "env": env, "help": help, "check": check}
     if isinstance(default, (list, dict, set)):
         return dataclasses.field(default_factory=lambda: type(default)(default), metadata=meta)
     return dataclasses.field(default=default, metadata=meta)
+
+
+def _is_setting(value: Any) -> bool:
+    return isinstance(value, dataclasses.Field) and "flag" in value.metadata
+
+
+def _attribute_docs(cls: type) -> dict[str, str] | None:
+    """The docstring of each field `cls` declares (the string right below it), on one line;
+    None where there is no source to read (a build that ships bytecode only).
+
+    Read from the source, as tyro and simple-parsing read theirs.
+    """
+    try:
+        source = inspect.getsource(cls)
+    except (OSError, TypeError):
+        return None
+    body = ast.parse(textwrap.dedent(source)).body[0].body
+    docs = {}
+    for field, below in zip(body, body[1:]):
+        if isinstance(field, ast.AnnAssign) and isinstance(field.target, ast.Name) and _is_text(below):
+            docs[field.target.id] = " ".join(below.value.value.split())
+    return docs
+
+
+def _is_text(statement: ast.stmt) -> bool:
+    return (
+        isinstance(statement, ast.Expr)
+        and isinstance(statement.value, ast.Constant)
+        and isinstance(statement.value.value, str)
+    )
 
 
 def describe(cls_or_obj: Any, name: str) -> str:
@@ -141,6 +210,7 @@ def directory_path(v: Any) -> str | None:
 
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+DEVICES = ("auto", "cpu", "cuda")
 
 
 _PATH_TYPES = (Path, "Path", "Path | None", Optional[Path], "Optional[Path]")  # noqa: UP045 (matches old spellings)
@@ -148,7 +218,28 @@ _PATH_TYPES = (Path, "Path", "Path | None", Optional[Path], "Optional[Path]")  #
 
 @dataclass(frozen=True, kw_only=True)
 class Settings:
-    """Base of every settings class: runs each field's check, then `validate()`."""
+    """Base of every settings class: names its settings, runs each field's check, then `validate()`."""
+
+    env_prefix: ClassVar[str] = "STREAMCAP_"
+
+    def __init_subclass__(cls, *, env_prefix: str | None = None, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if env_prefix is not None:
+            cls.env_prefix = env_prefix
+        # This runs before @dataclass reads the class: each `setting()` the class declares is
+        # still a Field among its attributes, and gets its names here. Inherited ones keep theirs.
+        own = {name: value for name, value in vars(cls).items() if _is_setting(value)}
+        docs = _attribute_docs(cls) if any(f.metadata["help"] is None for f in own.values()) else {}
+        for name, f in own.items():
+            meta = dict(f.metadata)
+            meta["flag"] = meta["flag"] or "--" + name.replace("_", "-")
+            meta["env"] = cls.env_prefix + name.upper() if meta["env"] is _FROM_NAME else meta["env"]
+            if meta["help"] is None:
+                # Without source to read (docs None), the settings still work: without help texts.
+                meta["help"] = "" if docs is None else docs.get(name)
+                if meta["help"] is None:
+                    raise TypeError(f"{cls.__qualname__}.{name}: a setting needs its help, as the docstring below it")
+            f.metadata = types.MappingProxyType(meta)
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
@@ -173,34 +264,14 @@ class Settings:
 class CommonSettings(Settings):
     """Settings shared by every command. Services derive their own settings from this."""
 
-    redis_url: str | None = setting(
-        None,
-        flag="--redis-url",
-        env="REDIS_URL",
-        check=redis_url,
-        help="Redis server URL, e.g. redis://localhost:6379/0 (`streamcap redis` prints one).",
-    )
-    namespace: str = setting(
-        "streamcap",
-        flag="--namespace",
-        env="STREAMCAP_NAMESPACE",
-        check=namespace,
-        help="Prefix of every Redis key, so several pipelines can share one server.",
-    )
-    shard_dir: Path = setting(
-        Path("shards"),
-        flag="--shard-dir",
-        env="STREAMCAP_SHARD_DIR",
-        check=directory_path,
-        help="Directory of the WebDataset tar shards (a shared volume in compose).",
-    )
-    log_level: str = setting(
-        "INFO",
-        flag="--log-level",
-        env="STREAMCAP_LOG_LEVEL",
-        check=one_of(*LOG_LEVELS),
-        help="Log verbosity.",
-    )
+    redis_url: str | None = setting(None, check=redis_url, env="REDIS_URL")
+    """Redis server URL, e.g. redis://localhost:6379/0 (`streamcap redis` prints one)."""
+    namespace: str = setting("streamcap", check=namespace)
+    """Prefix of every Redis key, so several pipelines can share one server."""
+    shard_dir: Path = setting(Path("shards"), check=directory_path)
+    """Directory of the WebDataset tar shards (a shared volume in compose)."""
+    log_level: str = setting("INFO", check=one_of(*LOG_LEVELS))
+    """Log verbosity."""
 
     def require_redis(self) -> str:
         """The Redis URL, or a ConfigError telling the user how to get one."""

@@ -10,6 +10,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+WANDB_MODES = ("auto", "online", "offline", "disabled")
+
 
 def resolve_wandb_mode(configured: str) -> str:
     if configured != "auto":

@@ -17,6 +17,11 @@ from typing import Any
 # Trunks built with torchvision. resnet10 is torchvision's ResNet class with one BasicBlock per
 # stage: there are no ImageNet weights for it, it exists so that `tiny` trains on 2 CPU cores.
 BACKBONES = ("resnet10", "resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
+# The largest model inputs the settings accept: past them a value is a slip. Activations grow
+# with the square of the image side; captions are a sentence or two, and attention over the
+# tokens grows with the square of their number.
+MAX_IMAGE_SIZE = 2048
+MAX_LEN = 512
 
 
 @dataclass(frozen=True)

@@ -32,10 +32,10 @@ from streamcap.formats.shards import sample_key
 from streamcap.shardwriter.registry import registered_shards
 from streamcap.text.tokenizer import WordPieceTokenizer
 from streamcap.text.vocab import count_words, train_vocab
-from streamcap.trainer.augment import LevelSchedule
-from streamcap.trainer.dataset import LoaderSpec, ShardStreamDataset, make_loader
+from streamcap.trainer.dataset import make_loader
 from tests.support.fleet import STREAMCAP
 from tests.support.images import jpeg_bytes, png_claiming
+from tests.support.loader import stream_dataset
 
 OUTSIDE = f"evil-{uuid.uuid4().hex[:8]}"  # what an extracting reader would create outside the shard dir
 
@@ -284,23 +284,11 @@ def test_the_dataset_skips_damaged_data_counts_it_and_never_raises(redis_url, ke
     register(r, keys, shards)
     captions = shards.intact | shards.damaged
     tokenizer = WordPieceTokenizer.from_vocab(train_vocab(count_words(captions), 300, min_frequency=1))
-    spec = LoaderSpec(
-        redis_url=redis_url,
-        namespace=keys.namespace,
-        shard_dir=shards.dir,
-        run="attack",
-        rank=0,
-        world_size=1,
-        workers=workers,
-        image_size=32,
-        max_len=24,
-        batch_size=4,
-        shuffle_buffer=4,
-        fresh_wait_ms=200,
-        seed=1,
-    )
     caplog.set_level(logging.WARNING, logger="streamcap.trainer")
-    batches = iter(make_loader(ShardStreamDataset(spec, tokenizer, LevelSchedule())))
+    dataset = stream_dataset(
+        redis_url, keys, shards.dir, tokenizer, run="attack", loader_workers=workers, shuffle_buffer=4, seed=1
+    )
+    batches = iter(make_loader(dataset))
     seen, problems = set(), 0
     for _ in range(12):  # every fresh shard, then replays of the readable ones; never an exception
         batch = next(batches)

@@ -17,27 +17,9 @@ from streamcap import bus
 from streamcap.demo.synthetic import add_part, demo_samples, demo_tokenizer, register_shard
 from streamcap.formats.records import ShardRecord
 from streamcap.trainer.augment import LevelSchedule
-from streamcap.trainer.dataset import LoaderSpec, ShardStreamDataset, make_loader
+from streamcap.trainer.dataset import make_loader
 from streamcap.trainer.shardqueue import ReadLedger
-
-
-def spec(redis_url: str, keys, shard_dir: Path, workers: int = 0, **overrides) -> LoaderSpec:
-    values = dict(
-        redis_url=redis_url,
-        namespace=keys.namespace,
-        shard_dir=shard_dir,
-        run="t",
-        rank=0,
-        world_size=1,
-        workers=workers,
-        image_size=32,
-        max_len=24,
-        batch_size=4,
-        shuffle_buffer=8,
-        fresh_wait_ms=200,
-        seed=3,
-    )
-    return LoaderSpec(**(values | overrides))
+from tests.support.loader import loader_settings, stream_dataset
 
 
 def add_shards(r, keys, shard_dir: Path, sizes: list[int], seed: int = 1) -> list:
@@ -54,7 +36,7 @@ def test_fresh_shards_are_read_once_then_replayed(redis_url, keys, r, tmp_path):
     samples = add_shards(r, keys, tmp_path, [6, 6, 6])
     tok = demo_tokenizer(samples)
     ledger = ReadLedger(r, keys, "t")
-    batches = iter(make_loader(ShardStreamDataset(spec(redis_url, keys, tmp_path), tok, LevelSchedule())))
+    batches = iter(make_loader(stream_dataset(redis_url, keys, tmp_path, tok)))
     fresh = replay = 0
     finished = []
     for _ in range(12):  # 48 samples from 18 that exist
@@ -77,9 +59,7 @@ def test_two_workers_split_fresh_shards_and_a_restart_rereads_no_acked_shard(red
     samples = add_shards(r, keys, tmp_path, [4] * 6)
     tok = demo_tokenizer(samples)
     ledger = ReadLedger(r, keys, "t")
-    loader = make_loader(
-        ShardStreamDataset(spec(redis_url, keys, tmp_path, workers=2, shuffle_buffer=4), tok, LevelSchedule())
-    )
+    loader = make_loader(stream_dataset(redis_url, keys, tmp_path, tok, loader_workers=2, shuffle_buffer=4))
     batches, seen = iter(loader), []
     while sum(f.claim.fresh for f in seen) < 3:
         batch = next(batches)
@@ -111,16 +91,15 @@ def test_stream_state_continues_exactly(redis_url, keys, r, tmp_path):
             ledger.finished(out[-1].finished_shards())
         return out
 
-    base = spec(redis_url, keys, tmp_path, shuffle_buffer=6)
-    expected = consume(iter(ShardStreamDataset(base, tok, level)), ReadLedger(r, keys, "t"), 6)
+    base = stream_dataset(redis_url, keys, tmp_path, tok, level, shuffle_buffer=6)
+    expected = consume(iter(base), ReadLedger(r, keys, "t"), 6)
 
-    other = spec(redis_url, keys, tmp_path, shuffle_buffer=6, run="u")
-    first = iter(ShardStreamDataset(other, tok, level))
+    first = iter(stream_dataset(redis_url, keys, tmp_path, tok, level, shuffle_buffer=6, run="u"))
     ledger = ReadLedger(r, keys, "u")
     got = consume(first, ledger, 2)
     ledger.commit(step=1)  # the checkpoint the state belongs to
     first.close()
-    resumed = iter(ShardStreamDataset(other, tok, level, worker_states={0: got[-1].state}))
+    resumed = iter(stream_dataset(redis_url, keys, tmp_path, tok, level, {0: got[-1].state}, shuffle_buffer=6, run="u"))
     got += consume(resumed, ReadLedger(r, keys, "u"), 4)
     assert sum(b.stats["replay"] for b in got) > 0  # the comparison runs into replays too
     for a, b in zip(expected, got):
@@ -191,9 +170,7 @@ def test_corrupt_shards_and_samples_are_skipped_counted_and_named(redis_url, key
     r.xadd(keys.shards, bus.encode(escape.to_message()))  # a registry entry pointing out of the shard dir
     tok = demo_tokenizer(good)
     caplog.set_level(logging.WARNING, logger="streamcap.trainer")
-    batches = iter(
-        make_loader(ShardStreamDataset(spec(redis_url, keys, tmp_path, workers=workers), tok, LevelSchedule()))
-    )
+    batches = iter(make_loader(stream_dataset(redis_url, keys, tmp_path, tok, loader_workers=workers)))
     problems = 0
     for _ in range(6):  # never raises; replays fill the batches once fresh data runs out
         batch = next(batches)
@@ -236,20 +213,26 @@ def test_a_redis_outage_longer_than_the_clients_retries_is_waited_out(redis_serv
         impatient.close()
 
 
+def lone_worker_stream(r, keys, shard_dir: Path, consumer: str):
+    """The sample stream of the one loader worker of a one-rank job, batches of one sample."""
+    from streamcap.trainer.shardqueue import ShardQueue, job_consumers
+    from streamcap.trainer.stream import SampleStream
+
+    cfg = loader_settings(keys, shard_dir, batch_size=1, shuffle_buffer=2, fresh_wait_ms=0)
+    queue = ShardQueue(r, keys, "t", consumer)
+    return SampleStream(queue, cfg, on_problem=lambda *_: None, worker_seed=1, job_consumers=job_consumers("t", 1, 1))
+
+
 def test_shards_a_dying_incarnation_claimed_under_the_same_name_are_adopted(redis_url, keys, r, tmp_path, monkeypatch):
     """A loader worker can outlive its rank for a few seconds; after a fast restart, what it
     claims under the shared consumer name must still be read (once), not left pending."""
     import streamcap.trainer.stream
-    from streamcap.trainer.shardqueue import ShardQueue, consumer_name, job_consumers
-    from streamcap.trainer.stream import SampleStream, StreamConfig
+    from streamcap.trainer.shardqueue import consumer_name
 
     monkeypatch.setattr(streamcap.trainer.stream, "ORPHAN_CHECK_EVERY_S", 0.0)  # check at every claim
     add_shards(r, keys, tmp_path, [3, 3])
     name = consumer_name("t", 0, 0)
-    cfg = StreamConfig(
-        shard_dir=tmp_path, buffer_size=2, fresh_wait_ms=0, seed=1, job_consumers=job_consumers("t", 1, 1), min_ready=1
-    )
-    stream = SampleStream(ShardQueue(r, keys, "t", name), cfg, on_problem=lambda *_: None)
+    stream = lone_worker_stream(r, keys, tmp_path, name)
     stream.start()
     stream.next_sample()
     # The previous incarnation's worker, still alive, takes the next two shards as they land.
@@ -268,17 +251,13 @@ def test_shards_held_by_consumers_outside_the_job_are_taken_over_and_read_once(
     redis_url, keys, r, tmp_path, monkeypatch
 ):
     import streamcap.trainer.stream
-    from streamcap.trainer.shardqueue import ShardQueue, consumer_name, job_consumers
-    from streamcap.trainer.stream import SampleStream, StreamConfig
+    from streamcap.trainer.shardqueue import consumer_name
 
     monkeypatch.setattr(streamcap.trainer.stream, "ORPHAN_CHECK_EVERY_S", 0.0)  # check at every claim
     add_shards(r, keys, tmp_path, [3, 3, 3])
     r.xgroup_create(keys.shards, "train:t", id="0", mkstream=True)
     r.xreadgroup("train:t", consumer_name("t", 5, 0), {keys.shards: ">"}, count=2)  # a rank this job no longer has
-    cfg = StreamConfig(
-        shard_dir=tmp_path, buffer_size=2, fresh_wait_ms=0, seed=1, job_consumers=job_consumers("t", 1, 1), min_ready=1
-    )
-    stream = SampleStream(ShardQueue(r, keys, "t", consumer_name("t", 0, 0)), cfg, on_problem=lambda *_: None)
+    stream = lone_worker_stream(r, keys, tmp_path, consumer_name("t", 0, 0))
     finished = []
     for _ in range(40):  # 9 fresh samples exist; the rest are replays
         stream.next_sample()
@@ -318,9 +297,7 @@ def test_balanced_replay_keeps_every_shards_reads_close_to_the_mean(redis_url, k
     samples = add_shards(r, keys, tmp_path, [4] * 8)
     tok = demo_tokenizer(samples)
     ledger = ReadLedger(r, keys, "t")
-    loader = make_loader(
-        ShardStreamDataset(spec(redis_url, keys, tmp_path, workers=workers, shuffle_buffer=4), tok, LevelSchedule())
-    )
+    loader = make_loader(stream_dataset(redis_url, keys, tmp_path, tok, loader_workers=workers, shuffle_buffer=4))
     reads: dict[str, int] = {}
     fresh: list[str] = []
     for step, batch in zip(range(100), loader):
@@ -341,9 +318,7 @@ def test_a_worker_replays_the_shards_it_knows_while_redis_is_down(redis_server, 
     samples = add_shards(r, keys, tmp_path, [4, 4, 4])
     tok = demo_tokenizer(samples)
     with RedisProxy(redis_server.port) as proxy:
-        loader = make_loader(
-            ShardStreamDataset(spec(proxy.url, keys, tmp_path, shuffle_buffer=4), tok, LevelSchedule())
-        )
+        loader = make_loader(stream_dataset(proxy.url, keys, tmp_path, tok, shuffle_buffer=4))
         batches = iter(loader)
         before = [next(batches) for _ in range(4)]  # the 12 fresh samples, then replays
         assert sum(b.stats["fresh"] for b in before) == 12

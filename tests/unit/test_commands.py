@@ -95,7 +95,10 @@ def eval_app(**picks) -> typer.Typer:
 
 def test_a_bad_value_is_the_settings_one_line_error(capsys):
     assert run_app(eval_app(), ["--beam", "0"]) == 1
-    assert capsys.readouterr().err == "streamcap: error: --beam / STREAMCAP_EVAL_BEAM: expected a number >= 1, got 0\n"
+    assert (
+        capsys.readouterr().err
+        == "streamcap: error: --beam / STREAMCAP_EVAL_BEAM: expected a number from 1 to 64, got 0\n"
+    )
 
 
 def test_only_and_exclude_pick_fields_in_declaration_order_common_last():
@@ -109,7 +112,9 @@ def test_read_as_changes_the_type_an_option_parses(capsys):
     assert "Invalid value for '--beam'" in capsys.readouterr().err
     as_text = eval_app(read_as={"beam": str})  # the text reaches the settings' own check
     assert run_app(as_text, ["--beam", "many"]) == 1
-    assert capsys.readouterr().err.endswith("--beam / STREAMCAP_EVAL_BEAM: expected a number >= 1, got 'many'\n")
+    assert capsys.readouterr().err.endswith(
+        "--beam / STREAMCAP_EVAL_BEAM: expected a number from 1 to 64, got 'many'\n"
+    )
 
 
 @pytest.mark.parametrize("picks", [{"only": ("nope",)}, {"exclude": ("nope",)}])

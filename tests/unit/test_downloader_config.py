@@ -27,7 +27,7 @@ def test_defaults_follow_the_issue():
         ({"opt_out_directives": "no ai"}, "--opt-out-directives / STREAMCAP_OPT_OUT_DIRECTIVES: expected comma"),
         ({"max_aspect_ratio": 0.5}, "--max-aspect-ratio / STREAMCAP_MAX_ASPECT_RATIO: expected 0 (no limit) or"),
         ({"total_timeout": 0}, "--total-timeout / STREAMCAP_TOTAL_TIMEOUT: expected a number >= 0.1, got 0"),
-        ({"concurrency": 0}, "--concurrency / STREAMCAP_CONCURRENCY: expected a number >= 1, got 0"),
+        ({"concurrency": 0}, "--concurrency / STREAMCAP_CONCURRENCY: expected a number from 1 to 4096, got 0"),
         ({"shard_max_bytes": "lots"}, "--shard-max-bytes / STREAMCAP_SHARD_MAX_BYTES: expected a byte size"),
     ],
 )
@@ -40,7 +40,7 @@ def test_wrong_download_settings_are_one_line_naming_the_setting(kwargs, message
 @pytest.mark.parametrize(
     "kwargs, message",
     [
-        ({"part_size": 0}, "--part-size / STREAMCAP_PART_SIZE: expected a number >= 1"),
+        ({"part_size": 0}, "--part-size / STREAMCAP_PART_SIZE: expected a number from 1 to 100000"),
         ({"limit": -3}, "--limit / STREAMCAP_LIMIT: expected a number >= 1"),
         ({"name": "!!!"}, "--name / STREAMCAP_SOURCE_NAME: expected a name with letters or digits"),
     ],

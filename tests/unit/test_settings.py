@@ -1,8 +1,19 @@
+import gc
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from streamcap.common.settings import CommonSettings, ConfigError, all_settings_fields, build
+from streamcap.common.settings import (
+    CommonSettings,
+    ConfigError,
+    Settings,
+    all_settings_fields,
+    at_least,
+    build,
+    describe,
+    setting,
+)
 
 
 def test_defaults_are_valid():
@@ -59,3 +70,61 @@ def test_shard_dir_must_be_a_directory_or_creatable(tmp_path):
         with pytest.raises(ConfigError, match="--shard-dir / STREAMCAP_SHARD_DIR: expected a directory"):
             CommonSettings(shard_dir=bad)
     assert CommonSettings(shard_dir=tmp_path / "new" / "deeper").shard_dir == tmp_path / "new" / "deeper"
+
+
+@pytest.fixture
+def forgotten_after():
+    """Settings classes a test makes are gone once it ends: the docs test lists every live one."""
+    yield
+    gc.collect()
+
+
+def test_flag_and_variable_follow_from_the_field_name_and_the_class_prefix(forgotten_after):
+    @dataclass(frozen=True, kw_only=True)
+    class PipeSettings(CommonSettings, env_prefix="PIPE_"):
+        part_size: int = setting(10, check=at_least(1))
+        "Rows per part."
+        run: str = setting("r", flag="--run-id", env="PIPE_RUN_ID")
+        "Run id."
+        quiet: bool = setting(False, env=None)
+        "Say less."
+
+    @dataclass(frozen=True, kw_only=True)
+    class MorePipeSettings(PipeSettings):
+        extra_knob: int = setting(1)
+        "A knob."
+
+    names = {f.name: (f.metadata["flag"], f.metadata["env"]) for f in all_settings_fields(MorePipeSettings)}
+    assert names["part_size"] == ("--part-size", "PIPE_PART_SIZE")
+    assert names["run"] == ("--run-id", "PIPE_RUN_ID")
+    assert names["extra_knob"] == ("--extra-knob", "PIPE_EXTRA_KNOB")  # the prefix is inherited
+    assert names["namespace"] == ("--namespace", "STREAMCAP_NAMESPACE")  # inherited settings keep theirs
+    assert names["redis_url"] == ("--redis-url", "REDIS_URL")
+    assert describe(PipeSettings, "quiet") == "--quiet"
+    assert (
+        _help(MorePipeSettings, "part_size") == "Rows per part." and _help(MorePipeSettings, "extra_knob") == "A knob."
+    )
+    with pytest.raises(ConfigError, match="^--part-size / PIPE_PART_SIZE: expected a number >= 1, got 0$"):
+        PipeSettings(part_size=0)
+
+
+def test_a_setting_without_help_fails_when_its_class_is_made(forgotten_after):
+    with pytest.raises(TypeError, match="Undocumented.knob: a setting needs its help"):
+
+        @dataclass(frozen=True, kw_only=True)
+        class Undocumented(Settings):
+            knob: int = setting(1)
+
+
+def test_a_help_wrapped_over_lines_is_one_line(forgotten_after):
+    @dataclass(frozen=True, kw_only=True)
+    class Wrapped(Settings):
+        knob: int = setting(1)
+        """A help long enough to
+        take two lines."""
+
+    assert _help(Wrapped, "knob") == "A help long enough to take two lines."
+
+
+def _help(cls: type, name: str) -> str:
+    return next(f for f in all_settings_fields(cls) if f.name == name).metadata["help"]

@@ -52,7 +52,7 @@ def test_train_command_reports_bad_settings_without_a_traceback(tmp_path):
     assert out.returncode == 1
     assert (
         out.stderr.strip()
-        == "streamcap: error: --batch-size / STREAMCAP_TRAIN_BATCH_SIZE: expected a number >= 1, got 0"
+        == "streamcap: error: --batch-size / STREAMCAP_TRAIN_BATCH_SIZE: expected a number from 1 to 4096, got 0"
     )
     (tmp_path / "vocab.txt").write_text("[PAD]\n[UNK]\n[CLS]\n[SEP]\n")
     out = subprocess.run(
@@ -72,3 +72,17 @@ def test_every_model_preset_is_a_trainer_preset():
 
     for name in MODEL_PRESETS:
         assert TrainerSettings(preset=name).preset == name
+
+
+def test_the_loader_gets_the_settings_as_they_are_and_its_workers_get_them_pickled(tmp_path):
+    import pickle
+
+    from streamcap.trainer.augment import LevelSchedule
+    from streamcap.trainer.dataset import ShardStreamDataset
+    from tests.support.loader import MODEL
+
+    cfg = TrainerSettings(shard_dir=tmp_path, run="r", loader_workers=2, shuffle_buffer=7, replay="uniform")
+    dataset = ShardStreamDataset(cfg, MODEL, None, LevelSchedule(), redis_url="redis://h:1/0", rank=1, world_size=2)
+    assert dataset.cfg is cfg  # no copy of its fields to drift from the settings
+    again = pickle.loads(pickle.dumps(dataset))  # what a DataLoader worker receives under spawn
+    assert (again.cfg, again.model, again.redis_url, again.rank) == (cfg, MODEL, "redis://h:1/0", 1)
