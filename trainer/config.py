@@ -156,7 +156,7 @@ class TrainerSettings(CommonSettings):
     max_steps: int = setting(
         100_000, flag="--max-steps", env="STREAMCAP_MAX_STEPS", check=at_least(1), help="Optimizer steps to train for."
     )
-    lr: float = setting(1e-4, flag="--lr", env="STREAMCAP_LR", check=between(0, 1), help="Peak Adam learning rate.")
+    lr: float = setting(1e-4, flag="--lr", env="STREAMCAP_LR", check=at_least(0), help="Peak Adam learning rate.")
     encoder_lr: float | None = setting(
         None,
         flag="--encoder-lr",
@@ -276,6 +276,14 @@ class TrainerSettings(CommonSettings):
         env="STREAMCAP_WANDB_MODE",
         check=one_of(*WANDB_MODES),
         help="auto: online with an API key, offline without; WANDB_MODE=disabled turns it off.",
+    )
+    # --- guards of long runs (issue 23) ---
+    max_bad_steps: int = setting(
+        5,
+        flag="--max-bad-steps",
+        env="STREAMCAP_MAX_BAD_STEPS",
+        check=at_least(1),
+        help="Stop after this many non-finite steps in a row (each one is skipped: no optimizer step).",
     )
 
     def validate(self) -> None:

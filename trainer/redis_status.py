@@ -15,6 +15,11 @@ HEARTBEAT_EVERY_S with these fields (what `streamcap status` shows):
     fresh_shards_pending shards registered but not yet claimed by this run (rank 0 only)
     bad_samples          samples skipped as corrupt or unusable (total)
     loss, lr, aug_level  latest values
+    nonfinite_steps      steps skipped for a non-finite loss or gradient norm (total, across resumes)
+    nonfinite_in_a_row   the current streak of them (the run stops at --max-bad-steps)
+    last_nonfinite_step  the latest of them (0: none)
+A run that stopped itself (`fail`) marks its last heartbeat `state: failed` with `error`: the one
+line it stopped with (e.g. "stopping: 5 non-finite steps in a row ...").
 
 Every write survives a Redis outage: it is logged and skipped, and training goes on.
 """
@@ -37,6 +42,7 @@ HEARTBEAT_EVERY_S = 5.0
 # Heartbeat states of a rank that ended on purpose: `streamcap status` expects no more beats.
 HEARTBEAT_FINISHED = "finished"
 HEARTBEAT_STOPPED = "stopped"
+HEARTBEAT_FAILED = "failed"  # the run stopped itself (`error` says why): it needs a person, not a restart
 OUTAGE_BACKOFF_S = 30.0
 RUN_RUNNING, RUN_FINISHED = "running", "finished"
 
@@ -64,6 +70,13 @@ class RedisStatus:
         stopped reporting. A crash leaves the heartbeat as it was, to go stale."""
         key = self.keys.heartbeat(bus.ROLE_TRAINER, self.instance)
         self._safe("marking the heartbeat", lambda: self.r.hset(key, "state", state))
+
+    def fail(self, reason: str) -> None:
+        """Mark this rank's last heartbeat failed, with the one line the run stopped with."""
+        key = self.keys.heartbeat(bus.ROLE_TRAINER, self.instance)
+        self._safe(
+            "marking the heartbeat", lambda: self.r.hset(key, mapping={"state": HEARTBEAT_FAILED, "error": reason})
+        )
 
     def due(self) -> bool:
         return time.monotonic() >= self._next_beat

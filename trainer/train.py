@@ -17,6 +17,7 @@ import contextlib
 import gc
 import json
 import logging
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -37,6 +38,8 @@ from streamcap.trainer.augment import LevelSchedule
 from streamcap.trainer.batch_accounting import BatchAccounting
 from streamcap.trainer.config import TrainerSettings
 from streamcap.trainer.dataset import LoaderSpec, ShardStreamDataset, make_loader, next_batch
+from streamcap.trainer.faults import NAN_LOSS, TrainerFaults
+from streamcap.trainer.guards import RunFailed, StepGuard, describe_nonfinite, nonfinite_tensor
 from streamcap.trainer.losses import caption_loss
 from streamcap.trainer.metrics_sink import MetricsSink
 from streamcap.trainer.redis_status import RedisStatus
@@ -66,6 +69,8 @@ class Run:
     ddp: torch.nn.Module | None = None
     sink: MetricsSink = field(default_factory=MetricsSink.disabled)
     announcer: ckpt.Announcer | None = None  # rank 0: checkpoints to announce on the stream
+    nonfinite: StepGuard = field(default_factory=lambda: StepGuard(5))
+    faults: TrainerFaults = field(default_factory=TrainerFaults.from_env)
     while_waiting: Callable[[], None] = lambda: None  # heartbeats while no batch comes
 
     @property
@@ -142,6 +147,11 @@ def _setup(cfg: TrainerSettings, info: distributed.DistInfo, r: Any, tokenizer: 
         step=step,
         resumed=resumed,
         normalize=ImageNormalizer(info.device),
+        nonfinite=StepGuard(
+            cfg.max_bad_steps,
+            total=int((resumed or {}).get("nonfinite_steps", 0)),
+            advice="lower --lr or check the data; resume from the last good checkpoint with --resume",
+        ),
     )
     if resumed:
         optimizer.load_state_dict(resumed["optimizer"])
@@ -250,26 +260,36 @@ def _train(state: Run) -> int:
     if state.rank_state.get("rng"):  # last: building the model and the loader draw random numbers
         ckpt.set_rng_state(state.rank_state["rng"])
     finished = stopped = False
+    failure = ""
     try:
-        while state.step < cfg.max_steps:
-            if state.model.encoder.trunk_frozen and state.step >= cfg.freeze_encoder_steps:
-                state.model.set_encoder_trainable(True)
-                _wrap(state)
-                log.info("step %d: image encoder unfrozen", state.step)
-            terms = _optimizer_step(state, batches, tracker, stop)
-            reporter.after_step(terms, tracker.aug_level_seen)
-            if state.announcer is not None:
-                state.announcer.retry()
-            if state.step % cfg.checkpoint_every == 0 or state.step == cfg.max_steps:
+        try:
+            while state.step < cfg.max_steps:
+                if state.model.encoder.trunk_frozen and state.step >= cfg.freeze_encoder_steps:
+                    state.model.set_encoder_trainable(True)
+                    _wrap(state)
+                    log.info("step %d: image encoder unfrozen", state.step)
+                terms = _optimizer_step(state, batches, tracker, stop)
+                state.nonfinite.record(state.step, terms["skipped"], terms["keys"])
+                reporter.after_step(terms, tracker.aug_level_seen)
+                state.nonfinite.check()  # after the report: the step that ends the run is shown too
+                if state.announcer is not None:
+                    state.announcer.retry()
+                if state.step % cfg.checkpoint_every == 0 or state.step == cfg.max_steps:
+                    _checkpoint(state, tracker, tracker.aug_level_seen)
+            finished = state.step >= cfg.max_steps
+        except StopRequested as e:
+            # Every rank raised it at the same meeting point (`_next_batch`), so all of them can join
+            # the checkpoint's collectives; the batches fetched for the next step are not counted.
+            log.info("stopped by %s at step %d", e, state.step)
+            stopped = True
+            if state.step > 0 and state.step % cfg.checkpoint_every:
                 _checkpoint(state, tracker, tracker.aug_level_seen)
-        finished = state.step >= cfg.max_steps
-    except StopRequested as e:
-        # Every rank raised it at the same meeting point (`_next_batch`), so all of them can join
-        # the checkpoint's collectives; the batches fetched for the next step are not counted.
-        log.info("stopped by %s at step %d", e, state.step)
-        stopped = True
-        if state.step > 0 and state.step % cfg.checkpoint_every:
-            _checkpoint(state, tracker, tracker.aug_level_seen)
+    except RunFailed as e:
+        # Every rank raises it at the same step (the verdicts are agreed on), so none is left
+        # waiting in a collective; no checkpoint: the weights are what is in doubt.
+        failure = str(e)
+        if info.is_main:
+            log.error("%s", failure)
     finally:
         stop.uninstall()
         if state.announcer is not None:
@@ -282,6 +302,10 @@ def _train(state: Run) -> int:
             redis_status.finish()
         elif stopped:
             redis_status.leave()
+        elif failure:
+            redis_status.fail(failure)
+    if failure:
+        return 1
     if finished and info.is_main:
         log.info("done: %d steps, run %s, checkpoints in %s", state.step, cfg.run, cfg.run_dir)
     return 0
@@ -292,11 +316,16 @@ def _optimizer_step(state: Run, batches, tracker: BatchAccounting, stop: StopSig
     cfg, info, ddp = state.cfg, state.info, state.ddp
     autocast = torch.autocast(info.device.type, dtype=torch.bfloat16) if _bf16(cfg, info) else contextlib.nullcontext()
     sums = {"loss": 0.0, "loss/ce": 0.0, "loss/eos": 0.0}
+    keys: list[str] = []
+    # The forward moves BatchNorm running statistics: a skipped step must take that back too,
+    # or one NaN batch poisons every later forward pass (and the checkpoint). A few KB per step.
+    buffers = [b.detach().clone() for b in state.model.buffers()]
     state.optimizer.zero_grad(set_to_none=True)
     for micro in range(cfg.grad_accum):
         started = time.perf_counter()
         batch = _next_batch(state, batches, stop)
         tracker.consume(batch, state.step, time.perf_counter() - started)
+        keys += batch.keys
         images = state.normalize(batch.images)  # [B,3,S,S]
         if info.device.type == "cuda":
             images = images.contiguous(memory_format=torch.channels_last)
@@ -315,16 +344,38 @@ def _optimizer_step(state: Run, batches, tracker: BatchAccounting, stop: StopSig
                 eos_weight=cfg.eos_weight,
                 label_smoothing=cfg.label_smoothing,
             )
-            (terms.total / cfg.grad_accum).backward()
-        for name, value in (("loss", terms.total), ("loss/ce", terms.ce), ("loss/eos", terms.eos)):
+            total = terms.total
+            if state.faults.fire(NAN_LOSS, state.step + 1, info.rank):
+                total = total * float("nan")  # a test hook (trainer.faults): gradients turn NaN too
+            (total / cfg.grad_accum).backward()
+        for name, value in (("loss", total), ("loss/ce", terms.ce), ("loss/eos", terms.eos)):
             sums[name] = sums[name] + value.detach() / cfg.grad_accum
     clip = cfg.grad_clip if cfg.grad_clip > 0 else float("inf")
     grad_norm = torch.nn.utils.clip_grad_norm_(state.model.parameters(), clip)
     lr = state.scheduler.get_last_lr()
-    state.optimizer.step()
-    state.scheduler.step()
+    loss, norm = torch.stack([sums["loss"].float(), grad_norm.float()]).tolist()  # one device sync
+    # bf16 autocast needs no loss scaling, so a non-finite value here is a real divergence (or
+    # bad data), never an overflow to retry at a lower scale. All ranks must skip together: a
+    # rank stepping alone would leave the replicas different.
+    bad = distributed.any_rank(info, not (math.isfinite(loss) and math.isfinite(norm)))
+    if bad:
+        state.optimizer.zero_grad(set_to_none=True)  # the step counts; nothing reaches the weights
+        with torch.no_grad():
+            for b, saved in zip(state.model.buffers(), buffers):
+                b.copy_(saved)
+    else:
+        state.optimizer.step()
+        state.scheduler.step()
     state.step += 1
-    return sums | {"grad_norm": grad_norm.detach(), "lr": lr[-1], "lr/encoder": lr[0], "last_batch": batch}
+    skipped = describe_nonfinite(loss, norm) if bad else None
+    return sums | {
+        "grad_norm": grad_norm.detach(),
+        "lr": lr[-1],
+        "lr/encoder": lr[0],
+        "last_batch": batch,
+        "skipped": skipped,
+        "keys": keys,
+    }
 
 
 def _next_batch(state: Run, batches, stop: StopSignal):
@@ -370,6 +421,12 @@ def _checkpoint(state: Run, tracker: BatchAccounting, aug_level: float) -> None:
     """Save model + training state (all ranks contribute their part), announce it, then
     record the reads it covers and acknowledge its fresh shards."""
     cfg, info = state.cfg, state.info
+    bad = nonfinite_tensor(state.model, state.optimizer)
+    if distributed.any_rank(info, bad is not None):
+        raise RunFailed(
+            f"stopping: refusing to save the checkpoint of step {state.step}: "
+            f"{bad or 'a tensor of another rank'} is not finite; resume from the last good checkpoint with --resume"
+        )
     mine = {
         "rng": ckpt.rng_state(),
         "loader": tracker.worker_states,
@@ -408,6 +465,7 @@ def _save(state: Run, ranks: list[dict[str, Any]], aug_level: float) -> None:
             "run": cfg.run,
             "world_size": info.world_size,
             "aug_level": aug_level,
+            "nonfinite_steps": state.nonfinite.total,
             "optimizer": state.optimizer.state_dict(),
             "scheduler": state.scheduler.state_dict(),
             "ranks": ranks,
