@@ -285,6 +285,13 @@ class TrainerSettings(CommonSettings):
         check=at_least(1),
         help="Stop after this many non-finite steps in a row (each one is skipped: no optimizer step).",
     )
+    keep_checkpoints: int = setting(
+        3,
+        flag="--keep-checkpoints",
+        env="STREAMCAP_KEEP_CHECKPOINTS",
+        check=at_least(0),
+        help="Keep the newest N checkpoints plus the evaluator's best and those it is evaluating (0: keep all).",
+    )
 
     def validate(self) -> None:
         if self.resume and not self.run:

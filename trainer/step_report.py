@@ -125,6 +125,7 @@ class StepReporter:
                 "aug_level": round(aug_level, 4),
                 **state.nonfinite.fields("nonfinite"),
                 "last_nonfinite_step": state.nonfinite.last_bad_step,
+                "checkpoints_freed_bytes": state.freed_bytes,
             }
         )
 

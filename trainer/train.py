@@ -43,6 +43,7 @@ from streamcap.trainer.guards import RunFailed, StepGuard, describe_nonfinite, n
 from streamcap.trainer.losses import caption_loss
 from streamcap.trainer.metrics_sink import MetricsSink
 from streamcap.trainer.redis_status import RedisStatus
+from streamcap.trainer.retention import evaluator_needs, prune
 from streamcap.trainer.samples import CaptionChoice, ImageNormalizer
 from streamcap.trainer.schedule import make_scheduler
 from streamcap.trainer.shardqueue import FinishedShard, ReadLedger
@@ -71,6 +72,7 @@ class Run:
     announcer: ckpt.Announcer | None = None  # rank 0: checkpoints to announce on the stream
     nonfinite: StepGuard = field(default_factory=lambda: StepGuard(5))
     faults: TrainerFaults = field(default_factory=TrainerFaults.from_env)
+    freed_bytes: int = 0  # rank 0: checkpoint bytes deleted by --keep-checkpoints since this process started
     while_waiting: Callable[[], None] = lambda: None  # heartbeats while no batch comes
 
     @property
@@ -476,3 +478,25 @@ def _save(state: Run, ranks: list[dict[str, Any]], aug_level: float) -> None:
         state.announcer = ckpt.Announcer(state.r, bus.Keys(cfg.namespace), cfg.run)
     state.announcer.add(model_file, state.step)  # kept and retried while Redis is down
     log.info("checkpoint %s (step %d)", model_file, state.step)
+    _retain(state)
+
+
+def _retain(state: Run) -> None:
+    """Delete checkpoints past --keep-checkpoints that neither --resume nor the evaluator needs."""
+    cfg = state.cfg
+    if not cfg.keep_checkpoints:
+        return
+    needed = evaluator_needs(state.r, bus.Keys(cfg.namespace))
+    if needed is None:  # Redis cannot say what is being evaluated: delete nothing this time
+        return
+    owed = {str(path.resolve()) for path, _ in state.announcer.owed} if state.announcer else set()
+    freed, removed = prune(cfg.run_dir, cfg.keep_checkpoints, needed | owed)
+    if removed:
+        state.freed_bytes += freed
+        log.info(
+            "removed checkpoint(s) of step %s (--keep-checkpoints %d): %.1f MB freed, %.1f MB since this trainer started",
+            ", ".join(map(str, removed)),
+            cfg.keep_checkpoints,
+            freed / 1e6,
+            state.freed_bytes / 1e6,
+        )
