@@ -18,6 +18,7 @@ HEARTBEAT_EVERY_S with these fields (what `streamcap status` shows):
     nonfinite_steps      steps skipped for a non-finite loss or gradient norm (total, across resumes)
     nonfinite_in_a_row   the current streak of them (the run stops at --max-bad-steps)
     last_nonfinite_step  the latest of them (0: none)
+    oom_steps, oom_in_a_row  the same for steps skipped for running out of GPU memory (3 in a row stop)
     checkpoints_freed_bytes  bytes of old checkpoints --keep-checkpoints deleted (rank 0; since it started)
 A run that stopped itself (`fail`) marks its last heartbeat `state: failed` with `error`: the one
 line it stopped with (e.g. "stopping: 5 non-finite steps in a row ...").

@@ -3,12 +3,13 @@
 Metrics written every `--log-every` steps (averaged over ranks; rates summed over ranks):
     loss, loss/ce, loss/eos, grad_norm, lr, lr/encoder, aug_level, samples_per_s, data_wait_pct,
     fresh_ratio, fresh_samples, replay_samples, fresh_wait_s, bad_samples,
-    nonfinite_steps (total skipped), nonfinite_in_a_row,
+    nonfinite_steps (total skipped), nonfinite_in_a_row, oom_steps, oom_in_a_row,
     gpu/memory_allocated_gb, gpu/max_memory_allocated_gb, gpu/utilization_pct (CUDA only),
     downloader/<rate> (each *_per_s field of live downloader heartbeats, summed), downloader/live
 A step skipped for a non-finite loss or gradient norm is always written, with `skipped: 1`, the
 non-finite values as they were ("nan", "inf" in metrics.jsonl) and the sample keys of every
-rank's batch (`nonfinite_keys`, metrics.jsonl only).
+rank's batch (`skipped_keys`, with `skip_cause`: metrics.jsonl only); so is a step skipped for
+running out of GPU memory.
 Parameter and gradient histograms every `--histogram-every` steps and a few greedy captions
 with their images every `--sample-every` steps (rank 0).
 """
@@ -70,11 +71,12 @@ class StepReporter:
             "fresh_wait_s": rank_mean["fresh_wait_s"],
             "bad_samples": rank_mean["bad_samples"] * world,
         }
-        metrics |= state.nonfinite.fields("nonfinite")
+        metrics |= state.nonfinite.fields("nonfinite") | state.oom.fields("oom")
         extra = {}
         if terms["skipped"]:
             metrics["skipped"] = 1
-            extra["nonfinite_keys"] = [k for keys in distributed.gather(info, terms["keys"]) for k in keys]
+            extra["skipped_keys"] = [k for keys in distributed.gather(info, terms["keys"]) for k in keys]
+            extra["skip_cause"] = terms["skipped"]
         self.last = metrics
         if not info.is_main:
             return
@@ -83,7 +85,7 @@ class StepReporter:
         state.sink.log(step, metrics, extra)
         log.info(
             "step %d/%d loss %.4f (ce %.4f, eos %.4f) lr %.2e | %.0f samples/s, data wait %.0f%%, fresh %.0f%% | aug %.2f"
-            + (" | SKIPPED: non-finite" if terms["skipped"] else ""),
+            + (f" | SKIPPED: {terms['skipped']}" if terms["skipped"] else ""),
             step,
             state.cfg.max_steps,
             metrics["loss"],
@@ -124,6 +126,7 @@ class StepReporter:
                 "lr": self.last.get("lr", 0.0),
                 "aug_level": round(aug_level, 4),
                 **state.nonfinite.fields("nonfinite"),
+                **state.oom.fields("oom"),
                 "last_nonfinite_step": state.nonfinite.last_bad_step,
                 "checkpoints_freed_bytes": state.freed_bytes,
             }

@@ -27,7 +27,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from streamcap import bus
-from streamcap.common.logs import setup_logging
+from streamcap.common.logs import first_line, setup_logging
 from streamcap.common.settings import ConfigError, to_json_text
 from streamcap.model.caption_model import CaptionModel, ModelConfig, format_parameter_counts
 from streamcap.model.checkpoint import load_checkpoint, save_checkpoint
@@ -38,7 +38,7 @@ from streamcap.trainer.augment import LevelSchedule
 from streamcap.trainer.batch_accounting import BatchAccounting
 from streamcap.trainer.config import TrainerSettings
 from streamcap.trainer.dataset import LoaderSpec, ShardStreamDataset, make_loader, next_batch
-from streamcap.trainer.faults import NAN_LOSS, TrainerFaults
+from streamcap.trainer.faults import CUDA_OOM, NAN_LOSS, TrainerFaults
 from streamcap.trainer.guards import RunFailed, StepGuard, describe_nonfinite, nonfinite_tensor
 from streamcap.trainer.losses import caption_loss
 from streamcap.trainer.metrics_sink import MetricsSink
@@ -51,6 +51,10 @@ from streamcap.trainer.signals import StopRequested, StopSignal
 from streamcap.trainer.step_report import StepReporter
 
 log = logging.getLogger("streamcap.trainer")
+
+# One out-of-memory step is a batch of unusually long captions or fragmentation; three in a row
+# mean the settings do not fit the GPU, and skipping on would train on nothing.
+MAX_OOM_STEPS = 3
 
 
 @dataclass
@@ -71,6 +75,7 @@ class Run:
     sink: MetricsSink = field(default_factory=MetricsSink.disabled)
     announcer: ckpt.Announcer | None = None  # rank 0: checkpoints to announce on the stream
     nonfinite: StepGuard = field(default_factory=lambda: StepGuard(5))
+    oom: StepGuard = field(default_factory=lambda: StepGuard(3))
     faults: TrainerFaults = field(default_factory=TrainerFaults.from_env)
     freed_bytes: int = 0  # rank 0: checkpoint bytes deleted by --keep-checkpoints since this process started
     while_waiting: Callable[[], None] = lambda: None  # heartbeats while no batch comes
@@ -153,6 +158,12 @@ def _setup(cfg: TrainerSettings, info: distributed.DistInfo, r: Any, tokenizer: 
             cfg.max_bad_steps,
             total=int((resumed or {}).get("nonfinite_steps", 0)),
             advice="lower --lr or check the data; resume from the last good checkpoint with --resume",
+        ),
+        oom=StepGuard(
+            MAX_OOM_STEPS,
+            what="out-of-memory",
+            advice="lower --batch-size (raise --grad-accum to keep the effective batch), or use a smaller "
+            "--preset or --image-size",
         ),
     )
     if resumed:
@@ -271,9 +282,12 @@ def _train(state: Run) -> int:
                     _wrap(state)
                     log.info("step %d: image encoder unfrozen", state.step)
                 terms = _optimizer_step(state, batches, tracker, stop)
-                state.nonfinite.record(state.step, terms["skipped"], terms["keys"])
+                kind = terms["skip_kind"]
+                state.nonfinite.record(state.step, terms["skipped"] if kind == "nonfinite" else None, terms["keys"])
+                state.oom.record(state.step, terms["skipped"] if kind == "oom" else None, terms["keys"])
                 reporter.after_step(terms, tracker.aug_level_seen)
                 state.nonfinite.check()  # after the report: the step that ends the run is shown too
+                state.oom.check()
                 if state.announcer is not None:
                     state.announcer.retry()
                 if state.step % cfg.checkpoint_every == 0 or state.step == cfg.max_steps:
@@ -314,53 +328,46 @@ def _train(state: Run) -> int:
 
 
 def _optimizer_step(state: Run, batches, tracker: BatchAccounting, stop: StopSignal) -> dict[str, Any]:
-    """One optimizer step over --grad-accum micro-batches; returns the loss terms (tensors)."""
-    cfg, info, ddp = state.cfg, state.info, state.ddp
-    autocast = torch.autocast(info.device.type, dtype=torch.bfloat16) if _bf16(cfg, info) else contextlib.nullcontext()
-    sums = {"loss": 0.0, "loss/ce": 0.0, "loss/eos": 0.0}
+    """One optimizer step over --grad-accum micro-batches; returns the loss terms (tensors).
+
+    A step is skipped (counted, nothing reaches the weights) when any rank's loss or gradient
+    norm is not finite or any rank ran out of GPU memory; `skipped` says why, `skip_kind` which.
+    """
+    cfg, info = state.cfg, state.info
+    sums: dict[str, Any] = {"loss": 0.0, "loss/ce": 0.0, "loss/eos": 0.0}
     keys: list[str] = []
     # The forward moves BatchNorm running statistics: a skipped step must take that back too,
     # or one NaN batch poisons every later forward pass (and the checkpoint). A few KB per step.
     buffers = [b.detach().clone() for b in state.model.buffers()]
     state.optimizer.zero_grad(set_to_none=True)
+    oom = ""
     for micro in range(cfg.grad_accum):
         started = time.perf_counter()
         batch = _next_batch(state, batches, stop)
         tracker.consume(batch, state.step, time.perf_counter() - started)
         keys += batch.keys
-        images = state.normalize(batch.images)  # [B,3,S,S]
-        if info.device.type == "cuda":
-            images = images.contiguous(memory_format=torch.channels_last)
-        tokens = batch.tokens.to(info.device, non_blocking=True)  # [B,T]
         last = micro == cfg.grad_accum - 1
-        sync = ddp.no_sync() if (info.enabled and not last) else contextlib.nullcontext()
-        with sync:
-            with autocast:
-                logits = ddp(images, tokens[:, :-1])  # [B,T-1,V]
-            terms = caption_loss(
-                logits,
-                tokens,
-                pad_id=state.tokenizer.pad_id,
-                eos_id=state.tokenizer.eos_id,
-                min_eos_position=cfg.min_eos_position,
-                eos_weight=cfg.eos_weight,
-                label_smoothing=cfg.label_smoothing,
-            )
-            total = terms.total
-            if state.faults.fire(NAN_LOSS, state.step + 1, info.rank):
-                total = total * float("nan")  # a test hook (trainer.faults): gradients turn NaN too
-            (total / cfg.grad_accum).backward()
-        for name, value in (("loss", total), ("loss/ce", terms.ce), ("loss/eos", terms.eos)):
-            sums[name] = sums[name] + value.detach() / cfg.grad_accum
+        if not oom:
+            try:
+                for name, value in _micro_step(state, batch, last).items():
+                    sums[name] = sums[name] + value.detach() / cfg.grad_accum
+                continue
+            except torch.OutOfMemoryError as e:
+                oom = first_line(e)[:200]
+                state.optimizer.zero_grad(set_to_none=True)
+                if info.device.type == "cuda":
+                    torch.cuda.empty_cache()
+        if last:  # this rank's step is lost: it still joins the others' gradient all-reduce
+            _join_gradient_sync(state, batch)
     clip = cfg.grad_clip if cfg.grad_clip > 0 else float("inf")
     grad_norm = torch.nn.utils.clip_grad_norm_(state.model.parameters(), clip)
     lr = state.scheduler.get_last_lr()
-    loss, norm = torch.stack([sums["loss"].float(), grad_norm.float()]).tolist()  # one device sync
+    loss, norm = torch.stack([torch.as_tensor(sums["loss"]).float().cpu(), grad_norm.float().cpu()]).tolist()
     # bf16 autocast needs no loss scaling, so a non-finite value here is a real divergence (or
     # bad data), never an overflow to retry at a lower scale. All ranks must skip together: a
     # rank stepping alone would leave the replicas different.
-    bad = distributed.any_rank(info, not (math.isfinite(loss) and math.isfinite(norm)))
-    if bad:
+    any_oom, nonfinite = distributed.any_rank_each(info, [bool(oom), not (math.isfinite(loss) and math.isfinite(norm))])
+    if any_oom or nonfinite:
         state.optimizer.zero_grad(set_to_none=True)  # the step counts; nothing reaches the weights
         with torch.no_grad():
             for b, saved in zip(state.model.buffers(), buffers):
@@ -369,15 +376,65 @@ def _optimizer_step(state: Run, batches, tracker: BatchAccounting, stop: StopSig
         state.optimizer.step()
         state.scheduler.step()
     state.step += 1
-    skipped = describe_nonfinite(loss, norm) if bad else None
+    kind = "oom" if any_oom else "nonfinite" if nonfinite else None
+    skipped = (oom or "another rank ran out of GPU memory") if any_oom else None
+    if nonfinite and not any_oom:
+        skipped = describe_nonfinite(loss, norm)
     return sums | {
         "grad_norm": grad_norm.detach(),
         "lr": lr[-1],
         "lr/encoder": lr[0],
         "last_batch": batch,
         "skipped": skipped,
+        "skip_kind": kind,
         "keys": keys,
     }
+
+
+def _micro_step(state: Run, batch, last: bool) -> dict[str, torch.Tensor]:
+    """Forward and backward of one micro-batch (gradients all-reduced on the last); its loss terms."""
+    cfg, info, ddp = state.cfg, state.info, state.ddp
+    autocast = torch.autocast(info.device.type, dtype=torch.bfloat16) if _bf16(cfg, info) else contextlib.nullcontext()
+    images = state.normalize(batch.images)  # [B,3,S,S]
+    if info.device.type == "cuda":
+        images = images.contiguous(memory_format=torch.channels_last)
+    tokens = batch.tokens.to(info.device, non_blocking=True)  # [B,T]
+    sync = ddp.no_sync() if (info.enabled and not last) else contextlib.nullcontext()
+    with sync:
+        if state.faults.fire(CUDA_OOM, state.step + 1, info.rank):  # a test hook (trainer.faults)
+            raise torch.OutOfMemoryError("CUDA out of memory (injected: STREAMCAP_FAULT=cuda_oom)")
+        with autocast:
+            logits = ddp(images, tokens[:, :-1])  # [B,T-1,V]
+        terms = caption_loss(
+            logits,
+            tokens,
+            pad_id=state.tokenizer.pad_id,
+            eos_id=state.tokenizer.eos_id,
+            min_eos_position=cfg.min_eos_position,
+            eos_weight=cfg.eos_weight,
+            label_smoothing=cfg.label_smoothing,
+        )
+        total = terms.total
+        if state.faults.fire(NAN_LOSS, state.step + 1, info.rank):
+            total = total * float("nan")  # a test hook (trainer.faults): gradients turn NaN too
+        (total / cfg.grad_accum).backward()
+    return {"loss": total, "loss/ce": terms.ce, "loss/eos": terms.eos}
+
+
+def _join_gradient_sync(state: Run, batch) -> None:
+    """After an out-of-memory error, take part in the last micro-batch's gradient all-reduce with
+    a zero loss on two samples (BatchNorm needs more than one), so the other ranks' backward
+    completes instead of waiting for this one until the collective times out; the step is skipped
+    on every rank anyway. An error inside a backward (some gradient buckets already reduced)
+    cannot be rejoined: the run then fails."""
+    info = state.info
+    if not info.enabled or info.world_size == 1:
+        return
+    images = state.normalize(batch.images[:2])
+    tokens = batch.tokens[:2].to(info.device)
+    logits = state.ddp(images, tokens[:, :-1])  # [2,T-1,V]
+    (logits.float().sum() * 0.0).backward()
+    state.optimizer.zero_grad(set_to_none=True)
 
 
 def _next_batch(state: Run, batches, stop: StopSignal):
