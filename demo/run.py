@@ -206,6 +206,7 @@ def train_while_downloading(
             "--lr": "1e-3",
             "--warmup-steps": 50,
             "--checkpoint-every": cfg.checkpoint_every,
+            "--keep-checkpoints": 0,  # the evaluator runs after training and scores every checkpoint
             "--loader-workers": 1,
             "--device": "cpu",
             "--seed": cfg.seed,

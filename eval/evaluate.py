@@ -19,7 +19,15 @@ from streamcap.eval.config import EvalSettings
 from streamcap.eval.datasets import EvalSet
 from streamcap.eval.external import java_metrics
 from streamcap.eval.metrics import normalize_pairs, score_tokenized
-from streamcap.eval.outputs import PLOT_FILE, EvalResult, append_result, evaluation_dir, read_results, write_json
+from streamcap.eval.outputs import (
+    PLOT_FILE,
+    EvalResult,
+    append_result,
+    empty_share,
+    evaluation_dir,
+    read_results,
+    write_json,
+)
 from streamcap.eval.report import plot_history, write_report
 
 log = logging.getLogger(__name__)
@@ -79,6 +87,7 @@ def evaluate_checkpoint(
         entry=entry,
         evaluator=evaluator,
         created=time.time(),
+        empty_share=round(empty_share(predictions), 4),
         settings={
             "beam": cfg.beam,
             "alpha": cfg.alpha,
@@ -93,7 +102,7 @@ def evaluate_checkpoint(
 
     stage("writing", len(evalset), len(evalset))
     write_outputs(cfg, result, evalset, predictions, per_image)
-    log.info("%s step %d: %s", run, step, format_scores(result.scores))
+    log.info("%s step %d: %s, empty captions %.1f%%", run, step, format_scores(result.scores), 100 * result.empty_share)
     return result
 
 

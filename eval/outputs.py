@@ -44,6 +44,7 @@ class EvalResult:
     scores: dict[str, float] = field(default_factory=dict)  # BLEU-1..4, CIDEr, ROUGE-L (+ METEOR)
     skipped: dict[str, str] = field(default_factory=dict)  # metric -> reason (SPICE, METEOR)
     metric: str = "CIDEr"  # what "best" is judged by
+    empty_share: float = 0.0  # share of images captioned with nothing (see `may_be_best`)
     settings: dict[str, Any] = field(default_factory=dict)  # beam, alpha, max_tokens, ...
     seconds: float = 0.0
     created: float = 0.0
@@ -63,6 +64,23 @@ class EvalResult:
     def from_json(cls, data: dict[str, Any]) -> EvalResult:
         known = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in known})
+
+
+# A checkpoint whose captions are mostly empty is never kept as best, whatever its score: on a
+# young model (or a broken one) CIDEr can rank it first while it says nothing. Beam search already
+# refuses empty captions (`streamcap.model.decoding`), so a share above this means the model emits
+# nothing but special tokens: a model to look at, not to ship.
+MAX_EMPTY_SHARE_FOR_BEST = 0.5
+
+
+def empty_share(predictions: dict[str, str]) -> float:
+    """The share of captions that are empty (or only whitespace)."""
+    return sum(1 for caption in predictions.values() if not caption.strip()) / len(predictions) if predictions else 0.0
+
+
+def may_be_best(result: EvalResult) -> bool:
+    """Whether a result may become the best: evaluated, scored, and not mostly empty captions."""
+    return result.status == "ok" and result.value is not None and result.empty_share <= MAX_EMPTY_SHARE_FOR_BEST
 
 
 def evaluation_dir(out_dir: Path, run: str, step: int) -> Path:

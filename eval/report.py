@@ -110,6 +110,7 @@ def _header(result: EvalResult) -> str:
         f"<h1>{_e(result.run)} &middot; step {result.step:,}</h1>"
         f"<div class='meta'>{_e(result.checkpoint)}<br>{_e(result.dataset)}: {result.images:,} images &middot; "
         f"{_e(decoding)} &middot; {result.seconds:.1f} s &middot; {when}<br>"
+        f"empty captions: {100 * result.empty_share:.1f}% of images<br>"
         "<a href='predictions.json'>predictions.json</a> &middot; <a href='scores.json'>scores.json</a> "
         "(per-image scores)</div>"
     )

@@ -31,7 +31,8 @@ class WandbLogger:
             return
         try:
             run = self.runs.get(result.run) or self._start(result.run)
-            run.log({f"eval/{name}": value for name, value in result.scores.items()}, step=result.step)
+            scores = {f"eval/{name}": value for name, value in result.scores.items()}
+            run.log(scores | {"eval/empty_share": result.empty_share}, step=result.step)
         except Exception as e:  # W&B trouble must never stop the evaluator
             log.warning("W&B logging failed: %s", e)
 

@@ -12,6 +12,10 @@ evaluator that stopped doing that for --reclaim-after-s loses the entry to anoth
 takes it over with `bus.claim_stale`. A checkpoint delivered MAX_DELIVERIES times without
 succeeding is recorded as failed instead of crashing evaluators forever.
 
+Best: the highest --metric among results that may be best (`eval.outputs.may_be_best`): a
+checkpoint whose captions are more than half empty (MAX_EMPTY_SHARE_FOR_BEST) is recorded but
+never becomes `evals:best` / best.pt, whatever it scores.
+
 Heartbeat (`hb:evaluator:<id>`, refreshed while idle and during an evaluation): an
 `EvaluatorHeartbeat` (streamcap.formats.heartbeats): the state (idle | loading | captioning |
 scoring | writing), the checkpoint being evaluated and the progress, the checkpoints finished,
@@ -35,7 +39,7 @@ from streamcap.common.logs import first_line, instance_id
 from streamcap.eval.config import EvalSettings
 from streamcap.eval.datasets import EvalSet, EvalSetError
 from streamcap.eval.evaluate import evaluate_checkpoint
-from streamcap.eval.outputs import EvalResult, keep_best
+from streamcap.eval.outputs import MAX_EMPTY_SHARE_FOR_BEST, EvalResult, keep_best, may_be_best
 from streamcap.eval.wandb_log import WandbLogger
 from streamcap.formats.heartbeats import EvaluatorHeartbeat
 from streamcap.formats.records import CheckpointRecord
@@ -221,7 +225,15 @@ class Watcher:
     def _commit(self, result: EvalResult) -> bool:
         """Append to `evals`, maybe replace `evals:best`, ack: one atomic script. False if the
         entry was taken over by another evaluator meanwhile (its result is then the one kept)."""
-        value = "" if result.status != "ok" or result.value is None else repr(float(result.value))
+        value = repr(float(result.value)) if may_be_best(result) else ""  # '' : recorded, never best
+        if result.status == "ok" and result.value is not None and not value:
+            log.warning(
+                "%s step %d: %.0f%% of its captions are empty (over %.0f%%): recorded, never kept as best",
+                result.run,
+                result.step,
+                100 * result.empty_share,
+                100 * MAX_EMPTY_SHARE_FOR_BEST,
+            )
         best = [x for pair in best_fields(result).items() for x in pair] if value else []
         outcome = self.r.eval(
             _COMMIT_SCRIPT,

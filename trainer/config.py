@@ -40,6 +40,8 @@ MAX_LOADER_WORKERS = 64  # processes per rank, each with its own shuffle buffer 
 # Samples held per loader worker, raw bytes of tens of kB each: 20,000 is about a GB per worker.
 MAX_SHUFFLE_BUFFER = 20_000
 MAX_CAPTION_SENTENCES = 100
+MAX_BAD_STEPS = 1000  # a streak longer than this is a diverged run, not a bad batch
+MAX_KEPT_CHECKPOINTS = 10_000  # 0 keeps all; above this, keep all is what is meant
 
 
 def _run_id(v: object) -> str | None:
@@ -95,7 +97,8 @@ class TrainerSettings(CommonSettings):
     # --- optimisation ---
     max_steps: int = setting(100_000, check=between(1, MAX_STEPS))
     """Optimizer steps to train for."""
-    lr: float = setting(1e-4, check=between(0, 1))
+    # Not capped at 1: a learning rate that makes the run diverge is caught by --max-bad-steps.
+    lr: float = setting(1e-4, check=at_least(0))
     """Peak Adam learning rate."""
     encoder_lr: float | None = setting(None, check=optional(between(0, 1)))
     """Peak learning rate of the image encoder (default: --lr)."""
@@ -138,6 +141,11 @@ class TrainerSettings(CommonSettings):
     """Weights & Biases run name (default: the run id)."""
     wandb_mode: str = setting("auto", check=one_of(*WANDB_MODES))
     """auto: online with an API key, offline without; WANDB_MODE=disabled turns it off."""
+    # --- guards of long runs ---
+    max_bad_steps: int = setting(5, check=between(1, MAX_BAD_STEPS))
+    """Stop after this many non-finite steps in a row (each one is skipped: no optimizer step)."""
+    keep_checkpoints: int = setting(3, check=between(0, MAX_KEPT_CHECKPOINTS))
+    """Keep the newest N checkpoints plus the evaluator's best and those it is evaluating (0: keep all)."""
 
     def validate(self) -> None:
         if self.resume and not self.run:

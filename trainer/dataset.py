@@ -59,6 +59,7 @@ class Batch:
     images: torch.Tensor  # uint8 [B, 3, S, S]
     tokens: torch.Tensor  # int64 [B, T]
     captions: list[str]
+    keys: list[str]  # <shard>/<sample key> of each row: what a skipped step names
     worker: int
     stats: dict[str, float]
     finished: list[dict[str, Any]]  # FinishedShard.to_dict() of shards this batch completes
@@ -146,7 +147,7 @@ class _BatchMaker:
             yield self.next_batch()
 
     def next_batch(self) -> Batch:
-        images, tokens, captions = [], [], []
+        images, tokens, captions, keys = [], [], [], []
         # The DataLoader takes batches from its workers round robin, so this worker's n-th batch
         # is the loader's (n * workers + worker)-th: the level is that of the step training it.
         level = self.levels.level(self.made * max(self.cfg.loader_workers, 1) + self.worker)
@@ -170,12 +171,14 @@ class _BatchMaker:
             images.append(image)
             tokens.append(ids)
             captions.append(caption)
+            keys.append(f"{claim.name}/{sample.key}")
         image_batch, token_batch = collate(images, tokens, self.tokenizer.pad_id)
         stats = self.stream.counters.take() | {"aug_level": level}
         return Batch(
             images=image_batch,
             tokens=token_batch,
             captions=captions,
+            keys=keys,
             worker=self.worker,
             stats=stats,
             finished=[f.to_dict() for f in self.stream.take_finished()],

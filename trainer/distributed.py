@@ -86,6 +86,15 @@ def any_rank(info: DistInfo, flag: bool) -> bool:
     return bool(t.item() > 0)
 
 
+def any_rank_each(info: DistInfo, flags: list[bool]) -> list[bool]:
+    """`any_rank` of several flags in one all-reduce."""
+    if not info.enabled or info.world_size == 1:
+        return list(flags)
+    t = torch.tensor([1.0 if f else 0.0 for f in flags])
+    dist.all_reduce(t, op=dist.ReduceOp.MAX, group=info.control)
+    return [bool(v > 0) for v in t.tolist()]
+
+
 def mean_over_ranks(info: DistInfo, values: list[float]) -> list[float]:
     if not info.enabled or info.world_size == 1:
         return values

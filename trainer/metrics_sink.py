@@ -79,13 +79,20 @@ class MetricsSink:
         sink._load_history()
         return sink
 
-    def log(self, step: int, metrics: dict[str, float]) -> None:
-        clean = {k: float(v) for k, v in metrics.items() if v is not None and math.isfinite(float(v))}
-        self._write({"step": step, "time": round(time.time(), 3), **clean})
+    def log(self, step: int, metrics: dict[str, float], extra: dict[str, Any] | None = None) -> None:
+        """One step's metrics; `extra` (e.g. sample keys) goes to metrics.jsonl only.
+
+        A NaN or infinite value is kept, never dropped: it is what a diverging run must show.
+        metrics.jsonl spells it "nan", "inf" or "-inf" (strict JSON has no such numbers; `float()`
+        reads them back); W&B gets the float itself. The loss curve leaves it out.
+        """
+        values = {k: float(v) for k, v in metrics.items() if v is not None}
+        written = {k: v if math.isfinite(v) else str(v) for k, v in values.items()}
+        self._write({"step": step, "time": round(time.time(), 3), **written, **(extra or {})})
         for name in PLOTTED:
-            if name in clean:
-                self.history[name].append((step, clean[name]))
-        self._to_wandb(step, clean)
+            if name in values and math.isfinite(values[name]):
+                self.history[name].append((step, values[name]))
+        self._to_wandb(step, values)
 
     def histograms(self, step: int, model: torch.nn.Module) -> None:
         """Parameter and gradient histograms (W&B only: too big for the JSONL log)."""
@@ -165,7 +172,7 @@ class MetricsSink:
             return
         for record in read_metrics(self.run_dir / "metrics.jsonl"):
             for name in PLOTTED:
-                if name in record:
+                if name in record and math.isfinite(float(record[name])):
                     self.history[name].append((int(record["step"]), float(record[name])))
 
 

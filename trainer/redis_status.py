@@ -7,7 +7,8 @@ Run registry (`runs` hash, written by rank 0): field = run id, value = JSON
 Heartbeats: one per rank, `hb:trainer:<run>-rank<rank>` (`bus.write_heartbeat`), refreshed every
 HEARTBEAT_EVERY_S: a `TrainerHeartbeat` (streamcap.formats.heartbeats: step, samples/s, data
 wait, fresh/replay counts, loss, ...; what `streamcap status` shows), with the shards not yet
-claimed by the run counted on rank 0.
+claimed by the run counted on rank 0. A run that stopped itself (`fail`) marks its last
+heartbeat `failed`, with `error`: the one line it stopped with.
 
 Every write survives a Redis outage: it is logged and skipped, and training goes on.
 """
@@ -23,7 +24,13 @@ import redis
 
 from streamcap import bus
 from streamcap.common.logs import first_line
-from streamcap.formats.heartbeats import TRAINER_FINISHED, TRAINER_STOPPED, DownloaderHeartbeat, TrainerHeartbeat
+from streamcap.formats.heartbeats import (
+    TRAINER_FAILED,
+    TRAINER_FINISHED,
+    TRAINER_STOPPED,
+    DownloaderHeartbeat,
+    TrainerHeartbeat,
+)
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +66,13 @@ class RedisStatus:
             return
         ended = dataclasses.replace(self._last_beat, state=state)
         self._safe("marking the heartbeat", lambda: bus.write_heartbeat(self.r, self.keys, self.instance, ended))
+
+    def fail(self, reason: str) -> None:
+        """Mark this rank's last heartbeat failed, with the one line the run stopped with."""
+        if self._last_beat is None:
+            return
+        failed = dataclasses.replace(self._last_beat, state=TRAINER_FAILED, error=reason)
+        self._safe("marking the heartbeat", lambda: bus.write_heartbeat(self.r, self.keys, self.instance, failed))
 
     def due(self) -> bool:
         return time.monotonic() >= self._next_beat

@@ -3,8 +3,13 @@
 Metrics written every `--log-every` steps (averaged over ranks; rates summed over ranks):
     loss, loss/ce, loss/eos, grad_norm, lr, lr/encoder, aug_level, samples_per_s, data_wait_pct,
     fresh_ratio, fresh_samples, replay_samples, fresh_wait_s, bad_samples,
+    nonfinite_steps (total skipped), nonfinite_in_a_row, oom_steps, oom_in_a_row,
     gpu/memory_allocated_gb, gpu/max_memory_allocated_gb, gpu/utilization_pct (CUDA only),
     downloader/<rate> (each *_per_s field of live downloader heartbeats, summed), downloader/live
+A step skipped for a non-finite loss or gradient norm is always written, with `skipped: 1`, the
+non-finite values as they were ("nan", "inf" in metrics.jsonl) and the sample keys of every
+rank's batch (`skipped_keys`, with `skip_cause`: metrics.jsonl only); so is a step skipped for
+running out of GPU memory.
 Parameter and gradient histograms every `--histogram-every` steps and a few greedy captions
 with their images every `--sample-every` steps (rank 0).
 """
@@ -35,7 +40,7 @@ class StepReporter:
     def after_step(self, terms: dict[str, Any], aug_level: float) -> None:
         state, cfg = self.state, self.state.cfg
         step = state.step
-        if step % cfg.log_every == 0 or step == 1:
+        if step % cfg.log_every == 0 or step == 1 or terms["skipped"]:  # every rank agrees on skipped
             self._log(step, terms, aug_level)
         if state.info.is_main and cfg.histogram_every and step % cfg.histogram_every == 0:
             state.sink.histograms(step, state.model)
@@ -67,14 +72,21 @@ class StepReporter:
             "fresh_wait_s": rank_mean["fresh_wait_s"],
             "bad_samples": rank_mean["bad_samples"] * world,
         }
+        metrics |= state.nonfinite.fields("nonfinite") | state.oom.fields("oom")
+        extra = {}
+        if terms["skipped"]:
+            metrics["skipped"] = 1
+            extra["skipped_keys"] = [k for keys in distributed.gather(info, terms["keys"]) for k in keys]
+            extra["skip_cause"] = terms["skipped"]
         self.last = metrics
         if not info.is_main:
             return
         metrics |= _gpu_metrics(info.device)
         metrics |= {f"downloader/{k}": v for k, v in self.redis_status.downloader_rates().items()}
-        state.sink.log(step, metrics)
+        state.sink.log(step, metrics, extra)
         log.info(
-            "step %d/%d loss %.4f (ce %.4f, eos %.4f) lr %.2e | %.0f samples/s, data wait %.0f%%, fresh %.0f%% | aug %.2f",
+            "step %d/%d loss %.4f (ce %.4f, eos %.4f) lr %.2e | %.0f samples/s, data wait %.0f%%, fresh %.0f%% | aug %.2f"
+            + (f" | SKIPPED: {terms['skipped']}" if terms["skipped"] else ""),
             step,
             state.cfg.max_steps,
             metrics["loss"],
@@ -100,6 +112,7 @@ class StepReporter:
         self.redis_status.beat(
             TrainerHeartbeat(
                 state=TRAINER_WAITING_FOR_DATA if starving else TRAINER_TRAINING,
+                error="",
                 run=state.cfg.run,
                 rank=state.info.rank,
                 world_size=state.info.world_size,
@@ -116,6 +129,12 @@ class StepReporter:
                 loss=round(float(self.last.get("loss", float("nan"))), 5),
                 lr=float(self.last.get("lr", 0.0)),
                 aug_level=round(aug_level, 4),
+                nonfinite_steps=state.nonfinite.total,
+                nonfinite_in_a_row=state.nonfinite.in_a_row,
+                last_nonfinite_step=state.nonfinite.last_bad_step,
+                oom_steps=state.oom.total,
+                oom_in_a_row=state.oom.in_a_row,
+                checkpoints_freed_bytes=state.freed_bytes,
             )
         )
 

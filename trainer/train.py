@@ -17,6 +17,7 @@ import contextlib
 import gc
 import json
 import logging
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -26,7 +27,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from streamcap import bus
-from streamcap.common.logs import setup_logging
+from streamcap.common.logs import first_line, setup_logging
 from streamcap.common.settings import ConfigError, to_json_text
 from streamcap.model.caption_model import CaptionModel, ModelConfig, format_parameter_counts
 from streamcap.model.checkpoint import load_checkpoint, save_checkpoint
@@ -37,9 +38,12 @@ from streamcap.trainer.augment import LevelSchedule
 from streamcap.trainer.batch_accounting import BatchAccounting
 from streamcap.trainer.config import TrainerSettings
 from streamcap.trainer.dataset import ShardStreamDataset, make_loader, next_batch
+from streamcap.trainer.faults import CUDA_OOM, NAN_LOSS, TrainerFaults
+from streamcap.trainer.guards import RunFailed, StepGuard, describe_nonfinite, nonfinite_tensor
 from streamcap.trainer.losses import caption_loss
 from streamcap.trainer.metrics_sink import MetricsSink
 from streamcap.trainer.redis_status import RedisStatus
+from streamcap.trainer.retention import evaluator_needs, prune
 from streamcap.trainer.samples import ImageNormalizer
 from streamcap.trainer.schedule import make_scheduler
 from streamcap.trainer.shardqueue import FinishedShard, ReadLedger
@@ -47,6 +51,10 @@ from streamcap.trainer.signals import StopRequested, StopSignal
 from streamcap.trainer.step_report import StepReporter
 
 log = logging.getLogger("streamcap.trainer")
+
+# One out-of-memory step is a batch of unusually long captions or fragmentation; three in a row
+# mean the settings do not fit the GPU, and skipping on would train on nothing.
+MAX_OOM_STEPS = 3
 
 
 @dataclass
@@ -67,6 +75,10 @@ class Run:
     ddp: torch.nn.Module | None = None
     sink: MetricsSink = field(default_factory=MetricsSink.disabled)
     announcer: ckpt.Announcer | None = None  # rank 0: checkpoints to announce on the stream
+    nonfinite: StepGuard = field(default_factory=lambda: StepGuard(5))
+    oom: StepGuard = field(default_factory=lambda: StepGuard(3))
+    faults: TrainerFaults = field(default_factory=TrainerFaults.from_env)
+    freed_bytes: int = 0  # rank 0: checkpoint bytes deleted by --keep-checkpoints since this process started
     while_waiting: Callable[[], None] = lambda: None  # heartbeats while no batch comes
 
     @property
@@ -146,6 +158,17 @@ def _setup(
         step=step,
         resumed=resumed,
         normalize=ImageNormalizer(info.device),
+        nonfinite=StepGuard(
+            cfg.max_bad_steps,
+            total=int((resumed or {}).get("nonfinite_steps", 0)),
+            advice="lower --lr or check the data; resume from the last good checkpoint with --resume",
+        ),
+        oom=StepGuard(
+            MAX_OOM_STEPS,
+            what="out-of-memory",
+            advice="lower --batch-size (raise --grad-accum to keep the effective batch), or use a smaller "
+            "--preset or --image-size",
+        ),
     )
     if resumed:
         optimizer.load_state_dict(resumed["optimizer"])
@@ -246,26 +269,39 @@ def _train(state: Run) -> int:
     if state.rank_state.get("rng"):  # last: building the model and the loader draw random numbers
         ckpt.set_rng_state(state.rank_state["rng"])
     finished = stopped = False
+    failure = ""
     try:
-        while state.step < cfg.max_steps:
-            if state.model.encoder.trunk_frozen and state.step >= cfg.freeze_encoder_steps:
-                state.model.set_encoder_trainable(True)
-                _wrap(state)
-                log.info("step %d: image encoder unfrozen", state.step)
-            terms = _optimizer_step(state, batches, tracker, stop)
-            reporter.after_step(terms, tracker.aug_level_seen)
-            if state.announcer is not None:
-                state.announcer.retry()
-            if state.step % cfg.checkpoint_every == 0 or state.step == cfg.max_steps:
+        try:
+            while state.step < cfg.max_steps:
+                if state.model.encoder.trunk_frozen and state.step >= cfg.freeze_encoder_steps:
+                    state.model.set_encoder_trainable(True)
+                    _wrap(state)
+                    log.info("step %d: image encoder unfrozen", state.step)
+                terms = _optimizer_step(state, batches, tracker, stop)
+                kind = terms["skip_kind"]
+                state.nonfinite.record(state.step, terms["skipped"] if kind == "nonfinite" else None, terms["keys"])
+                state.oom.record(state.step, terms["skipped"] if kind == "oom" else None, terms["keys"])
+                reporter.after_step(terms, tracker.aug_level_seen)
+                state.nonfinite.check()  # after the report: the step that ends the run is shown too
+                state.oom.check()
+                if state.announcer is not None:
+                    state.announcer.retry()
+                if state.step % cfg.checkpoint_every == 0 or state.step == cfg.max_steps:
+                    _checkpoint(state, tracker, tracker.aug_level_seen)
+            finished = state.step >= cfg.max_steps
+        except StopRequested as e:
+            # Every rank raised it at the same meeting point (`_next_batch`), so all of them can join
+            # the checkpoint's collectives; the batches fetched for the next step are not counted.
+            log.info("stopped by %s at step %d", e, state.step)
+            stopped = True
+            if state.step > 0 and state.step % cfg.checkpoint_every:
                 _checkpoint(state, tracker, tracker.aug_level_seen)
-        finished = state.step >= cfg.max_steps
-    except StopRequested as e:
-        # Every rank raised it at the same meeting point (`_next_batch`), so all of them can join
-        # the checkpoint's collectives; the batches fetched for the next step are not counted.
-        log.info("stopped by %s at step %d", e, state.step)
-        stopped = True
-        if state.step > 0 and state.step % cfg.checkpoint_every:
-            _checkpoint(state, tracker, tracker.aug_level_seen)
+    except RunFailed as e:
+        # Every rank raises it at the same step (the verdicts are agreed on), so none is left
+        # waiting in a collective; no checkpoint: the weights are what is in doubt.
+        failure = str(e)
+        if info.is_main:
+            log.error("%s", failure)
     finally:
         stop.uninstall()
         if state.announcer is not None:
@@ -278,49 +314,123 @@ def _train(state: Run) -> int:
             redis_status.finish()
         elif stopped:
             redis_status.leave()
+        elif failure:
+            redis_status.fail(failure)
+    if failure:
+        return 1
     if finished and info.is_main:
         log.info("done: %d steps, run %s, checkpoints in %s", state.step, cfg.run, cfg.run_dir)
     return 0
 
 
 def _optimizer_step(state: Run, batches, tracker: BatchAccounting, stop: StopSignal) -> dict[str, Any]:
-    """One optimizer step over --grad-accum micro-batches; returns the loss terms (tensors)."""
-    cfg, info, ddp = state.cfg, state.info, state.ddp
-    autocast = torch.autocast(info.device.type, dtype=torch.bfloat16) if _bf16(cfg, info) else contextlib.nullcontext()
-    sums = {"loss": 0.0, "loss/ce": 0.0, "loss/eos": 0.0}
+    """One optimizer step over --grad-accum micro-batches; returns the loss terms (tensors).
+
+    A step is skipped (counted, nothing reaches the weights) when any rank's loss or gradient
+    norm is not finite or any rank ran out of GPU memory; `skipped` says why, `skip_kind` which.
+    """
+    cfg, info = state.cfg, state.info
+    sums: dict[str, Any] = {"loss": 0.0, "loss/ce": 0.0, "loss/eos": 0.0}
+    keys: list[str] = []
+    # The forward moves BatchNorm running statistics: a skipped step must take that back too,
+    # or one NaN batch poisons every later forward pass (and the checkpoint). A few KB per step.
+    buffers = [b.detach().clone() for b in state.model.buffers()]
     state.optimizer.zero_grad(set_to_none=True)
+    oom = ""
     for micro in range(cfg.grad_accum):
         started = time.perf_counter()
         batch = _next_batch(state, batches, stop)
         tracker.consume(batch, state.step, time.perf_counter() - started)
-        images = state.normalize(batch.images)  # [B,3,S,S]
-        if info.device.type == "cuda":
-            images = images.contiguous(memory_format=torch.channels_last)
-        tokens = batch.tokens.to(info.device, non_blocking=True)  # [B,T]
+        keys += batch.keys
         last = micro == cfg.grad_accum - 1
-        sync = ddp.no_sync() if (info.enabled and not last) else contextlib.nullcontext()
-        with sync:
-            with autocast:
-                logits = ddp(images, tokens[:, :-1])  # [B,T-1,V]
-            terms = caption_loss(
-                logits,
-                tokens,
-                pad_id=state.tokenizer.pad_id,
-                eos_id=state.tokenizer.eos_id,
-                min_eos_position=cfg.min_eos_position,
-                eos_weight=cfg.eos_weight,
-                label_smoothing=cfg.label_smoothing,
-            )
-            (terms.total / cfg.grad_accum).backward()
-        for name, value in (("loss", terms.total), ("loss/ce", terms.ce), ("loss/eos", terms.eos)):
-            sums[name] = sums[name] + value.detach() / cfg.grad_accum
+        if not oom:
+            try:
+                for name, value in _micro_step(state, batch, last).items():
+                    sums[name] = sums[name] + value.detach() / cfg.grad_accum
+                continue
+            except torch.OutOfMemoryError as e:
+                oom = first_line(e)[:200]
+                state.optimizer.zero_grad(set_to_none=True)
+                if info.device.type == "cuda":
+                    torch.cuda.empty_cache()
+        if last:  # this rank's step is lost: it still joins the others' gradient all-reduce
+            _join_gradient_sync(state, batch)
     clip = cfg.grad_clip if cfg.grad_clip > 0 else float("inf")
     grad_norm = torch.nn.utils.clip_grad_norm_(state.model.parameters(), clip)
     lr = state.scheduler.get_last_lr()
-    state.optimizer.step()
-    state.scheduler.step()
+    loss, norm = torch.stack([torch.as_tensor(sums["loss"]).float().cpu(), grad_norm.float().cpu()]).tolist()
+    # bf16 autocast needs no loss scaling, so a non-finite value here is a real divergence (or
+    # bad data), never an overflow to retry at a lower scale. All ranks must skip together: a
+    # rank stepping alone would leave the replicas different.
+    any_oom, nonfinite = distributed.any_rank_each(info, [bool(oom), not (math.isfinite(loss) and math.isfinite(norm))])
+    if any_oom or nonfinite:
+        state.optimizer.zero_grad(set_to_none=True)  # the step counts; nothing reaches the weights
+        with torch.no_grad():
+            for b, saved in zip(state.model.buffers(), buffers):
+                b.copy_(saved)
+    else:
+        state.optimizer.step()
+        state.scheduler.step()
     state.step += 1
-    return sums | {"grad_norm": grad_norm.detach(), "lr": lr[-1], "lr/encoder": lr[0], "last_batch": batch}
+    kind = "oom" if any_oom else "nonfinite" if nonfinite else None
+    skipped = (oom or "another rank ran out of GPU memory") if any_oom else None
+    if nonfinite and not any_oom:
+        skipped = describe_nonfinite(loss, norm)
+    return sums | {
+        "grad_norm": grad_norm.detach(),
+        "lr": lr[-1],
+        "lr/encoder": lr[0],
+        "last_batch": batch,
+        "skipped": skipped,
+        "skip_kind": kind,
+        "keys": keys,
+    }
+
+
+def _micro_step(state: Run, batch, last: bool) -> dict[str, torch.Tensor]:
+    """Forward and backward of one micro-batch (gradients all-reduced on the last); its loss terms."""
+    cfg, info, ddp = state.cfg, state.info, state.ddp
+    autocast = torch.autocast(info.device.type, dtype=torch.bfloat16) if _bf16(cfg, info) else contextlib.nullcontext()
+    images = state.normalize(batch.images)  # [B,3,S,S]
+    if info.device.type == "cuda":
+        images = images.contiguous(memory_format=torch.channels_last)
+    tokens = batch.tokens.to(info.device, non_blocking=True)  # [B,T]
+    sync = ddp.no_sync() if (info.enabled and not last) else contextlib.nullcontext()
+    with sync:
+        if state.faults.fire(CUDA_OOM, state.step + 1, info.rank):  # a test hook (trainer.faults)
+            raise torch.OutOfMemoryError("CUDA out of memory (injected: STREAMCAP_FAULT=cuda_oom)")
+        with autocast:
+            logits = ddp(images, tokens[:, :-1])  # [B,T-1,V]
+        terms = caption_loss(
+            logits,
+            tokens,
+            pad_id=state.tokenizer.pad_id,
+            eos_id=state.tokenizer.eos_id,
+            min_eos_position=cfg.min_eos_position,
+            eos_weight=cfg.eos_weight,
+            label_smoothing=cfg.label_smoothing,
+        )
+        total = terms.total
+        if state.faults.fire(NAN_LOSS, state.step + 1, info.rank):
+            total = total * float("nan")  # a test hook (trainer.faults): gradients turn NaN too
+        (total / cfg.grad_accum).backward()
+    return {"loss": total, "loss/ce": terms.ce, "loss/eos": terms.eos}
+
+
+def _join_gradient_sync(state: Run, batch) -> None:
+    """After an out-of-memory error, take part in the last micro-batch's gradient all-reduce with
+    a zero loss on two samples (BatchNorm needs more than one), so the other ranks' backward
+    completes instead of waiting for this one until the collective times out; the step is skipped
+    on every rank anyway. An error inside a backward (some gradient buckets already reduced)
+    cannot be rejoined: the run then fails."""
+    info = state.info
+    if not info.enabled or info.world_size == 1:
+        return
+    images = state.normalize(batch.images[:2])
+    tokens = batch.tokens[:2].to(info.device)
+    logits = state.ddp(images, tokens[:, :-1])  # [2,T-1,V]
+    (logits.float().sum() * 0.0).backward()
+    state.optimizer.zero_grad(set_to_none=True)
 
 
 def _next_batch(state: Run, batches, stop: StopSignal):
@@ -366,6 +476,12 @@ def _checkpoint(state: Run, tracker: BatchAccounting, aug_level: float) -> None:
     """Save model + training state (all ranks contribute their part), announce it, then
     record the reads it covers and acknowledge its fresh shards."""
     cfg, info = state.cfg, state.info
+    bad = nonfinite_tensor(state.model, state.optimizer)
+    if distributed.any_rank(info, bad is not None):
+        raise RunFailed(
+            f"stopping: refusing to save the checkpoint of step {state.step}: "
+            f"{bad or 'a tensor of another rank'} is not finite; resume from the last good checkpoint with --resume"
+        )
     mine = {
         "rng": ckpt.rng_state(),
         "loader": tracker.worker_states,
@@ -404,6 +520,7 @@ def _save(state: Run, ranks: list[dict[str, Any]], aug_level: float) -> None:
             "run": cfg.run,
             "world_size": info.world_size,
             "aug_level": aug_level,
+            "nonfinite_steps": state.nonfinite.total,
             "optimizer": state.optimizer.state_dict(),
             "scheduler": state.scheduler.state_dict(),
             "ranks": ranks,
@@ -414,3 +531,25 @@ def _save(state: Run, ranks: list[dict[str, Any]], aug_level: float) -> None:
         state.announcer = ckpt.Announcer(state.r, bus.Keys(cfg.namespace), cfg.run)
     state.announcer.add(model_file, state.step)  # kept and retried while Redis is down
     log.info("checkpoint %s (step %d)", model_file, state.step)
+    _retain(state)
+
+
+def _retain(state: Run) -> None:
+    """Delete checkpoints past --keep-checkpoints that neither --resume nor the evaluator needs."""
+    cfg = state.cfg
+    if not cfg.keep_checkpoints:
+        return
+    needed = evaluator_needs(state.r, bus.Keys(cfg.namespace))
+    if needed is None:  # Redis cannot say what is being evaluated: delete nothing this time
+        return
+    owed = {str(path.resolve()) for path, _ in state.announcer.owed} if state.announcer else set()
+    freed, removed = prune(cfg.run_dir, cfg.keep_checkpoints, needed | owed)
+    if removed:
+        state.freed_bytes += freed
+        log.info(
+            "removed checkpoint(s) of step %s (--keep-checkpoints %d): %.1f MB freed, %.1f MB since this trainer started",
+            ", ".join(map(str, removed)),
+            cfg.keep_checkpoints,
+            freed / 1e6,
+            state.freed_bytes / 1e6,
+        )

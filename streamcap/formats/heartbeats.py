@@ -25,7 +25,7 @@ import typing
 from dataclasses import dataclass
 from typing import Any, ClassVar, TypeVar
 
-HEARTBEAT_VERSION = 1
+HEARTBEAT_VERSION = 2
 VERSION_FIELD = "v"
 
 # Downloader states (`state`), and the two that mean "not claiming, see `reason`".
@@ -36,7 +36,8 @@ DOWNLOADER_WAITING_FOR_REDIS = "waiting_for_redis"
 # `streamcap status` expects no more from it.
 TRAINER_TRAINING, TRAINER_WAITING_FOR_DATA = "training", "waiting_for_data"
 TRAINER_FINISHED, TRAINER_STOPPED = "finished", "stopped"
-ENDED_STATES = (TRAINER_FINISHED, TRAINER_STOPPED)
+TRAINER_FAILED = "failed"  # the run stopped itself (`error` says why): it needs a person, not a restart
+ENDED_STATES = (TRAINER_FINISHED, TRAINER_STOPPED, TRAINER_FAILED)
 GC_WATCHING = "watching"
 
 R = TypeVar("R", bound="HeartbeatRecord")
@@ -157,7 +158,8 @@ class TrainerHeartbeat(HeartbeatRecord):
 
     WHAT: ClassVar[str] = "trainer heartbeat"
 
-    state: str  # training | waiting_for_data | finished | stopped
+    state: str  # training | waiting_for_data | finished | stopped | failed
+    error: str  # with `failed`: the one line the run stopped with ('' otherwise)
     run: str
     rank: int
     world_size: int
@@ -174,6 +176,12 @@ class TrainerHeartbeat(HeartbeatRecord):
     loss: float  # latest values; NaN before the first logged step
     lr: float
     aug_level: float
+    nonfinite_steps: int  # steps skipped for a non-finite loss or gradient norm (total, across resumes)
+    nonfinite_in_a_row: int  # the current streak (the run stops at --max-bad-steps)
+    last_nonfinite_step: int  # the latest of them (0: none)
+    oom_steps: int  # the same for steps skipped for running out of GPU memory (3 in a row stop)
+    oom_in_a_row: int
+    checkpoints_freed_bytes: int  # old checkpoints --keep-checkpoints deleted (rank 0; since it started)
 
     @property
     def ended(self) -> bool:

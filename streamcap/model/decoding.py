@@ -1,7 +1,7 @@
 """Caption decoding: greedy and batched beam search over a CaptionModel, with a KV cache.
 
     ids = greedy_decode(model, images, max_len=30)                      # list of id lists
-    ids = beam_search(model, images, beam_size=5, alpha=0.6, max_len=30)
+    ids = beam_search(model, images, beam_size=5, alpha=0.6, max_len=30)   # never an empty caption
     [(ids, score), ...] = beam_search_with_scores(model, images, max_len=30, no_repeat_ngram=3)
     captions = [tok.decode(x) for x in ids]
 
@@ -19,6 +19,14 @@ live beam finishes. With beam_size 1 and alpha 0 the search is greedy decoding. 
 when the beam holds every candidate of every step. An image stops early once its best live beam can no
 longer beat its beam_size-th finished caption (with log P <= 0 and alpha >= 0, a live beam's
 best future score is its score / lp(max_len + 1)), so stopping changes no result.
+
+`beam_search` never returns an empty caption (unless `allow_empty`): the empty caption's score is
+log P(EOS | image) / lp(1), which a young model's likely-ish first EOS makes beat every long
+caption's even where greedy decoding runs on, and an evaluation of nothing but empty captions
+would score (and could be kept as best) while saying nothing. Images whose best caption is empty
+are searched again with a minimum length of one token (fairseq's `min_len`, Hugging Face's
+`min_new_tokens`): the best non-empty caption under the same score; the others are unchanged.
+`beam_search_with_scores` is the plain search, empty captions included.
 
 With the cache (default) each step feeds only the newest token: self-attention K/V of earlier
 positions are kept per layer and the image's cross-attention K/V are computed once.
@@ -77,21 +85,18 @@ def beam_search(
     min_len: int = 0,
     no_repeat_ngram: int = 0,
     use_cache: bool = True,
+    allow_empty: bool = False,
 ) -> list[list[int]]:
-    """The best caption per image (ids without BOS/EOS); see the module docstring for the score."""
-    return [
-        ids
-        for ids, _ in beam_search_with_scores(
-            model,
-            images,
-            beam_size=beam_size,
-            alpha=alpha,
-            max_len=max_len,
-            min_len=min_len,
-            no_repeat_ngram=no_repeat_ngram,
-            use_cache=use_cache,
-        )
-    ]
+    """The best caption per image (ids without BOS/EOS); see the module docstring for the score
+    and for why an empty caption is searched again with at least one token."""
+    options = dict(beam_size=beam_size, alpha=alpha, max_len=max_len, no_repeat_ngram=no_repeat_ngram)
+    found = [ids for ids, _ in beam_search_with_scores(model, images, min_len=min_len, use_cache=use_cache, **options)]
+    empty = [i for i, ids in enumerate(found) if not ids]
+    if empty and not allow_empty:
+        again = beam_search_with_scores(model, images[empty], min_len=max(min_len, 1), use_cache=use_cache, **options)
+        for i, (ids, _) in zip(empty, again):
+            found[i] = ids
+    return found
 
 
 @torch.no_grad()

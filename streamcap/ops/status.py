@@ -29,6 +29,7 @@ from streamcap.formats.heartbeats import (
     DOWNLOADER_PAUSED,
     DOWNLOADER_PAUSED_FOR_DISK,
     ENDED_STATES,
+    TRAINER_FAILED,
     DownloaderHeartbeat,
     EvaluatorHeartbeat,
     GcHeartbeat,
@@ -198,6 +199,8 @@ def trainer_summary(r: redis.Redis, keys: bus.Keys, ranks: list[bus.Heartbeat]) 
     fresh, replay = sum(b.fresh for b in live), sum(b.replay for b in live)
     waits = [b.data_wait_pct for b in live]
     pending = [b.fresh_shards_pending for b in live if b.fresh_shards_pending >= 0]
+    # A run that stopped itself (non-finite steps, out of memory) says why until its beat expires.
+    failed = [b.record for b in ranks if isinstance(b.record, TrainerHeartbeat) and b.record.state == TRAINER_FAILED]
     return {
         "runs": runs,
         "ranks": len(live),
@@ -211,6 +214,10 @@ def trainer_summary(r: redis.Redis, keys: bus.Keys, ranks: list[bus.Heartbeat]) 
         "fresh_ratio": round(fresh / (fresh + replay), 3) if fresh + replay else None,
         "fresh_shards_unread": max(pending) if pending else None,
         "loss": min((b.loss for b in live if not math.isnan(b.loss)), default=None),  # NaN: no step logged yet
+        "nonfinite_steps": max((b.nonfinite_steps for b in live), default=None),
+        "oom_steps": max((b.oom_steps for b in live), default=None),
+        "checkpoints_freed_bytes": sum(b.checkpoints_freed_bytes for b in live) if live else None,
+        "failed": sorted({f"{b.run}: {b.error}" for b in failed}),
     }
 
 
@@ -262,6 +269,7 @@ def hints(report: dict[str, Any]) -> list[str]:
     """Short advice where the numbers call for it."""
     out = []
     parts, urls, shards, trainer = report["parts"], report["urls"], report["shards"], report["trainer"]
+    out += [f"the trainer stopped itself: {line}" for line in trainer["failed"]]
     if trainer["data_wait_pct"] is not None and trainer["data_wait_pct"] >= DATA_WAIT_HINT_PCT:
         out.append(
             f"the trainer waited for data {trainer['data_wait_pct']:.0f} % of the time: add downloaders "

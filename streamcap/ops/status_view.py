@@ -116,6 +116,12 @@ def _gc(gc: dict[str, Any] | None) -> str:
     )
 
 
+def _skipped(trainer: dict[str, Any]) -> str | None:
+    if trainer["nonfinite_steps"] is None:
+        return None
+    return f"{trainer['nonfinite_steps']} / {trainer['oom_steps']}"
+
+
 def _trainer(trainer: dict[str, Any]) -> Table:
     step = f"{trainer['step']} / {trainer['max_steps']}" if trainer["step"] is not None else None
     runs = ", ".join(f"{run} ({info.get('state')})" for run, info in trainer["runs"].items()) or None
@@ -130,6 +136,14 @@ def _trainer(trainer: dict[str, Any]) -> Table:
             ("fresh / replay", f"{trainer['fresh']} / {trainer['replay']}"),
             ("fresh shards not yet read", trainer["fresh_shards_unread"]),
             ("loss", trainer["loss"]),
+            ("skipped steps (non-finite / out of memory)", _skipped(trainer)),
+            (
+                "checkpoints deleted",
+                f"{human_bytes(trainer['checkpoints_freed_bytes'])} freed"
+                if trainer["checkpoints_freed_bytes"]
+                else None,
+            ),
+            *[("stopped itself", line) for line in trainer["failed"]],
         ],
     )
 

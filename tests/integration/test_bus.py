@@ -8,7 +8,7 @@ import time
 import pytest
 
 from streamcap import bus
-from streamcap.formats.heartbeats import DownloaderHeartbeat, EvaluatorHeartbeat, TrainerHeartbeat
+from streamcap.formats.heartbeats import HEARTBEAT_VERSION, DownloaderHeartbeat, EvaluatorHeartbeat, TrainerHeartbeat
 from tests.support.heartbeats import record
 from tests.support.pipeline import wait_until
 
@@ -104,12 +104,15 @@ def test_a_heartbeat_not_refreshed_is_flagged_stale(r, keys):
 
 def test_a_heartbeat_of_another_version_is_listed_with_the_reason_it_does_not_read(r, keys):
     fields = record(DownloaderHeartbeat, state="working").to_fields()
-    r.hset(keys.heartbeat(bus.ROLE_DOWNLOADER, "newer"), mapping=fields | {"v": "2", "ts": time.time()})
+    r.hset(
+        keys.heartbeat(bus.ROLE_DOWNLOADER, "newer"),
+        mapping=fields | {"v": str(HEARTBEAT_VERSION + 1), "ts": time.time()},
+    )
     renamed = {("url_rate" if k == "urls_per_s" else k): v for k, v in fields.items()}
     r.hset(keys.heartbeat(bus.ROLE_DOWNLOADER, "renamed"), mapping=renamed | {"ts": time.time()})
     newer, renamed_beat = bus.read_heartbeats(r, keys, bus.ROLE_DOWNLOADER)
     assert (newer.id, newer.record, newer.state, newer.stale) == ("newer", None, bus.UNREADABLE, False)
-    assert "version 2, this streamcap reads 1" in newer.problem
+    assert f"version {HEARTBEAT_VERSION + 1}, this streamcap reads {HEARTBEAT_VERSION}" in newer.problem
     assert renamed_beat.record is None and "lacks urls_per_s" in renamed_beat.problem
     assert "does not know: url_rate" in renamed_beat.problem
 

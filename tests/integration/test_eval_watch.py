@@ -243,6 +243,37 @@ def test_best_moves_only_to_a_better_score(world, redis_url, keys, r, tmp_path):
     assert [e["step"] for e in evals(r, keys)] == [100, 200, 300, 400]
 
 
+def test_a_checkpoint_of_mostly_empty_captions_is_never_kept_as_best(world, redis_url, keys, r, tmp_path):
+    watcher = Watcher(
+        settings(world, redis_url, keys, tmp_path),
+        r,
+        load_eval_set(world["data"], split="val", image_dir=world["root"] / "images"),
+        "cpu",
+        consumer="ev-a",
+    )
+    empty = crafted(world, 0.0, 100)  # the first result, all empty: nothing to compare with, still not best
+    empty.empty_share = 1.0
+    assert watcher._commit(empty)
+    assert not r.exists(keys.evals_best) and not (tmp_path / "best.pt").exists()
+    mostly = crafted(world, 2.0, 200)  # a high score over 60% empty captions
+    mostly.empty_share = 0.6
+    assert watcher._commit(mostly)
+    assert not r.exists(keys.evals_best)
+    half = crafted(world, 0.3, 300)  # at the threshold it may be best
+    half.empty_share = 0.5
+    assert watcher._commit(half)
+    assert r.hget(keys.evals_best, "step") == "300" and (tmp_path / "best.pt").exists()
+    assert [(e["step"], e["empty_share"]) for e in evals(r, keys)] == [(100, 1.0), (200, 0.6), (300, 0.5)]
+
+
+def test_the_report_shows_the_share_of_empty_captions(world, redis_url, keys, r, tmp_path):
+    publish(r, keys, world["checkpoints"][0], 100)
+    watch_in_process(settings(world, redis_url, keys, tmp_path), r, "ev-a")
+    (result,) = evals(r, keys)
+    assert result["empty_share"] == 0.0  # beam search gives every image a caption
+    assert "empty captions: 0.0% of images" in Path(result["report"]).read_text()
+
+
 def test_a_result_for_an_entry_taken_over_by_another_evaluator_is_dropped(world, redis_url, keys, r, tmp_path):
     entry = publish(r, keys, world["checkpoints"][0], 100)
     bus.ensure_group(r, keys.checkpoints, bus.GROUP_EVALUATORS)

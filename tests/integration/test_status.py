@@ -7,7 +7,7 @@ import json
 import time
 
 from streamcap import bus
-from streamcap.formats.heartbeats import DownloaderHeartbeat, GcHeartbeat, TrainerHeartbeat
+from streamcap.formats.heartbeats import HEARTBEAT_VERSION, DownloaderHeartbeat, GcHeartbeat, TrainerHeartbeat
 from streamcap.formats.records import PartRecord
 from streamcap.ops import status
 from streamcap.ops.status_view import render
@@ -132,14 +132,18 @@ def test_no_downloader_but_parts_waiting_is_a_hint(r, keys, tmp_path):
 
 
 def test_a_heartbeat_this_streamcap_cannot_read_is_shown_not_summed(r, keys):
-    """A downloader of a newer streamcap (heartbeat version 2) counts in no rate, and says why."""
-    fields = record(DownloaderHeartbeat, state="working", urls_per_s=99.0).to_fields() | {"v": "2"}
+    """A downloader of a newer streamcap (a higher heartbeat version) counts in no rate, and says why."""
+    newer = HEARTBEAT_VERSION + 1
+    fields = record(DownloaderHeartbeat, state="working", urls_per_s=99.0).to_fields() | {"v": str(newer)}
     r.hset(keys.heartbeat(bus.ROLE_DOWNLOADER, "d-new"), mapping=fields | {"ts": time.time()})
     bus.write_heartbeat(r, keys, "d-old", record(DownloaderHeartbeat, state="working", urls_per_s=5.0))
     report = status.collect(r, keys)
     assert (report["urls"]["urls_per_s"], report["urls"]["downloaders_live"]) == (5.0, 1)
     unreadable = next(w for w in report["workers"] if w["id"] == "d-new")
-    assert unreadable["state"] == "unreadable" and "version 2, this streamcap reads 1" in unreadable["reason"]
+    assert (
+        unreadable["state"] == "unreadable"
+        and f"version {newer}, this streamcap reads {HEARTBEAT_VERSION}" in unreadable["reason"]
+    )
     assert any("1 heartbeat(s) this streamcap cannot read" in h and "d-new" in h for h in report["hints"])
     json.dumps(report)
     render(report)

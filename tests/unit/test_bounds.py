@@ -62,6 +62,8 @@ BOUNDS = [
     (TRAIN, TrainerSettings, "log_every", 10_000_000),
     (TRAIN, TrainerSettings, "sample_every", 10_000_000),
     (TRAIN, TrainerSettings, "histogram_every", 10_000_000),
+    (TRAIN, TrainerSettings, "max_bad_steps", 1000),
+    (TRAIN, TrainerSettings, "keep_checkpoints", 10_000),
     (EVAL, EvalSettings, "beam", 64),
     (EVAL, EvalSettings, "max_tokens", 512),
     (EVAL, EvalSettings, "min_tokens", 512),

@@ -83,7 +83,7 @@ def test_every_streamcap_service_reads_the_env_file(compose):
 
 def test_the_trainer_stays_down_once_done_and_wandb_defaults_to_auto(compose):
     trainer = compose["services"]["trainer"]
-    assert trainer["restart"] == "on-failure"
+    assert trainer["restart"] == "on-failure:5"  # bounded: a run that stopped itself is not retried forever
     assert trainer["environment"]["STREAMCAP_CHECKPOINT_DIR"] == "/data/checkpoints"  # the trainer adds <run>/
     for name in ("trainer", "evaluator"):
         assert compose["services"][name]["environment"]["STREAMCAP_WANDB_MODE"] == "${WANDB_MODE:-auto}"

@@ -121,9 +121,29 @@ def test_eos_finishes_a_beam_only_among_the_top_candidates():
     assert beam_search(model, images, beam_size=1, max_len=30) == greedy
     for ids in beam_search(model, images, beam_size=5, max_len=30):
         assert len(ids) == 30
-    # Where EOS is the top candidate it still ends the caption at once.
+    # Where EOS is the top candidate the plain search still ends the caption at once.
     logits[3] = 4.0
-    assert beam_search(constant_model(logits), images, beam_size=5, max_len=30) == [[], []]
+    assert beam_search(constant_model(logits), images, beam_size=5, max_len=30, allow_empty=True) == [[], []]
+
+
+def test_beam_search_never_returns_an_empty_caption_where_greedy_returns_one():
+    # EOS is second at the first step (p ~ 0.35) and the word first: greedy says "4 4 4 ...", but
+    # the empty caption's score, log 0.35 / lp(1) = -1.0, beats every long caption's (about -0.9
+    # per token, normalised by lp <= 3.4). Beam 5, alpha 0.6: the plain search returns it empty.
+    logits = [0.0] * 20
+    logits[4], logits[3] = 3.0, 2.6
+    model = constant_model(logits)
+    images = torch.randn(3, 3, 32, 32)
+    greedy = greedy_decode(model, images, max_len=20)
+    assert all(greedy)
+    assert beam_search(model, images, beam_size=5, alpha=0.6, max_len=20, allow_empty=True) == [[], [], []]
+    fixed = beam_search(model, images, beam_size=5, alpha=0.6, max_len=20)
+    assert all(fixed) and fixed == beam_search(model, images, beam_size=5, alpha=0.6, max_len=20, min_len=1)
+    # Images with a non-empty best caption are left exactly as the plain search had them.
+    other = sharp_model(vocab=30, max_len=16, seed=11)
+    pics = torch.randn(4, 3, 32, 32)
+    plain = beam_search(other, pics, beam_size=5, max_len=12, allow_empty=True)
+    assert all(plain) and beam_search(other, pics, beam_size=5, max_len=12) == plain
 
 
 def test_beam_of_one_is_greedy():

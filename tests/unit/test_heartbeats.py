@@ -105,7 +105,7 @@ def test_a_field_renamed_by_the_writer_fails_on_the_reader_naming_both():
 def test_a_field_missing_is_an_error_not_a_zero():
     fields = EXAMPLES[4].to_fields()
     del fields["deleted"]
-    with pytest.raises(HeartbeatError, match="gc heartbeat version 1 lacks deleted"):
+    with pytest.raises(HeartbeatError, match=f"gc heartbeat version {HEARTBEAT_VERSION} lacks deleted"):
         GcHeartbeat.from_fields(fields)
 
 

@@ -27,3 +27,15 @@ def test_resumed_run_logs_to_wandb_only_past_the_steps_it_has(tmp_path):
     sink.close()
     assert wandb_run.logged == [8, 9, 10] and wandb_run.finished
     assert [rec["step"] for rec in read_metrics(tmp_path / "metrics.jsonl")] == [6, 7, 8, 9, 10]
+
+
+def test_non_finite_values_are_written_not_dropped(tmp_path):
+    wandb_run = RecordingRun(step=0)
+    sink = MetricsSink(tmp_path, wandb_run)
+    sink.log(3, {"loss": float("nan"), "grad_norm": float("inf"), "skipped": 1}, {"nonfinite_keys": ["a.tar/k1"]})
+    sink.log(4, {"loss": 2.0, "grad_norm": 1.0})
+    sink.close()
+    first, second = read_metrics(tmp_path / "metrics.jsonl")
+    assert first["loss"] == "nan" and first["grad_norm"] == "inf" and first["nonfinite_keys"] == ["a.tar/k1"]
+    assert second["loss"] == 2.0
+    assert sink.history["loss"] == [(4, 2.0)]  # the curve leaves NaN out
