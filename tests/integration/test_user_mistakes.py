@@ -1,0 +1,184 @@
+"""A user's mistakes cost them neither money nor data (issue 25): each is refused or reported by
+name, as one line, before it costs a download or a sample (docs/operations.md, "Mistakes and
+what streamcap says").
+
+Each case runs the real `streamcap` command in a subprocess against a real Redis, a real image
+host on 127.0.0.1 and real files, and checks what the user sees and what happened to the data.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from streamcap.downloader.failures import EXIT_GAVE_UP
+from streamcap.text.captions import MAX_CAPTION_CHARS
+from tests.integration.test_user_errors import assert_one_error_line, streamcap
+from tests.support.fleet import download
+from tests.support.pipeline import enqueue_rows, final_audit, paced_rows, samples_by_row, write_parquet
+
+
+def common(redis_url: str, keys, shard_dir: Path) -> list[str]:
+    return ["--redis-url", redis_url, "--namespace", keys.namespace, "--shard-dir", str(shard_dir)]
+
+
+# --- 6: a source changed after enqueue --------------------------------------------------------------
+
+
+def _csv(path: Path, rows: list[tuple[str, str]]) -> Path:
+    path.write_text("url,caption\n" + "".join(f"{u},{c}\n" for u, c in rows))
+    return path
+
+
+ROWS = [(f"http://127.0.0.1/{i}.jpg", f"caption {i}") for i in range(6)]
+
+
+@pytest.mark.parametrize(
+    "change",
+    ["edited in place", "reordered re-export"],
+)
+def test_reenqueueing_a_changed_source_is_refused_by_name(change, redis_url, keys, tmp_path):
+    source = _csv(tmp_path / "rows.csv", ROWS)
+    args = ["enqueue", str(source), *common(redis_url, keys, tmp_path / "shards"), "--part-size", "2"]
+    first = streamcap(*args)
+    assert first.returncode == 0 and "enqueued source rows: 6 rows in 3 parts" in first.stdout, first.stderr
+    os.utime(source)  # touched, not changed: still the same source
+    again = streamcap(*args)
+    assert again.returncode == 0 and "already enqueued" in again.stdout, again.stderr
+    if change == "edited in place":  # same row count, one caption rewritten
+        _csv(source, [*ROWS[:3], (ROWS[3][0], "another caption"), *ROWS[4:]])
+    else:
+        _csv(source, list(reversed(ROWS)))
+    line = assert_one_error_line(streamcap(*args), "source rows changed since it was enqueued", str(source))
+    assert "--name" in line
+
+
+def test_a_downloader_refuses_a_source_changed_under_its_parts_and_loses_no_part(
+    r, redis_url, keys, image_host, tmp_path
+):
+    shard_dir = tmp_path / "shards"
+    rows = paced_rows(image_host, 8, failures=False)
+    source = enqueue_rows(r, keys, shard_dir, rows, part_size=4)
+    original = source.read_bytes()
+    write_parquet(source, [(u, "a different caption") for u, _ in rows])  # same rows, new content
+
+    ran = download(
+        redis_url, keys, shard_dir, tmp_path / "changed.log", "--allow-private", "--environment-patience", "3"
+    )
+    assert ran.returncode == EXIT_GAVE_UP, ran.log
+    assert f"source changed: source src changed since it was enqueued: {source} changed" in ran.log
+    # Failures of the environment: nothing consumed, nothing counted against a part.
+    assert r.scard(keys.parts_done) == 0 and r.xlen(keys.parts_dead) == 0 and r.hlen(keys.parts_strikes) == 0
+    assert not list(shard_dir.glob("*.tar"))
+
+    source.write_bytes(original)  # restored: its parts download as enqueued
+    ran = download(redis_url, keys, shard_dir, tmp_path / "restored.log", "--allow-private")
+    assert ran.returncode == 0, ran.log
+    report = final_audit(r, keys, shard_dir)
+    assert report.samples == 8 and report.parts["dead"] == 0
+
+
+# --- 7: typed caption columns ----------------------------------------------------------------------
+
+
+def test_a_binary_caption_column_is_text_and_a_list_column_is_refused_alike(r, redis_url, keys, image_host, tmp_path):
+    shard_dir = tmp_path / "shards"
+    urls = [u for u, _ in paced_rows(image_host, 2, failures=False)]
+    binary = tmp_path / "binary.parquet"
+    captions = pa.array([b"a red circle", b"a blue square"], pa.binary())
+    pq.write_table(pa.table({"url": urls, "caption": captions}), binary)
+    listed = tmp_path / "listed.parquet"
+    pq.write_table(pa.table({"url": urls, "caption": [["a", "b"], ["c"]]}), listed)
+
+    added = streamcap("enqueue", str(binary), *common(redis_url, keys, shard_dir))
+    assert added.returncode == 0, added.stderr
+    ran = download(redis_url, keys, shard_dir, tmp_path / "d.log", "--allow-private")
+    assert ran.returncode == 0, ran.log
+    samples = samples_by_row(shard_dir)
+    assert sorted(s.meta["caption_raw"] for s in samples.values()) == ["a blue square", "a red circle"]
+    built = streamcap("tokenizer", "build", str(binary), "--out", str(tmp_path / "v.txt"), "--size", "40", "--json")
+    assert built.returncode == 0 and json.loads(built.stdout)["captions"] == 2, built.stderr
+
+    for args in (
+        ["enqueue", str(listed), *common(redis_url, keys, shard_dir)],
+        ["tokenizer", "build", str(listed), "--out", str(tmp_path / "w.txt")],
+    ):
+        assert_one_error_line(streamcap(*args), str(listed), "column 'caption' holds list<", "not text")
+
+
+# --- 11: lines that misled -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("group", [[], ["shards"], ["tokenizer"]])
+def test_a_bare_group_shows_its_help_and_no_empty_error(group):
+    out = streamcap(*group)
+    assert "Usage: streamcap" in out.stdout + out.stderr and "Commands" in out.stdout + out.stderr
+    assert "streamcap: error:" not in out.stderr and "Traceback" not in out.stderr
+
+
+def test_a_redis_url_option_redis_cannot_read_is_one_line(redis_url, keys, tmp_path):
+    url = redis_url + "?socket_timeout=abc"
+    assert_one_error_line(streamcap("status", *common(url, keys, tmp_path)), "REDIS_URL", "socket_timeout")
+
+
+def test_rediss_against_a_plain_server_fails_fast_with_a_tls_hint(redis_server, keys, tmp_path):
+    url = redis_server.url.replace("redis://", "rediss://", 1)
+    for args in (["status"], ["enqueue", str(_csv(tmp_path / "rows.csv", ROWS))]):
+        # Bounded by the subprocess timeout, not timed: before, each try waited out its 5 s
+        # handshake timeout and retried (16 s for status, 30 s for enqueue), then said "Timeout".
+        out = streamcap(*args, *common(url, keys, tmp_path / "shards"), timeout=12)
+        assert_one_error_line(out, "without TLS", "rediss://", "redis://")
+
+
+def test_a_tab_separated_file_named_csv_says_so(redis_url, keys, tmp_path):
+    rows = tmp_path / "rows.csv"
+    rows.write_text("url\tcaption\nhttp://127.0.0.1/a.jpg\ta cat\n")
+    for args in (
+        ["enqueue", str(rows), *common(redis_url, keys, tmp_path / "shards")],
+        ["tokenizer", "build", str(rows), "--out", str(tmp_path / "v.txt")],
+    ):
+        assert_one_error_line(streamcap(*args), str(rows), "looks tab-separated", ".tsv")
+
+
+def test_reconcile_exits_1_when_it_reports_a_problem_it_could_not_fix(r, redis_url, keys, image_host, tmp_path):
+    shard_dir = tmp_path / "shards"
+    enqueue_rows(r, keys, shard_dir, paced_rows(image_host, 4, failures=False), part_size=4)
+    assert download(redis_url, keys, shard_dir, tmp_path / "d.log", "--allow-private").returncode == 0
+    fine = streamcap("shards", "reconcile", *common(redis_url, keys, shard_dir))
+    assert fine.returncode == 0 and "0 problems not fixed" in fine.stdout, fine.stdout + fine.stderr
+    (shard_dir / "src-000000.stats.json").write_text("{not json")
+    broken = streamcap("shards", "reconcile", *common(redis_url, keys, shard_dir))
+    assert broken.returncode == 1, broken.stdout + broken.stderr
+    assert "PROBLEM stats file src-000000.stats.json is unreadable" in broken.stdout
+    assert "1 problems not fixed" in broken.stdout
+    as_json = streamcap("shards", "reconcile", *common(redis_url, keys, shard_dir), "--json")
+    assert as_json.returncode == 1 and json.loads(as_json.stdout)["ok"] is False
+
+
+def test_a_huge_caption_is_cut_at_download_and_counted(r, redis_url, keys, image_host, tmp_path):
+    shard_dir = tmp_path / "shards"
+    rows = paced_rows(image_host, 2, failures=False)
+    huge = "A red car. " + "x" * 1_000_000
+    enqueue_rows(r, keys, shard_dir, [rows[0], (rows[1][0], huge)], part_size=2)
+    ran = download(redis_url, keys, shard_dir, tmp_path / "d.log", "--allow-private")
+    assert ran.returncode == 0, ran.log
+    assert f"1 captions cut to {MAX_CAPTION_CHARS} characters" in ran.log
+    sample = samples_by_row(shard_dir)[1]
+    assert sample.meta["caption_raw"] == huge[:MAX_CAPTION_CHARS]
+    assert sample.meta["caption_chars"] == len(huge) and "caption_chars" not in samples_by_row(shard_dir)[0].meta
+    assert sum(p.stat().st_size for p in shard_dir.glob("*.tar")) < 100_000
+    final_audit(r, keys, shard_dir)
+
+
+def test_exact_duplicate_rows_are_counted_at_enqueue(redis_url, keys, tmp_path):
+    rows = [ROWS[0], ROWS[1], ROWS[0], (ROWS[1][0], "another caption"), ROWS[0]]
+    out = streamcap("enqueue", str(_csv(tmp_path / "rows.csv", rows)), *common(redis_url, keys, tmp_path / "s"))
+    assert out.returncode == 0, out.stderr
+    assert "warning: 2 of 5 rows repeat an earlier row's url and caption exactly" in out.stderr
+    clean = streamcap("enqueue", str(_csv(tmp_path / "clean.csv", ROWS)), *common(redis_url, keys, tmp_path / "s"))
+    assert clean.returncode == 0 and "warning" not in clean.stderr, clean.stderr
