@@ -10,6 +10,10 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import signal
+import subprocess
+import time
 from pathlib import Path
 
 import pyarrow as pa
@@ -18,9 +22,11 @@ import pytest
 
 from streamcap.downloader.failures import EXIT_GAVE_UP
 from streamcap.text.captions import MAX_CAPTION_CHARS
-from tests.integration.test_user_errors import assert_one_error_line, streamcap
-from tests.support.fleet import download
-from tests.support.pipeline import enqueue_rows, final_audit, paced_rows, samples_by_row, write_parquet
+from tests.integration.test_orphan_ranks import alive
+from tests.integration.test_user_errors import ENV, assert_one_error_line, streamcap
+from tests.support.evalsets import karpathy_set, tiny_checkpoint
+from tests.support.fleet import STREAMCAP, children, download
+from tests.support.pipeline import enqueue_rows, final_audit, paced_rows, samples_by_row, wait_until, write_parquet
 
 
 def common(redis_url: str, keys, shard_dir: Path) -> list[str]:
@@ -182,3 +188,60 @@ def test_exact_duplicate_rows_are_counted_at_enqueue(redis_url, keys, tmp_path):
     assert "warning: 2 of 5 rows repeat an earlier row's url and caption exactly" in out.stderr
     clean = streamcap("enqueue", str(_csv(tmp_path / "clean.csv", ROWS)), *common(redis_url, keys, tmp_path / "s"))
     assert clean.returncode == 0 and "warning" not in clean.stderr, clean.stderr
+
+
+# --- 2: Ctrl-C and SIGTERM end `streamcap eval run` with METEOR ------------------------------------------
+
+
+def _java_child(pid: int) -> int | None:
+    for child in children(pid):
+        try:
+            if Path(f"/proc/{child}/cmdline").read_bytes().split(b"\0")[0].endswith(b"java"):
+                return child
+        except OSError:
+            continue
+    return None
+
+
+def _interrupt_during_meteor(args: list[str], delay_s: float, sig: signal.Signals) -> None:
+    proc = subprocess.Popen(
+        [*STREAMCAP, *args], env=os.environ | ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
+    java = None
+    try:
+        wait_until(lambda: _java_child(proc.pid) or proc.poll() is not None, 120, "METEOR's JVM")
+        java = _java_child(proc.pid)
+        time.sleep(delay_s)
+        running = proc.poll() is None
+        proc.send_signal(sig)
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"{sig.name} {delay_s:.1f} s into METEOR did not end `streamcap eval run` within 10 s")
+        stderr = proc.stderr.read()
+        assert "Traceback" not in stderr, stderr[-3000:]
+        if running:  # interrupted, not a success
+            assert proc.returncode != 0, stderr[-3000:]
+        if java is not None:  # the scorer went with it
+            gone = java
+            wait_until(lambda: not alive(gone), 10, "the JVM gone")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        if java is not None and alive(java):
+            os.kill(java, signal.SIGKILL)
+
+
+@pytest.mark.timeout(900)  # 20 evaluations, each starting a JVM
+@pytest.mark.skipif(shutil.which("java") is None, reason="METEOR runs a Java scorer; this machine has no java")
+def test_interrupts_during_meteor_end_eval_run_within_seconds(tmp_path):
+    """20 deliveries, SIGINT and SIGTERM in turn, at staggered moments once METEOR's JVM runs:
+    pycocoevalcap's scorer held its lock when the interrupt came, and its finaliser waited on it."""
+    data = karpathy_set(tmp_path, test=3, val=2, train=1)
+    checkpoint = tiny_checkpoint(tmp_path / "ckpt" / "step-100.pt")
+    args = ["eval", "run", str(checkpoint), "--data", str(data), "--images", str(tmp_path / "images")]
+    args += ["--split", "val", "--beam", "1", "--max-tokens", "4", "--out-dir", str(tmp_path / "evals")]
+    for i in range(20):
+        # 0 to 2.7 s into METEOR: the JVM loading, then scoring
+        _interrupt_during_meteor(args, (i // 2) * 0.3, signal.SIGINT if i % 2 == 0 else signal.SIGTERM)
