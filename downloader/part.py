@@ -35,7 +35,7 @@ from streamcap.downloader.imagepool import ImagePool
 from streamcap.downloader.imageproc import Rejection
 from streamcap.downloader.livestats import LiveStats
 from streamcap.downloader.pin import PinChecker
-from streamcap.downloader.security import InvalidURLError, check_url
+from streamcap.downloader.security import BlockedAddressError, InvalidURLError, check_url
 from streamcap.downloader.sources import Source, open_source
 from streamcap.downloader.stragglers import PartProgress, watch_stragglers
 from streamcap.formats.records import PartRecord, PartStats, SourceRecord
@@ -178,6 +178,8 @@ class PartRunner:
             check_url(url, allow_private=True)  # syntax only here; the fetcher checks addresses
         except InvalidURLError as e:
             return _fail(writer, row, url, "invalid_url", str(e))
+        except BlockedAddressError as e:  # an address no server has (security.never_a_server)
+            return _fail(writer, row, url, "blocked_address", e.why)
         cell = rows[source.caption_col][i]
         if cell is not None and not isinstance(cell, str):  # a jsonl list or number: its repr is no caption
             return _fail(writer, row, url, "empty_caption", f"caption is a {type(cell).__name__}, not text")

@@ -8,6 +8,7 @@ host on 127.0.0.1 and real files, and checks what the user sees and what happene
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import shutil
@@ -20,7 +21,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from streamcap.downloader.config import DownloaderSettings
 from streamcap.downloader.failures import EXIT_GAVE_UP
+from streamcap.downloader.fetch import Fetcher
+from streamcap.formats.records import FailedRow
+from streamcap.shardwriter.retry import is_transient
 from streamcap.text.captions import MAX_CAPTION_CHARS
 from tests.integration.test_orphan_ranks import alive
 from tests.integration.test_user_errors import ENV, assert_one_error_line, streamcap
@@ -245,3 +250,49 @@ def test_interrupts_during_meteor_end_eval_run_within_seconds(tmp_path):
     for i in range(20):
         # 0 to 2.7 s into METEOR: the JVM loading, then scoring
         _interrupt_during_meteor(args, (i // 2) * 0.3, signal.SIGINT if i % 2 == 0 else signal.SIGTERM)
+
+
+# --- 10: outcomes in the right class ---------------------------------------------------------------------
+
+# URLs no try can fetch, each with its one reason whatever --allow-private says. Before, the
+# address forms were `blocked_address` without it and a transient `connect_error` with it.
+NEVER = {
+    "http://127.0.0.1:0/a.jpg": "invalid_url",
+    "http://224.0.0.1/a.jpg": "blocked_address",
+    "http://[ff02::1]/a.jpg": "blocked_address",
+    "http://[::ffff:224.0.0.1]/a.jpg": "blocked_address",
+    "http://255.255.255.255/a.jpg": "blocked_address",
+    "http://240.0.0.1/a.jpg": "blocked_address",
+    "http://0.0.0.0/a.jpg": "blocked_address",
+    "http://[::]/a.jpg": "blocked_address",
+    "ftp://127.0.0.1/a.jpg": "invalid_url",
+    "//127.0.0.1/a.jpg": "invalid_url",
+    "http://127.0.0.1:99999/a.jpg": "invalid_url",
+    "http://[::1/a.jpg": "invalid_url",
+    "http://127.0.0.1\\@x/a.jpg": "invalid_url",
+}
+
+
+def _outcomes(urls: list[str], allow_private: bool, tmp_path: Path) -> dict[str, FailedRow]:
+    cfg = DownloaderSettings(shard_dir=tmp_path, allow_private=allow_private, retries=0, total_timeout=20)
+
+    async def fetch_all() -> dict[str, FailedRow]:
+        async with Fetcher(cfg) as fetcher:
+            results = [await fetcher.fetch(url) for url in urls]
+        return {u: FailedRow(0, u, res.reason or "", res.detail) for u, res in zip(urls, results)}
+
+    return asyncio.run(fetch_all())
+
+
+def test_urls_that_can_never_work_are_permanent_with_and_without_allow_private(tmp_path):
+    strict = _outcomes(list(NEVER), allow_private=False, tmp_path=tmp_path)
+    private = _outcomes(list(NEVER), allow_private=True, tmp_path=tmp_path)
+    for url, reason in NEVER.items():
+        assert strict[url].reason == private[url].reason == reason, (url, strict[url], private[url])
+        assert not is_transient(private[url]) and not is_transient(strict[url]), (url, private[url])
+    # TLS refused (https:// to a plain HTTP server, as aiohttp words it) fails the same way again.
+    tls = "ClientConnectorSSLError: Cannot connect to host 127.0.0.1:8765 ssl:default [[SSL] record layer failure]"
+    assert not is_transient(FailedRow(0, "https://127.0.0.1:8765/a.jpg", "connect_error", tls))
+    # What a later try may fetch stays transient.
+    assert is_transient(FailedRow(0, "u", "connect_error", "ClientConnectorError: Connection refused"))
+    assert is_transient(FailedRow(0, "u", "http_status", "HTTP 503"))
