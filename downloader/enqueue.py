@@ -6,15 +6,21 @@
 
 The source's definition goes into the `sources` hash and the parts into the stream in one
 transaction that first checks the source is not there yet: enqueueing the same source again,
-also from several processes at the same moment, adds nothing and says so. The definition is
+also from several processes at the same moment, adds nothing and says so. The definition pins
+the files the parts cover (size, mtime, sha256: downloader.pin): enqueueing a source whose
+files changed since is refused, naming the file, and so is downloading its parts. Rows that
+repeat an earlier row's URL and caption exactly are counted and warned about. The definition is
 also written to the shard directory (`sources/<id>.json`), where `streamcap shards reconcile`
 finds it after Redis lost its data. Nothing here imports torch.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
 import logging
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +30,7 @@ import redis
 from streamcap import bus
 from streamcap.common.settings import ConfigError
 from streamcap.downloader.config import EnqueueSettings
+from streamcap.downloader.pin import compare, pin_files
 from streamcap.downloader.sources import Source, SourceError, open_source
 from streamcap.formats.records import SourceRecord, source_slug
 from streamcap.shardwriter.registry import save_source
@@ -39,6 +46,15 @@ class EnqueueResult:
     source: SourceRecord
     added: bool  # False: the source was already enqueued, nothing was added
     caption_note: str  # how the caption column was chosen
+    duplicates: int = 0  # rows repeating an earlier row's url and caption exactly
+
+    def warning(self) -> str | None:
+        if not self.duplicates:
+            return None
+        return (
+            f"warning: {self.duplicates} of {self.source.rows} rows repeat an earlier row's url and caption "
+            "exactly: each downloads again into an identical sample (dedupe the source to save the fetches)"
+        )
 
     def message(self) -> str:
         s = self.source
@@ -67,11 +83,13 @@ def pick_caption_column(columns: list[str], given: str | None) -> tuple[str, tup
 
 
 def describe_source(cfg: EnqueueSettings, uri: str) -> tuple[SourceRecord, str]:
-    """Read the source's schema and size (not its rows) and build its definition."""
+    """Read the source's schema and size, pin its files, and build its definition."""
     source = open_source(uri)
     caption_col, extras, note = pick_caption_column(source.columns, cfg.caption_col)
     source.require_columns({cfg.url_col: "--url-col", caption_col: "--caption-col"})
-    total = source.count_rows()
+    extras = tuple(c for c in extras if _holds_text(source, c))  # kept raw only where they are text
+    file_rows = source.file_rows()
+    total = sum(file_rows)
     rows = min(total, cfg.limit) if cfg.limit else total
     if rows == 0:
         raise SourceError(f"{uri}: the source has no rows")
@@ -85,8 +103,34 @@ def describe_source(cfg: EnqueueSettings, uri: str) -> tuple[SourceRecord, str]:
         part_size=cfg.part_size,
         extra_caption_cols=extras,
         created=time.time(),
+        files=pin_files(source.files, file_rows, rows),
     )
     return record, note
+
+
+def count_duplicates(record: SourceRecord) -> int:
+    """Rows of the source whose url and caption equal an earlier row's."""
+    columns = [record.url_col, record.caption_col]
+    seen: set[bytes] = set()
+    duplicates = 0
+    for batch in open_source(record.uri).scan(columns, record.rows):
+        for values in zip(*(batch[c] for c in columns)):
+            text = "\x00".join("" if v is None else str(v) for v in values)
+            key = hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=16).digest()
+            if key in seen:
+                duplicates += 1
+            else:
+                seen.add(key)
+    return duplicates
+
+
+def _holds_text(source: Source, column: str) -> bool:
+    try:
+        source.require_text([column])
+    except SourceError as e:
+        log.warning("not keeping column %r in the samples: %s", column, e)
+        return False
+    return True
 
 
 def source_id(name: str | None, uri: str) -> str:
@@ -141,13 +185,19 @@ def _existing(r: redis.Redis, keys: bus.Keys, record: SourceRecord) -> SourceRec
     if raw is None:
         return None
     existing = SourceRecord.from_message(json.loads(raw))
-    mine = {k: v for k, v in record.to_message().items() if k != "created"}
-    theirs = {k: v for k, v in existing.to_message().items() if k != "created"}
+    mine = {k: v for k, v in record.to_message().items() if k not in ("created", "files")}
+    theirs = {k: v for k, v in existing.to_message().items() if k not in ("created", "files")}
     if mine != theirs:
         diff = ", ".join(f"{k} {theirs.get(k)!r} (now {v!r})" for k, v in mine.items() if theirs.get(k) != v)
         raise ConfigError(
             f"source {record.id} is already enqueued with a different definition: {diff}; "
             "pass --name to enqueue it as another source"
+        )
+    change = compare(existing.files, record.files)
+    if change:
+        raise ConfigError(
+            f"source {record.id} changed since it was enqueued: {change}; its parts would read the new rows "
+            "under the old row ranges. Restore the enqueued file, or pass --name to enqueue it as another source"
         )
     return existing
 
@@ -160,10 +210,14 @@ def run(cfg: EnqueueSettings, uri: str) -> int:
     """The `streamcap enqueue` command: prints one line saying what was (not) added."""
     try:
         record, note = describe_source(cfg, uri)
+        duplicates = count_duplicates(record)
     except SourceError as e:
         raise ConfigError(str(e)) from None
     r = bus.connect(cfg.require_redis())
     bus.wait_for_redis(r, timeout_s=REDIS_WAIT_S)
     result = enqueue(r, bus.Keys(cfg.namespace), cfg.shard_dir, record, note)
+    result = dataclasses.replace(result, duplicates=duplicates)
     print(result.message(), flush=True)
+    if result.warning():
+        print(result.warning(), file=sys.stderr, flush=True)
     return 0

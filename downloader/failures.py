@@ -12,9 +12,10 @@ Three kinds of failure, three behaviours:
   part's own: it is a strike, and a part with `--max-deliveries` strikes is dead-lettered;
 - an *environment* failure is this worker's machine, not the part: the shard dir is full
   (`disk_full: ...`), read-only or not ours to write (`shard dir not writable: ...`), or the
-  source file cannot be opened here (`source unreadable: ...`, a volume missing on one host).
-  Another worker, or this one a little later, can do the part, so it is released without a
-  strike and the worker pauses.
+  source file cannot be opened here (`source unreadable: ...`, a volume missing on one host),
+  or it changed since it was enqueued (`source changed: ...`, downloader.pin: someone must
+  restore it). Another worker, or this one a little later, can do the part, so it is released
+  without a strike and the worker pauses.
 """
 
 from __future__ import annotations
@@ -22,12 +23,13 @@ from __future__ import annotations
 import errno
 from pathlib import Path
 
-from streamcap.downloader.sources import SourceUnavailable
+from streamcap.downloader.sources import SourceChanged, SourceUnavailable
 
 DISK_FULL = "disk_full"
 SHARD_DIR_NOT_WRITABLE = "shard dir not writable"
 SOURCE_UNREADABLE = "source unreadable"
-ENVIRONMENT_KINDS = (DISK_FULL, SHARD_DIR_NOT_WRITABLE, SOURCE_UNREADABLE)
+SOURCE_CHANGED = "source changed"
+ENVIRONMENT_KINDS = (DISK_FULL, SHARD_DIR_NOT_WRITABLE, SOURCE_UNREADABLE, SOURCE_CHANGED)
 EXIT_GAVE_UP = 3  # `download --exit-when-empty` gave up: the environment kept failing
 
 _FULL = (errno.ENOSPC, errno.EDQUOT)
@@ -38,6 +40,8 @@ def environment_failure(e: BaseException, shard_dir: Path) -> str | None:
     """One line naming the environment fault behind `e`, or None when `e` is the part's own."""
     if isinstance(e, SourceUnavailable):
         return f"{SOURCE_UNREADABLE}: {e}"
+    if isinstance(e, SourceChanged):  # the file must be restored: no attempt counts against the part
+        return f"{SOURCE_CHANGED}: {e}"
     if not isinstance(e, OSError):
         return None
     if e.errno in _FULL:  # whatever file it was, a full disk is no fault of the part

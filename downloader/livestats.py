@@ -14,6 +14,8 @@ from __future__ import annotations
 import time
 from collections import Counter, deque
 
+from streamcap.text.captions import MAX_CAPTION_CHARS
+
 RATE_WINDOW_S = 30.0
 
 
@@ -30,6 +32,7 @@ class LiveStats:
         self.parts_superseded = 0  # another worker committed or reclaimed the part first
         self.parts_dead = 0
         self.rows_deferred = 0  # stragglers cut from committed parts, fetched again by a retry part
+        self.captions_cut = 0  # samples whose caption was cut to text.captions.MAX_CAPTION_CHARS
         self._samples: deque[tuple[float, int, int, int]] = deque()
 
     def row_done(self, reason: str | None) -> None:
@@ -65,5 +68,6 @@ class LiveStats:
             f"{self.images} images + {sum(self.failures.values())} failures"
             f"{f' ({top})' if top else ''}"
             f"{f', {self.rows_deferred} slow rows deferred to retry parts' if self.rows_deferred else ''}"
+            f"{f', {self.captions_cut} captions cut to {MAX_CAPTION_CHARS} characters' if self.captions_cut else ''}"
             f" in {elapsed:.0f} s ({rate:.1f} images/s)"
         )

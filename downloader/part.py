@@ -17,8 +17,9 @@ A row whose image kills the image worker (or hangs it) fails the whole attempt (
 the other rows being cancelled: a crash may be passing (the OOM killer under a burst of large
 images), so the part is retried like any failed attempt, and a row that crashes the decoder
 every time gets the part dead-lettered after --max-deliveries with that row named in its last
-error. A full or read-only shard dir and a source file missing on this machine fail the attempt
-too, as failures of the environment, not of the part (`failures.environment_failure`).
+error. A full or read-only shard dir, a source file missing on this machine and a source file
+changed since it was enqueued (downloader.pin) fail the attempt too, as failures of the
+environment, not of the part (`failures.environment_failure`).
 """
 
 from __future__ import annotations
@@ -33,14 +34,15 @@ from streamcap.downloader.fetch import Fetcher
 from streamcap.downloader.imagepool import ImagePool
 from streamcap.downloader.imageproc import Rejection
 from streamcap.downloader.livestats import LiveStats
-from streamcap.downloader.security import InvalidURLError, check_url
+from streamcap.downloader.pin import PinChecker
+from streamcap.downloader.security import BlockedAddressError, InvalidURLError, check_url
 from streamcap.downloader.sources import Source, open_source
 from streamcap.downloader.stragglers import PartProgress, watch_stragglers
 from streamcap.formats.records import PartRecord, PartStats, SourceRecord
 from streamcap.shardwriter import faults
 from streamcap.shardwriter.commit import PartClaim
 from streamcap.shardwriter.writer import PartWriter
-from streamcap.text.captions import process_caption
+from streamcap.text.captions import cap_caption, process_caption
 
 # Fault point (STREAMCAP_FAULT=after_fetch): every row fetched and processed, nothing finalized.
 FAULT_AFTER_FETCH = "after_fetch"
@@ -64,6 +66,7 @@ class PartRunner:
     ) -> None:
         self.cfg, self.fetcher, self.pool, self.stats, self.owner = cfg, fetcher, pool, stats, owner
         self._sources: dict[str, Source] = {}
+        self._pins = PinChecker()
         self._progress: dict[int, PartProgress] = {}
         # Parts wait in the queue (the claim loop's last look found one): stragglers are worth
         # deferring only then (downloader.stragglers).
@@ -126,6 +129,8 @@ class PartRunner:
             return stats, sorted(progress.deferred)
 
     def _read_rows(self, source: SourceRecord, part: PartRecord) -> dict[str, list[Any]]:
+        # Before every part: a file changed since enqueue would put new rows under old ranges.
+        self._pins.verify(source)
         opened = self._sources.get(source.uri)
         if opened is None:
             if len(self._sources) >= _SOURCE_CACHE:
@@ -173,7 +178,12 @@ class PartRunner:
             check_url(url, allow_private=True)  # syntax only here; the fetcher checks addresses
         except InvalidURLError as e:
             return _fail(writer, row, url, "invalid_url", str(e))
-        caption_raw = _text(rows[source.caption_col][i])
+        except BlockedAddressError as e:  # an address no server has (security.never_a_server)
+            return _fail(writer, row, url, "blocked_address", e.why)
+        cell = rows[source.caption_col][i]
+        if cell is not None and not isinstance(cell, str):  # a jsonl list or number: its repr is no caption
+            return _fail(writer, row, url, "empty_caption", f"caption is a {type(cell).__name__}, not text")
+        caption_raw, caption_chars = cap_caption(cell or "")
         caption = process_caption(caption_raw, self.cfg.caption_sentences)
         if not caption:
             return _fail(writer, row, url, "empty_caption", "caption is empty after normalisation")
@@ -190,13 +200,16 @@ class PartRunner:
         meta = {
             "url": url,
             "caption_raw": caption_raw,
-            "captions": {col: _text(rows[col][i]) for col in source.extra_caption_cols},
+            "captions": {col: cap_caption(_text(rows[col][i]))[0] for col in source.extra_caption_cols},
             "width": image.width,
             "height": image.height,
             "orig_width": image.orig_width,
             "orig_height": image.orig_height,
             "sha256": image.sha256,
         }
+        if caption_chars:
+            meta["caption_chars"] = caption_chars  # cut to MAX_CAPTION_CHARS: how long it was
+            self.stats.captions_cut += 1
         writer.add(row=row, image=image.data, image_ext=image.ext, caption=caption, meta=meta)
         return None
 

@@ -17,7 +17,10 @@ network. The guard runs at three points, so no path around it exists:
 
     allowed, why = address_allowed(ipaddress.ip_address("10.0.0.1"))   # (False, 'private address 10.0.0.1')
 
-`--allow-private` (tests, the local demo) turns the address checks off; the scheme check stays.
+`--allow-private` (tests, the local demo) turns the address checks off; the scheme check stays,
+and so does the refusal of addresses no server has (`never_a_server`: multicast, unspecified,
+broadcast and IPv4's reserved 240/4), so those are `blocked_address` either way: a permanent
+outcome, never a `connect_error` that `parts retry` would fetch again. Port 0 is `invalid_url`.
 """
 
 from __future__ import annotations
@@ -99,6 +102,19 @@ def address_allowed(ip: IPAddress) -> tuple[bool, str]:
     return True, ""
 
 
+def never_a_server(ip: IPAddress) -> str | None:
+    """Why no HTTP server can have address `ip` (whatever --allow-private says), or None."""
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    if ip.is_multicast:
+        return f"multicast address {ip}"
+    if ip.is_unspecified:
+        return f"unspecified address {ip}"
+    if isinstance(ip, ipaddress.IPv4Address) and ip.is_reserved:  # 240/4 and the broadcast address
+        return f"reserved address {ip}"
+    return None
+
+
 def parse_ip_host(host: str) -> IPAddress | None:
     """The address a host string denotes when it is a raw IP in any notation, else None.
 
@@ -165,12 +181,15 @@ def check_url(url: str | URL, *, allow_private: bool, policy: AddressPolicy | No
         raise InvalidURLError(f"malformed host: {e}") from None
     if not host:
         raise InvalidURLError("URL has no host")
-    if not allow_private:
-        ip = parse_ip_host(host)
-        if ip is not None:
-            ok, why = (policy or address_allowed)(ip)
-            if not ok:
-                raise BlockedAddressError(why)
+    if parsed.port == 0:
+        raise InvalidURLError("port 0: no server listens there")
+    ip = parse_ip_host(host)
+    if ip is not None and (never := never_a_server(ip)):
+        raise BlockedAddressError(never)
+    if not allow_private and ip is not None:
+        ok, why = (policy or address_allowed)(ip)
+        if not ok:
+            raise BlockedAddressError(why)
     return parsed
 
 

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from streamcap.common.logs import first_line
+from streamcap.formats.columns import ColumnError, check_header, require_text_column, text_values
 
 FORMATS = {".parquet": "parquet", ".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".ndjson": "jsonl"}
 # Read this many lines to learn a jsonl source's columns.
@@ -41,6 +42,11 @@ class SourceError(ValueError):
 class SourceUnavailable(SourceError):
     """The source's file is not there or cannot be opened on this machine (missing, no
     permission, an I/O error), as opposed to a file that is there but corrupt."""
+
+
+class SourceChanged(SourceError):
+    """A pinned file of an enqueued source no longer has the content its parts were cut from
+    (downloader.pin); the message names the source, the file and what to do."""
 
 
 def _unreadable(path: Path, e: Exception, what: str) -> SourceError:
@@ -94,9 +100,17 @@ class Source(abc.ABC):
     def columns(self) -> list[str]:
         """Column names, as the first file declares them."""
 
-    @abc.abstractmethod
     def count_rows(self) -> int:
         """Rows in all files together."""
+        return sum(self.file_rows())
+
+    @abc.abstractmethod
+    def file_rows(self) -> list[int]:
+        """Rows of each file, in the source's order."""
+
+    @abc.abstractmethod
+    def scan(self, columns: list[str], rows: int) -> Iterator[dict[str, list[Any]]]:
+        """{column: values} batches of rows [0, rows), in order, streamed (text values: str or None)."""
 
     @abc.abstractmethod
     def read_rows(self, columns: list[str], start: int, end: int) -> dict[str, list[Any]]:
@@ -107,9 +121,23 @@ class Source(abc.ABC):
         missing = [f"{col!r} ({why})" for col, why in wanted.items() if col not in self.columns]
         if missing:
             raise SourceError(f"{self.uri} has no column {', '.join(missing)}; its columns: {', '.join(self.columns)}")
+        self.require_text(list(wanted))
+
+    @abc.abstractmethod
+    def require_text(self, columns: list[str]) -> None:
+        """SourceError naming the first of `columns` that does not hold text."""
 
 
 class ParquetSource(Source):
+    def require_text(self, columns: list[str]) -> None:
+        for path, meta in zip(self.files, self._meta):
+            schema = meta.schema.to_arrow_schema()
+            for column in columns:
+                try:
+                    require_text_column(schema.field(column).type, column, path)
+                except ColumnError as e:
+                    raise SourceError(str(e)) from None
+
     @cached_property
     def _meta(self) -> list[Any]:
         import pyarrow.parquet as pq
@@ -128,8 +156,25 @@ class ParquetSource(Source):
         _require_same_columns(self.files, names)
         return list(names[0])
 
-    def count_rows(self) -> int:
-        return sum(m.num_rows for m in self._meta)
+    def file_rows(self) -> list[int]:
+        return [m.num_rows for m in self._meta]
+
+    def scan(self, columns: list[str], rows: int) -> Iterator[dict[str, list[Any]]]:
+        import pyarrow.parquet as pq
+
+        left = rows
+        for path in self.files:
+            try:
+                for batch in pq.ParquetFile(path).iter_batches(columns=columns, batch_size=65536):
+                    if left <= 0:
+                        return
+                    batch = batch.slice(0, left)
+                    left -= batch.num_rows
+                    yield {c: text_values(batch.column(c)) for c in columns}
+            except SourceError:
+                raise
+            except Exception as e:
+                raise _unreadable(path, e, "cannot read its rows") from None
 
     def read_rows(self, columns: list[str], start: int, end: int) -> dict[str, list[Any]]:
         import pyarrow.parquet as pq
@@ -154,7 +199,8 @@ class ParquetSource(Source):
             lo = max(start, first) - first
             table = table.slice(lo, min(end, first + table.num_rows) - first - lo)
             for c in columns:
-                out[c].extend(table.column(c).to_pylist())
+                # Text columns only (checked at enqueue): a UTF-8 binary becomes str, not "b'...'".
+                out[c].extend(text_values(table.column(c)))
         return _checked(out, columns, start, end, self.uri)
 
 
@@ -178,9 +224,21 @@ class TextSource(Source):
     def columns(self) -> list[str]:
         return self._columns
 
-    def count_rows(self) -> int:
+    def require_text(self, columns: list[str]) -> None:
+        """Every csv/tsv value is read as text; a jsonl value that is not a string fails its row."""
+
+    def file_rows(self) -> list[int]:
         first = self.columns[:1]
-        return sum(sum(n for n, _ in self._batches(path, first)) for path in self.files)
+        return [sum(n for n, _ in self._batches(path, first)) for path in self.files]
+
+    def scan(self, columns: list[str], rows: int) -> Iterator[dict[str, list[Any]]]:
+        left = rows
+        for path in self.files:
+            for n, take in self._batches(path, columns):
+                if left <= 0:
+                    return
+                yield take(0, min(n, left))
+                left -= n
 
     def read_rows(self, columns: list[str], start: int, end: int) -> dict[str, list[Any]]:
         out: dict[str, list[Any]] = {c: [] for c in columns}
@@ -222,9 +280,13 @@ class TextSource(Source):
 
     def _header(self, path: Path) -> list[str]:
         try:
-            return list(self._csv_reader(path, None).schema.names)
-        except UnicodeDecodeError as e:  # values may be any bytes (see _utf8); names must be text
+            names = list(self._csv_reader(path, None).schema.names)
+            check_header(path, names, "\t" if self.format == "tsv" else ",")
+        except UnicodeDecodeError as e:  # values may be any bytes (see _take_columns); names must be text
             raise SourceError(f"{path}: not a readable {self.format} file (header: {e.reason})") from None
+        except ColumnError as e:
+            raise SourceError(str(e)) from None
+        return names
 
     def _csv_reader(self, path: Path, columns: list[str] | None) -> Any:
         """A streaming reader; the requested columns are read as bytes, decoded per value by
@@ -275,16 +337,8 @@ def _take_rows(rows: list[dict[str, Any]], columns: list[str], lo: int, hi: int)
 
 
 def _take_columns(record_batch: Any, columns: list[str], lo: int, hi: int) -> dict[str, list[Any]]:
-    return {c: [_utf8(v) for v in record_batch.column(c).slice(lo, hi - lo).to_pylist()] for c in columns}
-
-
-def _utf8(value: bytes | None) -> str | None:
-    """A csv value as text; one that is not UTF-8 reads as missing, so its row fails (an invalid
-    URL, an empty caption) instead of the whole batch."""
-    try:
-        return None if value is None else value.decode("utf-8")
-    except UnicodeDecodeError:
-        return None
+    # A value that is not UTF-8 reads as missing, so its row fails, not the whole batch.
+    return {c: text_values(record_batch.column(c).slice(lo, hi - lo)) for c in columns}
 
 
 def _require_same_columns(files: list[Path], names: list[list[str]]) -> None:

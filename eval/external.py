@@ -5,6 +5,11 @@
     result.skipped     # {"SPICE": "needs Stanford CoreNLP models ..."} - metric -> reason
 
 Both take captions already normalised by `eval.ptb` (what the COCO evaluation feeds them).
+METEOR runs pycocoevalcap's jar with pycocoevalcap's arguments and protocol, but from our own
+client: pycocoevalcap's `Meteor` takes a lock around every exchange and takes it again in its
+finaliser, so a Ctrl-C in the middle left the lock held and the finaliser waiting on it
+forever. Here nothing is locked: the JVM is ours, killed in a `finally` and by a watchdog after
+METEOR_TIMEOUT_S, so an interrupt or SIGTERM ends the command within seconds.
 Nothing here downloads anything: pycocoevalcap's SPICE fetches Stanford CoreNLP models from
 the internet on first use, so SPICE is always reported as skipped with that reason.
 """
@@ -15,12 +20,17 @@ import importlib.util
 import logging
 import shutil
 import subprocess
+import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from streamcap.common.logs import first_line
 
 log = logging.getLogger(__name__)
+
+# Loading the paraphrase table takes ~10 s; scoring a 5,000-image split a minute or two.
+METEOR_TIMEOUT_S = 900.0
 
 SPICE_SKIPPED = (
     "needs Stanford CoreNLP 3.6.0 models that pycocoevalcap downloads from the internet on first use; "
@@ -62,17 +72,47 @@ def java_metrics(
     return result
 
 
-def _meteor(candidates: Mapping[str, str], references: Mapping[str, Sequence[str]]) -> float:
-    from pycocoevalcap.meteor.meteor import Meteor
-
-    scorer = Meteor()  # starts `java -jar meteor-1.5.jar` (about 10 s to load its paraphrase table)
+def _meteor(
+    candidates: Mapping[str, str], references: Mapping[str, Sequence[str]], timeout_s: float = METEOR_TIMEOUT_S
+) -> float:
+    """pycocoevalcap's METEOR 1.5 corpus score: one SCORE line per image, then one EVAL line."""
+    spec = importlib.util.find_spec("pycocoevalcap")
+    assert spec is not None and spec.submodule_search_locations is not None  # meteor_unavailable said so
+    jar = Path(next(iter(spec.submodule_search_locations))) / "meteor" / "meteor-1.5.jar"
+    cmd = ["java", "-jar", "-Xmx2G", jar.name, "-", "-", "-stdio", "-l", "en", "-norm"]
+    proc = subprocess.Popen(
+        cmd, cwd=jar.parent, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL
+    )
+    # A JVM that stops answering would block the readline below for good: kill it, and the
+    # read ends with EOF (reported as METEOR failing, the other scores kept).
+    watchdog = threading.Timer(timeout_s, proc.kill)
+    watchdog.daemon = True
+    watchdog.start()
     try:
-        score, _ = scorer.compute_score(
-            {k: list(references[k]) for k in candidates}, {k: [v] for k, v in candidates.items()}
-        )
-        return float(score)
+        stats = []
+        for key, candidate in candidates.items():
+            hypothesis = candidate.replace("|||", "").replace("  ", " ")
+            stats.append(_ask(proc, " ||| ".join(("SCORE", " ||| ".join(references[key]), hypothesis))))
+        _ask(proc, " ||| ".join(("EVAL", *stats)))  # first the per-image scores, then the corpus one
+        for _ in range(len(stats) - 1):
+            _read(proc)
+        return float(_read(proc))
     finally:
-        # pycocoevalcap only stops the JVM in __del__; stop it now, deterministically.
-        scorer.meteor_p.stdin.close()
-        scorer.meteor_p.kill()
-        scorer.meteor_p.wait()
+        watchdog.cancel()
+        proc.kill()  # no lock, no join under one: an interrupt anywhere above ends here
+        proc.wait()
+
+
+def _ask(proc: subprocess.Popen, line: str) -> str:
+    assert proc.stdin is not None
+    proc.stdin.write(f"{line}\n".encode())
+    proc.stdin.flush()
+    return _read(proc)
+
+
+def _read(proc: subprocess.Popen) -> str:
+    assert proc.stdout is not None
+    answer = proc.stdout.readline().decode().strip()
+    if not answer:
+        raise ValueError(f"the METEOR scorer ended without an answer (exit code {proc.poll()})")
+    return answer

@@ -55,7 +55,15 @@ class ReconcileReport:
     requeue_missing: bool = False
     rows_requeued: int = 0  # rows of lost shards queued again (--requeue-missing)
     retry_parts: list[str] = field(default_factory=list)
+    # Left alone on purpose: work a live worker or an open retry is doing (nothing is wrong).
+    waiting: list[str] = field(default_factory=list)
+    # What reconcile found wrong and could not fix (an unreadable stats file, a shard whose size
+    # disagrees with it, an unreadable queue entry): `shards reconcile` exits 1 for them.
     problems: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
 
     def to_json(self) -> dict:
         return dict(self.__dict__)
@@ -66,7 +74,8 @@ class ReconcileReport:
             f"reconcile: {len(self.parts_restored)} parts restored from stats files, "
             f"{len(self.shards_registered)} shards registered, {len(self.shards_marked_deleted)} marked deleted, "
             f"{len(self.parts_requeued)} parts re-enqueued, {len(self.sources_restored)} sources restored, "
-            f"{len(self.temp_files_swept)} temporary files swept, {len(self.problems)} problems{requeued}"
+            f"{len(self.temp_files_swept)} temporary files swept, {len(self.waiting)} parts left to their workers, "
+            f"{len(self.problems)} problems not fixed{requeued}"
         )
 
 
@@ -88,7 +97,7 @@ def reconcile(
         if queue.in_flight(pid) and pid not in queue.done:
             # A worker holds it (or held it and its lease will run out): the part is its to
             # finish, or the downloaders' to reclaim.
-            report.problems.append(f"part {pid} is in flight with {queue.pending[queue.in_flight(pid)[0]]}; left to it")
+            report.waiting.append(f"part {pid} is in flight with {queue.pending[queue.in_flight(pid)[0]]}; left to it")
             continue
         try:
             # Under the part's lock no worker is half way through rewriting its files, so the
@@ -98,14 +107,14 @@ def reconcile(
                 if current is not None:
                     _restore_part(r, keys, shard_dir, current, queue, registered, deleted, report)
         except PartLockBusy as e:
-            report.problems.append(f"{e}; left for the next reconcile")
+            report.waiting.append(f"{e}; left for the next reconcile")
     _requeue_missing(r, keys, shard_dir, read_part_queue(r, keys, []), report)
     report.requeue_missing = requeue_missing
     if requeue_missing:
         requeued = retry.requeue_missing(r, keys, shard_dir)
         report.rows_requeued = requeued.rows_requeued
         report.retry_parts = requeued.retry_parts
-        report.problems += [f"part {pid}: a retry is still open; rerun when it is done" for pid in requeued.skipped]
+        report.waiting += [f"part {pid}: a retry is still open; rerun when it is done" for pid in requeued.skipped]
     return report
 
 

@@ -77,8 +77,15 @@ class RetryReport:
         return f"retry: {len(self.dead_requeued)} dead parts requeued, {self.rows_requeued} failed rows requeued"
 
 
+# Connection errors no later try repeats differently: TLS refused (https:// to a plain HTTP
+# server) or a certificate that does not verify.
+_PERMANENT_CONNECT = ("ClientConnectorSSLError", "ClientConnectorCertificateError", "ClientSSLError")
+
+
 def is_transient(failure: FailedRow) -> bool:
-    """Timeouts, connection errors, and HTTP 429 or 5xx."""
+    """Timeouts, connection errors (but TLS ones), and HTTP 429 or 5xx."""
+    if failure.reason == "connect_error" and failure.detail.startswith(_PERMANENT_CONNECT):
+        return False
     if failure.reason in TRANSIENT_REASONS:
         return True
     if failure.reason != "http_status":

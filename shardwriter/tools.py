@@ -151,12 +151,15 @@ def reconcile(cfg: ShardWriterSettings, as_json: bool, requeue_missing: bool = F
         requeue_missing=requeue_missing,
     )
     if as_json:
-        print_json(report.to_json())
-        return 0
-    for problem in report.problems:
-        print(f"note: {problem}")
-    print(report.summary())
-    return 0
+        print_json(report.to_json() | {"ok": report.ok})
+    else:
+        for line in report.waiting:
+            print(f"note: {line}")
+        for problem in report.problems:
+            print(f"PROBLEM {problem}")
+        print(report.summary())
+    # Problems it could not fix need a person: a script running reconcile must not read "done".
+    return 0 if report.ok else 1
 
 
 def audit(cfg: ShardWriterSettings, as_json: bool, expect_done: bool) -> int:

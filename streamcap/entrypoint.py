@@ -61,8 +61,11 @@ def run_app(app: typer.Typer, argv: Sequence[str] | None = None, prog_name: str 
         error(e.format_message())
         return 1
     except _USAGE_ERROR as e:
+        message = e.format_message()
+        if not message:  # a group run bare (`streamcap`, `streamcap shards`): its help is printed already
+            return 2
         hint = f" (see `{e.ctx.command_path} --help`)" if e.ctx else ""
-        error(e.format_message() + hint)
+        error(message + hint)
         return 2
     except _CLICK_EXCEPTION as e:
         error(e.format_message())

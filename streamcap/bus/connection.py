@@ -10,6 +10,9 @@ from redis.retry import Retry
 
 from streamcap.bus.outages import REDIS_DOWN, OutageWatch, record_outage
 from streamcap.bus.schema import SOCKET_TIMEOUT_S, Keys
+from streamcap.common.logs import first_line
+from streamcap.common.secrets import redact
+from streamcap.common.settings import ConfigError
 
 
 def connect(
@@ -40,14 +43,17 @@ def connect(
     # TCP keepalive notices a peer that vanished without a FIN; a unix socket has no such option
     # (redis-py refuses it there).
     tcp = {} if url.startswith("unix://") else {"socket_keepalive": True}
-    client = redis.Redis.from_url(
-        url,
-        decode_responses=True,
-        socket_timeout=socket_timeout,
-        socket_connect_timeout=connect_timeout,
-        **tcp,
-        health_check_interval=health_check_interval,
-        retry=retry,
-        retry_on_error=list(REDIS_DOWN),  # a server still loading its AOF (BusyLoadingError) included
-    )
+    try:
+        client = redis.Redis.from_url(
+            url,
+            decode_responses=True,
+            socket_timeout=socket_timeout,
+            socket_connect_timeout=connect_timeout,
+            **tcp,
+            health_check_interval=health_check_interval,
+            retry=retry,
+            retry_on_error=list(REDIS_DOWN),  # a server still loading its AOF (BusyLoadingError) included
+        )
+    except ValueError as e:  # redis-py's own URL checks: a query option it cannot read, ...
+        raise ConfigError(f"--redis-url / REDIS_URL: {first_line(e)} (got {redact(url)!r})") from None
     return client

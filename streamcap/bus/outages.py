@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -37,6 +38,11 @@ REDIS_DOWN = (redis.ConnectionError, redis.TimeoutError)
 
 class RedisUnavailable(RuntimeError):
     """Redis could not be reached; the message is one line saying where and why."""
+
+
+class RedisMisconfigured(RedisUnavailable):
+    """The REDIS_URL cannot work with the server it leads to (TLS to a plain server): waiting
+    would never help."""
 
 
 # An interruption the client's own retries ride out is recorded as an outage once it lasted
@@ -92,12 +98,36 @@ def describe_url(r: redis.Redis) -> str:
 
 def ping(r: redis.Redis) -> None:
     """Raise RedisUnavailable (one readable line) unless the server answers."""
+    if _speaks_plain_text(r):
+        raise RedisMisconfigured(
+            f"Redis at {describe_url(r)} answers without TLS, but the REDIS_URL starts rediss:// (TLS): "
+            "use redis:// for this server"
+        )
     try:
         r.ping()
     except REDIS_DOWN as e:
         raise RedisUnavailable(f"cannot reach Redis at {describe_url(r)}: {first_line(e)}") from None
     except redis.AuthenticationError as e:
         raise RedisUnavailable(f"Redis at {describe_url(r)} refused the password: {e}") from None
+
+
+def _speaks_plain_text(r: redis.Redis) -> bool:
+    """Whether a rediss:// client's server answers a plain-text PING (then it cannot speak TLS).
+
+    A TLS handshake with a plain server is not refused: the server waits for a command that
+    never comes, and the client reports a timeout after every retry, with no word about TLS.
+    A TLS server answers plain text with a TLS alert or by hanging up, never with a RESP reply.
+    """
+    if not issubclass(r.connection_pool.connection_class, redis.SSLConnection):
+        return False
+    kw = r.connection_pool.connection_kwargs
+    try:
+        with socket.create_connection((kw.get("host", "localhost"), kw.get("port", 6379)), timeout=2.0) as sock:
+            sock.sendall(b"PING\r\n")
+            reply = sock.recv(64)
+    except OSError:
+        return False  # down or slow: the ping below says so in its own words
+    return reply[:1] in (b"+", b"-") and reply.endswith(b"\r\n")
 
 
 def wait_for_redis(
@@ -128,6 +158,8 @@ def wait_for_redis(
             try:
                 ping(probe)
                 break
+            except RedisMisconfigured:
+                raise
             except RedisUnavailable as e:
                 waited = time.monotonic() - start
                 if (timeout_s is not None and waited >= timeout_s) or (stop is not None and stop()):

@@ -53,8 +53,28 @@ def part_id(source: str, part: int) -> str:
 
 
 @dataclass(frozen=True)
+class SourceFile:
+    """A file of a source as it was when enqueued: its parts' row ranges hold for this content only."""
+
+    path: str
+    size: int
+    mtime_ns: int  # a changed mtime only prompts a look at the content (`sha256`)
+    sha256: str
+
+    @classmethod
+    def from_message(cls, msg: dict[str, Any]) -> SourceFile:
+        return cls(
+            path=str(msg["path"]), size=int(msg["size"]), mtime_ns=int(msg["mtime_ns"]), sha256=str(msg["sha256"])
+        )
+
+
+@dataclass(frozen=True)
 class SourceRecord:
-    """One enqueued URL list; stored in the `sources` hash and as sources/<id>.json in the shard dir."""
+    """One enqueued URL list; stored in the `sources` hash and as sources/<id>.json in the shard dir.
+
+    `files` pins the files its parts cover (downloader.pin): a source enqueued before pins
+    existed has none, and is read as it is.
+    """
 
     id: str
     uri: str
@@ -65,6 +85,7 @@ class SourceRecord:
     part_size: int
     extra_caption_cols: tuple[str, ...] = ()  # kept raw in each sample's json for re-captioning
     created: float = 0.0
+    files: tuple[SourceFile, ...] = ()
 
     @property
     def parts(self) -> int:
@@ -75,13 +96,16 @@ class SourceRecord:
         return PartRecord(source=self.id, part=index, start=start, end=min(start + self.part_size, self.rows))
 
     def to_message(self) -> dict[str, Any]:
-        return dataclasses.asdict(self) | {"extra_caption_cols": list(self.extra_caption_cols)}
+        msg = dataclasses.asdict(self) | {"extra_caption_cols": list(self.extra_caption_cols)}
+        msg["files"] = [dataclasses.asdict(f) for f in self.files]
+        return msg
 
     @classmethod
     def from_message(cls, msg: dict[str, Any]) -> SourceRecord:
         fields = {f.name for f in dataclasses.fields(cls)}
         data = {k: v for k, v in msg.items() if k in fields}
         data["extra_caption_cols"] = tuple(data.get("extra_caption_cols", ()))
+        data["files"] = tuple(SourceFile.from_message(f) for f in data.get("files", ()))
         return cls(**data)
 
 

@@ -13,6 +13,7 @@ Training state (optimizer, schedule, RNG, data position) belongs in a separate f
 from __future__ import annotations
 
 import os
+import re
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -28,6 +29,8 @@ from streamcap.text.tokenizer import VocabError, WordPieceTokenizer
 
 FORMAT = "streamcap.checkpoint"  # the file header: stays as written by every earlier version
 VERSION = 1
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+_UNSUPPORTED_GLOBAL = re.compile(r"Unsupported global: GLOBAL ([\w.]+)")
 
 
 class CheckpointError(ValueError):
@@ -123,14 +126,26 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     )
 
 
+def _load_error(e: Exception) -> str:
+    """torch's reason in our words: its own text carries terminal colour codes and advice to load
+    the file with weights_only=False, i.e. to run whatever code the file holds."""
+    found = _UNSUPPORTED_GLOBAL.search(str(e))
+    if found or "Weights only load failed" in str(e):
+        what = f" (a {found.group(1)})" if found else ""
+        return (
+            f"it holds pickled Python objects{what}, not plain tensors and data: not a file `streamcap train` "
+            "wrote, and streamcap never runs code from a checkpoint"
+        )
+    return f"{type(e).__name__}: {_ANSI.sub('', first_line(e, 200))}"
+
+
 def _read_payload(path: Path) -> dict:
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises many types for "not a torch file" (pickle, zip, EOF)
-        reason = first_line(e, 200)
-        raise CheckpointError(f"{path}: not a readable checkpoint ({type(e).__name__}: {reason})") from None
+        raise CheckpointError(f"{path}: not a readable checkpoint ({_load_error(e)})") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a streamcap checkpoint (no '{FORMAT}' header)")
     if payload.get("version") != VERSION:

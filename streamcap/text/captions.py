@@ -6,6 +6,11 @@
 RELAION-POP's LLaVA captions are paragraphs; the original model trained on their first two
 sentences. The raw caption is always kept in each sample's json, so another cut can be made
 later without downloading again.
+
+A caption is cut to MAX_CAPTION_CHARS characters when it is downloaded (`cap_caption`): a URL
+list may hold a megabyte of text in one cell, and each sample stores its caption twice (the
+processed .txt and the raw one in the .json). The sample's json says how long it was
+(`caption_chars`), and the downloader counts the cuts in its summary line.
 """
 
 from __future__ import annotations
@@ -17,6 +22,10 @@ import unicodedata
 # tokenizer build` alike: RELAION-POP's (the original model trained on LLaVA's), then the names
 # other URL lists commonly use.
 CAPTION_COLUMNS = ("llava_caption", "cogvlm_caption", "alt_txt", "caption", "text")
+
+# Longer than any real caption (LLaVA's paragraphs run to ~1,500 characters), short enough that
+# a runaway cell costs kilobytes per sample, not megabytes.
+MAX_CAPTION_CHARS = 4000
 
 _WHITESPACE = re.compile(r"\s+")
 # A sentence ends at . ! or ? (optionally followed by closing quotes/brackets) and whitespace.
@@ -48,6 +57,13 @@ def split_sentences(text: str) -> list[str]:
     if tail:
         pieces.append(tail)
     return [p for p in pieces if p]
+
+
+def cap_caption(raw: str) -> tuple[str, int]:
+    """(`raw` cut to MAX_CAPTION_CHARS characters, its length before when it was cut, else 0)."""
+    if len(raw) <= MAX_CAPTION_CHARS:
+        return raw, 0
+    return raw[:MAX_CAPTION_CHARS], len(raw)
 
 
 def process_caption(raw: str | None, sentences: int = 2) -> str:

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from streamcap.common.logs import first_line
+from streamcap.formats.columns import ColumnError, check_header, require_text_column, text_values
 from streamcap.formats.jsonlines import iter_objects
 from streamcap.text.captions import CAPTION_COLUMNS, process_caption
 from streamcap.text.tokenizer import CONTINUATION, SPECIAL_TOKENS, WordPieceTokenizer, basic_tokenize
@@ -99,8 +100,12 @@ def _parquet_captions(path: Path, column: str | None) -> Iterator[str]:
     except Exception as e:  # pyarrow raises ArrowInvalid/OSError for non-parquet files
         raise CorpusError(f"{path}: not a readable parquet file ({e})") from None
     name = _pick_column(path, pf.schema_arrow.names, column)
+    try:  # the rule `streamcap enqueue` reads the column by: text or UTF-8 binary, nothing else
+        require_text_column(pf.schema_arrow.field(name).type, name, path)
+    except ColumnError as e:
+        raise CorpusError(str(e)) from None
     for batch in pf.iter_batches(columns=[name], batch_size=65536):
-        yield from (v for v in batch.column(0).to_pylist() if isinstance(v, str))
+        yield from (v for v in text_values(batch.column(0)) if v is not None)
 
 
 def _csv_captions(path: Path, column: str | None, delimiter: str) -> Iterator[str]:
@@ -124,10 +129,14 @@ def _csv_captions(path: Path, column: str | None, delimiter: str) -> Iterator[st
         )
 
     try:
-        name = _pick_column(path, reader(None).schema.names, column)
+        names = reader(None).schema.names
+        check_header(path, names, delimiter)
+        name = _pick_column(path, names, column)
         for batch in reader([name]):
-            # A byte that is not UTF-8 costs a character of the vocabulary corpus, not the file.
-            yield from (v.decode("utf-8", errors="replace") for v in batch.column(0).to_pylist() if v is not None)
+            # As the downloader reads it: a value that is not UTF-8 is a missing caption.
+            yield from (v for v in text_values(batch.column(0)) if v is not None)
+    except ColumnError as e:
+        raise CorpusError(str(e)) from None
     except CorpusError:
         raise
     except Exception as e:  # pyarrow raises ArrowInvalid/OSError for a file that is no csv

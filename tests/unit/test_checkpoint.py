@@ -69,6 +69,17 @@ def test_unreadable_files_give_one_line_reasons(tmp_path):
         load_checkpoint(foreign)
 
 
+def test_a_pickled_model_is_one_clean_line_without_torchs_advice(trained, tmp_path):
+    model, _ = trained
+    pickled = tmp_path / "model.pt"
+    torch.save(model, pickled)  # a whole-module torch.save: loading it would run pickled code
+    with pytest.raises(CheckpointError) as caught:
+        load_checkpoint(pickled)
+    line = str(caught.value)
+    assert line.startswith(f"{pickled}: not a readable checkpoint (it holds pickled Python objects (a streamcap.")
+    assert "\n" not in line and "\x1b" not in line and "weights_only" not in line and "trust" not in line
+
+
 def test_a_failed_write_leaves_the_previous_checkpoint_intact(trained, tmp_path):
     model, tok = trained
     path = tmp_path / "latest.pt"

@@ -1,0 +1,298 @@
+"""A user's mistakes cost them neither money nor data (issue 25): each is refused or reported by
+name, as one line, before it costs a download or a sample (docs/operations.md, "Mistakes and
+what streamcap says").
+
+Each case runs the real `streamcap` command in a subprocess against a real Redis, a real image
+host on 127.0.0.1 and real files, and checks what the user sees and what happened to the data.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from streamcap.downloader.config import DownloaderSettings
+from streamcap.downloader.failures import EXIT_GAVE_UP
+from streamcap.downloader.fetch import Fetcher
+from streamcap.formats.records import FailedRow
+from streamcap.shardwriter.retry import is_transient
+from streamcap.text.captions import MAX_CAPTION_CHARS
+from tests.integration.test_orphan_ranks import alive
+from tests.integration.test_user_errors import ENV, assert_one_error_line, streamcap
+from tests.support.evalsets import karpathy_set, tiny_checkpoint
+from tests.support.fleet import STREAMCAP, children, download
+from tests.support.pipeline import enqueue_rows, final_audit, paced_rows, samples_by_row, wait_until, write_parquet
+
+
+def common(redis_url: str, keys, shard_dir: Path) -> list[str]:
+    return ["--redis-url", redis_url, "--namespace", keys.namespace, "--shard-dir", str(shard_dir)]
+
+
+# --- 6: a source changed after enqueue --------------------------------------------------------------
+
+
+def _csv(path: Path, rows: list[tuple[str, str]]) -> Path:
+    path.write_text("url,caption\n" + "".join(f"{u},{c}\n" for u, c in rows))
+    return path
+
+
+ROWS = [(f"http://127.0.0.1/{i}.jpg", f"caption {i}") for i in range(6)]
+
+
+@pytest.mark.parametrize(
+    "change",
+    ["edited in place", "reordered re-export"],
+)
+def test_reenqueueing_a_changed_source_is_refused_by_name(change, redis_url, keys, tmp_path):
+    source = _csv(tmp_path / "rows.csv", ROWS)
+    args = ["enqueue", str(source), *common(redis_url, keys, tmp_path / "shards"), "--part-size", "2"]
+    first = streamcap(*args)
+    assert first.returncode == 0 and "enqueued source rows: 6 rows in 3 parts" in first.stdout, first.stderr
+    os.utime(source)  # touched, not changed: still the same source
+    again = streamcap(*args)
+    assert again.returncode == 0 and "already enqueued" in again.stdout, again.stderr
+    if change == "edited in place":  # same row count, one caption rewritten
+        _csv(source, [*ROWS[:3], (ROWS[3][0], "another caption"), *ROWS[4:]])
+    else:
+        _csv(source, list(reversed(ROWS)))
+    line = assert_one_error_line(streamcap(*args), "source rows changed since it was enqueued", str(source))
+    assert "--name" in line
+
+
+def test_a_downloader_refuses_a_source_changed_under_its_parts_and_loses_no_part(
+    r, redis_url, keys, image_host, tmp_path
+):
+    shard_dir = tmp_path / "shards"
+    rows = paced_rows(image_host, 8, failures=False)
+    source = enqueue_rows(r, keys, shard_dir, rows, part_size=4)
+    original = source.read_bytes()
+    write_parquet(source, [(u, "a different caption") for u, _ in rows])  # same rows, new content
+
+    ran = download(
+        redis_url, keys, shard_dir, tmp_path / "changed.log", "--allow-private", "--environment-patience", "3"
+    )
+    assert ran.returncode == EXIT_GAVE_UP, ran.log
+    assert f"source changed: source src changed since it was enqueued: {source} changed" in ran.log
+    # Failures of the environment: nothing consumed, nothing counted against a part.
+    assert r.scard(keys.parts_done) == 0 and r.xlen(keys.parts_dead) == 0 and r.hlen(keys.parts_strikes) == 0
+    assert not list(shard_dir.glob("*.tar"))
+
+    source.write_bytes(original)  # restored: its parts download as enqueued
+    ran = download(redis_url, keys, shard_dir, tmp_path / "restored.log", "--allow-private")
+    assert ran.returncode == 0, ran.log
+    report = final_audit(r, keys, shard_dir)
+    assert report.samples == 8 and report.parts["dead"] == 0
+
+
+# --- 7: typed caption columns ----------------------------------------------------------------------
+
+
+def test_a_binary_caption_column_is_text_and_a_list_column_is_refused_alike(r, redis_url, keys, image_host, tmp_path):
+    shard_dir = tmp_path / "shards"
+    urls = [u for u, _ in paced_rows(image_host, 2, failures=False)]
+    binary = tmp_path / "binary.parquet"
+    captions = pa.array([b"a red circle", b"a blue square"], pa.binary())
+    pq.write_table(pa.table({"url": urls, "caption": captions}), binary)
+    listed = tmp_path / "listed.parquet"
+    pq.write_table(pa.table({"url": urls, "caption": [["a", "b"], ["c"]]}), listed)
+
+    added = streamcap("enqueue", str(binary), *common(redis_url, keys, shard_dir))
+    assert added.returncode == 0, added.stderr
+    ran = download(redis_url, keys, shard_dir, tmp_path / "d.log", "--allow-private")
+    assert ran.returncode == 0, ran.log
+    samples = samples_by_row(shard_dir)
+    assert sorted(s.meta["caption_raw"] for s in samples.values()) == ["a blue square", "a red circle"]
+    built = streamcap("tokenizer", "build", str(binary), "--out", str(tmp_path / "v.txt"), "--size", "40", "--json")
+    assert built.returncode == 0 and json.loads(built.stdout)["captions"] == 2, built.stderr
+
+    for args in (
+        ["enqueue", str(listed), *common(redis_url, keys, shard_dir)],
+        ["tokenizer", "build", str(listed), "--out", str(tmp_path / "w.txt")],
+    ):
+        assert_one_error_line(streamcap(*args), str(listed), "column 'caption' holds list<", "not text")
+
+
+# --- 11: lines that misled -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("group", [[], ["shards"], ["tokenizer"]])
+def test_a_bare_group_shows_its_help_and_no_empty_error(group):
+    out = streamcap(*group)
+    assert "Usage: streamcap" in out.stdout + out.stderr and "Commands" in out.stdout + out.stderr
+    assert "streamcap: error:" not in out.stderr and "Traceback" not in out.stderr
+
+
+def test_a_redis_url_option_redis_cannot_read_is_one_line(redis_url, keys, tmp_path):
+    url = redis_url + "?socket_timeout=abc"
+    assert_one_error_line(streamcap("status", *common(url, keys, tmp_path)), "REDIS_URL", "socket_timeout")
+
+
+def test_rediss_against_a_plain_server_fails_fast_with_a_tls_hint(redis_server, keys, tmp_path):
+    url = redis_server.url.replace("redis://", "rediss://", 1)
+    for args in (["status"], ["enqueue", str(_csv(tmp_path / "rows.csv", ROWS))]):
+        # Bounded by the subprocess timeout, not timed: before, each try waited out its 5 s
+        # handshake timeout and retried (16 s for status, 30 s for enqueue), then said "Timeout".
+        out = streamcap(*args, *common(url, keys, tmp_path / "shards"), timeout=12)
+        assert_one_error_line(out, "without TLS", "rediss://", "redis://")
+
+
+def test_a_tab_separated_file_named_csv_says_so(redis_url, keys, tmp_path):
+    rows = tmp_path / "rows.csv"
+    rows.write_text("url\tcaption\nhttp://127.0.0.1/a.jpg\ta cat\n")
+    for args in (
+        ["enqueue", str(rows), *common(redis_url, keys, tmp_path / "shards")],
+        ["tokenizer", "build", str(rows), "--out", str(tmp_path / "v.txt")],
+    ):
+        assert_one_error_line(streamcap(*args), str(rows), "looks tab-separated", ".tsv")
+
+
+def test_reconcile_exits_1_when_it_reports_a_problem_it_could_not_fix(r, redis_url, keys, image_host, tmp_path):
+    shard_dir = tmp_path / "shards"
+    enqueue_rows(r, keys, shard_dir, paced_rows(image_host, 4, failures=False), part_size=4)
+    assert download(redis_url, keys, shard_dir, tmp_path / "d.log", "--allow-private").returncode == 0
+    fine = streamcap("shards", "reconcile", *common(redis_url, keys, shard_dir))
+    assert fine.returncode == 0 and "0 problems not fixed" in fine.stdout, fine.stdout + fine.stderr
+    (shard_dir / "src-000000.stats.json").write_text("{not json")
+    broken = streamcap("shards", "reconcile", *common(redis_url, keys, shard_dir))
+    assert broken.returncode == 1, broken.stdout + broken.stderr
+    assert "PROBLEM stats file src-000000.stats.json is unreadable" in broken.stdout
+    assert "1 problems not fixed" in broken.stdout
+    as_json = streamcap("shards", "reconcile", *common(redis_url, keys, shard_dir), "--json")
+    assert as_json.returncode == 1 and json.loads(as_json.stdout)["ok"] is False
+
+
+def test_a_huge_caption_is_cut_at_download_and_counted(r, redis_url, keys, image_host, tmp_path):
+    shard_dir = tmp_path / "shards"
+    rows = paced_rows(image_host, 2, failures=False)
+    huge = "A red car. " + "x" * 1_000_000
+    enqueue_rows(r, keys, shard_dir, [rows[0], (rows[1][0], huge)], part_size=2)
+    ran = download(redis_url, keys, shard_dir, tmp_path / "d.log", "--allow-private")
+    assert ran.returncode == 0, ran.log
+    assert f"1 captions cut to {MAX_CAPTION_CHARS} characters" in ran.log
+    sample = samples_by_row(shard_dir)[1]
+    assert sample.meta["caption_raw"] == huge[:MAX_CAPTION_CHARS]
+    assert sample.meta["caption_chars"] == len(huge) and "caption_chars" not in samples_by_row(shard_dir)[0].meta
+    assert sum(p.stat().st_size for p in shard_dir.glob("*.tar")) < 100_000
+    final_audit(r, keys, shard_dir)
+
+
+def test_exact_duplicate_rows_are_counted_at_enqueue(redis_url, keys, tmp_path):
+    rows = [ROWS[0], ROWS[1], ROWS[0], (ROWS[1][0], "another caption"), ROWS[0]]
+    out = streamcap("enqueue", str(_csv(tmp_path / "rows.csv", rows)), *common(redis_url, keys, tmp_path / "s"))
+    assert out.returncode == 0, out.stderr
+    assert "warning: 2 of 5 rows repeat an earlier row's url and caption exactly" in out.stderr
+    clean = streamcap("enqueue", str(_csv(tmp_path / "clean.csv", ROWS)), *common(redis_url, keys, tmp_path / "s"))
+    assert clean.returncode == 0 and "warning" not in clean.stderr, clean.stderr
+
+
+# --- 2: Ctrl-C and SIGTERM end `streamcap eval run` with METEOR ------------------------------------------
+
+
+def _java_child(pid: int) -> int | None:
+    for child in children(pid):
+        try:
+            if Path(f"/proc/{child}/cmdline").read_bytes().split(b"\0")[0].endswith(b"java"):
+                return child
+        except OSError:
+            continue
+    return None
+
+
+def _interrupt_during_meteor(args: list[str], delay_s: float, sig: signal.Signals) -> None:
+    proc = subprocess.Popen(
+        [*STREAMCAP, *args], env=os.environ | ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
+    java = None
+    try:
+        wait_until(lambda: _java_child(proc.pid) or proc.poll() is not None, 120, "METEOR's JVM")
+        java = _java_child(proc.pid)
+        time.sleep(delay_s)
+        running = proc.poll() is None
+        proc.send_signal(sig)
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"{sig.name} {delay_s:.1f} s into METEOR did not end `streamcap eval run` within 10 s")
+        stderr = proc.stderr.read()
+        assert "Traceback" not in stderr, stderr[-3000:]
+        if running:  # interrupted, not a success
+            assert proc.returncode != 0, stderr[-3000:]
+        if java is not None:  # the scorer went with it
+            gone = java
+            wait_until(lambda: not alive(gone), 10, "the JVM gone")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        if java is not None and alive(java):
+            os.kill(java, signal.SIGKILL)
+
+
+@pytest.mark.timeout(900)  # 20 evaluations, each starting a JVM
+@pytest.mark.skipif(shutil.which("java") is None, reason="METEOR runs a Java scorer; this machine has no java")
+def test_interrupts_during_meteor_end_eval_run_within_seconds(tmp_path):
+    """20 deliveries, SIGINT and SIGTERM in turn, at staggered moments once METEOR's JVM runs:
+    pycocoevalcap's scorer held its lock when the interrupt came, and its finaliser waited on it."""
+    data = karpathy_set(tmp_path, test=3, val=2, train=1)
+    checkpoint = tiny_checkpoint(tmp_path / "ckpt" / "step-100.pt")
+    args = ["eval", "run", str(checkpoint), "--data", str(data), "--images", str(tmp_path / "images")]
+    args += ["--split", "val", "--beam", "1", "--max-tokens", "4", "--out-dir", str(tmp_path / "evals")]
+    for i in range(20):
+        # 0 to 2.7 s into METEOR: the JVM loading, then scoring
+        _interrupt_during_meteor(args, (i // 2) * 0.3, signal.SIGINT if i % 2 == 0 else signal.SIGTERM)
+
+
+# --- 10: outcomes in the right class ---------------------------------------------------------------------
+
+# URLs no try can fetch, each with its one reason whatever --allow-private says. Before, the
+# address forms were `blocked_address` without it and a transient `connect_error` with it.
+NEVER = {
+    "http://127.0.0.1:0/a.jpg": "invalid_url",
+    "http://224.0.0.1/a.jpg": "blocked_address",
+    "http://[ff02::1]/a.jpg": "blocked_address",
+    "http://[::ffff:224.0.0.1]/a.jpg": "blocked_address",
+    "http://255.255.255.255/a.jpg": "blocked_address",
+    "http://240.0.0.1/a.jpg": "blocked_address",
+    "http://0.0.0.0/a.jpg": "blocked_address",
+    "http://[::]/a.jpg": "blocked_address",
+    "ftp://127.0.0.1/a.jpg": "invalid_url",
+    "//127.0.0.1/a.jpg": "invalid_url",
+    "http://127.0.0.1:99999/a.jpg": "invalid_url",
+    "http://[::1/a.jpg": "invalid_url",
+    "http://127.0.0.1\\@x/a.jpg": "invalid_url",
+}
+
+
+def _outcomes(urls: list[str], allow_private: bool, tmp_path: Path) -> dict[str, FailedRow]:
+    cfg = DownloaderSettings(shard_dir=tmp_path, allow_private=allow_private, retries=0, total_timeout=20)
+
+    async def fetch_all() -> dict[str, FailedRow]:
+        async with Fetcher(cfg) as fetcher:
+            results = [await fetcher.fetch(url) for url in urls]
+        return {u: FailedRow(0, u, res.reason or "", res.detail) for u, res in zip(urls, results)}
+
+    return asyncio.run(fetch_all())
+
+
+def test_urls_that_can_never_work_are_permanent_with_and_without_allow_private(tmp_path):
+    strict = _outcomes(list(NEVER), allow_private=False, tmp_path=tmp_path)
+    private = _outcomes(list(NEVER), allow_private=True, tmp_path=tmp_path)
+    for url, reason in NEVER.items():
+        assert strict[url].reason == private[url].reason == reason, (url, strict[url], private[url])
+        assert not is_transient(private[url]) and not is_transient(strict[url]), (url, private[url])
+    # TLS refused (https:// to a plain HTTP server, as aiohttp words it) fails the same way again.
+    tls = "ClientConnectorSSLError: Cannot connect to host 127.0.0.1:8765 ssl:default [[SSL] record layer failure]"
+    assert not is_transient(FailedRow(0, "https://127.0.0.1:8765/a.jpg", "connect_error", tls))
+    # What a later try may fetch stays transient.
+    assert is_transient(FailedRow(0, "u", "connect_error", "ClientConnectorError: Connection refused"))
+    assert is_transient(FailedRow(0, "u", "http_status", "HTTP 503"))
