@@ -179,8 +179,11 @@ def redis_url(v: Any) -> str | None:
         return None
     if not re.match(r"^(redis|rediss|unix)://\S+$", str(v)):
         return expected
+    try:
+        url = urlparse(str(v))
+    except ValueError:  # an unclosed IPv6 bracket, 'redis://[::1/0'
+        return expected + ", whose host is well-formed (IPv6 in brackets: redis://[::1]:6379/0)"
     # redis-py reads a db index it cannot parse as db 0, silently: refuse it here instead.
-    url = urlparse(str(v))
     db_in_path = url.path if url.scheme != "unix" else ""
     query_db = [value for key, value in parse_qsl(url.query) if key == "db"]
     if not re.fullmatch(r"/?(\d+)?", db_in_path) or not all(value.isdigit() for value in query_db):

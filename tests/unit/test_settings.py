@@ -27,6 +27,7 @@ def test_defaults_are_valid():
     "kwargs, names",
     [
         ({"redis_url": "http://localhost:6379"}, "--redis-url / REDIS_URL"),
+        ({"redis_url": "redis://[::1/0"}, "--redis-url / REDIS_URL"),
         ({"namespace": "two words"}, "--namespace / STREAMCAP_NAMESPACE"),
         ({"namespace": ""}, "--namespace / STREAMCAP_NAMESPACE"),
         ({"log_level": "LOUD"}, "--log-level / STREAMCAP_LOG_LEVEL"),
