@@ -68,6 +68,7 @@ from streamcap.downloader.claims import Claimed, PartClaimer
 from streamcap.downloader.config import DownloaderSettings
 from streamcap.downloader.failures import EXIT_GAVE_UP, environment_failure, is_disk_full
 from streamcap.downloader.fetch import Fetcher
+from streamcap.downloader.hosts import HostBoard
 from streamcap.downloader.imagepool import ImagePool
 from streamcap.downloader.imageproc import ImageOptions
 from streamcap.downloader.livestats import LiveStats
@@ -140,7 +141,7 @@ class Worker:
 
     async def serve(self) -> int:
         loop = asyncio.get_running_loop()
-        loop.set_default_executor(ThreadPoolExecutor(max_workers=64, thread_name_prefix="dl-io"))  # DNS, Redis, files
+        loop.set_default_executor(ThreadPoolExecutor(max_workers=64, thread_name_prefix="dl-io"))  # Redis, files
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.request_stop, sig)
         started = time.monotonic()
@@ -152,7 +153,8 @@ class Worker:
         booting = asyncio.create_task(self.pool.start())  # boots while the first parts are fetched
         why = "queue empty"
         try:
-            async with Fetcher(self.cfg, self._resolver, address_policy=self._policy) as fetcher:
+            hosts = HostBoard(self.cfg, self.r, self.keys)  # 429s and rates shared by every worker
+            async with Fetcher(self.cfg, self._resolver, address_policy=self._policy, hosts=hosts) as fetcher:
                 self.fetcher = fetcher
                 self.runner = PartRunner(self.cfg, fetcher, self.pool, self.stats, self.consumer)
                 await self._redis(self._heartbeat)  # visible in `streamcap status` before any claim

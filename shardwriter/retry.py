@@ -38,7 +38,9 @@ from streamcap.shardwriter.verify import check_shard
 log = logging.getLogger(__name__)
 
 # What `parts retry` with no option re-fetches: failures a later try may not repeat.
-TRANSIENT_REASONS = ("timeout", "connect_error")
+TRANSIENT_REASONS = ("timeout", "connect_error", "throttled")
+# A dns_error is transient unless the name does not exist (no answer, SERVFAIL: the DNS's trouble).
+PERMANENT_DNS = ("NXDOMAIN", "no address records")
 _HTTP_STATUS = re.compile(r"HTTP (\d{3})")
 
 # KEYS[1]=parts:dead KEYS[2]=parts KEYS[3]=stats; ARGV[1]=dead entry id ARGV[2]=part message json
@@ -78,9 +80,12 @@ class RetryReport:
 
 
 def is_transient(failure: FailedRow) -> bool:
-    """Timeouts, connection errors, and HTTP 429 or 5xx."""
+    """Timeouts, connection errors, throttling, HTTP 429 or 5xx, and DNS lookups that got no
+    verdict (no answer, SERVFAIL; not NXDOMAIN)."""
     if failure.reason in TRANSIENT_REASONS:
         return True
+    if failure.reason == "dns_error":
+        return not failure.detail.startswith(PERMANENT_DNS)
     if failure.reason != "http_status":
         return False
     m = _HTTP_STATUS.search(failure.detail)
