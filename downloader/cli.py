@@ -44,8 +44,9 @@ def download_command(cfg: DownloaderSettings) -> int:
 
 
 def register(app: typer.Typer) -> None:
-    from streamcap.downloader import parts_cli
+    from streamcap.downloader import hosts_cli, parts_cli
 
     app.command("enqueue")(enqueue_command)
     app.command("download")(download_command)
     parts_cli.register(app)
+    hosts_cli.register(app)

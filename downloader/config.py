@@ -9,6 +9,7 @@ downloader writes the shards, so its settings derive from them.
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass
 
 from streamcap import __version__
@@ -46,6 +47,43 @@ MAX_CAPTION_SENTENCES = 100
 def _directives(v: object) -> str | None:
     items = [d.strip() for d in str(v).split(",")]
     return None if all(item and " " not in item for item in items) else "comma-separated directives like noai,noimageai"
+
+
+def parse_servers(text: str) -> tuple[str, ...]:
+    """`IP[:PORT],...` as c-ares spells servers ('1.2.3.4:53', '[::1]:53'); ValueError naming the bad one."""
+    servers = []
+    for item in (s.strip() for s in str(text).split(",")):
+        if not item:
+            continue
+        if item.startswith("["):
+            host, sep, rest = item[1:].partition("]")
+            if not sep or (rest and not rest.startswith(":")):
+                raise ValueError(f"{item!r} is not IP[:PORT]")
+            port_text = rest[1:] if rest else "53"
+        elif item.count(":") == 1:
+            host, port_text = item.split(":")
+        else:
+            host, port_text = item, "53"  # an IPv4 address, or a bare IPv6 one
+        try:
+            ip = ipaddress.ip_address(host)
+        except ValueError:
+            raise ValueError(f"{item!r} is not an IP address") from None
+        if not (port_text.isascii() and port_text.isdigit() and 1 <= int(port_text) <= 65535):
+            raise ValueError(f"{item!r} has no port from 1 to 65535")
+        servers.append(f"[{ip}]:{int(port_text)}" if ip.version == 6 else f"{ip}:{int(port_text)}")
+    if not servers:
+        raise ValueError("no server given")
+    return tuple(servers)
+
+
+def _dns_servers(v: object) -> str | None:
+    if not str(v).strip():
+        return None  # the system's (resolv.conf)
+    try:
+        parse_servers(str(v))
+    except ValueError as e:
+        return f"IP[:PORT],... ({e})"
+    return None
 
 
 def _user_agent(v: object) -> str | None:
@@ -153,6 +191,19 @@ class DownloaderSettings(ShardWriterSettings):
     """Image-processing processes per worker process (0: one per CPU core)."""
     caption_sentences: int = setting(2, check=between(0, MAX_CAPTION_SENTENCES))
     """Keep the first N sentences of each caption (0 keeps all); the raw caption stays in the json."""
+    # --- names and hosts (downloader.dns, downloader.hosts) ---
+    dns_servers: str = setting("", check=_dns_servers)
+    """DNS servers to ask, IP[:PORT],... (default: the system's, from /etc/resolv.conf); a caching resolver near the workers (unbound, dnsmasq) helps at scale."""
+    dns_timeout: float = setting(3.0, check=at_least(0.1))
+    """Seconds one name lookup may take, retransmissions included; then its rows fail as dns_error."""
+    dns_cache_seconds: float = setting(300.0, check=at_least(0))
+    """Longest time a DNS answer is kept (its TTL, at most this long)."""
+    dns_negative_seconds: float = setting(60.0, check=at_least(0))
+    """How long a name that failed (NXDOMAIN, SERVFAIL, no answer) fails its other rows at once, without a lookup (0: look up again every time)."""
+    per_host_rate: float = setting(0.0, check=at_least(0))
+    """Requests per second to one host, over all workers sharing the Redis (0: no limit)."""
+    host_backoff_cap: float = setting(300.0, check=at_least(0))
+    """Longest pause (s) of a host that answers 429/503: every worker waits it out, doubling from its Retry-After (or 1 s) with each throttled answer in a row (0: never pause a host; each row waits for its own Retry-After)."""
 
     def validate(self) -> None:
         super().validate()

@@ -18,6 +18,14 @@ slot, so one slow host never stalls the others. With `fetch_held` a successful r
 global slot until its image is processed, so when decoding is the bottleneck fetching slows
 down instead of piling up downloaded bodies: memory stays at most --concurrency bodies.
 
+Names are looked up before a row takes any slot (downloader.dns: c-ares, cached both ways), so
+the rows of a part waiting for connections have their answers by the time they get one, and
+all rows of a dead name fail as `dns_error` from one lookup. Hosts are shared state
+(downloader.hosts): a 429/503 pauses the host for every worker, and a row whose host is paused
+waits without a connection slot, or, when its FetchResult allows (`defer_s`), fails at once as
+`throttled` with `deferred` set so its part can hand it to a retry part; the same answers after
+the allowed retries end the row as `throttled`.
+
 Bodies are never decompressed by aiohttp: a gzip/deflate body is inflated here in bounded steps,
 so a small compressed body that expands to gigabytes stops at the cap having produced at most
 `--max-bytes` + 1 bytes.
@@ -30,6 +38,7 @@ import contextlib
 import email.utils
 import math
 import random
+import socket
 import time
 import zlib
 from collections.abc import AsyncIterator, Iterable
@@ -40,7 +49,9 @@ from aiohttp.abc import AbstractResolver
 from yarl import URL
 
 from streamcap.common.logs import first_line
-from streamcap.downloader.config import USER_AGENT_TOKEN, DownloaderSettings
+from streamcap.downloader.config import USER_AGENT_TOKEN, DownloaderSettings, parse_servers
+from streamcap.downloader.dns import AresResolver, CachingResolver, DnsFailure
+from streamcap.downloader.hosts import HostBoard
 from streamcap.downloader.security import (
     AddressPolicy,
     BlockedAddressError,
@@ -49,6 +60,7 @@ from streamcap.downloader.security import (
     blocked_reason,
     check_url,
     guarded_socket_factory,
+    parse_ip_host,
 )
 
 MAX_REDIRECTS = 3
@@ -57,7 +69,7 @@ RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504, 520, 521, 522, 523, 52
 CHUNK_BYTES = 64 * 1024
 BACKOFF_BASE_S = 0.5
 BACKOFF_CAP_S = 10.0
-DNS_CACHE_S = 300
+THROTTLE_STATUSES = frozenset({429, 503})
 
 
 @dataclass
@@ -70,6 +82,10 @@ class FetchResult:
     attempts: int = 0
     holds_slot: bool = False  # a global slot stays taken for this result (fetch_held)
     on_wire_since: float | None = None  # loop time its first request got a connection slot
+    # A wait for the host's backoff longer than this ends the row at once as `throttled`, with
+    # `deferred` set (its part hands it to a retry part); None: wait while the row has time.
+    defer_s: float | None = None
+    deferred: bool = False
 
 
 class _Retryable(Exception):
@@ -133,9 +149,12 @@ class Fetcher:
         resolver: AbstractResolver | None = None,
         *,
         address_policy: AddressPolicy | None = None,
+        hosts: HostBoard | None = None,
     ) -> None:
         self.cfg = cfg
         self._resolver = resolver
+        self.hosts = hosts or HostBoard(cfg)  # the service passes one shared through Redis
+        self.dns: CachingResolver | None = None
         self._policy = address_policy  # None: security.address_allowed (tests pass their own)
         self._session: aiohttp.ClientSession | None = None
         self._global = asyncio.Semaphore(cfg.concurrency)
@@ -152,13 +171,14 @@ class Fetcher:
 
     async def __aenter__(self) -> Fetcher:
         cfg = self.cfg
-        resolver = self._resolver or aiohttp.ThreadedResolver()
+        servers = parse_servers(cfg.dns_servers) if cfg.dns_servers.strip() else ()
+        inner = self._resolver or AresResolver(servers, cfg.dns_timeout)
+        self.dns = CachingResolver(inner, max_ttl=cfg.dns_cache_seconds, negative_s=cfg.dns_negative_seconds)
         connector = aiohttp.TCPConnector(
             limit=cfg.concurrency,
             limit_per_host=cfg.per_host,
-            use_dns_cache=True,
-            ttl_dns_cache=DNS_CACHE_S,
-            resolver=resolver if cfg.allow_private else GuardedResolver(resolver, self._policy),
+            use_dns_cache=False,  # self.dns caches, with TTLs and failures
+            resolver=self.dns if cfg.allow_private else GuardedResolver(self.dns, self._policy),
             socket_factory=None if cfg.allow_private else guarded_socket_factory(self._policy),
         )
         self._session = aiohttp.ClientSession(
@@ -168,11 +188,15 @@ class Fetcher:
             cookie_jar=aiohttp.DummyCookieJar(),
             read_bufsize=2**18,
         )
+        await self.hosts.start()
         return self
 
     async def __aexit__(self, *exc: object) -> None:
+        await self.hosts.close()
         if self._session is not None:
             await self._session.close()
+        if self.dns is not None:
+            await self.dns.close()  # a resolver passed in is not the connector's to close
 
     async def fetch(self, url: str | None) -> FetchResult:
         """The body of `url`, or a failure reason; never raises for anything the web does."""
@@ -184,6 +208,8 @@ class Fetcher:
         """`fetch`, keeping a successful row's global slot until the block ends. Pass `result`
         to watch the fetch while it runs (its `on_wire_since`: see downloader.stragglers)."""
         result = await self._fetch(url, result or FetchResult())
+        if result.reason is not None:
+            self.hosts.failed(_host(result.url), result.reason, result.detail)
         try:
             yield result
         finally:
@@ -208,11 +234,13 @@ class Fetcher:
                 return _failed(result, "timeout", f"no answer within --total-timeout {self.cfg.total_timeout:g} s")
             result.attempts += 1
             try:
-                nxt = await self._request(current, remaining, result)
+                nxt = await self._request(current, remaining, deadline, result)
             except _Final as e:
                 return _failed(result, e.reason, e.detail)
             except _Retryable as e:
-                delay = self._backoff(retries, e.retry_after)
+                # A paused host: the next try waits for (or is deferred past) the pause itself.
+                paused = e.reason == "throttled" and self.hosts.backoff(current.raw_host or "")[0] > 0
+                delay = 0.0 if paused else self._backoff(retries, e.retry_after)
                 retries += 1
                 if retries > self.cfg.retries or delay is None or loop.time() + delay >= deadline:
                     return _failed(result, e.reason, e.detail)
@@ -238,10 +266,13 @@ class Fetcher:
         ceiling = min(BACKOFF_CAP_S, BACKOFF_BASE_S * 2**retries)
         return ceiling / 2 + random.uniform(0, ceiling / 2)
 
-    async def _request(self, url: URL, remaining: float, result: FetchResult) -> URL | None:
+    async def _request(self, url: URL, remaining: float, deadline: float, result: FetchResult) -> URL | None:
         """One request: fills result.data, or returns the redirect target, or raises."""
         host = url.raw_host or ""
+        await self._resolve_ahead(url)
         async with self._host_slot(host):
+            await self._wait_for_host(host, deadline, result)
+            await self.hosts.pace(host)
             self.waiting += 1
             try:
                 await self._global.acquire()
@@ -265,11 +296,15 @@ class Fetcher:
             except aiohttp.ClientConnectorDNSError as e:
                 if (why := blocked_reason(e)) is not None:
                     raise _Final("blocked_address", why) from None
+                if isinstance(e.os_error, DnsFailure):
+                    raise _Final("dns_error", e.os_error.why) from None
                 raise _Final("dns_error", f"cannot resolve {host}: {first_line(e.os_error, 200)}") from None
+            except aiohttp.ClientSSLError as e:  # certificate or handshake: trying again changes nothing
+                raise _Final("connect_error", f"TLS: {first_line(e, 200)}") from None
             except (aiohttp.ClientError, OSError) as e:
                 if (why := blocked_reason(e)) is not None:
                     raise _Final("blocked_address", why) from None
-                raise _Retryable("connect_error", f"{type(e).__name__}: {first_line(e, 200)}") from None
+                raise _Retryable("connect_error", _connect_why(e)) from None
             finally:
                 self.in_flight -= 1
                 if result.data is not None and not result.holds_slot:
@@ -294,19 +329,59 @@ class Fetcher:
                     return url.join(URL(location))
                 except (ValueError, TypeError) as e:
                     raise _Final("invalid_url", f"bad redirect Location: {e}") from None
+            if status in THROTTLE_STATUSES:
+                await self._throttled(url, status, retry_after_seconds(resp.headers.get("Retry-After")))
             if status in RETRY_STATUSES:
-                wait = retry_after_seconds(resp.headers.get("Retry-After")) if status in (429, 503) else None
-                if wait is not None and wait > self.cfg.retry_after_cap:
-                    raise _Final("http_status", f"HTTP {status}, Retry-After {wait:.0f} s exceeds --retry-after-cap")
-                raise _Retryable("http_status", f"HTTP {status}", retry_after=wait)
+                raise _Retryable("http_status", f"HTTP {status}")
             if not 200 <= status < 300:
                 raise _Final("http_status", f"HTTP {status}")
             directive = robots_opt_out(resp.headers.getall("X-Robots-Tag", ()), self.cfg.opt_out)
             if directive:
                 resp.close()  # drop the connection: the body is never read
                 raise _Final("opted_out", f"X-Robots-Tag: {directive}")
+            self.hosts.ok(url.raw_host or "")
             result.data = await self._read_body(resp, result)
             return None
+
+    async def _throttled(self, url: URL, status: int, wait: float | None) -> None:
+        """A 429/503: tell the host board (it may pause the host for every worker), then retry
+        (after the pause, or the Retry-After) or end the row when the wait is over the cap."""
+        pause = await self.hosts.throttled(url.raw_host or "", status, wait)
+        said = f"HTTP {status}" + (f", Retry-After {wait:g} s" if wait is not None else "")
+        if wait is not None and wait > self.cfg.retry_after_cap:
+            raise _Final("throttled", f"{said} exceeds --retry-after-cap {self.cfg.retry_after_cap:g}")
+        if pause > 0:
+            said += f"; host paused {pause:.0f} s"
+        raise _Retryable("throttled", said, retry_after=wait)
+
+    async def _resolve_ahead(self, url: URL) -> None:
+        """Look the host up before taking any slot: a dead name fails here, costing no
+        connection, and a queued row has its answer by the time it gets a slot. Raw IPs skip it."""
+        host = url.raw_host or ""
+        if self.dns is None or not host or parse_ip_host(host) is not None:
+            return
+        port = url.port or (443 if url.scheme == "https" else 80)
+        try:  # the guard judges the answer once, when the connector asks for it (from the cache)
+            await self.dns.resolve(host, port, socket.AF_UNSPEC)
+        except DnsFailure as e:
+            raise _Final("dns_error", e.why) from None
+
+    async def _wait_for_host(self, host: str, deadline: float, result: FetchResult) -> None:
+        """Wait out the host's backoff (holding only a slot of this host), or end the row as
+        `throttled`: deferred when the wait is over `result.defer_s`, failed when past the deadline."""
+        loop = asyncio.get_running_loop()
+        while True:
+            left, why = self.hosts.backoff(host)
+            if left <= 0:
+                return
+            if result.defer_s is not None and left > result.defer_s:
+                result.deferred = True
+                raise _Final(
+                    "throttled", f"deferred: host paused another {left:.0f} s ({why}); a retry part fetches it again"
+                )
+            if loop.time() + left >= deadline:
+                raise _Final("throttled", f"host paused another {left:.0f} s ({why}), past --total-timeout")
+            await asyncio.sleep(left)
 
     async def _read_body(self, resp: aiohttp.ClientResponse, result: FetchResult) -> bytes:
         cap = self.cfg.max_bytes
@@ -401,6 +476,22 @@ def _which_timeout(e: BaseException) -> str:
     if "read" in text:
         return "no data within --read-timeout"
     return "--total-timeout reached"
+
+
+def _connect_why(e: BaseException) -> str:
+    """A connection error's detail, naming refused and unreachable first."""
+    os_error = getattr(e, "os_error", None) or e
+    errno_ = getattr(os_error, "errno", None)
+    kind = {111: "refused", 113: "host unreachable", 101: "network unreachable", 104: "reset"}.get(errno_ or 0)
+    text = f"{type(e).__name__}: {first_line(e, 200)}"
+    return f"{kind}: {text}" if kind else text
+
+
+def _host(url: str) -> str:
+    try:
+        return URL(url).raw_host or ""
+    except (ValueError, TypeError):
+        return ""
 
 
 def _failed(result: FetchResult, reason: str, detail: str) -> FetchResult:

@@ -11,7 +11,8 @@ dropped but recorded as `invalid_url`. All rows of a part run concurrently; the 
 global and per-host limits decide how many are on the network at once, and a downloaded body
 keeps its fetch slot until its image is processed (`Fetcher.fetch_held`). Rows still on the
 network long after the rest of the part is done are deferred (`downloader.stragglers`): they
-fail as `timeout` now and are fetched again by a retry part the commit enqueues.
+fail as `timeout` now and are fetched again by a retry part the commit enqueues. So are rows
+whose host is paused for longer than --straggler-seconds (downloader.hosts), as `throttled`.
 
 A row whose image kills the image worker (or hangs it) fails the whole attempt (`PoisonRow`),
 the other rows being cancelled: a crash may be passing (the OOM killer under a burst of large
@@ -187,9 +188,13 @@ class PartRunner:
         caption = process_caption(caption_raw, self.cfg.caption_sentences)
         if not caption:
             return _fail(writer, row, url, "empty_caption", "caption is empty after normalisation")
-        async with self.fetcher.fetch_held(url, progress.on_wire(row)) as result:
+        watched = progress.on_wire(row)
+        watched.defer_s = progress.straggler_s or None  # a retry part waits for its host instead
+        async with self.fetcher.fetch_held(url, watched) as result:
             progress.off_wire(row)  # before any await: a row past its fetch is never cut
             progress.wire_bytes += result.wire_bytes
+            if result.deferred:  # its host is paused (downloader.hosts): the retry part fetches it
+                progress.deferred[row] = result.detail
             if result.data is None:
                 return _fail(writer, row, url, result.reason or "connect_error", result.detail)
             image = await self.pool.process(result.data, tag=f"{writer.part.part_id}@{row}")  # selects faults

@@ -36,7 +36,7 @@ def retry_command(
     as_json: JsonFlag = False,
 ) -> int:
     """Requeue dead parts and failed rows; with no option, dead parts and transient failures
-    (timeouts, connection errors, HTTP 5xx and 429)."""
+    (timeouts, connection errors, throttling, DNS lookups with no answer, HTTP 5xx and 429)."""
     from streamcap import bus
     from streamcap.shardwriter import retry
 

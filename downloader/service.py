@@ -60,6 +60,7 @@ from streamcap.downloader.config import DownloaderSettings
 from streamcap.downloader.failures import EXIT_GAVE_UP
 from streamcap.downloader.fetch import Fetcher
 from streamcap.downloader.heartbeat import Heartbeat, downloader_heartbeat
+from streamcap.downloader.hosts import HostBoard
 from streamcap.downloader.imagepool import ImagePool
 from streamcap.downloader.imageproc import ImageOptions
 from streamcap.downloader.inflight import PartsInFlight
@@ -107,7 +108,7 @@ class Worker:
 
     async def serve(self) -> int:
         loop = asyncio.get_running_loop()
-        loop.set_default_executor(ThreadPoolExecutor(max_workers=64, thread_name_prefix="dl-io"))  # DNS, Redis, files
+        loop.set_default_executor(ThreadPoolExecutor(max_workers=64, thread_name_prefix="dl-io"))  # Redis, files
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.request_stop, sig)
         started = time.monotonic()
@@ -119,7 +120,8 @@ class Worker:
         booting = asyncio.create_task(self.pool.start())  # boots while the first parts are fetched
         why = "queue empty"
         try:
-            async with Fetcher(self.cfg, self._resolver, address_policy=self._policy) as fetcher:
+            hosts = HostBoard(self.cfg, self.r, bus.Keys(self.cfg.namespace))  # 429s and rates shared by every worker
+            async with Fetcher(self.cfg, self._resolver, address_policy=self._policy, hosts=hosts) as fetcher:
                 self.parts.attach(PartRunner(self.cfg, fetcher, self.pool, self.stats, self.consumer), fetcher)
                 await self.pausing.through_outages(self.heartbeat.write)  # in `streamcap status` before any claim
                 upkeep = asyncio.create_task(self.heartbeat.upkeep(self.parts.keepalive, self.cfg.lease_seconds))

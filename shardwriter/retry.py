@@ -38,7 +38,9 @@ from streamcap.shardwriter.verify import check_shard
 log = logging.getLogger(__name__)
 
 # What `parts retry` with no option re-fetches: failures a later try may not repeat.
-TRANSIENT_REASONS = ("timeout", "connect_error")
+TRANSIENT_REASONS = ("timeout", "connect_error", "throttled")
+# A dns_error is transient unless the name does not exist (no answer, SERVFAIL: the DNS's trouble).
+PERMANENT_DNS = ("NXDOMAIN", "no address records")
 _HTTP_STATUS = re.compile(r"HTTP (\d{3})")
 
 # KEYS[1]=parts:dead KEYS[2]=parts KEYS[3]=stats; ARGV[1]=dead entry id ARGV[2]=part message json
@@ -78,16 +80,20 @@ class RetryReport:
 
 
 # Connection errors no later try repeats differently: TLS refused (https:// to a plain HTTP
-# server) or a certificate that does not verify.
-_PERMANENT_CONNECT = ("ClientConnectorSSLError", "ClientConnectorCertificateError", "ClientSSLError")
+# server) or a certificate that does not verify. The fetcher words them "TLS: ..."; rows
+# recorded by earlier builds carry aiohttp's exception name.
+_PERMANENT_CONNECT = ("TLS: ", "ClientConnectorSSLError", "ClientConnectorCertificateError", "ClientSSLError")
 
 
 def is_transient(failure: FailedRow) -> bool:
-    """Timeouts, connection errors (but TLS ones), and HTTP 429 or 5xx."""
+    """Timeouts, connection errors (but TLS ones), throttling, HTTP 429 or 5xx, and DNS lookups
+    that got no verdict (no answer, SERVFAIL; not NXDOMAIN)."""
     if failure.reason == "connect_error" and failure.detail.startswith(_PERMANENT_CONNECT):
         return False
     if failure.reason in TRANSIENT_REASONS:
         return True
+    if failure.reason == "dns_error":
+        return not failure.detail.startswith(PERMANENT_DNS)
     if failure.reason != "http_status":
         return False
     m = _HTTP_STATUS.search(failure.detail)

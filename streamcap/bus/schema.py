@@ -189,6 +189,31 @@ class Keys:
         """hash: the best evaluated checkpoint so far and its scores."""
         return self.key("evals", "best")
 
+    # --- hosts, shared by every downloader (downloader.hosts; `streamcap hosts`) ---
+    @property
+    def hosts_backoff(self) -> str:
+        """sorted set: host -> until when (Redis TIME, epoch s) no worker may send it a request."""
+        return self.key("hosts", "backoff")
+
+    @property
+    def hosts_throttles(self) -> str:
+        """hash: host -> JSON {strikes, why, at, until}: its 429/503 answers in a row, the last one's text."""
+        return self.key("hosts", "throttles")
+
+    @property
+    def hosts_failures(self) -> str:
+        """sorted set: host -> rows that failed on it (downloader.hosts.HOST_REASONS), the worst kept."""
+        return self.key("hosts", "failures")
+
+    @property
+    def hosts_failure_reasons(self) -> str:
+        """hash: '<host> <reason>' -> rows; '<host>' -> the last failure's detail."""
+        return self.key("hosts", "failure-reasons")
+
+    def host_rate(self, host: str) -> str:
+        """string with TTL: the GCRA's next allowed time (µs, Redis TIME) of --per-host-rate for `host`."""
+        return self.key("hosts", "rate", host)
+
     def schema(self) -> dict[str, tuple[str, str]]:
         """name -> (key, Redis type) for every fixed key; what `streamcap status` sizes."""
         return {

@@ -20,10 +20,11 @@ from typing import Any
 FAILURE_REASONS = (
     "invalid_url",  # empty, malformed, or not http(s)
     "blocked_address",  # resolves to loopback/private/link-local/... and --allow-private is off
-    "dns_error",
-    "connect_error",
+    "dns_error",  # NXDOMAIN, SERVFAIL, no answer within --dns-timeout (the detail says which)
+    "connect_error",  # refused, unreachable, reset, TLS (the detail says which)
     "timeout",
     "http_status",  # a 4xx/5xx after the allowed retries
+    "throttled",  # 429/503 after the allowed retries, or its host paused past the row's time
     "too_many_redirects",
     "too_large",  # Content-Length or streamed body over --max-bytes
     "opted_out",  # X-Robots-Tag carries a configured directive

@@ -44,7 +44,7 @@ from tests.support.evalsets import karpathy_set
 from tests.support.fleet import STREAMCAP, download
 from tests.support.http import ImageServer
 from tests.support.images import jpeg_bytes
-from tests.support.pipeline import CAPTION, enqueue_rows, final_audit, outcomes, wait_until
+from tests.support.pipeline import CAPTION, enqueue_rows, final_audit, outcomes, unpin_source, wait_until
 
 # Every command of the CLI that builds settings: its settings class and positional arguments.
 COMMANDS: dict[tuple[str, ...], tuple[type, list[str]]] = {
@@ -61,6 +61,7 @@ COMMANDS: dict[tuple[str, ...], tuple[type, list[str]]] = {
     ("eval", "watch"): (EvalSettings, []),
     ("eval", "score"): (EvalSettings, ["predictions.json", "references.json"]),
     ("status",): (CommonSettings, []),
+    ("hosts",): (ShardWriterSettings, []),
     ("demo",): (DemoSettings, []),
 }
 # Commands whose options are their own (checked by typer), not settings.
@@ -254,10 +255,7 @@ def test_an_unreadable_source_is_one_line_saying_why(capsys, tmp_path):
 def test_a_source_that_breaks_after_enqueue_costs_its_parts_not_the_service(r, keys, redis_url, tmp_path):
     shard_dir = tmp_path / "shards"
     enqueue_rows(r, keys, shard_dir, [f"http://127.0.0.1:1/{i}.jpg" for i in range(6)], part_size=3)
-    # As enqueued before sources were pinned: a pinned source cut after enqueue is a changed
-    # source, which downloaders wait to see restored (test_user_mistakes); this one is read as it is.
-    definition = json.loads(r.hget(keys.sources, "src"))
-    r.hset(keys.sources, "src", json.dumps({k: v for k, v in definition.items() if k != "files"}))
+    unpin_source(r, keys, "src")  # read as it is once cut, not waited for (test_user_mistakes)
     source = tmp_path / "src.parquet"
     source.write_bytes(source.read_bytes()[:200])  # cut after it was enqueued
     ran = download(

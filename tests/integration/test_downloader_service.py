@@ -28,6 +28,7 @@ from tests.support.pipeline import (
     failure_counters,
     final_audit,
     pending_parts,
+    unpin_source,
     wait_until,
     worker_settings,
 )
@@ -124,6 +125,7 @@ async def test_every_row_becomes_a_sample_or_a_counted_failure(r, keys, redis_ur
 async def test_a_part_that_keeps_failing_is_dead_lettered_with_its_last_error(r, keys, redis_url, server, tmp_path):
     shard_dir = tmp_path / "shards"
     enqueue_rows(r, keys, shard_dir, [(server.url("/img/good.jpg"), CAPTION)] * 3, part_size=10, name="gone")
+    unpin_source(r, keys, "gone")  # read as it is once cut, not waited for (test_user_mistakes)
     source = tmp_path / "gone.parquet"
     source.write_bytes(source.read_bytes()[:100])  # corrupt: every attempt to read the part's rows fails now
     cfg = settings(redis_url, keys, shard_dir, lease_seconds=1, max_deliveries=2)

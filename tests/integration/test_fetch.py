@@ -87,7 +87,7 @@ async def test_retry_after_is_honoured(server):
 
 async def test_retry_after_beyond_the_cap_ends_the_row(server):
     result = await fetch(server.url("/busy/cat.jpg?after=30"), settings(retry_after_cap=2))
-    assert result.reason == "http_status" and "Retry-After" in result.detail
+    assert result.reason == "throttled" and "Retry-After" in result.detail
     assert len(server.requests_to("/busy/cat.jpg?after=30")) == 1
 
 

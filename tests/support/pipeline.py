@@ -10,6 +10,7 @@ report = final_audit(r, keys, shard_dir)                        # lost=0, duplic
 
 from __future__ import annotations
 
+import json
 import subprocess
 import time
 from collections.abc import Callable, Sequence
@@ -104,6 +105,14 @@ def enqueue_rows(
     record, _ = describe_source(EnqueueSettings(part_size=part_size, name=name), str(path))
     assert enqueue(r, keys, shard_dir, record).added
     return path
+
+
+def unpin_source(r, keys: bus.Keys, name: str) -> None:
+    """Drop a source's pin, as if enqueued before sources were pinned: its file is then read as
+    it is, so a test can damage it after enqueue. (A pinned source whose file changed is an
+    environment failure that waits for the file to be restored: test_user_mistakes.)"""
+    definition = json.loads(r.hget(keys.sources, name))
+    r.hset(keys.sources, name, json.dumps({k: v for k, v in definition.items() if k != "files"}))
 
 
 def write_parquet(path: Path, rows: Sequence[Row | str], columns: dict[str, list] | None = None) -> Path:
