@@ -1,6 +1,7 @@
 """A claimed part, from the worker's side: taken in, or handed back one of three ways.
 
-    claiming = Claiming(cfg, queue, stats, pausing)     # queue: the worker's PartClaimer
+    claiming = Claiming(cfg, queue, stats, pausing, store)   # queue: the worker's PartClaimer
+    await claiming.environment_failed(claimed, part, reason)   # released uncounted, the worker pauses
     taken = await claiming.admit(claimed)              # (part, source) to run, or None: dealt with
     await claiming.strike(claimed, part, error)        # the part's own failure: counted, released
     await claiming.give_back(claimed)                  # the environment's fault: released uncounted
@@ -11,6 +12,10 @@ done (acknowledged), an entry that is no part, or a redelivered part whose deliv
 (dead-lettered), a part whose source is defined nowhere (a strike). A redelivered part is dead
 after `--max-deliveries` strikes, or after LOST_DELIVERIES_FACTOR x `--max-deliveries`
 deliveries lost to workers that died or stalled (downloader.claims).
+
+A source not in Redis is read from the shard store (the shard dir, or its bucket:
+streamcap.common.store); a bucket that does not answer then is a failure of the environment:
+the part goes back uncounted and the worker pauses.
 """
 
 from __future__ import annotations
@@ -20,8 +25,10 @@ import json
 import logging
 
 from streamcap import bus
+from streamcap.common.store import ShardStore, StoreUnavailable
 from streamcap.downloader.claims import Claimed, PartClaimer
 from streamcap.downloader.config import DownloaderSettings
+from streamcap.downloader.failures import environment_failure
 from streamcap.downloader.livestats import LiveStats
 from streamcap.downloader.pausing import REDIS_DOWN, Pausing
 from streamcap.formats.records import PartRecord, SourceRecord
@@ -38,8 +45,11 @@ LOST_DELIVERIES_FACTOR = 4
 class Claiming:
     """What one worker does with the entries it claims, besides running them."""
 
-    def __init__(self, cfg: DownloaderSettings, queue: PartClaimer, stats: LiveStats, pausing: Pausing) -> None:
+    def __init__(
+        self, cfg: DownloaderSettings, queue: PartClaimer, stats: LiveStats, pausing: Pausing, store: ShardStore
+    ) -> None:
         self.cfg, self.queue, self.stats, self.pausing = cfg, queue, stats, pausing
+        self.store = store  # where sources are recorded besides Redis: the shard dir or its bucket
 
     async def admit(self, claimed: Claimed) -> tuple[PartRecord, SourceRecord] | None:
         """The part and its source, to run; None when the entry was dealt with here."""
@@ -55,12 +65,16 @@ class Claiming:
         if verdict:
             await self.dead_letter(claimed, part, verdict)
             return None
-        source = await asyncio.to_thread(self._source, part.source)
+        try:
+            source = await asyncio.to_thread(self._source, part.source)
+        except StoreUnavailable as e:  # the bucket, not the part: give it back uncounted and pause
+            await self.environment_failed(claimed, part, environment_failure(e, self.cfg.shard_dir) or str(e))
+            return None
         if source is None:
             await self.strike(
                 claimed,
                 part,
-                f"source {part.source!r} is not enqueued (no definition in Redis or in {self.cfg.shard_dir})",
+                f"source {part.source!r} is not enqueued (no definition in Redis or in {self.store})",
             )
             return None
         log.info(
@@ -85,7 +99,7 @@ class Claiming:
         raw = self.queue.r.hget(self.queue.keys.sources, source_id)
         if raw:
             return SourceRecord.from_message(json.loads(raw))
-        return registry.load_source(self.cfg.shard_dir, source_id)
+        return registry.load_source(self.store, source_id)
 
     async def strike(self, claimed: Claimed, part: PartRecord, error: str) -> None:
         """The part's own failure: a strike, the error recorded, the part released for a retry."""
@@ -109,6 +123,12 @@ class Claiming:
     async def give_back(self, claimed: Claimed) -> None:
         """Release the part uncounted: another worker may take it now."""
         await self.pausing.through_outages(lambda: self.queue.release(claimed.entry_id, count_delivery=False))
+
+    async def environment_failed(self, claimed: Claimed, part: PartRecord, reason: str) -> None:
+        """Not the part's fault: counted as such, the worker pauses (saying why), the part goes back uncounted."""
+        self.stats.parts_env_failed += 1
+        self.pausing.environment_failed(part.part_id, reason)
+        await self.give_back(claimed)
 
     async def dead_letter(self, claimed: Claimed, part: PartRecord | None, error: str) -> None:
         if await self.pausing.through_outages(self.queue.dead_letter, claimed, part, error):

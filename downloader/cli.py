@@ -34,7 +34,9 @@ def enqueue_command(
 # Not options of `download`, as before: gc's read count, verify's quarantine dir, and the age
 # after which temp files are swept (the downloader uses its default).
 @settings_command(
-    DownloaderSettings, exclude=("min_reads", "quarantine_dir", "temp_stale_seconds"), read_as=SIZES_AS_TEXT
+    DownloaderSettings,
+    exclude=("min_reads", "quarantine_dir", "temp_stale_seconds"),
+    read_as={**SIZES_AS_TEXT, "spool_max_bytes": str},
 )
 def download_command(cfg: DownloaderSettings) -> int:
     """Run the downloader service: claim parts, fetch and process their images, write shards."""

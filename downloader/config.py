@@ -11,10 +11,21 @@ from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass
+from pathlib import Path
+from typing import ClassVar
 
 from streamcap import __version__
-from streamcap.common.settings import CommonSettings, at_least, between, fail, one_of, optional, setting
-from streamcap.shardwriter.config import ShardWriterSettings
+from streamcap.common.settings import (
+    CommonSettings,
+    at_least,
+    between,
+    directory_path,
+    fail,
+    one_of,
+    optional,
+    setting,
+)
+from streamcap.shardwriter.config import MAX_DISK_BYTES, SIZE_FIELDS, ShardWriterSettings, byte_size
 
 RESIZE_MODES = ("keep_ratio", "center_crop", "border", "no")
 IMAGE_FORMATS = ("jpg", "webp")
@@ -126,6 +137,7 @@ class EnqueueSettings(CommonSettings):
 class DownloaderSettings(ShardWriterSettings):
     """The download service: claiming, fetching, security, image processing."""
 
+    size_fields: ClassVar[tuple[str, ...]] = (*SIZE_FIELDS, "spool_max_bytes")  # read as "10G" too
     # --- the service ---
     processes: int = setting(1, check=between(1, MAX_PROCESSES))
     """Worker processes, each with its own event loop."""
@@ -204,6 +216,11 @@ class DownloaderSettings(ShardWriterSettings):
     """Requests per second to one host, over all workers sharing the Redis (0: no limit)."""
     host_backoff_cap: float = setting(300.0, check=at_least(0))
     """Longest pause (s) of a host that answers 429/503: every worker waits it out, doubling from its Retry-After (or 1 s) with each throttled answer in a row (0: never pause a host; each row waits for its own Retry-After)."""
+    # --- shards in a bucket (--shard-dir s3://bucket/prefix): the local spool (downloader.spool) ---
+    spool_dir: Path = setting(Path(".streamcap/spool"), check=directory_path)
+    """With --shard-dir s3://...: local folder where parts are written before they are uploaded."""
+    spool_max_bytes: int = setting(10 * 10**9, check=byte_size(0, MAX_DISK_BYTES))
+    """With --shard-dir s3://...: claim no new part while the spool holds more than this (e.g. 10G); 0 = no limit."""
 
     def validate(self) -> None:
         super().validate()

@@ -14,8 +14,9 @@ Three kinds of failure, three behaviours:
   (`disk_full: ...`), read-only or not ours to write (`shard dir not writable: ...`), or the
   source file cannot be opened here (`source unreadable: ...`, a volume missing on one host),
   or it changed since it was enqueued (`source changed: ...`, downloader.pin: someone must
-  restore it). Another worker, or this one a little later, can do the part, so it is released
-  without a strike and the worker pauses.
+  restore it), or the shard bucket cannot be used (`shard store unavailable: ...`: endpoint
+  down, bucket missing, credentials refused; streamcap.common.store). Another worker, or this
+  one a little later, can do the part, so it is released without a strike and the worker pauses.
 """
 
 from __future__ import annotations
@@ -23,13 +24,15 @@ from __future__ import annotations
 import errno
 from pathlib import Path
 
+from streamcap.common.store import StoreUnavailable
 from streamcap.downloader.sources import SourceChanged, SourceUnavailable
 
 DISK_FULL = "disk_full"
 SHARD_DIR_NOT_WRITABLE = "shard dir not writable"
 SOURCE_UNREADABLE = "source unreadable"
 SOURCE_CHANGED = "source changed"
-ENVIRONMENT_KINDS = (DISK_FULL, SHARD_DIR_NOT_WRITABLE, SOURCE_UNREADABLE, SOURCE_CHANGED)
+STORE_UNAVAILABLE = "shard store unavailable"
+ENVIRONMENT_KINDS = (DISK_FULL, SHARD_DIR_NOT_WRITABLE, SOURCE_UNREADABLE, SOURCE_CHANGED, STORE_UNAVAILABLE)
 EXIT_GAVE_UP = 3  # `download --exit-when-empty` gave up: the environment kept failing
 
 _FULL = (errno.ENOSPC, errno.EDQUOT)
@@ -42,6 +45,8 @@ def environment_failure(e: BaseException, shard_dir: Path) -> str | None:
         return f"{SOURCE_UNREADABLE}: {e}"
     if isinstance(e, SourceChanged):  # the file must be restored: no attempt counts against the part
         return f"{SOURCE_CHANGED}: {e}"
+    if isinstance(e, StoreUnavailable):
+        return f"{STORE_UNAVAILABLE}: {e}"
     if not isinstance(e, OSError):
         return None
     if e.errno in _FULL:  # whatever file it was, a full disk is no fault of the part
@@ -53,6 +58,10 @@ def environment_failure(e: BaseException, shard_dir: Path) -> str | None:
 
 def is_disk_full(reason: str) -> bool:
     return reason.startswith(DISK_FULL)
+
+
+def is_store_down(reason: str) -> bool:
+    return reason.startswith(STORE_UNAVAILABLE)
 
 
 def _inside(filename: object, directory: Path) -> bool:

@@ -1,6 +1,6 @@
 """The parts a worker runs at once: started, kept alive, committed or handed back, drained at a stop.
 
-    parts = PartsInFlight(cfg, queue, stats, claiming, pausing, beat_now=heartbeat.write)
+    parts = PartsInFlight(cfg, queue, stats, claiming, pausing, beat_now=heartbeat.write, spool=spool)
     parts.attach(runner, fetcher)       # once the fetcher is open
     if parts.has_room(): parts.start(claimed, part, source)
     await parts.keepalive()             # every lease/4 (downloader.heartbeat's upkeep)
@@ -14,6 +14,12 @@ open shards and file handles) held at once. A tail counts from the moment its ro
 the network, not once half the part is done and they have waited a second: that slower
 claiming drains the queue later, so more rows are deferred and their retry parts run last,
 alone (benchmarks/stragglers.py, 12,000 rows: 148 -> 79 images/s).
+
+A part's run: its shards and stats file are written into the spool (downloader.spool: the shard
+dir itself, or with --shard-dir s3://... a local folder), published (uploaded: shards, then the
+stats file, once the claim is confirmed), committed (which registers them: only then can a
+trainer claim them), and the spool's local copies of a bucket's part are removed whatever
+happened.
 
 A part ends one of four ways: committed; superseded (another worker committed it or took it
 over: dropped); failed through its own fault (a strike, downloader.claiming); or failed through
@@ -36,6 +42,7 @@ from streamcap.downloader.fetch import Fetcher
 from streamcap.downloader.livestats import LiveStats
 from streamcap.downloader.part import PartRunner, describe_failure
 from streamcap.downloader.pausing import DISK_RECHECK_S, Pausing
+from streamcap.downloader.spool import Spool
 from streamcap.formats.records import PartRecord, PartStats, SourceRecord
 from streamcap.shardwriter.commit import COMMITTED, CommitResult, PartClaim, commit_part
 from streamcap.shardwriter.retry import retry_part
@@ -66,8 +73,10 @@ class PartsInFlight:
         claiming: Claiming,
         pausing: Pausing,
         beat_now: Callable[[], None],
+        spool: Spool | None = None,
     ) -> None:
         self.cfg, self.queue, self.stats, self.claiming, self.pausing = cfg, queue, stats, claiming, pausing
+        self.spool = spool if spool is not None else pausing.spool  # where parts are written (downloader.spool)
         self.beat_now = beat_now  # writes the heartbeat (in a thread): a pause shows at once
         self.active: dict[str, _Active] = {}
         self.runner: PartRunner | None = None
@@ -120,7 +129,9 @@ class PartsInFlight:
         claim = PartClaim(queue.r, queue.keys, claimed.entry_id, queue.consumer)
         started = time.monotonic()
         try:
+            await asyncio.to_thread(self.spool.prepare, part)
             stats, deferred = await self.runner.run(part, source, claim)
+            await asyncio.to_thread(self.spool.publish, stats, claim)  # before the commit registers it
             if claimed.entry_id in self.active:
                 self.active[claimed.entry_id].committing = True
             follow_up = retry_part(stats, deferred) if deferred else None
@@ -135,13 +146,15 @@ class PartsInFlight:
         except asyncio.CancelledError:
             raise
         except Exception as e:  # the part failed as a whole: released, retried later
-            environment = environment_failure(e, self.cfg.shard_dir)
+            environment = environment_failure(e, self.spool.dir)
             if environment:
                 await self._environment_failed(claimed, part, environment)
             else:
                 await self.claiming.strike(claimed, part, describe_failure(e))
         else:
             await self._account(claimed, part, stats, deferred, result, started)
+        finally:
+            await asyncio.to_thread(self.spool.discard, part)  # a bucket's part: its local copies
         self.active.pop(claimed.entry_id, None)
 
     async def _account(
@@ -175,9 +188,7 @@ class PartsInFlight:
     async def _environment_failed(self, claimed: Claimed, part: PartRecord, reason: str) -> None:
         """Not the part's fault: give it back uncounted (another worker may take it now), stop
         claiming for a while, and say why in the heartbeat."""
-        self.stats.parts_env_failed += 1
-        self.pausing.environment_failed(part.part_id, reason)
-        await self.claiming.give_back(claimed)
+        await self.claiming.environment_failed(claimed, part, reason)
         await self.pausing.through_outages(self.beat_now)  # `streamcap status` says why at once
 
     async def keepalive(self) -> None:

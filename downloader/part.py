@@ -1,6 +1,6 @@
 """One part, start to finish: read its rows, fetch and process every row, write the shards.
 
-    runner = PartRunner(cfg, fetcher, pool, stats, owner="host-1234")
+    runner = PartRunner(cfg, fetcher, pool, stats, owner="host-1234", shard_dir=spool.dir)
     runner.admit(part)                                      # when claimed; runner.forget(part) when over
     part_stats, deferred = await runner.run(part, source, claim)   # shards + stats file on disk
     commit_part(r, keys, part_stats, entry_id, consumer=..., follow_up=...)   # the caller commits
@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+from pathlib import Path
 from typing import Any
 
 from streamcap.common.logs import first_line
@@ -63,9 +64,16 @@ class PartRunner:
     """What the parts of one worker process share: settings, fetcher, image pool, counters."""
 
     def __init__(
-        self, cfg: DownloaderSettings, fetcher: Fetcher, pool: ImagePool, stats: LiveStats, owner: str
+        self,
+        cfg: DownloaderSettings,
+        fetcher: Fetcher,
+        pool: ImagePool,
+        stats: LiveStats,
+        owner: str,
+        shard_dir: Path | None = None,
     ) -> None:
         self.cfg, self.fetcher, self.pool, self.stats, self.owner = cfg, fetcher, pool, stats, owner
+        self.shard_dir = shard_dir or cfg.shard_dir  # the upload spool when shards go to a bucket (downloader.spool)
         self._sources: dict[str, Source] = {}
         self._pins = PinChecker()
         self._progress: dict[int, PartProgress] = {}
@@ -106,7 +114,7 @@ class PartRunner:
         progress = self._progress[id(part)]
         rows = await asyncio.to_thread(self._read_rows, source, part)
         with PartWriter(
-            self.cfg.shard_dir,
+            self.shard_dir,
             part,
             max_samples=self.cfg.shard_max_samples,
             max_bytes=self.cfg.shard_max_bytes,

@@ -1,6 +1,6 @@
 """Why a worker is not claiming now: the shard disk over budget, an environment that fails, Redis down.
 
-    pausing = Pausing(cfg, queue)                                    # queue: the worker's PartClaimer
+    pausing = Pausing(cfg, queue, spool)          # queue: the worker's PartClaimer; spool: downloader.spool
     if pausing.holding() or not await pausing.disk_allows(): ...     # no new claim now
     pausing.environment_failed(part_id, "shard dir not writable: ...")  # back off, say why
     pausing.environment_recovered(busy=True)                         # a commit ends the pause
@@ -12,6 +12,11 @@ streamcap.formats.heartbeats), since every pause is a change of state:
 - **disk budget** (`--max-disk-bytes`, `--min-free-bytes`): the shard dir is measured at most
   every DISK_RECHECK_S while there is room for a part; over budget, claiming stops
   (`paused_for_disk`) until it is back under.
+- **the bucket and the spool** (--shard-dir s3://..., downloader.spool): checked as often as the
+  disk budget. A bucket that cannot be used (endpoint down, bucket missing, credentials
+  refused) pauses claiming (`paused`, `shard store unavailable: ...`) before any part is
+  claimed, so none loses its downloads; a spool over --spool-max-bytes (or its disk under
+  --min-free-bytes) is `paused_for_disk`. Claiming resumes by itself once the check passes.
 - **environment** (downloader.failures: shard dir full, read-only or not writable, source
   unreadable here): claiming stops for a backoff from ENV_BACKOFF_S doubling to ENV_BACKOFF_MAX_S,
   then one part is tried again; a commit ends the pause. With `--exit-when-empty` the worker
@@ -31,7 +36,8 @@ from typing import Any
 from streamcap import bus
 from streamcap.downloader.claims import PartClaimer
 from streamcap.downloader.config import DownloaderSettings
-from streamcap.downloader.failures import is_disk_full
+from streamcap.downloader.failures import is_disk_full, is_store_down
+from streamcap.downloader.spool import Spool
 from streamcap.formats.heartbeats import (
     DOWNLOADER_IDLE,
     DOWNLOADER_PAUSED,
@@ -52,8 +58,9 @@ REDIS_DOWN = (*bus.REDIS_DOWN, bus.RedisUnavailable)
 class Pausing:
     """The worker's state and the pauses that hold its claiming back."""
 
-    def __init__(self, cfg: DownloaderSettings, queue: PartClaimer) -> None:
+    def __init__(self, cfg: DownloaderSettings, queue: PartClaimer, spool: Spool | None = None) -> None:
         self.cfg, self.queue = cfg, queue
+        self.spool = spool if spool is not None else Spool.for_settings(cfg)  # where parts are written
         self.r, self.keys, self.consumer = queue.r, queue.keys, queue.consumer
         self.state, self.reason = DOWNLOADER_IDLE, ""
         self.gave_up = ""  # the environment failure --exit-when-empty gave up on
@@ -90,24 +97,31 @@ class Pausing:
         return time.monotonic() < self._paused_until
 
     async def disk_allows(self) -> bool:
-        """False while the shard dir is over its budget (measured at most every DISK_RECHECK_S)."""
-        if not self.cfg.has_disk_budget or time.monotonic() < self._disk_checked_at + DISK_RECHECK_S:
+        """False while the shard dir is over its budget, or (with a bucket) the bucket cannot be
+        used or the spool is full; measured at most every DISK_RECHECK_S."""
+        remote = self.spool.remote
+        if not (remote or self.cfg.has_disk_budget) or time.monotonic() < self._disk_checked_at + DISK_RECHECK_S:
             return True
         self._disk_checked_at = time.monotonic()  # a scan of the shard dir: not on every tick
-        cfg = self.cfg
-        reason = await asyncio.to_thread(
-            disk_pressure, self.r, self.keys, cfg.shard_dir, cfg.max_disk_bytes, cfg.min_free_bytes
-        )
+        reason = await asyncio.to_thread(self.spool.pressure if remote else self._disk_pressure)
         if reason:
-            if self.state != DOWNLOADER_PAUSED_FOR_DISK:
-                log.warning("pausing: %s", reason)
-            self.state, self.reason = DOWNLOADER_PAUSED_FOR_DISK, reason
+            state = DOWNLOADER_PAUSED if is_store_down(reason) else DOWNLOADER_PAUSED_FOR_DISK
+            if self.state != state or (is_store_down(reason) and not is_store_down(self.reason)):
+                log.warning("pausing: %s", reason)  # once per pause (a disk's figures change every check)
+            self.state, self.reason = state, reason
             self._paused_until = time.monotonic() + DISK_RECHECK_S
             return False
-        if self.state == DOWNLOADER_PAUSED_FOR_DISK:
-            log.info("disk back under budget: resuming")
+        if self.state == DOWNLOADER_PAUSED_FOR_DISK or (self._env_since is None and is_store_down(self.reason)):
+            log.info(
+                "%s: resuming",
+                "shard store reachable again" if is_store_down(self.reason) else "disk back under budget",
+            )
             self.state, self.reason = DOWNLOADER_IDLE, ""
         return True
+
+    def _disk_pressure(self) -> str | None:
+        cfg = self.cfg
+        return disk_pressure(self.r, self.keys, cfg.shard_dir, cfg.max_disk_bytes, cfg.min_free_bytes)
 
     # --- the environment ------------------------------------------------------------------------------
 

@@ -30,8 +30,13 @@ the rest are released for other workers (their delivery not counted); one summar
 second signal stops at once. Redis outages are waited out (`bus.wait_out_outage`); a stop
 signal ends the claim loop's wait.
 
+With `--shard-dir s3://bucket/prefix` the parts are written into a local spool, uploaded, and
+only then committed (downloader.spool); a bucket that cannot be used pauses claiming like a full
+disk, with the reason in the heartbeat (`shard store unavailable: ...`).
+
 The worker is put together from parts, each in its module, in the order they act:
-    pausing     the state its heartbeat shows; disk, environment and Redis pauses
+    spool       where parts are written: the shard dir, or a local spool uploaded to a bucket
+    pausing     the state its heartbeat shows; disk (or bucket), environment and Redis pauses
     claiming    a claimed entry taken in (or dead-lettered), and the ways a part goes back
     inflight    the parts running at once: room for more, run, commit, keep alive, drain
     heartbeat   `hb:downloader:<id>` (a DownloaderHeartbeat) and the keep-alive loop
@@ -68,8 +73,8 @@ from streamcap.downloader.livestats import LiveStats
 from streamcap.downloader.part import PartRunner
 from streamcap.downloader.pausing import REDIS_DOWN, Pausing
 from streamcap.downloader.security import AddressPolicy
+from streamcap.downloader.spool import Spool
 from streamcap.downloader.supervisor import STOP_SIGNALS, supervise
-from streamcap.shardwriter import tempfiles
 
 log = logging.getLogger("streamcap.downloader")
 
@@ -94,12 +99,15 @@ class Worker:
         self.stop_requested = asyncio.Event()
         self._stop_at = 0.0
         self.pool: ImagePool | None = None
-        self.pausing = Pausing(cfg, self.queue)
-        self.claiming = Claiming(cfg, self.queue, self.stats, self.pausing)
+        self.spool = Spool.for_settings(cfg)  # the shard dir itself, or a local spool for a bucket
+        self.pausing = Pausing(cfg, self.queue, self.spool)
+        self.claiming = Claiming(cfg, self.queue, self.stats, self.pausing, self.spool.store)
         self.heartbeat = Heartbeat(
             self.queue, lambda: downloader_heartbeat(cfg, self.pausing, self.stats, self.parts, self.pool)
         )
-        self.parts = PartsInFlight(cfg, self.queue, self.stats, self.claiming, self.pausing, self.heartbeat.write)
+        self.parts = PartsInFlight(
+            cfg, self.queue, self.stats, self.claiming, self.pausing, self.heartbeat.write, spool=self.spool
+        )
 
     @property
     def gave_up(self) -> str:
@@ -122,7 +130,8 @@ class Worker:
         try:
             hosts = HostBoard(self.cfg, self.r, bus.Keys(self.cfg.namespace))  # 429s and rates shared by every worker
             async with Fetcher(self.cfg, self._resolver, address_policy=self._policy, hosts=hosts) as fetcher:
-                self.parts.attach(PartRunner(self.cfg, fetcher, self.pool, self.stats, self.consumer), fetcher)
+                runner = PartRunner(self.cfg, fetcher, self.pool, self.stats, self.consumer, self.spool.dir)
+                self.parts.attach(runner, fetcher)
                 await self.pausing.through_outages(self.heartbeat.write)  # in `streamcap status` before any claim
                 upkeep = asyncio.create_task(self.heartbeat.upkeep(self.parts.keepalive, self.cfg.lease_seconds))
                 try:
@@ -184,8 +193,7 @@ class Worker:
         return "stop requested"
 
     def _sweep_temp_files(self) -> int:
-        self.cfg.shard_dir.mkdir(parents=True, exist_ok=True)
-        return len(tempfiles.sweep(self.cfg.shard_dir, self.cfg.temp_stale_seconds))
+        return self.spool.sweep(self.cfg.temp_stale_seconds)
 
 
 # --- entry points ------------------------------------------------------------------------------------

@@ -39,8 +39,9 @@ import redis
 
 from streamcap import bus
 from streamcap.bus.partqueue import PartQueueSnapshot, read_part_queue
+from streamcap.common.store import ShardStore, open_store
 from streamcap.formats.records import PartRecord, PartStats, ShardRecord
-from streamcap.formats.shards import part_prefix, sample_key
+from streamcap.formats.shards import SHARD_SUFFIX, part_prefix, sample_key
 from streamcap.shardwriter import registry, retry, tempfiles
 from streamcap.shardwriter.commit import part_counters
 from streamcap.shardwriter.verify import check_shard
@@ -168,10 +169,10 @@ def audit(
     r: redis.Redis, keys: bus.Keys, shard_dir: Path, *, expect_done: bool = False, decode_images: bool = True
 ) -> AuditReport:
     """Reconcile Redis, the stats files and the shard contents (see the module docstring)."""
-    shard_dir = Path(shard_dir)
+    store = open_store(shard_dir)  # a directory or a bucket (streamcap.common.store)
     report = AuditReport()
     found = _Findings(report)
-    parts = _expected_parts(r, keys, shard_dir, report, found)
+    parts = _expected_parts(r, keys, store, report, found)
     problems: list[str] = []
     queue = read_part_queue(r, keys, problems)
     states = _part_states(parts, queue, report, found)
@@ -181,7 +182,7 @@ def audit(
             f"{report.parts['pending']} parts pending and {report.parts['in_flight']} "
             "in flight, but every part should be done or dead",
         )
-    all_stats = registry.load_part_stats(shard_dir, problems)
+    all_stats = registry.load_part_stats(store, problems)
     for problem in problems:
         found.add("unreadable", problem)
     done = {pid: _committed(all_stats.get(pid), queue) for pid, state in states.items() if state == "done"}
@@ -189,14 +190,14 @@ def audit(
     registered = registry.registered_shards(r, keys)
     deleted = set(r.smembers(keys.shards_deleted))
     lost = set(r.smembers(keys.shards_lost))
-    keys_seen = _check_registry(registered, deleted, lost, done, shard_dir, report, found, decode_images)
+    keys_seen = _check_registry(registered, deleted, lost, done, store, report, found, decode_images)
     registered_names = {s.name for _, s in registered}
     for pid, stats in done.items():
         _check_done_part(parts[pid], stats, keys_seen, registered_names, deleted, lost, report, found)
     dead = len(queue.dead) + len(queue.retries_dead)
     _check_counters(r, keys, [s for s in done.values() if s], len(queue.done), dead, found)
     retrying = {i.partition("~")[0] for i in queue.retries_open}
-    _check_disk(shard_dir, registered, states, retrying, found, report)
+    _check_disk(store, registered, states, retrying, found, report)
     report.deliveries = _deliveries(r, keys, states)
     return report
 
@@ -206,7 +207,7 @@ def _committed(stats: PartStats | None, queue: PartQueueSnapshot) -> PartStats |
 
 
 def _expected_parts(
-    r: redis.Redis, keys: bus.Keys, shard_dir: Path, report: AuditReport, found: _Findings
+    r: redis.Redis, keys: bus.Keys, shard_dir: ShardStore, report: AuditReport, found: _Findings
 ) -> dict[str, PartRecord]:
     in_redis = {s.id for s in registry.redis_sources(r, keys)}
     in_dir = {s.id for s in registry.load_sources(shard_dir)}
@@ -215,7 +216,7 @@ def _expected_parts(
             "source", f"source {sid} is recorded in the shard dir but not in Redis (run `streamcap shards reconcile`)"
         )
     for sid in sorted(in_redis - in_dir):
-        found.add("source", f"source {sid} is in Redis but has no definition in {shard_dir / registry.SOURCES_DIR}")
+        found.add("source", f"source {sid} is in Redis but has no definition in {shard_dir}/{registry.SOURCES_DIR}")
     parts = {}
     for source in registry.all_sources(r, keys, shard_dir):
         for index in range(source.parts):
@@ -230,7 +231,7 @@ def _check_registry(
     deleted: set[str],
     lost: set[str],
     done: dict[str, PartStats | None],
-    shard_dir: Path,
+    shard_dir: ShardStore,
     report: AuditReport,
     found: _Findings,
     decode_images: bool,
@@ -259,15 +260,15 @@ def _check_registry(
         if shard.name in deleted:
             report.shards_deleted += 1
             continue
-        path = shard_dir / shard.name
-        if not path.exists():
-            found.add(
-                "missing shard",
-                f"registered shard {shard.name} does not exist (and was not deleted by gc): its rows are lost; "
-                "`streamcap shards reconcile --requeue-missing` fetches them again",
-            )
-            continue
-        check = check_shard(path, decode_images=decode_images)
+        with shard_dir.local_copy(shard.name) as path:  # a bucket's shard: a temporary copy
+            if path is None:
+                found.add(
+                    "missing shard",
+                    f"registered shard {shard.name} does not exist (and was not deleted by gc): its rows are lost; "
+                    "`streamcap shards reconcile --requeue-missing` fetches them again",
+                )
+                continue
+            check = check_shard(path, decode_images=decode_images)
         for problem in check.problems:
             found.add("bad shard", f"shard {problem}")
         if check.samples != shard.samples:
@@ -379,7 +380,7 @@ def _check_counters(
 
 
 def _check_disk(
-    shard_dir: Path,
+    shard_dir: ShardStore,
     registered: list[tuple[str, ShardRecord]],
     states: dict[str, str],
     retrying: set[str],
@@ -392,19 +393,21 @@ def _check_disk(
     for pid in states:
         source, _, index = pid.rpartition(":")
         part_by_prefix[part_prefix(source, int(index))] = pid
-    for path in registry.shard_files(shard_dir):
-        if path.name in names:
+    for info in shard_dir.list(suffix=SHARD_SUFFIX):
+        if info.name in names:
             continue
-        pid = part_by_prefix.get(path.name.rsplit("-", 1)[0])
+        pid = part_by_prefix.get(info.name.rsplit("-", 1)[0])
         if pid is not None and pid in retrying:
-            report.notes.append(f"unregistered shard {path.name} of part {pid}: its retry is not committed yet")
+            report.notes.append(f"unregistered shard {info.name} of part {pid}: its retry is not committed yet")
         elif pid is not None and states[pid] != "done":
             report.notes.append(
-                f"unregistered shard {path.name} of unfinished part {pid} (its redelivery overwrites it)"
+                f"unregistered shard {info.name} of unfinished part {pid} (its redelivery overwrites it)"
             )
         else:
-            found.add("orphan", f"shard file {path.name} is not registered{f' (part {pid} is done)' if pid else ''}")
-    for path in tempfiles.temp_files(shard_dir):
+            found.add("orphan", f"shard file {info.name} is not registered{f' (part {pid} is done)' if pid else ''}")
+    if shard_dir.remote:  # writers' temporary files stay on their own disks
+        return
+    for path in tempfiles.temp_files(shard_dir.root):
         parsed = tempfiles.parse_temp_name(path.name)
         alive = parsed[0].alive() if parsed else None
         state = {True: "its writer is running", False: "its writer is gone", None: "written by another host"}[alive]

@@ -13,6 +13,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 from streamcap.common.settings import Check, CommonSettings, at_least, between, directory_path, fail, optional, setting
 
@@ -84,6 +85,7 @@ def format_size(n: float) -> str:
 class ShardWriterSettings(CommonSettings):
     """Shard roll-over, the disk budget and the shard tools' knobs."""
 
+    size_fields: ClassVar[tuple[str, ...]] = SIZE_FIELDS  # byte sizes, read as "200G" too (a subclass adds its own)
     shard_max_samples: int = setting(1000, check=between(1, MAX_SHARD_SAMPLES))
     """A shard rolls over to the next one after this many samples."""
     shard_max_bytes: int = setting(256 * 2**20, check=byte_size(4096, MAX_SHARD_BYTES))
@@ -100,7 +102,7 @@ class ShardWriterSettings(CommonSettings):
     """A temporary shard file of a writer on another host is swept after this long untouched."""
 
     def __post_init__(self) -> None:
-        for name in SIZE_FIELDS:
+        for name in self.size_fields:
             raw = getattr(self, name)
             size = parse_size(raw)
             if size is None:

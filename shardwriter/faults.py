@@ -11,7 +11,8 @@ Points (in the order a part passes them):
 - `after_fsync`      every temporary file of the part is fsynced, none renamed yet
 - `before_rename`    the part's lock is held and the claim confirmed, nothing renamed yet
 - `after_rename`     the shards have their final names (directory fsynced), no stats file yet
-- `before_commit`    shards and stats file are on disk, Redis is untouched
+- `during_upload`    (--shard-dir s3://...) the part's first shard is in the bucket, the rest are not
+- `before_commit`    shards and stats file are on disk (and in the bucket), Redis is untouched
 - `during_commit`    the commit script was sent to Redis but its reply is never read
 - `after_commit`     the commit was applied and acknowledged, the caller never learns it
 - `image_worker`     an image-processing worker process dies on an image (downloader.imagepool)

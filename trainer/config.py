@@ -42,6 +42,7 @@ MAX_SHUFFLE_BUFFER = 20_000
 MAX_CAPTION_SENTENCES = 100
 MAX_BAD_STEPS = 1000  # a streak longer than this is a diverged run, not a bad batch
 MAX_KEPT_CHECKPOINTS = 10_000  # 0 keeps all; above this, keep all is what is meant
+MAX_SHARD_CACHE_BYTES = 1000 * 10**12  # more than any local disk holds
 
 
 def _run_id(v: object) -> str | None:
@@ -146,6 +147,11 @@ class TrainerSettings(CommonSettings):
     """Stop after this many non-finite steps in a row (each one is skipped: no optimizer step)."""
     keep_checkpoints: int = setting(3, check=between(0, MAX_KEPT_CHECKPOINTS))
     """Keep the newest N checkpoints plus the evaluator's best and those it is evaluating (0: keep all)."""
+    # --- shards in a bucket (--shard-dir s3://bucket/prefix): the local cache (trainer.shardcache) ---
+    shard_cache: Path = setting(Path(".streamcap/shard-cache"), check=directory_path)
+    """With --shard-dir s3://...: local folder the loader downloads shards into, ahead of reading them."""
+    shard_cache_bytes: int = setting(20 * 10**9, check=between(0, MAX_SHARD_CACHE_BYTES))
+    """With --shard-dir s3://...: the shard cache's size in bytes; least recently used shards go first (0 = no limit)."""
 
     def validate(self) -> None:
         if self.resume and not self.run:

@@ -18,6 +18,10 @@ the latest state per worker and saves it with each checkpoint (see `trainer.stre
 Nothing raises out of a worker for bad data: a sample that cannot be used (corrupt tar member,
 undecodable image, image bytes that fail their checksum, missing caption column, empty caption)
 is skipped, counted and logged with its shard and key; a Redis outage is waited out.
+
+With --shard-dir s3://bucket/prefix each worker reads shards through a local cache of the bucket
+(--shard-cache, --shard-cache-bytes: trainer.shardcache), and one worker per rank (the first)
+runs the prefetcher that downloads the shards the run will hand out next.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from streamcap import bus
 from streamcap.common.lifetime import die_with_parent
+from streamcap.common.store import open_store
 from streamcap.model.config import ModelConfig
 from streamcap.trainer.augment import Augmenter, LevelSchedule
 from streamcap.trainer.config import TrainerSettings
@@ -46,6 +51,7 @@ from streamcap.trainer.samples import (
     decode_image,
     encode_caption,
 )
+from streamcap.trainer.shardcache import Prefetcher, ShardCache
 from streamcap.trainer.shardqueue import FinishedShard, ShardQueue, consumer_name, job_consumers, parent_watch
 from streamcap.trainer.stream import SampleStream
 
@@ -135,6 +141,7 @@ class _BatchMaker:
             worker_seed=seed,
             job_consumers=job_consumers(cfg.run, dataset.world_size, cfg.loader_workers),
             announce_waiting=rank == 0 and worker == 0,
+            cache=_shard_cache(cfg, dataset.redis_url, prefetch=worker == 0),
         )
         self.seeds = np.random.default_rng(seed + 1)  # per-sample augmentation seeds, part of the state
         state = dataset.worker_states.get(worker)
@@ -192,6 +199,17 @@ class _BatchMaker:
             log.warning("skipping bad data in %s: %s", where, why)
             if self.problems_logged == MAX_PROBLEM_LOGS:
                 log.warning("further bad data in this loader worker is counted, not logged")
+
+
+def _shard_cache(cfg: TrainerSettings, redis_url: str, prefetch: bool) -> ShardCache | None:
+    """For a bucket: the shard cache, and (with `prefetch`: one loader worker per rank) its prefetcher."""
+    store = open_store(cfg.shard_dir)
+    if not store.remote:
+        return None
+    cache = ShardCache(store, cfg.shard_cache, cfg.shard_cache_bytes)
+    if prefetch:
+        Prefetcher(cache, redis_url, bus.Keys(cfg.namespace), cfg.run).start()
+    return cache
 
 
 def _worker_seed(seed: int, rank: int, worker: int) -> int:

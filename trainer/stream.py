@@ -25,6 +25,11 @@ so the training process acknowledges and counts them only once it has trained on
 `state_dict()` between two samples captures everything needed to continue exactly: the open
 shards and how far each was read, the buffer as (shard, ordinal) references and the RNG. Raw
 bytes stay on disk; `load_state_dict()` reads them back.
+
+With --shard-dir s3://bucket/prefix, shards are read from a local cache of the bucket
+(trainer.shardcache, handed in as `cache`): an object gone or failing its checksum is reported
+and skipped like a missing shard file, and the time spent waiting for a bucket that does not
+answer counts as data wait (`fresh_wait_s`).
 """
 
 from __future__ import annotations
@@ -34,12 +39,14 @@ import logging
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from streamcap.formats.shards import Sample, iter_samples
 from streamcap.trainer.config import TrainerSettings
+from streamcap.trainer.shardcache import ShardCache
 from streamcap.trainer.shardqueue import FinishedShard, Orphaned, RedisDown, ShardClaim, ShardQueue
 
 log = logging.getLogger(__name__)
@@ -99,7 +106,8 @@ class SampleStream:
     It reads the loader settings of `cfg` as they are: --shard-dir, --shuffle-buffer (the buffer),
     --fresh-wait-ms, --replay and --batch-size (below a batch of buffered samples it waits or
     replays). What is this worker's own comes beside them: its seed, the consumers of the whole
-    job (whose shards are not orphans) and whether it is the one to say it waits for a shard.
+    job (whose shards are not orphans), whether it is the one to say it waits for a shard, and
+    (shards in a bucket) the local cache it reads them through.
     """
 
     def __init__(
@@ -111,8 +119,10 @@ class SampleStream:
         worker_seed: int,
         job_consumers: frozenset[str] = frozenset(),
         announce_waiting: bool = True,
+        cache: ShardCache | None = None,
     ) -> None:
         self.queue, self.cfg, self._report = queue, cfg, on_problem
+        self.cache = cache  # shards from a bucket (--shard-dir s3://...), see trainer.shardcache
         self.job_consumers, self.announce_waiting = job_consumers, announce_waiting
         self.rng = np.random.default_rng(worker_seed)
         self.counters = StreamCounters()
@@ -260,14 +270,23 @@ class SampleStream:
     def _open(self, claim: ShardClaim) -> int:
         slot, self._next_slot = self._next_slot, self._next_slot + 1
         self._opened[claim.name] = self._opened.get(claim.name, 0) + 1
-        path = self.cfg.shard_dir / claim.name
-        if path.is_file():
-            reader: Iterator[Sample] | None = iter_samples(path, on_problem=self._report)
-        else:
-            self._report(claim.name, f"shard file {path} does not exist")
-            reader = None
+        path = self._local(claim.name)
+        reader = iter_samples(path, on_problem=self._report) if path is not None else None
         self.open[slot] = OpenShard(claim=claim, reader=reader, missing=reader is None)
         return slot
+
+    def _local(self, name: str) -> Path | None:
+        """The shard's file to read, or None (said through `on_problem`): missing, or from a bucket
+        gone or failing its checksum. Waiting for a bucket counts as waiting for data."""
+        if self.cache is None:
+            path = self.cfg.shard_dir / name
+            if not path.is_file():
+                self._report(name, f"shard file {path} does not exist")
+                return None
+            return path
+        path, waited = self.cache.fetch(name, self._report, self.queue.orphaned)
+        self.counters.fresh_wait_s += waited
+        return path
 
     def _next_claim(self, may_wait: bool) -> ShardClaim | None:
         now = time.monotonic()
@@ -392,7 +411,11 @@ class SampleStream:
 
     def _restore_shard(self, slot: int, shard: OpenShard, wanted: dict[int, int], out: dict[int, Buffered]) -> None:
         """Re-read `shard` up to where it was read, putting the buffered ordinals back."""
-        reader = iter_samples(self.cfg.shard_dir / shard.claim.name, on_problem=self._report)
+        if self.cache is None:
+            reader: Iterator[Sample] = iter_samples(self.cfg.shard_dir / shard.claim.name, on_problem=self._report)
+        else:
+            path = self._local(shard.claim.name)
+            reader = iter_samples(path, on_problem=self._report) if path is not None else iter(())
         got = 0
         for ordinal, sample in zip(range(shard.read), reader):
             got += 1

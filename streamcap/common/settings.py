@@ -43,6 +43,7 @@ from typing import Any, ClassVar, Optional
 from urllib.parse import parse_qsl, urlparse
 
 from streamcap.common.secrets import PASSWORD_ENV, redact, with_password
+from streamcap.common.store import canonical_url, is_store_url, store_url_problem
 
 # A check returns None when the value is fine, else what was expected ("an integer >= 1").
 Check = Callable[[Any], "str | None"]
@@ -212,6 +213,11 @@ def directory_path(v: Any) -> str | None:
     return None if parent.is_dir() else f"a directory path ({parent} is a file)"
 
 
+def shard_location(v: Any) -> str | None:
+    """A directory (see `directory_path`) or an s3://bucket/prefix URL (streamcap.common.store)."""
+    return store_url_problem(v) if is_store_url(v) else directory_path(v)
+
+
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 DEVICES = ("auto", "cpu", "cuda")
 
@@ -252,8 +258,12 @@ class Settings:
             if expected:
                 fail(self, f.name, expected, value)
         for f in dataclasses.fields(self):  # CLI values and env vars may arrive as str
-            if f.type in _PATH_TYPES and isinstance(getattr(self, f.name), str):
-                object.__setattr__(self, f.name, Path(getattr(self, f.name)))
+            value = getattr(self, f.name)
+            if f.metadata.get("check") is shard_location and is_store_url(value):
+                # A bucket stays a URL (typer's Path made "s3:/b/p" of it): streamcap.common.store
+                object.__setattr__(self, f.name, canonical_url(value))
+            elif f.type in _PATH_TYPES and isinstance(value, str):
+                object.__setattr__(self, f.name, Path(value))
         self.validate()
 
     def validate(self) -> None:
@@ -271,8 +281,8 @@ class CommonSettings(Settings):
     """Redis server URL, e.g. redis://localhost:6379/0 (`streamcap redis` prints one)."""
     namespace: str = setting("streamcap", check=namespace)
     """Prefix of every Redis key, so several pipelines can share one server."""
-    shard_dir: Path = setting(Path("shards"), check=directory_path)
-    """Directory of the WebDataset tar shards (a shared volume in compose)."""
+    shard_dir: Path = setting(Path("shards"), check=shard_location)
+    """Directory of the WebDataset tar shards (a shared volume in compose), or s3://bucket/prefix."""
     log_level: str = setting("INFO", check=one_of(*LOG_LEVELS))
     """Log verbosity."""
 

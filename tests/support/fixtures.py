@@ -9,6 +9,10 @@ tests ask for them by name and never import them.
     r              a client of it
     image_host     a loopback ImageServer stocked for `paced_rows`, one per test module
     fleets         fleets(redis_url, keys, shard_dir, name="logs") -> a Fleet closed when the test ends
+    s3_server      a real SeaweedFS S3 server (benchmarks.seaweed) for the whole session; tests
+                   may kill and restart it like redis_server
+    bucket         a fresh, empty bucket's URL ("s3://t..."), with the AWS_* variables that reach
+                   s3_server set for the test (subprocesses inherit them)
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from pathlib import Path
 
 import pytest
 
+from benchmarks.seaweed import SeaweedS3
 from streamcap import bus
 from streamcap.bus.embedded import EmbeddedRedis
 from tests.support.fleet import Fleet
@@ -68,3 +73,20 @@ def fleets(tmp_path: Path):
     yield make
     for fleet in made:
         fleet.close()
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory):
+    with SeaweedS3(tmp_path_factory.mktemp("seaweed")) as server:
+        yield server
+
+
+@pytest.fixture
+def bucket(s3_server: SeaweedS3, monkeypatch: pytest.MonkeyPatch) -> str:
+    if not s3_server.running:  # a previous test killed it
+        s3_server.start()
+    for name, value in s3_server.env.items():
+        monkeypatch.setenv(name, value)
+    for name in ("AWS_PROFILE", "AWS_ENDPOINT_URL_S3", "AWS_SESSION_TOKEN"):
+        monkeypatch.delenv(name, raising=False)
+    return s3_server.make_bucket(f"t{uuid.uuid4().hex[:12]}")
