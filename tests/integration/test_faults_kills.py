@@ -44,7 +44,7 @@ def cpu_hogs() -> Iterator[list[subprocess.Popen]]:
     finally:
         for hog in hogs:
             hog.kill()
-            hog.wait(10)
+            timing.wait(hog, 10)
 
 
 def test_random_sigkills_of_downloaders_lose_and_double_nothing(

@@ -138,7 +138,7 @@ def test_enqueueing_a_source_twice_and_concurrently_adds_each_part_once(
         for _ in range(n):
             proc = fleet.start(*enqueue[1:], command="enqueue")
             if not at_once:
-                assert proc.wait(60) == 0, fleet.tail(proc)
+                assert timing.wait(proc, 60) == 0, fleet.tail(proc)
         fleet.wait_all(60)
         messages = [fleet.tail(p) for p in fleet.procs]
         assert sum("enqueued source src: 9 rows in 3 parts" in m for m in messages) == 1, messages

@@ -5,18 +5,25 @@
     deadline = Deadline(60)     # .left(), .passed(): keeps stretching while the machine stays busy
     wait(proc, 90)              # Popen.wait against a Deadline: TimeoutExpired only past the scaled bound
 
+As a pytest plugin (tests/conftest.py registers it), it makes each test's pytest-timeout (pyproject's
+`timeout`, or a `timeout` marker) a Deadline as well.
+
 A bound is what the wait takes on a quiet machine with margin, not a measure of speed: a machine
 whose runnable processes outnumber its cores n times runs each of them about n times slower, so
-the bound is multiplied by `scale()`, up to MAX_SCALE (a hung test still ends). The pytest-timeout
-of every test (pyproject's `timeout`, or a `timeout` marker) is a Deadline too (tests/conftest.py).
-No test asserts on speed: a deadline only says when waiting for a condition is hopeless.
+the bound is multiplied by `scale()`, up to MAX_SCALE (a hung test still ends). No test asserts
+on speed: a deadline only says when waiting for a condition has become hopeless.
 """
 
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
+import threading
 import time
+
+import pytest
+import pytest_timeout
 
 SCALE_ENV = "STREAMCAP_TEST_TIMEOUT_SCALE"
 MAX_SCALE = 12.0  # load 24 on 2 cores; beyond that a bound stops growing (STREAMCAP_TEST_TIMEOUT_SCALE may go further)
@@ -89,3 +96,38 @@ def wait(proc: subprocess.Popen, seconds: float) -> int:
         except subprocess.TimeoutExpired:
             if deadline.passed():
                 raise subprocess.TimeoutExpired(proc.args, deadline.allowed()) from None
+
+
+# --- the pytest plugin -----------------------------------------------------------------------------
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    return f"test deadlines x{scale():.1f} for the load ({load_per_core():.1f} per core; {SCALE_ENV} fixes the factor)"
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_timeout_set_timer(item: pytest.Item, settings: pytest_timeout.Settings) -> bool:
+    """pytest-timeout's timer, its timeout a `Deadline`: when it rings on a machine that got
+    busy since the test started, it is set again for the rest of the stretched bound, and the
+    test fails only once that is spent too."""
+    deadline = Deadline(settings.timeout)
+    if settings.method != "signal" or threading.current_thread() is not threading.main_thread():
+        # pytest-timeout's thread timer, scaled once at the start
+        return pytest_timeout.pytest_timeout_set_timer(item, settings._replace(timeout=deadline.allowed()))
+
+    def ring(signum, frame) -> None:
+        __tracebackhide__ = True
+        left = deadline.left()
+        if left > 0.5:
+            signal.setitimer(signal.ITIMER_REAL, left)
+            return
+        pytest_timeout.timeout_sigalrm(item, settings._replace(timeout=deadline.allowed()))
+
+    def cancel() -> None:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, signal.SIG_DFL)
+
+    item.cancel_timeout = cancel  # what pytest-timeout's pytest_timeout_cancel_timer calls
+    signal.signal(signal.SIGALRM, ring)
+    signal.setitimer(signal.ITIMER_REAL, deadline.left())
+    return True
