@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.support import timing
+
 LAST_LINE = re.compile(r"^demo: CIDEr (\d+\.\d+) \(baseline (\d+\.\d+)\), BLEU-4 (\d+\.\d+), report (\S+)$")
 
 
@@ -26,7 +28,7 @@ def demo(workdir: Path, *args: str, timeout: float) -> subprocess.CompletedProce
         capture_output=True,
         text=True,
         env=env,
-        timeout=timeout,
+        timeout=timing.scaled(timeout),
     )
 
 
@@ -46,7 +48,7 @@ def test_demo_learns_and_a_second_run_reuses_the_workdir(tmp_path):
         [sys.executable, "-m", "streamcap", "shards", "verify", "--shard-dir", str(tmp_path / "shards"), "--json"],
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=timing.scaled(120),
     )
     assert verify.returncode == 0, verify.stdout[-2000:]
 

@@ -40,6 +40,7 @@ from streamcap.shardwriter.config import ShardWriterSettings
 from streamcap.text.tokenizer import WordPieceTokenizer
 from streamcap.text.vocab import count_words, train_vocab
 from streamcap.trainer.config import TrainerSettings
+from tests.support import timing
 from tests.support.evalsets import karpathy_set
 from tests.support.fleet import STREAMCAP, download
 from tests.support.http import ImageServer
@@ -328,7 +329,7 @@ def started(tmp_path: Path):
         for proc in procs.values():
             if proc.poll() is None:
                 proc.kill()
-            proc.wait(10)
+            timing.wait(proc, 10)
 
 
 def log_of(tmp_path: Path, name: str) -> str:
@@ -436,13 +437,13 @@ def test_services_started_before_redis_wait_for_it_then_carry_on(keys, tmp_path)
         assert all(proc.poll() is None for proc in procs.values()), {n: log_of(tmp_path, n) for n in procs}
         with EmbeddedRedis(data_dir=tmp_path / "redis", port=port) as late:
             r = bus.connect(late.url)
-            assert procs["enqueue"].wait(60) == 0, log_of(tmp_path, 60, "enqueue")
+            assert timing.wait(procs["enqueue"], 60) == 0, log_of(tmp_path, 60, "enqueue")
             assert "enqueued source late: 8 rows in 2 parts" in log_of(tmp_path, "enqueue")
             wait_until(lambda: r.scard(keys.parts_done) == 2, 60, "the downloader to commit both parts")
             procs["download"].send_signal(signal.SIGTERM)  # a service: stopped once its work is done
-            assert procs["download"].wait(30) == 0, log_of(tmp_path, "download")
-            assert procs["train"].wait(120) == 0, log_of(tmp_path, "train")
-            assert procs["eval"].wait(60) == 0, log_of(tmp_path, "eval")
+            assert timing.wait(procs["download"], 30) == 0, log_of(tmp_path, "download")
+            assert timing.wait(procs["train"], 120) == 0, log_of(tmp_path, "train")
+            assert timing.wait(procs["eval"], 60) == 0, log_of(tmp_path, "eval")
             assert "step-00000002" in " ".join(p.name for p in (tmp_path / "ck" / "late").iterdir())
             report = final_audit(r, keys, shard_dir)
             assert report.samples == 8

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from urllib.parse import urlencode
 
+from tests.support import timing
 from tests.support.fleet import download
 from tests.support.http import ImageServer
 from tests.support.images import jpeg_bytes
@@ -114,7 +115,7 @@ def test_a_busy_host_gets_at_most_per_host_connections_and_its_retry_after_is_ho
             # own waits are under test, not pausing the host for everyone (test_hosts.py).
             "--host-backoff-cap",
             "0",
-            timeout=120,
+            timeout=timing.scaled(120),
         )
         assert ran.returncode == 0, ran.log
         requests = server.requests_to("/busy")

@@ -33,6 +33,7 @@ from streamcap.shardwriter.registry import registered_shards
 from streamcap.text.tokenizer import WordPieceTokenizer
 from streamcap.text.vocab import count_words, train_vocab
 from streamcap.trainer.dataset import make_loader
+from tests.support import timing
 from tests.support.fleet import STREAMCAP
 from tests.support.images import jpeg_bytes, png_claiming
 from tests.support.loader import stream_dataset
@@ -230,7 +231,9 @@ def nothing_extracted(shard_dir: Path) -> bool:
 
 def test_verify_rejects_every_damaged_shard_naming_it_and_why(tmp_path):
     shards = hostile_shards(tmp_path / "shards")
-    out = subprocess.run([*STREAMCAP, "shards", "verify", str(shards.dir)], capture_output=True, text=True, timeout=60)
+    out = subprocess.run(
+        [*STREAMCAP, "shards", "verify", str(shards.dir)], capture_output=True, text=True, timeout=timing.scaled(60)
+    )
     assert out.returncode == 1, out.stdout + out.stderr
     bad = {line.split()[1].rsplit("/", 1)[-1] for line in out.stdout.splitlines() if line.startswith("BAD ")}
     assert bad == {name for name, reason in shards.reasons.items() if reason}
@@ -244,7 +247,7 @@ def test_verify_rejects_every_damaged_shard_naming_it_and_why(tmp_path):
         [*STREAMCAP, "shards", "verify", "--json", str(shards.dir / "good.tar")],
         capture_output=True,
         text=True,
-        timeout=60,
+        timeout=timing.scaled(60),
     )
     assert as_json.returncode == 0 and json.loads(as_json.stdout)["results"][0]["samples"] == 3
     assert nothing_extracted(shards.dir)
@@ -268,7 +271,7 @@ def test_verify_quarantine_moves_and_unregisters_the_damaged_shards(r, keys, red
         ],
         capture_output=True,
         text=True,
-        timeout=60,
+        timeout=timing.scaled(60),
     )
     assert out.returncode == 1, out.stdout + out.stderr
     damaged = {name for name, reason in shards.reasons.items() if reason}

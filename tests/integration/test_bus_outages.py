@@ -11,6 +11,7 @@ import pytest
 from redis.exceptions import BusyLoadingError
 
 from streamcap import bus
+from tests.support import timing
 
 
 def test_a_server_still_loading_its_data_counts_as_down():
@@ -62,7 +63,7 @@ def test_a_stop_ends_the_wait_while_redis_is_still_down(redis_server, keys, r):
         caller = threading.Thread(target=call, daemon=True)
         caller.start()
         stop.set()  # what a SIGTERM handler does
-        caller.join(timeout=30)
+        caller.join(timeout=timing.scaled(30))
         assert not caller.is_alive(), "the wait did not end on stop"
         assert outcome == ["stopped waiting for Redis during a doomed call"]
     finally:

@@ -14,6 +14,7 @@ from PIL import Image
 from streamcap.model.caption_model import CaptionModel, ModelConfig
 from streamcap.model.checkpoint import save_checkpoint
 from streamcap.text.tokenizer import WordPieceTokenizer
+from tests.support import timing
 
 ROOT = Path(__file__).resolve().parents[2]
 VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a", "dog", "cat", "on", "the", "beach", "grass", "."]
@@ -43,7 +44,11 @@ def files(tmp_path) -> Path:
 
 def run(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "streamcap", "caption", *args], capture_output=True, text=True, cwd=cwd, timeout=90
+        [sys.executable, "-m", "streamcap", "caption", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        timeout=timing.scaled(90),
     )
 
 

@@ -7,12 +7,12 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 from streamcap import bus
 from streamcap.bus.embedded import free_port
 from streamcap.formats.heartbeats import DownloaderHeartbeat
+from tests.support import timing
 from tests.support.fleet import redis_clients_of
 from tests.support.heartbeats import record
 from tests.support.pipeline import wait_until
@@ -22,7 +22,9 @@ STREAMCAP = [sys.executable, "-m", "streamcap"]
 
 def run_cli(*args: str, env: dict | None = None, timeout: float = 60) -> subprocess.CompletedProcess:
     full_env = {**os.environ, **(env or {})}
-    return subprocess.run([*STREAMCAP, *args], capture_output=True, text=True, env=full_env, timeout=timeout)
+    return subprocess.run(
+        [*STREAMCAP, *args], capture_output=True, text=True, env=full_env, timeout=timing.scaled(timeout)
+    )
 
 
 def test_status_json_reports_server_and_key_sizes(r, keys, redis_url):
@@ -48,7 +50,7 @@ def test_status_table_for_people(redis_url, keys):
 
 def test_status_without_redis_url_says_what_to_do():
     env = {k: v for k, v in os.environ.items() if k != "REDIS_URL"}
-    out = subprocess.run([*STREAMCAP, "status"], capture_output=True, text=True, env=env, timeout=60)
+    out = subprocess.run([*STREAMCAP, "status"], capture_output=True, text=True, env=env, timeout=timing.scaled(60))
     assert out.returncode == 1
     assert out.stderr.strip().splitlines() == [
         "streamcap: error: REDIS_URL is not set: run `streamcap redis` in another shell and export the "
@@ -84,8 +86,8 @@ def test_streamcap_redis_runs_a_server_in_the_foreground(tmp_path: Path):
     )
     try:
         url = None
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and url is None:
+        deadline = timing.Deadline(30)
+        while not deadline.passed() and url is None:
             line = proc.stdout.readline()
             if line.startswith("export REDIS_URL="):
                 url = line.strip().split("=", 1)[1]
@@ -95,7 +97,7 @@ def test_streamcap_redis_runs_a_server_in_the_foreground(tmp_path: Path):
         assert json.loads(out.stdout)["redis"]["persistence"] == "aof"
     finally:
         proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=30) == 0
+        assert timing.wait(proc, 30) == 0
     assert (tmp_path / "data").exists()
 
 
@@ -135,6 +137,6 @@ def test_status_watch_refreshes_until_interrupted(redis_url, keys, r):
         )
     finally:
         proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=30)
+        out, err = proc.communicate(timeout=timing.scaled(30))
     assert proc.returncode == 0, err
     assert "Queue (parts)" in out and "Trainer" in out

@@ -19,6 +19,7 @@ from streamcap.downloader.config import DownloaderSettings
 from streamcap.downloader.service import Worker
 from streamcap.formats.shards import iter_samples
 from streamcap.shardwriter.audit import audit
+from tests.support import timing
 from tests.support.addresses import MapResolver, loopback_one_is_public
 from tests.support.fleet import Fleet, cli_json, heartbeats
 from tests.support.http import ImageServer
@@ -190,9 +191,9 @@ def test_sigkill_mid_part_another_worker_reclaims_it_and_nothing_is_lost(r, keys
     )
     assert not r.smembers(keys.parts_done)  # mid-part: some rows fetched, none committed
     victim.send_signal(signal.SIGKILL)
-    victim.wait(10)
+    timing.wait(victim, 10)
     rescuer = fleet.start("--exit-when-empty", "--lease-seconds", "2", log=tmp_path / "rescuer.log")
-    assert rescuer.wait(60) == 0, (tmp_path / "rescuer.log").read_text()
+    assert timing.wait(rescuer, 60) == 0, (tmp_path / "rescuer.log").read_text()
     assert "delivery 2" in (tmp_path / "rescuer.log").read_text()
     report = cli_audit(redis_url, keys, shard_dir)
     assert (report["lost"], report["duplicates"], report["samples"]) == (0, 0, 16)
@@ -207,7 +208,7 @@ def test_sigterm_releases_the_part_in_flight_and_exits_cleanly(r, keys, redis_ur
     [beat] = heartbeats(r, keys)
     assert beat.pid == worker.pid and beat.concurrency == 2 and beat.state in ("idle", "working")
     worker.send_signal(signal.SIGTERM)
-    assert worker.wait(20) == 0
+    assert timing.wait(worker, 20) == 0
     log = (tmp_path / "worker.log").read_text()
     assert "SIGTERM received" in log and "released part src:0" in log
     summary = [line for line in log.splitlines() if "stopped (stop requested)" in line]
@@ -216,7 +217,7 @@ def test_sigterm_releases_the_part_in_flight_and_exits_cleanly(r, keys, redis_ur
     assert pending["times_delivered"] == 0  # a graceful release does not count against the part
     assert bus.read_heartbeats(r, keys, bus.ROLE_DOWNLOADER) == []
     rescuer = fleet.start("--exit-when-empty", log=tmp_path / "rescuer.log")
-    assert rescuer.wait(60) == 0, (tmp_path / "rescuer.log").read_text()
+    assert timing.wait(rescuer, 60) == 0, (tmp_path / "rescuer.log").read_text()
     report = cli_audit(redis_url, keys, shard_dir)
     assert (report["lost"], report["duplicates"], report["samples"]) == (0, 0, 8)
 
@@ -233,7 +234,7 @@ def test_a_worker_started_before_redis_waits_for_it(keys, tmp_path, server, flee
     with EmbeddedRedis(data_dir=tmp_path / "redis", port=port) as late:
         r = bus.connect(late.url)
         enqueue_rows(r, keys, shard_dir, [(server.url("/img/good.jpg"), CAPTION)] * 3, part_size=2)
-        assert worker.wait(60) == 0, (tmp_path / "worker.log").read_text()
+        assert timing.wait(worker, 60) == 0, (tmp_path / "worker.log").read_text()
         final_audit(r, keys, shard_dir)
 
 
@@ -246,7 +247,7 @@ def test_a_live_worker_keeps_its_part_past_the_lease(r, keys, redis_url, server,
     owner = fleet.start(*args, log=tmp_path / "owner.log")
     wait_until(lambda: pending_parts(r, keys) >= 1, what="the first worker to claim the part")
     other = fleet.start(*args, log=tmp_path / "other.log")
-    assert owner.wait(60) == 0 and other.wait(60) == 0
+    assert timing.wait(owner, 60) == 0 and timing.wait(other, 60) == 0
     logs = (tmp_path / "owner.log").read_text() + (tmp_path / "other.log").read_text()
     assert "delivery 2" not in logs and "lost the claim" not in logs
     assert r.hget(keys.stats, bus.STAT_COMMITS_WASTED) is None
@@ -262,6 +263,6 @@ def test_redis_restarting_mid_part_is_ridden_out(r, keys, redis_url, redis_serve
     redis_server.kill()
     time.sleep(2.0)  # the stimulus: an outage of 2 s, within what the client's own retries ride out
     redis_server.start()  # same port, same AOF
-    assert worker.wait(90) == 0, (tmp_path / "worker.log").read_text()
+    assert timing.wait(worker, 90) == 0, (tmp_path / "worker.log").read_text()
     report = final_audit(r, keys, shard_dir)
     assert report.samples == 8

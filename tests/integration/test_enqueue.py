@@ -14,6 +14,7 @@ from streamcap import bus
 from streamcap.downloader.config import EnqueueSettings
 from streamcap.downloader.enqueue import describe_source, enqueue
 from streamcap.formats.records import PartRecord
+from tests.support import timing
 
 STREAMCAP = [sys.executable, "-m", "streamcap"]
 
@@ -103,7 +104,7 @@ def test_concurrent_enqueues_of_one_source_add_each_part_once(r, keys, redis_url
         )
         for _ in range(4)
     ]
-    outs = [p.communicate(timeout=60) for p in procs]
+    outs = [p.communicate(timeout=timing.scaled(60)) for p in procs]
     assert all(p.returncode == 0 for p in procs), outs
     added = [out for out, _ in outs if out.startswith("enqueued source pop: 2500 rows in 25 parts")]
     already = [out for out, _ in outs if out.startswith("source pop is already enqueued")]

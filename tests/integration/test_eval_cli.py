@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.support import timing
 from tests.support.evalsets import karpathy_set, tiny_checkpoint
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -23,7 +24,7 @@ def streamcap(*args: str, env: dict[str, str] | None = None, timeout: float = 90
         text=True,
         cwd=ROOT,
         env={**os.environ, **(env or {})},
-        timeout=timeout,
+        timeout=timing.scaled(timeout),
     )
 
 

@@ -18,6 +18,7 @@ from streamcap.eval.config import EvalSettings
 from streamcap.eval.datasets import load_eval_set
 from streamcap.eval.outputs import EvalResult
 from streamcap.eval.watcher import Watcher
+from tests.support import timing
 from tests.support.evalsets import karpathy_set, publish, tiny_checkpoint
 from tests.support.fleet import heartbeat_records
 from tests.support.pipeline import wait_until
@@ -165,7 +166,7 @@ def test_a_crash_mid_evaluation_leaves_the_checkpoint_to_another_evaluator(world
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=30)
+        timing.wait(proc, 30)
         proc.stderr.close()
     assert evals(r, keys) == [] and pending(r, keys) == 1
 
@@ -202,7 +203,7 @@ def test_two_evaluators_never_evaluate_the_same_checkpoint(world, redis_url, key
     for t in threads:
         t.start()
     for t in threads:
-        t.join(timeout=100)
+        t.join(timeout=timing.scaled(100))
     assert errors == [] and not any(t.is_alive() for t in threads)
     results = evals(r, keys)
     assert sorted(e["entry"] for e in results) == sorted(entries)  # each once, none twice

@@ -29,12 +29,13 @@ import pytest
 
 from streamcap import bus
 from streamcap.shardwriter import tempfiles
+from tests.support import timing
 from tests.support.fleet import cli_json, fault_env, heartbeats
 from tests.support.pipeline import enqueue_rows, final_audit, paced_rows, wait_until
 
 
 def _run(*cmd: str) -> None:
-    subprocess.run(cmd, check=True, capture_output=True, timeout=30)
+    subprocess.run(cmd, check=True, capture_output=True, timeout=timing.scaled(30))
 
 
 @pytest.fixture
@@ -56,7 +57,7 @@ def mounts() -> Iterator[list[Path]]:
         yield made
     finally:
         for point in reversed(made):
-            subprocess.run(["umount", "-l", str(point)], capture_output=True, timeout=30)
+            subprocess.run(["umount", "-l", str(point)], capture_output=True, timeout=timing.scaled(30))
 
 
 def read_only(mounts: list[Path], directory: Path) -> None:
@@ -128,7 +129,7 @@ def test_a_read_only_shard_dir_pauses_downloads_until_it_is_writable(
 
     ckeys, shard_dir, fleet = runs["stays"]
     [proc] = fleet.procs
-    assert proc.wait(90) == 3, fleet.tail(proc)
+    assert timing.wait(proc, 90) == 3, fleet.tail(proc)
     last = fleet.tail(proc).strip().splitlines()[-3:]
     assert any("giving up after" in line and "shard dir not writable: Read-only file system" in line for line in last)
     report = final_audit(r, ckeys, shard_dir, expect_done=False)
@@ -152,7 +153,7 @@ def test_a_full_tmpfs_leaves_no_temporary_shard_and_loses_no_part(
     # The failed attempt removed its temporary shard although closing it hit ENOSPC again.
     assert tempfiles.temp_files(shard_dir) == [], "a temporary shard outlived its attempt"
     fleet.kill(first, signal.SIGTERM)
-    assert first.wait(60) == 0, fleet.tail(first)
+    assert timing.wait(first, 60) == 0, fleet.tail(first)
     assert tempfiles.temp_files(shard_dir) == [] and not list(shard_dir.glob("*.tar"))
     assert r.xlen(keys.parts_dead) == 0 and r.hlen(keys.parts_strikes) == 0
     filler.unlink()  # space is back
@@ -211,7 +212,7 @@ def test_lost_deliveries_spare_a_healthy_part_but_not_one_that_kills_its_worker(
             if kill < kills:
                 victims.append((fleet, fleet.start(*args, env=fault_env("after_fetch", part="src:0"))))
         for fleet, victim in victims:
-            assert victim.wait(90) == -signal.SIGKILL, fleet.tail(victim)
+            assert timing.wait(victim, 90) == -signal.SIGKILL, fleet.tail(victim)
             fleet.killed.add(victim.pid)
     for _case, (_ckeys, _shard_dir, fleet, _kills) in runs.items():
         fleet.start(*args)

@@ -26,7 +26,8 @@ import pytest
 from streamcap import bus
 from streamcap.formats.shards import stats_name
 from streamcap.shardwriter import faults
-from tests.support.fleet import Fleet, fault_env, process_state
+from tests.support import timing
+from tests.support.fleet import Fleet, fault_env, lease, process_state
 from tests.support.pipeline import enqueue_rows, final_audit, histogram_line, paced_rows, pending_parts, wait_until
 
 KILLS = 10
@@ -43,7 +44,7 @@ def cpu_hogs() -> Iterator[list[subprocess.Popen]]:
     finally:
         for hog in hogs:
             hog.kill()
-            hog.wait(10)
+            timing.wait(hog, 10)
 
 
 def test_random_sigkills_of_downloaders_lose_and_double_nothing(
@@ -103,12 +104,12 @@ def test_a_kill_at_each_commit_window_ends_with_the_part_committed_once(
         runs[window] = (wkeys, shard_dir, fleet)
     for window, (wkeys, _shard_dir, fleet) in runs.items():
         [victim] = fleet.procs
-        assert victim.wait(90) == -signal.SIGKILL, f"{window}: " + fleet.tail(victim)
+        assert timing.wait(victim, 90) == -signal.SIGKILL, f"{window}: " + fleet.tail(victim)
         fleet.killed.add(victim.pid)
         assert f"SIGKILL at {window}" in fleet.tail(victim)
         committed = window in ("during_commit", "after_commit")
         assert r.sismember(wkeys.parts_done, "src:0") == committed, window
-        fleet.start("--exit-when-empty", "--lease-seconds", "1")
+        fleet.start("--exit-when-empty", *lease())
     for window, (wkeys, shard_dir, fleet) in runs.items():
         fleet.wait_all(90)
         report = final_audit(r, wkeys, shard_dir)
@@ -142,8 +143,8 @@ def test_a_worker_frozen_past_its_lease_changes_nothing_when_it_wakes(
     fleet = fleets(redis_url, keys, shard_dir)
     slow = fleet.start("--exit-when-empty", "--lease-seconds", "1", env=fault_env(f"{point}:stop"))
     wait_until(lambda: process_state(slow.pid) == "T", 60, f"the worker to freeze at {point}")
-    rescuer = fleet.start("--exit-when-empty", "--lease-seconds", "1")
-    assert rescuer.wait(60) == 0, fleet.tail(rescuer)
+    rescuer = fleet.start("--exit-when-empty", *lease())
+    assert timing.wait(rescuer, 60) == 0, fleet.tail(rescuer)
     assert "delivery 2" in fleet.tail(rescuer) and r.sismember(keys.parts_done, "src:0")
     winner = _files(shard_dir)
     os.kill(slow.pid, signal.SIGCONT)
@@ -166,7 +167,7 @@ def test_a_worker_frozen_between_its_claim_check_and_its_renames_cannot_overwrit
     fleet = fleets(redis_url, keys, shard_dir)
     slow = fleet.start("--exit-when-empty", "--lease-seconds", "1", env=fault_env("before_rename:stop"))
     wait_until(lambda: process_state(slow.pid) == "T", 60, "the worker to freeze before its renames")
-    rescuer = fleet.start("--exit-when-empty", "--lease-seconds", "1")
+    rescuer = fleet.start("--exit-when-empty", *lease())
     waiting = f"waiting for pid {slow.pid} "
     wait_until(
         lambda: waiting in fleet.tail(rescuer) or r.sismember(keys.parts_done, "src:0"),

@@ -12,7 +12,8 @@ from __future__ import annotations
 from streamcap import bus
 from streamcap.bus.partqueue import read_part_queue
 from streamcap.shardwriter import tempfiles
-from tests.support.fleet import cli_json, fault_env, heartbeats
+from tests.support import timing
+from tests.support.fleet import cli_json, fault_env, heartbeats, lease
 from tests.support.pipeline import enqueue_rows, final_audit, paced_rows, wait_until, write_parquet
 
 
@@ -52,7 +53,10 @@ def test_a_full_disk_registers_nothing_and_the_service_waits_for_space_or_gives_
 ):
     """Two pipelines at once: on one the disk frees up, on the other it stays full. A full disk
     is the environment's failure: no delivery is counted and no part dies, whatever
-    --max-deliveries; a batch run that stays full gives up with exit code 3 and one line."""
+    --max-deliveries; a batch run that stays full gives up with exit code 3 and one line.
+
+    The pause is watched where it lasts as long as the test looks (--environment-patience 600);
+    the run that gives up after 8 s says in its log that it paused, so no check races its end."""
     runs = {}
     for case in ("frees_up", "stays_full"):
         ckeys, shard_dir, full = (
@@ -65,8 +69,7 @@ def test_a_full_disk_registers_nothing_and_the_service_waits_for_space_or_gives_
         fleet = fleets(redis_url, ckeys, shard_dir, name=f"{case}-logs")
         fleet.start(
             "--exit-when-empty",
-            "--lease-seconds",
-            "2",
+            *lease(2),
             "--max-deliveries",
             "1",
             "--environment-patience",
@@ -74,37 +77,53 @@ def test_a_full_disk_registers_nothing_and_the_service_waits_for_space_or_gives_
             env=fault_env("enospc", while_file=full),
         )
         runs[case] = (ckeys, shard_dir, full, fleet)
-    for case, (ckeys, _shard_dir, _full, fleet) in runs.items():
-        [beat] = wait_until(
-            lambda ckeys=ckeys: [b for b in heartbeats(r, ckeys) if b.state == "paused_for_disk"],
-            60,
-            f"{case}: the downloader to pause for the full disk",
-        )
-        assert beat.reason.startswith("disk_full: No space left on device"), beat
-        assert "shard disk full: no new parts" in fleet.logs()
+    ckeys, shard_dir, full, fleet = runs["frees_up"]
+    [beat] = wait_until(
+        lambda: [b for b in heartbeats(r, ckeys) if b.state == "paused_for_disk"],
+        60,
+        "the downloader to pause for the full disk",
+    )
+    assert beat.reason.startswith("disk_full: No space left on device"), beat
+    assert "shard disk full: no new parts" in fleet.logs()
+
+    def paused_status() -> dict | None:
         status = cli_json(redis_url, ckeys, shard_dir, "status")
-        assert status["urls"]["paused_for_disk"] == 1
-        assert any("found the shard disk full (disk_full: No space left" in hint for hint in status["hints"])
-        # Nothing half-written is registered or left behind.
-        assert r.xlen(ckeys.shards) == 0 and not list(shard_dir.glob("*.tar")) and not list(shard_dir.glob("*.json"))
-        assert tempfiles.temp_files(shard_dir) == []
-    frees_up, stays_full = runs["frees_up"], runs["stays_full"]
-    frees_up[2].unlink()  # space is back
-    frees_up[3].wait_all(90)  # the same process, up all along, finished by itself
-    report = final_audit(r, frees_up[0], frees_up[1])
-    assert report.parts["done"] == 1 and report.samples == 4 and report.deliveries == {1: 1}
-    [gave_up] = stays_full[3].procs
-    assert gave_up.wait(90) == 3, stays_full[3].tail(gave_up)
-    last = stays_full[3].tail(gave_up).strip().splitlines()
-    assert any("giving up after" in line and "disk_full: No space left on device" in line for line in last[-3:])
-    report = final_audit(r, stays_full[0], stays_full[1], expect_done=False)
+        return status if status["urls"]["paused_for_disk"] == 1 else None
+
+    # Each retry of the part after a back-off shows `working` while it runs (and fails again), so
+    # `status` is read until it shows the pause, as an operator sees it nearly all the time.
+    status = wait_until(paused_status, 60, "`streamcap status` to report the pause")
+    assert any("found the shard disk full (disk_full: No space left" in hint for hint in status["hints"])
+
+    stays_ckeys, stays_dir, _, stays_fleet = runs["stays_full"]
+    [gave_up] = stays_fleet.procs
+    assert timing.wait(gave_up, 90) == 3, stays_fleet.tail(gave_up)
+    log = stays_fleet.tail(gave_up)
+    assert "shard disk full: no new parts" in log  # it paused too, until its patience ran out
+    assert any(
+        "giving up after" in line and "disk_full: No space left on device" in line
+        for line in log.strip().splitlines()[-3:]
+    )
+    assert heartbeats(r, stays_ckeys) == []  # gone from `streamcap status`
+
+    # Nothing half-written is registered, on either disk; nor left behind by the run that ended (the
+    # other may be inside a retry, its temporary file not yet removed: its final audit checks it).
+    for case_keys, case_dir, _, _ in runs.values():
+        assert r.xlen(case_keys.shards) == 0 and not list(case_dir.glob("*.tar")) and not list(case_dir.glob("*.json"))
+    assert tempfiles.temp_files(stays_dir) == []
+    report = final_audit(r, stays_ckeys, stays_dir, expect_done=False)
     # Released for the next run (claimable at once), never counted against: nothing is dead.
     assert (report.parts["done"], report.parts["dead"], report.parts["pending"] + report.parts["in_flight"]) == (
         0,
         0,
         1,
     )
-    assert r.hlen(stays_full[0].parts_strikes) == 0
+    assert r.hlen(stays_ckeys.parts_strikes) == 0
+
+    full.unlink()  # space is back
+    fleet.wait_all(90)  # the same process, up all along, finished by itself
+    report = final_audit(r, ckeys, shard_dir)
+    assert report.parts["done"] == 1 and report.samples == 4 and report.deliveries == {1: 1}
 
 
 def test_enqueueing_a_source_twice_and_concurrently_adds_each_part_once(
@@ -119,7 +138,7 @@ def test_enqueueing_a_source_twice_and_concurrently_adds_each_part_once(
         for _ in range(n):
             proc = fleet.start(*enqueue[1:], command="enqueue")
             if not at_once:
-                assert proc.wait(60) == 0, fleet.tail(proc)
+                assert timing.wait(proc, 60) == 0, fleet.tail(proc)
         fleet.wait_all(60)
         messages = [fleet.tail(p) for p in fleet.procs]
         assert sum("enqueued source src: 9 rows in 3 parts" in m for m in messages) == 1, messages

@@ -16,6 +16,7 @@ import time
 from benchmarks.redis_proxy import RedisProxy
 from streamcap import bus
 from streamcap.shardwriter.audit import audit
+from tests.support import timing
 from tests.support.fleet import COMMIT_SHA, cli_json, trainer_args, trainer_step
 from tests.support.pipeline import CAPTION, enqueue_rows, final_audit, paced_rows, pending_parts, vocab_file, wait_until
 
@@ -77,7 +78,7 @@ def test_redis_sigkilled_mid_run_every_service_reconnects_and_status_shows_it(
     at_restart = _lines(metrics)
     downloaders = [p for p in fleet.procs if p is not trainer]
     for proc in downloaders:
-        assert proc.wait(120) == 0, fleet.tail(proc)
+        assert timing.wait(proc, 120) == 0, fleet.tail(proc)
     wait_until(lambda: _lines(metrics) > at_restart + 2, 60, "the trainer to step on after the restart")
     trainer.send_signal(signal.SIGTERM)
     fleet.wait_all(60)

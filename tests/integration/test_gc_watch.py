@@ -12,6 +12,7 @@ from streamcap.ops import status
 from streamcap.shardwriter.registry import registered_shards
 from streamcap.shardwriter.retention import disk_pressure, shard_bytes_on_disk
 from tests.integration.test_shardwriter_retention import fill, read, start_run
+from tests.support import timing
 from tests.support.parts import enqueue_source, process_part
 from tests.support.pipeline import wait_until
 
@@ -56,7 +57,7 @@ def test_the_watch_frees_read_shards_round_after_round_and_downloads_resume(r, r
         assert gc and names[0] in r.smembers(keys.shards_deleted)
     finally:
         watch.send_signal(signal.SIGTERM)
-        out, _ = watch.communicate(timeout=30)
+        out, _ = watch.communicate(timeout=timing.scaled(30))
     assert watch.returncode == 0, out
     assert "gc watch stopped" in out and "Traceback" not in out
     assert status.collect(r, keys)["shards"]["gc"] is None  # a stopped watch leaves no heartbeat

@@ -7,13 +7,18 @@ import subprocess
 import sys
 
 from streamcap.bus.embedded import EmbeddedRedis
+from tests.support import timing
 
 PASSWORD = "k3/Yq+Zr@x9=="
 
 
 def streamcap(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "streamcap", *args], capture_output=True, text=True, env=os.environ | env, timeout=60
+        [sys.executable, "-m", "streamcap", *args],
+        capture_output=True,
+        text=True,
+        env=os.environ | env,
+        timeout=timing.scaled(60),
     )
 
 

@@ -19,6 +19,7 @@ from streamcap import bus
 from streamcap.shardwriter import faults
 from streamcap.shardwriter.audit import audit
 from streamcap.shardwriter.reconcile import reconcile
+from tests.support import timing
 from tests.support.parts import enqueue_source, process_part
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -35,7 +36,7 @@ def run_worker(redis_url: str, keys: bus.Keys, shard_dir: Path, consumer: str, f
         env=env,
         capture_output=True,
         text=True,
-        timeout=60,
+        timeout=timing.scaled(60),
     )
 
 

@@ -15,6 +15,7 @@ from streamcap.downloader.fetch import FetchResult
 from streamcap.downloader.service import Worker
 from streamcap.downloader.stragglers import PartProgress, _OnWire
 from streamcap.formats.records import part_id
+from tests.support import timing
 from tests.support.http import ImageServer
 from tests.support.images import jpeg_bytes
 from tests.support.pipeline import enqueue_rows, final_audit, outcomes, part_stats, worker_settings
@@ -36,10 +37,9 @@ def settings(redis_url: str, keys, shard_dir: Path, **overrides) -> DownloaderSe
 
 
 async def wait_for(condition, timeout: float, what: str) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
+    deadline = timing.Deadline(timeout)
     while not condition():
-        assert loop.time() < deadline, f"timed out after {timeout:g} s waiting for {what}"
+        assert not deadline.passed(), f"timed out after {deadline.describe()} waiting for {what}"
         await asyncio.sleep(0.05)
 
 

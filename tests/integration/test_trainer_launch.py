@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 from streamcap.demo.synthetic import add_part, demo_samples, demo_tokenizer
+from tests.support import timing
 
 ROOT = Path(__file__).resolve().parents[2]
 ENV = {"WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1", "NO_ALBUMENTATIONS_UPDATE": "1"}
@@ -56,13 +57,13 @@ def launch(redis_url: str, keys, tmp_path: Path, log: Path, *extra: str) -> subp
 
 
 def wait_for_text(log: Path, text: str, proc: subprocess.Popen, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    deadline = timing.Deadline(timeout)
+    while not deadline.passed():
         if text in log.read_text():
             return
         assert proc.poll() is None, log.read_text()[-4000:]
         time.sleep(0.2)
-    raise AssertionError(f"no {text!r} in the log:\n" + log.read_text()[-4000:])
+    raise AssertionError(f"no {text!r} in the log after {deadline.describe()}:\n" + log.read_text()[-4000:])
 
 
 def test_sigterm_while_the_ranks_wait_for_data_exits_0_without_a_traceback(redis_url, keys, tmp_path):
@@ -72,7 +73,7 @@ def test_sigterm_while_the_ranks_wait_for_data_exits_0_without_a_traceback(redis
     try:
         wait_for_text(log, "waiting for", proc)  # both ranks are up and no shard exists
         proc.send_signal(signal.SIGTERM)
-        rc = proc.wait(timeout=60)
+        rc = timing.wait(proc, 60)
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -89,7 +90,7 @@ def test_a_run_that_reaches_max_steps_exits_0(redis_url, r, keys, tmp_path):
     log = tmp_path / "launch.log"
     proc = launch(redis_url, keys, tmp_path, log, "--max-steps", "3")
     try:
-        rc = proc.wait(timeout=180)
+        rc = timing.wait(proc, 180)
     finally:
         if proc.poll() is None:
             proc.kill()

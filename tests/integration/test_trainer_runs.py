@@ -18,6 +18,7 @@ from streamcap import bus
 from streamcap.demo.synthetic import add_part, demo_samples, demo_tokenizer
 from streamcap.trainer.config import TrainerSettings
 from streamcap.trainer.metrics_sink import read_metrics
+from tests.support import timing
 from tests.support.fleet import children, heartbeat_records
 from tests.support.pipeline import wait_until
 
@@ -77,8 +78,9 @@ def start(args: list[str], log: Path, torchrun: int = 0) -> subprocess.Popen:
 
 
 def finish(proc: subprocess.Popen, log: Path, timeout: float = 90) -> None:
+    """The trainer exits 0 within `timeout` s of a quiet machine (timing.wait), else its log."""
     try:
-        rc = proc.wait(timeout=timeout)
+        rc = timing.wait(proc, timeout)
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait()
@@ -193,15 +195,7 @@ def settings(redis_url: str, keys, tmp_path: Path, **overrides) -> TrainerSettin
     return TrainerSettings(**(values | overrides))
 
 
-@pytest.fixture
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # other processes share these cores: OpenMP spinning would crawl
-    yield
-    torch.set_num_threads(threads)
-
-
-def test_interrupted_and_resumed_run_reproduces_the_losses(redis_url, keys, r, tmp_path, one_thread):
+def test_interrupted_and_resumed_run_reproduces_the_losses(redis_url, keys, r, tmp_path):
     from streamcap.trainer.train import run
 
     make_shards(r, keys, tmp_path / "shards", [7, 9, 8])  # 24 samples: the last steps replay
@@ -334,7 +328,7 @@ def test_two_nodes_share_fresh_shards_stay_identical_and_survive_a_killed_node(r
                 os.kill(pid, signal.SIGKILL)
         nodes[1][0].wait()
         try:
-            assert nodes[0][0].wait(timeout=180) != 0
+            assert timing.wait(nodes[0][0], 180) != 0
         except subprocess.TimeoutExpired:
             raise AssertionError("the surviving node hung:\n" + nodes[0][1].read_text()[-4000:]) from None
     finally:

@@ -28,6 +28,7 @@ import pytest
 from streamcap.bus.embedded import EmbeddedRedis, find_redis_server
 from streamcap.demo.synthetic import add_part, demo_samples
 from tests.integration.test_orphan_ranks import alive
+from tests.support import timing
 from tests.support.fleet import STREAMCAP
 from tests.support.pipeline import wait_until
 
@@ -40,7 +41,7 @@ def streamcap(*args: str, env: dict[str, str] | None = None, prefix: tuple[str, 
         env=os.environ | ENV | (env or {}),
         capture_output=True,
         text=True,
-        timeout=timeout,
+        timeout=timing.scaled(timeout),
     )
 
 
@@ -215,7 +216,7 @@ def test_a_second_redis_on_a_held_data_dir_is_refused(tmp_path):
         assert "listening" in server.stdout.readline()
     finally:
         server.terminate()
-        server.wait(30)
+        timing.wait(server, 30)
 
 
 def test_redis_data_dir_stays_held_when_its_launcher_is_sigkilled(tmp_path):

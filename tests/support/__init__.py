@@ -9,6 +9,8 @@ by tests/conftest.py; everything else is imported from its module):
     fleet       Fleet and download(): real `streamcap download` (and train) processes
     parts       parts claimed, written and committed without downloading (`python -m tests.support.parts`)
     evalsets    tiny evaluation sets and checkpoints
+    timing      scale(), scaled(), Deadline, wait(): every bound a test waits against, scaled to the
+                machine's load (the pytest-timeout of each test too, in tests/conftest.py)
 
 The Redis proxy that misbehaves is harness code the chaos benchmark drives too: it lives in
 benchmarks/redis_proxy.py (benchmarks never import tests; tests may import benchmarks).

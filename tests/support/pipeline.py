@@ -31,6 +31,7 @@ from streamcap.text.tokenizer import WordPieceTokenizer
 from streamcap.text.vocab import count_words, train_vocab
 from tests.support.http import ImageServer
 from tests.support.images import jpeg_bytes
+from tests.support.timing import Deadline
 
 CAPTION = "A dog runs on the beach. It carries a stick."
 Row = tuple[str, str]
@@ -47,9 +48,10 @@ def wait_until(
     log: Path | None = None,
     poll_s: float = 0.05,
 ) -> Any:
-    """The condition's first truthy value; AssertionError naming `what` after `timeout` s, or as
-    soon as `proc` (a process the condition depends on) has exited. Failures quote `log`'s tail."""
-    deadline = time.monotonic() + timeout
+    """The condition's first truthy value; AssertionError naming `what` after `timeout` s of a quiet
+    machine (a `timing.Deadline`: longer on a busy one), or as soon as `proc` (a process the
+    condition depends on) has exited. Failures quote `log`'s tail."""
+    deadline = Deadline(timeout)
     while True:
         value = condition()
         if value:
@@ -58,8 +60,8 @@ def wait_until(
             raise AssertionError(
                 f"{' '.join(map(str, proc.args[2:4]))} exited ({proc.returncode}) while waiting for {what}{_tail(log)}"
             )
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}{_tail(log)}")
+        if deadline.passed():
+            raise AssertionError(f"timed out after {deadline.describe()} waiting for {what}{_tail(log)}")
         time.sleep(poll_s)
 
 

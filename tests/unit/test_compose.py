@@ -17,6 +17,8 @@ import pytest
 import typer
 import yaml
 
+from tests.support import timing
+
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = ROOT / "docker-compose.yml"
 COMPOSE_CPU = ROOT / "docker-compose.cpu.yml"
@@ -54,7 +56,10 @@ def test_compose_validates_against_the_compose_specification():
         schemas.append(["--schemafile", str(SHARED_SCHEMA)])
     for schema in schemas:
         out = subprocess.run(
-            [str(BIN / "check-jsonschema"), *schema, str(COMPOSE)], capture_output=True, text=True, timeout=60
+            [str(BIN / "check-jsonschema"), *schema, str(COMPOSE)],
+            capture_output=True,
+            text=True,
+            timeout=timing.scaled(60),
         )
         assert out.returncode == 0, out.stdout + out.stderr
 
@@ -231,7 +236,7 @@ def test_dockerfiles_pass_hadolint():
         capture_output=True,
         text=True,
         cwd=ROOT,
-        timeout=60,
+        timeout=timing.scaled(60),
     )
     assert out.returncode == 0, out.stdout + out.stderr
 

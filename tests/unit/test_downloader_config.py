@@ -6,6 +6,7 @@ import pytest
 
 from streamcap.common.settings import ConfigError
 from streamcap.downloader.config import DownloaderSettings, EnqueueSettings
+from tests.support import timing
 
 
 def test_defaults_follow_the_issue():
@@ -63,5 +64,7 @@ def test_the_downloader_and_enqueue_load_no_torch():
         "import sys, downloader.service, downloader.enqueue, downloader.cli\n"
         "print(','.join(m for m in ('torch', 'webdataset', 'torchvision') if m in sys.modules))"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=timing.scaled(60), check=True
+    )
     assert out.stdout.strip() == ""

@@ -10,6 +10,7 @@ import pytest
 
 from streamcap.common.settings import ConfigError
 from streamcap.trainer.config import TrainerSettings
+from tests.support import timing
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -47,7 +48,7 @@ def test_train_command_reports_bad_settings_without_a_traceback(tmp_path):
         capture_output=True,
         text=True,
         cwd=ROOT,
-        timeout=60,
+        timeout=timing.scaled(60),
     )
     assert out.returncode == 1
     assert (
@@ -60,7 +61,7 @@ def test_train_command_reports_bad_settings_without_a_traceback(tmp_path):
         capture_output=True,
         text=True,
         cwd=ROOT,
-        timeout=60,
+        timeout=timing.scaled(60),
         env={"PATH": "/usr/bin:/bin"},
     )
     assert out.returncode == 1 and "REDIS_URL is not set" in out.stderr and "Traceback" not in out.stderr
