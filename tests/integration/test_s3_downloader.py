@@ -13,6 +13,7 @@ from streamcap.downloader.config import EnqueueSettings
 from streamcap.downloader.enqueue import describe_source, enqueue
 from streamcap.downloader.service import Worker
 from streamcap.shardwriter import registry
+from tests.support import timing
 from tests.support.pipeline import final_audit, paced_rows, pending_parts, wait_until, worker_settings, write_parquet
 
 
@@ -141,7 +142,7 @@ def test_a_downloader_killed_mid_upload_registers_nothing_and_the_part_is_redeli
         str(tmp_path / "spool"),
     )
     victim = fleet.start(*common, env={"STREAMCAP_FAULT": "during_upload", "STREAMCAP_FAULT_PART": "src:0"})
-    assert victim.wait(90) == -9, fleet.tail(victim)
+    assert timing.wait(victim, 90) == -9, fleet.tail(victim)
     fleet.killed.add(victim.pid)
     assert "fault injection: SIGKILL at during_upload" in fleet.tail(victim)
     # Some of src:0's shards are in the bucket, none is registered, the part is not done.

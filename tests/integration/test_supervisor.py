@@ -15,6 +15,7 @@ import subprocess
 import time
 from collections.abc import Iterator
 
+from tests.support import timing
 from tests.support.fleet import Fleet, children, heartbeats, process_state, process_tree, running
 from tests.support.pipeline import wait_until
 
@@ -59,10 +60,10 @@ def stop_while_starting(parent: subprocess.Popen, seen: set[tuple[int, int]], fl
     assert started < WORKERS, "the parent started every worker before the test could stop it"
     parent.send_signal(signal.SIGTERM)
     os.kill(parent.pid, signal.SIGCONT)
-    deadline = time.monotonic() + EXIT_WAIT_S
+    deadline = timing.Deadline(EXIT_WAIT_S)
     while parent.poll() is None:  # every process of the tree while it lives: none may outlive it
         seen |= process_tree(parent.pid)
-        assert time.monotonic() < deadline, f"still running {EXIT_WAIT_S:.0f} s after SIGTERM:\n{fleet.tail(parent)}"
+        assert not deadline.passed(), f"still running {deadline.describe()} after SIGTERM:\n{fleet.tail(parent)}"
         time.sleep(0.1)
     wait_until(lambda: not running(seen), 60, "every process of the tree to be gone", log=parent.log)
     return started

@@ -11,6 +11,7 @@ from streamcap import bus
 from streamcap.ops import status
 from streamcap.trainer.metrics_sink import read_metrics
 from tests.integration.test_trainer_runs import finish, make_shards, settings, start, train_args, vocab
+from tests.support import timing
 
 NAN_AT_STEP_3 = {"STREAMCAP_FAULT": "nan_loss", "STREAMCAP_FAULT_STEPS": "3"}
 
@@ -26,7 +27,7 @@ def test_lr_1e9_diverges_and_stops_with_one_line_and_only_finite_checkpoints(red
     log, run_dir = tmp_path / "train.log", tmp_path / "ck" / "boom"
     args = train_args(redis_url, keys, tmp_path, run_id="boom", lr=1e9, max_steps=40, checkpoint_every=1)
     proc = start([*args, "--loader-workers", "0"], log)
-    rc = proc.wait(timeout=180)
+    rc = timing.wait(proc, 180)
     text = log.read_text()
     assert rc == 1, text[-4000:]
     assert "Traceback" not in text, text[-4000:]

@@ -29,6 +29,7 @@ from streamcap.shardwriter.retry import is_transient
 from streamcap.text.captions import MAX_CAPTION_CHARS
 from tests.integration.test_orphan_ranks import alive
 from tests.integration.test_user_errors import ENV, assert_one_error_line, streamcap
+from tests.support import timing
 from tests.support.evalsets import karpathy_set, tiny_checkpoint
 from tests.support.fleet import STREAMCAP, children, download
 from tests.support.pipeline import enqueue_rows, final_audit, paced_rows, samples_by_row, wait_until, write_parquet
@@ -220,7 +221,7 @@ def _interrupt_during_meteor(args: list[str], delay_s: float, sig: signal.Signal
         running = proc.poll() is None
         proc.send_signal(sig)
         try:
-            proc.wait(timeout=10)
+            timing.wait(proc, 10)  # 10 s on a quiet machine
         except subprocess.TimeoutExpired:
             pytest.fail(f"{sig.name} {delay_s:.1f} s into METEOR did not end `streamcap eval run` within 10 s")
         stderr = proc.stderr.read()
