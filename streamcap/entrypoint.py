@@ -23,6 +23,7 @@ from streamcap.bus.embedded import EmbeddedRedisError
 from streamcap.common.commands import error
 from streamcap.common.logs import first_line
 from streamcap.common.settings import ConfigError
+from streamcap.common.store import StoreUnavailable
 
 
 def _click_exception_modules() -> list[Any]:
@@ -70,7 +71,7 @@ def run_app(app: typer.Typer, argv: Sequence[str] | None = None, prog_name: str 
     except _CLICK_EXCEPTION as e:
         error(e.format_message())
         return e.exit_code
-    except (RedisUnavailable, EmbeddedRedisError) as e:
+    except (RedisUnavailable, EmbeddedRedisError, StoreUnavailable) as e:
         error(str(e))
         return 1
     except REDIS_DOWN as e:
