@@ -37,8 +37,8 @@ def _cores() -> int:
 
 
 def load_per_core() -> float:
-    """Runnable processes per core: the larger of the 1- and 5-minute load averages (the 1-minute
-    one lags a machine that just got busy by a minute, the 5-minute one holds a burst longer)."""
+    """Runnable processes per core: the larger of the 1- and 5-minute load averages, so a lull of a
+    few seconds between the bursts of a shared CI box does not shrink the bounds."""
     try:
         one, five, _ = os.getloadavg()
     except OSError:  # no load average on this platform
