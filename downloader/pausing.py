@@ -73,7 +73,10 @@ class Pausing:
     # --- the state ---------------------------------------------------------------------------------
 
     def working(self) -> None:
-        self.state = DOWNLOADER_WORKING
+        """A part started. While the environment fails, a retry starting changes nothing an
+        operator should see: the state keeps saying why (paused, with its reason)."""
+        if self._env_since is None:
+            self.state = DOWNLOADER_WORKING
 
     def stopping(self) -> None:
         self.state = DOWNLOADER_STOPPING
