@@ -47,6 +47,8 @@ from streamcap.shardwriter.commit import part_counters
 from streamcap.shardwriter.verify import check_shard
 
 MAX_LISTED = 50  # per kind of discrepancy, so a broken run still prints a readable report
+# A temporary file of another host untouched this long is a leftover (the default --temp-stale-seconds).
+TEMP_STALE_S = 3600.0
 
 
 @dataclass
@@ -407,10 +409,19 @@ def _check_disk(
             found.add("orphan", f"shard file {info.name} is not registered{f' (part {pid} is done)' if pid else ''}")
     if shard_dir.remote:  # writers' temporary files stay on their own disks
         return
+    # A live writer's file is work in progress, not a problem: an audit of a healthy running
+    # pipeline exits 0. Off-host writers cannot be asked, so their files count as live while
+    # written to within the sweeper's own bound (tempfiles.owner_gone).
     for path in tempfiles.temp_files(shard_dir.root):
         parsed = tempfiles.parse_temp_name(path.name)
         alive = parsed[0].alive() if parsed else None
-        state = {True: "its writer is running", False: "its writer is gone", None: "written by another host"}[alive]
+        if not tempfiles.owner_gone(path, TEMP_STALE_S):
+            who = "its writer is running" if alive else "written by another host, recently"
+            report.notes.append(f"temporary file {path.name} is being written ({who})")
+            continue
+        state = (
+            "its writer is gone" if alive is False else f"written by another host, untouched for {TEMP_STALE_S:.0f} s"
+        )
         found.add("temp file", f"temporary file {path.name} is left ({state})")
 
 

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import time
 
 import pytest
 
 from streamcap import bus
 from streamcap.cli import app
 from streamcap.entrypoint import run_app
-from streamcap.shardwriter.audit import audit
+from streamcap.shardwriter.audit import TEMP_STALE_S, audit
 from streamcap.shardwriter.registry import registered_shards
 from streamcap.shardwriter.tempfiles import TempOwner, temp_path
 from tests.support.parts import claim_part, enqueue_source, process_part
@@ -151,3 +153,22 @@ def test_reconcile_registers_what_a_done_part_lost(r, keys, tmp_path, pipeline):
     )
     assert reconcile(r, keys, tmp_path).shards_registered == [pipeline[1].name]
     assert audit(r, keys, tmp_path).ok
+
+
+def test_a_live_writers_temp_file_is_work_in_progress_not_a_discrepancy(r, keys, tmp_path, pipeline, capsys, redis_url):
+    """A healthy running pipeline audits clean (exit 0): the file a running writer is writing is a
+    note. A dead writer's file, or another host's file untouched past the sweeper's bound, is not."""
+    temp_path(tmp_path, "src-000002-0000.tar", TempOwner.me()).write_bytes(b"being written")
+    report = audit(r, keys, tmp_path)
+    assert not any("temporary file" in d for d in report.discrepancies), report.discrepancies
+    assert any("is being written (its writer is running)" in n for n in report.notes), report.notes
+    code, out = cli(capsys, keys, tmp_path, redis_url, "audit")  # a monitoring script's view
+    assert code == 0, out.out + out.err
+
+    elsewhere = temp_path(tmp_path, "src-000002-0001.tar", TempOwner("another-host", 4242, "1"))
+    elsewhere.write_bytes(b"x")
+    assert not any("temporary file" in d for d in audit(r, keys, tmp_path).discrepancies)
+    long_ago = time.time() - TEMP_STALE_S - 60
+    os.utime(elsewhere, (long_ago, long_ago))
+    text = "\n".join(audit(r, keys, tmp_path).discrepancies)
+    assert "written by another host, untouched for 3600 s" in text
