@@ -14,6 +14,7 @@ the `checkpoints` stream. `--resume` continues from the run's latest checkpoint.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import gc
 import json
 import logging
@@ -128,6 +129,7 @@ def _setup(
     torch.manual_seed(cfg.seed)  # identical initial weights on every rank
     if latest:
         loaded = load_checkpoint(run_dir / latest["model"], map_location="cpu")
+        _refuse_a_different_model(cfg, tokenizer, loaded)
         model, tokenizer = loaded.model, loaded.tokenizer
         resumed = ckpt.load_train_state(run_dir / latest["state"])
     else:
@@ -177,6 +179,36 @@ def _setup(
     if info.is_main:
         _announce(state)
     return state
+
+
+# What a model is made of; `pretrained` only chose the first weights, and the checkpoint's replace them.
+_NOT_MODEL_DEFINING = {"pretrained"}
+
+
+def _refuse_a_different_model(cfg: TrainerSettings, tokenizer: WordPieceTokenizer, loaded: Any) -> None:
+    """A resume continues the checkpoint's model: settings that would make another model (a changed
+    --preset, --tokenizer, --image-size or --max-len) are refused by name, never logged and saved
+    in config.json as if they were in force."""
+    overrides = {name: getattr(cfg, name) for name in ("image_size", "max_len") if getattr(cfg, name)}
+    asked = ModelConfig.from_preset(cfg.preset, tokenizer=tokenizer, **overrides)
+    have = loaded.model.cfg
+    fields = [f.name for f in dataclasses.fields(ModelConfig) if f.name not in _NOT_MODEL_DEFINING]
+    changed = [
+        f"{name} {getattr(have, name)} -> {getattr(asked, name)}"
+        for name in fields
+        if getattr(have, name) != getattr(asked, name)
+    ]
+    if tokenizer.vocab != loaded.tokenizer.vocab:
+        changed.append(
+            f"vocabulary ({loaded.tokenizer.vocab_size} tokens in the checkpoint, {tokenizer.vocab_size} in --tokenizer)"
+        )
+    if changed:
+        was = loaded.extra.get("preset")
+        raise ConfigError(
+            f"--resume: run {cfg.run!r} is a {'--preset ' + was + ' ' if was else ''}model these settings would change "
+            f"({'; '.join(changed)}); resume with the run's own --preset/--tokenizer/--image-size/--max-len, "
+            "or start another --run-id"
+        )
 
 
 def _announce(state: Run) -> None:
