@@ -10,7 +10,7 @@ PYTEST_ARGS ?=
 export NO_ALBUMENTATIONS_UPDATE := 1
 export WANDB_MODE ?= disabled
 
-.PHONY: test lint format demo docs compose-check venv clean-venv
+.PHONY: test test-busy lint format demo docs compose-check venv clean-venv
 
 venv: $(STAMP)
 
@@ -23,6 +23,10 @@ $(STAMP): pyproject.toml
 ## test: install everything into .venv (once), lint, and run unit, integration and e2e tests
 test: lint
 	$(BIN)/python -m pytest --durations=15 $(PYTEST_ARGS)
+
+## test-busy: `make test` beside six `yes > /dev/null` loops, as on a shared CI box (BUSY_LOOPS=N to change)
+test-busy: $(STAMP)
+	scripts/test_beside_busy_loops.sh
 
 ## lint: ruff's checks and its format check (`make format` rewrites the files)
 lint: $(STAMP)
