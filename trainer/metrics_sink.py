@@ -13,9 +13,14 @@ with W&B off. W&B mode: `--wandb-mode auto` is online when an API key is configu
 otherwise (sync later with `wandb sync`); WANDB_MODE in the environment wins, which is how the
 tests turn it off.
 
-A resumed run continues the same W&B run (`resume="allow"` with the run id). W&B already holds
-the steps logged between the checkpoint and the crash and drops any step below its next one,
-so the sink sends W&B nothing until training is past the steps W&B has (`wandb_run.step`);
+A resumed run continues the same W&B run: its id (a fresh one for each run that starts at step 0)
+is kept in the training state, and each step reaches W&B exactly once across crashes. W&B
+already holds the steps it committed before the crash, which may end before the checkpoint (a
+killed W&B process loses what it had not written) or after it (steps the resumed run computes
+again). So the resumed sink asks which steps W&B has: online the server (`wandb_run.step`, the
+next step it accepts), offline the run's earlier `.wandb` files (`trainer.wandb_files`: offline
+W&B ignores `resume` and would start at step 0). It sends the steps between those and the
+checkpoint from `metrics.jsonl` (scalars only), then live steps past what W&B has.
 `metrics.jsonl` is cut back to the checkpoint and gets every step again.
 """
 
@@ -32,6 +37,7 @@ import torch
 
 from streamcap.common.files import atomic_write_text, atomic_writer
 from streamcap.common.wandb_mode import resolve_wandb_mode
+from streamcap.trainer.wandb_files import last_logged_step
 
 log = logging.getLogger(__name__)
 
@@ -39,10 +45,10 @@ PLOTTED = ("loss", "loss/ce", "loss/eos")
 
 
 class MetricsSink:
-    def __init__(self, run_dir: Path | None, wandb_run: Any = None) -> None:
+    def __init__(self, run_dir: Path | None, wandb_run: Any = None, wandb_from: int = 0) -> None:
         self.run_dir, self.wandb = run_dir, wandb_run
-        # The first step W&B accepts: 0 for a new run, past its last logged step for a resumed one.
-        self.wandb_from = int(getattr(wandb_run, "step", 0) or 0) if wandb_run is not None else 0
+        # The first step W&B lacks: 0 for a new run, past its last committed step for a resumed one.
+        self.wandb_from = wandb_from
         self.history: dict[str, list[tuple[int, float]]] = {name: [] for name in PLOTTED}
         self._file = open(run_dir / "metrics.jsonl", "a", encoding="utf-8") if run_dir else None
 
@@ -61,22 +67,41 @@ class MetricsSink:
         project: str,
         name: str | None,
         config: dict[str, Any],
+        wandb_id: str,
         resume_step: int | None = None,
     ) -> MetricsSink:
-        """Open the run's log; a resumed run first drops records past its checkpoint's step."""
+        """Open the run's log; a resumed run first drops records past its checkpoint's step and
+        sends W&B the steps up to the checkpoint that it lacks."""
         if resume_step is not None:
             _truncate_after(run_dir / "metrics.jsonl", resume_step)
         mode = resolve_wandb_mode(mode)
-        wandb_run = None
+        wandb_run, wandb_from = None, 0
         if mode != "disabled":
             import wandb
 
+            # Read before init: the files of earlier starts of this run, not the one init makes.
+            committed = last_logged_step(run_dir / "wandb", wandb_id) if mode != "online" else -1
             wandb_run = wandb.init(
-                project=project, name=name or run, id=run, resume="allow", mode=mode, dir=str(run_dir), config=config
+                project=project,
+                name=name or run,
+                id=wandb_id,
+                resume="allow",
+                mode=mode,
+                dir=str(run_dir),
+                config=config,
             )
-            log.info("Weights & Biases run %s (%s mode)", name or run, mode)
-        sink = cls(run_dir, wandb_run)
+            wandb_from = int(wandb_run.step or 0) if mode == "online" else committed + 1
+            log.info(
+                "Weights & Biases run %s, id %s (%s mode)%s",
+                name or run,
+                wandb_id,
+                mode,
+                f", continued after step {wandb_from - 1}" if wandb_from else "",
+            )
+        sink = cls(run_dir, wandb_run, wandb_from)
         sink._load_history()
+        if resume_step is not None:
+            sink._send_logged(resume_step)
         return sink
 
     def log(self, step: int, metrics: dict[str, float], extra: dict[str, Any] | None = None) -> None:
@@ -166,6 +191,17 @@ class MetricsSink:
             self._file.write(json.dumps(record) + "\n")
             self._file.flush()
 
+    def _send_logged(self, resume_step: int) -> None:
+        """Send W&B the steps of metrics.jsonl it lacks up to the checkpoint: the resumed run
+        trains only past it, so W&B would never get them otherwise."""
+        if self.wandb is None or self._file is None:
+            return
+        for record in read_metrics(self.run_dir / "metrics.jsonl"):
+            step = int(record["step"])
+            if self.wandb_from <= step <= resume_step:
+                self.wandb.log(_scalars(record), step=step)
+        self.wandb_from = max(self.wandb_from, resume_step + 1)
+
     def _load_history(self) -> None:
         """A resumed run's curve continues the earlier one."""
         if self._file is None:
@@ -190,6 +226,17 @@ def read_metrics(path: Path) -> list[dict[str, Any]]:
             continue
         if isinstance(record, dict) and "samples" not in record and "step" in record:
             out.append(record)
+    return out
+
+
+def _scalars(record: dict[str, Any]) -> dict[str, float]:
+    """A metrics.jsonl step record's metrics as W&B got them (its extras, lists and words, left out)."""
+    out = {}
+    for key, value in record.items():
+        if key in ("step", "time") or isinstance(value, bool):
+            continue
+        if isinstance(value, (int, float)) or value in ("nan", "inf", "-inf"):
+            out[key] = float(value)
     return out
 
 

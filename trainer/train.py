@@ -19,6 +19,7 @@ import gc
 import json
 import logging
 import math
+import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -73,6 +74,7 @@ class Run:
     step: int
     resumed: dict[str, Any] | None
     normalize: ImageNormalizer  # uint8 batch -> model input on the run's device
+    wandb_id: str  # the W&B run this training continues (kept in the training state)
     ddp: torch.nn.Module | None = None
     sink: MetricsSink = field(default_factory=MetricsSink.disabled)
     announcer: ckpt.Announcer | None = None  # rank 0: checkpoints to announce on the stream
@@ -160,6 +162,7 @@ def _setup(
         step=step,
         resumed=resumed,
         normalize=ImageNormalizer(info.device),
+        wandb_id=_wandb_id(cfg, resumed),
         nonfinite=StepGuard(
             cfg.max_bad_steps,
             total=int((resumed or {}).get("nonfinite_steps", 0)),
@@ -179,6 +182,15 @@ def _setup(
     if info.is_main:
         _announce(state)
     return state
+
+
+def _wandb_id(cfg: TrainerSettings, resumed: dict[str, Any] | None) -> str:
+    """The W&B run id: the checkpoint's for a resumed run (the run name for checkpoints older than
+    the id in the state); a fresh one otherwise, so a run started again at step 0 under a reused
+    --run-id never lands in the old W&B run, which would drop its steps as already logged."""
+    if resumed:
+        return str(resumed.get("wandb_id") or cfg.run)
+    return f"{cfg.run}-{secrets.token_hex(4)}"
 
 
 # What a model is made of; `pretrained` only chose the first weights, and the checkpoint's replace them.
@@ -290,6 +302,7 @@ def _train(state: Run) -> int:
             project=cfg.wandb_project,
             name=cfg.wandb_name,
             config={"trainer": json.loads(to_json_text(cfg)), "model": state.model.cfg.to_dict()},
+            wandb_id=state.wandb_id,
             resume_step=state.step if state.resumed else None,
         )
     loader, tracker = _loader(state)
@@ -553,6 +566,7 @@ def _save(state: Run, ranks: list[dict[str, Any]], aug_level: float) -> None:
             "world_size": info.world_size,
             "aug_level": aug_level,
             "nonfinite_steps": state.nonfinite.total,
+            "wandb_id": state.wandb_id,
             "optimizer": state.optimizer.state_dict(),
             "scheduler": state.scheduler.state_dict(),
             "ranks": ranks,
