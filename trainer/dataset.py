@@ -27,6 +27,7 @@ runs the prefetcher that downloads the shards the run will hand out next.
 from __future__ import annotations
 
 import logging
+import os
 import signal
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -109,6 +110,10 @@ class ShardStreamDataset(IterableDataset):
             # shutdown (one waiting for shards): it must keep its default, or the rank hangs at exit.
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
             signal.signal(signal.SIGINT, signal.SIG_IGN)
+            # A process group of its own: torchrun stops a rank by signalling the rank's whole group,
+            # which would kill the workers under it (a `DataLoader worker ... killed by signal`
+            # traceback instead of the rank's checkpoint). The rank shuts its workers down itself.
+            os.setpgid(0, 0)
             die_with_parent(signal.SIGTERM)  # a worker waiting for shards ends with its rank
             torch.set_num_threads(1)
         return _BatchMaker(self, worker, in_worker=info is not None).batches()
@@ -233,6 +238,15 @@ def make_loader(dataset: ShardStreamDataset, pin_memory: bool = False) -> DataLo
         collate_fn=_keep_batch,
         timeout=LOADER_POLL_S if workers else 0,
     )
+
+
+def close_loader(batches: Iterator[Batch]) -> None:
+    """Shut the loader's workers down now. Dropping the iterator is not enough: a stop's traceback
+    may still hold it, and workers left to the interpreter's exit are terminated under the
+    DataLoader's SIGCHLD handler ("Exception ignored in atexit callback ... Terminated")."""
+    shutdown = getattr(batches, "_shutdown_workers", None)  # workers only (none with 0 workers)
+    if shutdown is not None:
+        shutdown()
 
 
 def next_batch(batches: Iterator[Batch], give_up: Callable[[], bool]) -> Batch:

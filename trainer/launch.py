@@ -8,8 +8,9 @@ is always `streamcap.trainer`. Plain torchrun answers a SIGTERM (`docker compose
 `SignalException` once the ranks are gone: a traceback and exit 1, so a clean stop looks like a crash
 and `restart: on-failure` starts the run again. This launcher runs torchrun in its own session and
 hands a SIGTERM or Ctrl-C to the ranks themselves: each one checkpoints and exits 0, torchrun sees
-every rank succeed and exits 0, and so does the launcher. A rank that fails still fails the launch:
-the exit code is torchrun's.
+every rank succeed and exits 0, and so does the launcher. A launcher killed outright (SIGKILL) ends
+the same way: torchrun (`trainer.torchrun`) gets its death as a signal that asks each rank to
+checkpoint. A rank that fails still fails the launch: the exit code is torchrun's.
 """
 
 from __future__ import annotations
@@ -25,6 +26,10 @@ from streamcap.common.lifetime import die_with_parent
 from streamcap.common.logs import setup_logging
 
 log = logging.getLogger(__name__)
+
+# torchrun's parent-death signal (trainer.torchrun): not among TORCHELASTIC_SIGNALS_TO_HANDLE,
+# so torchrun lets its handler ask the ranks to checkpoint instead of tearing them down.
+LAUNCHER_GONE = signal.SIGUSR2
 
 
 def split_args(argv: list[str]) -> tuple[list[str], list[str]]:
@@ -63,9 +68,10 @@ def child_pids(pid: int) -> list[int]:
 def main(argv: list[str] | None = None) -> int:
     setup_logging("launcher")
     launcher, trainer = split_args(list(sys.argv[1:] if argv is None else argv))
-    command = [sys.executable, "-m", "torch.distributed.run", *launcher, "-m", "streamcap.trainer", *trainer]
+    command = [sys.executable, "-m", "streamcap.trainer.torchrun", *launcher, "-m", "streamcap.trainer", *trainer]
     # Its own session: a terminal's Ctrl-C reaches this process alone, and is passed on from here.
-    torchrun = subprocess.Popen(command, start_new_session=True, preexec_fn=die_with_parent)
+    # This process's death, even by SIGKILL, reaches torchrun as LAUNCHER_GONE: the ranks checkpoint.
+    torchrun = subprocess.Popen(command, start_new_session=True, preexec_fn=lambda: die_with_parent(LAUNCHER_GONE))
 
     def pass_on(signum: int, frame: object) -> None:
         ranks = child_pids(torchrun.pid)

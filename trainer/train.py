@@ -39,7 +39,7 @@ from streamcap.trainer import distributed
 from streamcap.trainer.augment import LevelSchedule
 from streamcap.trainer.batch_accounting import BatchAccounting
 from streamcap.trainer.config import TrainerSettings
-from streamcap.trainer.dataset import ShardStreamDataset, make_loader, next_batch
+from streamcap.trainer.dataset import ShardStreamDataset, close_loader, make_loader, next_batch
 from streamcap.trainer.faults import CUDA_OOM, NAN_LOSS, TrainerFaults
 from streamcap.trainer.guards import RunFailed, StepGuard, describe_nonfinite, nonfinite_tensor
 from streamcap.trainer.losses import caption_loss
@@ -351,7 +351,8 @@ def _train(state: Run) -> int:
         stop.uninstall()
         if state.announcer is not None:
             state.announcer.retry(force=True)  # a last try for what Redis was down to hear
-        del batches  # shuts the loader workers down
+        close_loader(batches)
+        del batches
         reporter.close()
         tracker.close()
         state.sink.close()
