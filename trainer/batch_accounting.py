@@ -5,7 +5,8 @@
     tracker.totals                           # samples, fresh, replay, fresh_wait_s, bad_samples
     tracker.window("log")                    # the same since the last call with that name, plus rates
 
-Consuming a batch hands the ledger the shards whose last sample it carries (recorded in Redis
+A resumed rank first cuts its reads log back to the checkpoint (`cut_reads_log`). Consuming a
+batch hands the ledger the shards whose last sample it carries (recorded in Redis
 at the next checkpoint), appends them to the rank's reads log, and keeps the producing worker's
 state for the next checkpoint.
 """
@@ -17,6 +18,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from streamcap.common.files import atomic_write_text
 from streamcap.trainer.dataset import Batch
 from streamcap.trainer.shardqueue import FinishedShard, ReadLedger
 
@@ -95,6 +97,24 @@ class BatchAccounting:
         if self._reads is not None:
             self._reads.close()
             self._reads = None
+
+
+def cut_reads_log(path: Path, step: int) -> None:
+    """Keep the reads a resume's checkpoint of `step` covers: those logged at steps below it (a
+    batch consumed for step k+1 is logged with step k). The ones after are read again and logged
+    again, so the log counts each read once, as `shards:reads:<run>` does."""
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except OSError:
+        return
+    kept = []
+    for line in lines:
+        try:
+            if int(json.loads(line)["step"]) < step:
+                kept.append(line)
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError):
+            continue  # a line cut by the crash
+    atomic_write_text(path, "".join(line + "\n" for line in kept))
 
 
 def _empty_window(now: float) -> dict[str, float]:

@@ -228,16 +228,31 @@ class ShardQueue:
                 lambda: self._c.xclaim(self.keys.shards, self.group, self.consumer, 0, entry_ids, justid=True),
             )
 
+    def share_reads(self, names: list[str]) -> None:
+        """Tell the run's other workers, on every rank, that this one read these shards through."""
+
+        def write() -> None:
+            pipe = self._c.pipeline(transaction=False)
+            for name in names:
+                pipe.hsetnx(self.keys.shard_seen(self.run), name, self.consumer)
+            pipe.execute()
+
+        self._call("sharing finished shards", write)
+
     def replay_candidates(self, also_read: set[str] = frozenset()) -> list[str]:
-        """Shards this run has read at least once (Redis's count, plus `also_read` not yet
-        counted there) and gc has not deleted, sorted by name."""
+        """Shards this run has read at least once and gc has not deleted, sorted by name: Redis's
+        counts, the shards other workers read through (`share_reads`) and `also_read`, this
+        worker's own. What this consumer name shared itself is left to `also_read`: after a crash
+        it names shards read past the checkpoint, which the resumed worker has not read yet."""
 
         def fetch() -> list[str]:
             pipe = self._c.pipeline(transaction=False)
             pipe.hkeys(self.keys.shard_reads(self.run))
+            pipe.hgetall(self.keys.shard_seen(self.run))
             pipe.smembers(self.keys.shards_deleted)
-            read, deleted = pipe.execute()
-            return sorted(name for name in (set(read) | also_read) - set(deleted) if plain_name(name))
+            read, seen, deleted = pipe.execute()
+            others = {name for name, consumer in seen.items() if consumer != self.consumer}
+            return sorted(name for name in (set(read) | others | also_read) - set(deleted) if plain_name(name))
 
         return self._call("listing shards to replay", fetch)
 

@@ -134,6 +134,7 @@ class SampleStream:
         # Shards this worker read through: replayable at once, before the training process has
         # counted them in Redis (it does so only when their last sample is trained on).
         self._read_here: set[str] = set()
+        self._unshared: list[str] = []  # read through here, not yet told to the other workers
         self._opened: dict[str, int] = {}  # times this worker started reading each shard
         self._known: list[str] = []  # replay candidates Redis listed last time it answered
         self._redis_down_until = 0.0
@@ -252,6 +253,7 @@ class SampleStream:
         if sample is None:
             shard.done_reading, shard.reader, self._reading = True, None, None
             self._read_here.add(shard.claim.name)
+            self._unshared.append(shard.claim.name)
             self._maybe_finish(slot)
             return None
         shard.read += 1
@@ -309,6 +311,9 @@ class SampleStream:
         return ShardClaim(name=self._pick_replay(candidates), samples=-1, fresh=False)
 
     def _next_claim_from_redis(self, may_wait: bool, now: float) -> ShardClaim | None:
+        if self._unshared:  # before anything else: the other workers may be waiting with nothing to replay
+            self.queue.share_reads(self._unshared)
+            self._unshared = []
         if now >= self._next_orphan_check:
             self._next_orphan_check = now + ORPHAN_CHECK_EVERY_S
             self.queued += self.queue.reclaim_orphans(self.job_consumers)

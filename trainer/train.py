@@ -37,7 +37,7 @@ from streamcap.text.tokenizer import VocabError, WordPieceTokenizer
 from streamcap.trainer import checkpointing as ckpt
 from streamcap.trainer import distributed
 from streamcap.trainer.augment import LevelSchedule
-from streamcap.trainer.batch_accounting import BatchAccounting
+from streamcap.trainer.batch_accounting import BatchAccounting, cut_reads_log
 from streamcap.trainer.config import TrainerSettings
 from streamcap.trainer.dataset import ShardStreamDataset, close_loader, make_loader, next_batch
 from streamcap.trainer.faults import CUDA_OOM, NAN_LOSS, TrainerFaults
@@ -283,7 +283,10 @@ def _loader(state: Run) -> tuple[Any, BatchAccounting]:
         world_size=info.world_size,
         worker_states=worker_states,
     )
-    tracker = BatchAccounting(ledger, cfg.run_dir / f"reads-rank{info.rank}.jsonl", totals=saved.get("counters"))
+    reads_log = cfg.run_dir / f"reads-rank{info.rank}.jsonl"
+    if state.resumed:
+        cut_reads_log(reads_log, state.step)
+    tracker = BatchAccounting(ledger, reads_log, totals=saved.get("counters"))
     return make_loader(dataset, pin_memory=info.device.type == "cuda"), tracker
 
 

@@ -164,6 +164,12 @@ class Keys:
         """hash: shard name -> times read (fresh or replayed) by training run `run`."""
         return self.key("shards", "reads", run)
 
+    def shard_seen(self, run: str) -> str:
+        """hash: shard name -> loader-worker consumer of run `run` that first read it through. Written
+        at once, not at checkpoints: the shards other workers and ranks may replay before a
+        checkpoint has counted any read in `shard_reads`."""
+        return self.key("shards", "seen", run)
+
     def shard_reads_commits(self, run: str) -> str:
         """hash: rank -> step of the last checkpoint whose reads that rank of run `run` counted in
         `shard_reads` (a resumed rank re-applies a checkpoint's saved reads only if behind)."""

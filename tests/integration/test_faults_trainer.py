@@ -87,7 +87,9 @@ def test_a_trainer_killed_mid_read_resumes_without_skipping_or_rereading(r, keys
     resumed = train("--resume", max_steps=stopped_at + 50, checkpoint_every=1000)
     fleet.wait_all(150)
     assert f"resuming at step {stopped_at}" in fleet.tail(resumed, 100_000)
-    after = _reads(run_dir)[len(killed_run) :]
+    kept, logged = [e for e in killed_run if e["step"] < stopped_at], _reads(run_dir)
+    assert logged[: len(kept)] == kept  # the resumed rank cut its reads log back to the checkpoint
+    after = logged[len(kept) :]
     fresh = [e["shard"] for e in after if e["fresh"]]
     replays = [e["shard"] for e in after if not e["fresh"]]
     assert (held | lost) - covered <= set(fresh)  # what it held or read uncheckpointed came back to it
@@ -101,6 +103,5 @@ def test_a_trainer_killed_mid_read_resumes_without_skipping_or_rereading(r, keys
     assert all(reads[name] >= 2 for name in replays)  # a replay is counted as another read
     # Reads are counted by the checkpoint covering them: those the kill lost are read again
     # after the resume and counted once, not twice.
-    counted = [e for e in killed_run if e["step"] < stopped_at] + after
-    assert sum(reads.values()) == sum(1 for e in counted if not e["missing"])
+    assert sum(reads.values()) == sum(1 for e in logged if not e["missing"])
     final_audit(r, keys, shard_dir)
