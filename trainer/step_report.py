@@ -138,6 +138,12 @@ class StepReporter:
             )
         )
 
+    def failed(self, line: str) -> None:
+        """This rank's data is unusable: its heartbeat says so now, before the ranks meet (a rank
+        waiting for its first shard reads it there; `streamcap status` shows it)."""
+        self._heartbeat(self.state.step, float(self.last.get("aug_level", 0.0)))
+        self.redis_status.fail(line)
+
     def close(self) -> None:
         """A last heartbeat, so `streamcap status` shows where the rank stopped."""
         self._heartbeat(self.state.step, float(self.last.get("aug_level", 0.0)))

@@ -21,17 +21,20 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from streamcap import bus
 from streamcap.downloader.config import DownloaderSettings
 from streamcap.downloader.failures import EXIT_GAVE_UP
 from streamcap.downloader.fetch import Fetcher
 from streamcap.formats.records import FailedRow
+from streamcap.ops import status
 from streamcap.shardwriter.retry import is_transient
 from streamcap.text.captions import MAX_CAPTION_CHARS
 from tests.integration.test_orphan_ranks import alive
+from tests.integration.test_trainer_runs import make_shards, start, train_args, vocab
 from tests.integration.test_user_errors import ENV, assert_one_error_line, streamcap
 from tests.support import timing
 from tests.support.evalsets import karpathy_set, tiny_checkpoint
-from tests.support.fleet import STREAMCAP, children, download
+from tests.support.fleet import STREAMCAP, children, download, heartbeat_records
 from tests.support.pipeline import enqueue_rows, final_audit, paced_rows, samples_by_row, wait_until, write_parquet
 
 
@@ -297,3 +300,53 @@ def test_urls_that_can_never_work_are_permanent_with_and_without_allow_private(t
     # What a later try may fetch stays transient.
     assert is_transient(FailedRow(0, "u", "connect_error", "ClientConnectorError: Connection refused"))
     assert is_transient(FailedRow(0, "u", "http_status", "HTTP 503"))
+
+
+# --- 3: a wrong caption column ------------------------------------------------------------------------
+
+
+def _stopped_trainer(proc: subprocess.Popen, log: Path, timeout: float) -> tuple[int, str]:
+    """The trainer's exit code and log, or AssertionError with the log if it runs past `timeout`."""
+    try:
+        rc = timing.wait(proc, timeout)
+    except subprocess.TimeoutExpired:
+        raise AssertionError("the trainer is still running:\n" + log.read_text()[-3000:]) from None
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    return rc, log.read_text()
+
+
+def test_a_wrong_caption_column_stops_the_trainer_with_one_line_and_status_says_why(r, redis_url, keys, tmp_path):
+    make_shards(r, keys, tmp_path / "shards", [8, 8, 8])  # fewer than --max-unusable-shards: replays count
+    vocab(tmp_path / "vocab.txt")
+    log = tmp_path / "train.log"
+    args = train_args(redis_url, keys, tmp_path, run_id="nocol", max_steps=50, caption_column="nonexist")
+    rc, text = _stopped_trainer(start([*args, "--loader-workers", "1"], log), log, 180)
+    assert rc == 1, text[-3000:]
+    assert "Traceback" not in text, text[-3000:]
+    (line,) = [x for x in text.splitlines() if "stopping: no usable sample" in x]
+    assert "in the last 8 shards read (3 different)" in line, line
+    assert "no caption column 'nonexist' in the sample (it has: caption, caption_raw" in line, line
+    assert "pass --caption-column" in line, line
+    beat = heartbeat_records(r, keys, bus.ROLE_TRAINER)[0]
+    assert beat.state == "failed" and beat.error.startswith("stopping: no usable sample") and beat.step == 0
+    hint = status.collect(r, keys)["hints"][0]
+    assert hint.startswith("the trainer stopped itself: nocol: stopping: no usable sample"), hint
+
+
+def test_two_ranks_stop_together_when_one_finds_no_usable_sample_and_the_other_waits(r, redis_url, keys, tmp_path):
+    make_shards(r, keys, tmp_path / "shards", [8])  # one shard: one rank reads it, the other waits for one
+    vocab(tmp_path / "vocab.txt")
+    log = tmp_path / "train.log"
+    args = train_args(
+        redis_url, keys, tmp_path, run_id="ddpcol", caption_column="nonexist", max_unusable_shards=3, loader_workers=0
+    )
+    rc, text = _stopped_trainer(start(args, log, torchrun=2), log, 240)  # not left hanging in a collective
+    assert rc != 0, text[-3000:]
+    lines = [x for x in text.splitlines() if "ERROR" in x and "stopping: no usable sample in the last 3" in x]
+    assert len(lines) == 1, text[-3000:]  # rank 0 says it, whichever rank found it
+    beats = heartbeat_records(r, keys, bus.ROLE_TRAINER)
+    assert sorted(b.rank for b in beats) == [0, 1]
+    assert all(b.state == "failed" and "no caption column 'nonexist'" in b.error for b in beats), beats
