@@ -24,6 +24,7 @@ import redis
 
 from streamcap import bus
 from streamcap.common.logs import first_line
+from streamcap.common.store import StoreError
 from streamcap.formats.heartbeats import (
     TRAINER_FAILED,
     TRAINER_FINISHED,
@@ -31,6 +32,7 @@ from streamcap.formats.heartbeats import (
     DownloaderHeartbeat,
     TrainerHeartbeat,
 )
+from streamcap.ops.data_wait import why_no_data
 
 log = logging.getLogger(__name__)
 
@@ -99,6 +101,13 @@ class RedisStatus:
             return False
 
         return bool(self._safe("reading the other ranks' heartbeats", read))
+
+    def why_waiting(self, shard_dir) -> str:
+        """What keeps shards from this rank (`ops.data_wait`); "" when nothing does or Redis cannot say."""
+        try:
+            return self._safe("looking for why no shard comes", lambda: why_no_data(self.r, self.keys, shard_dir)) or ""
+        except (OSError, StoreError) as e:  # the shard dir cannot be listed: that is the answer
+            return f"the shard dir cannot be read: {first_line(e)}"
 
     def due(self) -> bool:
         return time.monotonic() >= self._next_beat

@@ -17,6 +17,7 @@ with their images every `--sample-every` steps (rank 0).
 from __future__ import annotations
 
 import logging
+import re
 from typing import Any
 
 import torch
@@ -36,6 +37,7 @@ class StepReporter:
     def __init__(self, state: Any, tracker: BatchAccounting, redis_status: RedisStatus) -> None:
         self.state, self.tracker, self.redis_status = state, tracker, redis_status
         self.last: dict[str, float] = {}
+        self._said_waiting = ""  # the wait's reason last logged, its numbers left out
 
     def after_step(self, terms: dict[str, Any], aug_level: float) -> None:
         state, cfg = self.state, self.state.cfg
@@ -107,12 +109,15 @@ class StepReporter:
     def _heartbeat(self, step: int, aug_level: float, starving: bool = False) -> None:
         state, totals = self.state, self.tracker.totals
         window = self.tracker.window("heartbeat")
+        reason = ""
         if starving:  # the wait in progress is not in the window yet
             window["data_wait_pct"] = 100.0
+            reason = self._why_waiting()
         self.redis_status.beat(
             TrainerHeartbeat(
                 state=TRAINER_WAITING_FOR_DATA if starving else TRAINER_TRAINING,
                 error="",
+                waiting_reason=reason,
                 run=state.cfg.run,
                 rank=state.info.rank,
                 world_size=state.info.world_size,
@@ -137,6 +142,15 @@ class StepReporter:
                 checkpoints_freed_bytes=state.freed_bytes,
             )
         )
+
+    def _why_waiting(self) -> str:
+        """What keeps shards away (""; while they are on their way), logged by rank 0 when it changes."""
+        reason = self.redis_status.why_waiting(self.state.cfg.shard_dir)
+        gist = re.sub(r"\d+", "N", reason)
+        if reason and gist != self._said_waiting and self.state.info.is_main:
+            log.warning("waiting for data: %s", reason)
+        self._said_waiting = gist
+        return reason
 
     def failed(self, line: str) -> None:
         """This rank's data is unusable: its heartbeat says so now, before the ranks meet (a rank

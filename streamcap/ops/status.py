@@ -30,6 +30,7 @@ from streamcap.formats.heartbeats import (
     DOWNLOADER_PAUSED_FOR_DISK,
     ENDED_STATES,
     TRAINER_FAILED,
+    TRAINER_WAITING_FOR_DATA,
     DownloaderHeartbeat,
     EvaluatorHeartbeat,
     GcHeartbeat,
@@ -37,6 +38,7 @@ from streamcap.formats.heartbeats import (
     TrainerHeartbeat,
 )
 from streamcap.formats.records import SourceRecord, is_retry_id
+from streamcap.ops.data_wait import no_downloader_hint
 
 _SIZE_COMMANDS = {"stream": "xlen", "hash": "hlen", "set": "scard", "string": "strlen", "list": "llen", "zset": "zcard"}
 DATA_WAIT_HINT_PCT = 20.0
@@ -218,6 +220,8 @@ def trainer_summary(r: redis.Redis, keys: bus.Keys, ranks: list[bus.Heartbeat]) 
         "oom_steps": max((b.oom_steps for b in live), default=None),
         "checkpoints_freed_bytes": sum(b.checkpoints_freed_bytes for b in live) if live else None,
         "failed": sorted({f"{b.run}: {b.error}" for b in failed}),
+        # What a waiting rank found keeping shards away, with its own --shard-dir (ops.data_wait).
+        "waiting": sorted({b.waiting_reason for b in live if b.state == TRAINER_WAITING_FOR_DATA and b.waiting_reason}),
     }
 
 
@@ -270,17 +274,22 @@ def hints(report: dict[str, Any]) -> list[str]:
     out = []
     parts, urls, shards, trainer = report["parts"], report["urls"], report["shards"], report["trainer"]
     out += [f"the trainer stopped itself: {line}" for line in trainer["failed"]]
-    if trainer["data_wait_pct"] is not None and trainer["data_wait_pct"] >= DATA_WAIT_HINT_PCT:
+    out += [f"the trainer waits for data: {line}" for line in trainer["waiting"]]
+    # "Add downloaders" only while nothing else keeps the shards away.
+    if (
+        not trainer["waiting"]
+        and trainer["data_wait_pct"] is not None
+        and trainer["data_wait_pct"] >= DATA_WAIT_HINT_PCT
+    ):
         out.append(
             f"the trainer waited for data {trainer['data_wait_pct']:.0f} % of the time: add downloaders "
             "(docker compose up -d --scale downloader=N, or --processes)"
         )
     if trainer["fresh_ratio"] is not None and trainer["fresh_ratio"] < 0.5 and parts["pending"]:
         out.append(f"only {100 * trainer['fresh_ratio']:.0f} % of trained samples are fresh: downloads lag training")
-    if parts["pending"] + parts["in_flight"] and not urls["downloaders_live"]:
-        out.append(
-            f"{parts['pending'] + parts['in_flight']} parts wait but no downloader is running: start `streamcap download`"
-        )
+    waiting = parts["pending"] + parts["in_flight"]
+    if waiting and not urls["downloaders_live"] and no_downloader_hint(waiting) not in trainer["waiting"]:
+        out.append(no_downloader_hint(waiting))
     if shards["paused_for_disk"] and shards["gc"] is None:
         out.append(
             f"downloads paused for disk ({shards['paused_for_disk']}) and no gc watch runs: "

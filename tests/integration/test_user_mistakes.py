@@ -25,6 +25,7 @@ from streamcap import bus
 from streamcap.downloader.config import DownloaderSettings
 from streamcap.downloader.failures import EXIT_GAVE_UP
 from streamcap.downloader.fetch import Fetcher
+from streamcap.formats.heartbeats import DownloaderHeartbeat
 from streamcap.formats.records import FailedRow
 from streamcap.ops import status
 from streamcap.shardwriter.retry import is_transient
@@ -35,6 +36,7 @@ from tests.integration.test_user_errors import ENV, assert_one_error_line, strea
 from tests.support import timing
 from tests.support.evalsets import karpathy_set, tiny_checkpoint
 from tests.support.fleet import STREAMCAP, children, download, heartbeat_records
+from tests.support.heartbeats import record
 from tests.support.pipeline import enqueue_rows, final_audit, paced_rows, samples_by_row, wait_until, write_parquet
 
 
@@ -350,3 +352,69 @@ def test_two_ranks_stop_together_when_one_finds_no_usable_sample_and_the_other_w
     beats = heartbeat_records(r, keys, bus.ROLE_TRAINER)
     assert sorted(b.rank for b in beats) == [0, 1]
     assert all(b.state == "failed" and "no caption column 'nonexist'" in b.error for b in beats), beats
+
+
+# --- 4: a trainer pointed at the wrong place ------------------------------------------------------------
+
+
+def test_a_waiting_trainer_is_told_what_keeps_its_shards_away(r, keys, tmp_path):
+    from streamcap.ops.data_wait import why_no_data
+
+    shard_dir, ns = tmp_path / "shards", keys.namespace
+    shard_dir.mkdir()
+    assert why_no_data(r, keys, shard_dir) == (
+        f"nothing is enqueued in namespace '{ns}': run `streamcap enqueue SOURCE`, then `streamcap download`"
+    )
+    foreign = [shard_dir / f"laion-{i:05d}.tar" for i in range(3)]  # another pipeline's WebDataset tars
+    for path in foreign:
+        path.write_bytes(b"\0" * 1024)
+    assert why_no_data(r, keys, shard_dir).startswith(
+        f"3 .tar files in {shard_dir.resolve()} are not registered shards of namespace '{ns}' "
+        "(another pipeline's, or another --namespace's?): pass the --namespace that wrote them"
+    )
+    for path in foreign:
+        path.unlink()
+    enqueue_rows(r, keys, shard_dir, [f"http://127.0.0.1:9/{i}.jpg" for i in range(4)], part_size=2)
+    assert why_no_data(r, keys, shard_dir) == "2 parts wait but no downloader is running: start `streamcap download`"
+    bus.write_heartbeat(r, keys, "d1", record(DownloaderHeartbeat, state="working"))
+    assert why_no_data(r, keys, shard_dir) == ""  # the first shard is on its way: no mistake
+    (source,) = r.hkeys(keys.sources)
+    r.sadd(keys.parts_done, f"{source}:0", f"{source}:1")
+    assert why_no_data(r, keys, shard_dir).startswith("all 2 parts are finished and no shard was written")
+    r.delete(keys.parts)  # done: taken off the queue, so the next part is the only one to claim
+    (name,) = make_shards(r, keys, tmp_path / "elsewhere", [4])  # registered, but written to another directory
+    assert why_no_data(r, keys, shard_dir) == (
+        f"all 1 registered shards of namespace '{ns}' are missing from {shard_dir.resolve()}: wrong --shard-dir? "
+        "pass the directory `streamcap download` writes them to"
+    )
+    shutil.copy(tmp_path / "elsewhere" / name, shard_dir / name)
+    assert why_no_data(r, keys, shard_dir) == ""
+
+
+def test_a_trainer_waiting_at_the_wrong_place_says_what_is_wrong_in_its_log_and_in_status(r, redis_url, keys, tmp_path):
+    vocab(tmp_path / "vocab.txt")
+    shard_dir = tmp_path / "shards"
+    shard_dir.mkdir()
+    log = tmp_path / "train.log"
+    proc = start([*train_args(redis_url, keys, tmp_path, run_id="lost", max_steps=5), "--loader-workers", "1"], log)
+
+    def reasons() -> list[str]:
+        return [b.waiting_reason for b in heartbeat_records(r, keys, bus.ROLE_TRAINER) if b.waiting_reason]
+
+    try:
+        nothing = f"nothing is enqueued in namespace '{keys.namespace}': run `streamcap enqueue SOURCE`"
+        wait_until(lambda: any(x.startswith(nothing) for x in reasons()), 120, "the reason in the heartbeat", proc, log)
+        hints = status.collect(r, keys)["hints"]
+        assert any(h.startswith(f"the trainer waits for data: {nothing}") for h in hints), hints
+        assert not any("add downloaders" in h for h in hints), hints  # the wait is 100 %, but downloaders are not it
+        make_shards(r, keys, tmp_path / "elsewhere", [8])
+        missing = f"all 1 registered shards of namespace '{keys.namespace}' are missing from {shard_dir.resolve()}"
+        wait_until(lambda: any(x.startswith(missing) for x in reasons()), 120, "the new reason", proc, log)
+        hints = status.collect(r, keys)["hints"]
+        assert any(h.startswith(f"the trainer waits for data: {missing}: wrong --shard-dir?") for h in hints), hints
+        text = log.read_text()
+        assert f"waiting for data: {nothing}" in text and f"waiting for data: {missing}" in text, text[-3000:]
+        assert proc.poll() is None  # waiting, not failing: a missing shard is no unusable sample
+    finally:
+        proc.kill()
+        proc.wait()
