@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
 import time
 from pathlib import Path
 from typing import Any, TypeVar
@@ -25,6 +24,7 @@ import redis
 
 from streamcap import bus
 from streamcap.bus.partqueue import read_part_queue
+from streamcap.common.store import ShardStore, StoreUnavailable, open_store
 from streamcap.formats.heartbeats import (
     DOWNLOADER_PAUSED,
     DOWNLOADER_PAUSED_FOR_DISK,
@@ -37,6 +37,7 @@ from streamcap.formats.heartbeats import (
     TrainerHeartbeat,
 )
 from streamcap.formats.records import SourceRecord, is_retry_id
+from streamcap.formats.shards import SHARD_SUFFIX
 
 _SIZE_COMMANDS = {"stream": "xlen", "hash": "hlen", "set": "scard", "string": "strlen", "list": "llen", "zset": "zcard"}
 DATA_WAIT_HINT_PCT = 20.0
@@ -158,7 +159,9 @@ def url_summary(stats: dict[str, str], downloaders: list[bus.Heartbeat]) -> dict
     }
 
 
-def shard_summary(r: redis.Redis, keys: bus.Keys, stats: dict[str, str], shard_dir: Path | None) -> dict[str, Any]:
+def shard_summary(
+    r: redis.Redis, keys: bus.Keys, stats: dict[str, str], shard_dir: ShardStore | Path | str | None
+) -> dict[str, Any]:
     control = r.hgetall(keys.control)
     summary: dict[str, Any] = {
         "count": int(stats.get(bus.STAT_SHARDS, 0)),
@@ -172,10 +175,30 @@ def shard_summary(r: redis.Redis, keys: bus.Keys, stats: dict[str, str], shard_d
         "disk": None,
         "gc": gc_summary(bus.read_heartbeats(r, keys, bus.ROLE_GC)),
     }
-    if shard_dir is not None and Path(shard_dir).is_dir():
-        usage = shutil.disk_usage(shard_dir)
-        summary["disk"] = {"path": str(shard_dir), "free": usage.free, "total": usage.total}
+    if shard_dir is not None:
+        summary["disk"] = storage_summary(open_store(shard_dir))
     return summary
+
+
+def storage_summary(store: ShardStore) -> dict[str, Any] | None:
+    """Where the shards are and how much they take: a directory's disk (free of total), or a
+    bucket's bytes of shards (what --max-disk-bytes counts there); an unreachable bucket says why."""
+    if store.local_dir is not None:
+        if not store.local_dir.is_dir():
+            return None
+        free, total = store.space() or (0, 0)
+        return {"path": str(store.local_dir), "free": free, "total": total}
+    try:
+        listing = store.list(suffix=SHARD_SUFFIX)
+    except StoreUnavailable as e:
+        return {"path": store.url, "free": None, "total": None, "error": str(e)}
+    return {
+        "path": store.url,
+        "free": None,
+        "total": None,
+        "used": sum(i.size for i in listing),
+        "objects": len(listing),
+    }
 
 
 def gc_summary(beats: list[bus.Heartbeat]) -> dict[str, Any] | None:
