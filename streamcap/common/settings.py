@@ -195,6 +195,20 @@ def redis_url(v: Any) -> str | None:
         return expected + ", whose port is a number"
     if url.scheme == "unix" and not url.path:
         return expected + ", with the socket's path"
+    return tls_query_problem(url.scheme, parse_qsl(url.query))
+
+
+# redis-py reads these from a rediss:// URL's query (SSLConnection's arguments): certificate files.
+TLS_FILE_OPTIONS = ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile")
+
+
+def tls_query_problem(scheme: str, query: list[tuple[str, str]]) -> str | None:
+    """Say so here, in one line, rather than as redis-py's TypeError or an OpenSSL error on connect."""
+    for key, value in query:
+        if key.startswith("ssl_") and scheme != "rediss":
+            return f"a rediss:// URL for the TLS option {key}= (redis:// is plain text)"
+        if key in TLS_FILE_OPTIONS and not Path(value).is_file():
+            return f"a URL whose {key}= names a readable file ({value} is not one)"
     return None
 
 

@@ -98,14 +98,3 @@ def test_settings_take_a_bucket_url_as_shard_dir(monkeypatch):
     assert CommonSettings(shard_dir=Path("s3://bucket//x/")).shard_dir == "s3://bucket/x"  # as typer hands it over
     with pytest.raises(ConfigError, match="--shard-dir / STREAMCAP_SHARD_DIR: expected an S3 URL"):
         CommonSettings(shard_dir="s3://Not_A_Bucket/x")
-
-
-@pytest.mark.parametrize("command", [["shards", "gc"], ["shards", "verify"], ["shards", "reconcile"]])
-def test_tools_that_work_on_a_directory_only_refuse_a_bucket_in_one_line(command, capsys):
-    # Before Redis is asked anything: they would otherwise report nothing done, as if all were well.
-    from streamcap.cli import app
-    from streamcap.entrypoint import run_app
-
-    assert run_app(app, [*command, "--shard-dir", "s3://b/p", "--redis-url", "redis://127.0.0.1:1/0"]) == 1
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "does not work on a bucket yet" in err[0] and "--shard-dir" in err[0], err
