@@ -40,6 +40,7 @@ class Progress:
         *,
         unit: str,
         total: int | None = None,
+        start: int = 0,
         every: float = 30.0,
         stream: IO[str] | None = None,
         terminal: bool | None = None,
@@ -48,9 +49,9 @@ class Progress:
         self.label, self.unit, self.total, self.every = label, unit, total, every
         self.stream = stream if stream is not None else sys.stderr
         self.clock = clock
-        self.done, self.note = 0, ""
+        self.done, self.note = start, ""  # start: where a resumed task picks up; the rate counts from there
         self.started = self._last_line = clock()
-        self._samples: deque[tuple[float, int]] = deque([(self.started, 0)])
+        self._samples: deque[tuple[float, int]] = deque([(self.started, start)])
         self._closed = False
         self._bar: _Bar | None = None
         if terminal if terminal is not None else _is_terminal(self.stream):
@@ -135,7 +136,9 @@ class _Bar:
             console=console,
             refresh_per_second=REFRESH_PER_SECOND,
         )
-        self.task = self.rich.add_task(progress.label, total=progress.total, unit=progress.unit, rate="", note="")
+        self.task = self.rich.add_task(
+            progress.label, total=progress.total, completed=progress.done, unit=progress.unit, rate="", note=""
+        )
         self.rich.start()
         self._handlers = _log_to(console)
 
