@@ -311,11 +311,21 @@ class CommonSettings(Settings):
         return with_password(self.redis_url, os.environ.get(PASSWORD_ENV))
 
 
+@dataclass(frozen=True, kw_only=True)
+class ProgressSettings(Settings):
+    """What the long commands (enqueue, download, train, eval run) share about showing progress."""
+
+    progress_every: float = setting(30.0, check=at_least(0.1))
+    """Seconds between progress lines when stderr is not a terminal (docker compose logs, CI, a pipe); on a terminal a live bar shows instead."""
+
+
 def all_settings_classes() -> list[type]:
     """Every settings class imported so far (base classes included)."""
     found, todo = [], [Settings]
     while todo:
         cls = todo.pop()
+        if cls in found:  # a class with two settings bases (ProgressSettings too) is met twice
+            continue
         found.append(cls)
         todo.extend(cls.__subclasses__())
     return found

@@ -206,8 +206,16 @@ def _keys(keys: dict[str, Any]) -> Table:
     return table
 
 
+def attention_line(report: dict[str, Any]) -> Text:
+    """The first line: the one problem to fix first (streamcap.ops.attention), or that there is none."""
+    if report["attention"] is None:
+        return Text("all healthy", style="bold green")
+    return Text(f"attention: {report['attention']}", style="bold red")
+
+
 def render(report: dict[str, Any]) -> Group:
     parts: list[Any] = [
+        attention_line(report),
         _redis(report),
         _queue(report["parts"]),
         _downloads(report["urls"]),
