@@ -33,6 +33,7 @@ import redis
 
 from streamcap import bus
 from streamcap.bus.partqueue import PartQueueSnapshot, read_part_queue
+from streamcap.common import namespaces
 from streamcap.formats.records import PartStats
 from streamcap.formats.shards import stats_name
 from streamcap.shardwriter import registry, retry, tempfiles
@@ -85,6 +86,8 @@ def reconcile(
     """Steps 1-5 of the module docstring; with `requeue_missing`, also queue a retry part for the
     rows of every shard that is gone without gc (quarantined, deleted by hand)."""
     shard_dir = Path(shard_dir)
+    # Only this namespace's shard dir is its truth: adopting another's would requeue its parts here.
+    namespaces.claim(shard_dir, keys.namespace)
     report = ReconcileReport()
     report.temp_files_swept = [p.name for p in tempfiles.sweep(shard_dir, temp_stale_s)]
     _restore_sources(r, keys, shard_dir, report)
