@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import errno
 import os
+import secrets
 from pathlib import Path
 
 from streamcap.common.settings import ConfigError, default_shard_dir
@@ -61,7 +62,7 @@ def claim(location: ShardStore | Path | str, namespace: str) -> None:
                 store.write_bytes(MARKER, data)
         else:
             _create_once(Path(str(location)), data)
-    except (StoreUnavailable, PermissionError, OSError):
+    except (StoreUnavailable, OSError):
         return
     check(location, namespace)  # two first writers at once: the one that lost refuses here
 
@@ -73,7 +74,7 @@ def _create_once(directory: Path, data: bytes) -> None:
     marker = directory / MARKER
     if marker.exists():
         return
-    temp = directory / f".tmp-marker~{os.getpid()}"
+    temp = directory / f".tmp-marker~{os.getpid()}~{secrets.token_hex(4)}"
     with open(temp, "wb") as f:
         f.write(data)
         f.flush()
