@@ -28,6 +28,7 @@ from pathlib import Path
 import redis
 
 from streamcap import bus
+from streamcap.common import namespaces
 from streamcap.common.progress import Progress
 from streamcap.common.settings import ConfigError
 from streamcap.downloader.config import EnqueueSettings
@@ -155,7 +156,9 @@ def _absolute(uri: str, source: Source) -> str:
 
 
 def enqueue(r: redis.Redis, keys: bus.Keys, shard_dir: Path, record: SourceRecord, note: str = "") -> EnqueueResult:
-    """Add the source and its parts unless a source with this id exists (atomic)."""
+    """Add the source and its parts unless a source with this id exists (atomic). The shard dir
+    becomes this namespace's (streamcap.common.namespaces), or the enqueue is refused."""
+    namespaces.claim(shard_dir, keys.namespace)
     bus.ensure_group(r, keys.parts, bus.GROUP_DOWNLOADERS)
     existing = _existing(r, keys, record)
     if existing is not None:

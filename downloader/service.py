@@ -58,6 +58,7 @@ import redis
 from aiohttp.abc import AbstractResolver
 
 from streamcap import __version__, bus
+from streamcap.common import namespaces
 from streamcap.common.logs import instance_id, setup_logging
 from streamcap.common.settings import to_json_text
 from streamcap.downloader.claiming import Claiming
@@ -224,6 +225,7 @@ def run(cfg: DownloaderSettings) -> int:
     """The download service: `--processes` worker processes (this one, or children)."""
     setup_logging("downloader", cfg.log_level)
     redis_url = cfg.require_redis()  # before any process starts: a missing URL is one line
+    namespaces.claim(cfg.shard_dir, cfg.namespace)
     log.info("streamcap %s downloader settings: %s", __version__, to_json_text(cfg))
     if cfg.processes == 1:
         with ProgressThread(DownloadProgress(cfg, redis_url, pids=lambda: {os.getpid()})):

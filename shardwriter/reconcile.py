@@ -37,6 +37,7 @@ import redis
 
 from streamcap import bus
 from streamcap.bus.partqueue import PartQueueSnapshot, read_part_queue
+from streamcap.common import namespaces
 from streamcap.common.store import ShardStore, open_store
 from streamcap.formats.records import PartStats
 from streamcap.formats.shards import stats_name
@@ -95,6 +96,8 @@ def reconcile(
     """Steps 1-5 of the module docstring; with `requeue_missing`, also queue a retry part for the
     rows of every shard that is gone without gc (quarantined, deleted by hand)."""
     store = open_store(shard_dir)
+    # Only this namespace's shard dir is its truth: adopting another's would requeue its parts here.
+    namespaces.claim(store, keys.namespace)
     report = ReconcileReport()
     if store.local_dir is not None:  # a bucket holds no temporary files: they stay on the writers' disks
         report.temp_files_swept = [p.name for p in tempfiles.sweep(store.local_dir, temp_stale_s)]

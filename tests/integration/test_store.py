@@ -98,3 +98,16 @@ def test_settings_take_a_bucket_url_as_shard_dir(monkeypatch):
     assert CommonSettings(shard_dir=Path("s3://bucket//x/")).shard_dir == "s3://bucket/x"  # as typer hands it over
     with pytest.raises(ConfigError, match="--shard-dir / STREAMCAP_SHARD_DIR: expected an S3 URL"):
         CommonSettings(shard_dir="s3://Not_A_Bucket/x")
+
+
+def test_a_location_belongs_to_the_namespace_that_claimed_it_on_a_bucket_too(store: ShardStore):
+    from streamcap.common import namespaces
+
+    namespaces.claim(store, "exp1")
+    namespaces.claim(store, "exp1")
+    assert namespaces.owner(store.url) == "exp1"  # as a --shard-dir value names it
+    with pytest.raises(
+        ConfigError, match=f"^--shard-dir / STREAMCAP_SHARD_DIR: {store.url} belongs to namespace 'exp1'"
+    ):
+        namespaces.check(store.url, "exp2")
+    assert store.list() == []  # the marker is in no listing
