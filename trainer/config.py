@@ -16,6 +16,7 @@ from pathlib import Path
 from streamcap.common.settings import (
     DEVICES,
     CommonSettings,
+    ProgressSettings,
     at_least,
     between,
     directory_path,
@@ -53,7 +54,7 @@ def _run_id(v: object) -> str | None:
 
 
 @dataclass(frozen=True, kw_only=True)
-class TrainerSettings(CommonSettings):
+class TrainerSettings(CommonSettings, ProgressSettings):
     """Everything `streamcap train` and `torchrun -m streamcap.trainer` accept."""
 
     # --- run and outputs ---

@@ -12,6 +12,8 @@ JSON output and the one-line error; `streamcap.entrypoint.run_app` runs them.
 Each settings field becomes one option with the field's flag, env var and help, so a new setting
 is declared once, in its settings class. Options default to None ("not given") so the settings
 dataclass stays the one place that knows defaults; `option()` shows that default in --help.
+A command that takes --shard-dir is refused, as one line, when the shard dir belongs to another
+namespace (streamcap.common.namespaces).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from typing import Annotated, Any
 
 import typer
 
+from streamcap.common import namespaces
 from streamcap.common.secrets import redact
 from streamcap.common.settings import CommonSettings, build
 
@@ -84,6 +87,8 @@ def settings_command(
 
         def command(**given: Any) -> Any:
             cfg = build(cls, **{name: given.pop(name) for name in names})
+            if "shard_dir" in names:
+                namespaces.check(cfg.shard_dir, cfg.namespace)
             return func(**given, **{settings_param.name: cfg})
 
         functools.update_wrapper(command, func, updated=())

@@ -22,6 +22,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from streamcap import bus
+from streamcap.bus.embedded import EmbeddedRedis
 from streamcap.downloader.config import DownloaderSettings
 from streamcap.downloader.failures import EXIT_GAVE_UP
 from streamcap.downloader.fetch import Fetcher
@@ -35,13 +36,65 @@ from tests.integration.test_trainer_runs import make_shards, start, train_args, 
 from tests.integration.test_user_errors import ENV, assert_one_error_line, streamcap
 from tests.support import timing
 from tests.support.evalsets import karpathy_set, tiny_checkpoint
-from tests.support.fleet import STREAMCAP, children, download, heartbeat_records
+from tests.support.fleet import DOWNLOAD_ARGS, STREAMCAP, children, download, heartbeat_records
 from tests.support.heartbeats import record
 from tests.support.pipeline import enqueue_rows, final_audit, paced_rows, samples_by_row, wait_until, write_parquet
 
 
 def common(redis_url: str, keys, shard_dir: Path) -> list[str]:
     return ["--redis-url", redis_url, "--namespace", keys.namespace, "--shard-dir", str(shard_dir)]
+
+
+# --- 1: namespaces in one folder ------------------------------------------------------------------
+
+
+def test_two_namespaces_with_default_settings_in_one_folder_never_see_each_others_shards(image_host, tmp_path):
+    # The default namespace is a literal ("streamcap"), so it gets a Redis server no other test uses.
+    work = tmp_path / "work"
+    work.mkdir()
+    first = write_parquet(tmp_path / "first.parquet", paced_rows(image_host, 6, failures=False))
+    second = write_parquet(tmp_path / "second.parquet", paced_rows(image_host, 4, failures=False))
+    with EmbeddedRedis(data_dir=tmp_path / "redis") as server:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("STREAMCAP_")}
+        env |= ENV | {"REDIS_URL": server.url}
+
+        def run(*args: str) -> subprocess.CompletedProcess:
+            return subprocess.run(
+                [*STREAMCAP, *args], cwd=work, env=env, capture_output=True, text=True, timeout=timing.scaled(120)
+            )
+
+        def audit(*args: str) -> dict:
+            out = run("audit", "--json", *args)
+            assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+            return json.loads(out.stdout)
+
+        fetch = ("download", "--exit-when-empty", "--allow-private", *DOWNLOAD_ARGS)
+        assert run("enqueue", str(first), "--part-size", "3").returncode == 0
+        assert (ran := run(*fetch)).returncode == 0, ran.stderr[-3000:]
+        added = run("enqueue", str(second), "--part-size", "2", "--namespace", "exp2")
+        assert added.returncode == 0 and "4 rows in 2 parts" in added.stdout, added.stderr
+
+        # Before: the default namespace counted exp2's 4 rows as lost, and reconcile queued exp2's parts.
+        assert audit()["lost"] == 0 and audit()["rows_enqueued"] == 6
+        assert (fixed := run("shards", "reconcile")).returncode == 0, fixed.stdout + fixed.stderr
+        r = bus.connect(server.url)
+        default, exp2 = bus.Keys("streamcap"), bus.Keys("exp2")
+        assert r.xlen(default.parts) == 2 and r.hkeys(default.sources) == ["first"]
+
+        assert (ran := run(*fetch, "--namespace", "exp2")).returncode == 0, ran.stderr[-3000:]
+        assert audit("--namespace", "exp2", "--expect-done")["samples"] == 4
+        assert audit("--expect-done")["samples"] == 6
+        assert r.xlen(exp2.parts) == 2 and r.hkeys(exp2.sources) == ["second"]
+        assert {p.name.split("-")[0] for p in (work / "shards").glob("*.tar")} == {"first"}
+        assert {p.name.split("-")[0] for p in (work / "shards-exp2").glob("*.tar")} == {"second"}
+        assert (work / "shards" / ".streamcap-namespace").read_text() == "streamcap\n"
+
+        # Pointed at the other's shard dir on purpose: refused by name, nothing adopted.
+        for args in (("shards", "reconcile"), ("audit",), ("status",), ("download", "--exit-when-empty")):
+            refused = run(*args, "--namespace", "exp2", "--shard-dir", "shards")
+            assert_one_error_line(refused, "shards belongs to namespace 'streamcap'", "not to --namespace 'exp2'")
+        assert r.xlen(exp2.parts) == 2 and r.hkeys(exp2.sources) == ["second"]
+        r.close()
 
 
 # --- 6: a source changed after enqueue --------------------------------------------------------------
