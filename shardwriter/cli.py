@@ -39,7 +39,7 @@ def ls_command(cfg: ShardWriterSettings, as_json: JsonFlag = False) -> int:
 
 
 @shards_app.command("verify")
-@settings_command(ShardWriterSettings, only=("quarantine_dir", *COMMON_FIELDS))
+@settings_command(ShardWriterSettings, only=("quarantine_dir", *COMMON_FIELDS), owner_check=False)
 def verify_command(
     paths: Annotated[
         list[Path] | None, typer.Argument(help="Shard files or directories (default: the shard dir).")

@@ -15,6 +15,7 @@ from rich.console import Console
 from rich.table import Table
 
 from streamcap import bus
+from streamcap.common import namespaces
 from streamcap.common.commands import print_json
 from streamcap.common.store import ShardStore, open_store
 from streamcap.formats.shards import SHARD_SUFFIX
@@ -88,6 +89,8 @@ def verify(cfg: ShardWriterSettings, paths: list[Path], quarantine: bool, as_jso
     from streamcap.shardwriter.verify import check_stored, expand
     from streamcap.shardwriter.verify import quarantine as move_away
 
+    if quarantine:  # it unregisters shards: only in the namespace the shard dir belongs to
+        namespaces.check(cfg.shard_dir, cfg.namespace)
     found, missing = expand(paths or [cfg.shard_dir])
     r = _connect(cfg) if quarantine else None
     checks, moved = [], {}

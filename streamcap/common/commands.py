@@ -60,6 +60,7 @@ def settings_command(
     only: Iterable[str] | None = None,
     exclude: Iterable[str] = (),
     read_as: Mapping[str, type] | None = None,
+    owner_check: bool = True,
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Give a command one option per field of settings class `cls`, and call it with the settings.
 
@@ -67,7 +68,9 @@ def settings_command(
     the options (the most derived class's fields first, the common ones last), and it receives
     `build(cls, ...)` of their values. Its other parameters (arguments, command-specific flags)
     stay as they are. `only`/`exclude` pick fields; `read_as` overrides the type an option parses,
-    for fields the settings convert themselves (byte sizes read as text: "200G").
+    for fields the settings convert themselves (byte sizes read as text: "200G"). A command with a
+    shard dir refuses one that belongs to another namespace, unless `owner_check=False` (it only
+    reads files there, and checks itself when asked to change something).
     """
     names = _option_fields(cls, only, exclude)
     hints = typing.get_type_hints(cls)
@@ -87,7 +90,7 @@ def settings_command(
 
         def command(**given: Any) -> Any:
             cfg = build(cls, **{name: given.pop(name) for name in names})
-            if "shard_dir" in names:
+            if "shard_dir" in names and owner_check:
                 namespaces.check(cfg.shard_dir, cfg.namespace)
             return func(**given, **{settings_param.name: cfg})
 

@@ -89,6 +89,18 @@ def test_every_command_with_a_shard_dir_refuses_another_namespaces(tmp_path, mon
     assert run_app(app, []) == 0 and seen[-1].shard_dir == Path("shards")
 
 
+def test_verify_reads_another_namespaces_shard_dir_but_quarantines_only_its_own(tmp_path, capsys):
+    # `make demo` writes namespace 'demo': checking its files needs no --namespace, but moving
+    # (and unregistering) them does.
+    shards = tmp_path / "shards"
+    namespaces.claim(shards, "demo")
+    assert run_app(streamcap_app, ["shards", "verify", "--shard-dir", str(shards)]) == 0
+    capsys.readouterr()
+    args = ["shards", "verify", "--quarantine", "--shard-dir", str(shards), "--redis-url", "redis://127.0.0.1:1/0"]
+    assert run_app(streamcap_app, args) == 1
+    assert "belongs to namespace 'demo'" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("given", ["debug", "Debug", "DEBUG", "warning"])
 def test_a_log_level_in_any_case_is_that_level(given, monkeypatch):
     app, seen = recording_app()
