@@ -17,6 +17,7 @@ from typing import ClassVar
 from streamcap import __version__
 from streamcap.common.settings import (
     CommonSettings,
+    ProgressSettings,
     at_least,
     between,
     directory_path,
@@ -104,7 +105,7 @@ def _user_agent(v: object) -> str | None:
 
 
 @dataclass(frozen=True, kw_only=True)
-class EnqueueSettings(CommonSettings):
+class EnqueueSettings(CommonSettings, ProgressSettings):
     """How `streamcap enqueue` reads a source and splits it into parts."""
 
     url_col: str = setting("url")
@@ -134,7 +135,7 @@ class EnqueueSettings(CommonSettings):
 
 
 @dataclass(frozen=True, kw_only=True)
-class DownloaderSettings(ShardWriterSettings):
+class DownloaderSettings(ShardWriterSettings, ProgressSettings):
     """The download service: claiming, fetching, security, image processing."""
 
     size_fields: ClassVar[tuple[str, ...]] = (*SIZE_FIELDS, "spool_max_bytes")  # read as "10G" too

@@ -28,6 +28,8 @@ from pathlib import Path
 import redis
 
 from streamcap import bus
+from streamcap.common import namespaces
+from streamcap.common.progress import Progress
 from streamcap.common.settings import ConfigError
 from streamcap.downloader.config import EnqueueSettings
 from streamcap.downloader.pin import compare, pin_files
@@ -108,11 +110,11 @@ def describe_source(cfg: EnqueueSettings, uri: str) -> tuple[SourceRecord, str]:
     return record, note
 
 
-def count_duplicates(record: SourceRecord) -> int:
-    """Rows of the source whose url and caption equal an earlier row's."""
+def count_duplicates(record: SourceRecord, progress: Progress | None = None) -> int:
+    """Rows of the source whose url and caption equal an earlier row's; `progress` gets the rows read."""
     columns = [record.url_col, record.caption_col]
     seen: set[bytes] = set()
-    duplicates = 0
+    duplicates = read = 0
     for batch in open_source(record.uri).scan(columns, record.rows):
         for values in zip(*(batch[c] for c in columns)):
             text = "\x00".join("" if v is None else str(v) for v in values)
@@ -121,6 +123,9 @@ def count_duplicates(record: SourceRecord) -> int:
                 duplicates += 1
             else:
                 seen.add(key)
+        read += len(batch[record.url_col])
+        if progress is not None:
+            progress.update(read, note=f"{duplicates} duplicates")
     return duplicates
 
 
@@ -151,7 +156,9 @@ def _absolute(uri: str, source: Source) -> str:
 
 
 def enqueue(r: redis.Redis, keys: bus.Keys, shard_dir: Path, record: SourceRecord, note: str = "") -> EnqueueResult:
-    """Add the source and its parts unless a source with this id exists (atomic)."""
+    """Add the source and its parts unless a source with this id exists (atomic). The shard dir
+    becomes this namespace's (streamcap.common.namespaces), or the enqueue is refused."""
+    namespaces.claim(shard_dir, keys.namespace)
     bus.ensure_group(r, keys.parts, bus.GROUP_DOWNLOADERS)
     existing = _existing(r, keys, record)
     if existing is not None:
@@ -210,7 +217,9 @@ def run(cfg: EnqueueSettings, uri: str) -> int:
     """The `streamcap enqueue` command: prints one line saying what was (not) added."""
     try:
         record, note = describe_source(cfg, uri)
-        duplicates = count_duplicates(record)
+        # Reading every row (the duplicate count) is what takes long on a source of millions.
+        with Progress("enqueue", unit="rows", total=record.rows, every=cfg.progress_every) as progress:
+            duplicates = count_duplicates(record, progress)
     except SourceError as e:
         raise ConfigError(str(e)) from None
     r = bus.connect(cfg.require_redis())

@@ -54,6 +54,8 @@ IMAGE_TIMEOUT_S = 60.0
 PIPELINE = 2  # images queued per worker: one processing, one ready to go
 _REQUEST = struct.Struct("!IH")  # body length, tag length; then the tag, then the body
 _RESULT = struct.Struct("!I")  # pickled result length; then the pickle
+_READY = _RESULT.pack(0)  # a worker's first frame: booted, its clock may start
+MAX_BOOT_FAILURES = 3  # workers in a row that die before they are ready: the pool cannot start them
 
 
 # --- the worker process ---------------------------------------------------------------------------
@@ -64,6 +66,9 @@ def _serve(sock: socket.socket, opts: ImageOptions, process_fn: ProcessFn, owner
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the group; the owner shuts us down
     threading.Thread(target=_exit_with_owner, args=(owner_pid,), daemon=True, name="owner-watch").start()
     try:
+        # Booting (imports, unpickling the options) can take seconds on a busy machine; no image
+        # may be charged for it, so the owner sends none before this.
+        sock.sendall(_READY)
         while True:
             header = _recv_exact(sock, _REQUEST.size)
             if header is None:
@@ -126,6 +131,7 @@ class _Worker:
     queue: collections.deque = field(default_factory=collections.deque)  # sent, oldest first
     timer: asyncio.TimerHandle | None = None
     alive: bool = True
+    ready: bool = False
 
 
 class _ResultReader(asyncio.Protocol):
@@ -134,10 +140,17 @@ class _ResultReader(asyncio.Protocol):
     def __init__(self, pool: ImagePool, worker: _Worker) -> None:
         self.pool, self.worker, self.buffer = pool, worker, bytearray()
 
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.worker.transport = transport  # type: ignore[assignment]  # before the worker's first frame
+
     def data_received(self, data: bytes) -> None:
         self.buffer += data
         while len(self.buffer) >= _RESULT.size:
             (n,) = _RESULT.unpack_from(self.buffer)
+            if n == 0:
+                del self.buffer[: _RESULT.size]
+                self.pool._ready(self.worker)
+                continue
             if len(self.buffer) < _RESULT.size + n:
                 return
             result = pickle.loads(self.buffer[_RESULT.size : _RESULT.size + n])
@@ -164,6 +177,7 @@ class ImagePool:
         self._workers: list[_Worker] = []
         self._waiting: collections.deque[_Request] = collections.deque()
         self._starting = 0
+        self._boot_failures = 0
         self._closed = False
 
     async def start(self) -> None:
@@ -208,7 +222,7 @@ class ImagePool:
 
     def _dispatch(self) -> None:
         for worker in self._workers:
-            while self._waiting and worker.alive and worker.transport is not None and len(worker.queue) < PIPELINE:
+            while self._waiting and worker.alive and worker.ready and len(worker.queue) < PIPELINE:
                 request = self._waiting.popleft()
                 if request.future.done():  # its caller was cancelled meanwhile
                     continue
@@ -216,6 +230,11 @@ class ImagePool:
                 tag = request.tag.encode()
                 worker.transport.writelines([_REQUEST.pack(len(request.body), len(tag)), tag, request.body])
                 self._arm(worker)
+
+    def _ready(self, worker: _Worker) -> None:
+        worker.ready = True
+        self._boot_failures = 0
+        self._dispatch()
 
     def _arm(self, worker: _Worker) -> None:
         """Time the image at the head of the worker's queue (the one being processed)."""
@@ -246,6 +265,15 @@ class ImagePool:
             self._workers.remove(worker)
         if self._closed:
             return
+        if not worker.ready:
+            self._boot_failures += 1
+            if self._boot_failures >= MAX_BOOT_FAILURES:  # say so rather than respawn forever
+                self._boot_failures = 0
+                log.error("image workers die before they are ready (%d in a row); see their stderr", MAX_BOOT_FAILURES)
+                while self._waiting:
+                    request = self._waiting.popleft()
+                    if not request.future.done():
+                        request.future.set_result(Rejection("processing_crash", "the image worker could not start"))
         if worker.queue:
             head = worker.queue.popleft()
             self.crashes += 1

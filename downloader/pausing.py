@@ -16,7 +16,9 @@ streamcap.formats.heartbeats), since every pause is a change of state:
   disk budget. A bucket that cannot be used (endpoint down, bucket missing, credentials
   refused) pauses claiming (`paused`, `shard store unavailable: ...`) before any part is
   claimed, so none loses its downloads; a spool over --spool-max-bytes (or its disk under
-  --min-free-bytes) is `paused_for_disk`. Claiming resumes by itself once the check passes.
+  --min-free-bytes) is `paused_for_disk`, and so is a bucket whose shards are over
+  --max-disk-bytes (measured every BUCKET_RECHECK_S: a listing costs requests). Claiming
+  resumes by itself once the check passes.
 - **environment** (downloader.failures: shard dir full, read-only or not writable, source
   unreadable here): claiming stops for a backoff from ENV_BACKOFF_S doubling to ENV_BACKOFF_MAX_S,
   then one part is tried again; a commit ends the pause. With `--exit-when-empty` the worker
@@ -34,9 +36,10 @@ from collections.abc import Callable
 from typing import Any
 
 from streamcap import bus
+from streamcap.common.store import StoreUnavailable
 from streamcap.downloader.claims import PartClaimer
 from streamcap.downloader.config import DownloaderSettings
-from streamcap.downloader.failures import is_disk_full, is_store_down
+from streamcap.downloader.failures import STORE_UNAVAILABLE, is_disk_full, is_store_down
 from streamcap.downloader.spool import Spool
 from streamcap.formats.heartbeats import (
     DOWNLOADER_IDLE,
@@ -51,6 +54,7 @@ from streamcap.shardwriter.retention import disk_pressure
 log = logging.getLogger("streamcap.downloader")
 
 DISK_RECHECK_S = 2.0
+BUCKET_RECHECK_S = 15.0
 ENV_BACKOFF_S, ENV_BACKOFF_MAX_S = 2.0, 30.0
 REDIS_DOWN = (*bus.REDIS_DOWN, bus.RedisUnavailable)
 
@@ -66,6 +70,8 @@ class Pausing:
         self.gave_up = ""  # the environment failure --exit-when-empty gave up on
         self._paused_until = 0.0
         self._disk_checked_at = -DISK_RECHECK_S
+        self._bucket_checked_at = -BUCKET_RECHECK_S
+        self._bucket_reason: str | None = None  # the bucket's budget, as last measured
         self._env_since: float | None = None  # the environment has failed since (no commit since)
         self._env_backoff = 0.0
         self._env_retry_said = False
@@ -106,7 +112,7 @@ class Pausing:
         if not (remote or self.cfg.has_disk_budget) or time.monotonic() < self._disk_checked_at + DISK_RECHECK_S:
             return True
         self._disk_checked_at = time.monotonic()  # a scan of the shard dir: not on every tick
-        reason = await asyncio.to_thread(self.spool.pressure if remote else self._disk_pressure)
+        reason = await asyncio.to_thread(self._bucket_pressure if remote else self._disk_pressure)
         if reason:
             state = DOWNLOADER_PAUSED if is_store_down(reason) else DOWNLOADER_PAUSED_FOR_DISK
             if self.state != state or (is_store_down(reason) and not is_store_down(self.reason)):
@@ -125,6 +131,21 @@ class Pausing:
     def _disk_pressure(self) -> str | None:
         cfg = self.cfg
         return disk_pressure(self.r, self.keys, cfg.shard_dir, cfg.max_disk_bytes, cfg.min_free_bytes)
+
+    def _bucket_pressure(self) -> str | None:
+        """The bucket usable and the spool not full, then the bucket's budget (--max-disk-bytes
+        counts its shards; --min-free-bytes guards the spool's disk)."""
+        reason = self.spool.pressure()
+        if reason or not self.cfg.max_disk_bytes:
+            return reason
+        # Measuring a bucket is a listing (requests, paid for on most clouds): less often than a disk.
+        if time.monotonic() >= self._bucket_checked_at + BUCKET_RECHECK_S:
+            self._bucket_checked_at = time.monotonic()
+            try:
+                self._bucket_reason = disk_pressure(self.r, self.keys, self.spool.store, self.cfg.max_disk_bytes, 0)
+            except StoreUnavailable as e:
+                return f"{STORE_UNAVAILABLE}: {e}"
+        return self._bucket_reason
 
     # --- the environment ------------------------------------------------------------------------------
 

@@ -48,6 +48,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import os
 import secrets
 import signal
 import time
@@ -57,6 +58,7 @@ import redis
 from aiohttp.abc import AbstractResolver
 
 from streamcap import __version__, bus
+from streamcap.common import namespaces
 from streamcap.common.logs import instance_id, setup_logging
 from streamcap.common.settings import to_json_text
 from streamcap.downloader.claiming import Claiming
@@ -72,6 +74,7 @@ from streamcap.downloader.inflight import PartsInFlight
 from streamcap.downloader.livestats import LiveStats
 from streamcap.downloader.part import PartRunner
 from streamcap.downloader.pausing import REDIS_DOWN, Pausing
+from streamcap.downloader.progress import DownloadProgress, ProgressThread
 from streamcap.downloader.security import AddressPolicy
 from streamcap.downloader.spool import Spool
 from streamcap.downloader.supervisor import STOP_SIGNALS, supervise
@@ -222,7 +225,10 @@ def run(cfg: DownloaderSettings) -> int:
     """The download service: `--processes` worker processes (this one, or children)."""
     setup_logging("downloader", cfg.log_level)
     redis_url = cfg.require_redis()  # before any process starts: a missing URL is one line
+    namespaces.claim(cfg.shard_dir, cfg.namespace)
     log.info("streamcap %s downloader settings: %s", __version__, to_json_text(cfg))
     if cfg.processes == 1:
-        return run_worker(cfg, redis_url)
-    return supervise(cfg, functools.partial(_child_main, redis_url=redis_url))
+        with ProgressThread(DownloadProgress(cfg, redis_url, pids=lambda: {os.getpid()})):
+            return run_worker(cfg, redis_url)
+    child = functools.partial(_child_main, redis_url=redis_url)
+    return supervise(cfg, child, progress=lambda pids: DownloadProgress(cfg, redis_url, pids))

@@ -24,20 +24,26 @@ import os
 import signal
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from streamcap.common.lifetime import die_with_parent
 from streamcap.downloader.config import DownloaderSettings
 from streamcap.downloader.failures import EXIT_GAVE_UP
+
+if TYPE_CHECKING:
+    from streamcap.downloader.progress import DownloadProgress
 
 log = logging.getLogger("streamcap.downloader")
 
 RESTART_DELAY_S = 1.0
 STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
 ChildMain = Callable[[DownloaderSettings, int], None]
+MakeProgress = Callable[[Callable[[], set[int]]], "DownloadProgress"]
 
 
-def supervise(cfg: DownloaderSettings, child_main: ChildMain) -> int:
-    """Run `child_main(cfg.worker(), i)` in `cfg.processes` processes until all have exited."""
+def supervise(cfg: DownloaderSettings, child_main: ChildMain, progress: MakeProgress | None = None) -> int:
+    """Run `child_main(cfg.worker(), i)` in `cfg.processes` processes until all have exited;
+    `progress(pids)` shows their progress, made once they are started."""
     workers = _Workers(cfg, child_main)
     signal.signal(signal.SIGTERM, workers.stop)
     signal.signal(signal.SIGINT, workers.stop)
@@ -47,7 +53,13 @@ def supervise(cfg: DownloaderSettings, child_main: ChildMain) -> int:
         workers.start(i)
     if workers.stopping:
         log.info("stopping: %d of %d worker processes were started", len(workers.procs), cfg.processes)
-    codes = workers.wait()
+    # Made after the forks: it connects to Redis, and the parent must hold no socket when it forks.
+    shown = progress(workers.pids) if progress is not None else None
+    try:
+        codes = workers.wait(shown.tick if shown is not None else None)
+    finally:
+        if shown is not None:
+            shown.close()
     if all(c == 0 for c in codes.values()):
         return 0
     return EXIT_GAVE_UP if all(c in (0, EXIT_GAVE_UP) for c in codes.values()) else 1
@@ -60,7 +72,11 @@ class _Workers:
         self.cfg, self.child_main = cfg, child_main
         self.ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
         self.procs: dict[int, mp.process.BaseProcess] = {}
+        self.started: set[int] = set()  # pids of every worker started, restarted ones too
         self.stopping = False
+
+    def pids(self) -> set[int]:
+        return set(self.started)
 
     def stop(self, sig: int, _frame: object) -> None:
         """The signal handler: start nothing more, pass the stop on to every worker started."""
@@ -82,15 +98,20 @@ class _Workers:
             )
             p.start()
             self.procs[i] = p
+            if p.pid is not None:
+                self.started.add(p.pid)
         finally:
             signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
 
-    def wait(self) -> dict[int, int]:
-        """Until every worker has exited (restarting crashed ones unless stopping): their exit codes."""
+    def wait(self, tick: Callable[[], None] | None = None) -> dict[int, int]:
+        """Until every worker has exited (restarting crashed ones unless stopping): their exit
+        codes. `tick` runs about once a second meanwhile."""
         codes: dict[int, int] = {}
         while len(codes) < len(self.procs):
             running = [p.sentinel for i, p in self.procs.items() if i not in codes]
             multiprocessing.connection.wait(running, timeout=1.0)  # returns as soon as one exits
+            if tick is not None:
+                tick()
             for i, p in list(self.procs.items()):
                 if i in codes or p.exitcode is None:
                     continue

@@ -14,6 +14,7 @@ from pathlib import Path
 from streamcap.common.settings import (
     DEVICES,
     CommonSettings,
+    ProgressSettings,
     at_least,
     between,
     directory_path,
@@ -33,7 +34,7 @@ MAX_GALLERY = 1000  # images embedded in one HTML report
 
 
 @dataclass(frozen=True, kw_only=True)
-class EvalSettings(CommonSettings, env_prefix="STREAMCAP_EVAL_"):
+class EvalSettings(CommonSettings, ProgressSettings, env_prefix="STREAMCAP_EVAL_"):
     """Everything `streamcap eval score|run|watch` accept."""
 
     # --- the evaluation set ---

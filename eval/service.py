@@ -18,6 +18,7 @@ from typing import Any
 
 from streamcap.common.commands import error, print_json
 from streamcap.common.logs import instance_id, setup_logging
+from streamcap.common.progress import Progress
 from streamcap.common.settings import to_json_text
 from streamcap.eval.config import EvalSettings
 from streamcap.eval.datasets import EvalSetError, load_eval_set
@@ -61,7 +62,15 @@ def run_once(cfg: EvalSettings, checkpoint: Path, *, as_json: bool = False) -> i
     from streamcap.model.checkpoint import CheckpointError
 
     try:
-        result = evaluate_checkpoint(cfg, checkpoint, evalset, pick_device(cfg))
+        with Progress("eval", unit="images", total=len(evalset), every=cfg.progress_every) as progress:
+            result = evaluate_checkpoint(
+                cfg,
+                checkpoint,
+                evalset,
+                pick_device(cfg),
+                on_stage=lambda stage, done, total: progress.update(done, total=total, note=stage),
+            )
+            progress.update(len(evalset), note="done")
     except (EvalSetError, CheckpointError) as e:
         error(str(e))
         return 1

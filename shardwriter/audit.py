@@ -39,6 +39,7 @@ import redis
 
 from streamcap import bus
 from streamcap.bus.partqueue import PartQueueSnapshot, read_part_queue
+from streamcap.common import namespaces
 from streamcap.common.store import ShardStore, open_store
 from streamcap.formats.records import PartRecord, PartStats, ShardRecord
 from streamcap.formats.shards import SHARD_SUFFIX, part_prefix, sample_key
@@ -172,6 +173,7 @@ def audit(
 ) -> AuditReport:
     """Reconcile Redis, the stats files and the shard contents (see the module docstring)."""
     store = open_store(shard_dir)  # a directory or a bucket (streamcap.common.store)
+    namespaces.check(store, keys.namespace)  # another namespace's sources would all count as lost
     report = AuditReport()
     found = _Findings(report)
     parts = _expected_parts(r, keys, store, report, found)

@@ -7,6 +7,7 @@
     streamcap shards reconcile [--requeue-missing]
     streamcap audit [--expect-done] [--json]
 
+--shard-dir may be a directory or a bucket (s3://bucket/prefix): every command works on both.
 Imports only typer and the settings here; the tools load inside the command bodies. Each
 command's options are the ShardWriterSettings fields it names (`settings_command`).
 """
@@ -19,21 +20,10 @@ from typing import Annotated
 import typer
 
 from streamcap.common.commands import COMMON_FIELDS, JsonFlag, settings_command
-from streamcap.common.settings import fail
-from streamcap.common.store import is_store_url
 from streamcap.shardwriter.config import SIZE_FIELDS, ShardWriterSettings
 
 # Byte sizes are read as text ("200G"); the settings parse them.
 SIZES_AS_TEXT = dict.fromkeys(SIZE_FIELDS, str)
-
-
-def _directory_only(cfg: ShardWriterSettings, command: str) -> None:
-    """These tools scan and move files of a shard directory; on a bucket they would report
-    nothing done, as if all were well."""
-    if is_store_url(cfg.shard_dir):
-        fail(
-            cfg, "shard_dir", f"a shard directory (`streamcap {command}` does not work on a bucket yet)", cfg.shard_dir
-        )
 
 
 shards_app = typer.Typer(help="Inspect, verify, clean up and rebuild the shard registry.", no_args_is_help=True)
@@ -49,13 +39,17 @@ def ls_command(cfg: ShardWriterSettings, as_json: JsonFlag = False) -> int:
 
 
 @shards_app.command("verify")
-@settings_command(ShardWriterSettings, only=("quarantine_dir", *COMMON_FIELDS))
+@settings_command(ShardWriterSettings, only=("quarantine_dir", *COMMON_FIELDS), owner_check=False)
 def verify_command(
     paths: Annotated[
         list[Path] | None, typer.Argument(help="Shard files or directories (default: the shard dir).")
     ] = None,
     quarantine: Annotated[
-        bool, typer.Option("--quarantine", help="Move bad shards to the quarantine dir and unregister them.")
+        bool,
+        typer.Option(
+            "--quarantine",
+            help="Move bad shards to the quarantine dir (a bucket's quarantine/ prefix) and unregister them.",
+        ),
     ] = False,
     *,
     cfg: ShardWriterSettings,
@@ -64,7 +58,6 @@ def verify_command(
     """Read every tar (registered or not); exit 1 naming each bad file and why."""
     from streamcap.shardwriter import tools
 
-    _directory_only(cfg, "shards verify")
     return tools.verify(cfg, list(paths or []), quarantine, as_json)
 
 
@@ -82,10 +75,9 @@ def gc_command(
     every: Annotated[float, typer.Option("--every", min=1.0, help="Seconds between rounds with --watch.")] = 30.0,
     as_json: JsonFlag = False,
 ) -> int:
-    """Delete read shards, oldest first, while the shard disk is over budget."""
+    """Delete read shards, oldest first, while the shard dir (or bucket) is over budget."""
     from streamcap.shardwriter import tools
 
-    _directory_only(cfg, "shards gc")
     if watch:
         if dry_run or as_json:
             raise typer.BadParameter("--watch deletes for real and logs: no --dry-run or --json with it")
@@ -112,7 +104,6 @@ def reconcile_command(
     """Rebuild the registry from the shard dir after Redis lost data; re-enqueue unfinished parts."""
     from streamcap.shardwriter import tools
 
-    _directory_only(cfg, "shards reconcile")
     return tools.reconcile(cfg, as_json, requeue_missing)
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import ClassVar
 
 from streamcap.common.settings import Check, CommonSettings, at_least, between, directory_path, fail, optional, setting
+from streamcap.common.store import is_store_url
 
 _UNITS = {
     "": 1,
@@ -111,8 +112,11 @@ class ShardWriterSettings(CommonSettings):
         super().__post_init__()
 
     @property
-    def quarantine_path(self) -> Path:
-        return self.quarantine_dir if self.quarantine_dir is not None else self.shard_dir / "quarantine"
+    def quarantine_path(self) -> Path | None:
+        """None with a bucket and no --quarantine-dir: bad shards then move to its quarantine/ prefix."""
+        if self.quarantine_dir is not None:
+            return self.quarantine_dir
+        return None if is_store_url(self.shard_dir) else Path(self.shard_dir) / "quarantine"
 
     @property
     def has_disk_budget(self) -> bool:

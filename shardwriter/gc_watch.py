@@ -6,7 +6,9 @@ Downloaders pause while the shard disk is over its budget (`--max-disk-bytes`, `
 the shards that free it are the ones every running training run has read `--min-reads` times.
 This loop runs `gc` every `interval_s` seconds (at once when the budget is exceeded) and writes a
 heartbeat (role `gc`) with what it did, which `streamcap status` shows in its Shards section. A
-Redis outage is waited out; nothing is deleted while Redis is unreachable.
+Redis outage is waited out; nothing is deleted while Redis is unreachable. With a bucket
+(`--shard-dir s3://...`) the budget is the bytes of its shards, and a bucket that cannot be
+reached is waited out the same way (each round says why in the heartbeat).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from dataclasses import dataclass, field
 
 from streamcap import bus
 from streamcap.common.logs import instance_id
+from streamcap.common.store import StoreUnavailable
 from streamcap.formats.heartbeats import GC_WATCHING, GcHeartbeat
 from streamcap.shardwriter.config import ShardWriterSettings, format_size
 from streamcap.shardwriter.retention import GcReport, gc
@@ -103,14 +106,20 @@ def watch(cfg: ShardWriterSettings, interval_s: float, stop: threading.Event | N
 
 
 def _round(r, cfg: ShardWriterSettings, totals: GcTotals) -> None:
-    report = gc(
-        r,
-        bus.Keys(cfg.namespace),
-        cfg.shard_dir,
-        max_disk_bytes=cfg.max_disk_bytes,
-        min_free_bytes=cfg.min_free_bytes,
-        min_reads=cfg.min_reads,
-    )
+    try:
+        report = gc(
+            r,
+            bus.Keys(cfg.namespace),
+            cfg.shard_dir,
+            max_disk_bytes=cfg.max_disk_bytes,
+            min_free_bytes=cfg.min_free_bytes,
+            min_reads=cfg.min_reads,
+        )
+    except StoreUnavailable as e:
+        # A bucket that cannot be reached is waited out like Redis: the next round tries again,
+        # and the heartbeat (`streamcap status`) says why nothing was freed.
+        log.warning("gc: %s", e)
+        report = GcReport(stopped_because=str(e))
     totals.add(report)
     if report.deleted:
         log.info(

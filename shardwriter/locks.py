@@ -25,9 +25,10 @@ import logging
 import os
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
 
+from streamcap.common.store import ShardStore
 from streamcap.formats.shards import part_prefix
 from streamcap.shardwriter.tempfiles import TempOwner
 
@@ -59,6 +60,14 @@ def part_lock(shard_dir: Path, source: str, part: int, timeout_s: float = PART_L
     finally:
         path.unlink(missing_ok=True)
         os.close(fd)
+
+
+def stored_part_lock(store: ShardStore, source: str, part: int) -> AbstractContextManager[None]:
+    """The part lock where the store's shards are files; a bucket has none to take. There a
+    part's objects change only by its claim holder's uploads (confirmed before they start, see
+    downloader.spool), and each object appears whole; callers that read a part's files leave
+    in-flight parts alone, as reconcile does."""
+    return part_lock(store.local_dir, source, part) if store.local_dir is not None else nullcontext()
 
 
 def _acquire(path: Path, part_id: str, timeout_s: float) -> int:

@@ -20,6 +20,10 @@ disk is a committed-or-committable part. Reconcile then, safely while downloader
 6. with `--requeue-missing`, queues a retry part (`retry`) for exactly the rows of shards gone
    without gc (quarantined, deleted by hand, marked in `shards:lost`).
 After this, `streamcap audit` passes again.
+
+The shard dir may be a bucket (`s3://bucket/prefix`): the same steps run on its objects, less the
+sweep (writers' temporary files stay on their own disks) and the part lock (see
+locks.stored_part_lock).
 """
 
 from __future__ import annotations
@@ -33,11 +37,13 @@ import redis
 
 from streamcap import bus
 from streamcap.bus.partqueue import PartQueueSnapshot, read_part_queue
+from streamcap.common import namespaces
+from streamcap.common.store import ShardStore, open_store
 from streamcap.formats.records import PartStats
 from streamcap.formats.shards import stats_name
 from streamcap.shardwriter import registry, retry, tempfiles
 from streamcap.shardwriter.commit import commit_part
-from streamcap.shardwriter.locks import PartLockBusy, part_lock
+from streamcap.shardwriter.locks import PartLockBusy, stored_part_lock
 
 log = logging.getLogger(__name__)
 
@@ -80,16 +86,24 @@ class ReconcileReport:
 
 
 def reconcile(
-    r: redis.Redis, keys: bus.Keys, shard_dir: Path, *, temp_stale_s: float = 3600.0, requeue_missing: bool = False
+    r: redis.Redis,
+    keys: bus.Keys,
+    shard_dir: ShardStore | Path | str,
+    *,
+    temp_stale_s: float = 3600.0,
+    requeue_missing: bool = False,
 ) -> ReconcileReport:
     """Steps 1-5 of the module docstring; with `requeue_missing`, also queue a retry part for the
     rows of every shard that is gone without gc (quarantined, deleted by hand)."""
-    shard_dir = Path(shard_dir)
+    store = open_store(shard_dir)
+    # Only this namespace's shard dir is its truth: adopting another's would requeue its parts here.
+    namespaces.claim(store, keys.namespace)
     report = ReconcileReport()
-    report.temp_files_swept = [p.name for p in tempfiles.sweep(shard_dir, temp_stale_s)]
-    _restore_sources(r, keys, shard_dir, report)
+    if store.local_dir is not None:  # a bucket holds no temporary files: they stay on the writers' disks
+        report.temp_files_swept = [p.name for p in tempfiles.sweep(store.local_dir, temp_stale_s)]
+    _restore_sources(r, keys, store, report)
     bus.ensure_group(r, keys.parts, bus.GROUP_DOWNLOADERS)
-    all_stats = registry.load_part_stats(shard_dir, report.problems)
+    all_stats = registry.load_part_stats(store, report.problems)
     queue = read_part_queue(r, keys, report.problems)
     registered = {s.name for _, s in registry.iter_registered(r, keys)}
     deleted = set(r.smembers(keys.shards_deleted))
@@ -102,23 +116,23 @@ def reconcile(
         try:
             # Under the part's lock no worker is half way through rewriting its files, so the
             # stats file read now describes the shards on disk.
-            with part_lock(shard_dir, stats.source, stats.part):
-                current = registry.read_part_stats(shard_dir / stats_name(stats.source, stats.part), report.problems)
+            with stored_part_lock(store, stats.source, stats.part):
+                current = registry.read_stored_stats(store, stats_name(stats.source, stats.part), report.problems)
                 if current is not None:
-                    _restore_part(r, keys, shard_dir, current, queue, registered, deleted, report)
+                    _restore_part(r, keys, store, current, queue, registered, deleted, report)
         except PartLockBusy as e:
             report.waiting.append(f"{e}; left for the next reconcile")
-    _requeue_missing(r, keys, shard_dir, read_part_queue(r, keys, []), report)
+    _requeue_missing(r, keys, store, read_part_queue(r, keys, []), report)
     report.requeue_missing = requeue_missing
     if requeue_missing:
-        requeued = retry.requeue_missing(r, keys, shard_dir)
+        requeued = retry.requeue_missing(r, keys, store)
         report.rows_requeued = requeued.rows_requeued
         report.retry_parts = requeued.retry_parts
         report.waiting += [f"part {pid}: a retry is still open; rerun when it is done" for pid in requeued.skipped]
     return report
 
 
-def _restore_sources(r: redis.Redis, keys: bus.Keys, shard_dir: Path, report: ReconcileReport) -> None:
+def _restore_sources(r: redis.Redis, keys: bus.Keys, shard_dir: ShardStore, report: ReconcileReport) -> None:
     in_redis = {s.id for s in registry.redis_sources(r, keys)}
     for source in registry.load_sources(shard_dir):
         if source.id not in in_redis and r.hsetnx(keys.sources, source.id, json.dumps(source.to_message())):
@@ -131,7 +145,7 @@ def _restore_sources(r: redis.Redis, keys: bus.Keys, shard_dir: Path, report: Re
 def _restore_part(
     r: redis.Redis,
     keys: bus.Keys,
-    shard_dir: Path,
+    store: ShardStore,
     stats: PartStats,
     queue: PartQueueSnapshot,
     registered: set[str],
@@ -141,12 +155,13 @@ def _restore_part(
     """Register a part's output from its stats file (or complete a done part's registration)."""
     gone = []
     for shard in stats.shards:
-        path = shard_dir / shard.name
-        if not path.exists():
+        # (A shard gc deleted is known gone: no look-up, which on a bucket is a request each.)
+        info = None if shard.name in deleted else store.head(shard.name)
+        if info is None:
             gone.append(shard.name)
-        elif path.stat().st_size != shard.bytes:
+        elif info.size != shard.bytes:
             report.problems.append(
-                f"part {stats.part_id}: {shard.name} has {path.stat().st_size} bytes, its stats "
+                f"part {stats.part_id}: {shard.name} has {info.size} bytes, its stats "
                 f"file says {shard.bytes}: left alone (changed since it was written? "
                 f"`streamcap shards verify` says more)"
             )
@@ -176,7 +191,7 @@ def _restore_part(
 
 
 def _requeue_missing(
-    r: redis.Redis, keys: bus.Keys, shard_dir: Path, queue: PartQueueSnapshot, report: ReconcileReport
+    r: redis.Redis, keys: bus.Keys, shard_dir: ShardStore, queue: PartQueueSnapshot, report: ReconcileReport
 ) -> None:
     """Enqueue every part without committed output that is not queued, in flight or dead."""
     for source in registry.all_sources(r, keys, shard_dir):

@@ -35,6 +35,7 @@ from streamcap.shardwriter import tempfiles
 log = logging.getLogger(__name__)
 
 SOURCES_DIR = "sources"
+QUARANTINE_DIR = "quarantine"  # a folder of the shard dir, or a prefix of the bucket
 
 
 def source_path(shard_dir: Path, source_id: str) -> Path:

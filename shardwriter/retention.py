@@ -4,6 +4,9 @@
     if reason: wait (downloaders claim no new part; `streamcap status` shows the reason)
     report = gc(r, keys, shard_dir, max_disk_bytes=200e9, min_free_bytes=5e9, min_reads=2)
 
+The shard dir may be a bucket (`s3://bucket/prefix`, streamcap.common.store): the budget is then
+the bytes of shards in the bucket, and gc deletes read shards there the same way.
+
 gc deletes oldest shards first and only while the disk is over budget, and only shards that
 every running training run (the `runs` hash, state "running") has read at least `min_reads`
 times (the trainer counts reads in `shards:reads:<run>`). With no running run nothing is known
@@ -15,8 +18,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +25,7 @@ from pathlib import Path
 import redis
 
 from streamcap import bus
+from streamcap.common.store import LocalStore, ShardStore, open_store
 from streamcap.formats.shards import SHARD_SUFFIX
 from streamcap.shardwriter import registry, tempfiles
 from streamcap.shardwriter.config import format_size
@@ -33,46 +35,52 @@ log = logging.getLogger(__name__)
 RUN_RUNNING = "running"
 
 
-def shard_bytes_on_disk(shard_dir: Path) -> int:
-    """Bytes of finalized shards plus temporary files in the shard dir (what the budget counts)."""
-    total = 0
-    try:
-        with os.scandir(shard_dir) as entries:
-            for entry in entries:
-                if entry.is_file(follow_symlinks=False) and (
-                    entry.name.endswith(SHARD_SUFFIX) or entry.name.startswith(tempfiles.TEMP_PREFIX)
-                ):
-                    try:
-                        total += entry.stat(follow_symlinks=False).st_size
-                    except FileNotFoundError:  # renamed or swept meanwhile
-                        pass
-    except FileNotFoundError:
+def shard_bytes_on_disk(shard_dir: ShardStore | Path | str) -> int:
+    """Bytes of finalized shards in the shard dir or bucket, plus a directory's temporary files
+    (what the budget counts)."""
+    store = open_store(shard_dir)
+    return sum(_shard_sizes(store).values()) + _temp_bytes(store)
+
+
+def _shard_sizes(store: ShardStore) -> dict[str, int]:
+    return {info.name: info.size for info in store.list(suffix=SHARD_SUFFIX)}
+
+
+def _temp_bytes(store: ShardStore) -> int:
+    """Writers' temporary files count against a directory's budget (they become shards); a
+    bucket never holds any, they stay on the writers' own disks."""
+    if store.local_dir is None:
         return 0
+    total = 0
+    for path in tempfiles.temp_files(store.local_dir):
+        try:
+            total += path.lstat().st_size
+        except FileNotFoundError:  # renamed or swept meanwhile
+            pass
     return total
 
 
-def free_bytes(shard_dir: Path) -> int:
-    path = Path(shard_dir)
-    while not path.exists() and path != path.parent:
-        path = path.parent
-    return shutil.disk_usage(path).free
+def free_bytes(directory: Path) -> int:
+    free, _total = LocalStore(Path(directory)).space() or (0, 0)
+    return free
 
 
-def over_budget(shard_dir: Path, max_disk_bytes: int, min_free_bytes: int) -> str | None:
-    """A one-line reason when the shard disk is over budget, else None."""
+def over_budget(shard_dir: ShardStore | Path | str, max_disk_bytes: int, min_free_bytes: int) -> str | None:
+    """A one-line reason when the shards are over budget, else None. A bucket has no free-space
+    floor (--min-free-bytes then only guards a downloader's spool disk)."""
+    store = open_store(shard_dir)
     if max_disk_bytes:
-        used = shard_bytes_on_disk(shard_dir)
+        used = shard_bytes_on_disk(store)
         if used > max_disk_bytes:
             return f"shards use {format_size(used)}, over --max-disk-bytes {format_size(max_disk_bytes)}"
-    if min_free_bytes:
-        free = free_bytes(shard_dir)
-        if free < min_free_bytes:
-            return f"{format_size(free)} free on the shard disk, under --min-free-bytes {format_size(min_free_bytes)}"
+    space = store.space() if min_free_bytes else None
+    if space is not None and space[0] < min_free_bytes:
+        return f"{format_size(space[0])} free on the shard disk, under --min-free-bytes {format_size(min_free_bytes)}"
     return None
 
 
 def disk_pressure(
-    r: redis.Redis, keys: bus.Keys, shard_dir: Path, max_disk_bytes: int, min_free_bytes: int
+    r: redis.Redis, keys: bus.Keys, shard_dir: ShardStore | Path | str, max_disk_bytes: int, min_free_bytes: int
 ) -> str | None:
     """None = OK to claim; else a one-line reason. Records the paused state in keys.control."""
     reason = over_budget(shard_dir, max_disk_bytes, min_free_bytes)
@@ -121,28 +129,34 @@ class GcReport:
 def gc(
     r: redis.Redis,
     keys: bus.Keys,
-    shard_dir: Path,
+    shard_dir: ShardStore | Path | str,
     *,
     max_disk_bytes: int,
     min_free_bytes: int,
     min_reads: int,
     dry_run: bool = False,
 ) -> GcReport:
-    """Delete read shards, oldest first, while the shard disk is over budget."""
+    """Delete read shards, oldest first, while the shard dir (or bucket) is over budget."""
     if min_reads < 1:
         raise ValueError("min_reads must be >= 1: gc never deletes a shard nobody has read")
     report = GcReport(runs=active_runs(r, keys))
-    if not (max_disk_bytes or min_free_bytes):
-        report.stopped_because = "no disk budget set (--max-disk-bytes / --min-free-bytes)"
+    store = open_store(shard_dir)
+    if not (max_disk_bytes or (min_free_bytes and store.space() is not None)):
+        report.stopped_because = (
+            "no disk budget set (--max-disk-bytes / --min-free-bytes)"
+            if store.local_dir is not None
+            else "no budget set for the bucket (--max-disk-bytes)"
+        )
         return report
-    reason = over_budget(shard_dir, max_disk_bytes, min_free_bytes)
+    reason = over_budget(store, max_disk_bytes, min_free_bytes)
     if reason is None:
         report.stopped_because = "within budget"
         return report
     if not report.runs:
         report.stopped_because = f"{reason}, but no training run is running: nothing is known to be read"
         return report
-    used = shard_bytes_on_disk(shard_dir)
+    sizes = _shard_sizes(store)
+    used = sum(sizes.values()) + _temp_bytes(store)
     deleted = r.smembers(keys.shards_deleted)
     # A snapshot is on the safe side: read counts only grow while gc runs.
     reads = read_counts(r, keys, report.runs)
@@ -152,15 +166,14 @@ def gc(
         if not all(int(reads[run].get(shard.name, 0)) >= min_reads for run in report.runs):
             report.kept_unread += 1
             continue
-        path = Path(shard_dir) / shard.name
-        size = path.stat().st_size if path.exists() else 0
+        size = sizes.get(shard.name, 0)
         if not dry_run:
             r.sadd(keys.shards_deleted, shard.name)  # trainers stop replaying it before it goes
-            path.unlink(missing_ok=True)
+            store.delete(shard.name)
         report.deleted.append(shard.name)
         report.freed_bytes += size
         used -= size
-        if not _still_over(shard_dir, used, max_disk_bytes, min_free_bytes, report.freed_bytes if dry_run else 0):
+        if not _still_over(store, used, max_disk_bytes, min_free_bytes, report.freed_bytes if dry_run else 0):
             report.stopped_because = "within budget"
             return report
     report.stopped_because = "over budget, but every remaining shard still has readers waiting"
@@ -172,7 +185,8 @@ def read_counts(r: redis.Redis, keys: bus.Keys, runs: list[str]) -> dict[str, di
     return {run: r.hgetall(keys.shard_reads(run)) for run in runs}
 
 
-def _still_over(shard_dir: Path, used: int, max_disk_bytes: int, min_free_bytes: int, pretend_freed: int) -> bool:
+def _still_over(store: ShardStore, used: int, max_disk_bytes: int, min_free_bytes: int, pretend_freed: int) -> bool:
     if max_disk_bytes and used > max_disk_bytes:
         return True
-    return bool(min_free_bytes and free_bytes(shard_dir) + pretend_freed < min_free_bytes)
+    space = store.space() if min_free_bytes else None
+    return bool(space is not None and space[0] + pretend_freed < min_free_bytes)

@@ -30,10 +30,11 @@ import redis
 
 from streamcap import bus
 from streamcap.bus.partqueue import read_part_queue
+from streamcap.common.store import ShardStore, open_store
 from streamcap.formats.records import FAILURE_REASONS, FailedRow, PartRecord, PartStats, retry_id
 from streamcap.formats.shards import sample_key
 from streamcap.shardwriter import registry
-from streamcap.shardwriter.verify import check_shard
+from streamcap.shardwriter.verify import check_stored
 
 log = logging.getLogger(__name__)
 
@@ -164,7 +165,13 @@ def enqueue_retry(
 
 
 def retry(
-    r: redis.Redis, keys: bus.Keys, shard_dir: Path, *, dead: bool, reasons: Iterable[str] = (), transient: bool = False
+    r: redis.Redis,
+    keys: bus.Keys,
+    shard_dir: ShardStore | Path | str,
+    *,
+    dead: bool,
+    reasons: Iterable[str] = (),
+    transient: bool = False,
 ) -> RetryReport:
     """Requeue dead parts (`dead`) and the failed rows of done parts with one of `reasons`
     (or, with `transient`, a transient failure)."""
@@ -176,7 +183,7 @@ def retry(
     if not chosen and not transient:
         return report
     queue = read_part_queue(r, keys, [])
-    for pid, stats in sorted(registry.load_part_stats(Path(shard_dir)).items()):
+    for pid, stats in sorted(registry.load_part_stats(open_store(shard_dir)).items()):
         if pid not in queue.done:
             continue  # its stats file is an uncommitted attempt's; the part runs again anyway
         rows = [f.row for f in stats.failures if f.reason in chosen or (transient and is_transient(f))]
@@ -185,9 +192,9 @@ def retry(
     return report
 
 
-def requeue_missing(r: redis.Redis, keys: bus.Keys, shard_dir: Path) -> RetryReport:
+def requeue_missing(r: redis.Redis, keys: bus.Keys, shard_dir: ShardStore | Path | str) -> RetryReport:
     """Queue a retry part for the rows of every done part's shards in `shards:lost`."""
-    shard_dir = Path(shard_dir)
+    shard_dir = open_store(shard_dir)
     report = RetryReport()
     lost = set(r.smembers(keys.shards_lost))
     if not lost:
@@ -201,7 +208,7 @@ def requeue_missing(r: redis.Redis, keys: bus.Keys, shard_dir: Path) -> RetryRep
     return report
 
 
-def missing_rows(shard_dir: Path, stats: PartStats, gone: list, gc_deleted: set[str]) -> list[int]:
+def missing_rows(shard_dir: ShardStore, stats: PartStats, gone: list, gc_deleted: set[str]) -> list[int]:
     """The rows whose samples were in the `gone` shards: in their row ranges, and neither a
     failure, a sample of a shard still on disk, nor in the range of a shard gc deleted."""
     taken = {f.row for f in stats.failures}
@@ -212,7 +219,7 @@ def missing_rows(shard_dir: Path, stats: PartStats, gone: list, gc_deleted: set[
         if shard.name in gc_deleted:
             taken.update(range(shard.first_row, shard.last_row + 1))
             continue
-        keys = set(check_shard(shard_dir / shard.name, decode_images=False).keys)
+        keys = set(check_stored(shard_dir, shard.name, decode_images=False).keys)
         taken.update(row for row in range(shard.first_row, shard.last_row + 1) if sample_key(stats.source, row) in keys)
     rows: set[int] = set()
     for shard in gone:

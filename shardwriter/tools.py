@@ -7,6 +7,7 @@ settings, prints for people (or JSON for scripts) and returns the exit code.
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
@@ -14,7 +15,10 @@ from rich.console import Console
 from rich.table import Table
 
 from streamcap import bus
+from streamcap.common import namespaces
 from streamcap.common.commands import print_json
+from streamcap.common.store import ShardStore, open_store
+from streamcap.formats.shards import SHARD_SUFFIX
 from streamcap.shardwriter import registry
 from streamcap.shardwriter.config import ShardWriterSettings, format_size
 from streamcap.shardwriter.retention import gc as collect
@@ -34,16 +38,16 @@ def _age(seconds: float) -> str:
     return f"{seconds:.0f}s"
 
 
-def shard_listing(r, keys: bus.Keys, shard_dir: Path) -> list[dict]:
-    """Every registered shard with its size on disk, age, state and reads per training run."""
+def shard_listing(r, keys: bus.Keys, shard_dir: ShardStore | Path | str) -> list[dict]:
+    """Every registered shard with its size, age, state and reads per training run."""
     runs = sorted(r.hkeys(keys.runs))
     reads = read_counts(r, keys, runs)
     deleted = r.smembers(keys.shards_deleted)
+    stored = {info.name for info in open_store(shard_dir).list(suffix=SHARD_SUFFIX)}  # one listing, not a look-up each
     now = time.time()
     rows = []
     for entry_id, shard in registry.iter_registered(r, keys):
-        path = shard_dir / shard.name
-        state = "deleted" if shard.name in deleted else "ok" if path.exists() else "missing"
+        state = "deleted" if shard.name in deleted else "ok" if shard.name in stored else "missing"
         per_run = {run: int(reads[run].get(shard.name, 0)) for run in runs}
         rows.append(
             {
@@ -82,17 +86,20 @@ def ls(cfg: ShardWriterSettings, as_json: bool) -> int:
 
 
 def verify(cfg: ShardWriterSettings, paths: list[Path], quarantine: bool, as_json: bool) -> int:
-    from streamcap.shardwriter.verify import check_shard, expand
+    from streamcap.shardwriter.verify import check_stored, expand
     from streamcap.shardwriter.verify import quarantine as move_away
 
-    files, missing = expand(paths or [cfg.shard_dir])
+    if quarantine:  # it unregisters shards: only in the namespace the shard dir belongs to
+        namespaces.check(cfg.shard_dir, cfg.namespace)
+    found, missing = expand(paths or [cfg.shard_dir])
     r = _connect(cfg) if quarantine else None
     checks, moved = [], {}
-    for path in files:
-        check = check_shard(path)
+    for store, name in found:
+        check = check_stored(store, name)
         checks.append(check)
         if not check.ok and quarantine:
-            moved[str(path)] = str(move_away(r, bus.Keys(cfg.namespace), path, cfg.quarantine_path))
+            prefix = _quarantine_prefix(cfg, store)
+            moved[str(check.path)] = move_away(r, bus.Keys(cfg.namespace), store, name, prefix)
     bad = [c for c in checks if not c.ok]
     if as_json:
         print_json(
@@ -114,6 +121,15 @@ def verify(cfg: ShardWriterSettings, paths: list[Path], quarantine: bool, as_jso
             print(f"    {problem}")
     print(f"verify: {len(checks)} shards, {sum(c.samples for c in checks)} samples read, {len(bad)} bad shards")
     return 1 if bad or missing else 0
+
+
+def _quarantine_prefix(cfg: ShardWriterSettings, store: ShardStore) -> str:
+    """Where in `store` bad shards go: a bucket's quarantine/ prefix, or the quarantine dir
+    (default <shard-dir>/quarantine) named relative to the shard's directory."""
+    if store.local_dir is None:
+        return f"{registry.QUARANTINE_DIR}/"
+    folder = cfg.quarantine_path or store.local_dir / registry.QUARANTINE_DIR
+    return os.path.relpath(folder, store.local_dir) + "/"
 
 
 def gc(cfg: ShardWriterSettings, dry_run: bool, as_json: bool) -> int:

@@ -2,7 +2,9 @@
 
     check = check_shard(Path("shards/relaion-000003-0000.tar"))
     check.ok, check.samples, check.problems      # problems: ['relaion_000000003007: sample lacks txt', ...]
-    quarantine(r, keys, check.path, Path("shards/quarantine"))   # move away + unregister
+    found, missing = expand([Path("shards")])   # [(store, name)]: a directory's or a bucket's shards
+    check = check_stored(store, name)           # a bucket's shard: checked in a temporary copy
+    quarantine(r, keys, store, name, "quarantine/")   # move away (a prefix of the store) + unregister
 
 Reading goes through `streamcap.formats.shards.iter_samples` (the trainer's reader), which rejects
 unsafe member names, links and absurd sizes without extracting anything; on top of that every
@@ -17,7 +19,6 @@ from __future__ import annotations
 import io
 import logging
 import re
-import shutil
 import time
 import warnings
 import zlib
@@ -29,7 +30,8 @@ from PIL import Image
 
 from streamcap import bus
 from streamcap.common.logs import first_line
-from streamcap.formats.shards import iter_samples, sample_key
+from streamcap.common.store import ShardStore, StoreCorrupt, is_store_url, open_store
+from streamcap.formats.shards import SHARD_SUFFIX, iter_samples, sample_key
 from streamcap.shardwriter import registry
 
 log = logging.getLogger(__name__)
@@ -40,7 +42,7 @@ _DRAFT_SIZE = (64, 64)
 
 @dataclass
 class ShardCheck:
-    path: Path
+    path: Path | str  # a file, or an object's URL (ShardStore.locate)
     samples: int = 0
     keys: list[str] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
@@ -76,7 +78,7 @@ def check_shard(path: Path, *, decode_images: bool = True) -> ShardCheck:
         check.problems.append(f"{where}: {why}")
 
     for sample in iter_samples(path, on_problem=problem):
-        where = f"{check.path.name}/{sample.key}"
+        where = f"{Path(path).name}/{sample.key}"
         if not _KEY.fullmatch(sample.key):
             problem(where, "key is not <source>_<12-digit row>")
         row, source = sample.meta.get("row"), sample.meta.get("source")
@@ -99,17 +101,44 @@ def check_shard(path: Path, *, decode_images: bool = True) -> ShardCheck:
     return check
 
 
-def expand(paths: list[Path]) -> tuple[list[Path], list[str]]:
-    """Shard files named by `paths` (a directory contributes its top-level *.tar), and missing paths."""
-    files, missing = [], []
+def expand(paths: list[Path | str]) -> tuple[list[tuple[ShardStore, str]], list[str]]:
+    """The shards `paths` name, as (store, name): a directory or bucket prefix contributes its
+    top-level *.tar, a file or object itself; and the paths that name nothing."""
+    found, missing = [], []
     for p in paths:
-        if p.is_dir():
-            files += registry.shard_files(p)
-        elif p.is_file():
-            files.append(p)
+        if is_store_url(p) and str(p).endswith(SHARD_SUFFIX):  # one object, in the prefix above it
+            parent, _, name = open_store(str(p)).url.rpartition("/")
+            store = open_store(parent)
+            if store.head(name) is not None:
+                found.append((store, name))
+            else:
+                missing.append(f"{p}: no such object")
+        elif is_store_url(p):
+            store = open_store(str(p))
+            found += [(store, info.name) for info in store.list(suffix=SHARD_SUFFIX)]
+        elif Path(p).is_dir():
+            store = open_store(Path(p))
+            found += [(store, info.name) for info in store.list(suffix=SHARD_SUFFIX)]
+        elif Path(p).is_file():
+            found.append((open_store(Path(p).parent), Path(p).name))
         else:
             missing.append(f"{p}: no such file or directory")
-    return files, missing
+    return found, missing
+
+
+def check_stored(store: ShardStore, name: str, *, decode_images: bool = True) -> ShardCheck:
+    """check_shard on a stored shard (a bucket's through a temporary local copy); an object
+    gone or changed behind its stored checksum is a bad shard, not a crash."""
+    where = store.locate(name)
+    try:
+        with store.local_copy(name) as path:
+            if path is None:
+                return ShardCheck(where, problems=[f"{name}: vanished while being verified"])
+            check = check_shard(path, decode_images=decode_images)
+    except StoreCorrupt as e:
+        return ShardCheck(where, problems=[f"{name}: {e}"])
+    check.path = where if store.remote else path
+    return check
 
 
 def unregister(r: redis.Redis, keys: bus.Keys, name: str) -> int:
@@ -125,14 +154,14 @@ def unregister(r: redis.Redis, keys: bus.Keys, name: str) -> int:
     return len(ids)
 
 
-def quarantine(r: redis.Redis | None, keys: bus.Keys, path: Path, quarantine_dir: Path) -> Path:
-    """Move a bad shard into `quarantine_dir` (never overwriting) and unregister it."""
-    quarantine_dir.mkdir(parents=True, exist_ok=True)
-    target = quarantine_dir / path.name
-    if target.exists():
-        target = quarantine_dir / f"{path.stem}.{int(time.time() * 1000)}{path.suffix}"
+def quarantine(r: redis.Redis | None, keys: bus.Keys, store: ShardStore, name: str, prefix: str) -> str:
+    """Move a bad shard to `prefix` in its store (never overwriting) and unregister it; returns
+    where it went. In a directory `prefix` is a folder name relative to it ("../q/" works)."""
+    target = prefix + Path(name).name
+    if store.head(target) is not None:
+        target = f"{prefix}{Path(name).stem}.{int(time.time() * 1000)}{SHARD_SUFFIX}"
     if r is not None:
-        unregister(r, keys, path.name)
-    shutil.move(str(path), target)
-    log.warning("quarantined %s -> %s", path, target)
-    return target
+        unregister(r, keys, Path(name).name)
+    store.move(name, target)
+    log.warning("quarantined %s -> %s", store.locate(name), store.locate(target))
+    return store.locate(target)

@@ -119,7 +119,7 @@ def status_command(
         return 0
     console = Console()
     if not watch:
-        console.print(view())
+        console.print(view(), soft_wrap=True)  # the attention line stays one line, in a pipe too
         return 0
     with Live(view(), console=console, auto_refresh=False, screen=False) as live:
         try:

@@ -95,9 +95,11 @@ def _own_fields(cls: type) -> list[dataclasses.Field]:
 
 def _section(cls: type, fields: list[dataclasses.Field]) -> list[str]:
     about = f"{_summary(cls)} Declared in `{cls.__module__}`".lstrip()
-    base = next((b for b in cls.__mro__[1:] if _has_settings(b)), None)
-    if base is not None:
-        about += f"; also takes every setting of [{base.__name__}](#{base.__name__.lower()})"
+    # Each direct base with settings of its own (ProgressSettings besides CommonSettings, say).
+    bases = [next((b for b in base.__mro__ if _has_settings(b)), None) for base in cls.__bases__]
+    links = [f"[{b.__name__}](#{b.__name__.lower()})" for b in dict.fromkeys(b for b in bases if b is not None)]
+    if links:
+        about += f"; also takes every setting of {' and '.join(links)}"
     lines = [f"## {cls.__name__}", "", about + "."]
     lines += ["", "| flag | variable | default | help |", "| --- | --- | --- | --- |"]
     for f in fields:

@@ -16,6 +16,7 @@ from pathlib import Path
 from streamcap.common.settings import (
     DEVICES,
     CommonSettings,
+    ProgressSettings,
     at_least,
     between,
     directory_path,
@@ -41,6 +42,7 @@ MAX_LOADER_WORKERS = 64  # processes per rank, each with its own shuffle buffer 
 MAX_SHUFFLE_BUFFER = 20_000
 MAX_CAPTION_SENTENCES = 100
 MAX_BAD_STEPS = 1000  # a streak longer than this is a diverged run, not a bad batch
+MAX_UNUSABLE_SHARDS = 100_000  # shard reads in a row without a usable sample; more is never a plan
 MAX_KEPT_CHECKPOINTS = 10_000  # 0 keeps all; above this, keep all is what is meant
 MAX_SHARD_CACHE_BYTES = 1000 * 10**12  # more than any local disk holds
 
@@ -52,7 +54,7 @@ def _run_id(v: object) -> str | None:
 
 
 @dataclass(frozen=True, kw_only=True)
-class TrainerSettings(CommonSettings):
+class TrainerSettings(CommonSettings, ProgressSettings):
     """Everything `streamcap train` and `torchrun -m streamcap.trainer` accept."""
 
     # --- run and outputs ---
@@ -145,6 +147,9 @@ class TrainerSettings(CommonSettings):
     # --- guards of long runs ---
     max_bad_steps: int = setting(5, check=between(1, MAX_BAD_STEPS))
     """Stop after this many non-finite steps in a row (each one is skipped: no optimizer step)."""
+    max_unusable_shards: int = setting(8, check=between(1, MAX_UNUSABLE_SHARDS))
+    """Stop when a loader worker reads this many shards in a row (replays included) without one usable sample (a wrong
+    --caption-column, say)."""
     keep_checkpoints: int = setting(3, check=between(0, MAX_KEPT_CHECKPOINTS))
     """Keep the newest N checkpoints plus the evaluator's best and those it is evaluating (0: keep all)."""
     # --- shards in a bucket (--shard-dir s3://bucket/prefix): the local cache (trainer.shardcache) ---

@@ -17,7 +17,9 @@ the latest state per worker and saves it with each checkpoint (see `trainer.stre
 
 Nothing raises out of a worker for bad data: a sample that cannot be used (corrupt tar member,
 undecodable image, image bytes that fail their checksum, missing caption column, empty caption)
-is skipped, counted and logged with its shard and key; a Redis outage is waited out.
+is skipped, counted and logged with its shard and key; a Redis outage is waited out. Once
+--max-unusable-shards shard reads in a row gave no usable sample (trainer.unusable), the worker
+yields `NoUsableData` instead of a batch: the training process stops the run with its line.
 
 With --shard-dir s3://bucket/prefix each worker reads shards through a local cache of the bucket
 (--shard-cache, --shard-cache-bytes: trainer.shardcache), and one worker per rank (the first)
@@ -80,6 +82,17 @@ class Batch:
         return self
 
 
+@dataclass
+class NoUsableData:
+    """What a loader worker yields instead of a batch once its shards hold nothing to train on."""
+
+    worker: int
+    reason: str  # the one line the run stops with
+
+    def pin_memory(self) -> NoUsableData:
+        return self
+
+
 class ShardStreamDataset(IterableDataset):
     """Endless batches for one rank; see the module docstring."""
 
@@ -94,12 +107,20 @@ class ShardStreamDataset(IterableDataset):
         rank: int = 0,
         world_size: int = 1,
         worker_states: dict[int, dict[str, Any]] | None = None,
+        while_waiting: Callable[[], None] = lambda: None,
     ) -> None:
-        """`cfg.run` names the run; `redis_url` is the resolved one (`require_redis`, password included)."""
+        """`cfg.run` names the run; `redis_url` is the resolved one (`require_redis`, password included).
+        `while_waiting` is called while no sample exists at all, with 0 loader workers only (the
+        wait then runs in the training process); it may raise to end the wait."""
         super().__init__()
         self.cfg, self.model, self.tokenizer, self.levels = cfg, model, tokenizer, levels
         self.redis_url, self.rank, self.world_size = redis_url, rank, world_size
         self.worker_states = worker_states or {}
+        self.while_waiting = while_waiting
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Loader workers get no hook of the training process (it could not be pickled anyway).
+        return self.__dict__ | {"while_waiting": _nothing}
 
     def __iter__(self) -> Iterator[Batch]:
         info = get_worker_info()
@@ -147,6 +168,7 @@ class _BatchMaker:
             job_consumers=job_consumers(cfg.run, dataset.world_size, cfg.loader_workers),
             announce_waiting=rank == 0 and worker == 0,
             cache=_shard_cache(cfg, dataset.redis_url, prefetch=worker == 0),
+            while_waiting=_nothing if in_worker else dataset.while_waiting,
         )
         self.seeds = np.random.default_rng(seed + 1)  # per-sample augmentation seeds, part of the state
         state = dataset.worker_states.get(worker)
@@ -154,11 +176,11 @@ class _BatchMaker:
             self.stream.load_state_dict(state["stream"])
             self.seeds.bit_generator.state = state["seeds"]
 
-    def batches(self) -> Iterator[Batch]:
+    def batches(self) -> Iterator[Batch | NoUsableData]:
         while True:
             yield self.next_batch()
 
-    def next_batch(self) -> Batch:
+    def next_batch(self) -> Batch | NoUsableData:
         images, tokens, captions, keys = [], [], [], []
         # The DataLoader takes batches from its workers round robin, so this worker's n-th batch
         # is the loader's (n * workers + worker)-th: the level is that of the step training it.
@@ -174,12 +196,15 @@ class _BatchMaker:
                 image = self.augment(
                     decode_image(sample.image, sample.image_ext, self.model.image_size), level, aug_seed
                 )
-            except SampleError as e:
-                self._problem(f"{claim.name}/{sample.key}", str(e))
+            except Exception as e:  # a library bug on odd data must not kill the worker either
+                why = str(e) if isinstance(e, SampleError) else f"{type(e).__name__}: {e}"
+                self._problem(f"{claim.name}/{sample.key}", why)
+                self.stream.judge(why)
+                verdict = self.stream.unusable_streak.verdict()
+                if verdict:
+                    return NoUsableData(self.worker, verdict)
                 continue
-            except Exception as e:  # a library bug on odd data must not kill the worker
-                self._problem(f"{claim.name}/{sample.key}", f"{type(e).__name__}: {e}")
-                continue
+            self.stream.judge(None)
             images.append(image)
             tokens.append(ids)
             captions.append(caption)
@@ -217,6 +242,10 @@ def _shard_cache(cfg: TrainerSettings, redis_url: str, prefetch: bool) -> ShardC
     return cache
 
 
+def _nothing() -> None:
+    pass
+
+
 def _worker_seed(seed: int, rank: int, worker: int) -> int:
     return int(np.random.SeedSequence([seed, rank, worker]).generate_state(1)[0])
 
@@ -249,7 +278,7 @@ def close_loader(batches: Iterator[Batch]) -> None:
         shutdown()
 
 
-def next_batch(batches: Iterator[Batch], give_up: Callable[[], bool]) -> Batch:
+def next_batch(batches: Iterator[Batch | NoUsableData], give_up: Callable[[], bool]) -> Batch | NoUsableData:
     """The next batch, however long it takes, unless `give_up()` turns true meanwhile.
 
     A DataLoader timeout leaves the iterator intact (nothing was received), so the wait simply
@@ -265,5 +294,5 @@ def next_batch(batches: Iterator[Batch], give_up: Callable[[], bool]) -> Batch:
                 raise StopIteration from None
 
 
-def _keep_batch(batch: Batch) -> Batch:
+def _keep_batch(batch: Batch | NoUsableData) -> Batch | NoUsableData:
     return batch

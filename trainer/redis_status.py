@@ -24,6 +24,7 @@ import redis
 
 from streamcap import bus
 from streamcap.common.logs import first_line
+from streamcap.common.store import StoreError
 from streamcap.formats.heartbeats import (
     TRAINER_FAILED,
     TRAINER_FINISHED,
@@ -31,10 +32,12 @@ from streamcap.formats.heartbeats import (
     DownloaderHeartbeat,
     TrainerHeartbeat,
 )
+from streamcap.ops.data_wait import why_no_data
 
 log = logging.getLogger(__name__)
 
 HEARTBEAT_EVERY_S = 5.0
+PEER_CHECK_EVERY_S = 2.0
 OUTAGE_BACKOFF_S = 30.0
 RUN_RUNNING, RUN_FINISHED = "running", "finished"
 
@@ -46,6 +49,8 @@ class RedisStatus:
         self._next_beat = 0.0
         self._warned_at = 0.0
         self._last_beat: TrainerHeartbeat | None = None  # what `leave` marks as ended
+        self._started = time.time()
+        self._next_peer_check = 0.0
 
     def register(self) -> None:
         """Mark the run running (rank 0); keeps the first start time across resumes."""
@@ -73,6 +78,36 @@ class RedisStatus:
             return
         failed = dataclasses.replace(self._last_beat, state=TRAINER_FAILED, error=reason)
         self._safe("marking the heartbeat", lambda: bus.write_heartbeat(self.r, self.keys, self.instance, failed))
+
+    def peer_failed(self) -> bool:
+        """Whether another rank of this run marked its heartbeat failed since this process started
+        (an earlier incarnation's failure does not count). Asked at most every PEER_CHECK_EVERY_S."""
+        now = time.monotonic()
+        if now < self._next_peer_check:
+            return False
+        self._next_peer_check = now + PEER_CHECK_EVERY_S
+
+        def read() -> bool:
+            for beat in bus.read_heartbeats(self.r, self.keys, bus.ROLE_TRAINER):
+                record = beat.record
+                if (
+                    isinstance(record, TrainerHeartbeat)
+                    and record.run == self.run
+                    and record.rank != self.rank
+                    and record.state == TRAINER_FAILED
+                    and time.time() - beat.age_s >= self._started
+                ):
+                    return True
+            return False
+
+        return bool(self._safe("reading the other ranks' heartbeats", read))
+
+    def why_waiting(self, shard_dir) -> str:
+        """What keeps shards from this rank (`ops.data_wait`); "" when nothing does or Redis cannot say."""
+        try:
+            return self._safe("looking for why no shard comes", lambda: why_no_data(self.r, self.keys, shard_dir)) or ""
+        except (OSError, StoreError) as e:  # the shard dir cannot be listed: that is the answer
+            return f"the shard dir cannot be read: {first_line(e)}"
 
     def due(self) -> bool:
         return time.monotonic() >= self._next_beat

@@ -78,7 +78,8 @@ def _raw_caption(meta: dict[str, Any], column: str) -> str:
         extra = meta.get("captions") or {}
         if not isinstance(extra, dict) or column not in extra:
             kept = sorted(extra) if isinstance(extra, dict) else []
-            raise SampleError(f"no caption column {column!r} in the sample's json (kept: {kept})")
+            columns = ", ".join([STORED_CAPTION, RAW_CAPTION, *kept])
+            raise SampleError(f"no caption column {column!r} in the sample (it has: {columns})")
         raw = extra[column]
     if not isinstance(raw, str):
         raise SampleError(f"caption column {column!r} is not text")

@@ -17,10 +17,12 @@ with their images every `--sample-every` steps (rank 0).
 from __future__ import annotations
 
 import logging
+import re
 from typing import Any
 
 import torch
 
+from streamcap.common.progress import Progress
 from streamcap.formats.heartbeats import TRAINER_TRAINING, TRAINER_WAITING_FOR_DATA, TrainerHeartbeat
 from streamcap.model.decoding import greedy_decode
 from streamcap.trainer import distributed
@@ -36,6 +38,13 @@ class StepReporter:
     def __init__(self, state: Any, tracker: BatchAccounting, redis_status: RedisStatus) -> None:
         self.state, self.tracker, self.redis_status = state, tracker, redis_status
         self.last: dict[str, float] = {}
+        self._said_waiting = ""  # the wait's reason last logged, its numbers left out
+        cfg = state.cfg
+        self.progress = (
+            Progress("train", unit="steps", total=cfg.max_steps, start=state.step, every=cfg.progress_every)
+            if state.info.is_main
+            else None
+        )
 
     def after_step(self, terms: dict[str, Any], aug_level: float) -> None:
         state, cfg = self.state, self.state.cfg
@@ -48,6 +57,17 @@ class StepReporter:
             state.sink.samples(step, *caption_samples(state, terms["last_batch"]))
         if self.redis_status.due():
             self._heartbeat(step, aug_level)
+        if self.progress is not None:
+            self.progress.update(step, note=self._progress_note())
+
+    def _progress_note(self) -> str:
+        """The numbers of the latest logged step (every --log-every steps)."""
+        if not self.last:
+            return ""
+        last = self.last
+        return (
+            f"loss {last['loss']:.4f}, {last['samples_per_s']:.0f} samples/s, data wait {last['data_wait_pct']:.0f} %"
+        )
 
     def _log(self, step: int, terms: dict[str, Any], aug_level: float) -> None:
         state, info = self.state, self.state.info
@@ -103,16 +123,21 @@ class StepReporter:
         """Called while the loop waits for data: keep the heartbeat going, saying so."""
         if self.redis_status.due():
             self._heartbeat(self.state.step, float(self.last.get("aug_level", 0.0)), starving=True)
+        if self.progress is not None:
+            self.progress.update(self.state.step, note="waiting for data")
 
     def _heartbeat(self, step: int, aug_level: float, starving: bool = False) -> None:
         state, totals = self.state, self.tracker.totals
         window = self.tracker.window("heartbeat")
+        reason = ""
         if starving:  # the wait in progress is not in the window yet
             window["data_wait_pct"] = 100.0
+            reason = self._why_waiting()
         self.redis_status.beat(
             TrainerHeartbeat(
                 state=TRAINER_WAITING_FOR_DATA if starving else TRAINER_TRAINING,
                 error="",
+                waiting_reason=reason,
                 run=state.cfg.run,
                 rank=state.info.rank,
                 world_size=state.info.world_size,
@@ -138,9 +163,26 @@ class StepReporter:
             )
         )
 
+    def _why_waiting(self) -> str:
+        """What keeps shards away (""; while they are on their way), logged by rank 0 when it changes."""
+        reason = self.redis_status.why_waiting(self.state.cfg.shard_dir)
+        gist = re.sub(r"\d+", "N", reason)
+        if reason and gist != self._said_waiting and self.state.info.is_main:
+            log.warning("waiting for data: %s", reason)
+        self._said_waiting = gist
+        return reason
+
+    def failed(self, line: str) -> None:
+        """This rank's data is unusable: its heartbeat says so now, before the ranks meet (a rank
+        waiting for its first shard reads it there; `streamcap status` shows it)."""
+        self._heartbeat(self.state.step, float(self.last.get("aug_level", 0.0)))
+        self.redis_status.fail(line)
+
     def close(self) -> None:
         """A last heartbeat, so `streamcap status` shows where the rank stopped."""
         self._heartbeat(self.state.step, float(self.last.get("aug_level", 0.0)))
+        if self.progress is not None:
+            self.progress.close()
 
 
 def _gpu_metrics(device: torch.device) -> dict[str, float]:

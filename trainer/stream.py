@@ -11,7 +11,12 @@ Order of sources when the worker needs another shard:
    often (fresh or replayed; ties broken at random, seeded per rank and worker), so every
    shard's read count stays close to the mean however long fresh shards lag; `uniform` picks
    any at random, which reads the first shards of a run over and over;
-5. nothing at all yet: wait, and say so once.
+5. nothing at all yet: wait, and say so once (calling `while_waiting` meanwhile: in the training
+   process, the heartbeat, and the end of the wait when another rank stopped the run).
+
+A run of shard readings none of whose samples the batch maker could use (it says so through
+`judge`) is counted by `unusable_streak` (trainer.unusable): a wrong --caption-column stops the
+run instead of replaying the same shards for ever.
 
 While Redis is down, a worker that knows shards it can replay (read by itself, or listed by
 Redis before the outage) does not wait for Redis: it replays them, asking Redis again every
@@ -37,7 +42,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -48,6 +53,7 @@ from streamcap.formats.shards import Sample, iter_samples
 from streamcap.trainer.config import TrainerSettings
 from streamcap.trainer.shardcache import ShardCache
 from streamcap.trainer.shardqueue import FinishedShard, Orphaned, RedisDown, ShardClaim, ShardQueue
+from streamcap.trainer.unusable import UnusableShards
 
 log = logging.getLogger(__name__)
 
@@ -120,16 +126,20 @@ class SampleStream:
         job_consumers: frozenset[str] = frozenset(),
         announce_waiting: bool = True,
         cache: ShardCache | None = None,
+        while_waiting: Callable[[], None] = lambda: None,
     ) -> None:
         self.queue, self.cfg, self._report = queue, cfg, on_problem
         self.cache = cache  # shards from a bucket (--shard-dir s3://...), see trainer.shardcache
         self.job_consumers, self.announce_waiting = job_consumers, announce_waiting
+        self.while_waiting = while_waiting
         self.rng = np.random.default_rng(worker_seed)
         self.counters = StreamCounters()
         self.open: dict[int, OpenShard] = {}
         self.buffer: list[Buffered] = []
         self.queued: list[ShardClaim] = []
         self.finished: list[FinishedShard] = []
+        self.unusable_streak = UnusableShards(cfg.max_unusable_shards)
+        self._emitted_slot: int | None = None  # the reading of the sample `next_sample` returned last
         self._unusable: set[str] = set()  # replay candidates that had no readable sample
         # Shards this worker read through: replayable at once, before the training process has
         # counted them in Redis (it does so only when their last sample is trained on).
@@ -169,6 +179,12 @@ class SampleStream:
                     return self._emit()
                 if self.queue.orphaned():
                     raise Orphaned(0)
+                self.while_waiting()
+
+    def judge(self, why: str | None) -> None:
+        """Whether the sample `next_sample` returned last became training data (`why` None) or
+        was skipped for `why`: what `unusable_streak` counts."""
+        self.unusable_streak.judged(self._emitted_slot, why)
 
     def take_finished(self) -> list[FinishedShard]:
         out, self.finished = self.finished, []
@@ -252,6 +268,7 @@ class SampleStream:
             sample = None
         if sample is None:
             shard.done_reading, shard.reader, self._reading = True, None, None
+            self.unusable_streak.all_read(slot, shard.read)
             self._read_here.add(shard.claim.name)
             self._unshared.append(shard.claim.name)
             self._maybe_finish(slot)
@@ -272,6 +289,7 @@ class SampleStream:
     def _open(self, claim: ShardClaim) -> int:
         slot, self._next_slot = self._next_slot, self._next_slot + 1
         self._opened[claim.name] = self._opened.get(claim.name, 0) + 1
+        self.unusable_streak.opened(slot, claim.name)
         path = self._local(claim.name)
         reader = iter_samples(path, on_problem=self._report) if path is not None else None
         self.open[slot] = OpenShard(claim=claim, reader=reader, missing=reader is None)
@@ -358,6 +376,7 @@ class SampleStream:
         index = int(self.rng.integers(len(self.buffer)))
         self.buffer[index], self.buffer[-1] = self.buffer[-1], self.buffer[index]
         item = self.buffer.pop()
+        self._emitted_slot = item.slot
         shard = self.open[item.slot]
         shard.emitted += 1
         if shard.claim.fresh:

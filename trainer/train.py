@@ -39,7 +39,7 @@ from streamcap.trainer import distributed
 from streamcap.trainer.augment import LevelSchedule
 from streamcap.trainer.batch_accounting import BatchAccounting, cut_reads_log
 from streamcap.trainer.config import TrainerSettings
-from streamcap.trainer.dataset import ShardStreamDataset, close_loader, make_loader, next_batch
+from streamcap.trainer.dataset import NoUsableData, ShardStreamDataset, close_loader, make_loader, next_batch
 from streamcap.trainer.faults import CUDA_OOM, NAN_LOSS, TrainerFaults
 from streamcap.trainer.guards import RunFailed, StepGuard, describe_nonfinite, nonfinite_tensor
 from streamcap.trainer.losses import caption_loss
@@ -57,6 +57,10 @@ log = logging.getLogger("streamcap.trainer")
 # One out-of-memory step is a batch of unusually long captions or fragmentation; three in a row
 # mean the settings do not fit the GPU, and skipping on would train on nothing.
 MAX_OOM_STEPS = 3
+
+
+class PeerFailed(Exception):
+    """Another rank stopped the run (its heartbeat says why) while this one waited for data."""
 
 
 @dataclass
@@ -83,6 +87,8 @@ class Run:
     faults: TrainerFaults = field(default_factory=TrainerFaults.from_env)
     freed_bytes: int = 0  # rank 0: checkpoint bytes deleted by --keep-checkpoints since this process started
     while_waiting: Callable[[], None] = lambda: None  # heartbeats while no batch comes
+    peer_failed: Callable[[], bool] = lambda: False  # another rank stopped the run while this one waits
+    data_failed: Callable[[str], None] = lambda line: None  # say at once that this rank's data is unusable
 
     @property
     def rank_state(self) -> dict[str, Any]:
@@ -282,6 +288,7 @@ def _loader(state: Run) -> tuple[Any, BatchAccounting]:
         rank=info.rank,
         world_size=info.world_size,
         worker_states=worker_states,
+        while_waiting=lambda: _waiting_in_process(state),
     )
     reads_log = cfg.run_dir / f"reads-rank{info.rank}.jsonl"
     if state.resumed:
@@ -310,7 +317,9 @@ def _train(state: Run) -> int:
         )
     loader, tracker = _loader(state)
     reporter = StepReporter(state, tracker, redis_status)
-    state.while_waiting = reporter.waiting
+    state.while_waiting, state.data_failed = reporter.waiting, reporter.failed
+    if info.world_size > 1:
+        state.peer_failed = redis_status.peer_failed
     stop = StopSignal.install()
     _wrap(state)
     batches = iter(loader)
@@ -489,30 +498,55 @@ def _next_batch(state: Run, batches, stop: StopSignal):
     ever sits in a gradient collective while another waits for data, and a stop seen by any rank,
     even one still waiting for data, ends the run on all of them at the same point: within
     seconds, with a checkpoint, instead of at the collective's timeout.
+
+    A rank whose shards hold nothing to train on (`NoUsableData`) fails the run on every rank
+    alike, and says so in its heartbeat first: a rank still waiting for its first shard is in no
+    collective, and learns it from there (`RedisStatus.peer_failed`) to come to the meeting.
     """
     try:
         batch = _wait_for_batch(state, batches, stop)
     except StopRequested:
         batch = None
-    if distributed.any_rank(state.info, batch is None or stop.requested):
+    except PeerFailed:
+        batch = NoUsableData(worker=-1, reason="")
+    mine = batch.reason if isinstance(batch, NoUsableData) else ""
+    if mine:
+        state.data_failed(mine)
+    stopping, failing = distributed.any_rank_each(
+        state.info, [batch is None or stop.requested, isinstance(batch, NoUsableData)]
+    )
+    if failing:
+        lines = [line for line in distributed.gather(state.info, mine) if line]
+        raise RunFailed(lines[0] if lines else "stopping: another rank found no usable data")
+    if stopping:
         raise StopRequested(stop.signal_name or "another rank")
     return batch
 
 
 def _wait_for_batch(state: Run, batches, stop: StopSignal):
-    """Next batch; a stop signal ends the wait (the other ranks wait at `_next_batch`'s meeting)."""
+    """Next batch; a stop signal (StopRequested) or another rank's failure (PeerFailed) ends the
+    wait (the other ranks wait at `_next_batch`'s meeting)."""
     if state.cfg.loader_workers == 0:  # the wait runs in this process: the signal interrupts it
         with stop.interruptible():
-            return next(batches)
+            return next(batches)  # the stream calls `_waiting_in_process` while it has nothing
 
     def give_up() -> bool:
         state.while_waiting()
-        return stop.requested
+        return stop.requested or state.peer_failed()
 
     try:  # the wait is on worker processes: look up every few seconds
         return next_batch(batches, give_up=give_up)
     except StopIteration:
-        raise StopRequested(stop.signal_name) from None
+        if stop.requested:
+            raise StopRequested(stop.signal_name) from None
+        raise PeerFailed from None
+
+
+def _waiting_in_process(state: Run) -> None:
+    """With 0 loader workers, called by the sample stream while no shard exists at all."""
+    state.while_waiting()
+    if state.peer_failed():
+        raise PeerFailed
 
 
 def _bf16(cfg: TrainerSettings, info: distributed.DistInfo) -> bool:

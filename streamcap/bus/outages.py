@@ -106,9 +106,35 @@ def ping(r: redis.Redis) -> None:
     try:
         r.ping()
     except REDIS_DOWN as e:
-        raise RedisUnavailable(f"cannot reach Redis at {describe_url(r)}: {first_line(e)}") from None
+        tls = _tls_refusal(str(e))
+        if tls:
+            raise RedisMisconfigured(f"Redis at {describe_url(r)}: {tls}") from None
+        hint = ""
+        if "EOF occurred in violation of protocol" in str(e) and not r.connection_pool.connection_kwargs.get(
+            "ssl_certfile"
+        ):
+            # TLS 1.3 servers refuse a missing client certificate after the handshake, often
+            # by hanging up without the alert: the likeliest cause, said as one.
+            hint = " (a server with tls-auth-clients wants a client certificate: ssl_certfile= and ssl_keyfile= in REDIS_URL)"
+        raise RedisUnavailable(f"cannot reach Redis at {describe_url(r)}: {first_line(e)}{hint}") from None
     except redis.AuthenticationError as e:
         raise RedisUnavailable(f"Redis at {describe_url(r)} refused the password: {e}") from None
+
+
+# What OpenSSL says when certificates do not match, and what to change: waiting never helps.
+_TLS_REFUSALS = {
+    "CERTIFICATE_VERIFY_FAILED": "its TLS certificate is not signed by the CA the client trusts "
+    "(ssl_ca_certs= in REDIS_URL names the CA file; ssl_check_hostname=false if it names another host)",
+    "CERTIFICATE_REQUIRED": "the server wants a client certificate: ssl_certfile= and ssl_keyfile= in REDIS_URL",
+    "UNKNOWN_CA": "the server refused the client certificate: it is not signed by a CA the server trusts "
+    "(its tls-ca-cert-file)",
+    "BAD_CERTIFICATE": "the server refused the client certificate (ssl_certfile= in REDIS_URL)",
+}
+
+
+def _tls_refusal(text: str) -> str | None:
+    upper = text.upper()
+    return next((f"{why} [{key}]" for key, why in _TLS_REFUSALS.items() if key in upper), None)
 
 
 def _speaks_plain_text(r: redis.Redis) -> bool:

@@ -12,6 +12,8 @@ JSON output and the one-line error; `streamcap.entrypoint.run_app` runs them.
 Each settings field becomes one option with the field's flag, env var and help, so a new setting
 is declared once, in its settings class. Options default to None ("not given") so the settings
 dataclass stays the one place that knows defaults; `option()` shows that default in --help.
+A command that takes --shard-dir is refused, as one line, when the shard dir belongs to another
+namespace (streamcap.common.namespaces).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from typing import Annotated, Any
 
 import typer
 
+from streamcap.common import namespaces
 from streamcap.common.secrets import redact
 from streamcap.common.settings import CommonSettings, build
 
@@ -57,6 +60,7 @@ def settings_command(
     only: Iterable[str] | None = None,
     exclude: Iterable[str] = (),
     read_as: Mapping[str, type] | None = None,
+    owner_check: bool = True,
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Give a command one option per field of settings class `cls`, and call it with the settings.
 
@@ -64,7 +68,9 @@ def settings_command(
     the options (the most derived class's fields first, the common ones last), and it receives
     `build(cls, ...)` of their values. Its other parameters (arguments, command-specific flags)
     stay as they are. `only`/`exclude` pick fields; `read_as` overrides the type an option parses,
-    for fields the settings convert themselves (byte sizes read as text: "200G").
+    for fields the settings convert themselves (byte sizes read as text: "200G"). A command with a
+    shard dir refuses one that belongs to another namespace, unless `owner_check=False` (it only
+    reads files there, and checks itself when asked to change something).
     """
     names = _option_fields(cls, only, exclude)
     hints = typing.get_type_hints(cls)
@@ -84,6 +90,8 @@ def settings_command(
 
         def command(**given: Any) -> Any:
             cfg = build(cls, **{name: given.pop(name) for name in names})
+            if "shard_dir" in names and owner_check:
+                namespaces.check(cfg.shard_dir, cfg.namespace)
             return func(**given, **{settings_param.name: cfg})
 
         functools.update_wrapper(command, func, updated=())

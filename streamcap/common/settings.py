@@ -195,6 +195,20 @@ def redis_url(v: Any) -> str | None:
         return expected + ", whose port is a number"
     if url.scheme == "unix" and not url.path:
         return expected + ", with the socket's path"
+    return tls_query_problem(url.scheme, parse_qsl(url.query))
+
+
+# redis-py reads these from a rediss:// URL's query (SSLConnection's arguments): certificate files.
+TLS_FILE_OPTIONS = ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile")
+
+
+def tls_query_problem(scheme: str, query: list[tuple[str, str]]) -> str | None:
+    """Say so here, in one line, rather than as redis-py's TypeError or an OpenSSL error on connect."""
+    for key, value in query:
+        if key.startswith("ssl_") and scheme != "rediss":
+            return f"a rediss:// URL for the TLS option {key}= (redis:// is plain text)"
+        if key in TLS_FILE_OPTIONS and not Path(value).is_file():
+            return f"a URL whose {key}= names a readable file ({value} is not one)"
     return None
 
 
@@ -214,11 +228,32 @@ def directory_path(v: Any) -> str | None:
 
 
 def shard_location(v: Any) -> str | None:
-    """A directory (see `directory_path`) or an s3://bucket/prefix URL (streamcap.common.store)."""
+    """A directory (see `directory_path`) or an s3://bucket/prefix URL (streamcap.common.store);
+    None is "not given" (CommonSettings derives the location from the namespace)."""
+    if v is None:
+        return None
     return store_url_problem(v) if is_store_url(v) else directory_path(v)
 
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+
+def log_level(v: Any) -> str | None:
+    """One of LOG_LEVELS in any case (`debug` is `DEBUG`: the settings store it upper-cased)."""
+    return None if str(v).upper() in LOG_LEVELS else "one of " + ", ".join(LOG_LEVELS) + " (in any case)"
+
+
+DEFAULT_NAMESPACE = "streamcap"
+DEFAULT_SHARD_DIR = Path("shards")
+
+
+def default_shard_dir(namespace: str) -> Path:
+    """The shard dir of `namespace` when --shard-dir is left out: `shards` for the default
+    namespace, `shards-<namespace>` for any other, so namespaces never share one by default
+    (why a sibling and not a folder inside: streamcap.common.namespaces)."""
+    return DEFAULT_SHARD_DIR if namespace == DEFAULT_NAMESPACE else Path(f"{DEFAULT_SHARD_DIR}-{namespace}")
+
+
 DEVICES = ("auto", "cpu", "cuda")
 
 
@@ -279,12 +314,19 @@ class CommonSettings(Settings):
 
     redis_url: str | None = setting(None, check=redis_url, env="REDIS_URL")
     """Redis server URL, e.g. redis://localhost:6379/0 (`streamcap redis` prints one)."""
-    namespace: str = setting("streamcap", check=namespace)
-    """Prefix of every Redis key, so several pipelines can share one server."""
-    shard_dir: Path = setting(Path("shards"), check=shard_location)
-    """Directory of the WebDataset tar shards (a shared volume in compose), or s3://bucket/prefix."""
-    log_level: str = setting("INFO", check=one_of(*LOG_LEVELS))
-    """Log verbosity."""
+    namespace: str = setting(DEFAULT_NAMESPACE, check=namespace)
+    """Prefix of every Redis key, so several pipelines can share one server (each with its own shard dir)."""
+    # None ("not given") until __post_init__ derives it from the namespace: always a location after.
+    shard_dir: Path = setting(None, check=shard_location)
+    """Directory of the WebDataset tar shards (a shared volume in compose), or s3://bucket/prefix. Unset: `shards`, or `shards-<namespace>` with another --namespace than streamcap. A shard dir belongs to the namespace that first wrote into it; other namespaces are refused."""
+    log_level: str = setting("INFO", check=log_level)
+    """Log verbosity: DEBUG, INFO, WARNING or ERROR (any case)."""
+
+    def __post_init__(self) -> None:
+        if self.shard_dir is None:
+            object.__setattr__(self, "shard_dir", default_shard_dir(str(self.namespace)))
+        super().__post_init__()
+        object.__setattr__(self, "log_level", self.log_level.upper())
 
     def require_redis(self) -> str:
         """The Redis URL, or a ConfigError telling the user how to get one."""
@@ -297,11 +339,21 @@ class CommonSettings(Settings):
         return with_password(self.redis_url, os.environ.get(PASSWORD_ENV))
 
 
+@dataclass(frozen=True, kw_only=True)
+class ProgressSettings(Settings):
+    """What the long commands (enqueue, download, train, eval run) share about showing progress."""
+
+    progress_every: float = setting(30.0, check=at_least(0.1))
+    """Seconds between progress lines when stderr is not a terminal (docker compose logs, CI, a pipe); on a terminal a live bar shows instead."""
+
+
 def all_settings_classes() -> list[type]:
     """Every settings class imported so far (base classes included)."""
     found, todo = [], [Settings]
     while todo:
         cls = todo.pop()
+        if cls in found:  # a class with two settings bases (ProgressSettings too) is met twice
+            continue
         found.append(cls)
         todo.extend(cls.__subclasses__())
     return found

@@ -6,6 +6,9 @@
     store.head(name), store.list(suffix=".tar"), store.list("sources/"), store.delete(name)
     store.move(name, "quarantine/" + name)
     store.read_bytes("x.stats.json"), store.write_bytes("sources/relaion.json", data)
+    store.locate(name)      # how people name it: 'shards/x.tar' or 's3://bucket/prefix/x.tar'
+    store.space()           # (free, total) bytes of a directory's filesystem; None for a bucket
+    store.local_dir         # the directory (writers' temporary files, part locks); None for a bucket
 
 Names are relative to the store's root ("sources/x.json" is below it); `list` without a
 trailing-slash prefix lists only the root's own files, as the shard dir's `*.tar` glob does.
@@ -143,6 +146,20 @@ class ShardStore:
         raise NotImplementedError
         yield  # pragma: no cover
 
+    @property
+    def local_dir(self) -> Path | None:
+        """The directory itself, where writers keep temporary files and part locks beside the
+        shards; None for a bucket (those stay on each writer's own disk)."""
+        return None
+
+    def space(self) -> tuple[int, int] | None:
+        """(free, total) bytes where the shards live; None when that has no fixed size (a bucket)."""
+        return None
+
+    def locate(self, name: str) -> str:
+        """The name people use for an object: a path, or its URL."""
+        return f"{self.url}/{name}"
+
     def __str__(self) -> str:
         return self.url
 
@@ -156,6 +173,20 @@ class LocalStore(ShardStore):
 
     def _path(self, name: str) -> Path:
         return self.root / name
+
+    @property
+    def local_dir(self) -> Path | None:
+        return self.root
+
+    def space(self) -> tuple[int, int] | None:
+        path = self.root
+        while not path.exists() and path != path.parent:  # a shard dir not made yet: its disk
+            path = path.parent
+        usage = shutil.disk_usage(path)
+        return usage.free, usage.total
+
+    def locate(self, name: str) -> str:
+        return os.path.normpath(self._path(name))  # "shards/../quarantine/x.tar" reads "quarantine/x.tar"
 
     def put_file(self, local: Path, name: str) -> ObjectInfo:
         target = self._path(name)

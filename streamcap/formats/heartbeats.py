@@ -25,7 +25,7 @@ import typing
 from dataclasses import dataclass
 from typing import Any, ClassVar, TypeVar
 
-HEARTBEAT_VERSION = 2
+HEARTBEAT_VERSION = 3
 VERSION_FIELD = "v"
 
 # Downloader states (`state`), and the two that mean "not claiming, see `reason`".
@@ -160,6 +160,7 @@ class TrainerHeartbeat(HeartbeatRecord):
 
     state: str  # training | waiting_for_data | finished | stopped | failed
     error: str  # with `failed`: the one line the run stopped with ('' otherwise)
+    waiting_reason: str  # with `waiting_for_data`: what keeps shards away (ops.data_wait; '' while on their way)
     run: str
     rank: int
     world_size: int

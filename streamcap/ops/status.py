@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
 import time
 from pathlib import Path
 from typing import Any, TypeVar
@@ -25,11 +24,13 @@ import redis
 
 from streamcap import bus
 from streamcap.bus.partqueue import read_part_queue
+from streamcap.common.store import ShardStore, StoreUnavailable, open_store
 from streamcap.formats.heartbeats import (
     DOWNLOADER_PAUSED,
     DOWNLOADER_PAUSED_FOR_DISK,
     ENDED_STATES,
     TRAINER_FAILED,
+    TRAINER_WAITING_FOR_DATA,
     DownloaderHeartbeat,
     EvaluatorHeartbeat,
     GcHeartbeat,
@@ -37,6 +38,8 @@ from streamcap.formats.heartbeats import (
     TrainerHeartbeat,
 )
 from streamcap.formats.records import SourceRecord, is_retry_id
+from streamcap.formats.shards import SHARD_SUFFIX
+from streamcap.ops import attention
 
 _SIZE_COMMANDS = {"stream": "xlen", "hash": "hlen", "set": "scard", "string": "strlen", "list": "llen", "zset": "zcard"}
 DATA_WAIT_HINT_PCT = 20.0
@@ -138,6 +141,7 @@ def url_summary(stats: dict[str, str], downloaders: list[bus.Heartbeat]) -> dict
     for beat in live:
         for reason, n in beat.failures.items():
             recent[reason] = recent.get(reason, 0) + int(n)
+    rows_live = sum(b.urls for b in live)  # rows the live downloaders finished since they started
     by_reason = {k[len(bus.STAT_FAIL_PREFIX) :]: int(v) for k, v in stats.items() if k.startswith(bus.STAT_FAIL_PREFIX)}
     rows, samples = int(stats.get(bus.STAT_ROWS, 0)), int(stats.get(bus.STAT_SAMPLES, 0))
     return {
@@ -145,6 +149,8 @@ def url_summary(stats: dict[str, str], downloaders: list[bus.Heartbeat]) -> dict
         "success_pct": round(100 * rate["images_per_s"] / rate["urls_per_s"], 1) if rate["urls_per_s"] else None,
         "downloaders_live": len(live),
         "top_failures_live": sorted(recent.items(), key=lambda kv: -kv[1])[:5],
+        "rows_live": rows_live,
+        "failures_live": recent,
         "rows": rows,
         "samples": samples,
         "failures": int(stats.get(bus.STAT_FAILURES, 0)),
@@ -158,7 +164,9 @@ def url_summary(stats: dict[str, str], downloaders: list[bus.Heartbeat]) -> dict
     }
 
 
-def shard_summary(r: redis.Redis, keys: bus.Keys, stats: dict[str, str], shard_dir: Path | None) -> dict[str, Any]:
+def shard_summary(
+    r: redis.Redis, keys: bus.Keys, stats: dict[str, str], shard_dir: ShardStore | Path | str | None
+) -> dict[str, Any]:
     control = r.hgetall(keys.control)
     summary: dict[str, Any] = {
         "count": int(stats.get(bus.STAT_SHARDS, 0)),
@@ -172,10 +180,30 @@ def shard_summary(r: redis.Redis, keys: bus.Keys, stats: dict[str, str], shard_d
         "disk": None,
         "gc": gc_summary(bus.read_heartbeats(r, keys, bus.ROLE_GC)),
     }
-    if shard_dir is not None and Path(shard_dir).is_dir():
-        usage = shutil.disk_usage(shard_dir)
-        summary["disk"] = {"path": str(shard_dir), "free": usage.free, "total": usage.total}
+    if shard_dir is not None:
+        summary["disk"] = storage_summary(open_store(shard_dir))
     return summary
+
+
+def storage_summary(store: ShardStore) -> dict[str, Any] | None:
+    """Where the shards are and how much they take: a directory's disk (free of total), or a
+    bucket's bytes of shards (what --max-disk-bytes counts there); an unreachable bucket says why."""
+    if store.local_dir is not None:
+        if not store.local_dir.is_dir():
+            return None
+        free, total = store.space() or (0, 0)
+        return {"path": str(store.local_dir), "free": free, "total": total}
+    try:
+        listing = store.list(suffix=SHARD_SUFFIX)
+    except StoreUnavailable as e:
+        return {"path": store.url, "free": None, "total": None, "error": str(e)}
+    return {
+        "path": store.url,
+        "free": None,
+        "total": None,
+        "used": sum(i.size for i in listing),
+        "objects": len(listing),
+    }
 
 
 def gc_summary(beats: list[bus.Heartbeat]) -> dict[str, Any] | None:
@@ -218,6 +246,8 @@ def trainer_summary(r: redis.Redis, keys: bus.Keys, ranks: list[bus.Heartbeat]) 
         "oom_steps": max((b.oom_steps for b in live), default=None),
         "checkpoints_freed_bytes": sum(b.checkpoints_freed_bytes for b in live) if live else None,
         "failed": sorted({f"{b.run}: {b.error}" for b in failed}),
+        # What a waiting rank found keeping shards away, with its own --shard-dir (ops.data_wait).
+        "waiting": sorted({b.waiting_reason for b in live if b.state == TRAINER_WAITING_FOR_DATA and b.waiting_reason}),
     }
 
 
@@ -268,37 +298,26 @@ def worker_row(beat: bus.Heartbeat) -> dict[str, Any]:
 def hints(report: dict[str, Any]) -> list[str]:
     """Short advice where the numbers call for it."""
     out = []
-    parts, urls, shards, trainer = report["parts"], report["urls"], report["shards"], report["trainer"]
-    out += [f"the trainer stopped itself: {line}" for line in trainer["failed"]]
-    if trainer["data_wait_pct"] is not None and trainer["data_wait_pct"] >= DATA_WAIT_HINT_PCT:
+    parts, trainer = report["parts"], report["trainer"]
+    out += attention.trainer_failed(report)
+    out += attention.trainer_waiting(report)
+    # "Add downloaders" only while nothing else keeps the shards away.
+    if (
+        not trainer["waiting"]
+        and trainer["data_wait_pct"] is not None
+        and trainer["data_wait_pct"] >= DATA_WAIT_HINT_PCT
+    ):
         out.append(
             f"the trainer waited for data {trainer['data_wait_pct']:.0f} % of the time: add downloaders "
             "(docker compose up -d --scale downloader=N, or --processes)"
         )
     if trainer["fresh_ratio"] is not None and trainer["fresh_ratio"] < 0.5 and parts["pending"]:
         out.append(f"only {100 * trainer['fresh_ratio']:.0f} % of trained samples are fresh: downloads lag training")
-    if parts["pending"] + parts["in_flight"] and not urls["downloaders_live"]:
-        out.append(
-            f"{parts['pending'] + parts['in_flight']} parts wait but no downloader is running: start `streamcap download`"
-        )
-    if shards["paused_for_disk"] and shards["gc"] is None:
-        out.append(
-            f"downloads paused for disk ({shards['paused_for_disk']}) and no gc watch runs: "
-            "`streamcap shards gc --watch` frees shards every running training run has read; "
-            "or raise --max-disk-bytes"
-        )
-    elif shards["paused_for_disk"]:
-        out.append(f"downloads paused for disk ({shards['paused_for_disk']}); gc: {shards['gc']['last_result']}")
-    disk_full = [w for w in report["workers"] if w["reason"].startswith("disk_full")]
-    if disk_full:
-        out.append(
-            f"{len(disk_full)} downloader(s) found the shard disk full ({disk_full[0]['reason'][:120]}): "
-            "free space there; they retry on their own"
-        )
-    paused = [w for w in report["workers"] if w["state"] == DOWNLOADER_PAUSED and not w["stale"]]
-    if paused:
-        reason = paused[0]["reason"]
-        out.append(f"{len(paused)} downloader(s) paused: {reason[:160]}: {_environment_advice(reason)}")
+    out += attention.no_downloader(report)
+    out += attention.disk(report)
+    out += attention.paused(report)
+    out += attention.dominant_failure(report)
+    out += attention.nothing_enqueued(report)
     if parts["dead"]:
         out.append(f"{parts['dead']} parts dead-lettered after repeated failures: their last errors are in parts:dead")
     if not parts["consistent"]:
@@ -320,19 +339,6 @@ def hints(report: dict[str, Any]) -> list[str]:
             f"{(time.time() - outage['ended']) / 60:.0f} min ago; services reconnected"
         )
     return out
-
-
-# What to do about each environment failure (reasons from streamcap.downloader.failures).
-_ADVICE = {
-    "shard dir not writable": "make the shard dir writable for the downloaders (a read-only mount? "
-    "its owner?); they release their parts uncounted and retry on their own",
-    "source unreadable": "mount or copy the source file on that host; other downloaders take its "
-    "parts meanwhile, and it retries on its own",
-}
-
-
-def _environment_advice(reason: str) -> str:
-    return next((advice for kind, advice in _ADVICE.items() if reason.startswith(kind)), "they retry on their own")
 
 
 def collect(r: redis.Redis, keys: bus.Keys, shard_dir: Path | None = None) -> dict[str, Any]:
@@ -357,4 +363,5 @@ def collect(r: redis.Redis, keys: bus.Keys, shard_dir: Path | None = None) -> di
         "eval": eval_summary(r, keys, by_role[bus.ROLE_EVALUATOR]),
     }
     report["hints"] = hints(report)
+    report["attention"] = attention.attention(report)
     return report

@@ -100,11 +100,21 @@ def _shards(shards: dict[str, Any]) -> Table:
             ("samples", shards["samples"]),
             ("bytes", human_bytes(shards["bytes"])),
             ("collected (gc)", shards["collected"]),
-            ("disk free", f"{human_bytes(disk['free'])} of {human_bytes(disk['total'])}" if disk else None),
+            _storage(disk),
             ("downloads paused for disk", paused or "no"),
             ("gc watch", _gc(shards["gc"])),
         ],
     )
+
+
+def _storage(disk: dict[str, Any] | None) -> tuple[str, str | None]:
+    """A directory's free space; a bucket has none to show, so what its shards take (what the
+    budget counts there)."""
+    if disk is None or disk["free"] is not None:
+        return "disk free", f"{human_bytes(disk['free'])} of {human_bytes(disk['total'])}" if disk else None
+    if "error" in disk:
+        return "bucket", f"{disk['path']}: {disk['error']}"
+    return "bucket", f"{human_bytes(disk['used'])} in {disk['objects']} shards ({disk['path']})"
 
 
 def _gc(gc: dict[str, Any] | None) -> str:
@@ -196,8 +206,16 @@ def _keys(keys: dict[str, Any]) -> Table:
     return table
 
 
+def attention_line(report: dict[str, Any]) -> Text:
+    """The first line: the one problem to fix first (streamcap.ops.attention), or that there is none."""
+    if report["attention"] is None:
+        return Text("all healthy", style="bold green")
+    return Text(f"attention: {report['attention']}", style="bold red")
+
+
 def render(report: dict[str, Any]) -> Group:
     parts: list[Any] = [
+        attention_line(report),
         _redis(report),
         _queue(report["parts"]),
         _downloads(report["urls"]),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -107,8 +108,14 @@ def test_run_writes_predictions_scores_report_and_results(eval_files, tmp_path):
         "--out-dir",
         str(out_dir),
         "--json",
+        env={"STREAMCAP_PROGRESS_EVERY": "0.1"},
     )
     assert out.returncode == 0, out.stderr
+    # Progress in a pipe: plain lines of images captioned, the last one when all are scored.
+    progress = [line for line in out.stderr.splitlines() if line.startswith("eval: ")]
+    assert progress and all(re.match(r"eval: \d/2 images \(\d+\.\d %\), [\d.]+ images/s", p) for p in progress)
+    assert progress[-1].startswith("eval: 2/2 images (100.0 %)") and "; done; took " in progress[-1]
+    assert "\r" not in out.stderr and "\x1b" not in out.stderr
     result = json.loads(out.stdout)
     assert (result["status"], result["step"], result["run"], result["images"]) == ("ok", 100, "r1", 2)
     assert result["dataset"] == "dataset_flickr30k.json:val"

@@ -100,12 +100,14 @@ def test_settings_take_a_bucket_url_as_shard_dir(monkeypatch):
         CommonSettings(shard_dir="s3://Not_A_Bucket/x")
 
 
-@pytest.mark.parametrize("command", [["shards", "gc"], ["shards", "verify"], ["shards", "reconcile"]])
-def test_tools_that_work_on_a_directory_only_refuse_a_bucket_in_one_line(command, capsys):
-    # Before Redis is asked anything: they would otherwise report nothing done, as if all were well.
-    from streamcap.cli import app
-    from streamcap.entrypoint import run_app
+def test_a_location_belongs_to_the_namespace_that_claimed_it_on_a_bucket_too(store: ShardStore):
+    from streamcap.common import namespaces
 
-    assert run_app(app, [*command, "--shard-dir", "s3://b/p", "--redis-url", "redis://127.0.0.1:1/0"]) == 1
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "does not work on a bucket yet" in err[0] and "--shard-dir" in err[0], err
+    namespaces.claim(store, "exp1")
+    namespaces.claim(store, "exp1")
+    assert namespaces.owner(store.url) == "exp1"  # as a --shard-dir value names it
+    with pytest.raises(
+        ConfigError, match=f"^--shard-dir / STREAMCAP_SHARD_DIR: {store.url} belongs to namespace 'exp1'"
+    ):
+        namespaces.check(store.url, "exp2")
+    assert store.list() == []  # the marker is in no listing

@@ -4,6 +4,7 @@ shown; a diverged run stops with one line and a non-zero exit, leaving only fini
 from __future__ import annotations
 
 import json
+import re
 
 import torch
 
@@ -26,11 +27,15 @@ def test_lr_1e9_diverges_and_stops_with_one_line_and_only_finite_checkpoints(red
     vocab(tmp_path / "vocab.txt")
     log, run_dir = tmp_path / "train.log", tmp_path / "ck" / "boom"
     args = train_args(redis_url, keys, tmp_path, run_id="boom", lr=1e9, max_steps=40, checkpoint_every=1)
-    proc = start([*args, "--loader-workers", "0"], log)
+    proc = start([*args, "--loader-workers", "0", "--progress-every", "0.1"], log)
     rc = timing.wait(proc, 180)
     text = log.read_text()
     assert rc == 1, text[-4000:]
     assert "Traceback" not in text, text[-4000:]
+    # Progress in a log file: plain lines (rank 0), no carriage returns or escape codes.
+    progress = [line for line in text.splitlines() if line.startswith("train: ")]
+    assert progress and all(re.match(r"train: \d+/40 steps \(\d+\.\d %\), [\d.]+ steps/s", p) for p in progress)
+    assert any("samples/s, data wait" in p for p in progress) and "\r" not in text and "\x1b" not in text
     stop_lines = [line for line in text.splitlines() if "stopping: 5 non-finite steps in a row" in line]
     assert len(stop_lines) == 1 and "resume from the last good checkpoint with --resume" in stop_lines[0], text
     records = read_metrics(run_dir / "metrics.jsonl")

@@ -21,22 +21,80 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from streamcap import bus
+from streamcap.bus.embedded import EmbeddedRedis
 from streamcap.downloader.config import DownloaderSettings
 from streamcap.downloader.failures import EXIT_GAVE_UP
 from streamcap.downloader.fetch import Fetcher
+from streamcap.formats.heartbeats import DownloaderHeartbeat
 from streamcap.formats.records import FailedRow
+from streamcap.ops import status
 from streamcap.shardwriter.retry import is_transient
 from streamcap.text.captions import MAX_CAPTION_CHARS
 from tests.integration.test_orphan_ranks import alive
+from tests.integration.test_trainer_runs import make_shards, start, train_args, vocab
 from tests.integration.test_user_errors import ENV, assert_one_error_line, streamcap
 from tests.support import timing
 from tests.support.evalsets import karpathy_set, tiny_checkpoint
-from tests.support.fleet import STREAMCAP, children, download
+from tests.support.fleet import DOWNLOAD_ARGS, STREAMCAP, children, download, heartbeat_records
+from tests.support.heartbeats import record
 from tests.support.pipeline import enqueue_rows, final_audit, paced_rows, samples_by_row, wait_until, write_parquet
 
 
 def common(redis_url: str, keys, shard_dir: Path) -> list[str]:
     return ["--redis-url", redis_url, "--namespace", keys.namespace, "--shard-dir", str(shard_dir)]
+
+
+# --- 1: namespaces in one folder ------------------------------------------------------------------
+
+
+def test_two_namespaces_with_default_settings_in_one_folder_never_see_each_others_shards(image_host, tmp_path):
+    # The default namespace is a literal ("streamcap"), so it gets a Redis server no other test uses.
+    work = tmp_path / "work"
+    work.mkdir()
+    first = write_parquet(tmp_path / "first.parquet", paced_rows(image_host, 6, failures=False))
+    second = write_parquet(tmp_path / "second.parquet", paced_rows(image_host, 4, failures=False))
+    with EmbeddedRedis(data_dir=tmp_path / "redis") as server:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("STREAMCAP_")}
+        env |= ENV | {"REDIS_URL": server.url}
+
+        def run(*args: str) -> subprocess.CompletedProcess:
+            return subprocess.run(
+                [*STREAMCAP, *args], cwd=work, env=env, capture_output=True, text=True, timeout=timing.scaled(120)
+            )
+
+        def audit(*args: str) -> dict:
+            out = run("audit", "--json", *args)
+            assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+            return json.loads(out.stdout)
+
+        fetch = ("download", "--exit-when-empty", "--allow-private", *DOWNLOAD_ARGS)
+        assert run("enqueue", str(first), "--part-size", "3").returncode == 0
+        assert (ran := run(*fetch)).returncode == 0, ran.stderr[-3000:]
+        added = run("enqueue", str(second), "--part-size", "2", "--namespace", "exp2")
+        assert added.returncode == 0 and "4 rows in 2 parts" in added.stdout, added.stderr
+
+        # Before: the default namespace counted exp2's 4 rows as lost, and reconcile queued exp2's parts.
+        assert audit()["lost"] == 0 and audit()["rows_enqueued"] == 6
+        assert (fixed := run("shards", "reconcile")).returncode == 0, fixed.stdout + fixed.stderr
+        r = bus.connect(server.url)
+        default, exp2 = bus.Keys("streamcap"), bus.Keys("exp2")
+        assert r.xlen(default.parts) == 2 and r.hkeys(default.sources) == ["first"]
+
+        assert (ran := run(*fetch, "--namespace", "exp2")).returncode == 0, ran.stderr[-3000:]
+        assert audit("--namespace", "exp2", "--expect-done")["samples"] == 4
+        assert audit("--expect-done")["samples"] == 6
+        assert r.xlen(exp2.parts) == 2 and r.hkeys(exp2.sources) == ["second"]
+        assert {p.name.split("-")[0] for p in (work / "shards").glob("*.tar")} == {"first"}
+        assert {p.name.split("-")[0] for p in (work / "shards-exp2").glob("*.tar")} == {"second"}
+        assert (work / "shards" / ".streamcap-namespace").read_text() == "streamcap\n"
+
+        # Pointed at the other's shard dir on purpose: refused by name, nothing adopted.
+        for args in (("shards", "reconcile"), ("audit",), ("status",), ("download", "--exit-when-empty")):
+            refused = run(*args, "--namespace", "exp2", "--shard-dir", "shards")
+            assert_one_error_line(refused, "shards belongs to namespace 'streamcap'", "not to --namespace 'exp2'")
+        assert r.xlen(exp2.parts) == 2 and r.hkeys(exp2.sources) == ["second"]
+        r.close()
 
 
 # --- 6: a source changed after enqueue --------------------------------------------------------------
@@ -297,3 +355,119 @@ def test_urls_that_can_never_work_are_permanent_with_and_without_allow_private(t
     # What a later try may fetch stays transient.
     assert is_transient(FailedRow(0, "u", "connect_error", "ClientConnectorError: Connection refused"))
     assert is_transient(FailedRow(0, "u", "http_status", "HTTP 503"))
+
+
+# --- 3: a wrong caption column ------------------------------------------------------------------------
+
+
+def _stopped_trainer(proc: subprocess.Popen, log: Path, timeout: float) -> tuple[int, str]:
+    """The trainer's exit code and log, or AssertionError with the log if it runs past `timeout`."""
+    try:
+        rc = timing.wait(proc, timeout)
+    except subprocess.TimeoutExpired:
+        raise AssertionError("the trainer is still running:\n" + log.read_text()[-3000:]) from None
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    return rc, log.read_text()
+
+
+def test_a_wrong_caption_column_stops_the_trainer_with_one_line_and_status_says_why(r, redis_url, keys, tmp_path):
+    make_shards(r, keys, tmp_path / "shards", [8, 8, 8])  # fewer than --max-unusable-shards: replays count
+    vocab(tmp_path / "vocab.txt")
+    log = tmp_path / "train.log"
+    args = train_args(redis_url, keys, tmp_path, run_id="nocol", max_steps=50, caption_column="nonexist")
+    rc, text = _stopped_trainer(start([*args, "--loader-workers", "1"], log), log, 180)
+    assert rc == 1, text[-3000:]
+    assert "Traceback" not in text, text[-3000:]
+    (line,) = [x for x in text.splitlines() if "stopping: no usable sample" in x]
+    assert "in the last 8 shards read (3 different)" in line, line
+    assert "no caption column 'nonexist' in the sample (it has: caption, caption_raw" in line, line
+    assert "pass --caption-column" in line, line
+    beat = heartbeat_records(r, keys, bus.ROLE_TRAINER)[0]
+    assert beat.state == "failed" and beat.error.startswith("stopping: no usable sample") and beat.step == 0
+    hint = status.collect(r, keys)["hints"][0]
+    assert hint.startswith("the trainer stopped itself: nocol: stopping: no usable sample"), hint
+
+
+def test_two_ranks_stop_together_when_one_finds_no_usable_sample_and_the_other_waits(r, redis_url, keys, tmp_path):
+    make_shards(r, keys, tmp_path / "shards", [8])  # one shard: one rank reads it, the other waits for one
+    vocab(tmp_path / "vocab.txt")
+    log = tmp_path / "train.log"
+    args = train_args(
+        redis_url, keys, tmp_path, run_id="ddpcol", caption_column="nonexist", max_unusable_shards=3, loader_workers=0
+    )
+    rc, text = _stopped_trainer(start(args, log, torchrun=2), log, 240)  # not left hanging in a collective
+    assert rc != 0, text[-3000:]
+    lines = [x for x in text.splitlines() if "ERROR" in x and "stopping: no usable sample in the last 3" in x]
+    assert len(lines) == 1, text[-3000:]  # rank 0 says it, whichever rank found it
+    beats = heartbeat_records(r, keys, bus.ROLE_TRAINER)
+    assert sorted(b.rank for b in beats) == [0, 1]
+    assert all(b.state == "failed" and "no caption column 'nonexist'" in b.error for b in beats), beats
+
+
+# --- 4: a trainer pointed at the wrong place ------------------------------------------------------------
+
+
+def test_a_waiting_trainer_is_told_what_keeps_its_shards_away(r, keys, tmp_path):
+    from streamcap.ops.data_wait import why_no_data
+
+    shard_dir, ns = tmp_path / "shards", keys.namespace
+    shard_dir.mkdir()
+    assert why_no_data(r, keys, shard_dir) == (
+        f"nothing is enqueued in namespace '{ns}': run `streamcap enqueue SOURCE`, then `streamcap download`"
+    )
+    foreign = [shard_dir / f"laion-{i:05d}.tar" for i in range(3)]  # another pipeline's WebDataset tars
+    for path in foreign:
+        path.write_bytes(b"\0" * 1024)
+    assert why_no_data(r, keys, shard_dir).startswith(
+        f"3 .tar files in {shard_dir.resolve()} are not registered shards of namespace '{ns}' "
+        "(another pipeline's, or another --namespace's?): pass the --namespace that wrote them"
+    )
+    for path in foreign:
+        path.unlink()
+    enqueue_rows(r, keys, shard_dir, [f"http://127.0.0.1:9/{i}.jpg" for i in range(4)], part_size=2)
+    assert why_no_data(r, keys, shard_dir) == "2 parts wait but no downloader is running: start `streamcap download`"
+    bus.write_heartbeat(r, keys, "d1", record(DownloaderHeartbeat, state="working"))
+    assert why_no_data(r, keys, shard_dir) == ""  # the first shard is on its way: no mistake
+    (source,) = r.hkeys(keys.sources)
+    r.sadd(keys.parts_done, f"{source}:0", f"{source}:1")
+    assert why_no_data(r, keys, shard_dir).startswith("all 2 parts are finished and no shard was written")
+    r.delete(keys.parts)  # done: taken off the queue, so the next part is the only one to claim
+    (name,) = make_shards(r, keys, tmp_path / "elsewhere", [4])  # registered, but written to another directory
+    assert why_no_data(r, keys, shard_dir) == (
+        f"all 1 registered shards of namespace '{ns}' are missing from {shard_dir.resolve()}: wrong --shard-dir? "
+        "pass the directory `streamcap download` writes them to"
+    )
+    shutil.copy(tmp_path / "elsewhere" / name, shard_dir / name)
+    assert why_no_data(r, keys, shard_dir) == ""
+
+
+def test_a_trainer_waiting_at_the_wrong_place_says_what_is_wrong_in_its_log_and_in_status(r, redis_url, keys, tmp_path):
+    vocab(tmp_path / "vocab.txt")
+    shard_dir = tmp_path / "shards"
+    shard_dir.mkdir()
+    log = tmp_path / "train.log"
+    proc = start([*train_args(redis_url, keys, tmp_path, run_id="lost", max_steps=5), "--loader-workers", "1"], log)
+
+    def reasons() -> list[str]:
+        return [b.waiting_reason for b in heartbeat_records(r, keys, bus.ROLE_TRAINER) if b.waiting_reason]
+
+    try:
+        nothing = f"nothing is enqueued in namespace '{keys.namespace}': run `streamcap enqueue SOURCE`"
+        wait_until(lambda: any(x.startswith(nothing) for x in reasons()), 120, "the reason in the heartbeat", proc, log)
+        hints = status.collect(r, keys)["hints"]
+        assert any(h.startswith(f"the trainer waits for data: {nothing}") for h in hints), hints
+        assert not any("add downloaders" in h for h in hints), hints  # the wait is 100 %, but downloaders are not it
+        make_shards(r, keys, tmp_path / "elsewhere", [8])
+        missing = f"all 1 registered shards of namespace '{keys.namespace}' are missing from {shard_dir.resolve()}"
+        wait_until(lambda: any(x.startswith(missing) for x in reasons()), 120, "the new reason", proc, log)
+        hints = status.collect(r, keys)["hints"]
+        assert any(h.startswith(f"the trainer waits for data: {missing}: wrong --shard-dir?") for h in hints), hints
+        text = log.read_text()
+        assert f"waiting for data: {nothing}" in text and f"waiting for data: {missing}" in text, text[-3000:]
+        assert proc.poll() is None  # waiting, not failing: a missing shard is no unusable sample
+    finally:
+        proc.kill()
+        proc.wait()

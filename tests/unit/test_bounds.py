@@ -64,6 +64,7 @@ BOUNDS = [
     (TRAIN, TrainerSettings, "sample_every", 10_000_000),
     (TRAIN, TrainerSettings, "histogram_every", 10_000_000),
     (TRAIN, TrainerSettings, "max_bad_steps", 1000),
+    (TRAIN, TrainerSettings, "max_unusable_shards", 100_000),
     (TRAIN, TrainerSettings, "keep_checkpoints", 10_000),
     (TRAIN, TrainerSettings, "shard_cache_bytes", 10**15),
     (EVAL, EvalSettings, "beam", 64),

@@ -22,6 +22,7 @@ from tests.support import timing
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = ROOT / "docker-compose.yml"
 COMPOSE_CPU = ROOT / "docker-compose.cpu.yml"
+COMPOSE_BOX = ROOT / "docker-compose.download-box.yml"
 SHARED_SCHEMA = ROOT.parent / "shared" / "compose-spec.json"
 BIN = Path(sys.executable).parent
 
@@ -48,7 +49,13 @@ def compose_cpu() -> dict:
     return yaml.load(COMPOSE_CPU.read_text(), Loader=ComposeLoader)
 
 
-def test_compose_validates_against_the_compose_specification():
+@pytest.fixture(scope="module")
+def compose_box() -> dict:
+    return yaml.safe_load(COMPOSE_BOX.read_text())
+
+
+@pytest.mark.parametrize("path", [COMPOSE, COMPOSE_BOX], ids=lambda p: p.name)
+def test_compose_validates_against_the_compose_specification(path):
     # check-jsonschema's built-in copy works offline; ../shared/ holds the project's own copy
     # beside a checkout (not in every clone), and the file must satisfy both.
     schemas = [["--builtin-schema", "vendor.compose-spec"]]
@@ -56,7 +63,7 @@ def test_compose_validates_against_the_compose_specification():
         schemas.append(["--schemafile", str(SHARED_SCHEMA)])
     for schema in schemas:
         out = subprocess.run(
-            [str(BIN / "check-jsonschema"), *schema, str(COMPOSE)],
+            [str(BIN / "check-jsonschema"), *schema, str(path)],
             capture_output=True,
             text=True,
             timeout=timing.scaled(60),
@@ -157,7 +164,8 @@ def test_every_depends_on_target_exists(compose):
 
 
 def test_every_variable_is_documented_in_env_example():
-    used = set(re.findall(r"\$\{([A-Z_][A-Z0-9_]*)", COMPOSE.read_text() + COMPOSE_CPU.read_text()))
+    text = COMPOSE.read_text() + COMPOSE_CPU.read_text() + COMPOSE_BOX.read_text()
+    used = set(re.findall(r"\$\{([A-Z_][A-Z0-9_]*)", text))
     documented = set(re.findall(r"^#?\s*([A-Z_][A-Z0-9_]*)=", (ROOT / ".env.example").read_text(), re.M))
     assert used, "no variables found: the pattern is wrong"
     assert sorted(used - documented) == []
@@ -209,10 +217,11 @@ def resolve(root, args: list[str]):
     return command, rest
 
 
-def test_every_service_command_exists_with_its_flags_and_env_vars(compose):
+def test_every_service_command_exists_with_its_flags_and_env_vars(compose, compose_box):
     tree = command_tree()
     checked = 0
-    for name, service in compose["services"].items():
+    services = {**compose["services"], **{f"download-box {n}": s for n, s in compose_box["services"].items()}}
+    for name, service in services.items():
         if name == "redis":
             continue
         for entry, args in invocations(service["command"]):
@@ -227,7 +236,25 @@ def test_every_service_command_exists_with_its_flags_and_env_vars(compose):
                 if var.startswith("STREAMCAP_") or var == "REDIS_URL":
                     assert var in envvars, f"{name}: `{entry} {' '.join(args)}` reads no {var}"
             checked += 1
-    assert checked >= 5
+    assert checked >= 7
+
+
+def test_a_download_box_reaches_the_rigs_redis_over_tls_and_writes_to_the_bucket(compose_box):
+    services = compose_box["services"]
+    assert set(services) == {"downloader", "gc"} and "redis" not in services  # Redis is the rig's
+    env = compose_box["x-box-env"]
+    url = env["REDIS_URL"]
+    assert url.startswith("rediss://${REDIS_HOST:?") and "@" not in url  # TLS; the password on its own
+    for option in ("ssl_ca_certs=/certs/", "ssl_certfile=/certs/", "ssl_keyfile=/certs/"):
+        assert option in url
+    assert env["REDIS_PASSWORD"].startswith("${REDIS_PASSWORD:?")
+    assert env["STREAMCAP_SHARD_DIR"].startswith("${SHARD_BUCKET:?")
+    for name, service in services.items():
+        volumes = service["volumes"]
+        assert any(v.endswith(":/certs:ro") for v in volumes), (name, volumes)
+        assert not any("/data/shards" in v for v in volumes), name  # the bucket is the meeting point
+    assert services["downloader"]["environment"]["STREAMCAP_SPOOL_DIR"] == "/data/spool"
+    assert services["gc"]["profiles"] == ["gc"]  # one box runs it (COMPOSE_PROFILES=gc)
 
 
 def test_dockerfiles_pass_hadolint():

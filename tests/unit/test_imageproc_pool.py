@@ -64,3 +64,47 @@ async def test_a_stuck_worker_is_killed_and_its_row_is_a_processing_crash():
         assert isinstance(await pool.process(jpeg_bytes(320, 240, seed=3)), ProcessedImage)
     finally:
         pool.close()
+
+
+def _booted_slowly(seconds: float):
+    time.sleep(seconds)  # runs in the worker while it unpickles its process_fn: its boot
+    return process_image
+
+
+class SlowBoot:
+    """A process_fn whose worker takes `seconds` to boot, like imports on a busy machine."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+
+    def __reduce__(self):
+        return _booted_slowly, (self.seconds,)
+
+
+async def test_a_worker_s_boot_is_not_charged_to_the_first_image():
+    # The image's clock starts once its worker is ready: a 3 s boot against a 1.5 s budget
+    # used to reject an innocent image as "took longer than 1.5 s".
+    pool = ImagePool(ImageOptions(), workers=1, process_fn=SlowBoot(3.0), timeout_s=1.5)
+    try:
+        assert isinstance(await pool.process(jpeg_bytes(320, 240)), ProcessedImage)
+        assert pool.crashes == 0
+    finally:
+        pool.close()
+
+
+def _never_boots(seconds: float):
+    os._exit(3)  # an import that kills the interpreter
+
+
+class NeverBoots(SlowBoot):
+    def __reduce__(self):
+        return _never_boots, (0.0,)
+
+
+async def test_workers_that_die_before_they_are_ready_fail_the_images_instead_of_respawning_forever():
+    pool = ImagePool(ImageOptions(), workers=1, process_fn=NeverBoots(0.0))
+    try:
+        result = await asyncio.wait_for(pool.process(jpeg_bytes(320, 240)), timeout=600)
+        assert result == Rejection("processing_crash", "the image worker could not start")
+    finally:
+        pool.close()

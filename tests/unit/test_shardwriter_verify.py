@@ -94,8 +94,9 @@ def test_key_that_disagrees_with_its_json_and_repeated_keys(tmp_path):
 
 def test_expand_directories_and_missing_paths(tmp_path):
     shard = good_shard(tmp_path)
-    files, missing = expand([tmp_path, tmp_path / "nope.tar"])
-    assert files == [shard] and missing == [f"{tmp_path / 'nope.tar'}: no such file or directory"]
+    found, missing = expand([tmp_path, shard, tmp_path / "nope.tar"])
+    assert [(store.local_dir, name) for store, name in found] == [(tmp_path, shard.name)] * 2
+    assert missing == [f"{tmp_path / 'nope.tar'}: no such file or directory"]
 
 
 @pytest.mark.parametrize(
@@ -112,6 +113,7 @@ def test_bad_settings_fail_with_one_line_naming_the_setting():
         ShardWriterSettings(min_reads=0)
     cfg = ShardWriterSettings(max_disk_bytes="1G", shard_dir="x")
     assert cfg.max_disk_bytes == 10**9 and str(cfg.quarantine_path) == "x/quarantine"
+    assert ShardWriterSettings(shard_dir="s3://b/p").quarantine_path is None  # the bucket's quarantine/ prefix
 
 
 def test_flipped_bytes_are_caught_by_the_checksum_or_the_tar_headers(tmp_path):
