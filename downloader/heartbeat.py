@@ -61,6 +61,8 @@ def downloader_heartbeat(
         parts_env_failed=stats.parts_env_failed,
         rows_deferred=stats.rows_deferred,
         image_crashes=pool.crashes if pool else 0,
+        dns_lookups=fetcher.dns.lookups if fetcher else 0,
+        dns_cache_hits=fetcher.dns.hits if fetcher else 0,
         concurrency=cfg.concurrency,
         pid=os.getpid(),
         started=stats.started,

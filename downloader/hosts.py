@@ -21,13 +21,13 @@ script, in Redis's clock (one key per host, expiring when idle). While Redis is 
 each process paces alone at the same rate, and backoffs apply to the process that saw them.
 
 Failures that name a host's problem (HOST_REASONS) are counted per host and reason in Redis
-(batched, every SYNC_EVERY_S); `streamcap hosts` lists the hosts in backoff and the worst ones.
+(batched, every SYNC_EVERY_S); `streamcap hosts` and `streamcap status` list the hosts in backoff
+and the worst ones (streamcap.ops.hosts).
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 from collections import Counter
@@ -38,13 +38,12 @@ import redis
 from streamcap import bus
 from streamcap.common.logs import first_line
 from streamcap.downloader.config import DownloaderSettings
+from streamcap.formats.records import HOST_REASONS
 
 log = logging.getLogger(__name__)
 
 SYNC_EVERY_S = 1.0
 BACKOFF_BASE_S = 1.0
-# Failure reasons that speak of the host rather than of one row (a 404, a broken image do not).
-HOST_REASONS = ("dns_error", "connect_error", "timeout", "throttled", "blocked_address")
 # Hosts whose failures are kept in Redis; the least failing go first.
 TALLY_HOSTS = 10_000
 # Backoffs and throttle counts are forgotten this long after they ended.
@@ -313,32 +312,3 @@ class HostBoard:
             log.info("host state shared through Redis again")
         self._redis_ok = True
         return result
-
-
-# --- what `streamcap hosts` shows -----------------------------------------------------------------
-
-
-def host_report(r: redis.Redis, keys: bus.Keys, top: int = 20) -> dict:
-    """{'backoff': [{host, seconds_left, strikes, why}], 'failing': [{host, failures, reasons, last}],
-    'hosts_failing': how many hosts have failures counted}."""
-    seconds, micros = r.time()
-    now = seconds + micros / 1e6
-    backoff = []
-    for host, until in r.zrangebyscore(keys.hosts_backoff, f"({now}", "+inf", withscores=True):
-        state = json.loads(r.hget(keys.hosts_throttles, host) or "{}")
-        backoff.append(
-            {
-                "host": host,
-                "seconds_left": round(until - now, 1),
-                "strikes": state.get("strikes", 0),
-                "why": state.get("why", ""),
-            }
-        )
-    backoff.sort(key=lambda h: -h["seconds_left"])
-    failing = []
-    for host, count in r.zrevrange(keys.hosts_failures, 0, top - 1, withscores=True):
-        fields = [f"{host} {reason}" for reason in HOST_REASONS] + [host]
-        *counts, last = r.hmget(keys.hosts_failure_reasons, fields)
-        reasons = {reason: int(n) for reason, n in zip(HOST_REASONS, counts) if n}
-        failing.append({"host": host, "failures": int(count), "reasons": reasons, "last": last or ""})
-    return {"backoff": backoff, "failing": failing, "hosts_failing": r.zcard(keys.hosts_failures)}

@@ -25,7 +25,7 @@ def hosts_command(
 ) -> int:
     """Hosts in backoff (their 429/503 pause every downloader) and the hosts with the most failures."""
     from streamcap import bus
-    from streamcap.downloader.hosts import host_report
+    from streamcap.ops.hosts import host_report
 
     r = bus.connect(cfg.require_redis(), retries=2)
     bus.ping(r)

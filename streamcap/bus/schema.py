@@ -208,7 +208,7 @@ class Keys:
 
     @property
     def hosts_failures(self) -> str:
-        """sorted set: host -> rows that failed on it (downloader.hosts.HOST_REASONS), the worst kept."""
+        """sorted set: host -> rows that failed on it (formats.records.HOST_REASONS), the worst kept."""
         return self.key("hosts", "failures")
 
     @property

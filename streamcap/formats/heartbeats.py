@@ -25,7 +25,7 @@ import typing
 from dataclasses import dataclass
 from typing import Any, ClassVar, TypeVar
 
-HEARTBEAT_VERSION = 3
+HEARTBEAT_VERSION = 4
 VERSION_FIELD = "v"
 
 # Downloader states (`state`), and the two that mean "not claiming, see `reason`".
@@ -142,6 +142,8 @@ class DownloaderHeartbeat(HeartbeatRecord):
     parts_env_failed: int  # attempts given back because of the environment
     rows_deferred: int  # slow rows deferred to a retry part (downloader.stragglers)
     image_crashes: int
+    dns_lookups: int  # names asked of the DNS servers since start
+    dns_cache_hits: int  # names answered from the cache, failures (negative cache) included
     concurrency: int
     pid: int
     started: float  # unix time

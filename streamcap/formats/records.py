@@ -37,6 +37,9 @@ FAILURE_REASONS = (
     "processing_crash",  # the image worker died on this row: the attempt fails and the part is
     # retried, then dead-lettered with it (never a committed row's outcome)
 )
+# The reasons that speak of a row's host rather than of the row (a 404, a broken image do not):
+# counted per host (`streamcap hosts`).
+HOST_REASONS = ("dns_error", "connect_error", "timeout", "throttled", "blocked_address")
 
 _SLUG = re.compile(r"[^a-z0-9_-]+")
 

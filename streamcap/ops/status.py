@@ -40,9 +40,11 @@ from streamcap.formats.heartbeats import (
 from streamcap.formats.records import SourceRecord, is_retry_id
 from streamcap.formats.shards import SHARD_SUFFIX
 from streamcap.ops import attention
+from streamcap.ops.hosts import host_report
 
 _SIZE_COMMANDS = {"stream": "xlen", "hash": "hlen", "set": "scard", "string": "strlen", "list": "llen", "zset": "zcard"}
 DATA_WAIT_HINT_PCT = 20.0
+STATUS_TOP_HOSTS = 5  # the worst failing hosts status lists (`streamcap hosts --top N` lists more)
 R = TypeVar("R", bound=HeartbeatRecord)
 
 
@@ -150,6 +152,8 @@ def url_summary(stats: dict[str, str], downloaders: list[bus.Heartbeat]) -> dict
         "downloaders_live": len(live),
         "top_failures_live": sorted(recent.items(), key=lambda kv: -kv[1])[:5],
         "rows_live": rows_live,
+        "dns_lookups": sum(b.dns_lookups for b in live),
+        "dns_cache_hits": sum(b.dns_cache_hits for b in live),
         "failures_live": recent,
         "rows": rows,
         "samples": samples,
@@ -361,6 +365,7 @@ def collect(r: redis.Redis, keys: bus.Keys, shard_dir: Path | None = None) -> di
         "shards": shard_summary(r, keys, stats, shard_dir),
         "trainer": trainer_summary(r, keys, by_role[bus.ROLE_TRAINER]),
         "eval": eval_summary(r, keys, by_role[bus.ROLE_EVALUATOR]),
+        "hosts": host_report(r, keys, top=STATUS_TOP_HOSTS),
     }
     report["hints"] = hints(report)
     report["attention"] = attention.attention(report)

@@ -80,6 +80,23 @@ def _downloads(urls: dict[str, Any]) -> Table:
             ("success overall", f"{urls['success_pct_total']} %" if urls["success_pct_total"] is not None else None),
             ("top failures overall", ", ".join(f"{r} {n}" for r, n in total_top) or "-"),
             ("retried rows", _retried(urls)),
+            ("DNS lookups · from cache", f"{urls['dns_lookups']} · {urls['dns_cache_hits']}"),
+        ],
+    )
+
+
+def _hosts(hosts: dict[str, Any]) -> Table:
+    """Hosts every downloader waits out (429/503), then the ones failing most (`streamcap hosts`)."""
+    backoff = ", ".join(f"{h['host']} ({h['seconds_left']:.0f} s left)" for h in hosts["backoff"][:5])
+    failing = ", ".join(
+        f"{h['host']} {h['failures']} ({', '.join(f'{r} {n}' for r, n in h['reasons'].items())})"
+        for h in hosts["failing"]
+    )
+    return _pairs(
+        "Hosts",
+        [
+            ("in backoff", f"{len(hosts['backoff'])}: {backoff}" if hosts["backoff"] else "0"),
+            (f"most failing (of {hosts['hosts_failing']})", failing or "-"),
         ],
     )
 
@@ -219,6 +236,7 @@ def render(report: dict[str, Any]) -> Group:
         _redis(report),
         _queue(report["parts"]),
         _downloads(report["urls"]),
+        _hosts(report["hosts"]),
         _shards(report["shards"]),
         _trainer(report["trainer"]),
         _eval(report["eval"]),

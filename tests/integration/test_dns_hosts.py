@@ -5,7 +5,8 @@
 - all rows of a dead name (NXDOMAIN, SERVFAIL, silent) fail as dns_error from one lookup;
 - a 429 seen by one process pauses the host for another; its rows wait, are deferred to a
   retry part, and end `throttled`; `streamcap hosts` shows the host and its failures;
-- --per-host-rate spaces one host's requests over processes.
+- --per-host-rate spaces one host's requests over processes: the host sees no more than the
+  rate from all of them together.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from streamcap.downloader.fetch import Fetcher, FetchResult
 from streamcap.downloader.hosts import HostBoard
 from streamcap.entrypoint import run_app
 from tests.integration.test_user_errors import assert_one_error_line, streamcap
+from tests.support import timing
 from tests.support.dns import NXDOMAIN, SERVFAIL, SILENT, DnsServer
 from tests.support.fleet import download
 from tests.support.http import ImageServer
@@ -131,6 +133,15 @@ async def test_a_429_seen_by_one_process_pauses_the_host_in_another(r, keys, red
     assert [(h["host"], h["why"]) for h in view["backoff"]] == [("127.0.0.1", "HTTP 429, Retry-After 30 s")]
     assert 0 < view["backoff"][0]["seconds_left"] <= 30
     assert view["failing"][0]["host"] == "127.0.0.1" and view["failing"][0]["reasons"]["throttled"] >= 7
+    # `streamcap status` shows the same hosts, in its JSON and in its Hosts table.
+    status = ["status", "--redis-url", redis_url, "--namespace", keys.namespace, "--shard-dir", str(shard_dir)]
+    capsys.readouterr()
+    assert run_app(app, [*status, "--json"]) == 0
+    hosts = json.loads(capsys.readouterr().out)["hosts"]
+    assert [h["host"] for h in hosts["backoff"]] == ["127.0.0.1"] and hosts["failing"][0]["host"] == "127.0.0.1"
+    assert run_app(app, status) == 0
+    text = capsys.readouterr().out
+    assert "Hosts" in text and "in backoff" in text and "127.0.0.1" in text
 
 
 async def test_a_host_paused_briefly_is_waited_for_without_a_slot(r, keys, redis_url, server):
@@ -152,3 +163,22 @@ async def test_per_host_rate_spaces_requests_over_processes(r, keys, redis_url):
     await asyncio.gather(*[boards[i % 2].pace("rate.example") for i in range(10)])
     assert time.monotonic() - started >= 9 * 0.2 * 0.95  # ten requests at 5/s: nine gaps of 0.2 s at least
     assert r.pttl(keys.host_rate("rate.example")) > 0  # forgotten when idle
+
+
+def test_a_host_sees_no_more_requests_per_second_than_per_host_rate_from_all_processes(r, keys, redis_url, tmp_path):
+    rate, n = 5.0, 40
+    with ImageServer() as server:
+        server.images["cat.jpg"] = CAT
+        shard_dir = tmp_path / "shards"
+        enqueue_rows(r, keys, shard_dir, [server.url(f"/img/cat.jpg?i={i}") for i in range(n)], part_size=4)
+        args = ("--allow-private", "--per-host-rate", str(rate), "--processes", "2", "--image-size", "64")
+        ran = download(redis_url, keys, shard_dir, tmp_path / "download.log", *args, "--total-timeout", "60")
+        assert ran.returncode == 0, ran.log
+        arrivals = sorted(request.t for request in server.requests_to("/img/cat.jpg"))
+    assert len(arrivals) == n  # every row fetched once
+    # Paced at the senders, n requests span at least (n - 1) / rate seconds; at the host only the
+    # first one's delay (a busy event loop) can shorten that, by less than `late`.
+    late = timing.scaled(1.0)
+    assert n - 1 <= rate * (arrivals[-1] - arrivals[0] + late), (arrivals[-1] - arrivals[0], late)
+    report = final_audit(r, keys, shard_dir)
+    assert report.samples == n  # final_audit: lost 0, duplicates 0

@@ -55,6 +55,8 @@ def test_full_report_with_every_role_and_hints(r, keys, tmp_path):
         images_per_s=8.0,
         mb_per_s=1.5,
         failures={"timeout": 2},
+        dns_lookups=7,
+        dns_cache_hits=93,
     )
     bus.write_heartbeat(r, keys, "d1", downloader)
     trainer = record(
@@ -93,6 +95,8 @@ def test_full_report_with_every_role_and_hints(r, keys, tmp_path):
     urls = report["urls"]
     assert (urls["urls_per_s"], urls["success_pct"], urls["success_pct_total"]) == (10.0, 80.0, 90.0)
     assert urls["failures_by_reason"] == {"timeout": 7, "not_an_image": 3}
+    assert (urls["dns_lookups"], urls["dns_cache_hits"]) == (7, 93)
+    assert report["hosts"] == {"backoff": [], "failing": [], "hosts_failing": 0}
     assert report["shards"]["paused_for_disk"].startswith("shard bytes") and report["shards"]["disk"]["free"] > 0
     trainer = report["trainer"]
     assert (trainer["step"], trainer["data_wait_pct"], trainer["fresh_ratio"], trainer["fresh_shards_unread"]) == (
