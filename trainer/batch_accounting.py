@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from streamcap.common.files import atomic_write_text
+from streamcap.common.files import keep_jsonl_steps
 from streamcap.trainer.dataset import Batch
 from streamcap.trainer.shardqueue import FinishedShard, ReadLedger
 
@@ -103,18 +103,7 @@ def cut_reads_log(path: Path, step: int) -> None:
     """Keep the reads a resume's checkpoint of `step` covers: those logged at steps below it (a
     batch consumed for step k+1 is logged with step k). The ones after are read again and logged
     again, so the log counts each read once, as `shards:reads:<run>` does."""
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except OSError:
-        return
-    kept = []
-    for line in lines:
-        try:
-            if int(json.loads(line)["step"]) < step:
-                kept.append(line)
-        except (json.JSONDecodeError, KeyError, TypeError, ValueError):
-            continue  # a line cut by the crash
-    atomic_write_text(path, "".join(line + "\n" for line in kept))
+    keep_jsonl_steps(path, lambda logged: logged < step)
 
 
 def _empty_window(now: float) -> dict[str, float]:

@@ -35,7 +35,7 @@ from typing import Any
 
 import torch
 
-from streamcap.common.files import atomic_write_text, atomic_writer
+from streamcap.common.files import atomic_writer, keep_jsonl_steps
 from streamcap.common.wandb_mode import resolve_wandb_mode
 from streamcap.trainer.wandb_files import last_logged_step
 
@@ -242,15 +242,4 @@ def _scalars(record: dict[str, Any]) -> dict[str, float]:
 
 def _truncate_after(path: Path, step: int) -> None:
     """Keep the records of steps <= `step` (what a crash after the checkpoint logged is redone)."""
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except OSError:
-        return
-    kept = []
-    for line in lines:
-        try:
-            if int(json.loads(line)["step"]) <= step:
-                kept.append(line)
-        except (json.JSONDecodeError, KeyError, TypeError, ValueError):
-            continue
-    atomic_write_text(path, "".join(line + "\n" for line in kept))
+    keep_jsonl_steps(path, lambda logged: logged <= step)

@@ -15,9 +15,10 @@ Parent directories are not created: callers that want them say so.
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO
@@ -83,6 +84,23 @@ def atomic_writer(
         tmp.unlink(missing_ok=True)
         raise
     fsync_dir(path.parent)
+
+
+def keep_jsonl_steps(path: Path, keep: Callable[[int], bool]) -> None:
+    """Rewrite a JSON-lines log of {"step": ...} records with only those whose step `keep`s, and
+    without lines a crash cut short; a missing log stays missing (a resume's cut-back)."""
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except OSError:
+        return
+    kept = []
+    for line in lines:
+        try:
+            if keep(int(json.loads(line)["step"])):
+                kept.append(line)
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError):
+            continue
+    atomic_write_text(path, "".join(line + "\n" for line in kept))
 
 
 def fsync_dir(directory: str | os.PathLike) -> None:

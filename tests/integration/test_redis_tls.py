@@ -7,9 +7,6 @@ own query options (ssl_ca_certs=, ssl_certfile=, ssl_keyfile=), as docs/operatio
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from urllib.parse import quote
 
 import pytest
@@ -18,7 +15,7 @@ from streamcap import bus
 from streamcap.bus.embedded import EmbeddedRedis
 from streamcap.common.secrets import with_password
 from streamcap.common.settings import CommonSettings, ConfigError
-from tests.support import timing
+from tests.integration.test_redis_password import streamcap
 from tests.support.tls import Certs, TlsProxy, make_certs
 
 PASSWORD = "tls/Pa+ss@1"
@@ -38,16 +35,6 @@ def tls_redis(certs: Certs, tmp_path):
 def rediss(port: int, **files) -> str:
     query = "&".join(f"{key}={quote(str(value), safe='/')}" for key, value in files.items())
     return f"rediss://127.0.0.1:{port}/0" + (f"?{query}" if query else "")
-
-
-def streamcap(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "streamcap", *args],
-        capture_output=True,
-        text=True,
-        env=os.environ | env,
-        timeout=timing.scaled(90),
-    )
 
 
 def test_a_client_with_its_certificate_and_the_password_works_through_tls(certs, tls_redis, tmp_path):
