@@ -6,6 +6,9 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.streamcap-dev-installed
 PYTEST_ARGS ?=
+# Tests run on every core, at most 4 (each worker starts its own Redis and S3 server when a test
+# asks for one); TEST_WORKERS=0 runs them in this one process.
+TEST_WORKERS ?= auto
 
 export NO_ALBUMENTATIONS_UPDATE := 1
 export WANDB_MODE ?= disabled
@@ -22,9 +25,9 @@ $(STAMP): pyproject.toml
 
 ## test: install everything into .venv (once), lint, and run unit, integration and e2e tests
 test: lint
-	$(BIN)/python -m pytest --durations=15 $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --maxprocesses=4 --dist worksteal --durations=15 $(PYTEST_ARGS)
 
-## test-busy: `make test` beside six `yes > /dev/null` loops, as on a shared CI box (BUSY_LOOPS=N to change)
+## test-busy: `make test` beside six `yes > /dev/null` loops, as on a shared CI box (BUSY_LOOPS=N, RUNS=N in a row)
 test-busy: $(STAMP)
 	scripts/test_beside_busy_loops.sh
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import re
+import time
 from typing import Any
 
 import torch
@@ -32,6 +33,9 @@ from streamcap.trainer.redis_status import RedisStatus
 log = logging.getLogger("streamcap.trainer")
 
 SAMPLE_IMAGES = 4
+# How often rank 0 asks why no shard comes while it starves: the answer lists the shard dir (a
+# paid LIST on a bucket) and changes only when someone acts.
+WHY_WAITING_EVERY_S = 15.0
 
 
 class StepReporter:
@@ -39,6 +43,7 @@ class StepReporter:
         self.state, self.tracker, self.redis_status = state, tracker, redis_status
         self.last: dict[str, float] = {}
         self._said_waiting = ""  # the wait's reason last logged, its numbers left out
+        self._waiting_reason, self._next_why = "", 0.0
         cfg = state.cfg
         self.progress = (
             Progress("train", unit="steps", total=cfg.max_steps, start=state.step, every=cfg.progress_every)
@@ -133,6 +138,8 @@ class StepReporter:
         if starving:  # the wait in progress is not in the window yet
             window["data_wait_pct"] = 100.0
             reason = self._why_waiting()
+        else:
+            self._next_why = 0.0  # the next wait asks afresh
         self.redis_status.beat(
             TrainerHeartbeat(
                 state=TRAINER_WAITING_FOR_DATA if starving else TRAINER_TRAINING,
@@ -164,10 +171,18 @@ class StepReporter:
         )
 
     def _why_waiting(self) -> str:
-        """What keeps shards away (""; while they are on their way), logged by rank 0 when it changes."""
-        reason = self.redis_status.why_waiting(self.state.cfg.shard_dir)
+        """What keeps shards away ("" while they are on their way), logged when it changes. Only
+        rank 0 asks, at most every WHY_WAITING_EVERY_S: every rank waits for the same reason, and
+        `streamcap status` shows the reasons of all live ranks together."""
+        if not self.state.info.is_main:
+            return ""
+        now = time.monotonic()
+        if now < self._next_why:
+            return self._waiting_reason
+        self._next_why = now + WHY_WAITING_EVERY_S
+        reason = self._waiting_reason = self.redis_status.why_waiting(self.state.cfg.shard_dir)
         gist = re.sub(r"\d+", "N", reason)
-        if reason and gist != self._said_waiting and self.state.info.is_main:
+        if reason and gist != self._said_waiting:
             log.warning("waiting for data: %s", reason)
         self._said_waiting = gist
         return reason
