@@ -70,7 +70,7 @@ def main() -> int:
     try:
         url = args.url
         if url is None:
-            from benchmarks.seaweed import SeaweedS3
+            from streamcap.demo.seaweed import SeaweedS3
 
             server = SeaweedS3(work / "weed")
             server.start()

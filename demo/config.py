@@ -34,6 +34,9 @@ class DemoSettings(Settings, env_prefix="STREAMCAP_DEMO_"):
     """Checkpoints published during training (each is evaluated)."""
     seed: int = setting(0)
     """Seed of the generated world and of training."""
+    s3: bool = setting(False)
+    """Shards in a bucket of a SeaweedFS S3 server the demo starts on 127.0.0.1 (`weed`, from the dev extra), not in a
+    folder: the downloader uploads through a spool, the trainer reads through a shard cache."""
 
     replay: str = setting("balanced", check=one_of("balanced", "uniform"))
     """The trainer's --replay rule (what a worker replays while fresh shards lag)."""

@@ -2,13 +2,16 @@
 
     streamcap demo                 # or: make demo
     streamcap demo --steps 300     # shorter
+    streamcap demo --s3            # shards in a bucket of a local SeaweedFS (make demo DEMO_ARGS=--s3)
 
 An embedded Redis; a local HTTP server hosting a generated world of shapes; a RELAION-POP-style
 parquet of its URLs and captions; enqueue; a downloader (`--allow-private`, loopback only); the
 trainer (tiny preset) consuming shards while they are still being downloaded; the evaluator
 scoring every published checkpoint on a held-out Flickr30K-format set; the scores next to a
 trivial baseline (always the most common caption). Each service is its own `streamcap`
-process, exactly as compose runs them. The last line reads:
+process, exactly as compose runs them. With --s3 the shards go to `s3://demo/shards` on a
+SeaweedFS server of the demo's own (demo.seaweed), as they would to a bucket between machines:
+the services share Redis and the bucket, no shard folder. The last line reads:
 
     demo: CIDEr <x> (baseline <y>), BLEU-4 <z>, report <path>
 """
@@ -20,6 +23,7 @@ import os
 import shutil
 import time
 from collections import Counter
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,6 +39,7 @@ from streamcap.common.settings import fail
 from streamcap.demo.config import DemoSettings
 from streamcap.demo.data import write_eval_set, write_source_parquet
 from streamcap.demo.processes import ServiceFailed, Services, flags
+from streamcap.demo.seaweed import SeaweedS3, weed_binary
 from streamcap.demo.server import WorldServer
 from streamcap.ops import status
 from streamcap.text.captions import process_caption
@@ -65,6 +70,7 @@ class DemoPaths:
             "evals": "evals",
             "logs": "logs",
             "eval_set": "eval-set",
+            "s3": "s3",  # --s3: the SeaweedFS server's data, the spool and the shard cache
         }
         if name not in layout:
             raise AttributeError(name)
@@ -72,7 +78,7 @@ class DemoPaths:
 
     def reset_run_state(self) -> None:
         """Remove what an earlier run left; the generated eval set is kept when it is complete."""
-        for name in ("redis", "shards", "checkpoints", "evals", "logs"):
+        for name in ("redis", "shards", "checkpoints", "evals", "logs", "s3"):
             shutil.rmtree(getattr(self, name), ignore_errors=True)
         for path in (self.source, self.vocab, self.root / "baseline"):
             if path.is_dir():
@@ -101,15 +107,24 @@ def eval_set_ready(directory: Path, images: int) -> bool:
 def run(cfg: DemoSettings) -> int:
     console = Console()
     paths = DemoPaths(cfg.workdir.resolve())
+    if cfg.s3:
+        try:
+            weed_binary()
+        except RuntimeError as e:
+            console.print(f"[red]demo: --s3 needs a SeaweedFS server: {e}[/red]")
+            return 1
     claim_workdir(cfg, paths.root)
     paths.reset_run_state()
     started = time.monotonic()
-    with EmbeddedRedis(paths.redis) as redis_server, WorldServer(seed=cfg.seed, latency_s=cfg.download_latency) as web:
-        env = service_env(redis_server.url, paths)
+    with ExitStack() as stack:
+        redis_server = stack.enter_context(EmbeddedRedis(paths.redis))
+        web = stack.enter_context(WorldServer(seed=cfg.seed, latency_s=cfg.download_latency))
+        shards = start_bucket(stack, paths, console) if cfg.s3 else Shards(str(paths.shards), {})
+        env = service_env(redis_server.url, shards)
         with Services(paths.logs, env) as services:
             try:
                 prepare_data(cfg, paths, web.base_url, services, console)
-                train_while_downloading(cfg, paths, services, redis_server.url, console)
+                train_while_downloading(cfg, paths, shards, services, redis_server.url, console)
                 console.print("[bold]evaluating[/bold] every published checkpoint on the held-out set ...")
                 services.run("evaluator", ["eval", "watch", "--exit-when-empty", "--device", "cpu", *eval_args(paths)])
                 baseline = score_baseline(paths, services)
@@ -119,13 +134,33 @@ def run(cfg: DemoSettings) -> int:
     return summarise(paths, baseline, console, time.monotonic() - started)
 
 
-def service_env(redis_url: str, paths: DemoPaths) -> dict[str, str]:
+@dataclass(frozen=True)
+class Shards:
+    """Where the services put shards: a folder, or (--s3) a bucket URL and the AWS_* variables that reach it."""
+
+    url: str
+    env: dict[str, str]
+
+    @property
+    def remote(self) -> bool:
+        return self.url.startswith("s3://")
+
+
+def start_bucket(stack: ExitStack, paths: DemoPaths, console: Console) -> Shards:
+    s3 = stack.enter_context(SeaweedS3(paths.s3 / "seaweed"))
+    url = s3.make_bucket("demo") + "/shards"
+    console.print(f"[bold]bucket[/bold]: {url} on a SeaweedFS S3 server at {s3.endpoint}")
+    return Shards(url, s3.env)
+
+
+def service_env(redis_url: str, shards: Shards) -> dict[str, str]:
     env = dict(os.environ)
+    env.update(shards.env)
     env.update(
         {
             "REDIS_URL": redis_url,
             "STREAMCAP_NAMESPACE": NAMESPACE,
-            "STREAMCAP_SHARD_DIR": str(paths.shards),
+            "STREAMCAP_SHARD_DIR": shards.url,
             "NO_ALBUMENTATIONS_UPDATE": "1",
             "WANDB_MODE": env.get("WANDB_MODE", "disabled"),
             # Two services share two cores: one math thread each keeps them from fighting.
@@ -179,7 +214,7 @@ def prepare_data(cfg: DemoSettings, paths: DemoPaths, base_url: str, services: S
 
 
 def train_while_downloading(
-    cfg: DemoSettings, paths: DemoPaths, services: Services, redis_url: str, console: Console
+    cfg: DemoSettings, paths: DemoPaths, shards: Shards, services: Services, redis_url: str, console: Console
 ) -> None:
     download = flags(
         {
@@ -192,6 +227,7 @@ def train_while_downloading(
             "--image-size": STORED_IMAGE_SIZE,
             "--caption-sentences": CAPTION_SENTENCES,
             "--shard-max-samples": 250,
+            "--spool-dir": paths.s3 / "spool" if shards.remote else None,
         }
     )
     train = flags(
@@ -217,6 +253,7 @@ def train_while_downloading(
             "--log-every": 10,
             "--fresh-wait-ms": 500,
             "--replay": cfg.replay,
+            "--shard-cache": paths.s3 / "shard-cache" if shards.remote else None,
         }
     )
     services.start("downloader", ["download", *download])
@@ -226,10 +263,10 @@ def train_while_downloading(
     with Live(progress_table(None, cfg), console=console, refresh_per_second=2) as live:
         while services.running("trainer"):
             services.check()
-            live.update(progress_table(status.collect(r, keys, paths.shards), cfg))
+            live.update(progress_table(status.collect(r, keys), cfg))
             time.sleep(1)
         services.check()
-        live.update(progress_table(status.collect(r, keys, paths.shards), cfg))
+        live.update(progress_table(status.collect(r, keys), cfg))
     if services.running("downloader"):  # the trainer is done; the rest of the download is not needed
         services.stop("downloader")
 

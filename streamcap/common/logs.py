@@ -62,5 +62,5 @@ def setup_logging(role: str, level: str = "INFO", instance: str | None = None) -
     root.addHandler(handler)
     root.setLevel(level.upper())
     # Libraries that chat at INFO drown the service's own lines.
-    for noisy in ("urllib3", "asyncio", "PIL", "matplotlib", "wandb"):
+    for noisy in ("urllib3", "asyncio", "PIL", "matplotlib", "wandb", "botocore", "boto3", "s3transfer"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))

@@ -57,3 +57,20 @@ def test_demo_learns_and_a_second_run_reuses_the_workdir(tmp_path):
     assert LAST_LINE.match(again.stdout.strip().splitlines()[-1])
     results = [json.loads(line) for line in (tmp_path / "evals" / "results.jsonl").read_text().splitlines()]
     assert [r["step"] for r in results] == [20]  # run state was reset, the eval set reused
+
+
+@pytest.mark.timeout(600)
+def test_demo_on_a_local_s3_server_shares_no_shard_folder(tmp_path):
+    """`streamcap demo --s3` (issue 22): the shards reach the trainer only through the bucket."""
+    out = demo(
+        tmp_path, "--s3", "--rows", "300", "--steps", "20", "--eval-images", "10", "--checkpoints", "1", timeout=400
+    )
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    assert "bucket: s3://demo/shards on a SeaweedFS S3 server at http://127.0.0.1:" in out.stdout
+    assert LAST_LINE.match(out.stdout.strip().splitlines()[-1]), out.stdout[-2000:]
+    results = [json.loads(line) for line in (tmp_path / "evals" / "results.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in results] == [20]
+    assert not (tmp_path / "shards").exists()  # no shard folder: downloader and trainer share the bucket
+    assert not [p for p in (tmp_path / "s3" / "spool").rglob("*") if p.is_file()]  # uploaded, then removed
+    assert list((tmp_path / "s3" / "shard-cache").glob("*.tar"))  # the trainer read through its cache
+    assert "botocore" not in (tmp_path / "logs" / "downloader.log").read_text()  # its INFO chatter is kept out

