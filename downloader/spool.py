@@ -16,8 +16,9 @@ appear whole (S3 PUT / multipart completion), and the commit that registers a pa
 after its last upload returned, so no trainer ever claims a shard that is not complete in the
 bucket. A worker killed mid-upload registers nothing; its part is redelivered and the next
 attempt overwrites the same deterministic names. The claim is confirmed (and its lease
-renewed) before the uploads start, so an attempt that lost its part to another worker uploads
-nothing over the winner's objects.
+renewed) before each object is uploaded, so an attempt that lost its part to another worker
+stops before its next object; what it can still write over is the one object in flight at that
+moment, and only if the winner has downloaded the whole part and uploaded that object already.
 
 The bucket failing (endpoint down, bucket missing, credentials refused) raises StoreUnavailable,
 which the worker treats as a failure of its environment (downloader.failures): the part is
@@ -120,18 +121,19 @@ class Spool:
             (self.dir / name).unlink(missing_ok=True)
 
     def publish(self, stats: PartStats, claim: PartClaim | None) -> None:
-        """Upload a finished part: its new shards, then its stats file (which names them)."""
+        """Upload a finished part: its new shards, then its stats file (which names them). The
+        claim is confirmed (and its lease renewed) before each object: a worker that lost the
+        part mid-upload (a process stalled past its lease) stops at the next object instead of
+        writing over the objects of the worker that took the part over."""
         if not self.remote:
             return
-        if claim is not None:
-            status = confirm_claim(claim, stats.done_id)
-            if status != CONFIRMED:
-                raise PartSuperseded(stats.part_id, status)
         new = [s for s in stats.shards if s.seq >= stats.retries[stats.retry].seq0] if stats.retry else stats.shards
         for i, shard in enumerate(new):
             if i == 1:
                 faults.maybe_crash(FAULT_DURING_UPLOAD, stats.part_id)
+            _still_ours(claim, stats)
             self.store.put_file(self.dir / shard.name, shard.name)
+        _still_ours(claim, stats)
         self._remove_stale_objects(stats)
         name = stats_name(stats.source, stats.part)
         self.store.put_file(self.dir / name, name)
@@ -162,3 +164,10 @@ class Spool:
             return str(self.dir)
         limit = f", at most {format_size(self.max_bytes)}" if self.max_bytes else ""
         return f"{self.store} (spooled in {self.dir}{limit})"
+
+
+def _still_ours(claim: PartClaim | None, stats: PartStats) -> None:
+    if claim is not None:
+        status = confirm_claim(claim, stats.done_id)
+        if status != CONFIRMED:
+            raise PartSuperseded(stats.part_id, status)

@@ -126,6 +126,39 @@ async def test_an_upload_failing_mid_part_releases_it_uncounted(r, keys, redis_u
     final_audit(r, keys, shard_dir)
 
 
+async def test_a_worker_that_loses_its_part_mid_upload_uploads_nothing_more(
+    r, keys, redis_url, bucket, image_host, tmp_path
+):
+    """Another worker takes the part over after the first shard's upload (as after a lease that
+    lapsed while the process stalled): the first attempt stops before its next object, so it
+    never writes over the new owner's objects; the part still commits exactly once."""
+    shard_dir = bucket + "/run"
+    enqueue_into(r, keys, shard_dir, paced_rows(image_host, 10, failures=False), tmp_path)
+    cfg = worker_settings(
+        redis_url, keys, shard_dir, allow_private=True, spool_dir=tmp_path / "spool", shard_max_samples=3
+    )
+    worker = Worker(cfg, r)
+    real_put = worker.spool.store.put_file
+    uploads: list[str] = []
+
+    def put_then_lose_the_part(local, name):
+        info = real_put(local, name)
+        uploads.append(name)
+        if len(uploads) == 1:
+            (entry,) = r.xpending_range(keys.parts, bus.GROUP_DOWNLOADERS, "-", "+", 10)
+            r.xclaim(keys.parts, bus.GROUP_DOWNLOADERS, "another-worker", 0, [entry["message_id"]])
+        return info
+
+    worker.spool.store.put_file = put_then_lose_the_part
+    assert await worker.serve() == 0  # the other "worker" never renews: the lease brings the part back
+    assert worker.stats.parts_superseded == 1 and worker.stats.parts_committed == 1
+    registered = sorted(s.name for _, s in registry.registered_shards(r, keys))
+    assert len(registered) == 4  # 10 rows, 3 per shard
+    # One object of the lost attempt, then every shard and the stats file of the one that committed.
+    assert uploads == [registered[0], *registered, "src-000000.stats.json"], uploads
+    final_audit(r, keys, shard_dir)
+
+
 def test_a_downloader_killed_mid_upload_registers_nothing_and_the_part_is_redelivered(
     r, keys, redis_url, bucket, image_host, tmp_path, fleets
 ):

@@ -23,9 +23,9 @@ from pathlib import Path
 
 import pytest
 
-from streamcap.demo.seaweed import SeaweedS3
 from streamcap import bus
 from streamcap.bus.embedded import EmbeddedRedis
+from streamcap.demo.seaweed import SeaweedS3
 from tests.support.fleet import Fleet
 from tests.support.http import ImageServer
 from tests.support.pipeline import stock
