@@ -1,7 +1,7 @@
 """A small internet in a network namespace: Zipf hostnames, a slow and partly dead DNS, throttling hosts.
 
-    .venv/bin/python benchmarks/dns_world.py --cache-dir /tmp/bench               # 3,000 rows, 2,000 hosts
-    .venv/bin/python benchmarks/dns_world.py --cache-dir /tmp/bench --no-img2dataset --rows 1500
+    .venv/bin/python benchmarks/dns_world.py --cache-dir /tmp/bench               # 12,000 rows, 6,000 hosts
+    .venv/bin/python benchmarks/dns_world.py --cache-dir /tmp/bench --no-img2dataset --rows 3000 --hosts 2000
 
 Needs root (or user namespaces): it re-runs itself under `unshare --net --mount`, brings up
 `lo`, and bind-mounts its own resolv.conf over /etc/resolv.conf, so every resolver in there
@@ -14,10 +14,13 @@ The world (fixed by --seed, the same rows for every run):
   addresses 127.0.1.1-4 where one aiohttp server (its own process) serves the images on :80;
 - 5 % of the live hosts throttle: above 2 requests/s they answer 429 with Retry-After: 1.
 
-Both tools get the same rows and the same budgets: img2dataset its `--timeout 10` and glibc's
-lookups (resolv.conf: timeout:3 attempts:1), streamcap `--total-timeout 10 --retries 0
+Both tools get the same rows and the same HTTP budget: img2dataset its `--timeout 10` and glibc's
+lookups at glibc's defaults (timeout:5 attempts:2), streamcap `--total-timeout 10 --retries 0
 --dns-timeout 3`. A control run of streamcap uses the same rows with instant DNS and every name
-alive (throttling unchanged). Printed: images/s of each run, failures by reason, the audit.
+alive (throttling unchanged). Printed per run: successful images/s, rows finished per second
+(a row that fails for good is finished), failures by reason and by the kind of host they hit
+(a live host's row failing for DNS would be streamcap's fault), the audit, and what the
+throttling hosts saw: requests, 429s, and the most requests one of them got in any second.
 """
 
 from __future__ import annotations
@@ -106,6 +109,16 @@ def run_dns(hosts: int, seed: int, control: bool, stop: threading.Event) -> None
     server.stop()
 
 
+def _most_in_a_second(times: list[float]) -> int:
+    """The most of `times` (sorted) within any one-second window."""
+    most, first = 0, 0
+    for i, t in enumerate(times):
+        while t - times[first] >= 1.0:
+            first += 1
+        most = max(most, i - first + 1)
+    return most
+
+
 def serve_images(image_dir: Path, hosts: int, seed: int) -> None:
     """The image servers (own process): /i/<row> on every SERVER_ADDRS:80; throttling hosts by Host header."""
     import asyncio
@@ -114,23 +127,41 @@ def serve_images(image_dir: Path, hosts: int, seed: int) -> None:
 
     images = [p.read_bytes() for p in sorted(image_dir.glob("*.bin"))]
     last: dict[str, collections.deque] = collections.defaultdict(collections.deque)
+    offered: dict[str, list[float]] = collections.defaultdict(list)  # every request to a throttling host
+    refused = collections.Counter()
 
     async def handle(request: web.Request) -> web.Response:
         host = request.host.split(":")[0]
         k = int(host[1:].split(".")[0]) if host.startswith("h") else -1
         if 0 <= k < hosts and host_kind(k, seed) == "throttle":
             now, seen = time.monotonic(), last[host]
+            offered[host].append(now)
             while seen and now - seen[0] > 1.0:
                 seen.popleft()
             if len(seen) >= THROTTLE_RATE:
+                refused[host] += 1
                 return web.Response(status=429, headers={"Retry-After": "1"})
             seen.append(now)
         await asyncio.sleep(0.02)
         return web.Response(body=images[int(request.match_info["row"]) % len(images)], content_type="image/jpeg")
 
+    async def throttle_report(_request: web.Request) -> web.Response:
+        """What the throttling hosts saw since the last report (then forgotten)."""
+        busiest = max((_most_in_a_second(times) for times in offered.values()), default=0)
+        report = {
+            "hosts": len(offered),
+            "requests": sum(map(len, offered.values())),
+            "refused_429": sum(refused.values()),
+            "most_requests_in_a_second": busiest,
+        }
+        offered.clear()
+        refused.clear()
+        return web.json_response(report)
+
     async def main() -> None:
         app = web.Application()
         app.router.add_get("/i/{row}", handle)
+        app.router.add_get("/throttle-report", throttle_report)
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
         for addr in SERVER_ADDRS:
@@ -159,7 +190,7 @@ def inside(args: argparse.Namespace) -> None:
     work = Path(args.cache_dir) / "dns-world"
     work.mkdir(parents=True, exist_ok=True)
     resolv = work / "resolv.conf"
-    resolv.write_text(f"nameserver {DNS_ADDR}\noptions timeout:3 attempts:1\n")
+    resolv.write_text(f"nameserver {DNS_ADDR}\noptions timeout:5 attempts:2\n")  # glibc's defaults, spelled out
     subprocess.run(["mount", "--bind", str(resolv), "/etc/resolv.conf"], check=True)
     image_dir = work.parent / f"images-{bench.IMAGES_VERSION}"
     images = bench.make_images(image_dir, 64)
@@ -175,24 +206,68 @@ def inside(args: argparse.Namespace) -> None:
             results.append(
                 _with_dns(args, control, lambda: bench.run_streamcap(parquet, out, 256, STREAMCAP_ARGS, ""))  # noqa: B023
             )
-            results[-1]["tool"] = label
+            results[-1] |= {
+                "tool": label,
+                "throttling": _throttle_report(),
+                "by_kind": _failures_by_kind(out, args, control),
+            }
         if args.img2dataset:
             exe = bench.ensure_img2dataset(Path(args.cache_dir))
             results.append(_with_dns(args, False, lambda: bench.run_img2dataset(exe, parquet, work, 64, args.rows)))
+            results[-1]["throttling"] = _throttle_report()
     finally:
         server.terminate()
         server.wait()
     for r in results:
-        line = f"{r['tool']:<46} exit {r['code']} {r['successes']:>6} images in {r['wall']:6.1f} s = {r['successes'] / r['wall']:6.1f} images/s"
-        print(line)
+        print(
+            f"{r['tool']:<44} exit {r['code']} {r['successes']:>6} images in {r['wall']:6.1f} s = "
+            f"{r['successes'] / r['wall']:6.1f} images/s; rows finished {args.rows / r['wall']:6.1f}/s"
+        )
         print(f"    failures: {json.dumps(dict(collections.Counter(r['reasons']).most_common(8)))}")
+        for kind, reasons in sorted(r.get("by_kind", {}).items()):
+            print(f"    failed rows of {kind} hosts: {json.dumps(dict(reasons.most_common(6)))}")
+        t = r["throttling"]
+        print(
+            f"    throttling hosts: {t['requests']} requests to {t['hosts']} of them, {t['refused_429']} answered 429, "
+            f"at most {t['most_requests_in_a_second']} to one host in a second (limit {THROTTLE_RATE:g})"
+        )
         if "audit" in r:
             a = r["audit"]
             print(f"    audit: lost {a.get('lost')}, duplicates {a.get('duplicates')}, parts {a.get('parts')}")
+    world, control = results[0], results[1]
+    print(
+        f"streamcap rows finished per second: {100 * control['wall'] / world['wall']:.0f} % of its control "
+        f"({args.rows / world['wall']:.1f}/s vs {args.rows / control['wall']:.1f}/s)"
+    )
     if len(results) == 3:
+        i2d = results[2]
         print(
-            f"streamcap / img2dataset: {results[0]['successes'] / results[0]['wall'] / (results[2]['successes'] / results[2]['wall']):.2f}x"
+            f"streamcap / img2dataset: {world['successes'] / world['wall'] / (i2d['successes'] / i2d['wall']):.2f}x "
+            f"successful images/s; successes {world['successes']} vs {i2d['successes']} "
+            f"({100 * (world['successes'] - i2d['successes']) / max(1, i2d['successes']):+.1f} %)"
         )
+
+
+def _throttle_report() -> dict:
+    import urllib.request
+
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # nothing but the world in here
+    with opener.open(f"http://{SERVER_ADDRS[0]}/throttle-report", timeout=10) as reply:
+        return json.loads(reply.read())
+
+
+def _failures_by_kind(out: Path, args: argparse.Namespace, control: bool) -> dict[str, collections.Counter]:
+    """streamcap's failed rows by the kind of host they were on, and reason (with its detail)."""
+    from streamcap.shardwriter.registry import load_part_stats
+
+    by_kind: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
+    for stats in load_part_stats(out / "streamcap-256" / "shards").values():
+        for f in stats.failures:
+            host = f.url.split("/")[2]
+            k = int(host[1:].split(".")[0])
+            kind = "alive" if control else host_kind(k, args.seed)
+            by_kind[kind][f"{f.reason}: {f.detail}"[:70]] += 1
+    return by_kind
 
 
 def _with_dns(args: argparse.Namespace, control: bool, run):
@@ -214,8 +289,8 @@ def _world(args: argparse.Namespace) -> list[str]:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--cache-dir", default="/tmp/streamcap-bench")
-    p.add_argument("--rows", type=int, default=3000)
-    p.add_argument("--hosts", type=int, default=2000)
+    p.add_argument("--rows", type=int, default=12000)
+    p.add_argument("--hosts", type=int, default=6000)
     p.add_argument("--seed", type=int, default=7)
     p.add_argument("--no-img2dataset", dest="img2dataset", action="store_false")
     p.add_argument("--inside", action="store_true", help=argparse.SUPPRESS)
