@@ -272,7 +272,7 @@ class Fetcher:
         await self._resolve_ahead(url)
         async with self._host_slot(host):
             await self._wait_for_host(host, deadline, result)
-            await self.hosts.pace(host)
+            await self._pace(host, deadline, result)
             self.waiting += 1
             try:
                 await self._global.acquire()
@@ -382,6 +382,26 @@ class Fetcher:
             if loop.time() + left >= deadline:
                 raise _Final("throttled", f"host paused another {left:.0f} s ({why}), past --total-timeout")
             await asyncio.sleep(left)
+
+    async def _pace(self, host: str, deadline: float, result: FetchResult) -> None:
+        """Wait for the host's turn under --per-host-rate, or under the rate it was learned to
+        take since it throttled. The learned rate's wait is bounded like a pause: past
+        `result.defer_s` the row is deferred, past the deadline it ends as `throttled`."""
+        learned = self.hosts.learned_rate(host)
+        if learned is None:
+            await self.hosts.pace(host)
+            return
+        loop = asyncio.get_running_loop()
+        left = deadline - loop.time()
+        defer = result.defer_s is not None and result.defer_s < left
+        try:
+            await asyncio.wait_for(self.hosts.pace(host), max(0.0, result.defer_s if defer else left))
+        except asyncio.TimeoutError:
+            paced = f"host paced at {learned:.2g} requests/s since it throttled"
+            if defer:
+                result.deferred = True
+                raise _Final("throttled", f"deferred: {paced}; a retry part fetches it again") from None
+            raise _Final("throttled", f"{paced}, its turn past --total-timeout") from None
 
     async def _read_body(self, resp: aiohttp.ClientResponse, result: FetchResult) -> bytes:
         cap = self.cfg.max_bytes

@@ -5,6 +5,7 @@
     wait, why = board.backoff(host)           # seconds the host is still paused (0: go), and why
     await board.throttled(host, retry_after)  # a 429/503: may pause the host for every worker
     await board.pace(host)                    # --per-host-rate: returns when a request may go
+    board.learned_rate(host)                  # requests/s a host that throttled is paced at (None: not)
     board.ok(host); board.failed(host, reason, detail)
     await board.close()
 
@@ -16,9 +17,17 @@ part's retry part (downloader.part), so their parts commit and move on. Each thr
 a row doubles the pause, from the Retry-After (or BACKOFF_BASE_S) up to --host-backoff-cap; a
 successful answer resets the count. Answers to requests sent before the pause began add nothing.
 
+A host that throttled is also *paced* from then on, at a rate learned from its answers and
+shared through Redis (`hosts:learned-rates`): LEARN_START_RATE requests/s after its first
+throttled answer, halved on each later one, grown by LEARN_GROWTH_PER_S for each second of
+successful pacing, and forgotten once it passes LEARN_FORGET_RATE or FORGET_AFTER_S after the
+host last throttled. A host's limit is unknown until it first says so; after that, every worker
+together stays near it instead of bursting into the next 429 when each pause ends.
+
 `--per-host-rate` R spaces one host's requests 1/R s apart over all workers: a GCRA in a Lua
-script, in Redis's clock (one key per host, expiring when idle). While Redis is unreachable
-each process paces alone at the same rate, and backoffs apply to the process that saw them.
+script, in Redis's clock (one key per host, expiring when idle); a learned rate below R wins.
+While Redis is unreachable each process paces alone at the same rates, and backoffs apply to
+the process that saw them.
 
 Failures that name a host's problem (HOST_REASONS) are counted per host and reason in Redis
 (batched, every SYNC_EVERY_S); `streamcap hosts` and `streamcap status` list the hosts in backoff
@@ -44,20 +53,29 @@ log = logging.getLogger(__name__)
 
 SYNC_EVERY_S = 1.0
 BACKOFF_BASE_S = 1.0
+# The learned rate of a host that throttled (requests/s over every worker): where it starts, its
+# floor, how fast it grows while answers succeed (a fraction per second), where it is dropped.
+LEARN_START_RATE = 1.0
+LEARN_MIN_RATE = 0.05
+LEARN_GROWTH_PER_S = 0.1
+LEARN_FORGET_RATE = 50.0
 # Hosts whose failures are kept in Redis; the least failing go first.
 TALLY_HOSTS = 10_000
 # Backoffs and throttle counts are forgotten this long after they ended.
 FORGET_AFTER_S = 3600
 _DOWN = (*bus.REDIS_DOWN, bus.RedisUnavailable, redis.ResponseError)
 
-# KEYS[1]=hosts:backoff KEYS[2]=hosts:throttles; ARGV[1]=host ARGV[2]=Retry-After s (-1: none)
-# ARGV[3]=cap s ARGV[4]=why ARGV[5]=base s. Returns {pause s from now (0: none), strikes}.
+# KEYS[1]=hosts:backoff KEYS[2]=hosts:throttles KEYS[3]=hosts:learned-rates; ARGV[1]=host
+# ARGV[2]=Retry-After s (-1: none) ARGV[3]=cap s ARGV[4]=why ARGV[5]=base s ARGV[6]=start rate
+# ARGV[7]=min rate. Returns {pause s from now (0: none), strikes, the learned rate ('' = none)}.
 _THROTTLED = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1e6
 local host, ra, cap, base = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[5])
 local raw = redis.call('HGET', KEYS[2], host)
 local st = raw and cjson.decode(raw) or {strikes = 0}
+local learned_raw = redis.call('HGET', KEYS[3], host)
+local learned = learned_raw and cjson.decode(learned_raw).rate or nil
 local current = tonumber(redis.call('ZSCORE', KEYS[1], host) or '0')
 if current > now then
   -- an answer to a request sent before the pause began: no strike, a longer Retry-After counts
@@ -67,8 +85,10 @@ if current > now then
     st['until'] = current
     redis.call('HSET', KEYS[2], host, cjson.encode(st))
   end
-  return {tostring(current - now), st.strikes}
+  return {tostring(current - now), st.strikes, learned and tostring(learned) or ''}
 end
+learned = learned and math.max(tonumber(ARGV[7]), learned / 2) or tonumber(ARGV[6])
+redis.call('HSET', KEYS[3], host, cjson.encode({rate = learned, at = now}))
 st.strikes = st.strikes + 1
 local pause = 0
 if ra >= 0 then
@@ -80,40 +100,71 @@ pause = math.min(pause, cap)
 st.why, st.at, st['until'] = ARGV[4], now, now + pause
 redis.call('ZADD', KEYS[1], now + pause, host)
 redis.call('HSET', KEYS[2], host, cjson.encode(st))
-return {tostring(pause), st.strikes}
+return {tostring(pause), st.strikes, tostring(learned)}
 """
 
-# KEYS[1]=hosts:backoff KEYS[2]=hosts:throttles; ARGV[1]=forget after s.
-# Returns {now, host, seconds left, why, ...} for the hosts in backoff now; forgets old ones.
+# KEYS[1]=hosts:backoff KEYS[2]=hosts:throttles KEYS[3]=hosts:learned-rates; ARGV[1]=forget after s.
+# Returns {{host, seconds left, why, ...} for the hosts in backoff now, {host, learned rate, ...}};
+# forgets old ones.
 _SNAPSHOT = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1e6
-local old = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now - tonumber(ARGV[1]), 'LIMIT', 0, 500)
+local forget = now - tonumber(ARGV[1])
+local old = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', forget, 'LIMIT', 0, 500)
 for _, host in ipairs(old) do
   redis.call('ZREM', KEYS[1], host)
   redis.call('HDEL', KEYS[2], host)
 end
-local out = {tostring(now)}
+local paused = {}
 local active = redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. now, '+inf', 'WITHSCORES')
 for i = 1, #active, 2 do
   local raw = redis.call('HGET', KEYS[2], active[i])
   local why = raw and cjson.decode(raw).why or ''
-  table.insert(out, active[i])
-  table.insert(out, tostring(tonumber(active[i + 1]) - now))
-  table.insert(out, why)
+  table.insert(paused, active[i])
+  table.insert(paused, tostring(tonumber(active[i + 1]) - now))
+  table.insert(paused, why)
 end
-return out
+local rates = {}
+local learned = redis.call('HGETALL', KEYS[3])
+for i = 1, #learned, 2 do
+  local st = cjson.decode(learned[i + 1])
+  if st.at < forget then
+    redis.call('HDEL', KEYS[3], learned[i])
+  else
+    table.insert(rates, learned[i])
+    table.insert(rates, tostring(st.rate))
+  end
+end
+return {paused, rates}
 """
 
-# KEYS[1]=the host's rate key; ARGV[1]=interval µs. GCRA with no burst: returns µs to wait (0: go).
+# KEYS[1]=the host's rate key KEYS[2]=hosts:learned-rates; ARGV[1]=host ARGV[2]=--per-host-rate
+# (0: none) ARGV[3]=growth per s ARGV[4]=forget rate. GCRA with no burst at the lower of the two
+# rates; a request let through grows the learned rate. Returns {µs to wait (0: go), learned ('' = none)}.
 _PACE = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-local interval = tonumber(ARGV[1])
+local raw = redis.call('HGET', KEYS[2], ARGV[1])
+local st = raw and cjson.decode(raw) or nil
+local rate = tonumber(ARGV[2])
+if st and (rate <= 0 or st.rate < rate) then rate = st.rate end
+local learned = st and tostring(st.rate) or ''
+if rate <= 0 then return {0, learned} end
+local interval = math.max(1, math.floor(1000000 / rate))
 local tat = tonumber(redis.call('GET', KEYS[1]) or '0')
-if tat > now then return tat - now end
+if tat > now then return {tat - now, learned} end
 redis.call('SET', KEYS[1], string.format('%d', now + interval), 'PX', math.ceil(interval / 1000) + 1000)
-return 0
+if st then
+  st.rate = st.rate * (1 + tonumber(ARGV[3]) * interval / 1000000)
+  if st.rate >= tonumber(ARGV[4]) then
+    redis.call('HDEL', KEYS[2], ARGV[1])
+    learned = ''
+  else
+    redis.call('HSET', KEYS[2], ARGV[1], cjson.encode(st))
+    learned = tostring(st.rate)
+  end
+end
+return {0, learned}
 """
 
 # KEYS[1]=hosts:failures KEYS[2]=hosts:failure-reasons; ARGV: keep, then (host, reason, n, detail)*.
@@ -150,6 +201,7 @@ class HostBoard:
         self._paused: dict[str, _Pause] = {}
         self._strikes: dict[str, int] = {}  # hosts this process saw throttle, since their last success
         self._next_go: dict[str, float] = {}  # per-host rate without Redis: monotonic time of the next request
+        self._learned: dict[str, float] = {}  # hosts that throttled -> the requests/s they are paced at
         self._tally: Counter[tuple[str, str]] = Counter()
         self._last: dict[str, str] = {}
         self._task: asyncio.Task | None = None
@@ -209,17 +261,21 @@ class HostBoard:
         result = None
         if self.shared:
             script = self._scripts["throttled"]
-            keys = [self.keys.hosts_backoff, self.keys.hosts_throttles]
-            result = await self._call(script, keys=keys, args=[host, ra, cap, why, BACKOFF_BASE_S])
+            keys = [self.keys.hosts_backoff, self.keys.hosts_throttles, self.keys.hosts_learned_rates]
+            args = [host, ra, cap, why, BACKOFF_BASE_S, LEARN_START_RATE, LEARN_MIN_RATE]
+            result = await self._call(script, keys=keys, args=args)
         if result is not None:
             pause, strikes = float(result[0]), int(result[1])
-        else:  # alone: the same rule, in this process
+            self._learn(host, result[2])
+        else:  # alone: the same rules, in this process
             left, _ = self.backoff(host)
             if left > 0:
                 return left
             strikes = self._strikes.get(host, 0) + 1
             grown = BACKOFF_BASE_S * 2 ** (strikes - 1)
             pause = min(cap, max(ra, grown) if ra >= 0 else (grown if strikes >= 2 else 0.0))
+            learned = self._learned.get(host)
+            self._learned[host] = max(LEARN_MIN_RATE, learned / 2) if learned else LEARN_START_RATE
         self._strikes[host] = strikes
         if pause > 0:
             self._pause(host, pause, why)
@@ -241,23 +297,43 @@ class HostBoard:
 
     # --- the per-host rate -------------------------------------------------------------------
 
+    def learned_rate(self, host: str) -> float | None:
+        """The requests/s `host` is paced at since it throttled; None when it is not."""
+        return self._learned.get(host)
+
+    def _learn(self, host: str, rate: str | float | None) -> None:
+        if rate in (None, ""):
+            self._learned.pop(host, None)
+        else:
+            self._learned[host] = float(rate)
+
     async def pace(self, host: str) -> None:
-        """Return once a request to `host` fits --per-host-rate (at once when it is off)."""
-        rate = self.cfg.per_host_rate
-        if rate <= 0:
+        """Return once a request to `host` fits --per-host-rate and the rate it was learned to
+        take (at once when neither applies)."""
+        ceiling = self.cfg.per_host_rate
+        if ceiling <= 0 and host not in self._learned:
             return
-        interval_us = max(1, round(1e6 / rate))
         key = self.keys.host_rate(host) if self.keys else ""
         while self.shared and self._redis_ok:
-            wait_us = await self._call(self._scripts["pace"], keys=[key], args=[interval_us])
-            if wait_us is None:
+            args = [host, ceiling, LEARN_GROWTH_PER_S, LEARN_FORGET_RATE]
+            reply = await self._call(self._scripts["pace"], keys=[key, self.keys.hosts_learned_rates], args=args)
+            if reply is None:
                 break  # Redis is away: pace alone until it is back
-            if int(wait_us) <= 0:
+            self._learn(host, reply[1])
+            if int(reply[0]) <= 0:
                 return
-            await asyncio.sleep(int(wait_us) / 1e6)
+            await asyncio.sleep(int(reply[0]) / 1e6)
+        learned = self._learned.get(host)
+        rates = [r for r in (ceiling, learned or 0.0) if r > 0]
+        if not rates:
+            return
+        rate = min(rates)
         now = time.monotonic()
         go = max(now, self._next_go.get(host, 0.0))
-        self._next_go[host] = go + interval_us / 1e6
+        self._next_go[host] = go + 1 / rate
+        if learned:
+            grown = learned * (1 + LEARN_GROWTH_PER_S / rate)
+            self._learn(host, None if grown >= LEARN_FORGET_RATE else grown)
         if go > now:
             await asyncio.sleep(go - now)
         if len(self._next_go) > 10_000:  # forget hosts idle past their next slot
@@ -285,8 +361,10 @@ class HostBoard:
             self._tally.update(tally)
             self._last = last | self._last
             return
-        for i in range(1, len(reply), 3):
-            self._pause(str(reply[i]), float(reply[i + 1]), str(reply[i + 2]))
+        paused, rates = reply
+        for i in range(0, len(paused), 3):
+            self._pause(str(paused[i]), float(paused[i + 1]), str(paused[i + 2]))
+        self._learned = {str(rates[i]): float(rates[i + 1]) for i in range(0, len(rates), 2)}
 
     def _sync(self, tally: Counter, last: dict[str, str]) -> list:
         """Send the failure counts, read the hosts in backoff (in a thread)."""
@@ -295,9 +373,8 @@ class HostBoard:
             for (host, reason), n in tally.items():
                 args += [host, reason, n, last.get(host, "")]
             self._scripts["tally"](keys=[self.keys.hosts_failures, self.keys.hosts_failure_reasons], args=args)
-        return self._scripts["snapshot"](
-            keys=[self.keys.hosts_backoff, self.keys.hosts_throttles], args=[FORGET_AFTER_S]
-        )
+        keys = [self.keys.hosts_backoff, self.keys.hosts_throttles, self.keys.hosts_learned_rates]
+        return self._scripts["snapshot"](keys=keys, args=[FORGET_AFTER_S])
 
     async def _call(self, fn, *args, **kwargs):
         """fn(*args, **kwargs) in a thread; None (and one warning per outage) when Redis is away."""

@@ -207,6 +207,12 @@ class Keys:
         return self.key("hosts", "throttles")
 
     @property
+    def hosts_learned_rates(self) -> str:
+        """hash: host -> JSON {rate, at}: the requests/s a host that throttled is paced at, learned
+        from its 429/503s (halved on each, grown while answers succeed), and when it last throttled."""
+        return self.key("hosts", "learned-rates")
+
+    @property
     def hosts_failures(self) -> str:
         """sorted set: host -> rows that failed on it (formats.records.HOST_REASONS), the worst kept."""
         return self.key("hosts", "failures")

@@ -21,7 +21,7 @@ from streamcap.cli import app
 from streamcap.downloader.config import DownloaderSettings
 from streamcap.downloader.dns import ARES_TRIES
 from streamcap.downloader.fetch import Fetcher, FetchResult
-from streamcap.downloader.hosts import HostBoard
+from streamcap.downloader.hosts import LEARN_FORGET_RATE, LEARN_MIN_RATE, LEARN_START_RATE, HostBoard
 from streamcap.entrypoint import run_app
 from tests.integration.test_user_errors import assert_one_error_line, streamcap
 from tests.support import timing
@@ -163,6 +163,44 @@ async def test_per_host_rate_spaces_requests_over_processes(r, keys, redis_url):
     await asyncio.gather(*[boards[i % 2].pace("rate.example") for i in range(10)])
     assert time.monotonic() - started >= 9 * 0.2 * 0.95  # ten requests at 5/s: nine gaps of 0.2 s at least
     assert r.pttl(keys.host_rate("rate.example")) > 0  # forgotten when idle
+
+
+async def test_a_host_that_throttled_is_paced_by_every_worker_at_a_rate_learned_from_its_429s(r, keys, redis_url):
+    cfg = settings(redis_url=redis_url, namespace=keys.namespace)
+    seen, other = HostBoard(cfg, r, keys), HostBoard(cfg, r, keys)  # two workers' views
+    host = "busy.example"
+    assert other.learned_rate(host) is None
+    await seen.throttled(host, 429, None)  # the first throttled answer: paced at the start rate
+    assert seen.learned_rate(host) == LEARN_START_RATE
+    await seen.throttled(host, 503, None)  # a second one, not an answer to a request sent before a pause
+    assert seen.learned_rate(host) == LEARN_START_RATE / 2
+    await other._sync_once()  # what every worker reads each second
+    assert other.learned_rate(host) == LEARN_START_RATE / 2
+    started = time.monotonic()
+    await asyncio.gather(*[other.pace(host) for _ in range(3)])  # at 0.5/s: two gaps of 2 s
+    assert time.monotonic() - started >= 2 * 2 * 0.9
+    grown = other.learned_rate(host)
+    assert LEARN_START_RATE / 2 < grown < LEARN_START_RATE  # +10 % per second of pacing
+    # A host that keeps answering gets its rate back (each request let through adds 0.1/s at any
+    # rate: 10 % per second); past LEARN_FORGET_RATE it is no longer paced.
+    r.hset(keys.hosts_learned_rates, host, json.dumps({"rate": LEARN_FORGET_RATE - 0.05, "at": time.time()}))
+    await other.pace(host)
+    assert other.learned_rate(host) is None and not r.hexists(keys.hosts_learned_rates, host)
+
+
+async def test_a_row_of_a_paced_host_is_deferred_rather_than_holding_its_part(r, keys, redis_url, server):
+    cfg = settings(redis_url=redis_url, namespace=keys.namespace)
+    board = HostBoard(cfg, r, keys)
+    async with Fetcher(cfg, hosts=board) as fetcher:
+        r.hset(keys.hosts_learned_rates, "127.0.0.1", json.dumps({"rate": LEARN_MIN_RATE, "at": time.time()}))
+        await board._sync_once()
+        first = await fetcher.fetch(server.url("/img/cat.jpg?paced=1"))  # its turn now
+        assert first.data == CAT
+        async with fetcher.fetch_held(server.url("/img/cat.jpg?paced=2"), FetchResult(defer_s=1)) as second:
+            assert second.deferred and second.reason == "throttled"  # its turn is seconds away
+            # 0.15/s now: the first request let through grew the rate by 10 % per second of its 20 s slot.
+            assert second.detail.startswith("deferred: host paced at 0.15 requests/s since it throttled")
+    assert len(server.requests_to("/img/cat.jpg?paced=2")) == 0
 
 
 def test_a_host_sees_no_more_requests_per_second_than_per_host_rate_from_all_processes(r, keys, redis_url, tmp_path):
