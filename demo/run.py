@@ -36,6 +36,7 @@ from rich.table import Table
 from streamcap import bus
 from streamcap.bus.embedded import EmbeddedRedis
 from streamcap.common.settings import fail
+from streamcap.common.store import is_store_url
 from streamcap.demo.config import DemoSettings
 from streamcap.demo.data import write_eval_set, write_source_parquet
 from streamcap.demo.processes import ServiceFailed, Services, flags
@@ -143,7 +144,7 @@ class Shards:
 
     @property
     def remote(self) -> bool:
-        return self.url.startswith("s3://")
+        return is_store_url(self.url)
 
 
 def start_bucket(stack: ExitStack, paths: DemoPaths, console: Console) -> Shards:

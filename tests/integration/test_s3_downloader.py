@@ -28,6 +28,15 @@ def spooled_files(spool: Path) -> list[Path]:
     return [p for p in spool.rglob("*") if p.is_file()] if spool.exists() else []
 
 
+def ten_rows_worker(r, keys: bus.Keys, redis_url: str, shard_dir: str, image_host, tmp_path: Path) -> Worker:
+    """A batch worker over one enqueued part of 10 rows that all succeed, 3 per shard, spooled in tmp_path/spool."""
+    enqueue_into(r, keys, shard_dir, paced_rows(image_host, 10, failures=False), tmp_path)
+    cfg = worker_settings(
+        redis_url, keys, shard_dir, allow_private=True, spool_dir=tmp_path / "spool", shard_max_samples=3
+    )
+    return Worker(cfg, r)
+
+
 async def test_parts_land_in_the_bucket_and_leave_no_local_copy(r, keys, redis_url, bucket, image_host, tmp_path):
     shard_dir = bucket + "/run"
     enqueue_into(r, keys, shard_dir, paced_rows(image_host, 45), tmp_path)
@@ -102,11 +111,7 @@ async def test_an_upload_failing_mid_part_releases_it_uncounted(r, keys, redis_u
     """The bucket goes away between the claim check and the upload: the part is given back
     (no strike), the worker pauses, and once the bucket is back the part commits once."""
     shard_dir = bucket + "/run"
-    enqueue_into(r, keys, shard_dir, paced_rows(image_host, 10, failures=False), tmp_path)
-    cfg = worker_settings(
-        redis_url, keys, shard_dir, allow_private=True, spool_dir=tmp_path / "spool", shard_max_samples=3
-    )
-    worker = Worker(cfg, r)
+    worker = ten_rows_worker(r, keys, redis_url, shard_dir, image_host, tmp_path)
     real_put = worker.spool.store.put_file
     calls = {"n": 0}
 
@@ -133,11 +138,7 @@ async def test_a_worker_that_loses_its_part_mid_upload_uploads_nothing_more(
     lapsed while the process stalled): the first attempt stops before its next object, so it
     never writes over the new owner's objects; the part still commits exactly once."""
     shard_dir = bucket + "/run"
-    enqueue_into(r, keys, shard_dir, paced_rows(image_host, 10, failures=False), tmp_path)
-    cfg = worker_settings(
-        redis_url, keys, shard_dir, allow_private=True, spool_dir=tmp_path / "spool", shard_max_samples=3
-    )
-    worker = Worker(cfg, r)
+    worker = ten_rows_worker(r, keys, redis_url, shard_dir, image_host, tmp_path)
     real_put = worker.spool.store.put_file
     uploads: list[str] = []
 
